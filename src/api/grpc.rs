@@ -1,0 +1,246 @@
+//! The gRPC front (package `runledger.v1`): thin translations from requests to engine calls,
+//! plus the standard health and reflection services. Who the caller is comes from the request's
+//! extensions, put there by the authentication interceptor before any handler runs.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::service::{Interceptor, Routes};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::wire;
+use crate::auth::Caller;
+use crate::engine::{Engine, MAX_LOG_PAGE};
+use crate::error::Error;
+use crate::model::{BucketCount, LogCursor, PipelineId, ReportCounts};
+use crate::proto::{
+    self, ingest_server::IngestServer, pipelines_server::PipelinesServer, stats_server::StatsServer,
+};
+
+/// Report batches of one stream that may wait for durability at once; past this the stream
+/// stops reading until the oldest is durable.
+const MAX_BATCHES_IN_FLIGHT: usize = 32;
+/// The largest gRPC message accepted.
+pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
+
+/// The engine behind the gRPC services.
+#[derive(Clone)]
+pub struct GrpcApi {
+    engine: Arc<Engine>,
+}
+
+/// Every gRPC service runledger serves, each behind `interceptor`, with health and reflection.
+pub async fn routes<I>(engine: Arc<Engine>, interceptor: I) -> Routes
+where
+    I: Interceptor + Clone + Send + Sync + 'static,
+{
+    let api = GrpcApi { engine };
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<IngestServer<GrpcApi>>().await;
+    health_reporter
+        .set_serving::<PipelinesServer<GrpcApi>>()
+        .await;
+    health_reporter.set_serving::<StatsServer<GrpcApi>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the embedded descriptor sets are valid");
+    let ingest = IngestServer::new(api.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let pipelines = PipelinesServer::new(api.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let stats = StatsServer::new(api).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    Routes::new(health)
+        .add_service(reflection)
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            ingest,
+            interceptor.clone(),
+        ))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            pipelines,
+            interceptor.clone(),
+        ))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            stats,
+            interceptor,
+        ))
+}
+
+/// The caller the interceptor identified.
+fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("no credentials"))
+}
+
+fn counts_response(batches: u64, counts: ReportCounts) -> proto::ReportTaskRunsResponse {
+    proto::ReportTaskRunsResponse {
+        batches,
+        inserted: counts.inserted,
+        replaced: counts.replaced,
+        unchanged: counts.unchanged,
+    }
+}
+
+#[tonic::async_trait]
+impl proto::ingest_server::Ingest for GrpcApi {
+    async fn report_task_runs(
+        &self,
+        request: Request<Streaming<proto::ReportTaskRunsRequest>>,
+    ) -> Result<Response<proto::ReportTaskRunsResponse>, Status> {
+        let caller = caller(&request)?;
+        let mut stream = request.into_inner();
+        let mut in_flight = VecDeque::new();
+        let mut totals = ReportCounts::default();
+        let mut batches = 0u64;
+        let at_batch = |index: u64| move |e: Error| e.prefixed(&format!("batch {index}"));
+        while let Some(message) = stream.message().await? {
+            let runs = wire::task_runs(message.results).map_err(at_batch(batches))?;
+            let durable = self
+                .engine
+                .submit_report(&caller, runs)
+                .await
+                .map_err(at_batch(batches))?;
+            in_flight.push_back((batches, durable));
+            batches += 1;
+            if in_flight.len() > MAX_BATCHES_IN_FLIGHT {
+                let (index, durable) = in_flight.pop_front().expect("not empty");
+                totals.add(durable.await.map_err(at_batch(index))?);
+            }
+        }
+        for (index, durable) in in_flight {
+            totals.add(durable.await.map_err(at_batch(index))?);
+        }
+        Ok(Response::new(counts_response(batches, totals)))
+    }
+
+    async fn report_task_run_batch(
+        &self,
+        request: Request<proto::ReportTaskRunsRequest>,
+    ) -> Result<Response<proto::ReportTaskRunsResponse>, Status> {
+        let caller = caller(&request)?;
+        let runs = wire::task_runs(request.into_inner().results)?;
+        let counts = self.engine.report(&caller, runs).await?;
+        Ok(Response::new(counts_response(1, counts)))
+    }
+}
+
+#[tonic::async_trait]
+impl proto::pipelines_server::Pipelines for GrpcApi {
+    async fn register_pipeline(
+        &self,
+        request: Request<proto::RegisterPipelineRequest>,
+    ) -> Result<Response<proto::RegisterPipelineResponse>, Status> {
+        let caller = caller(&request)?;
+        let definition = wire::pipeline_definition(request.into_inner())?;
+        let outcome = self.engine.register_pipeline(&caller, definition).await?;
+        Ok(Response::new(proto::RegisterPipelineResponse {
+            created: outcome.created,
+            tasks_created: outcome.tasks_created,
+            tasks_updated: outcome.tasks_updated,
+        }))
+    }
+}
+
+type LogStream = ReceiverStream<Result<proto::LogEntry, Status>>;
+
+#[tonic::async_trait]
+impl proto::stats_server::Stats for GrpcApi {
+    async fn get_stats(
+        &self,
+        request: Request<proto::GetStatsRequest>,
+    ) -> Result<Response<proto::StatsResponse>, Status> {
+        let caller = caller(&request)?;
+        let message = request.into_inner();
+        let entity = wire::entity(message.entity.as_ref())?;
+        let range = wire::range(message.from.as_ref(), message.to.as_ref())?;
+        let stats = self.engine.stats(&caller, entity, range)?;
+        Ok(Response::new(wire::stats_response(stats)))
+    }
+
+    async fn get_aggregated_stats(
+        &self,
+        request: Request<proto::GetAggregatedStatsRequest>,
+    ) -> Result<Response<proto::GetAggregatedStatsResponse>, Status> {
+        let caller = caller(&request)?;
+        let message = request.into_inner();
+        let entity = wire::entity(message.entity.as_ref())?;
+        let date_from = wire::timestamp("date_from", message.date_from.as_ref())?;
+        let period = wire::period(message.period)?;
+        let n = BucketCount::new(message.n).map_err(|reason| Error::invalid("n", reason))?;
+        let buckets =
+            self.engine
+                .aggregated_stats(&caller, entity, period, date_from.second(), n)?;
+        Ok(Response::new(proto::GetAggregatedStatsResponse {
+            buckets: buckets.iter().map(wire::bucket).collect(),
+        }))
+    }
+
+    async fn get_last_run_stats(
+        &self,
+        request: Request<proto::GetLastRunStatsRequest>,
+    ) -> Result<Response<proto::LastRunStats>, Status> {
+        let caller = caller(&request)?;
+        let entity = wire::entity(request.into_inner().entity.as_ref())?;
+        let last = self.engine.last_run(&caller, entity)?;
+        Ok(Response::new(wire::last_run(last)))
+    }
+
+    type StreamLogsStream = LogStream;
+
+    async fn stream_logs(
+        &self,
+        request: Request<proto::StreamLogsRequest>,
+    ) -> Result<Response<LogStream>, Status> {
+        let caller = caller(&request)?;
+        let message = request.into_inner();
+        let pipeline = PipelineId(wire::uuid("pipeline_uuid", &message.pipeline_uuid)?);
+        let range = wire::range(message.from.as_ref(), message.to.as_ref())?;
+        let after = match message.cursor.as_str() {
+            "" => None,
+            token => Some(LogCursor::decode(token).map_err(|r| Error::invalid("cursor", r))?),
+        };
+        let mut remaining = match message.limit {
+            0 => u64::MAX,
+            limit => u64::from(limit),
+        };
+        // The first page is read here, so that an unknown pipeline or a missing scope is the
+        // call's status rather than an error inside the stream.
+        let page_size = |remaining: u64| remaining.min(u64::from(MAX_LOG_PAGE)) as u32;
+        let mut page = self
+            .engine
+            .logs(&caller, pipeline, range, after, page_size(remaining))?;
+        let (sender, receiver) = mpsc::channel(4);
+        let engine = self.engine.clone();
+        tokio::spawn(async move {
+            loop {
+                remaining -= page.entries.len() as u64;
+                for entry in page.entries {
+                    if sender.send(Ok(wire::log_entry(entry))).await.is_err() {
+                        return; // the client went away
+                    }
+                }
+                let Some(after) = page.next.filter(|_| remaining > 0) else {
+                    return;
+                };
+                page = match engine.logs(
+                    &caller,
+                    pipeline,
+                    range,
+                    Some(after),
+                    page_size(remaining),
+                ) {
+                    Ok(page) => page,
+                    Err(error) => {
+                        let _ = sender.send(Err(error.into())).await;
+                        return;
+                    }
+                };
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+}

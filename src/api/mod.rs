@@ -1,0 +1,6 @@
+//! The fronts: gRPC (the engine's own API) and the REST gateway (the public API it reproduces).
+//! Both are thin: they validate and translate, then call the engine.
+
+pub mod grpc;
+pub mod rest;
+mod wire;

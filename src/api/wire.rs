@@ -1,0 +1,257 @@
+//! Translations between protobuf messages and domain types. Every field from the wire is
+//! validated here, and every error names the field (`results[3].task_uuid: ...`).
+
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::model::{
+    BucketStats, EntityKind, EntityRef, LastRun, LogEntry, PipelineDefinition, PipelineId,
+    PipelineRunId, RunState, Stats, TaskDefinition, TaskError, TaskId, TaskRun, TaskRunId,
+    TaskType, TimeRange,
+};
+use crate::proto;
+use crate::time::{MICROS_PER_SECOND, Period, Timestamp};
+
+pub fn uuid(field: &str, text: &str) -> Result<Uuid> {
+    if text.is_empty() {
+        return Err(Error::invalid(field, "is required"));
+    }
+    Uuid::parse_str(text).map_err(|_| Error::invalid(field, format!("`{text}` is not a UUID")))
+}
+
+fn optional_uuid(field: &str, text: &str) -> Result<Option<Uuid>> {
+    if text.is_empty() {
+        Ok(None)
+    } else {
+        uuid(field, text).map(Some)
+    }
+}
+
+pub fn timestamp(field: &str, value: Option<&prost_types::Timestamp>) -> Result<Timestamp> {
+    let value = value.ok_or_else(|| Error::invalid(field, "is required"))?;
+    Timestamp::from_seconds_nanos(value.seconds, value.nanos).ok_or_else(|| {
+        Error::invalid(
+            field,
+            "must lie between the years 1 and 9999, with nanos between 0 and 999,999,999",
+        )
+    })
+}
+
+pub fn to_proto_timestamp(at: Timestamp) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.micros().div_euclid(MICROS_PER_SECOND),
+        nanos: (at.subsec_micros() * 1_000) as i32,
+    }
+}
+
+fn second_timestamp(second: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: second,
+        nanos: 0,
+    }
+}
+
+/// An inclusive second-precision range from two timestamps (sub-second parts ignored).
+pub fn range(
+    from: Option<&prost_types::Timestamp>,
+    to: Option<&prost_types::Timestamp>,
+) -> Result<TimeRange> {
+    let from = timestamp("from", from)?.second();
+    let to = timestamp("to", to)?.second();
+    TimeRange::new(from, to).ok_or_else(|| Error::invalid("from", "must not be after to"))
+}
+
+pub fn entity(value: Option<&proto::EntityRef>) -> Result<EntityRef> {
+    let value = value.ok_or_else(|| Error::invalid("entity", "is required"))?;
+    let kind = match proto::EntityKind::try_from(value.kind) {
+        Ok(proto::EntityKind::Task) => EntityKind::Task,
+        Ok(proto::EntityKind::Pipeline) => EntityKind::Pipeline,
+        _ => return Err(Error::invalid("entity.kind", "must be TASK or PIPELINE")),
+    };
+    Ok(EntityRef {
+        kind,
+        uuid: uuid("entity.uuid", &value.uuid)?,
+    })
+}
+
+pub fn period(value: i32) -> Result<Period> {
+    match proto::Period::try_from(value) {
+        Ok(proto::Period::Day) => Ok(Period::Day),
+        Ok(proto::Period::Week) => Ok(Period::Week),
+        Ok(proto::Period::Month) => Ok(Period::Month),
+        Ok(proto::Period::Quarter) => Ok(Period::Quarter),
+        Ok(proto::Period::Year) => Ok(Period::Year),
+        _ => Err(Error::invalid(
+            "period",
+            "must be one of day, week, month, quarter, year",
+        )),
+    }
+}
+
+pub fn task_type(field: &str, value: i32) -> Result<TaskType> {
+    u8::try_from(value)
+        .ok()
+        .and_then(TaskType::from_code)
+        .ok_or_else(|| {
+            Error::invalid(
+                field,
+                "must be one of the TASK_TYPE_ values other than UNSPECIFIED",
+            )
+        })
+}
+
+fn to_proto_task_type(value: TaskType) -> i32 {
+    i32::from(value.code())
+}
+
+fn state(field: &str, value: i32) -> Result<RunState> {
+    match proto::TaskRunState::try_from(value) {
+        Ok(proto::TaskRunState::Pending) => Ok(RunState::Pending),
+        Ok(proto::TaskRunState::Running) => Ok(RunState::Running),
+        Ok(proto::TaskRunState::Finished) => Ok(RunState::Finished),
+        _ => Err(Error::invalid(
+            field,
+            "must be PENDING, RUNNING or FINISHED",
+        )),
+    }
+}
+
+/// One reported task-run result.
+pub fn task_run(field: &str, value: proto::TaskRunResult) -> Result<TaskRun> {
+    let at = |name: &str| format!("{field}.{name}");
+    let state = state(&at("state"), value.state)?;
+    let executed_at = match (&value.executed_at, state) {
+        (None, RunState::Finished) => {
+            return Err(Error::invalid(
+                &at("executed_at"),
+                "is required for a finished task run",
+            ));
+        }
+        (None, _) => None,
+        (Some(ts), _) => Some(timestamp(&at("executed_at"), Some(ts))?),
+    };
+    if let Some(metric) = value.metric_value
+        && !metric.is_finite()
+    {
+        return Err(Error::invalid(
+            &at("metric_value"),
+            "must be a finite number",
+        ));
+    }
+    Ok(TaskRun {
+        task_run: TaskRunId(uuid(&at("task_run_uuid"), &value.task_run_uuid)?),
+        pipeline_run: PipelineRunId(uuid(&at("pipeline_run_uuid"), &value.pipeline_run_uuid)?),
+        pipeline: PipelineId(uuid(&at("pipeline_uuid"), &value.pipeline_uuid)?),
+        task: TaskId(uuid(&at("task_uuid"), &value.task_uuid)?),
+        organization: optional_uuid(&at("organization_uuid"), &value.organization_uuid)?
+            .map(crate::model::OrgId),
+        task_type: task_type(&at("task_type"), value.task_type)?,
+        state,
+        is_successful: value.is_successful,
+        duration_ms: value.duration_ms,
+        executed_at,
+        output: value.output,
+        errors: value
+            .errors
+            .into_iter()
+            .map(|e| TaskError {
+                code: e.code,
+                severity: e.severity,
+                message: e.message,
+            })
+            .collect(),
+        metric_value: value.metric_value,
+        is_initial_task: value.is_initial_task,
+        is_final_task: value.is_final_task,
+    })
+}
+
+/// A batch of results, each error naming its index.
+pub fn task_runs(results: Vec<proto::TaskRunResult>) -> Result<Vec<TaskRun>> {
+    results
+        .into_iter()
+        .enumerate()
+        .map(|(index, result)| task_run(&format!("results[{index}]"), result))
+        .collect()
+}
+
+pub fn pipeline_definition(value: proto::RegisterPipelineRequest) -> Result<PipelineDefinition> {
+    let tasks = value
+        .tasks
+        .into_iter()
+        .enumerate()
+        .map(|(index, task)| {
+            let field = format!("tasks[{index}]");
+            Ok(TaskDefinition {
+                task: TaskId(uuid(&format!("{field}.task_uuid"), &task.task_uuid)?),
+                task_type: task_type(&format!("{field}.task_type"), task.task_type)?,
+                name: task.name,
+                is_initial: task.is_initial,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(PipelineDefinition {
+        pipeline: PipelineId(uuid("pipeline_uuid", &value.pipeline_uuid)?),
+        organization: optional_uuid("organization_uuid", &value.organization_uuid)?
+            .map(crate::model::OrgId),
+        name: value.name,
+        tasks,
+    })
+}
+
+pub fn stats_response(stats: Stats) -> proto::StatsResponse {
+    proto::StatsResponse {
+        num_of_successes: stats.tally.successes,
+        num_of_failures: stats.tally.failures,
+        average_duration_ms: stats.tally.average_duration_ms(),
+        is_last_run_successful: stats.last_run.is_some_and(|r| r.is_successful),
+        last_run_executed_at: stats.last_run.map(|r| to_proto_timestamp(r.executed_at)),
+        last_run_duration_ms: stats.last_run.map_or(0, |r| r.duration_ms),
+    }
+}
+
+pub fn bucket(bucket: &BucketStats) -> proto::BucketStats {
+    proto::BucketStats {
+        date_from: Some(second_timestamp(bucket.start)),
+        date_to: Some(second_timestamp(bucket.last_second)),
+        num_of_successes: bucket.tally.successes,
+        num_of_failures: bucket.tally.failures,
+        average_duration_ms: bucket.tally.average_duration_ms(),
+    }
+}
+
+pub fn last_run(run: LastRun) -> proto::LastRunStats {
+    proto::LastRunStats {
+        is_successful: run.is_successful,
+        executed_at: Some(to_proto_timestamp(run.executed_at)),
+        duration_ms: run.duration_ms,
+    }
+}
+
+pub fn log_entry(entry: LogEntry) -> proto::LogEntry {
+    let cursor = crate::model::LogCursor {
+        executed_at: entry.executed_at,
+        task_run: entry.task_run,
+    };
+    proto::LogEntry {
+        pipeline_run_uuid: entry.pipeline_run.to_string(),
+        task_run_uuid: entry.task_run.to_string(),
+        task_uuid: entry.task.to_string(),
+        task_type: to_proto_task_type(entry.task_type),
+        is_successful: entry.is_successful,
+        duration_ms: entry.duration_ms,
+        output: entry.output,
+        metric_value: entry.metric_value,
+        executed_at: Some(to_proto_timestamp(entry.executed_at)),
+        errors: entry
+            .errors
+            .into_iter()
+            .map(|e| proto::TaskError {
+                code: e.code,
+                severity: e.severity,
+                message: e.message,
+            })
+            .collect(),
+        cursor: cursor.encode(),
+    }
+}

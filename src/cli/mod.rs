@@ -1,0 +1,77 @@
+//! The command line: one file per command. Commands print what they did and exit non-zero with
+//! a plain sentence when they could not.
+
+mod demo;
+pub mod import;
+mod serve;
+mod verify;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::store::{Store, StoreOptions};
+
+/// Records every run of every data pipeline and answers run statistics from live rollups.
+#[derive(Debug, Parser)]
+#[command(name = "runledger", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the gRPC API and the REST gateway until Ctrl-C or SIGTERM.
+    Serve(serve::ServeArgs),
+    /// Bulk-load newline-delimited JSON task runs.
+    Import(import::ImportArgs),
+    /// Fill a data dir with a realistic sample: organizations, pipelines, a year of runs.
+    Demo(demo::DemoArgs),
+    /// Recompute every rollup from the raw runs and report any difference.
+    Verify(verify::VerifyArgs),
+}
+
+/// The data dir option every command shares.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DataDir {
+    /// Where the database lives.
+    #[arg(long, default_value = "./data", env = "RUNLEDGER_DATA_DIR")]
+    pub data_dir: PathBuf,
+}
+
+impl DataDir {
+    /// Opens the store, or says plainly why not.
+    pub fn open(&self) -> Result<Store, String> {
+        Store::open(&self.data_dir, StoreOptions::default()).map_err(|e| e.to_string())
+    }
+}
+
+/// Runs a parsed command line.
+pub fn main(cli: Cli) -> ExitCode {
+    init_logging();
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Import(args) => import::run(args),
+        Command::Demo(args) => demo::run(args),
+        Command::Verify(args) => verify::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("runledger: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("RUNLEDGER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,47 @@
+//! `runledger serve`: opens the data dir and serves gRPC and REST until Ctrl-C or SIGTERM.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use super::DataDir;
+use crate::engine::Engine;
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub data_dir: DataDir,
+    /// Where the gRPC API listens.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub grpc_addr: SocketAddr,
+    /// Where the REST gateway listens.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+}
+
+pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
+    let store = args.data_dir.open()?;
+    let engine = Arc::new(Engine::new(store));
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("cannot start: {e}"))?;
+    runtime.block_on(async {
+        let grpc = bind(args.grpc_addr, "gRPC").await?;
+        let http = bind(args.http_addr, "HTTP").await?;
+        tracing::info!(
+            grpc = %args.grpc_addr,
+            http = %args.http_addr,
+            data_dir = %args.data_dir.data_dir.display(),
+            "runledger is serving"
+        );
+        crate::server::run(engine, grpc, http, crate::server::termination())
+            .await
+            .map_err(|e| format!("server failed: {e}"))?;
+        tracing::info!("stopped cleanly; every acknowledged write is on disk");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> Result<tokio::net::TcpListener, String> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen for {what} on {addr}: {e}"))
+}

@@ -1,0 +1,263 @@
+//! The one error type of runledger, and its two renderings: a `tonic::Status` for gRPC and a JSON
+//! response for REST. Both go through [`ErrorCode`], so a rule about which failure gets which
+//! status changes in one place. Internal causes are logged once here and never sent to clients.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+/// Everything that can go wrong in a request, by what the caller should do about it.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed; the message names the field and what is wrong with it.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The task, pipeline or route does not exist for this caller.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request contradicts what is stored (a task reported under another pipeline).
+    #[error("{0}")]
+    Conflict(String),
+    /// No valid credentials: missing, unknown, expired or revoked token.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Valid credentials without the scope the request needs.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// Too much at once; the caller should retry after the given number of seconds.
+    #[error("{message}")]
+    Overloaded {
+        message: String,
+        retry_after_secs: u32,
+    },
+    /// A request or message over the size limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The service cannot do this now: shutting down, or storage full or read-only. Reads may
+    /// still work.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or an unexpected storage failure. The detail is logged, never sent.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The closed set of outcomes that decides the gRPC code and the HTTP status of an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    BadRequest,
+    NotFound,
+    Conflict,
+    Unauthenticated,
+    PermissionDenied,
+    TooManyRequests,
+    PayloadTooLarge,
+    Unavailable,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn http_status(self) -> StatusCode {
+        match self {
+            ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::Conflict => StatusCode::CONFLICT,
+            ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ErrorCode::PermissionDenied => StatusCode::FORBIDDEN,
+            ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn grpc_code(self) -> tonic::Code {
+        match self {
+            ErrorCode::BadRequest => tonic::Code::InvalidArgument,
+            ErrorCode::NotFound => tonic::Code::NotFound,
+            ErrorCode::Conflict => tonic::Code::FailedPrecondition,
+            ErrorCode::Unauthenticated => tonic::Code::Unauthenticated,
+            ErrorCode::PermissionDenied => tonic::Code::PermissionDenied,
+            ErrorCode::TooManyRequests | ErrorCode::PayloadTooLarge => {
+                tonic::Code::ResourceExhausted
+            }
+            ErrorCode::Unavailable => tonic::Code::Unavailable,
+            ErrorCode::Internal => tonic::Code::Internal,
+        }
+    }
+}
+
+impl Error {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Error::InvalidArgument(_) => ErrorCode::BadRequest,
+            Error::NotFound(_) => ErrorCode::NotFound,
+            Error::Conflict(_) => ErrorCode::Conflict,
+            Error::Unauthenticated(_) => ErrorCode::Unauthenticated,
+            Error::PermissionDenied(_) => ErrorCode::PermissionDenied,
+            Error::Overloaded { .. } => ErrorCode::TooManyRequests,
+            Error::TooLarge(_) => ErrorCode::PayloadTooLarge,
+            Error::Unavailable(_) => ErrorCode::Unavailable,
+            Error::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// An invalid argument, prefixed with the field it concerns.
+    pub fn invalid(field: &str, reason: impl std::fmt::Display) -> Error {
+        Error::InvalidArgument(format!("{field}: {reason}"))
+    }
+
+    /// The same error with `context` (a field path, a batch number) put before its message.
+    pub fn prefixed(self, context: &str) -> Error {
+        let wrap = |message: String| format!("{context}: {message}");
+        match self {
+            Error::InvalidArgument(m) => Error::InvalidArgument(wrap(m)),
+            Error::NotFound(m) => Error::NotFound(wrap(m)),
+            Error::Conflict(m) => Error::Conflict(wrap(m)),
+            Error::Unauthenticated(m) => Error::Unauthenticated(wrap(m)),
+            Error::PermissionDenied(m) => Error::PermissionDenied(wrap(m)),
+            Error::Overloaded {
+                message,
+                retry_after_secs,
+            } => Error::Overloaded {
+                message: wrap(message),
+                retry_after_secs,
+            },
+            Error::TooLarge(m) => Error::TooLarge(wrap(m)),
+            Error::Unavailable(m) => Error::Unavailable(wrap(m)),
+            Error::Internal(m) => Error::Internal(m),
+        }
+    }
+
+    /// What the client is told: the message, except for internal errors, which are logged here
+    /// (once, where the error leaves the process) and replaced by a generic sentence.
+    pub fn client_message(&self) -> String {
+        match self {
+            Error::Internal(detail) => {
+                tracing::error!(error = %detail, "internal error");
+                "internal error; the failure was logged on the server".to_string()
+            }
+            other => other.to_string(),
+        }
+    }
+
+    fn retry_after_secs(&self) -> Option<u32> {
+        match self {
+            Error::Overloaded {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            Error::Unavailable(_) => Some(1),
+            _ => None,
+        }
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(error: Error) -> tonic::Status {
+        let mut status = tonic::Status::new(error.code().grpc_code(), error.client_message());
+        if let Some(seconds) = error.retry_after_secs()
+            && let Ok(value) = seconds.to_string().parse()
+        {
+            status.metadata_mut().insert("retry-after", value);
+        }
+        status
+    }
+}
+
+/// The JSON error body of every non-OAuth REST error.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct ErrorBody {
+    pub code: u16,
+    pub message: String,
+    pub errors: Vec<String>,
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = self.code().http_status();
+        let body = ErrorBody {
+            code: status.as_u16(),
+            message: status.canonical_reason().unwrap_or("error").to_lowercase(),
+            errors: vec![self.client_message()],
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        if let Some(seconds) = self.retry_after_secs() {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+/// Storage failures: a full disk or read-only file refuses writes with a clear message; anything
+/// else is internal.
+fn from_storage(error: redb::Error) -> Error {
+    use std::io::ErrorKind;
+    let io_kind = match &error {
+        redb::Error::Io(io) => Some(io.kind()),
+        _ => None,
+    };
+    match io_kind {
+        Some(ErrorKind::StorageFull) => Error::Unavailable(
+            "the data volume is full; writes are refused until space is freed".to_string(),
+        ),
+        Some(ErrorKind::ReadOnlyFilesystem | ErrorKind::PermissionDenied) => {
+            Error::Unavailable("the database file is read-only; writes are refused".to_string())
+        }
+        _ => Error::Internal(format!("storage: {error}")),
+    }
+}
+
+macro_rules! from_redb {
+    ($($source:ty),*) => {$(
+        impl From<$source> for Error {
+            fn from(error: $source) -> Error {
+                from_storage(error.into())
+            }
+        }
+    )*};
+}
+
+from_redb!(
+    redb::Error,
+    redb::StorageError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::CommitError
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_code_decides_both_renderings() {
+        let error = Error::invalid("period", "must be one of day, week");
+        assert_eq!(error.to_string(), "period: must be one of day, week");
+        let status = tonic::Status::from(Error::invalid("n", "too big"));
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(status.message(), "n: too big");
+        let response = Error::NotFound("pipeline x".into()).into_response();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn internal_details_stay_on_the_server() {
+        let status = tonic::Status::from(Error::Internal("page 7 checksum".into()));
+        assert_eq!(status.code(), tonic::Code::Internal);
+        assert!(!status.message().contains("page 7"));
+    }
+
+    #[test]
+    fn overload_carries_a_retry_hint() {
+        let error = Error::Overloaded {
+            message: "write queue is full".into(),
+            retry_after_secs: 2,
+        };
+        let response = error.into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+    }
+}

@@ -1,0 +1,527 @@
+//! The domain: identifiers, task runs as reported, and the stats answered about them. Pure data
+//! and the rules that need no storage (what a run contributes, how tallies combine).
+
+use std::fmt;
+
+use uuid::Uuid;
+
+use crate::time::{Period, Timestamp};
+
+macro_rules! uuid_newtype {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(pub Uuid);
+
+        impl $name {
+            pub fn as_bytes(&self) -> &[u8; 16] {
+                self.0.as_bytes()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.hyphenated().fmt(f)
+            }
+        }
+    };
+}
+
+uuid_newtype!(
+    /// A tenant: OAuth clients and pipelines belong to exactly one.
+    OrgId
+);
+uuid_newtype!(
+    /// A pipeline (the reference's older name: workflow).
+    PipelineId
+);
+uuid_newtype!(
+    /// A task of a pipeline.
+    TaskId
+);
+uuid_newtype!(
+    /// One execution of a pipeline (`workflow_run_uuid` = `pipeline_run_uuid`).
+    PipelineRunId
+);
+uuid_newtype!(
+    /// One execution of one task.
+    TaskRunId
+);
+
+/// Whether a stats question is about a task or a pipeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EntityKind {
+    Task,
+    Pipeline,
+}
+
+impl EntityKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntityKind::Task => "task",
+            EntityKind::Pipeline => "pipeline",
+        }
+    }
+}
+
+/// Names a task or a pipeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct EntityRef {
+    pub kind: EntityKind,
+    pub uuid: Uuid,
+}
+
+impl fmt::Display for EntityRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.kind.as_str(), self.uuid.hyphenated())
+    }
+}
+
+/// The kind of work a task does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TaskType {
+    Query,
+    Condition,
+    Aggregator,
+    Transformer,
+    Notification,
+    ApiCall,
+    ForEach,
+    Merge,
+    Filter,
+    RunPipeline,
+    ExternalTrigger,
+    Code,
+    Gpt,
+    Processor,
+}
+
+impl TaskType {
+    pub const ALL: [TaskType; 14] = [
+        TaskType::Query,
+        TaskType::Condition,
+        TaskType::Aggregator,
+        TaskType::Transformer,
+        TaskType::Notification,
+        TaskType::ApiCall,
+        TaskType::ForEach,
+        TaskType::Merge,
+        TaskType::Filter,
+        TaskType::RunPipeline,
+        TaskType::ExternalTrigger,
+        TaskType::Code,
+        TaskType::Gpt,
+        TaskType::Processor,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskType::Query => "query",
+            TaskType::Condition => "condition",
+            TaskType::Aggregator => "aggregator",
+            TaskType::Transformer => "transformer",
+            TaskType::Notification => "notification",
+            TaskType::ApiCall => "api_call",
+            TaskType::ForEach => "for_each",
+            TaskType::Merge => "merge",
+            TaskType::Filter => "filter",
+            TaskType::RunPipeline => "run_pipeline",
+            TaskType::ExternalTrigger => "external_trigger",
+            TaskType::Code => "code",
+            TaskType::Gpt => "gpt",
+            TaskType::Processor => "processor",
+        }
+    }
+
+    /// The type's number in storage and in the proto enum (1-based). Never renumber.
+    pub fn code(self) -> u8 {
+        TaskType::ALL
+            .iter()
+            .position(|t| *t == self)
+            .expect("every task type is in ALL") as u8
+            + 1
+    }
+
+    pub fn from_code(code: u8) -> Option<TaskType> {
+        TaskType::ALL
+            .get(usize::from(code).checked_sub(1)?)
+            .copied()
+    }
+}
+
+impl std::str::FromStr for TaskType {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        TaskType::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "`{s}` is not a task type (one of {})",
+                    TaskType::ALL.map(TaskType::as_str).join(", ")
+                )
+            })
+    }
+}
+
+/// Where a task run is in its life. Only finished task runs count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RunState {
+    Pending,
+    Running,
+    Finished,
+}
+
+impl RunState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Pending => "pending",
+            RunState::Running => "running",
+            RunState::Finished => "finished",
+        }
+    }
+}
+
+impl std::str::FromStr for RunState {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "pending" => Ok(RunState::Pending),
+            "running" => Ok(RunState::Running),
+            "finished" => Ok(RunState::Finished),
+            _ => Err(format!(
+                "`{s}` is not a task-run state (one of pending, running, finished)"
+            )),
+        }
+    }
+}
+
+/// One error a task run reported.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct TaskError {
+    pub code: String,
+    pub severity: String,
+    pub message: String,
+}
+
+/// One task run as reported by a platform, validated. `output` is plain text on the way in and
+/// the sealed envelope (see `crypto`) once the engine has encrypted it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskRun {
+    pub task_run: TaskRunId,
+    pub pipeline_run: PipelineRunId,
+    pub pipeline: PipelineId,
+    pub task: TaskId,
+    /// The organization named in the report; `None` means the caller's.
+    pub organization: Option<OrgId>,
+    pub task_type: TaskType,
+    pub state: RunState,
+    pub is_successful: bool,
+    pub duration_ms: u32,
+    /// When the task run ended. Finished task runs always have one.
+    pub executed_at: Option<Timestamp>,
+    pub output: Vec<u8>,
+    pub errors: Vec<TaskError>,
+    pub metric_value: Option<f64>,
+    pub is_initial_task: bool,
+    pub is_final_task: bool,
+}
+
+impl TaskRun {
+    /// When the run counts in stats: finished, at this instant.
+    pub fn finished_at(&self) -> Option<Timestamp> {
+        match self.state {
+            RunState::Finished => self.executed_at,
+            RunState::Pending | RunState::Running => None,
+        }
+    }
+}
+
+/// A pipeline with its tasks, as registered.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PipelineDefinition {
+    pub pipeline: PipelineId,
+    /// `None` means the caller's organization.
+    pub organization: Option<OrgId>,
+    pub name: String,
+    pub tasks: Vec<TaskDefinition>,
+}
+
+/// A task as registered with its pipeline.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskDefinition {
+    pub task: TaskId,
+    pub task_type: TaskType,
+    pub name: String,
+    pub is_initial: bool,
+}
+
+/// Success and failure counts and the summed duration of a set of runs. Tallies form a group
+/// under wrapping arithmetic, so a run's contribution can be added and later retracted exactly,
+/// in any order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Tally {
+    pub successes: u64,
+    pub failures: u64,
+    pub duration_ms: u64,
+}
+
+impl Tally {
+    /// The tally of one run.
+    pub fn of_run(is_successful: bool, duration_ms: u64) -> Tally {
+        Tally {
+            successes: u64::from(is_successful),
+            failures: u64::from(!is_successful),
+            duration_ms,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Tally::default()
+    }
+
+    pub fn runs(&self) -> u64 {
+        self.successes + self.failures
+    }
+
+    /// The floor of the mean duration in milliseconds; 0 with no runs.
+    pub fn average_duration_ms(&self) -> u64 {
+        self.duration_ms.checked_div(self.runs()).unwrap_or(0)
+    }
+}
+
+impl std::ops::Add for Tally {
+    type Output = Tally;
+
+    fn add(self, other: Tally) -> Tally {
+        Tally {
+            successes: self.successes.wrapping_add(other.successes),
+            failures: self.failures.wrapping_add(other.failures),
+            duration_ms: self.duration_ms.wrapping_add(other.duration_ms),
+        }
+    }
+}
+
+/// Retraction: `a + b - b == a` always, whatever the order of operations.
+impl std::ops::Sub for Tally {
+    type Output = Tally;
+
+    fn sub(self, other: Tally) -> Tally {
+        Tally {
+            successes: self.successes.wrapping_sub(other.successes),
+            failures: self.failures.wrapping_sub(other.failures),
+            duration_ms: self.duration_ms.wrapping_sub(other.duration_ms),
+        }
+    }
+}
+
+/// The latest finished run of a task or pipeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LastRun {
+    pub executed_at: Timestamp,
+    pub is_successful: bool,
+    pub duration_ms: u64,
+}
+
+/// The answer to a range stats question.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stats {
+    pub tally: Tally,
+    /// The latest run at or before the range's end (it may lie before the range's start).
+    pub last_run: Option<LastRun>,
+}
+
+/// An inclusive range of whole seconds, `from <= to`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimeRange {
+    from: i64,
+    to: i64,
+}
+
+impl TimeRange {
+    /// The range, or `None` when `from` is after `to`.
+    pub fn new(from: i64, to: i64) -> Option<TimeRange> {
+        (from <= to).then_some(TimeRange { from, to })
+    }
+
+    pub fn from(&self) -> i64 {
+        self.from
+    }
+
+    pub fn to(&self) -> i64 {
+        self.to
+    }
+
+    /// The first microsecond after the range.
+    pub fn end_micros_exclusive(&self) -> i64 {
+        (self.to + 1) * crate::time::MICROS_PER_SECOND
+    }
+
+    pub fn contains(&self, at: Timestamp) -> bool {
+        (self.from..=self.to).contains(&at.second())
+    }
+}
+
+/// How many buckets an aggregated-stats question asks for: 1 to 1000.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BucketCount(u32);
+
+impl BucketCount {
+    pub const MAX: u32 = 1_000;
+
+    pub fn new(n: u32) -> Result<BucketCount, String> {
+        if (1..=Self::MAX).contains(&n) {
+            Ok(BucketCount(n))
+        } else {
+            Err(format!("n must be between 1 and {}, got {n}", Self::MAX))
+        }
+    }
+
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+/// Stats of one calendar bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BucketStats {
+    pub period: Period,
+    /// The bucket's first second.
+    pub start: i64,
+    /// The bucket's last second.
+    pub last_second: i64,
+    pub tally: Tally,
+}
+
+/// One finished task run in a pipeline's log.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogEntry {
+    pub pipeline_run: PipelineRunId,
+    pub task_run: TaskRunId,
+    pub task: TaskId,
+    pub task_type: TaskType,
+    pub is_successful: bool,
+    pub duration_ms: u32,
+    /// The sealed output envelope, empty when there was no output.
+    pub output: Vec<u8>,
+    pub metric_value: Option<f64>,
+    pub executed_at: Timestamp,
+    pub errors: Vec<TaskError>,
+}
+
+/// Where a log page starts: strictly older than this entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogCursor {
+    pub executed_at: Timestamp,
+    pub task_run: TaskRunId,
+}
+
+impl LogCursor {
+    /// The cursor as an opaque token: 24 bytes, URL-safe base64 without padding.
+    pub fn encode(&self) -> String {
+        use base64::Engine;
+        let mut bytes = [0u8; 24];
+        bytes[..8].copy_from_slice(&self.executed_at.micros().to_be_bytes());
+        bytes[8..].copy_from_slice(self.task_run.as_bytes());
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    pub fn decode(token: &str) -> Result<LogCursor, String> {
+        use base64::Engine;
+        let invalid = || format!("cursor `{token}` is not a cursor this server issued");
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token)
+            .map_err(|_| invalid())?;
+        let bytes: [u8; 24] = bytes.try_into().map_err(|_| invalid())?;
+        let micros = i64::from_be_bytes(bytes[..8].try_into().expect("8 bytes"));
+        let executed_at = Timestamp::from_micros(micros).ok_or_else(invalid)?;
+        let task_run = TaskRunId(Uuid::from_bytes(bytes[8..].try_into().expect("16 bytes")));
+        Ok(LogCursor {
+            executed_at,
+            task_run,
+        })
+    }
+}
+
+/// One page of a pipeline's log, newest first.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogPage {
+    pub entries: Vec<LogEntry>,
+    /// Where the next page starts, when there may be more entries in the range.
+    pub next: Option<LogCursor>,
+}
+
+/// What a report batch did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReportCounts {
+    pub inserted: u64,
+    pub replaced: u64,
+    pub unchanged: u64,
+}
+
+impl ReportCounts {
+    pub fn add(&mut self, other: ReportCounts) {
+        self.inserted += other.inserted;
+        self.replaced += other.replaced;
+        self.unchanged += other.unchanged;
+    }
+}
+
+/// What registering a pipeline did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RegisterOutcome {
+    pub created: bool,
+    pub tasks_created: u32,
+    pub tasks_updated: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_type_codes_round_trip() {
+        for task_type in TaskType::ALL {
+            assert_eq!(TaskType::from_code(task_type.code()), Some(task_type));
+            assert_eq!(task_type.as_str().parse::<TaskType>(), Ok(task_type));
+        }
+        assert_eq!(TaskType::from_code(0), None);
+        assert_eq!(TaskType::from_code(15), None);
+    }
+
+    #[test]
+    fn tallies_retract_exactly() {
+        let a = Tally::of_run(true, 10);
+        let b = Tally::of_run(false, u64::MAX);
+        assert_eq!(a + b - b, a);
+        assert_eq!(b - a + a, b);
+        assert_eq!(a - a, Tally::default());
+        assert_eq!((a + Tally::of_run(true, 5)).average_duration_ms(), 7);
+        assert_eq!(Tally::default().average_duration_ms(), 0);
+    }
+
+    #[test]
+    fn cursors_round_trip_and_reject_garbage() {
+        let cursor = LogCursor {
+            executed_at: Timestamp::from_micros(1_711_112_269_123_456).unwrap(),
+            task_run: TaskRunId(Uuid::from_u128(42)),
+        };
+        assert_eq!(LogCursor::decode(&cursor.encode()), Ok(cursor));
+        assert!(LogCursor::decode("not a cursor").is_err());
+        assert!(LogCursor::decode("").is_err());
+    }
+
+    #[test]
+    fn bucket_counts_are_bounded() {
+        assert!(BucketCount::new(0).is_err());
+        assert!(BucketCount::new(1).is_ok());
+        assert!(BucketCount::new(1_000).is_ok());
+        assert!(
+            BucketCount::new(100_000)
+                .unwrap_err()
+                .contains("between 1 and 1000")
+        );
+    }
+}

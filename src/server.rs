@@ -1,0 +1,94 @@
+//! Running the two fronts on bound listeners until a shutdown future resolves, then draining:
+//! in-flight requests get a grace period, queued writes are always finished before returning.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::server::TcpIncoming;
+
+use crate::api::{grpc, rest};
+use crate::auth::Caller;
+use crate::engine::Engine;
+
+/// How long in-flight requests may take to finish once shutdown begins.
+const GRACE: Duration = Duration::from_secs(10);
+
+/// Serves gRPC on `grpc_listener` and REST on `http_listener` until `shutdown` resolves, then
+/// stops accepting, lets in-flight requests finish (up to a grace period), and finishes every
+/// queued write before returning.
+pub async fn run(
+    engine: Arc<Engine>,
+    grpc_listener: TcpListener,
+    http_listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+    let signal = |mut stopped: watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+
+    let routes = grpc::routes(engine.clone(), open_access).await;
+    let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+    let grpc_server = tonic::transport::Server::builder()
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, signal(stopped.clone()));
+
+    let http_listener = http_listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let http_server = axum::serve(http_listener, rest::router(engine.clone()))
+        .with_graceful_shutdown(signal(stopped.clone()));
+
+    let servers = async { tokio::join!(grpc_server, http_server.into_future()) };
+    let grace_over = async {
+        signal(stopped).await;
+        tokio::time::sleep(GRACE).await;
+    };
+    let result = tokio::select! {
+        (grpc_result, http_result) = servers => {
+            grpc_result.map_err(std::io::Error::other).and(http_result)
+        }
+        () = grace_over => {
+            tracing::warn!("requests still in flight after the grace period; closing them");
+            Ok(())
+        }
+    };
+    let draining = engine.clone();
+    tokio::task::spawn_blocking(move || draining.shutdown())
+        .await
+        .map_err(std::io::Error::other)?;
+    result
+}
+
+/// Until authentication is configured, every caller acts as the operator.
+#[allow(clippy::result_large_err)]
+fn open_access(mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    request.extensions_mut().insert(Caller::Operator);
+    Ok(request)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn termination() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("a SIGTERM handler can be installed");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,276 @@
+//! Everything redb: one database file in the data dir holding the run store, the pipeline-run
+//! aggregates and the rollups (see [`tables`] for the layout). Reads run on snapshots
+//! ([`Reader`]); writes go through the single group-committing [`writer`], or straight through
+//! [`Store::apply_now`] for bulk loads.
+
+mod apply;
+mod cache;
+mod read;
+mod records;
+mod rollup;
+pub mod tables;
+pub mod verify;
+mod writer;
+
+use std::io::Read;
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable};
+
+pub use apply::{WriteOp, WriteOutcome};
+pub use read::Reader;
+pub use records::{EntityDetail, EntityKey};
+pub use rollup::cover;
+pub use tables::EntityId;
+pub use writer::{PendingWrite, outcome};
+
+use cache::EntityCache;
+use writer::Writer;
+
+use crate::error::Result;
+
+/// The database file's name inside the data dir.
+pub const DATABASE_FILE: &str = "runledger.redb";
+
+/// Why a data dir could not be opened. Each says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(
+        "the data dir {0} is in use by another runledger process (is a server running on it?); stop it or use another --data-dir"
+    )]
+    InUse(PathBuf),
+    #[error("{path} is not a runledger database ({reason}); refusing to touch it")]
+    Foreign { path: PathBuf, reason: String },
+    #[error(
+        "{path} was written by a newer runledger (format {found}; this build reads format {})",
+        tables::FORMAT_VERSION
+    )]
+    NewerFormat { path: PathBuf, found: u32 },
+    #[error("cannot open {path}: {reason}")]
+    Failed { path: PathBuf, reason: String },
+}
+
+/// Tuning knobs of a store.
+#[derive(Clone, Copy, Debug)]
+pub struct StoreOptions {
+    /// Bytes of redb page cache.
+    pub cache_bytes: usize,
+    /// Writes that may wait for the writer before submitters wait for room.
+    pub write_queue: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            cache_bytes: 64 << 20,
+            write_queue: 1_024,
+        }
+    }
+}
+
+/// The open database: snapshots for reads, the writer for writes.
+pub struct Store {
+    db: Arc<Database>,
+    cache: Arc<EntityCache>,
+    writer: Writer,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `data_dir`.
+    pub fn open(data_dir: &Path, options: StoreOptions) -> Result<Store, OpenError> {
+        let path = data_dir.join(DATABASE_FILE);
+        let failed = |reason: String| OpenError::Failed {
+            path: path.clone(),
+            reason,
+        };
+        std::fs::create_dir_all(data_dir).map_err(|e| failed(e.to_string()))?;
+        check_magic(&path)?;
+        let opened = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            redb::Builder::new()
+                .set_cache_size(options.cache_bytes)
+                .create(&path)
+        }));
+        let db = match opened {
+            Ok(Ok(db)) => db,
+            Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => {
+                return Err(OpenError::InUse(data_dir.to_path_buf()));
+            }
+            Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason)))) => {
+                return Err(OpenError::Foreign {
+                    path: path.clone(),
+                    reason: format!("corrupted: {reason}"),
+                });
+            }
+            Ok(Err(error)) => return Err(failed(error.to_string())),
+            Err(_) => {
+                return Err(OpenError::Foreign {
+                    path: path.clone(),
+                    reason: "the file is damaged".into(),
+                });
+            }
+        };
+        initialize(&db, &path)?;
+        let db = Arc::new(db);
+        let cache = Arc::new(EntityCache::default());
+        let writer = Writer::spawn(db.clone(), cache.clone(), options.write_queue);
+        Ok(Store {
+            db,
+            cache,
+            writer,
+            path,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A consistent snapshot to read from.
+    pub fn reader(&self) -> Result<Reader<'_>> {
+        Ok(Reader::new(self.db.begin_read()?, &self.cache))
+    }
+
+    /// Queues a write for the next group commit; await the result with [`outcome`].
+    pub async fn submit(&self, op: WriteOp) -> Result<PendingWrite> {
+        self.writer.submit(op).await
+    }
+
+    /// Applies a write in the next group commit and waits until it is durable.
+    pub async fn write(&self, op: WriteOp) -> Result<WriteOutcome> {
+        self.writer.write(op).await
+    }
+
+    /// Applies writes in one transaction on the calling thread, bypassing the writer queue (for
+    /// bulk loads). Each operation's result is its own; `Err` means nothing was applied.
+    pub fn apply_now(&self, ops: &[WriteOp]) -> Result<Vec<Result<WriteOutcome>>> {
+        apply_batch(&self.db, &self.cache, ops)
+    }
+
+    /// Stops accepting writes, finishes the queued ones, and waits for the writer. Blocks.
+    pub fn shutdown(&self) {
+        self.writer.shutdown();
+    }
+}
+
+/// Applies `ops` in one durable transaction.
+fn apply_batch(
+    db: &Database,
+    cache: &EntityCache,
+    ops: &[WriteOp],
+) -> Result<Vec<Result<WriteOutcome>>> {
+    let txn = db.begin_write()?;
+    let mut outcomes = Vec::with_capacity(ops.len());
+    let created = {
+        let mut batch = apply::Batch::open(&txn, cache)?;
+        for op in ops {
+            outcomes.push(batch.apply(op)?);
+        }
+        batch.finish()?
+    };
+    txn.commit()?;
+    for (uuid, key) in created {
+        cache.insert(uuid, key);
+    }
+    Ok(outcomes)
+}
+
+/// Refuses a file that is not a redb database before redb sees it.
+fn check_magic(path: &Path) -> Result<(), OpenError> {
+    const MAGIC: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0A];
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(OpenError::Failed {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            });
+        }
+    };
+    let mut head = Vec::with_capacity(MAGIC.len());
+    (&mut file)
+        .take(MAGIC.len() as u64)
+        .read_to_end(&mut head)
+        .map_err(|e| OpenError::Failed {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    if !head.is_empty() && head != MAGIC {
+        return Err(OpenError::Foreign {
+            path: path.to_path_buf(),
+            reason: "it is not a redb database file".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Creates the tables of a new database, or checks that an existing one is ours.
+fn initialize(db: &Database, path: &Path) -> Result<(), OpenError> {
+    let failed = |reason: String| OpenError::Failed {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let txn = db.begin_write().map_err(|e| failed(e.to_string()))?;
+    let has_tables = txn
+        .list_tables()
+        .map_err(|e| failed(e.to_string()))?
+        .next()
+        .is_some();
+    {
+        let mut meta = txn
+            .open_table(tables::META)
+            .map_err(|e| failed(e.to_string()))?;
+        let format = meta
+            .get(tables::meta::FORMAT)
+            .map_err(|e| failed(e.to_string()))?
+            .map(|bytes| bytes.value().to_vec());
+        match format {
+            Some(bytes) => {
+                let found = <[u8; 4]>::try_from(bytes.as_slice())
+                    .map(u32::from_le_bytes)
+                    .map_err(|_| OpenError::Foreign {
+                        path: path.to_path_buf(),
+                        reason: "its format marker is damaged".into(),
+                    })?;
+                if found > tables::FORMAT_VERSION {
+                    return Err(OpenError::NewerFormat {
+                        path: path.to_path_buf(),
+                        found,
+                    });
+                }
+            }
+            None if has_tables => {
+                return Err(OpenError::Foreign {
+                    path: path.to_path_buf(),
+                    reason: "it is a redb database of another program".into(),
+                });
+            }
+            None => {
+                meta.insert(
+                    tables::meta::FORMAT,
+                    tables::FORMAT_VERSION.to_le_bytes().as_slice(),
+                )
+                .map_err(|e| failed(e.to_string()))?;
+            }
+        }
+    }
+    // Every table exists from the start, so readers never meet a missing one.
+    let create = || -> Result<(), redb::TableError> {
+        txn.open_table(tables::ENTITY_KEYS)?;
+        txn.open_table(tables::ENTITIES)?;
+        txn.open_table(tables::PIPELINE_TASKS)?;
+        txn.open_table(tables::TASK_RUNS)?;
+        txn.open_table(tables::RUN_LOG)?;
+        txn.open_table(tables::PIPELINE_RUNS)?;
+        txn.open_table(tables::ROLLUPS)?;
+        txn.open_table(tables::LAST_RUNS)?;
+        Ok(())
+    };
+    create().map_err(|e| failed(e.to_string()))?;
+    txn.commit().map_err(|e| failed(e.to_string()))?;
+    Ok(())
+}

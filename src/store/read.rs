@@ -1,0 +1,237 @@
+//! Queries on one consistent snapshot (a redb read transaction). Every query costs a bounded
+//! number of tree reads: stats a handful of rollup ranges, aggregated stats one range of at most
+//! n buckets, last run one lookup, a log page one range of at most `limit` entries.
+
+use redb::{ReadOnlyTable, ReadTransaction};
+use uuid::Uuid;
+
+use super::cache::EntityCache;
+use super::records::{EntityDetail, EntityKey, LastRunRecord, RunRecord, decode_tally};
+use super::rollup::{Series, last_run_at_or_before, range_tally};
+use super::tables::{
+    self, ENTITIES, ENTITY_KEYS, EntityId, LAST_RUNS, PIPELINE_RUNS, ROLLUPS, RUN_LOG,
+    pipeline_task_key, rollup_key, rollup_key_bucket, run_key, split_run_key,
+};
+use crate::error::{Error, Result};
+use crate::model::{
+    BucketCount, BucketStats, LastRun, LogCursor, LogEntry, LogPage, Stats, TaskId, TaskRunId,
+    TimeRange,
+};
+use crate::time::{Level, MAX_SECOND, MICROS_PER_SECOND, Period, Timestamp};
+
+/// A snapshot of the database to answer queries from.
+pub struct Reader<'a> {
+    txn: ReadTransaction,
+    cache: &'a EntityCache,
+}
+
+impl<'a> Reader<'a> {
+    pub(super) fn new(txn: ReadTransaction, cache: &'a EntityCache) -> Reader<'a> {
+        Reader { txn, cache }
+    }
+
+    /// The pipeline or task with this UUID, if it exists.
+    pub fn entity(&self, uuid: Uuid) -> Result<Option<EntityKey>> {
+        if let Some(key) = self.cache.get(&uuid) {
+            return Ok(Some(key));
+        }
+        let table = self.txn.open_table(ENTITY_KEYS)?;
+        let Some(bytes) = table.get(uuid.as_bytes())? else {
+            return Ok(None);
+        };
+        let key = EntityKey::decode(bytes.value())?;
+        self.cache.insert(uuid, key);
+        Ok(Some(key))
+    }
+
+    /// The details (name, type) of an entity.
+    pub fn detail(&self, id: EntityId) -> Result<EntityDetail> {
+        let table = self.txn.open_table(ENTITIES)?;
+        let bytes = table
+            .get(id.0)?
+            .ok_or_else(|| Error::Internal(format!("entity {} has no details", id.0)))?;
+        EntityDetail::decode(bytes.value())
+    }
+
+    /// The UUID behind an entity id.
+    pub fn entity_uuid(&self, id: EntityId) -> Result<Uuid> {
+        if let Some(uuid) = self.cache.uuid(id) {
+            return Ok(uuid);
+        }
+        let uuid = self.detail(id)?.uuid;
+        self.cache.insert_uuid(id, uuid);
+        Ok(uuid)
+    }
+
+    /// The tasks of a pipeline, with their details.
+    pub fn pipeline_tasks(&self, pipeline: EntityId) -> Result<Vec<(EntityId, EntityDetail)>> {
+        let table = self.txn.open_table(tables::PIPELINE_TASKS)?;
+        let low = pipeline_task_key(pipeline, EntityId(0));
+        let high = pipeline_task_key(pipeline, EntityId(u32::MAX));
+        let mut tasks = Vec::new();
+        for entry in table.range::<&[u8; 8]>(&low..=&high)? {
+            let (key, _) = entry?;
+            let id = EntityId(u32::from_be_bytes(
+                key.value()[4..].try_into().expect("4 bytes"),
+            ));
+            tasks.push((id, self.detail(id)?));
+        }
+        Ok(tasks)
+    }
+
+    /// Tally of the runs in a range and the last run at or before its end.
+    pub fn stats(&self, entity: &EntityKey, range: TimeRange) -> Result<Stats> {
+        let rollups = self.txn.open_table(ROLLUPS)?;
+        let tally = range_tally(&rollups, entity.id, range)?;
+        let last_run = match self.last_run_record(entity.id)? {
+            None => None,
+            Some(last) if last.executed_at.second() <= range.to() => Some(last.last_run()),
+            Some(_) => {
+                let run_log = self.txn.open_table(RUN_LOG)?;
+                let pipeline_runs = self.txn.open_table(PIPELINE_RUNS)?;
+                last_run_at_or_before(
+                    &rollups,
+                    &run_log,
+                    &pipeline_runs,
+                    series(entity),
+                    range.to(),
+                )?
+                .map(|record| record.last_run())
+            }
+        };
+        Ok(Stats { tally, last_run })
+    }
+
+    /// Per-bucket tallies of `n` consecutive buckets from the one containing `date_from`; empty
+    /// buckets are left out; oldest first.
+    pub fn aggregated(
+        &self,
+        entity: &EntityKey,
+        period: Period,
+        date_from: i64,
+        n: BucketCount,
+    ) -> Result<Vec<BucketStats>> {
+        let level = period.level();
+        let start = level.bucket_start(date_from);
+        let end = advance(level, start, n.get());
+        let rollups = self.txn.open_table(ROLLUPS)?;
+        let low = rollup_key(entity.id, level, start);
+        let high = rollup_key(entity.id, level, end);
+        let mut buckets = Vec::new();
+        for entry in rollups.range::<&[u8; tables::ROLLUP_KEY_LEN]>(&low..&high)? {
+            let (key, value) = entry?;
+            let start = rollup_key_bucket(key.value());
+            buckets.push(BucketStats {
+                period,
+                start,
+                last_second: level.next_bucket(start) - 1,
+                tally: decode_tally(value.value())?,
+            });
+        }
+        Ok(buckets)
+    }
+
+    /// The latest finished run, if any.
+    pub fn last_run(&self, entity: &EntityKey) -> Result<Option<LastRun>> {
+        Ok(self.last_run_record(entity.id)?.map(|r| r.last_run()))
+    }
+
+    fn last_run_record(&self, id: EntityId) -> Result<Option<LastRunRecord>> {
+        let table = self.txn.open_table(LAST_RUNS)?;
+        table
+            .get(id.0)?
+            .map(|bytes| LastRunRecord::decode(bytes.value()))
+            .transpose()
+    }
+
+    /// A page of a pipeline's finished task runs in a range, newest first, strictly older than
+    /// `after` when given.
+    pub fn logs(
+        &self,
+        pipeline: &EntityKey,
+        range: TimeRange,
+        after: Option<LogCursor>,
+        limit: usize,
+    ) -> Result<LogPage> {
+        let run_log = self.txn.open_table(RUN_LOG)?;
+        let low = run_key(pipeline.id, range.from() * MICROS_PER_SECOND, &[0; 16]);
+        let mut high = run_key(pipeline.id, range.end_micros_exclusive(), &[0; 16]);
+        if let Some(cursor) = after {
+            high = high.min(run_key(
+                pipeline.id,
+                cursor.executed_at.micros(),
+                cursor.task_run.as_bytes(),
+            ));
+        }
+        let mut entries = Vec::with_capacity(limit.min(1_024));
+        let mut more = false;
+        if low < high {
+            for entry in run_log
+                .range::<&[u8; tables::RUN_KEY_LEN]>(&low..&high)?
+                .rev()
+            {
+                if entries.len() == limit {
+                    more = true;
+                    break;
+                }
+                let (key, value) = entry?;
+                entries.push(self.log_entry(key.value(), value.value())?);
+            }
+        }
+        let next = if more {
+            entries.last().map(|entry: &LogEntry| LogCursor {
+                executed_at: entry.executed_at,
+                task_run: entry.task_run,
+            })
+        } else {
+            None
+        };
+        Ok(LogPage { entries, next })
+    }
+
+    fn log_entry(&self, key: &[u8; tables::RUN_KEY_LEN], value: &[u8]) -> Result<LogEntry> {
+        let (_, micros, task_run) = split_run_key(key);
+        let record = RunRecord::decode(value)?;
+        Ok(LogEntry {
+            pipeline_run: record.pipeline_run,
+            task_run: TaskRunId(Uuid::from_bytes(task_run)),
+            task: TaskId(self.entity_uuid(record.task)?),
+            task_type: record.task_type,
+            is_successful: record.is_successful,
+            duration_ms: record.duration_ms,
+            output: record.output,
+            metric_value: record.metric_value,
+            executed_at: Timestamp::from_micros(micros)
+                .ok_or_else(|| super::records::corrupt("task run"))?,
+            errors: record.errors,
+        })
+    }
+
+    /// Direct access to the snapshot's tables, for verification and tests.
+    pub fn table<K: redb::Key + 'static, V: redb::Value + 'static>(
+        &self,
+        definition: redb::TableDefinition<K, V>,
+    ) -> Result<ReadOnlyTable<K, V>> {
+        Ok(self.txn.open_table(definition)?)
+    }
+}
+
+/// The start of the bucket `n` buckets after `start`, capped just past the year 9999.
+fn advance(level: Level, start: i64, n: u32) -> i64 {
+    let mut end = start;
+    for _ in 0..n {
+        if end > MAX_SECOND {
+            break;
+        }
+        end = level.next_bucket(end);
+    }
+    end
+}
+
+fn series(entity: &EntityKey) -> Series {
+    Series {
+        id: entity.id,
+        kind: entity.kind,
+        pipeline: entity.pipeline,
+    }
+}

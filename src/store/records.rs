@@ -1,0 +1,569 @@
+//! The byte encodings of the values stored in each table. Hand-written and compact (varints for
+//! counts and lengths, interned ids for pipelines and tasks) because they are paid for once per
+//! stored run; every decoder checks bounds and reports a corrupt record instead of panicking.
+
+use uuid::Uuid;
+
+use super::tables::EntityId;
+use crate::error::Error;
+use crate::model::{
+    EntityKind, LastRun, OrgId, PipelineRunId, RunState, Tally, TaskError, TaskType,
+};
+use crate::time::Timestamp;
+
+/// A value that failed to decode: the database was altered outside runledger or a bug wrote it.
+pub fn corrupt(what: &str) -> Error {
+    Error::Internal(format!("corrupt {what} record in the database"))
+}
+
+/// The facts about a pipeline or task that never change once it exists, needed on every request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntityKey {
+    pub id: EntityId,
+    pub kind: EntityKind,
+    pub org: OrgId,
+    /// The pipeline itself for a pipeline; the owning pipeline for a task.
+    pub pipeline: EntityId,
+}
+
+impl EntityKey {
+    pub fn encode(&self) -> [u8; super::tables::ENTITY_KEY_LEN] {
+        let mut out = [0u8; super::tables::ENTITY_KEY_LEN];
+        out[..4].copy_from_slice(&self.id.0.to_be_bytes());
+        out[4] = match self.kind {
+            EntityKind::Pipeline => 1,
+            EntityKind::Task => 2,
+        };
+        out[5..21].copy_from_slice(self.org.as_bytes());
+        out[21..].copy_from_slice(&self.pipeline.0.to_be_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8; super::tables::ENTITY_KEY_LEN]) -> Result<EntityKey, Error> {
+        let kind = match bytes[4] {
+            1 => EntityKind::Pipeline,
+            2 => EntityKind::Task,
+            _ => return Err(corrupt("entity key")),
+        };
+        Ok(EntityKey {
+            id: EntityId(u32::from_be_bytes(bytes[..4].try_into().expect("4 bytes"))),
+            kind,
+            org: OrgId(Uuid::from_bytes(bytes[5..21].try_into().expect("16 bytes"))),
+            pipeline: EntityId(u32::from_be_bytes(bytes[21..].try_into().expect("4 bytes"))),
+        })
+    }
+}
+
+/// The details of a pipeline or task that registration may change.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EntityDetail {
+    pub uuid: Uuid,
+    pub name: String,
+    /// Tasks only.
+    pub task_type: Option<TaskType>,
+    /// Tasks only: whether running the pipeline starts with this task.
+    pub is_initial: bool,
+}
+
+impl EntityDetail {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(20 + self.name.len());
+        out.extend_from_slice(self.uuid.as_bytes());
+        out.push(self.task_type.map_or(0, TaskType::code));
+        out.push(u8::from(self.is_initial));
+        put_bytes(&mut out, self.name.as_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<EntityDetail, Error> {
+        let bad = || corrupt("entity");
+        let mut input = Input(bytes);
+        let uuid = Uuid::from_bytes(input.array().ok_or_else(bad)?);
+        let task_type = match input.byte().ok_or_else(bad)? {
+            0 => None,
+            code => Some(TaskType::from_code(code).ok_or_else(bad)?),
+        };
+        let is_initial = input.byte().ok_or_else(bad)? != 0;
+        let name = input.string().ok_or_else(bad)?;
+        Ok(EntityDetail {
+            uuid,
+            name,
+            task_type,
+            is_initial,
+        })
+    }
+}
+
+/// A task run as stored: in `run_log` once finished, inside its [`TaskRunHome`] before.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunRecord {
+    pub task: EntityId,
+    pub pipeline_run: PipelineRunId,
+    pub task_type: TaskType,
+    pub state: RunState,
+    pub is_successful: bool,
+    pub is_initial_task: bool,
+    pub is_final_task: bool,
+    pub duration_ms: u32,
+    pub metric_value: Option<f64>,
+    /// The sealed output envelope; empty for no output.
+    pub output: Vec<u8>,
+    pub errors: Vec<TaskError>,
+}
+
+const FLAG_SUCCESSFUL: u8 = 1;
+const FLAG_INITIAL: u8 = 1 << 1;
+const FLAG_FINAL: u8 = 1 << 2;
+const FLAG_METRIC: u8 = 1 << 3;
+const STATE_SHIFT: u8 = 4;
+
+/// Where the pipeline-run UUID sits in an encoded [`RunRecord`], for scans that only need it.
+pub const RECORD_PIPELINE_RUN: std::ops::Range<usize> = 4..20;
+
+impl RunRecord {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.task.0.to_be_bytes());
+        out.extend_from_slice(self.pipeline_run.as_bytes());
+        out.push(self.task_type.code());
+        let state = match self.state {
+            RunState::Pending => 0,
+            RunState::Running => 1,
+            RunState::Finished => 2,
+        };
+        let flags = (u8::from(self.is_successful) * FLAG_SUCCESSFUL)
+            | (u8::from(self.is_initial_task) * FLAG_INITIAL)
+            | (u8::from(self.is_final_task) * FLAG_FINAL)
+            | (u8::from(self.metric_value.is_some()) * FLAG_METRIC)
+            | (state << STATE_SHIFT);
+        out.push(flags);
+        put_varint(out, u64::from(self.duration_ms));
+        if let Some(metric) = self.metric_value {
+            out.extend_from_slice(&metric.to_le_bytes());
+        }
+        put_bytes(out, &self.output);
+        put_varint(out, self.errors.len() as u64);
+        for error in &self.errors {
+            put_bytes(out, error.code.as_bytes());
+            put_bytes(out, error.severity.as_bytes());
+            put_bytes(out, error.message.as_bytes());
+        }
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(32 + self.output.len());
+        self.encode(&mut out);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<RunRecord, Error> {
+        let mut input = Input(bytes);
+        let record = RunRecord::decode_from(&mut input).ok_or_else(|| corrupt("task run"))?;
+        if !input.0.is_empty() {
+            return Err(corrupt("task run"));
+        }
+        Ok(record)
+    }
+
+    fn decode_from(input: &mut Input<'_>) -> Option<RunRecord> {
+        let task = EntityId(u32::from_be_bytes(input.array()?));
+        let pipeline_run = PipelineRunId(Uuid::from_bytes(input.array()?));
+        let task_type = TaskType::from_code(input.byte()?)?;
+        let flags = input.byte()?;
+        let state = match flags >> STATE_SHIFT {
+            0 => RunState::Pending,
+            1 => RunState::Running,
+            2 => RunState::Finished,
+            _ => return None,
+        };
+        let duration_ms = u32::try_from(input.varint()?).ok()?;
+        let metric_value = if flags & FLAG_METRIC != 0 {
+            Some(f64::from_le_bytes(input.array()?))
+        } else {
+            None
+        };
+        let output = input.bytes()?.to_vec();
+        let count = input.varint()?;
+        let mut errors = Vec::new();
+        for _ in 0..count {
+            errors.push(TaskError {
+                code: input.string()?,
+                severity: input.string()?,
+                message: input.string()?,
+            });
+        }
+        Some(RunRecord {
+            task,
+            pipeline_run,
+            task_type,
+            state,
+            is_successful: flags & FLAG_SUCCESSFUL != 0,
+            is_initial_task: flags & FLAG_INITIAL != 0,
+            is_final_task: flags & FLAG_FINAL != 0,
+            duration_ms,
+            metric_value,
+            output,
+            errors,
+        })
+    }
+}
+
+/// Where a task run lives, keyed by its UUID in `task_runs`: a finished run points at its
+/// `run_log` entry; an unfinished one carries its record.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TaskRunHome {
+    Finished {
+        pipeline: EntityId,
+        executed_at: Timestamp,
+    },
+    Unfinished {
+        pipeline: EntityId,
+        executed_at: Option<Timestamp>,
+        /// The integer id shown by the REST API for runs it created; 0 otherwise.
+        serial: u64,
+        created_at: Timestamp,
+        updated_at: Timestamp,
+        record: RunRecord,
+    },
+}
+
+impl TaskRunHome {
+    pub fn pipeline(&self) -> EntityId {
+        match self {
+            TaskRunHome::Finished { pipeline, .. } | TaskRunHome::Unfinished { pipeline, .. } => {
+                *pipeline
+            }
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            TaskRunHome::Finished {
+                pipeline,
+                executed_at,
+            } => {
+                let mut out = Vec::with_capacity(13);
+                out.push(0);
+                out.extend_from_slice(&pipeline.0.to_be_bytes());
+                out.extend_from_slice(&executed_at.micros().to_be_bytes());
+                out
+            }
+            TaskRunHome::Unfinished {
+                pipeline,
+                executed_at,
+                serial,
+                created_at,
+                updated_at,
+                record,
+            } => {
+                let mut out = Vec::with_capacity(64 + record.output.len());
+                out.push(1);
+                out.extend_from_slice(&pipeline.0.to_be_bytes());
+                out.extend_from_slice(
+                    &executed_at
+                        .map_or(i64::MIN, Timestamp::micros)
+                        .to_be_bytes(),
+                );
+                put_varint(&mut out, *serial);
+                out.extend_from_slice(&created_at.micros().to_be_bytes());
+                out.extend_from_slice(&updated_at.micros().to_be_bytes());
+                record.encode(&mut out);
+                out
+            }
+        }
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<TaskRunHome, Error> {
+        Self::decode_from(&mut Input(bytes)).ok_or_else(|| corrupt("task-run home"))
+    }
+
+    fn decode_from(input: &mut Input<'_>) -> Option<TaskRunHome> {
+        let tag = input.byte()?;
+        let pipeline = EntityId(u32::from_be_bytes(input.array()?));
+        let executed_at = i64::from_be_bytes(input.array()?);
+        match tag {
+            0 => Some(TaskRunHome::Finished {
+                pipeline,
+                executed_at: Timestamp::from_micros(executed_at)?,
+            }),
+            1 => {
+                let executed_at = match executed_at {
+                    i64::MIN => None,
+                    micros => Some(Timestamp::from_micros(micros)?),
+                };
+                let serial = input.varint()?;
+                let created_at = Timestamp::from_micros(i64::from_be_bytes(input.array()?))?;
+                let updated_at = Timestamp::from_micros(i64::from_be_bytes(input.array()?))?;
+                let record = RunRecord::decode_from(input)?;
+                input.0.is_empty().then_some(TaskRunHome::Unfinished {
+                    pipeline,
+                    executed_at,
+                    serial,
+                    created_at,
+                    updated_at,
+                    record,
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+pub const AGG_LEN: usize = 36;
+
+/// A pipeline run as the stats see it, maintained as its finished task runs come and go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PipelineRunAgg {
+    pub pipeline: EntityId,
+    /// Finished task runs.
+    pub finished: u32,
+    /// Finished task runs that failed.
+    pub failed: u32,
+    /// The sum of their durations.
+    pub duration_ms: u64,
+    /// The latest executed_at among them: the pipeline run's executed_at.
+    pub latest_micros: i64,
+    /// A lower bound of the earliest executed_at among them (exact when last recomputed), which
+    /// bounds the scan that finds the members again when the latest one is retracted.
+    pub earliest_micros: i64,
+}
+
+impl PipelineRunAgg {
+    /// What this pipeline run contributes to its pipeline's stats.
+    pub fn tally(&self) -> Tally {
+        Tally::of_run(self.failed == 0, self.duration_ms)
+    }
+
+    pub fn encode(&self) -> [u8; AGG_LEN] {
+        let mut out = [0u8; AGG_LEN];
+        out[..4].copy_from_slice(&self.pipeline.0.to_be_bytes());
+        out[4..8].copy_from_slice(&self.finished.to_be_bytes());
+        out[8..12].copy_from_slice(&self.failed.to_be_bytes());
+        out[12..20].copy_from_slice(&self.duration_ms.to_be_bytes());
+        out[20..28].copy_from_slice(&self.latest_micros.to_be_bytes());
+        out[28..].copy_from_slice(&self.earliest_micros.to_be_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8; AGG_LEN]) -> PipelineRunAgg {
+        let u32_at = |at: usize| u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+        let u64_at = |at: usize| u64::from_be_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+        PipelineRunAgg {
+            pipeline: EntityId(u32_at(0)),
+            finished: u32_at(4),
+            failed: u32_at(8),
+            duration_ms: u64_at(12),
+            latest_micros: u64_at(20) as i64,
+            earliest_micros: u64_at(28) as i64,
+        }
+    }
+}
+
+pub const LAST_RUN_LEN: usize = 33;
+
+/// The latest finished run of an entity, with the UUID that breaks ties between runs executed in
+/// the same microsecond (the larger UUID counts as later).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LastRunRecord {
+    pub executed_at: Timestamp,
+    pub run: Uuid,
+    pub is_successful: bool,
+    pub duration_ms: u64,
+}
+
+impl LastRunRecord {
+    /// The order in which runs are "later": executed_at, then UUID.
+    pub fn order_key(&self) -> (Timestamp, Uuid) {
+        (self.executed_at, self.run)
+    }
+
+    pub fn last_run(&self) -> LastRun {
+        LastRun {
+            executed_at: self.executed_at,
+            is_successful: self.is_successful,
+            duration_ms: self.duration_ms,
+        }
+    }
+
+    pub fn encode(&self) -> [u8; LAST_RUN_LEN] {
+        let mut out = [0u8; LAST_RUN_LEN];
+        out[..8].copy_from_slice(&self.executed_at.micros().to_be_bytes());
+        out[8..24].copy_from_slice(self.run.as_bytes());
+        out[24] = u8::from(self.is_successful);
+        out[25..].copy_from_slice(&self.duration_ms.to_be_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8; LAST_RUN_LEN]) -> Result<LastRunRecord, Error> {
+        let micros = i64::from_be_bytes(bytes[..8].try_into().expect("8 bytes"));
+        Ok(LastRunRecord {
+            executed_at: Timestamp::from_micros(micros).ok_or_else(|| corrupt("last run"))?,
+            run: Uuid::from_bytes(bytes[8..24].try_into().expect("16 bytes")),
+            is_successful: bytes[24] != 0,
+            duration_ms: u64::from_be_bytes(bytes[25..].try_into().expect("8 bytes")),
+        })
+    }
+}
+
+/// A tally as three varints: a rollup entry of one run is 3 to 6 bytes.
+pub fn encode_tally(tally: &Tally, out: &mut Vec<u8>) {
+    put_varint(out, tally.successes);
+    put_varint(out, tally.failures);
+    put_varint(out, tally.duration_ms);
+}
+
+pub fn decode_tally(bytes: &[u8]) -> Result<Tally, Error> {
+    let mut input = Input(bytes);
+    let tally = (|| {
+        Some(Tally {
+            successes: input.varint()?,
+            failures: input.varint()?,
+            duration_ms: input.varint()?,
+        })
+    })();
+    match tally {
+        Some(tally) if input.0.is_empty() => Ok(tally),
+        _ => Err(corrupt("rollup")),
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    put_varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+/// A bounds-checked reader over an encoded value.
+struct Input<'a>(&'a [u8]);
+
+impl<'a> Input<'a> {
+    fn byte(&mut self) -> Option<u8> {
+        let (first, rest) = self.0.split_first()?;
+        self.0 = rest;
+        Some(*first)
+    }
+
+    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let (head, rest) = self.0.split_first_chunk::<N>()?;
+        self.0 = rest;
+        Some(*head)
+    }
+
+    fn varint(&mut self) -> Option<u64> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = self.byte()?;
+            value |= u64::from(byte & 0x7f).checked_shl(shift)?;
+            if byte & 0x80 == 0 {
+                return Some(value);
+            }
+        }
+        None
+    }
+
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let len = usize::try_from(self.varint()?).ok()?;
+        if len > self.0.len() {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(len);
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn string(&mut self) -> Option<String> {
+        String::from_utf8(self.bytes()?.to_vec()).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn record(output: Vec<u8>, metric_value: Option<f64>, errors: Vec<TaskError>) -> RunRecord {
+        RunRecord {
+            task: EntityId(9),
+            pipeline_run: PipelineRunId(Uuid::from_u128(77)),
+            task_type: TaskType::ForEach,
+            state: RunState::Running,
+            is_successful: true,
+            is_initial_task: false,
+            is_final_task: true,
+            duration_ms: u32::MAX,
+            metric_value,
+            output,
+            errors,
+        }
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let errors = vec![TaskError {
+            code: "E42".into(),
+            severity: "error".into(),
+            message: "división by zero".into(),
+        }];
+        let run = record(vec![1, 2, 3], Some(-0.5), errors);
+        assert_eq!(RunRecord::decode(&run.to_bytes()).unwrap(), run);
+        assert_eq!(
+            &run.to_bytes()[RECORD_PIPELINE_RUN],
+            Uuid::from_u128(77).as_bytes()
+        );
+        let home = TaskRunHome::Unfinished {
+            pipeline: EntityId(3),
+            executed_at: None,
+            serial: 300,
+            created_at: Timestamp::from_micros(5).unwrap(),
+            updated_at: Timestamp::from_micros(6).unwrap(),
+            record: run,
+        };
+        assert_eq!(TaskRunHome::decode(&home.encode()).unwrap(), home);
+        let agg = PipelineRunAgg {
+            pipeline: EntityId(1),
+            finished: 3,
+            failed: 1,
+            duration_ms: 1 << 40,
+            latest_micros: -5,
+            earliest_micros: i64::MIN + 1,
+        };
+        assert_eq!(PipelineRunAgg::decode(&agg.encode()), agg);
+    }
+
+    #[test]
+    fn truncated_or_padded_records_are_corrupt_not_panics() {
+        let bytes = record(vec![9; 40], Some(1.0), vec![TaskError::default()]).to_bytes();
+        for len in 0..bytes.len() {
+            assert!(RunRecord::decode(&bytes[..len]).is_err(), "prefix {len}");
+        }
+        let mut padded = bytes.clone();
+        padded.push(0);
+        assert!(RunRecord::decode(&padded).is_err());
+        assert!(decode_tally(&[0x80]).is_err());
+        assert!(decode_tally(&[0xff; 11]).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn tallies_round_trip(successes: u64, failures: u64, duration_ms: u64) {
+            let tally = Tally { successes, failures, duration_ms };
+            let mut bytes = Vec::new();
+            encode_tally(&tally, &mut bytes);
+            prop_assert_eq!(decode_tally(&bytes).unwrap(), tally);
+        }
+
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes: Vec<u8>) {
+            let _ = RunRecord::decode(&bytes);
+            let _ = TaskRunHome::decode(&bytes);
+            let _ = EntityDetail::decode(&bytes);
+            let _ = decode_tally(&bytes);
+        }
+    }
+}

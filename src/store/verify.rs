@@ -1,0 +1,340 @@
+//! Recomputes every derived record (rollups, pipeline-run aggregates, last runs, the task-run
+//! index) from the raw finished task runs in `run_log`, and reports every difference. Works one
+//! pipeline at a time on one snapshot, so memory grows with the largest pipeline, not the
+//! database.
+
+use std::collections::{BTreeMap, HashMap};
+
+use redb::{ReadOnlyTable, ReadableTable, ReadableTableMetadata};
+use uuid::Uuid;
+
+use super::Store;
+use super::records::{LastRunRecord, PipelineRunAgg, RunRecord, TaskRunHome, decode_tally};
+use super::tables::{
+    self, EntityId, LAST_RUNS, PIPELINE_RUNS, PIPELINE_TASKS, ROLLUP_KEY_LEN, ROLLUPS, RUN_LOG,
+    TASK_RUNS, rollup_key, rollup_key_bucket, rollup_key_series, split_run_key,
+};
+use crate::error::Result;
+use crate::model::{RunState, Tally};
+use crate::time::{Level, Timestamp, format_datetime};
+
+/// At most this many differences are described; the rest are only counted.
+const DESCRIBED: usize = 50;
+
+/// What verification found.
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    pub pipelines: u64,
+    pub task_runs: u64,
+    pub pipeline_runs: u64,
+    pub rollup_entries: u64,
+    pub last_runs: u64,
+    /// How many differences there are in all.
+    pub difference_count: u64,
+    /// The first differences, described.
+    pub differences: Vec<String>,
+}
+
+impl VerifyReport {
+    pub fn is_consistent(&self) -> bool {
+        self.difference_count == 0
+    }
+
+    fn differ(&mut self, description: impl FnOnce() -> String) {
+        self.difference_count += 1;
+        if self.differences.len() < DESCRIBED {
+            self.differences.push(description());
+        }
+    }
+}
+
+type RollupTable = ReadOnlyTable<&'static [u8; ROLLUP_KEY_LEN], &'static [u8]>;
+
+/// Checks that everything derived agrees with the raw task runs.
+pub fn verify(store: &Store) -> Result<VerifyReport> {
+    let reader = store.reader()?;
+    let run_log = reader.table(RUN_LOG)?;
+    let rollups = reader.table(ROLLUPS)?;
+    let pipeline_runs = reader.table(PIPELINE_RUNS)?;
+    let last_runs = reader.table(LAST_RUNS)?;
+    let task_runs = reader.table(TASK_RUNS)?;
+    let pipeline_tasks = reader.table(PIPELINE_TASKS)?;
+    let mut report = VerifyReport::default();
+
+    let mut current: Option<PipelineWork> = None;
+    for entry in run_log.iter()? {
+        let (key, value) = entry?;
+        let (pipeline, micros, task_run) = split_run_key(key.value());
+        if current
+            .as_ref()
+            .is_none_or(|work| work.pipeline != pipeline)
+        {
+            if let Some(work) = current.take() {
+                work.check(
+                    &reader,
+                    &rollups,
+                    &pipeline_runs,
+                    &last_runs,
+                    &pipeline_tasks,
+                    &mut report,
+                )?;
+            }
+            current = Some(PipelineWork::new(pipeline));
+        }
+        let work = current.as_mut().expect("set above");
+        report.task_runs += 1;
+        let executed_at =
+            Timestamp::from_micros(micros).unwrap_or(Timestamp::from_micros(0).expect("epoch"));
+        let record = match RunRecord::decode(value.value()) {
+            Ok(record) => record,
+            Err(_) => {
+                report.differ(|| {
+                    format!(
+                        "task run {} has an undecodable record",
+                        Uuid::from_bytes(task_run)
+                    )
+                });
+                continue;
+            }
+        };
+        if record.state != RunState::Finished {
+            report.differ(|| {
+                format!(
+                    "task run {} is in the run log but not finished",
+                    Uuid::from_bytes(task_run)
+                )
+            });
+        }
+        let home = task_runs
+            .get(&task_run)?
+            .map(|bytes| TaskRunHome::decode(bytes.value()))
+            .transpose()?;
+        if home
+            != Some(TaskRunHome::Finished {
+                pipeline,
+                executed_at,
+            })
+        {
+            report.differ(|| {
+                format!(
+                    "task run {} is not indexed where the run log has it",
+                    Uuid::from_bytes(task_run)
+                )
+            });
+        }
+        work.add(&record, executed_at, Uuid::from_bytes(task_run));
+    }
+    if let Some(work) = current.take() {
+        work.check(
+            &reader,
+            &rollups,
+            &pipeline_runs,
+            &last_runs,
+            &pipeline_tasks,
+            &mut report,
+        )?;
+    }
+
+    // Nothing may exist that no raw run explains.
+    let stored_finished = task_runs
+        .iter()?
+        .filter_map(|entry| entry.ok())
+        .filter(|(_, value)| value.value().first() == Some(&0))
+        .count() as u64;
+    if stored_finished != report.task_runs {
+        let (stored, found) = (stored_finished, report.task_runs);
+        report.differ(|| {
+            format!("the task-run index lists {stored} finished runs, the run log holds {found}")
+        });
+    }
+    let stored_pipeline_runs = pipeline_runs.len()?;
+    if stored_pipeline_runs != report.pipeline_runs {
+        let found = report.pipeline_runs;
+        report.differ(|| format!("{stored_pipeline_runs} pipeline-run aggregates are stored, the run log explains {found}"));
+    }
+    let stored_rollups = rollups.len()?;
+    if stored_rollups != report.rollup_entries {
+        let found = report.rollup_entries;
+        report.differ(|| {
+            format!("{stored_rollups} rollup entries are stored, the run log explains {found}")
+        });
+    }
+    let stored_last_runs = last_runs.len()?;
+    if stored_last_runs != report.last_runs {
+        let found = report.last_runs;
+        report.differ(|| {
+            format!("{stored_last_runs} last-run records are stored, the run log explains {found}")
+        });
+    }
+    Ok(report)
+}
+
+/// The recomputation for one pipeline.
+struct PipelineWork {
+    pipeline: EntityId,
+    rollups: BTreeMap<[u8; ROLLUP_KEY_LEN], Tally>,
+    aggs: HashMap<[u8; 16], PipelineRunAgg>,
+    last: HashMap<EntityId, LastRunRecord>,
+}
+
+impl PipelineWork {
+    fn new(pipeline: EntityId) -> Self {
+        PipelineWork {
+            pipeline,
+            rollups: BTreeMap::new(),
+            aggs: HashMap::new(),
+            last: HashMap::new(),
+        }
+    }
+
+    fn contribute(&mut self, entity: EntityId, at: Timestamp, tally: Tally, run: Uuid) {
+        for level in Level::ALL {
+            let key = rollup_key(entity, level, level.bucket_start(at.second()));
+            let sum = self.rollups.entry(key).or_default();
+            *sum = *sum + tally;
+        }
+        let candidate = LastRunRecord {
+            executed_at: at,
+            run,
+            is_successful: tally.successes == 1,
+            duration_ms: tally.duration_ms,
+        };
+        let last = self.last.entry(entity).or_insert(candidate);
+        if candidate.order_key() > last.order_key() {
+            *last = candidate;
+        }
+    }
+
+    fn add(&mut self, record: &RunRecord, at: Timestamp, task_run: Uuid) {
+        let tally = Tally::of_run(record.is_successful, u64::from(record.duration_ms));
+        self.contribute(record.task, at, tally, task_run);
+        let micros = at.micros();
+        let agg = self
+            .aggs
+            .entry(*record.pipeline_run.as_bytes())
+            .or_insert(PipelineRunAgg {
+                pipeline: self.pipeline,
+                finished: 0,
+                failed: 0,
+                duration_ms: 0,
+                latest_micros: micros,
+                earliest_micros: micros,
+            });
+        agg.finished += 1;
+        agg.failed += u32::from(!record.is_successful);
+        agg.duration_ms = agg.duration_ms.wrapping_add(u64::from(record.duration_ms));
+        agg.latest_micros = agg.latest_micros.max(micros);
+        agg.earliest_micros = agg.earliest_micros.min(micros);
+    }
+
+    fn check(
+        mut self,
+        reader: &super::Reader<'_>,
+        rollups: &RollupTable,
+        pipeline_runs: &ReadOnlyTable<&'static [u8; 16], &'static [u8; super::records::AGG_LEN]>,
+        last_runs: &ReadOnlyTable<u32, &'static [u8; super::records::LAST_RUN_LEN]>,
+        pipeline_tasks: &ReadOnlyTable<&'static [u8; 8], ()>,
+        report: &mut VerifyReport,
+    ) -> Result<()> {
+        report.pipelines += 1;
+        let aggs = std::mem::take(&mut self.aggs);
+        for (pipeline_run, agg) in &aggs {
+            report.pipeline_runs += 1;
+            let at = Timestamp::from_micros(agg.latest_micros).expect("from a valid timestamp");
+            self.contribute(
+                self.pipeline,
+                at,
+                agg.tally(),
+                Uuid::from_bytes(*pipeline_run),
+            );
+            let stored = pipeline_runs
+                .get(pipeline_run)?
+                .map(|bytes| PipelineRunAgg::decode(bytes.value()));
+            let agrees = stored.is_some_and(|s| {
+                (
+                    s.pipeline,
+                    s.finished,
+                    s.failed,
+                    s.duration_ms,
+                    s.latest_micros,
+                ) == (
+                    agg.pipeline,
+                    agg.finished,
+                    agg.failed,
+                    agg.duration_ms,
+                    agg.latest_micros,
+                ) && s.earliest_micros <= agg.earliest_micros
+            });
+            if !agrees {
+                report.differ(|| {
+                    format!(
+                        "pipeline run {}: stored {stored:?}, recomputed {agg:?}",
+                        Uuid::from_bytes(*pipeline_run)
+                    )
+                });
+            }
+        }
+
+        // Every entity of this pipeline: the pipeline and all its tasks, with or without runs.
+        let mut entities = vec![self.pipeline];
+        let low = tables::pipeline_task_key(self.pipeline, EntityId(0));
+        let high = tables::pipeline_task_key(self.pipeline, EntityId(u32::MAX));
+        for entry in pipeline_tasks.range::<&[u8; 8]>(&low..=&high)? {
+            let (key, _) = entry?;
+            entities.push(EntityId(u32::from_be_bytes(
+                key.value()[4..].try_into().expect("4 bytes"),
+            )));
+        }
+        for entity in entities {
+            let name = reader
+                .entity_uuid(entity)
+                .map(|u| u.to_string())
+                .unwrap_or_else(|_| format!("#{}", entity.0));
+            let low = rollup_key(entity, Level::Second, i64::MIN);
+            let high = rollup_key(
+                EntityId(entity.0.saturating_add(1)),
+                Level::Second,
+                i64::MIN,
+            );
+            let mut stored: BTreeMap<[u8; ROLLUP_KEY_LEN], Tally> = BTreeMap::new();
+            for entry in rollups.range::<&[u8; ROLLUP_KEY_LEN]>(&low..&high)? {
+                let (key, value) = entry?;
+                stored.insert(*key.value(), decode_tally(value.value())?);
+            }
+            let expected: BTreeMap<_, _> = self
+                .rollups
+                .range(low..high)
+                .map(|(key, tally)| (*key, *tally))
+                .collect();
+            report.rollup_entries += expected.len() as u64;
+            for key in stored
+                .keys()
+                .chain(expected.keys())
+                .collect::<std::collections::BTreeSet<_>>()
+            {
+                let (s, e) = (stored.get(key), expected.get(key));
+                if s != e {
+                    let (_, level) = rollup_key_series(key);
+                    let bucket = format_datetime(rollup_key_bucket(key));
+                    report.differ(|| format!(
+                        "rollup of {name} at level {level} bucket {bucket}: stored {s:?}, recomputed {e:?}"
+                    ));
+                }
+            }
+            let stored_last = last_runs
+                .get(entity.0)?
+                .map(|bytes| LastRunRecord::decode(bytes.value()))
+                .transpose()?;
+            let expected_last = self.last.get(&entity).copied();
+            report.last_runs += u64::from(expected_last.is_some());
+            if stored_last != expected_last {
+                report.differ(|| {
+                    format!(
+                        "last run of {name}: stored {stored_last:?}, recomputed {expected_last:?}"
+                    )
+                });
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,133 @@
+//! The single writer: one thread owns every write transaction. Requests queue on a bounded
+//! channel; the thread takes everything queued (up to a weight limit) into one transaction,
+//! commits it durably (one fsync for the whole group), then answers each request. Many small
+//! concurrent reports therefore cost few fsyncs, and nothing is acknowledged before it is durable.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+
+use redb::Database;
+use tokio::sync::{mpsc, oneshot};
+
+use super::apply::{WriteOp, WriteOutcome};
+use super::cache::EntityCache;
+use crate::error::{Error, Result};
+
+/// The most work (task runs, roughly) one group commit takes on.
+const MAX_GROUP_WEIGHT: usize = 50_000;
+
+type Reply = oneshot::Sender<Result<WriteOutcome>>;
+
+/// A handle to the writer thread.
+pub struct Writer {
+    /// `None` once closed: the thread drains the queue and stops when the last sender is gone.
+    sender: RwLock<Option<mpsc::Sender<(WriteOp, Reply)>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// A write that was queued; await it with [`outcome`] once durable.
+pub type PendingWrite = oneshot::Receiver<Result<WriteOutcome>>;
+
+impl Writer {
+    /// Starts the writer thread with room for `queue` waiting requests.
+    pub fn spawn(db: Arc<Database>, cache: Arc<EntityCache>, queue: usize) -> Writer {
+        let (sender, receiver) = mpsc::channel(queue);
+        let thread = std::thread::Builder::new()
+            .name("runledger-writer".into())
+            .spawn(move || run(&db, &cache, receiver))
+            .expect("the writer thread can be started");
+        Writer {
+            sender: RwLock::new(Some(sender)),
+            thread: Mutex::new(Some(thread)),
+        }
+    }
+
+    fn sender(&self) -> Result<mpsc::Sender<(WriteOp, Reply)>> {
+        self.sender
+            .read()
+            .expect("never poisoned")
+            .clone()
+            .ok_or_else(stopped)
+    }
+
+    /// Queues a write, waiting for room in the queue.
+    pub async fn submit(&self, op: WriteOp) -> Result<PendingWrite> {
+        let (reply, pending) = oneshot::channel();
+        self.sender()?
+            .send((op, reply))
+            .await
+            .map_err(|_| stopped())?;
+        Ok(pending)
+    }
+
+    /// Queues a write and waits until it is durable.
+    pub async fn write(&self, op: WriteOp) -> Result<WriteOutcome> {
+        outcome(self.submit(op).await?).await
+    }
+
+    /// Refuses new writes, lets the thread finish everything already queued, and waits for it.
+    /// Blocks: call it from a blocking context.
+    pub fn shutdown(&self) {
+        self.sender.write().expect("never poisoned").take();
+        let thread = self.thread.lock().expect("never poisoned").take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The outcome of a queued write.
+pub async fn outcome(pending: PendingWrite) -> Result<WriteOutcome> {
+    pending.await.map_err(|_| stopped())?
+}
+
+fn stopped() -> Error {
+    Error::Unavailable("the server is shutting down; the write was not applied".into())
+}
+
+fn run(db: &Database, cache: &EntityCache, mut receiver: mpsc::Receiver<(WriteOp, Reply)>) {
+    while let Some(first) = receiver.blocking_recv() {
+        let mut weight = first.0.weight();
+        let mut group = vec![first];
+        while weight < MAX_GROUP_WEIGHT {
+            match receiver.try_recv() {
+                Ok(request) => {
+                    weight += request.0.weight();
+                    group.push(request);
+                }
+                Err(_) => break,
+            }
+        }
+        commit_group(db, cache, group);
+    }
+}
+
+fn commit_group(db: &Database, cache: &EntityCache, group: Vec<(WriteOp, Reply)>) {
+    let (ops, replies): (Vec<WriteOp>, Vec<Reply>) = group.into_iter().unzip();
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| super::apply_batch(db, cache, &ops)))
+        .unwrap_or_else(|_| {
+            Err(Error::Internal(
+                "the writer panicked; the group was rolled back".into(),
+            ))
+        });
+    match result {
+        Ok(outcomes) => {
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(outcome);
+            }
+        }
+        Err(error) => {
+            tracing::error!(%error, requests = replies.len(), "group commit failed");
+            for reply in replies {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+    }
+}
