@@ -74,7 +74,7 @@ fn second_of(text: &str) -> i64 {
 
 fn instant(rng: &mut Rng) -> Timestamp {
     let second = if rng.chance(70) {
-        let base = second_of(*rng.pick::<&str>(&BOUNDARIES));
+        let base = second_of(rng.pick::<&str>(&BOUNDARIES));
         let spread = *rng.pick(&[2, 120, 7_200, 3 * 86_400]);
         base + rng.range(-spread, spread)
     } else {
