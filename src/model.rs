@@ -375,7 +375,7 @@ impl BucketCount {
         if (1..=Self::MAX).contains(&n) {
             Ok(BucketCount(n))
         } else {
-            Err(format!("n must be between 1 and {}, got {n}", Self::MAX))
+            Err(format!("must be between 1 and {}, got {n}", Self::MAX))
         }
     }
 

@@ -26,12 +26,17 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
     runtime.block_on(async {
         let grpc = bind(args.grpc_addr, "gRPC").await?;
         let http = bind(args.http_addr, "HTTP").await?;
+        let (grpc_addr, http_addr) = (local_addr(&grpc)?, local_addr(&http)?);
         tracing::info!(
-            grpc = %args.grpc_addr,
-            http = %args.http_addr,
+            grpc = %grpc_addr,
+            http = %http_addr,
             data_dir = %args.data_dir.data_dir.display(),
             "runledger is serving"
         );
+        // One stable line on stdout for scripts (and tests) that start a server on port 0.
+        println!("runledger serving grpc={grpc_addr} http={http_addr}");
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
         crate::server::run(engine, grpc, http, crate::server::termination())
             .await
             .map_err(|e| format!("server failed: {e}"))?;
@@ -44,4 +49,10 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<tokio::net::TcpListener, S
     tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen for {what} on {addr}: {e}"))
+}
+
+fn local_addr(listener: &tokio::net::TcpListener) -> Result<SocketAddr, String> {
+    listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the bound address: {e}"))
 }

@@ -1,0 +1,188 @@
+//! Durability: reports acknowledged before a SIGKILL are all there after a restart, no batch is
+//! half-applied, and `runledger verify` finds rollups and runs in agreement.
+//!
+//! `RUNLEDGER_CRASH_CYCLES=N` kills and restarts N times (default 3).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use runledger::proto::{self, ingest_client::IngestClient, stats_client::StatsClient};
+use tokio::sync::Notify;
+
+use crate::helpers::{ChildServer, finished, grpc_channel, run_cli, ts};
+
+const PIPELINE: &str = "c0000000-0000-4000-8000-000000000000";
+const TASKS: [&str; 3] = [
+    "c0000000-0000-4000-8000-00000000000a",
+    "c0000000-0000-4000-8000-00000000000b",
+    "c0000000-0000-4000-8000-00000000000c",
+];
+const WRITERS: usize = 4;
+const BATCH: usize = 30;
+
+fn uuid(n: u64) -> String {
+    uuid::Uuid::from_u64_pair(0x5eed_0000_0000_4000, 0x8000_0000_0000_0000 | n).to_string()
+}
+
+/// One batch of results: pipeline runs of three task runs each.
+fn batch(first: u64) -> Vec<proto::TaskRunResult> {
+    (0..BATCH as u64)
+        .map(|i| {
+            let n = first + i;
+            let second = 1_700_000_000 + n as i64;
+            let at = chrono::DateTime::from_timestamp(second, 0)
+                .unwrap()
+                .to_rfc3339();
+            finished(
+                &uuid(n),
+                &uuid(1 << 40 | n / 3),
+                PIPELINE,
+                TASKS[(n % 3) as usize],
+                n % 7 != 0,
+                (n % 1000) as u32,
+                &at,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn acknowledged_reports_survive_sigkill() {
+    let cycles: u64 = std::env::var("RUNLEDGER_CRASH_CYCLES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let acked: Arc<Mutex<Vec<Vec<String>>>> = Arc::default();
+    let attempted: Arc<Mutex<Vec<Vec<String>>>> = Arc::default();
+    let mut next_id = 0u64;
+
+    for cycle in 0..cycles {
+        let server = ChildServer::start(dir.path());
+        if cycle == 0 {
+            let (ok, output) = run_cli(&["verify", "--data-dir", dir.path().to_str().unwrap()]);
+            assert!(
+                !ok && output.contains("in use by another runledger process"),
+                "{output}"
+            );
+        }
+        let kill_after = 3 + (seed >> (cycle * 8)) % 40;
+        let start = next_id;
+        next_id += 1 << 20;
+        runtime.block_on(async {
+            let channel = grpc_channel(server.grpc_addr).await;
+            let enough = Arc::new(Notify::new());
+            let acked_this_cycle = Arc::new(Mutex::new(0u64));
+            let mut writers = Vec::new();
+            for writer in 0..WRITERS as u64 {
+                let mut client = IngestClient::new(channel.clone());
+                let (acked, attempted, enough, count) = (
+                    acked.clone(),
+                    attempted.clone(),
+                    enough.clone(),
+                    acked_this_cycle.clone(),
+                );
+                writers.push(tokio::spawn(async move {
+                    for round in 0.. {
+                        let first = start + (round * WRITERS as u64 + writer) * BATCH as u64;
+                        let results = batch(first);
+                        let ids: Vec<String> =
+                            results.iter().map(|r| r.task_run_uuid.clone()).collect();
+                        attempted.lock().unwrap().push(ids.clone());
+                        match client
+                            .report_task_run_batch(proto::ReportTaskRunsRequest { results })
+                            .await
+                        {
+                            Ok(_) => {
+                                acked.lock().unwrap().push(ids);
+                                let mut count = count.lock().unwrap();
+                                *count += 1;
+                                if *count == kill_after {
+                                    enough.notify_one();
+                                }
+                            }
+                            Err(_) => return, // the server is gone
+                        }
+                    }
+                }));
+            }
+            enough.notified().await;
+            server.kill();
+            for writer in writers {
+                writer.await.unwrap();
+            }
+        });
+    }
+
+    // Restart and look at everything.
+    let server = ChildServer::start(dir.path());
+    let present: HashSet<String> = runtime.block_on(async {
+        let mut stats = StatsClient::new(grpc_channel(server.grpc_addr).await);
+        let mut stream = stats
+            .stream_logs(proto::StreamLogsRequest {
+                pipeline_uuid: PIPELINE.into(),
+                from: Some(ts("2000-01-01 00:00:00")),
+                to: Some(ts("2100-01-01 00:00:00")),
+                limit: 0,
+                cursor: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut present = HashSet::new();
+        while let Some(entry) = stream.message().await.unwrap() {
+            present.insert(entry.task_run_uuid);
+        }
+        present
+    });
+    server.kill();
+
+    let acked = acked.lock().unwrap();
+    let attempted = attempted.lock().unwrap();
+    assert!(
+        acked.len() as u64 >= 3 * cycles,
+        "seed {seed}: too few acknowledged batches"
+    );
+    for ids in acked.iter() {
+        for id in ids {
+            assert!(
+                present.contains(id),
+                "seed {seed}: acknowledged {id} is missing"
+            );
+        }
+    }
+    let sent: HashSet<&String> = attempted.iter().flatten().collect();
+    for ids in attempted.iter() {
+        let found = ids.iter().filter(|id| present.contains(*id)).count();
+        assert!(
+            found == 0 || found == ids.len(),
+            "seed {seed}: a batch is half-applied ({found} of {})",
+            ids.len()
+        );
+    }
+    assert!(
+        present.iter().all(|id| sent.contains(id)),
+        "seed {seed}: runs nobody sent"
+    );
+
+    println!(
+        "seed {seed}: {cycles} kills, {} batches acknowledged, {} attempted, {} task runs found",
+        acked.len(),
+        attempted.len(),
+        present.len()
+    );
+    let (ok, output) = run_cli(&["verify", "--data-dir", dir.path().to_str().unwrap()]);
+    assert!(
+        ok && output.contains("rollups agree with the raw runs"),
+        "seed {seed}: {output}"
+    );
+}
