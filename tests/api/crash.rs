@@ -35,7 +35,7 @@ fn batch(first: u64) -> Vec<proto::TaskRunResult> {
                 .to_rfc3339();
             finished(
                 &uuid(n),
-                &uuid(1 << 40 | n / 3),
+                &uuid((1 << 40) | (n / 3)),
                 PIPELINE,
                 TASKS[(n % 3) as usize],
                 n % 7 != 0,

@@ -74,7 +74,7 @@ async fn a_reported_stream_answers_every_query() {
     let app = spawn_app().await;
     let [a1, b1, a2, b2] = results();
     let messages = vec![
-        batch(&[a1.clone()]),
+        batch(std::slice::from_ref(&a1)),
         batch(&[b1, a2]),
         batch(&[b2]),
         batch(&[a1]),
