@@ -18,6 +18,7 @@ pub mod model;
 pub mod server;
 pub mod store;
 pub mod time;
+pub mod workload;
 
 /// The gRPC API generated from `proto/runledger/v1/runledger.proto`.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]

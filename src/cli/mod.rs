@@ -2,6 +2,7 @@
 //! a plain sentence when they could not.
 
 mod demo;
+mod generate;
 pub mod import;
 mod serve;
 mod verify;
@@ -31,6 +32,8 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Recompute every rollup from the raw runs and report any difference.
     Verify(verify::VerifyArgs),
+    /// Write a synthetic workload as newline-delimited JSON task runs (for import).
+    Generate(generate::GenerateArgs),
 }
 
 /// The data dir option every command shares.
@@ -56,6 +59,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Import(args) => import::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Verify(args) => verify::run(args),
+        Command::Generate(args) => generate::run(args),
     };
     match result {
         Ok(code) => code,
@@ -72,6 +76,7 @@ fn init_logging() {
         EnvFilter::try_from_env("RUNLEDGER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }
