@@ -110,6 +110,15 @@ pub fn to_json_line(run: &TaskRun) -> String {
         run.duration_ms,
         run.executed_at.expect("workload runs are finished"),
     );
+    if run.is_initial_task {
+        line.push_str(r#","is_initial_task":true"#);
+    }
+    if run.is_final_task {
+        line.push_str(r#","is_final_task":true"#);
+    }
+    if let Some(metric) = run.metric_value {
+        line.push_str(&format!(r#","metric_value":{metric}"#));
+    }
     if !run.output.is_empty() {
         line.push_str(&format!(
             r#","output":"{}""#,
