@@ -19,7 +19,8 @@ fn ingest(c: &mut Criterion) {
     let mut group = c.benchmark_group("ingest_durable");
     for batch in [1u64, 100, 10_000] {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::new(Store::open(dir.path(), StoreOptions::default()).unwrap());
+        let engine =
+            Engine::new(Store::open(dir.path(), StoreOptions::default()).unwrap()).unwrap();
         let workload = Workload::three_years(100_000_000);
         let mut next = 0u64;
         group.throughput(Throughput::Elements(batch));

@@ -37,7 +37,7 @@ pub fn dataset(size: u64) -> (Engine, Workload) {
             "building the {size}-run dataset in {} (once)",
             dir.display()
         );
-        let engine = Engine::new(Store::open(&dir, StoreOptions::default()).unwrap());
+        let engine = Engine::new(Store::open(&dir, StoreOptions::default()).unwrap()).unwrap();
         let started = std::time::Instant::now();
         let mut batch = Vec::with_capacity(50_000);
         for run in workload.task_runs() {
@@ -55,6 +55,6 @@ pub fn dataset(size: u64) -> (Engine, Workload) {
         drop(engine);
         std::fs::write(&complete, b"").unwrap();
     }
-    let engine = Engine::new(Store::open(&dir, StoreOptions::default()).unwrap());
+    let engine = Engine::new(Store::open(&dir, StoreOptions::default()).unwrap()).unwrap();
     (engine, workload)
 }

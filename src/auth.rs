@@ -1,8 +1,15 @@
 //! Who is calling and what they may do. Every engine call takes a [`Caller`]: the operator at the
 //! command line may do anything in any organization; a client is confined to its organization
-//! and the scopes its token was granted.
+//! and the scopes its token was granted. Also the credential primitives: client ids, secrets and
+//! tokens are random (secrets and tokens 256 bits), stored only as SHA-256 hashes, and secrets are
+//! compared in constant time. (A fast hash is enough: 256 random bits cannot be guessed, so
+//! there is nothing for a slow password hash to protect.)
 
 use std::fmt;
+
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use crate::error::{Error, Result};
 use crate::model::OrgId;
@@ -98,6 +105,70 @@ impl fmt::Display for Scopes {
     }
 }
 
+/// How long an access token lives unless configured otherwise.
+pub const ACCESS_TOKEN_TTL_SECS: u32 = 86_400;
+/// How long a refresh token lives unless configured otherwise: 30 days.
+pub const REFRESH_TOKEN_TTL_SECS: u32 = 30 * 86_400;
+
+/// A new client id: `rlc_` and 32 hex digits (128 random bits; ids are not secret).
+pub fn new_client_id() -> String {
+    let bytes: [u8; 16] = crate::crypto::random_bytes();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("rlc_{hex}")
+}
+
+/// A new secret or token: `prefix` and 256 random bits in URL-safe base64.
+pub fn new_secret(prefix: &str) -> String {
+    let bytes: [u8; 32] = crate::crypto::random_bytes();
+    format!(
+        "{prefix}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+/// Prefixes that make runledger credentials recognisable (to people and to secret scanners).
+pub const SECRET_PREFIX: &str = "rls_";
+pub const ACCESS_TOKEN_PREFIX: &str = "rla_";
+pub const REFRESH_TOKEN_PREFIX: &str = "rlr_";
+
+/// The stored form of a secret or token.
+pub fn hash_secret(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+/// Compares two hashes without leaking where they differ.
+pub fn hashes_match(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.ct_eq(b).into()
+}
+
+/// Parses a space-separated scope list, keeping its spelling for echoing back.
+pub fn parse_scopes(text: &str) -> Result<Scopes, String> {
+    text.split_whitespace()
+        .map(str::parse::<Scope>)
+        .collect::<Result<Scopes, String>>()
+}
+
+/// The token in an `Authorization: Bearer <token>` header value (the scheme is
+/// case-insensitive), or why there is none.
+pub fn bearer_token(header: Option<&str>) -> crate::error::Result<&str> {
+    let header = header.ok_or_else(|| {
+        crate::error::Error::Unauthenticated(
+            "no credentials: send `Authorization: Bearer <access token>` (get one from /v1/oauth/token)"
+                .into(),
+        )
+    })?;
+    match header.split_once(' ') {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            Ok(token.trim())
+        }
+        _ => Err(crate::error::Error::Unauthenticated(
+            "the Authorization header must be `Bearer <access token>`".into(),
+        )),
+    }
+}
+
 /// Who is making a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Caller {
@@ -159,6 +230,23 @@ mod tests {
         assert_eq!(scopes.to_string(), "stats:read runs:write");
         assert!(scopes.is_subset_of(Scopes::all()));
         assert!(!Scopes::all().is_subset_of(scopes));
+    }
+
+    #[test]
+    fn credentials_are_random_prefixed_and_hashed() {
+        let (a, b) = (new_secret(SECRET_PREFIX), new_secret(SECRET_PREFIX));
+        assert_ne!(a, b);
+        assert!(a.starts_with("rls_") && a.len() == 4 + 43);
+        assert!(new_client_id().starts_with("rlc_"));
+        assert!(hashes_match(&hash_secret(&a), &hash_secret(&a)));
+        assert!(!hashes_match(&hash_secret(&a), &hash_secret(&b)));
+        assert_eq!(
+            parse_scopes("workflows:run  stats:read").unwrap(),
+            [Scope::PipelinesRun, Scope::StatsRead]
+                .into_iter()
+                .collect()
+        );
+        assert!(parse_scopes("stats:read admin").is_err());
     }
 
     #[test]

@@ -29,6 +29,9 @@ pub enum Error {
         message: String,
         retry_after_secs: u32,
     },
+    /// The route exists, but not for this method.
+    #[error("{0}")]
+    MethodNotAllowed(String),
     /// A request or message over the size limit.
     #[error("{0}")]
     TooLarge(String),
@@ -36,9 +39,84 @@ pub enum Error {
     /// still work.
     #[error("{0}")]
     Unavailable(String),
+    /// A token-endpoint failure, reported as RFC 6749 says.
+    #[error("{0}")]
+    OAuth(OAuthError),
     /// A bug or an unexpected storage failure. The detail is logged, never sent.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// The error codes of RFC 6749 section 5.2.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OAuthErrorKind {
+    InvalidRequest,
+    InvalidClient,
+    InvalidGrant,
+    UnsupportedGrantType,
+    InvalidScope,
+}
+
+/// A token-endpoint error: `{"error": kind, "error_description": description}`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {description}", kind.as_str())]
+pub struct OAuthError {
+    pub kind: OAuthErrorKind,
+    pub description: String,
+}
+
+impl OAuthErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OAuthErrorKind::InvalidRequest => "invalid_request",
+            OAuthErrorKind::InvalidClient => "invalid_client",
+            OAuthErrorKind::InvalidGrant => "invalid_grant",
+            OAuthErrorKind::UnsupportedGrantType => "unsupported_grant_type",
+            OAuthErrorKind::InvalidScope => "invalid_scope",
+        }
+    }
+}
+
+impl OAuthError {
+    fn new(kind: OAuthErrorKind, description: impl Into<String>) -> OAuthError {
+        OAuthError {
+            kind,
+            description: description.into(),
+        }
+    }
+
+    pub fn invalid_request(description: impl Into<String>) -> OAuthError {
+        OAuthError::new(OAuthErrorKind::InvalidRequest, description)
+    }
+
+    pub fn invalid_client(description: impl Into<String>) -> OAuthError {
+        OAuthError::new(OAuthErrorKind::InvalidClient, description)
+    }
+
+    pub fn invalid_grant(description: impl Into<String>) -> OAuthError {
+        OAuthError::new(OAuthErrorKind::InvalidGrant, description)
+    }
+
+    pub fn unsupported_grant_type(description: impl Into<String>) -> OAuthError {
+        OAuthError::new(OAuthErrorKind::UnsupportedGrantType, description)
+    }
+
+    pub fn invalid_scope(description: impl Into<String>) -> OAuthError {
+        OAuthError::new(OAuthErrorKind::InvalidScope, description)
+    }
+}
+
+impl From<OAuthError> for Error {
+    fn from(error: OAuthError) -> Error {
+        Error::OAuth(error)
+    }
+}
+
+/// The RFC 6749 error body.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct OAuthErrorBody {
+    pub error: String,
+    pub error_description: String,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -51,6 +129,7 @@ pub enum ErrorCode {
     Conflict,
     Unauthenticated,
     PermissionDenied,
+    MethodNotAllowed,
     TooManyRequests,
     PayloadTooLarge,
     Unavailable,
@@ -65,6 +144,7 @@ impl ErrorCode {
             ErrorCode::Conflict => StatusCode::CONFLICT,
             ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
             ErrorCode::PermissionDenied => StatusCode::FORBIDDEN,
+            ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -79,6 +159,7 @@ impl ErrorCode {
             ErrorCode::Conflict => tonic::Code::FailedPrecondition,
             ErrorCode::Unauthenticated => tonic::Code::Unauthenticated,
             ErrorCode::PermissionDenied => tonic::Code::PermissionDenied,
+            ErrorCode::MethodNotAllowed => tonic::Code::Unimplemented,
             ErrorCode::TooManyRequests | ErrorCode::PayloadTooLarge => {
                 tonic::Code::ResourceExhausted
             }
@@ -96,9 +177,14 @@ impl Error {
             Error::Conflict(_) => ErrorCode::Conflict,
             Error::Unauthenticated(_) => ErrorCode::Unauthenticated,
             Error::PermissionDenied(_) => ErrorCode::PermissionDenied,
+            Error::MethodNotAllowed(_) => ErrorCode::MethodNotAllowed,
             Error::Overloaded { .. } => ErrorCode::TooManyRequests,
             Error::TooLarge(_) => ErrorCode::PayloadTooLarge,
             Error::Unavailable(_) => ErrorCode::Unavailable,
+            Error::OAuth(e) if e.kind == OAuthErrorKind::InvalidClient => {
+                ErrorCode::Unauthenticated
+            }
+            Error::OAuth(_) => ErrorCode::BadRequest,
             Error::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -117,6 +203,7 @@ impl Error {
             Error::Conflict(m) => Error::Conflict(wrap(m)),
             Error::Unauthenticated(m) => Error::Unauthenticated(wrap(m)),
             Error::PermissionDenied(m) => Error::PermissionDenied(wrap(m)),
+            Error::MethodNotAllowed(m) => Error::MethodNotAllowed(wrap(m)),
             Error::Overloaded {
                 message,
                 retry_after_secs,
@@ -126,6 +213,7 @@ impl Error {
             },
             Error::TooLarge(m) => Error::TooLarge(wrap(m)),
             Error::Unavailable(m) => Error::Unavailable(wrap(m)),
+            Error::OAuth(e) => Error::OAuth(e),
             Error::Internal(m) => Error::Internal(m),
         }
     }
@@ -176,12 +264,39 @@ pub struct ErrorBody {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.code().http_status();
-        let body = ErrorBody {
-            code: status.as_u16(),
-            message: status.canonical_reason().unwrap_or("error").to_lowercase(),
-            errors: vec![self.client_message()],
+        let mut response = match &self {
+            Error::OAuth(oauth) => {
+                let body = OAuthErrorBody {
+                    error: oauth.kind.as_str().to_string(),
+                    error_description: oauth.description.clone(),
+                };
+                let mut response = (status, axum::Json(body)).into_response();
+                response
+                    .headers_mut()
+                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                if oauth.kind == OAuthErrorKind::InvalidClient {
+                    response.headers_mut().insert(
+                        header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static("Basic realm=\"runledger\""),
+                    );
+                }
+                response
+            }
+            _ => {
+                let body = ErrorBody {
+                    code: status.as_u16(),
+                    message: status.canonical_reason().unwrap_or("error").to_lowercase(),
+                    errors: vec![self.client_message()],
+                };
+                (status, axum::Json(body)).into_response()
+            }
         };
-        let mut response = (status, axum::Json(body)).into_response();
+        if let Error::Unauthenticated(_) = self {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"runledger\""),
+            );
+        }
         if let Some(seconds) = self.retry_after_secs() {
             response
                 .headers_mut()

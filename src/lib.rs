@@ -12,6 +12,7 @@
 pub mod api;
 pub mod auth;
 pub mod cli;
+pub mod crypto;
 pub mod engine;
 pub mod error;
 pub mod model;

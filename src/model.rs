@@ -453,6 +453,20 @@ pub struct LogPage {
     pub next: Option<LogCursor>,
 }
 
+/// A task run created by running a pipeline, waiting for an executor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingTaskRun {
+    /// The integer id the REST API shows; also the order of the queue.
+    pub serial: u64,
+    pub task_run: TaskRunId,
+    pub pipeline_run: PipelineRunId,
+    pub pipeline: PipelineId,
+    pub task: TaskId,
+    pub task_type: TaskType,
+    pub organization: OrgId,
+    pub created_at: Timestamp,
+}
+
 /// What a report batch did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReportCounts {

@@ -11,11 +11,12 @@ use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 
 use crate::api::{grpc, rest};
-use crate::auth::Caller;
 use crate::engine::Engine;
 
 /// How long in-flight requests may take to finish once shutdown begins.
 const GRACE: Duration = Duration::from_secs(10);
+/// How often expired tokens are deleted.
+const PURGE_EVERY: Duration = Duration::from_secs(3_600);
 
 /// Serves gRPC on `grpc_listener` and REST on `http_listener` until `shutdown` resolves, then
 /// stops accepting, lets in-flight requests finish (up to a grace period), and finishes every
@@ -35,7 +36,9 @@ pub async fn run(
         let _ = stopped.wait_for(|stop| *stop).await;
     };
 
-    let routes = grpc::routes(engine.clone(), open_access).await;
+    tokio::spawn(purge_tokens(engine.clone(), signal(stopped.clone())));
+
+    let routes = grpc::routes(engine.clone()).await;
     let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
     let grpc_server = tonic::transport::Server::builder()
         .add_routes(routes)
@@ -68,11 +71,20 @@ pub async fn run(
     result
 }
 
-/// Until authentication is configured, every caller acts as the operator.
-#[allow(clippy::result_large_err)]
-fn open_access(mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-    request.extensions_mut().insert(Caller::Operator);
-    Ok(request)
+/// Deletes expired tokens every hour until `stop` resolves.
+async fn purge_tokens(engine: Arc<Engine>, stop: impl Future<Output = ()>) {
+    let mut every = tokio::time::interval(PURGE_EVERY);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = every.tick() => match engine.purge_expired_tokens().await {
+                Ok(0) => {}
+                Ok(purged) => tracing::info!(purged, "deleted expired tokens"),
+                Err(error) => tracing::warn!(%error, "could not delete expired tokens"),
+            },
+            () = &mut stop => return,
+        }
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

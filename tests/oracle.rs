@@ -347,7 +347,7 @@ fn check_seed(seed: u64, task_runs: usize, queries: usize) {
     let mut rng = Rng(seed);
     let (pipelines, reports) = generate(&mut rng, task_runs);
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::new(Store::open(dir.path(), StoreOptions::default()).unwrap());
+    let engine = Engine::new(Store::open(dir.path(), StoreOptions::default()).unwrap()).unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .build()
@@ -609,7 +609,7 @@ fn one_dense_pipeline_in_one_second() {
         })
         .collect();
     let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::new(Store::open(dir.path(), StoreOptions::default()).unwrap());
+    let engine = Engine::new(Store::open(dir.path(), StoreOptions::default()).unwrap()).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();

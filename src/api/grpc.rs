@@ -3,20 +3,24 @@
 //! extensions, put there by the authentication interceptor before any handler runs.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::service::interceptor::InterceptedService;
 use tonic::service::{Interceptor, Routes};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::wire;
-use crate::auth::Caller;
-use crate::engine::{Engine, MAX_LOG_PAGE};
+use crate::auth::{Caller, bearer_token};
+use crate::engine::{Engine, MAX_LOG_PAGE, Subscription, TokenRequest};
 use crate::error::Error;
 use crate::model::{BucketCount, LogCursor, PipelineId, ReportCounts};
 use crate::proto::{
-    self, ingest_server::IngestServer, pipelines_server::PipelinesServer, stats_server::StatsServer,
+    self, auth_server::AuthServer, ingest_server::IngestServer, pipelines_server::PipelinesServer,
+    stats_server::StatsServer,
 };
 
 /// Report batches of one stream that may wait for durability at once; past this the stream
@@ -31,11 +35,10 @@ pub struct GrpcApi {
     engine: Arc<Engine>,
 }
 
-/// Every gRPC service runledger serves, each behind `interceptor`, with health and reflection.
-pub async fn routes<I>(engine: Arc<Engine>, interceptor: I) -> Routes
-where
-    I: Interceptor + Clone + Send + Sync + 'static,
-{
+/// Every gRPC service runledger serves, with health and reflection. Each service but `Auth`
+/// (which issues the tokens) is behind the bearer-token interceptor.
+pub async fn routes(engine: Arc<Engine>) -> Routes {
+    let authenticate = authenticator(engine.clone());
     let api = GrpcApi { engine };
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<IngestServer<GrpcApi>>().await;
@@ -43,6 +46,7 @@ where
         .set_serving::<PipelinesServer<GrpcApi>>()
         .await;
     health_reporter.set_serving::<StatsServer<GrpcApi>>().await;
+    health_reporter.set_serving::<AuthServer<GrpcApi>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -50,21 +54,27 @@ where
         .expect("the embedded descriptor sets are valid");
     let ingest = IngestServer::new(api.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let pipelines = PipelinesServer::new(api.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let stats = StatsServer::new(api).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let stats = StatsServer::new(api.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let auth = AuthServer::new(api);
     Routes::new(health)
         .add_service(reflection)
-        .add_service(tonic::service::interceptor::InterceptedService::new(
-            ingest,
-            interceptor.clone(),
-        ))
-        .add_service(tonic::service::interceptor::InterceptedService::new(
-            pipelines,
-            interceptor.clone(),
-        ))
-        .add_service(tonic::service::interceptor::InterceptedService::new(
-            stats,
-            interceptor,
-        ))
+        .add_service(auth)
+        .add_service(InterceptedService::new(ingest, authenticate.clone()))
+        .add_service(InterceptedService::new(pipelines, authenticate.clone()))
+        .add_service(InterceptedService::new(stats, authenticate))
+}
+
+/// The interceptor that turns `authorization: Bearer <token>` into the request's [`Caller`].
+fn authenticator(engine: Arc<Engine>) -> impl Interceptor + Clone + Send + Sync + 'static {
+    move |mut request: Request<()>| -> Result<Request<()>, Status> {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .and_then(|value| value.to_str().ok());
+        let caller = engine.authenticate(bearer_token(header)?)?;
+        request.extensions_mut().insert(caller);
+        Ok(request)
+    }
 }
 
 /// The caller the interceptor identified.
@@ -126,6 +136,61 @@ impl proto::ingest_server::Ingest for GrpcApi {
         let counts = self.engine.report(&caller, runs).await?;
         Ok(Response::new(counts_response(1, counts)))
     }
+
+    type WatchPendingTaskRunsStream = PendingStream;
+
+    async fn watch_pending_task_runs(
+        &self,
+        request: Request<proto::WatchPendingTaskRunsRequest>,
+    ) -> Result<Response<PendingStream>, Status> {
+        let caller = caller(&request)?;
+        Ok(Response::new(PendingStream(
+            self.engine.watch_pending(&caller)?,
+        )))
+    }
+}
+
+/// An executor's stream of pending task runs; dropping it (the executor went away) gives back
+/// the runs it had not reported yet.
+pub struct PendingStream(Subscription);
+
+impl tokio_stream::Stream for PendingStream {
+    type Item = Result<proto::PendingTaskRun, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0
+            .runs
+            .poll_recv(cx)
+            .map(|run| run.map(|run| Ok(wire::pending_run(&run))))
+    }
+}
+
+#[tonic::async_trait]
+impl proto::auth_server::Auth for GrpcApi {
+    async fn issue_token(
+        &self,
+        request: Request<proto::IssueTokenRequest>,
+    ) -> Result<Response<proto::IssueTokenResponse>, Status> {
+        let message = request.into_inner();
+        let filled = |value: String| (!value.is_empty()).then_some(value);
+        let grant = self
+            .engine
+            .issue_token(TokenRequest {
+                grant_type: filled(message.grant_type),
+                client_id: filled(message.client_id),
+                client_secret: filled(message.client_secret),
+                scope: filled(message.scope),
+                refresh_token: filled(message.refresh_token),
+            })
+            .await?;
+        Ok(Response::new(proto::IssueTokenResponse {
+            access_token: grant.access_token,
+            expires_in: grant.expires_in,
+            refresh_token: grant.refresh_token,
+            scope: grant.scope,
+            token_type: "Bearer".into(),
+        }))
+    }
 }
 
 #[tonic::async_trait]
@@ -141,6 +206,21 @@ impl proto::pipelines_server::Pipelines for GrpcApi {
             created: outcome.created,
             tasks_created: outcome.tasks_created,
             tasks_updated: outcome.tasks_updated,
+        }))
+    }
+
+    async fn run_pipeline(
+        &self,
+        request: Request<proto::RunPipelineRequest>,
+    ) -> Result<Response<proto::RunPipelineResponse>, Status> {
+        let caller = caller(&request)?;
+        let pipeline = PipelineId(wire::uuid(
+            "pipeline_uuid",
+            &request.into_inner().pipeline_uuid,
+        )?);
+        let runs = self.engine.run_pipeline(&caller, pipeline).await?;
+        Ok(Response::new(proto::RunPipelineResponse {
+            task_runs: runs.iter().map(wire::pending_run).collect(),
         }))
     }
 }

@@ -2,5 +2,6 @@
 //! Both are thin: they validate and translate, then call the engine.
 
 pub mod grpc;
+mod openapi;
 pub mod rest;
 mod wire;

@@ -1,17 +1,488 @@
-//! The REST gateway: the documented `/v1` paths, served by axum on the same engine, in-process.
+//! The REST gateway: the documented `/v1` paths of both editions of the public reference
+//! (`workflows` and `pipelines`, dates and date-times; a trailing slash is optional everywhere),
+//! served by axum on the same engine, in-process. Handlers validate path and query parameters,
+//! call the engine and write the documented JSON. Errors are the contract's JSON body, and the
+//! token endpoint's are RFC 6749's (both rendered by [`Error`]).
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
-use axum::Router;
-use axum::routing::get;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{
+    DefaultBodyLimit, FromRequestParts, OriginalUri, Path, Query, RawQuery, State,
+};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
-use crate::engine::Engine;
-use crate::error::Error;
+use crate::auth::{Caller, bearer_token};
+use crate::engine::{DEFAULT_LOG_PAGE, Engine, TokenRequest};
+use crate::error::{Error, OAuthError, Result};
+use crate::model::{
+    BucketCount, BucketStats, EntityKind, EntityRef, LastRun, LogCursor, LogEntry, PendingTaskRun,
+    PipelineId, Stats, TimeRange,
+};
+use crate::time::{Period, RangeEnd, format_datetime, format_rfc3339, parse_path_datetime};
+
+/// Request bodies larger than this are refused with 413.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+type AppState = Arc<Engine>;
+/// Path parameters, or why they could not be read.
+type PathParams<T> = std::result::Result<Path<T>, PathRejection>;
 
 /// The REST application.
 pub fn router(engine: Arc<Engine>) -> Router {
-    Router::new()
+    let routes: [(&str, MethodRouter<AppState>); 7] = [
+        ("/v1/oauth/token", get(token).post(token)),
+        ("/v1/pipelines/{uuid}/runs", post(run_pipeline)),
+        ("/v1/workflows/{uuid}/runs", post(run_pipeline)),
+        ("/v1/stats/{kind}/{uuid}/logs/{from}/{to}", get(logs)),
+        ("/v1/stats/{kind}/{uuid}/stats/{from}/{to}", get(stats)),
+        (
+            "/v1/stats/{kind}/{uuid}/aggregated-stats/{date_from}/{period}/{n}",
+            get(aggregated_stats),
+        ),
+        ("/v1/stats/{kind}/{uuid}/last-run/stats", get(last_run)),
+    ];
+    let mut router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .fallback(|| async { Error::NotFound("no such route".into()) })
+        .route("/v1/openapi.json", get(openapi));
+    for (path, method_router) in routes {
+        router = router
+            .route(path, method_router.clone())
+            .route(&format!("{path}/"), method_router);
+    }
+    router
+        .fallback(|method: Method, uri: OriginalUri| async move {
+            Error::NotFound(format!("no route for {method} {}", uri.path()))
+        })
+        .method_not_allowed_fallback(|method: Method, uri: OriginalUri| async move {
+            Error::MethodNotAllowed(format!("{method} is not allowed on {}", uri.path()))
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(engine)
+}
+
+/// A bearer token in the `Authorization` header, checked by the same `Engine::authenticate`
+/// as gRPC's interceptor.
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, engine: &AppState) -> Result<Caller> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok());
+        engine.authenticate(bearer_token(header)?)
+    }
+}
+
+fn path<T>(extracted: PathParams<T>) -> Result<T> {
+    extracted
+        .map(|Path(value)| value)
+        .map_err(|rejection| Error::InvalidArgument(format!("path: {}", rejection.body_text())))
+}
+
+fn path_uuid(text: &str) -> Result<Uuid> {
+    Uuid::parse_str(text).map_err(|_| Error::invalid("uuid", format!("`{text}` is not a UUID")))
+}
+
+/// `tasks`, `pipelines` or `workflows` (the older name of pipelines).
+fn entity(kind: &str, uuid: &str) -> Result<EntityRef> {
+    let kind = match kind {
+        "tasks" => EntityKind::Task,
+        "pipelines" | "workflows" => EntityKind::Pipeline,
+        other => {
+            return Err(Error::NotFound(format!(
+                "no route for /v1/stats/{other}/...: the kinds are tasks, pipelines and workflows"
+            )));
+        }
+    };
+    Ok(EntityRef {
+        kind,
+        uuid: path_uuid(uuid)?,
+    })
+}
+
+fn range(from: &str, to: &str) -> Result<TimeRange> {
+    let from = parse_path_datetime(from, RangeEnd::Start).map_err(|r| Error::invalid("from", r))?;
+    let to = parse_path_datetime(to, RangeEnd::End).map_err(|r| Error::invalid("to", r))?;
+    TimeRange::new(from, to).ok_or_else(|| Error::invalid("from", "must not be after to"))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StatsBody {
+    pub num_of_successes: u64,
+    pub num_of_failures: u64,
+    pub average_duration: u64,
+    pub is_last_run_successful: bool,
+    pub last_run_executed_at: Option<String>,
+    pub last_run_duration: u64,
+}
+
+impl From<Stats> for StatsBody {
+    fn from(stats: Stats) -> StatsBody {
+        StatsBody {
+            num_of_successes: stats.tally.successes,
+            num_of_failures: stats.tally.failures,
+            average_duration: stats.tally.average_duration_ms(),
+            is_last_run_successful: stats.last_run.is_some_and(|r| r.is_successful),
+            last_run_executed_at: stats
+                .last_run
+                .map(|r| format_datetime(r.executed_at.second())),
+            last_run_duration: stats.last_run.map_or(0, |r| r.duration_ms),
+        }
+    }
+}
+
+async fn stats(
+    State(engine): State<AppState>,
+    caller: Caller,
+    params: PathParams<(String, String, String, String)>,
+) -> Result<Json<StatsBody>> {
+    let (kind, uuid, from, to) = path(params)?;
+    let entity = entity(&kind, &uuid)?;
+    let range = range(&from, &to)?;
+    Ok(Json(engine.stats(&caller, entity, range)?.into()))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BucketBody {
+    pub date_from: String,
+    pub date_to: String,
+    pub num_of_successes: u64,
+    pub num_of_failures: u64,
+    pub average_duration: u64,
+}
+
+impl From<&BucketStats> for BucketBody {
+    fn from(bucket: &BucketStats) -> BucketBody {
+        BucketBody {
+            date_from: format_datetime(bucket.start),
+            date_to: format_datetime(bucket.last_second),
+            num_of_successes: bucket.tally.successes,
+            num_of_failures: bucket.tally.failures,
+            average_duration: bucket.tally.average_duration_ms(),
+        }
+    }
+}
+
+async fn aggregated_stats(
+    State(engine): State<AppState>,
+    caller: Caller,
+    params: PathParams<(String, String, String, String, String)>,
+) -> Result<Json<Vec<BucketBody>>> {
+    let (kind, uuid, date_from, period, n) = path(params)?;
+    let entity = entity(&kind, &uuid)?;
+    let date_from = parse_path_datetime(&date_from, RangeEnd::Start)
+        .map_err(|r| Error::invalid("date_from", r))?;
+    let period: Period = period.parse().map_err(Error::InvalidArgument)?;
+    let n = n
+        .parse::<u32>()
+        .map_err(|_| {
+            Error::invalid(
+                "n",
+                format!("`{n}` is not a whole number between 1 and 1000"),
+            )
+        })
+        .and_then(|n| BucketCount::new(n).map_err(|r| Error::invalid("n", r)))?;
+    let buckets = engine.aggregated_stats(&caller, entity, period, date_from, n)?;
+    Ok(Json(buckets.iter().map(BucketBody::from).collect()))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LastRunBody {
+    pub is_successful: bool,
+    pub executed_at: String,
+    pub duration: u64,
+}
+
+impl From<LastRun> for LastRunBody {
+    fn from(run: LastRun) -> LastRunBody {
+        LastRunBody {
+            is_successful: run.is_successful,
+            executed_at: format_datetime(run.executed_at.second()),
+            duration: run.duration_ms,
+        }
+    }
+}
+
+async fn last_run(
+    State(engine): State<AppState>,
+    caller: Caller,
+    params: PathParams<(String, String)>,
+) -> Result<Json<LastRunBody>> {
+    let (kind, uuid) = path(params)?;
+    let entity = entity(&kind, &uuid)?;
+    Ok(Json(engine.last_run(&caller, entity)?.into()))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LogEntryBody {
+    pub workflow_run_uuid: String,
+    pub pipeline_run_uuid: String,
+    pub task_run_uuid: String,
+    pub task_uuid: String,
+    pub task_type: String,
+    pub is_successful: bool,
+    pub duration: u32,
+    /// Base64 of the sealed envelope; `""` when the task produced no output.
+    pub output: String,
+    pub metric_value: Option<f64>,
+    pub executed_at: String,
+}
+
+impl From<LogEntry> for LogEntryBody {
+    fn from(entry: LogEntry) -> LogEntryBody {
+        let pipeline_run = entry.pipeline_run.to_string();
+        LogEntryBody {
+            workflow_run_uuid: pipeline_run.clone(),
+            pipeline_run_uuid: pipeline_run,
+            task_run_uuid: entry.task_run.to_string(),
+            task_uuid: entry.task.to_string(),
+            task_type: entry.task_type.as_str().to_string(),
+            is_successful: entry.is_successful,
+            duration: entry.duration_ms,
+            output: STANDARD.encode(&entry.output),
+            metric_value: entry.metric_value,
+            executed_at: format_rfc3339(entry.executed_at),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct LogsQuery {
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+/// One page of logs; the next page's URL is in the `Link` header (`rel="next"`) and its cursor
+/// in `X-Next-Cursor`, both absent on the last page.
+async fn logs(
+    State(engine): State<AppState>,
+    caller: Caller,
+    uri: OriginalUri,
+    params: PathParams<(String, String, String, String)>,
+    query: std::result::Result<Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response> {
+    let (kind, uuid, from, to) = path(params)?;
+    if entity(&kind, &uuid)?.kind != EntityKind::Pipeline {
+        return Err(Error::NotFound(format!(
+            "no route for {}: logs are kept per pipeline",
+            uri.path()
+        )));
+    }
+    let range = range(&from, &to)?;
+    let Query(query) =
+        query.map_err(|r| Error::InvalidArgument(format!("query: {}", r.body_text())))?;
+    let limit = match query.limit.as_deref() {
+        None => DEFAULT_LOG_PAGE,
+        Some(text) => text
+            .parse()
+            .map_err(|_| Error::invalid("limit", format!("`{text}` is not a whole number")))?,
+    };
+    let after = query
+        .cursor
+        .as_deref()
+        .filter(|c| !c.is_empty())
+        .map(LogCursor::decode)
+        .transpose()
+        .map_err(|r| Error::invalid("cursor", r))?;
+    let page = engine.logs(&caller, PipelineId(path_uuid(&uuid)?), range, after, limit)?;
+    let body: Vec<LogEntryBody> = page.entries.into_iter().map(LogEntryBody::from).collect();
+    let mut response = Json(body).into_response();
+    if let Some(next) = page.next {
+        let cursor = next.encode();
+        let link = format!(
+            "<{}?limit={limit}&cursor={cursor}>; rel=\"next\"",
+            uri.path()
+        );
+        let headers = response.headers_mut();
+        headers.insert(
+            header::LINK,
+            HeaderValue::try_from(link).map_err(|e| Error::Internal(e.to_string()))?,
+        );
+        headers.insert(
+            "x-next-cursor",
+            HeaderValue::try_from(cursor).map_err(|e| Error::Internal(e.to_string()))?,
+        );
+    }
+    Ok(response)
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RunTaskBody {
+    pub id: u64,
+    pub state: String,
+    pub task_uuid: String,
+    pub task_run_uuid: String,
+    pub workflow_run_uuid: String,
+    pub pipeline_run_uuid: String,
+    pub is_successful: bool,
+    pub output: Option<String>,
+    pub errors: Option<Vec<String>>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<&PendingTaskRun> for RunTaskBody {
+    fn from(run: &PendingTaskRun) -> RunTaskBody {
+        let created = format_datetime(run.created_at.second());
+        RunTaskBody {
+            id: run.serial,
+            state: "pending".into(),
+            task_uuid: run.task.to_string(),
+            task_run_uuid: run.task_run.to_string(),
+            workflow_run_uuid: run.pipeline_run.to_string(),
+            pipeline_run_uuid: run.pipeline_run.to_string(),
+            is_successful: false,
+            output: None,
+            errors: None,
+            created_at: created.clone(),
+            updated_at: created,
+        }
+    }
+}
+
+async fn run_pipeline(
+    State(engine): State<AppState>,
+    caller: Caller,
+    params: PathParams<String>,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Vec<RunTaskBody>>)> {
+    body_within_limit(body)?;
+    let pipeline = PipelineId(path_uuid(&path(params)?)?);
+    let runs = engine.run_pipeline(&caller, pipeline).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(runs.iter().map(RunTaskBody::from).collect()),
+    ))
+}
+
+fn body_within_limit(body: std::result::Result<Bytes, BytesRejection>) -> Result<Bytes> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Error::TooLarge(format!(
+                "request bodies are limited to {MAX_BODY_BYTES} bytes"
+            ))
+        } else {
+            Error::InvalidArgument(format!("body: {}", rejection.body_text()))
+        }
+    })
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TokenBody {
+    pub access_token: String,
+    pub expires_in: u32,
+    pub refresh_token: String,
+    pub scope: String,
+    pub token_type: String,
+}
+
+/// `GET|POST /v1/oauth/token`: parameters in the query string or a form body, client
+/// credentials there or in HTTP Basic authentication.
+async fn token(
+    State(engine): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Result<Response> {
+    let body = body_within_limit(body)?;
+    let mut params: Vec<(String, String)> = Vec::new();
+    if let Some(query) = query {
+        params.extend(
+            serde_urlencoded::from_str::<Vec<(String, String)>>(&query).map_err(|e| {
+                OAuthError::invalid_request(format!("the query string is malformed: {e}"))
+            })?,
+        );
+    }
+    if !body.is_empty() {
+        let form = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+        if !form {
+            return Err(OAuthError::invalid_request(
+                "send the parameters in the query string or as an application/x-www-form-urlencoded body",
+            )
+            .into());
+        }
+        params.extend(
+            serde_urlencoded::from_bytes::<Vec<(String, String)>>(&body).map_err(|e| {
+                OAuthError::invalid_request(format!("the form body is malformed: {e}"))
+            })?,
+        );
+    }
+    if let Some(basic) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        && let Some((id, secret)) = basic_credentials(basic)?
+    {
+        params.push(("client_id".into(), id));
+        params.push(("client_secret".into(), secret));
+    }
+    let mut request = TokenRequest::default();
+    for (name, value) in params {
+        let slot = match name.as_str() {
+            "grant_type" => &mut request.grant_type,
+            "client_id" => &mut request.client_id,
+            "client_secret" => &mut request.client_secret,
+            "scope" => &mut request.scope,
+            "refresh_token" => &mut request.refresh_token,
+            _ => continue,
+        };
+        if slot.replace(value).is_some() {
+            return Err(OAuthError::invalid_request(format!(
+                "the parameter {name} was given more than once"
+            ))
+            .into());
+        }
+    }
+    let grant = engine.issue_token(request).await?;
+    let body = TokenBody {
+        access_token: grant.access_token,
+        expires_in: grant.expires_in,
+        refresh_token: grant.refresh_token,
+        scope: grant.scope,
+        token_type: "Bearer".into(),
+    };
+    let mut response = Json(body).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+        .headers_mut()
+        .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    Ok(response)
+}
+
+/// Client credentials from `Authorization: Basic`, if that is the scheme used.
+fn basic_credentials(header: &str) -> Result<Option<(String, String)>> {
+    let Some((scheme, encoded)) = header.split_once(' ') else {
+        return Ok(None);
+    };
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Ok(None);
+    }
+    let invalid = || OAuthError::invalid_client("the Basic credentials are malformed");
+    let decoded = STANDARD.decode(encoded.trim()).map_err(|_| invalid())?;
+    let text = String::from_utf8(decoded).map_err(|_| invalid())?;
+    let (id, secret) = text.split_once(':').ok_or_else(invalid)?;
+    Ok(Some((id.to_string(), secret.to_string())))
+}
+
+async fn openapi() -> impl IntoResponse {
+    static DOCUMENT: LazyLock<String> = LazyLock::new(|| super::openapi::document().to_string());
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        DOCUMENT.as_str(),
+    )
 }

@@ -228,6 +228,18 @@ pub fn last_run(run: LastRun) -> proto::LastRunStats {
     }
 }
 
+pub fn pending_run(run: &crate::model::PendingTaskRun) -> proto::PendingTaskRun {
+    proto::PendingTaskRun {
+        id: run.serial,
+        task_run_uuid: run.task_run.to_string(),
+        pipeline_run_uuid: run.pipeline_run.to_string(),
+        pipeline_uuid: run.pipeline.to_string(),
+        task_uuid: run.task.to_string(),
+        task_type: to_proto_task_type(run.task_type),
+        created_at: Some(to_proto_timestamp(run.created_at)),
+    }
+}
+
 pub fn log_entry(entry: LogEntry) -> proto::LogEntry {
     let cursor = crate::model::LogCursor {
         executed_at: entry.executed_at,

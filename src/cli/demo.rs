@@ -10,7 +10,6 @@ use uuid::Uuid;
 
 use super::DataDir;
 use crate::auth::Caller;
-use crate::engine::Engine;
 use crate::model::{
     OrgId, PipelineDefinition, PipelineId, PipelineRunId, RunState, TaskDefinition, TaskId,
     TaskRun, TaskRunId, TaskType,
@@ -142,7 +141,7 @@ fn fixed_uuid(space: u128, n: u128) -> Uuid {
 }
 
 pub fn run(args: DemoArgs) -> Result<ExitCode, String> {
-    let engine = Engine::new(args.data_dir.open()?);
+    let engine = args.data_dir.engine()?;
     let started = Instant::now();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -170,6 +169,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, String> {
             organization_uuid(sample.org)
         );
     }
+    super::client::first_client(&engine, Some(OrgId(organization_uuid(1))))?;
     println!(
         "demo: {total} task runs of 6 pipelines over the last 365 days written to {} in {:.1} s",
         engine.store().path().display(),

@@ -45,7 +45,7 @@ pub struct ImportSummary {
 }
 
 pub fn run(args: ImportArgs) -> Result<ExitCode, String> {
-    let engine = Engine::new(args.data_dir.open()?);
+    let engine = args.data_dir.engine()?;
     let started = Instant::now();
     let mut progress = Progress::new(std::io::stderr().is_terminal());
     let summary = import_files(&engine, &args.files, &mut progress)?;

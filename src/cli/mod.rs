@@ -1,9 +1,11 @@
 //! The command line: one file per command. Commands print what they did and exit non-zero with
 //! a plain sentence when they could not.
 
+pub mod client;
 mod demo;
 mod generate;
 pub mod import;
+mod keys;
 mod serve;
 mod verify;
 
@@ -34,6 +36,12 @@ pub enum Command {
     Verify(verify::VerifyArgs),
     /// Write a synthetic workload as newline-delimited JSON task runs (for import).
     Generate(generate::GenerateArgs),
+    /// Manage OAuth clients: create, list, revoke.
+    Client(client::ClientArgs),
+    /// Print an organization's output key (base64) again.
+    Key(keys::KeyArgs),
+    /// Decrypt a logged output with an organization's output key.
+    Decrypt(keys::DecryptArgs),
 }
 
 /// The data dir option every command shares.
@@ -49,6 +57,11 @@ impl DataDir {
     pub fn open(&self) -> Result<Store, String> {
         Store::open(&self.data_dir, StoreOptions::default()).map_err(|e| e.to_string())
     }
+
+    /// Opens the engine over the store.
+    pub fn engine(&self) -> Result<crate::engine::Engine, String> {
+        crate::engine::Engine::new(self.open()?).map_err(|e| format!("cannot start: {e}"))
+    }
 }
 
 /// Runs a parsed command line.
@@ -60,6 +73,9 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::Client(args) => client::run(args),
+        Command::Key(args) => keys::key(args),
+        Command::Decrypt(args) => keys::decrypt(args),
     };
     match result {
         Ok(code) => code,

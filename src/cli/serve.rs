@@ -5,7 +5,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use super::DataDir;
-use crate::engine::Engine;
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -20,8 +19,9 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
-    let store = args.data_dir.open()?;
-    let engine = Arc::new(Engine::new(store));
+    let engine = args.data_dir.engine()?;
+    super::client::first_client(&engine, None)?;
+    let engine = Arc::new(engine);
     let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("cannot start: {e}"))?;
     runtime.block_on(async {
         let grpc = bind(args.grpc_addr, "gRPC").await?;

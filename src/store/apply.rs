@@ -12,6 +12,7 @@ use redb::{ReadableTable, Table, WriteTransaction};
 use uuid::Uuid;
 
 use super::cache::EntityCache;
+use super::credentials::{ClientRecord, OrgRecord, TokenRecord};
 use super::records::{
     AGG_LEN, EntityDetail, EntityKey, LAST_RUN_LEN, PipelineRunAgg, RECORD_PIPELINE_RUN, RunRecord,
     TaskRunHome,
@@ -23,8 +24,8 @@ use super::tables::{
 };
 use crate::error::{Error, Result};
 use crate::model::{
-    EntityKind, OrgId, PipelineDefinition, PipelineId, PipelineRunId, RegisterOutcome,
-    ReportCounts, Tally, TaskId, TaskRun, TaskType,
+    EntityKind, OrgId, PendingTaskRun, PipelineDefinition, PipelineId, PipelineRunId,
+    RegisterOutcome, ReportCounts, RunState, Tally, TaskId, TaskRun, TaskRunId, TaskType,
 };
 use crate::time::{MAX_SECOND, Timestamp};
 
@@ -35,6 +36,23 @@ pub enum WriteOp {
     Report(Vec<TaskRun>),
     /// A pipeline and its tasks, with the organization filled in.
     Register(PipelineDefinition),
+    /// A new run of a pipeline: one pending task run per initial task, queued for executors.
+    StartPipelineRun { pipeline: PipelineId, org: OrgId },
+    /// An organization with its sealed output key, unless it exists.
+    CreateOrganization { org: OrgId, record: OrgRecord },
+    CreateClient {
+        client_id: String,
+        record: ClientRecord,
+    },
+    /// Revokes a client and deletes its tokens.
+    RevokeClient { client_id: String },
+    /// Stores issued tokens by hash, consuming the refresh token `redeem` in the same step.
+    IssueTokens {
+        tokens: Vec<([u8; 32], TokenRecord)>,
+        redeem: Option<[u8; 32]>,
+    },
+    /// Deletes expired tokens.
+    PurgeTokens,
 }
 
 impl WriteOp {
@@ -43,15 +61,22 @@ impl WriteOp {
         match self {
             WriteOp::Report(runs) => runs.len().max(1),
             WriteOp::Register(definition) => definition.tasks.len().max(1),
+            _ => 1,
         }
     }
 }
 
 /// What an applied operation did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WriteOutcome {
     Report(ReportCounts),
     Register(RegisterOutcome),
+    Started(Vec<PendingTaskRun>),
+    Organization { record: OrgRecord, created: bool },
+    ClientCreated,
+    ClientRevoked(bool),
+    TokensIssued,
+    TokensPurged(u64),
 }
 
 /// The result of checking an operation: `Err` is a rejection of that operation alone.
@@ -74,14 +99,20 @@ pub struct Batch<'txn> {
     pipeline_runs: Table<'txn, &'static [u8; 16], &'static [u8; AGG_LEN]>,
     rollups: Table<'txn, &'static [u8; ROLLUP_KEY_LEN], &'static [u8]>,
     last_runs: Table<'txn, u32, &'static [u8; LAST_RUN_LEN]>,
+    pub(super) organizations: Table<'txn, &'static [u8; 16], &'static [u8]>,
+    pub(super) clients: Table<'txn, &'static str, &'static [u8]>,
+    pub(super) tokens: Table<'txn, &'static [u8; 32], &'static [u8]>,
+    pub(super) token_expiry: Table<'txn, &'static [u8; 40], ()>,
+    pending: Table<'txn, u64, &'static [u8; 32]>,
     cache: &'txn EntityCache,
     /// Entities created in this transaction: visible to it, published to the cache on commit.
     created: HashMap<Uuid, EntityKey>,
     next_entity_id: Option<u32>,
+    next_serial: Option<u64>,
     deltas: RollupDeltas,
     aggs: HashMap<PipelineRunId, AggSlot>,
     touched: HashMap<EntityId, Series>,
-    now: Timestamp,
+    pub(super) now: Timestamp,
 }
 
 impl<'txn> Batch<'txn> {
@@ -96,9 +127,15 @@ impl<'txn> Batch<'txn> {
             pipeline_runs: txn.open_table(tables::PIPELINE_RUNS)?,
             rollups: txn.open_table(tables::ROLLUPS)?,
             last_runs: txn.open_table(tables::LAST_RUNS)?,
+            organizations: txn.open_table(tables::ORGANIZATIONS)?,
+            clients: txn.open_table(tables::CLIENTS)?,
+            tokens: txn.open_table(tables::TOKENS)?,
+            token_expiry: txn.open_table(tables::TOKEN_EXPIRY)?,
+            pending: txn.open_table(tables::PENDING)?,
             cache,
             created: HashMap::new(),
             next_entity_id: None,
+            next_serial: None,
             deltas: RollupDeltas::default(),
             aggs: HashMap::new(),
             touched: HashMap::new(),
@@ -125,6 +162,25 @@ impl<'txn> Batch<'txn> {
                     return Ok(Err(rejection));
                 }
                 Ok(Ok(WriteOutcome::Register(self.apply_register(definition)?)))
+            }
+            WriteOp::StartPipelineRun { pipeline, org } => Ok(self
+                .start_pipeline_run(*pipeline, *org)?
+                .map(WriteOutcome::Started)),
+            WriteOp::CreateOrganization { org, record } => {
+                let (record, created) = self.create_organization(*org, record)?;
+                Ok(Ok(WriteOutcome::Organization { record, created }))
+            }
+            WriteOp::CreateClient { client_id, record } => Ok(self
+                .create_client(client_id, record)?
+                .map(|()| WriteOutcome::ClientCreated)),
+            WriteOp::RevokeClient { client_id } => Ok(Ok(WriteOutcome::ClientRevoked(
+                self.revoke_client(client_id)?,
+            ))),
+            WriteOp::IssueTokens { tokens, redeem } => Ok(self
+                .issue_tokens(tokens, redeem.as_ref())?
+                .map(|()| WriteOutcome::TokensIssued)),
+            WriteOp::PurgeTokens => {
+                Ok(Ok(WriteOutcome::TokensPurged(self.purge_tokens(self.now)?)))
             }
         }
     }
@@ -153,6 +209,10 @@ impl<'txn> Batch<'txn> {
         if let Some(next) = self.next_entity_id {
             self.meta
                 .insert(meta::NEXT_ENTITY_ID, next.to_le_bytes().as_slice())?;
+        }
+        if let Some(next) = self.next_serial {
+            self.meta
+                .insert(meta::NEXT_TASK_RUN_SERIAL, next.to_le_bytes().as_slice())?;
         }
         Ok(self.created)
     }
@@ -394,6 +454,105 @@ impl<'txn> Batch<'txn> {
         )
     }
 
+    fn allocate_serial(&mut self) -> Result<u64> {
+        let next = match self.next_serial {
+            Some(next) => next,
+            None => match self.meta.get(meta::NEXT_TASK_RUN_SERIAL)? {
+                Some(bytes) => u64::from_le_bytes(
+                    bytes
+                        .value()
+                        .try_into()
+                        .map_err(|_| super::records::corrupt("meta"))?,
+                ),
+                None => 1,
+            },
+        };
+        self.next_serial = Some(next + 1);
+        Ok(next)
+    }
+
+    /// Creates one pending task run per initial task of the pipeline, in one new pipeline run,
+    /// and queues them for executors.
+    fn start_pipeline_run(
+        &mut self,
+        pipeline: PipelineId,
+        org: OrgId,
+    ) -> Result<Result<Vec<PendingTaskRun>>> {
+        let key = match self.entity(pipeline.0)? {
+            Some(key) if key.kind == EntityKind::Pipeline && key.org == org => key,
+            _ => {
+                return Ok(Err(Error::NotFound(format!(
+                    "pipeline {pipeline} not found"
+                ))));
+            }
+        };
+        let low = pipeline_task_key(key.id, EntityId(0));
+        let high = pipeline_task_key(key.id, EntityId(u32::MAX));
+        let mut initial = Vec::new();
+        for entry in self.pipeline_tasks.range::<&[u8; 8]>(&low..=&high)? {
+            let (task_key, _) = entry?;
+            let task = EntityId(u32::from_be_bytes(
+                task_key.value()[4..].try_into().expect("4 bytes"),
+            ));
+            let detail = match self.entities.get(task.0)? {
+                Some(bytes) => EntityDetail::decode(bytes.value())?,
+                None => return Err(Error::Internal(format!("task {} has no details", task.0))),
+            };
+            if detail.is_initial {
+                initial.push((task, detail));
+            }
+        }
+        if initial.is_empty() {
+            return Ok(Err(Error::Conflict(format!(
+                "pipeline {pipeline} has no initial task to start; register its tasks with is_initial"
+            ))));
+        }
+        let pipeline_run = PipelineRunId(Uuid::new_v4());
+        let mut started = Vec::with_capacity(initial.len());
+        for (task, detail) in initial {
+            let serial = self.allocate_serial()?;
+            let task_run = TaskRunId(Uuid::new_v4());
+            let task_type = detail.task_type.unwrap_or(TaskType::Query);
+            let home = TaskRunHome::Unfinished {
+                pipeline: key.id,
+                executed_at: None,
+                serial,
+                created_at: self.now,
+                updated_at: self.now,
+                record: RunRecord {
+                    task,
+                    pipeline_run,
+                    task_type,
+                    state: RunState::Pending,
+                    is_successful: false,
+                    is_initial_task: true,
+                    is_final_task: false,
+                    duration_ms: 0,
+                    metric_value: None,
+                    output: Vec::new(),
+                    errors: Vec::new(),
+                },
+            };
+            self.task_runs
+                .insert(task_run.as_bytes(), home.encode().as_slice())?;
+            let mut queued = [0u8; 32];
+            queued[..16].copy_from_slice(task_run.as_bytes());
+            queued[16..].copy_from_slice(org.as_bytes());
+            self.pending.insert(serial, &queued)?;
+            started.push(PendingTaskRun {
+                serial,
+                task_run,
+                pipeline_run,
+                pipeline,
+                task: TaskId(detail.uuid),
+                task_type,
+                organization: org,
+                created_at: self.now,
+            });
+        }
+        Ok(Ok(started))
+    }
+
     fn apply_register(&mut self, definition: &PipelineDefinition) -> Result<RegisterOutcome> {
         let org = definition.organization.expect("checked");
         let (pipeline, created) = self.ensure_pipeline(definition.pipeline, org)?;
@@ -502,6 +661,13 @@ impl<'txn> Batch<'txn> {
                     *new_serial = *serial;
                     *new_created_at = *created_at;
                     self.task_runs.insert(uuid, home.encode().as_slice())?;
+                }
+                if let TaskRunHome::Unfinished { serial, .. } = old
+                    && serial != 0
+                    && run.state != RunState::Pending
+                {
+                    // An executor took it up: it no longer waits in the queue.
+                    self.pending.remove(serial)?;
                 }
                 self.retract_run(&old, uuid)?;
                 counts.replaced = 1;

@@ -5,6 +5,7 @@
 
 mod apply;
 mod cache;
+pub mod credentials;
 mod read;
 mod records;
 mod rollup;
@@ -127,6 +128,11 @@ impl Store {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The data dir holding the database file.
+    pub fn data_dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
     }
 
     /// A consistent snapshot to read from.
@@ -268,6 +274,11 @@ fn initialize(db: &Database, path: &Path) -> Result<(), OpenError> {
         txn.open_table(tables::PIPELINE_RUNS)?;
         txn.open_table(tables::ROLLUPS)?;
         txn.open_table(tables::LAST_RUNS)?;
+        txn.open_table(tables::ORGANIZATIONS)?;
+        txn.open_table(tables::CLIENTS)?;
+        txn.open_table(tables::TOKENS)?;
+        txn.open_table(tables::TOKEN_EXPIRY)?;
+        txn.open_table(tables::PENDING)?;
         Ok(())
     };
     create().map_err(|e| failed(e.to_string()))?;

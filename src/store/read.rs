@@ -2,11 +2,14 @@
 //! number of tree reads: stats a handful of rollup ranges, aggregated stats one range of at most
 //! n buckets, last run one lookup, a log page one range of at most `limit` entries.
 
-use redb::{ReadOnlyTable, ReadTransaction};
+use redb::{ReadOnlyTable, ReadTransaction, ReadableTable};
 use uuid::Uuid;
 
 use super::cache::EntityCache;
-use super::records::{EntityDetail, EntityKey, LastRunRecord, RunRecord, decode_tally};
+use super::credentials::{ClientRecord, OrgRecord, TokenRecord};
+use super::records::{
+    EntityDetail, EntityKey, LastRunRecord, RunRecord, TaskRunHome, decode_tally,
+};
 use super::rollup::{Series, last_run_at_or_before, range_tally};
 use super::tables::{
     self, ENTITIES, ENTITY_KEYS, EntityId, LAST_RUNS, PIPELINE_RUNS, ROLLUPS, RUN_LOG,
@@ -14,8 +17,8 @@ use super::tables::{
 };
 use crate::error::{Error, Result};
 use crate::model::{
-    BucketCount, BucketStats, LastRun, LogCursor, LogEntry, LogPage, Stats, TaskId, TaskRunId,
-    TimeRange,
+    BucketCount, BucketStats, LastRun, LogCursor, LogEntry, LogPage, OrgId, PendingTaskRun,
+    PipelineId, Stats, TaskId, TaskRunId, TimeRange,
 };
 use crate::time::{Level, MAX_SECOND, MICROS_PER_SECOND, Period, Timestamp};
 
@@ -205,6 +208,82 @@ impl<'a> Reader<'a> {
                 .ok_or_else(|| super::records::corrupt("task run"))?,
             errors: record.errors,
         })
+    }
+
+    /// An organization, if it exists.
+    pub fn organization(&self, org: OrgId) -> Result<Option<OrgRecord>> {
+        let table = self.txn.open_table(tables::ORGANIZATIONS)?;
+        let record = table.get(org.as_bytes())?;
+        record
+            .map(|bytes| OrgRecord::decode(bytes.value()))
+            .transpose()
+    }
+
+    /// An OAuth client, if it exists.
+    pub fn client(&self, client_id: &str) -> Result<Option<ClientRecord>> {
+        let table = self.txn.open_table(tables::CLIENTS)?;
+        let record = table.get(client_id)?;
+        record
+            .map(|bytes| ClientRecord::decode(bytes.value()))
+            .transpose()
+    }
+
+    /// Every OAuth client, by id.
+    pub fn clients(&self) -> Result<Vec<(String, ClientRecord)>> {
+        let table = self.txn.open_table(tables::CLIENTS)?;
+        let mut clients = Vec::new();
+        for entry in table.iter()? {
+            let (id, record) = entry?;
+            clients.push((
+                id.value().to_string(),
+                ClientRecord::decode(record.value())?,
+            ));
+        }
+        Ok(clients)
+    }
+
+    /// The grant behind a token hash, if the token was issued and not purged.
+    pub fn token(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>> {
+        let table = self.txn.open_table(tables::TOKENS)?;
+        let record = table.get(hash)?;
+        record
+            .map(|bytes| TokenRecord::decode(bytes.value()))
+            .transpose()
+    }
+
+    /// The task runs waiting for an executor, oldest first.
+    pub fn pending_runs(&self) -> Result<Vec<PendingTaskRun>> {
+        let queue = self.txn.open_table(tables::PENDING)?;
+        let homes = self.txn.open_table(tables::TASK_RUNS)?;
+        let mut runs = Vec::new();
+        for entry in queue.iter()? {
+            let (serial, queued) = entry?;
+            let queued = queued.value();
+            let task_run = TaskRunId(Uuid::from_bytes(queued[..16].try_into().expect("16 bytes")));
+            let organization = OrgId(Uuid::from_bytes(queued[16..].try_into().expect("16 bytes")));
+            let Some(home) = homes.get(task_run.as_bytes())? else {
+                continue;
+            };
+            if let TaskRunHome::Unfinished {
+                pipeline,
+                created_at,
+                record,
+                ..
+            } = TaskRunHome::decode(home.value())?
+            {
+                runs.push(PendingTaskRun {
+                    serial: serial.value(),
+                    task_run,
+                    pipeline_run: record.pipeline_run,
+                    pipeline: PipelineId(self.entity_uuid(pipeline)?),
+                    task: TaskId(self.entity_uuid(record.task)?),
+                    task_type: record.task_type,
+                    organization,
+                    created_at,
+                });
+            }
+        }
+        Ok(runs)
     }
 
     /// Direct access to the snapshot's tables, for verification and tests.

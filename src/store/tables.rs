@@ -12,6 +12,11 @@
 //! | `pipeline_runs`  | pipeline-run UUID                            | its aggregate             |
 //! | `rollups`        | entity id, level, bucket start               | a tally (varints)         |
 //! | `last_runs`      | entity id                                    | the latest finished run   |
+//! | `organizations`  | organization UUID                            | sealed output key         |
+//! | `clients`        | client id                                    | organization, secret hash |
+//! | `tokens`         | SHA-256 of a token                           | its grant and expiry      |
+//! | `token_expiry`   | expiry, token hash                           | -                         |
+//! | `pending`        | serial                                       | task-run UUID, org UUID   |
 
 use redb::TableDefinition;
 
@@ -38,6 +43,18 @@ pub const ROLLUPS: TableDefinition<&[u8; ROLLUP_KEY_LEN], &[u8]> = TableDefiniti
 /// Entity id -> its latest finished run ([`super::records::LastRunRecord`]).
 pub const LAST_RUNS: TableDefinition<u32, &[u8; super::records::LAST_RUN_LEN]> =
     TableDefinition::new("last_runs");
+
+/// Organization UUID -> [`super::credentials::OrgRecord`].
+pub const ORGANIZATIONS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("organizations");
+/// Client id -> [`super::credentials::ClientRecord`].
+pub const CLIENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("clients");
+/// SHA-256 of a token -> [`super::credentials::TokenRecord`].
+pub const TOKENS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("tokens");
+/// Expiry time and token hash, for purging expired tokens.
+pub const TOKEN_EXPIRY: TableDefinition<&[u8; 40], ()> = TableDefinition::new("token_expiry");
+/// Task runs created by running a pipeline that wait for an executor, in creation order:
+/// serial -> task-run UUID and organization UUID.
+pub const PENDING: TableDefinition<u64, &[u8; 32]> = TableDefinition::new("pending");
 
 /// The interned id of a pipeline or task: four bytes instead of sixteen in every key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use runledger::proto::{self, ingest_client::IngestClient, stats_client::StatsClient};
 use tokio::sync::Notify;
 
-use crate::helpers::{ChildServer, finished, grpc_channel, run_cli, ts};
+use crate::helpers::{Bearer, ChildServer, finished, grpc_channel, grpc_token, run_cli, ts};
 
 const PIPELINE: &str = "c0000000-0000-4000-8000-000000000000";
 const TASKS: [&str; 3] = [
@@ -33,7 +33,7 @@ fn batch(first: u64) -> Vec<proto::TaskRunResult> {
             let at = chrono::DateTime::from_timestamp(second, 0)
                 .unwrap()
                 .to_rfc3339();
-            finished(
+            let mut result = finished(
                 &uuid(n),
                 &uuid((1 << 40) | (n / 3)),
                 PIPELINE,
@@ -41,7 +41,9 @@ fn batch(first: u64) -> Vec<proto::TaskRunResult> {
                 n % 7 != 0,
                 (n % 1000) as u32,
                 &at,
-            )
+            );
+            result.organization_uuid.clear(); // the caller's organization
+            result
         })
         .collect()
 }
@@ -65,9 +67,18 @@ fn acknowledged_reports_survive_sigkill() {
     let acked: Arc<Mutex<Vec<Vec<String>>>> = Arc::default();
     let attempted: Arc<Mutex<Vec<Vec<String>>>> = Arc::default();
     let mut next_id = 0u64;
+    let mut token = String::new();
 
     for cycle in 0..cycles {
         let server = ChildServer::start(dir.path());
+        if cycle == 0 {
+            // The first start prints credentials; the token it gets must outlive every kill.
+            let credentials = server
+                .first_client
+                .clone()
+                .expect("first start prints credentials");
+            token = runtime.block_on(grpc_token(server.grpc_addr, &credentials));
+        }
         if cycle == 0 {
             let (ok, output) = run_cli(&["verify", "--data-dir", dir.path().to_str().unwrap()]);
             assert!(
@@ -84,7 +95,8 @@ fn acknowledged_reports_survive_sigkill() {
             let acked_this_cycle = Arc::new(Mutex::new(0u64));
             let mut writers = Vec::new();
             for writer in 0..WRITERS as u64 {
-                let mut client = IngestClient::new(channel.clone());
+                let mut client =
+                    IngestClient::with_interceptor(channel.clone(), Bearer::new(&token));
                 let (acked, attempted, enough, count) = (
                     acked.clone(),
                     attempted.clone(),
@@ -110,15 +122,26 @@ fn acknowledged_reports_survive_sigkill() {
                                     enough.notify_one();
                                 }
                             }
-                            Err(_) => return, // the server is gone
+                            Err(status) => {
+                                // The server is gone, or refused before the kill: a failure.
+                                if *count.lock().unwrap() < kill_after {
+                                    panic!("writer failed before the kill: {status}");
+                                }
+                                return;
+                            }
                         }
                     }
                 }));
             }
-            enough.notified().await;
+            // Kill after enough acknowledgements; stop at once if a writer failed instead.
+            let mut writers = tokio::task::JoinSet::from_iter(writers);
+            tokio::select! {
+                () = enough.notified() => {}
+                Some(done) = writers.join_next() => done.unwrap().unwrap(),
+            }
             server.kill();
-            for writer in writers {
-                writer.await.unwrap();
+            while let Some(done) = writers.join_next().await {
+                done.unwrap().unwrap();
             }
         });
     }
@@ -126,7 +149,10 @@ fn acknowledged_reports_survive_sigkill() {
     // Restart and look at everything.
     let server = ChildServer::start(dir.path());
     let present: HashSet<String> = runtime.block_on(async {
-        let mut stats = StatsClient::new(grpc_channel(server.grpc_addr).await);
+        let mut stats = StatsClient::with_interceptor(
+            grpc_channel(server.grpc_addr).await,
+            Bearer::new(&token),
+        );
         let mut stream = stats
             .stream_logs(proto::StreamLogsRequest {
                 pipeline_uuid: PIPELINE.into(),

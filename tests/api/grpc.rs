@@ -302,7 +302,7 @@ async fn a_reported_stream_answers_every_query() {
 }
 
 async fn collect_logs(
-    stats: &mut proto::stats_client::StatsClient<tonic::transport::Channel>,
+    stats: &mut proto::stats_client::StatsClient<crate::helpers::Authed>,
     request: proto::StreamLogsRequest,
 ) -> Vec<proto::LogEntry> {
     let mut stream = stats.stream_logs(request).await.unwrap().into_inner();

@@ -1,5 +1,7 @@
 //! Starting servers for tests (in-process on bound listeners, or as a child process that can be
-//! killed) and building the messages the tests send.
+//! killed), authenticating to them, and building the messages the tests send.
+
+#![allow(dead_code)]
 
 use std::io::BufRead;
 use std::net::SocketAddr;
@@ -7,7 +9,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
-use runledger::engine::Engine;
+use runledger::auth::Scopes;
+use runledger::engine::{Engine, NewClient, TokenLifetimes, TokenRequest};
+use runledger::model::OrgId;
 use runledger::proto;
 use runledger::proto::ingest_client::IngestClient;
 use runledger::proto::pipelines_client::PipelinesClient;
@@ -17,55 +21,124 @@ use runledger::time::parse_instant;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-/// A server running in this process on free ports, with its own data dir.
+pub const ORG: &str = "0b4e7a0e-5a2b-4f5c-9d7e-1a2b3c4d5e6f";
+
+/// A server running in this process on free ports, with its own data dir and a client of
+/// organization [`ORG`] holding every scope.
 pub struct TestApp {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub dir: tempfile::TempDir,
+    pub engine: Arc<Engine>,
+    pub client: NewClient,
+    /// An access token of `client` with every scope.
+    pub token: String,
     stop: oneshot::Sender<()>,
     server: JoinHandle<std::io::Result<()>>,
 }
 
 pub async fn spawn_app() -> TestApp {
-    spawn_app_in(tempfile::tempdir().unwrap()).await
+    spawn_app_with(tempfile::tempdir().unwrap(), TokenLifetimes::default()).await
 }
 
-pub async fn spawn_app_in(dir: tempfile::TempDir) -> TestApp {
+pub async fn spawn_app_with(dir: tempfile::TempDir, lifetimes: TokenLifetimes) -> TestApp {
     let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
-    let engine = Arc::new(Engine::new(store));
+    let engine = Arc::new(Engine::new(store).unwrap().with_token_lifetimes(lifetimes));
+    let client = engine
+        .create_client(Some(OrgId(ORG.parse().unwrap())), Scopes::all())
+        .unwrap();
+    let token = token_for(&engine, &client, None).await;
     let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
     let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(runledger::server::run(engine, grpc, http, async {
+    let server = tokio::spawn(runledger::server::run(engine.clone(), grpc, http, async {
         let _ = stopped.await;
     }));
     TestApp {
         grpc_addr,
         http_addr,
         dir,
+        engine,
+        client,
+        token,
         stop,
         server,
     }
 }
+
+/// An access token for `client`, optionally narrowed to `scope`.
+pub async fn token_for(engine: &Engine, client: &NewClient, scope: Option<&str>) -> String {
+    engine
+        .issue_token(TokenRequest {
+            grant_type: Some("client_credentials".into()),
+            client_id: Some(client.client_id.clone()),
+            client_secret: Some(client.client_secret.clone()),
+            scope: scope.map(str::to_string),
+            refresh_token: None,
+        })
+        .await
+        .unwrap()
+        .access_token
+}
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct Bearer(MetadataValue<Ascii>);
+
+impl Bearer {
+    pub fn new(token: &str) -> Bearer {
+        Bearer(format!("Bearer {token}").parse().unwrap())
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+pub type Authed = InterceptedService<Channel, Bearer>;
 
 impl TestApp {
     pub async fn channel(&self) -> Channel {
         grpc_channel(self.grpc_addr).await
     }
 
-    pub async fn ingest(&self) -> IngestClient<Channel> {
-        IngestClient::new(self.channel().await)
+    pub async fn ingest(&self) -> IngestClient<Authed> {
+        self.ingest_as(&self.token).await
     }
 
-    pub async fn stats(&self) -> StatsClient<Channel> {
-        StatsClient::new(self.channel().await)
+    pub async fn ingest_as(&self, token: &str) -> IngestClient<Authed> {
+        IngestClient::with_interceptor(self.channel().await, Bearer::new(token))
     }
 
-    pub async fn pipelines(&self) -> PipelinesClient<Channel> {
-        PipelinesClient::new(self.channel().await)
+    pub async fn stats(&self) -> StatsClient<Authed> {
+        self.stats_as(&self.token).await
+    }
+
+    pub async fn stats_as(&self, token: &str) -> StatsClient<Authed> {
+        StatsClient::with_interceptor(self.channel().await, Bearer::new(token))
+    }
+
+    pub async fn pipelines(&self) -> PipelinesClient<Authed> {
+        PipelinesClient::with_interceptor(self.channel().await, Bearer::new(&self.token))
+    }
+
+    /// `http://ADDR` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http_addr)
     }
 
     /// Shuts the server down cleanly and hands back its data dir.
@@ -89,6 +162,8 @@ pub struct ChildServer {
     pub child: Child,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// The credentials printed on the data dir's first start.
+    pub first_client: Option<serde_json::Value>,
 }
 
 impl ChildServer {
@@ -114,11 +189,19 @@ impl ChildServer {
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
-        let mut lines = std::io::BufReader::new(stdout).lines();
-        let line = lines
-            .next()
-            .expect("the server prints where it listens")
-            .unwrap();
+        let mut first_client = None;
+        let mut serving = None;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            if line.starts_with('{') {
+                first_client = Some(serde_json::from_str(&line).unwrap());
+            }
+            if line.starts_with("runledger serving") {
+                serving = Some(line);
+                break;
+            }
+        }
+        let line = serving.expect("the server prints where it listens");
         let addr = |name: &str| -> SocketAddr {
             line.split_whitespace()
                 .find_map(|part| part.strip_prefix(name))
@@ -126,11 +209,11 @@ impl ChildServer {
                 .parse()
                 .unwrap()
         };
-        let (grpc_addr, http_addr) = (addr("grpc="), addr("http="));
         ChildServer {
+            grpc_addr: addr("grpc="),
+            http_addr: addr("http="),
             child,
-            grpc_addr,
-            http_addr,
+            first_client,
         }
     }
 
@@ -141,7 +224,23 @@ impl ChildServer {
     }
 }
 
-/// Runs `runledger ARGS...` to completion; returns (success, stdout).
+/// An access token from a server's gRPC Auth service.
+pub async fn grpc_token(addr: SocketAddr, credentials: &serde_json::Value) -> String {
+    let mut auth = proto::auth_client::AuthClient::new(grpc_channel(addr).await);
+    auth.issue_token(proto::IssueTokenRequest {
+        grant_type: "client_credentials".into(),
+        client_id: credentials["client_id"].as_str().unwrap().into(),
+        client_secret: credentials["client_secret"].as_str().unwrap().into(),
+        scope: String::new(),
+        refresh_token: String::new(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .access_token
+}
+
+/// Runs `runledger ARGS...` to completion; returns (success, stdout and stderr).
 pub fn run_cli(args: &[&str]) -> (bool, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_runledger"))
         .args(args)
@@ -166,7 +265,7 @@ pub fn ts(text: &str) -> prost_types::Timestamp {
     }
 }
 
-/// A finished task-run result.
+/// A finished task-run result of organization [`ORG`].
 pub fn finished(
     task_run: &str,
     pipeline_run: &str,
@@ -194,8 +293,6 @@ pub fn finished(
         is_final_task: false,
     }
 }
-
-pub const ORG: &str = "0b4e7a0e-5a2b-4f5c-9d7e-1a2b3c4d5e6f";
 
 pub fn entity(kind: proto::EntityKind, uuid: &str) -> Option<proto::EntityRef> {
     Some(proto::EntityRef {

@@ -15,7 +15,7 @@ async fn unknown_routes_are_json_404s() {
         body["errors"][0]
             .as_str()
             .unwrap()
-            .contains("no such route")
+            .contains("no route for GET /v1/nowhere")
     );
     let health = reqwest::get(format!("http://{}/healthz", app.http_addr))
         .await

@@ -1,0 +1,243 @@
+//! The OpenAPI 3 document of the REST API, served at `/v1/openapi.json`. A test requests every
+//! operation it lists and checks the responses against its schemas, so it stays true.
+
+use serde_json::{Value, json};
+
+fn error_responses(codes: &[&str]) -> Value {
+    let mut responses = serde_json::Map::new();
+    for code in codes {
+        let description = match *code {
+            "400" => "A malformed UUID, date, period, n, limit or cursor, or `from` after `to`",
+            "401" => "A missing, unknown, expired or revoked bearer token",
+            "403" => "The token lacks the scope this operation needs",
+            "404" => "No such pipeline or task for this organization (or no such route)",
+            "405" => "The route does not take this method",
+            "409" => "The pipeline has no initial task to start",
+            "413" => "The request body is over 64 KiB",
+            "429" => "Too many requests; retry after the `Retry-After` seconds",
+            _ => "Error",
+        };
+        responses.insert(
+            code.to_string(),
+            json!({
+                "description": description,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+            }),
+        );
+    }
+    Value::Object(responses)
+}
+
+fn with(mut responses: Value, code: &str, response: Value) -> Value {
+    responses
+        .as_object_mut()
+        .expect("responses are an object")
+        .insert(code.to_string(), response);
+    responses
+}
+
+fn json_response(description: &str, schema: Value) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": schema}}})
+}
+
+fn stats_operation(summary: &str, parameters: Value, response: Value) -> Value {
+    json!({
+        "summary": summary,
+        "security": [{"oauth2": ["stats:read"]}, {"bearer": []}],
+        "parameters": parameters,
+        "responses": with(error_responses(&["400", "401", "403", "404", "429"]), "200", response),
+    })
+}
+
+fn run_operation(edition: &str) -> Value {
+    json!({
+        "post": {
+            "summary": format!("Run a {edition}: one pending task run per initial task"),
+            "description": "The pending task runs are handed to the organization's executors over gRPC (runledger.v1.Ingest/WatchPendingTaskRuns). The request body is ignored.",
+            "security": [{"oauth2": ["pipelines:run"]}, {"bearer": []}],
+            "parameters": [{"$ref": "#/components/parameters/uuid"}],
+            "responses": with(
+                error_responses(&["400", "401", "403", "404", "409", "413", "429"]),
+                "201",
+                json_response("The new task runs", json!({"type": "array", "items": {"$ref": "#/components/schemas/RunTask"}})),
+            ),
+        }
+    })
+}
+
+/// The whole document.
+pub fn document() -> Value {
+    let kind = json!({"$ref": "#/components/parameters/kind"});
+    let uuid = json!({"$ref": "#/components/parameters/uuid"});
+    let from = json!({"$ref": "#/components/parameters/from"});
+    let to = json!({"$ref": "#/components/parameters/to"});
+    let token_parameters: Vec<Value> = [
+        ("grant_type", "client_credentials or refresh_token", true),
+        ("client_id", "The OAuth client's id (or use HTTP Basic authentication)", false),
+        ("client_secret", "The OAuth client's secret (or use HTTP Basic authentication)", false),
+        ("scope", "Space-separated scopes narrowing the grant: pipelines:run (alias workflows:run, echoed back as asked), stats:read, runs:write", false),
+        ("refresh_token", "For grant_type refresh_token: the refresh token, used up by this request", false),
+    ]
+    .into_iter()
+    .map(|(name, description, required)| {
+        json!({"name": name, "in": "query", "required": required, "description": description, "schema": {"type": "string"}})
+    })
+    .collect();
+    let token_operation = json!({
+        "summary": "Issue an access and refresh token pair (OAuth2 client credentials or refresh token)",
+        "description": "Parameters go in the query string or an application/x-www-form-urlencoded body.",
+        "parameters": token_parameters,
+        "responses": {
+            "200": json_response("A token pair", json!({"$ref": "#/components/schemas/Token"})),
+            "400": json_response("invalid_request, unsupported_grant_type, invalid_grant or invalid_scope", json!({"$ref": "#/components/schemas/OAuthError"})),
+            "401": json_response("invalid_client: unknown client, wrong secret or revoked client", json!({"$ref": "#/components/schemas/OAuthError"})),
+            "413": {"description": "The request body is over 64 KiB", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+            "429": json_response("Too many failed attempts; retry after the Retry-After seconds", json!({"$ref": "#/components/schemas/OAuthError"})),
+        }
+    });
+    let mut token_post = token_operation.clone();
+    token_post["requestBody"] = json!({
+        "required": false,
+        "content": {"application/x-www-form-urlencoded": {"schema": {"type": "object", "properties": {
+            "grant_type": {"type": "string"}, "client_id": {"type": "string"}, "client_secret": {"type": "string"},
+            "scope": {"type": "string"}, "refresh_token": {"type": "string"}
+        }}}}
+    });
+
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "runledger REST API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Run statistics of pipelines and tasks, compatible with the public pipeline-platform API. A trailing slash is optional on every path. Path date-times are `Y-m-d H:i:s` (the space may be written `T` or %20) or `Y-m-d` alone, which means 00:00:00 when it starts a range and 23:59:59 when it ends one. Ranges are inclusive at second precision, in UTC."
+        },
+        "paths": {
+            "/v1/oauth/token": {"get": token_operation, "post": token_post},
+            "/v1/pipelines/{uuid}/runs/": run_operation("pipeline"),
+            "/v1/workflows/{uuid}/runs/": run_operation("workflow"),
+            "/v1/stats/pipelines/{uuid}/logs/{from}/{to}": {
+                "get": {
+                    "summary": "A page of a pipeline's finished task runs in a range, newest first",
+                    "security": [{"oauth2": ["stats:read"]}, {"bearer": []}],
+                    "parameters": [uuid, from, to,
+                        {"name": "limit", "in": "query", "required": false, "description": "Entries per page, 1 to 1000", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+                        {"name": "cursor", "in": "query", "required": false, "description": "Where the page starts, from the previous page's X-Next-Cursor (or its Link rel=next URL)", "schema": {"type": "string"}}],
+                    "responses": with(error_responses(&["400", "401", "403", "404", "429"]), "200", {
+                        let mut response = json_response("Entries, newest first", json!({"type": "array", "items": {"$ref": "#/components/schemas/LogEntry"}}));
+                        response["headers"] = json!({
+                            "Link": {"description": "`<url>; rel=\"next\"`: the next page, absent on the last", "schema": {"type": "string"}},
+                            "X-Next-Cursor": {"description": "The next page's cursor, absent on the last page", "schema": {"type": "string"}}
+                        });
+                        response
+                    }),
+                }
+            },
+            "/v1/stats/{kind}/{uuid}/stats/{from}/{to}": {
+                "get": stats_operation(
+                    "Successes, failures and average duration in a range, and the last run at or before its end",
+                    json!([kind, uuid, from, to]),
+                    json_response("Stats", json!({"$ref": "#/components/schemas/Stats"})),
+                )
+            },
+            "/v1/stats/{kind}/{uuid}/aggregated-stats/{date_from}/{period}/{n}": {
+                "get": stats_operation(
+                    "Stats of n consecutive calendar buckets from the one containing date_from; only buckets with runs, oldest first",
+                    json!([kind, uuid,
+                        {"name": "date_from", "in": "path", "required": true, "description": "Any instant of the first bucket: `Y-m-d` or `Y-m-d H:i:s`", "schema": {"type": "string"}},
+                        {"name": "period", "in": "path", "required": true, "schema": {"type": "string", "enum": ["day", "week", "month", "quarter", "year"]}},
+                        {"name": "n", "in": "path", "required": true, "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}]),
+                    json_response("Buckets", json!({"type": "array", "items": {"$ref": "#/components/schemas/Bucket"}})),
+                )
+            },
+            "/v1/stats/{kind}/{uuid}/last-run/stats": {
+                "get": stats_operation(
+                    "The latest finished run (404 when there is none)",
+                    json!([kind, uuid]),
+                    json_response("The last run", json!({"$ref": "#/components/schemas/LastRun"})),
+                )
+            },
+            "/v1/openapi.json": {
+                "get": {"summary": "This document", "responses": {"200": {"description": "The OpenAPI document", "content": {"application/json": {"schema": {"type": "object"}}}}}}
+            }
+        },
+        "components": {
+            "securitySchemes": {
+                "oauth2": {"type": "oauth2", "flows": {"clientCredentials": {"tokenUrl": "/v1/oauth/token", "refreshUrl": "/v1/oauth/token", "scopes": {
+                    "pipelines:run": "Run pipelines (alias workflows:run)",
+                    "stats:read": "Read stats and logs",
+                    "runs:write": "Report task runs and register pipelines (gRPC)"
+                }}}},
+                "bearer": {"type": "http", "scheme": "bearer"}
+            },
+            "parameters": {
+                "kind": {"name": "kind", "in": "path", "required": true, "description": "tasks, or pipelines (the older edition's name: workflows)", "schema": {"type": "string", "enum": ["tasks", "pipelines", "workflows"]}},
+                "uuid": {"name": "uuid", "in": "path", "required": true, "description": "The task's or pipeline's UUID (any version)", "schema": {"type": "string", "format": "uuid"}},
+                "from": {"name": "from", "in": "path", "required": true, "description": "Start of the range, inclusive: `Y-m-d H:i:s` or `Y-m-d`", "schema": {"type": "string"}},
+                "to": {"name": "to", "in": "path", "required": true, "description": "End of the range, inclusive: `Y-m-d H:i:s` or `Y-m-d` (the whole day)", "schema": {"type": "string"}}
+            },
+            "schemas": {
+                "Stats": {"type": "object", "required": ["num_of_successes", "num_of_failures", "average_duration", "is_last_run_successful", "last_run_executed_at", "last_run_duration"], "properties": {
+                    "num_of_successes": {"type": "integer"},
+                    "num_of_failures": {"type": "integer"},
+                    "average_duration": {"type": "integer", "description": "Floor of the mean, ms; 0 with no runs"},
+                    "is_last_run_successful": {"type": "boolean"},
+                    "last_run_executed_at": {"type": "string", "nullable": true, "description": "`Y-m-d H:i:s`; null with no run at or before `to`"},
+                    "last_run_duration": {"type": "integer", "description": "ms; 0 with no last run"}
+                }},
+                "Bucket": {"type": "object", "required": ["date_from", "date_to", "num_of_successes", "num_of_failures", "average_duration"], "properties": {
+                    "date_from": {"type": "string", "description": "The bucket's first second, `Y-m-d H:i:s`"},
+                    "date_to": {"type": "string", "description": "The bucket's last second, `Y-m-d H:i:s`"},
+                    "num_of_successes": {"type": "integer"},
+                    "num_of_failures": {"type": "integer"},
+                    "average_duration": {"type": "integer"}
+                }},
+                "LastRun": {"type": "object", "required": ["is_successful", "executed_at", "duration"], "properties": {
+                    "is_successful": {"type": "boolean"},
+                    "executed_at": {"type": "string", "description": "`Y-m-d H:i:s`"},
+                    "duration": {"type": "integer", "description": "ms; for a pipeline, the sum of its task runs'"}
+                }},
+                "LogEntry": {"type": "object", "required": ["workflow_run_uuid", "pipeline_run_uuid", "task_run_uuid", "task_uuid", "task_type", "is_successful", "duration", "output", "metric_value", "executed_at"], "properties": {
+                    "workflow_run_uuid": {"type": "string"},
+                    "pipeline_run_uuid": {"type": "string"},
+                    "task_run_uuid": {"type": "string"},
+                    "task_uuid": {"type": "string"},
+                    "task_type": {"type": "string"},
+                    "is_successful": {"type": "boolean"},
+                    "duration": {"type": "integer"},
+                    "output": {"type": "string", "description": "Standard base64 of nonce (24 bytes) || ciphertext || tag (16 bytes), XChaCha20-Poly1305 under the organization's output key, no associated data; \"\" for no output"},
+                    "metric_value": {"type": "number", "nullable": true},
+                    "executed_at": {"type": "string", "description": "RFC 3339 with Z, fractional seconds only when non-zero"}
+                }},
+                "RunTask": {"type": "object", "required": ["id", "state", "task_uuid", "task_run_uuid", "workflow_run_uuid", "pipeline_run_uuid", "is_successful", "output", "errors", "created_at", "updated_at"], "properties": {
+                    "id": {"type": "integer"},
+                    "state": {"type": "string", "enum": ["pending"]},
+                    "task_uuid": {"type": "string"},
+                    "task_run_uuid": {"type": "string"},
+                    "workflow_run_uuid": {"type": "string"},
+                    "pipeline_run_uuid": {"type": "string"},
+                    "is_successful": {"type": "boolean"},
+                    "output": {"type": "string", "nullable": true},
+                    "errors": {"type": "array", "nullable": true, "items": {"type": "string"}},
+                    "created_at": {"type": "string"},
+                    "updated_at": {"type": "string"}
+                }},
+                "Token": {"type": "object", "required": ["access_token", "expires_in", "refresh_token", "scope", "token_type"], "properties": {
+                    "access_token": {"type": "string"},
+                    "expires_in": {"type": "integer"},
+                    "refresh_token": {"type": "string"},
+                    "scope": {"type": "string"},
+                    "token_type": {"type": "string", "enum": ["Bearer"]}
+                }},
+                "Error": {"type": "object", "required": ["code", "message", "errors"], "properties": {
+                    "code": {"type": "integer"},
+                    "message": {"type": "string"},
+                    "errors": {"type": "array", "items": {"type": "string"}}
+                }},
+                "OAuthError": {"type": "object", "required": ["error", "error_description"], "properties": {
+                    "error": {"type": "string", "enum": ["invalid_request", "invalid_client", "invalid_grant", "unsupported_grant_type", "invalid_scope", "slow_down"]},
+                    "error_description": {"type": "string"}
+                }}
+            }
+        }
+    })
+}

@@ -1,0 +1,132 @@
+//! `runledger client create|list|revoke`: the operator's management of OAuth clients, and the
+//! printing of new credentials (also used by the first start of `serve` and by `demo`).
+
+use std::process::ExitCode;
+
+use serde_json::json;
+use uuid::Uuid;
+
+use super::DataDir;
+use crate::auth::{Scope, Scopes};
+use crate::engine::{Engine, NewClient};
+use crate::model::OrgId;
+use crate::time::format_rfc3339;
+
+#[derive(Debug, clap::Args)]
+pub struct ClientArgs {
+    #[command(subcommand)]
+    pub command: ClientCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ClientCommand {
+    /// Create an OAuth client; prints its credentials (the secret is shown only now) as JSON.
+    Create {
+        #[command(flatten)]
+        data_dir: DataDir,
+        /// The client's organization, created with this UUID if it does not exist; a new
+        /// organization when absent.
+        #[arg(long)]
+        org: Option<Uuid>,
+        /// The scopes the client may be granted, comma-separated (pipelines:run, stats:read,
+        /// runs:write); all of them when absent.
+        #[arg(long, value_delimiter = ',')]
+        scopes: Vec<Scope>,
+    },
+    /// List every client as JSON lines, revoked ones included.
+    List {
+        #[command(flatten)]
+        data_dir: DataDir,
+    },
+    /// Revoke a client: its tokens stop working at once.
+    Revoke {
+        #[command(flatten)]
+        data_dir: DataDir,
+        /// The client id (`rlc_...`).
+        client_id: String,
+    },
+}
+
+impl clap::builder::ValueParserFactory for Scope {
+    type Parser = clap::builder::ValueParser;
+
+    fn value_parser() -> Self::Parser {
+        clap::builder::ValueParser::new(|text: &str| text.parse::<Scope>())
+    }
+}
+
+pub fn run(args: ClientArgs) -> Result<ExitCode, String> {
+    match args.command {
+        ClientCommand::Create {
+            data_dir,
+            org,
+            scopes,
+        } => {
+            let engine = data_dir.engine()?;
+            let scopes = if scopes.is_empty() {
+                Scopes::all()
+            } else {
+                scopes.into_iter().collect()
+            };
+            let client = engine
+                .create_client(org.map(OrgId), scopes)
+                .map_err(|e| format!("cannot create the client: {e}"))?;
+            println!("{}", credentials_json(&client));
+        }
+        ClientCommand::List { data_dir } => {
+            for client in data_dir.engine()?.clients().map_err(|e| e.to_string())? {
+                let line = json!({
+                    "client_id": client.client_id,
+                    "organization_uuid": client.organization.to_string(),
+                    "scopes": client.scopes.to_string(),
+                    "created_at": format_rfc3339(client.created_at),
+                    "revoked_at": client.revoked_at.map(format_rfc3339),
+                });
+                println!("{line}");
+            }
+        }
+        ClientCommand::Revoke {
+            data_dir,
+            client_id,
+        } => {
+            data_dir
+                .engine()?
+                .revoke_client(&client_id)
+                .map_err(|e| format!("cannot revoke {client_id}: {e}"))?;
+            println!("revoked {client_id}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// New credentials as one JSON object: `client_id`, `client_secret`, `organization_uuid`,
+/// `scopes` and, for an organization's first client, `output_key`.
+pub fn credentials_json(client: &NewClient) -> String {
+    let mut object = json!({
+        "client_id": client.client_id,
+        "client_secret": client.client_secret,
+        "organization_uuid": client.organization.to_string(),
+        "scopes": client.scopes.to_string(),
+    });
+    if let Some(key) = &client.output_key {
+        object["output_key"] = json!(key);
+    }
+    object.to_string()
+}
+
+/// On a data dir without any client, creates one with every scope (in `org`, or a new
+/// organization) and prints its credentials, which are shown only this once.
+pub fn first_client(engine: &Engine, org: Option<OrgId>) -> Result<(), String> {
+    if !engine.clients().map_err(|e| e.to_string())?.is_empty() {
+        return Ok(());
+    }
+    let client = engine
+        .create_client(org, Scopes::all())
+        .map_err(|e| format!("cannot create the first client: {e}"))?;
+    println!(
+        "first start: created an OAuth client with every scope in organization {}; its secret is shown only now:",
+        client.organization
+    );
+    println!("{}", credentials_json(&client));
+    Ok(())
+}

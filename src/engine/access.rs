@@ -1,0 +1,303 @@
+//! Credentials: the OAuth2 token endpoint's logic (client credentials and refresh-token grants,
+//! refresh tokens rotating on use), authenticating bearer tokens, and the operator's management
+//! of organizations and clients.
+
+use uuid::Uuid;
+
+use super::{Engine, unexpected};
+use crate::auth::{
+    ACCESS_TOKEN_PREFIX, Caller, REFRESH_TOKEN_PREFIX, SECRET_PREFIX, Scopes, hash_secret,
+    hashes_match, new_client_id, new_secret, parse_scopes,
+};
+use crate::error::{Error, OAuthError, Result};
+use crate::model::OrgId;
+use crate::store::WriteOp;
+use crate::store::WriteOutcome;
+use crate::store::credentials::{ClientRecord, TokenKind, TokenRecord};
+use crate::time::{MICROS_PER_SECOND, Timestamp};
+
+/// The parameters of a token request, as sent (query string, form body or gRPC).
+#[derive(Clone, Debug, Default)]
+pub struct TokenRequest {
+    pub grant_type: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+    pub scope: Option<String>,
+    pub refresh_token: Option<String>,
+}
+
+/// What the token endpoint returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenGrant {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub expires_in: u32,
+    /// The granted scopes, space-separated, spelled as asked.
+    pub scope: String,
+}
+
+/// A client just created, with the only copy of its secret.
+#[derive(Clone, Debug)]
+pub struct NewClient {
+    pub client_id: String,
+    pub client_secret: String,
+    pub organization: OrgId,
+    pub scopes: Scopes,
+    /// The organization's output key, when this is the organization's first client.
+    pub output_key: Option<String>,
+}
+
+/// A client as the operator lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientInfo {
+    pub client_id: String,
+    pub organization: OrgId,
+    pub scopes: Scopes,
+    pub created_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
+}
+
+fn present<'a>(value: &'a Option<String>, name: &str) -> Result<&'a str> {
+    value
+        .as_deref()
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| OAuthError::invalid_request(format!("{name} is required")).into())
+}
+
+impl Engine {
+    /// The token endpoint: checks the client's credentials and grants the asked scopes (all the
+    /// client's scopes when none are asked), as a fresh access and refresh token pair.
+    pub async fn issue_token(&self, request: TokenRequest) -> Result<TokenGrant> {
+        let grant_type = present(&request.grant_type, "grant_type")?;
+        if !matches!(grant_type, "client_credentials" | "refresh_token") {
+            return Err(OAuthError::unsupported_grant_type(format!(
+                "grant_type `{grant_type}` is not supported; use client_credentials or refresh_token"
+            ))
+            .into());
+        }
+        let client_id = present(&request.client_id, "client_id")?;
+        let secret = present(&request.client_secret, "client_secret")?;
+        let now = Timestamp::now();
+        let reader = self.store.reader()?;
+        let client = reader.client(client_id)?;
+        // The hash comparison runs whether or not the client exists.
+        let presented = hash_secret(secret);
+        let stored = client.as_ref().map_or([0; 32], |c| c.secret_hash);
+        let secret_matches = hashes_match(&stored, &presented);
+        let client = match client {
+            Some(client) if secret_matches && client.revoked_at.is_none() => client,
+            _ => {
+                return Err(OAuthError::invalid_client(
+                    "unknown client, wrong secret, or revoked client",
+                )
+                .into());
+            }
+        };
+        let allowed = Scopes::from_bits(client.scopes);
+        let asked = match request.scope.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(text) => Some((
+                parse_scopes(text).map_err(OAuthError::invalid_scope)?,
+                text.split_whitespace().collect::<Vec<_>>().join(" "),
+            )),
+        };
+        let (granted, scope_text, redeem) = match grant_type {
+            "client_credentials" => {
+                let (scopes, text) = asked.unwrap_or((allowed, allowed.to_string()));
+                (scopes, text, None)
+            }
+            _ => {
+                let token = present(&request.refresh_token, "refresh_token")?;
+                let hash = hash_secret(token);
+                let record = reader
+                    .token(&hash)?
+                    .filter(|r| {
+                        r.kind == TokenKind::Refresh
+                            && r.client_id == client_id
+                            && r.expires_at > now
+                    })
+                    .ok_or_else(|| {
+                        OAuthError::invalid_grant(
+                            "the refresh token is unknown, used, expired, or another client's",
+                        )
+                    })?;
+                let previous = Scopes::from_bits(record.scopes);
+                match asked {
+                    Some((scopes, text)) if scopes.is_subset_of(previous) => {
+                        (scopes, text, Some(hash))
+                    }
+                    Some(_) => {
+                        return Err(OAuthError::invalid_scope(format!(
+                            "a refreshed grant cannot widen the scopes `{}`",
+                            record.scope_text
+                        ))
+                        .into());
+                    }
+                    None => (previous, record.scope_text, Some(hash)),
+                }
+            }
+        };
+        if !granted.is_subset_of(allowed) {
+            return Err(OAuthError::invalid_scope(format!(
+                "this client may be granted only `{allowed}`"
+            ))
+            .into());
+        }
+        if granted == Scopes::default() {
+            return Err(OAuthError::invalid_scope("no scope to grant").into());
+        }
+        drop(reader);
+
+        let access_token = new_secret(ACCESS_TOKEN_PREFIX);
+        let refresh_token = new_secret(REFRESH_TOKEN_PREFIX);
+        let record = |kind: TokenKind, lifetime: u32| TokenRecord {
+            kind,
+            client_id: client_id.to_string(),
+            org: client.org,
+            scopes: granted.bits(),
+            scope_text: scope_text.clone(),
+            expires_at: Timestamp::from_micros(
+                now.micros() + i64::from(lifetime) * MICROS_PER_SECOND,
+            )
+            .expect("lifetimes are far from the year 9999"),
+        };
+        let tokens = vec![
+            (
+                hash_secret(&access_token),
+                record(TokenKind::Access, self.lifetimes.access_secs),
+            ),
+            (
+                hash_secret(&refresh_token),
+                record(TokenKind::Refresh, self.lifetimes.refresh_secs),
+            ),
+        ];
+        match self
+            .store
+            .write(WriteOp::IssueTokens { tokens, redeem })
+            .await?
+        {
+            WriteOutcome::TokensIssued => Ok(TokenGrant {
+                access_token,
+                refresh_token,
+                expires_in: self.lifetimes.access_secs,
+                scope: scope_text,
+            }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The caller behind a bearer token.
+    pub fn authenticate(&self, bearer: &str) -> Result<Caller> {
+        match self.store.reader()?.token(&hash_secret(bearer))? {
+            Some(record) if record.kind == TokenKind::Access => {
+                if record.expires_at <= Timestamp::now() {
+                    return Err(Error::Unauthenticated(
+                        "the access token has expired; request a new one".into(),
+                    ));
+                }
+                Ok(Caller::Client {
+                    client_id: record.client_id,
+                    organization: record.org,
+                    scopes: Scopes::from_bits(record.scopes),
+                })
+            }
+            _ => Err(Error::Unauthenticated(
+                "the access token is not valid (unknown or revoked)".into(),
+            )),
+        }
+    }
+
+    /// Deletes expired tokens; returns how many.
+    pub async fn purge_expired_tokens(&self) -> Result<u64> {
+        match self.store.write(WriteOp::PurgeTokens).await? {
+            WriteOutcome::TokensPurged(count) => Ok(count),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Creates an OAuth client in `org` (a new organization when `None`, or when it does not
+    /// exist yet). Blocks: for the operator's commands and the first start.
+    pub fn create_client(&self, org: Option<OrgId>, scopes: Scopes) -> Result<NewClient> {
+        if scopes == Scopes::default() {
+            return Err(Error::invalid(
+                "scopes",
+                "a client needs at least one scope",
+            ));
+        }
+        let org = org.unwrap_or_else(|| OrgId(Uuid::new_v4()));
+        let first = !self
+            .store
+            .reader()?
+            .clients()?
+            .iter()
+            .any(|(_, client)| client.org == org);
+        let key = self.output_key_now(org)?;
+        let client_id = new_client_id();
+        let client_secret = new_secret(SECRET_PREFIX);
+        let op = WriteOp::CreateClient {
+            client_id: client_id.clone(),
+            record: ClientRecord {
+                org,
+                secret_hash: hash_secret(&client_secret),
+                scopes: scopes.bits(),
+                created_at: Timestamp::now(),
+                revoked_at: None,
+            },
+        };
+        match self.store.apply_now(std::slice::from_ref(&op))?.pop() {
+            Some(Ok(WriteOutcome::ClientCreated)) => Ok(NewClient {
+                client_id,
+                client_secret,
+                organization: org,
+                scopes,
+                output_key: first.then(|| key.to_base64()),
+            }),
+            Some(Ok(other)) => Err(unexpected(other)),
+            Some(Err(error)) => Err(error),
+            None => Err(Error::Internal("no outcome for a new client".into())),
+        }
+    }
+
+    /// Every client, revoked ones included.
+    pub fn clients(&self) -> Result<Vec<ClientInfo>> {
+        Ok(self
+            .store
+            .reader()?
+            .clients()?
+            .into_iter()
+            .map(|(client_id, record)| ClientInfo {
+                client_id,
+                organization: record.org,
+                scopes: Scopes::from_bits(record.scopes),
+                created_at: record.created_at,
+                revoked_at: record.revoked_at,
+            })
+            .collect())
+    }
+
+    /// Revokes a client: its tokens stop working at once and it cannot get new ones. Blocks.
+    pub fn revoke_client(&self, client_id: &str) -> Result<()> {
+        let op = WriteOp::RevokeClient {
+            client_id: client_id.to_string(),
+        };
+        match self.store.apply_now(std::slice::from_ref(&op))?.pop() {
+            Some(Ok(WriteOutcome::ClientRevoked(true))) => Ok(()),
+            Some(Ok(WriteOutcome::ClientRevoked(false))) => {
+                Err(Error::NotFound(format!("no client {client_id}")))
+            }
+            Some(Ok(other)) => Err(unexpected(other)),
+            Some(Err(error)) => Err(error),
+            None => Err(Error::Internal("no outcome for a revocation".into())),
+        }
+    }
+
+    /// An existing organization's output key, base64, for the operator to hand out again.
+    pub fn organization_key(&self, org: OrgId) -> Result<String> {
+        let record = self
+            .store
+            .reader()?
+            .organization(org)?
+            .ok_or_else(|| Error::NotFound(format!("no organization {org}")))?;
+        Ok(self.keys.open(org, &record)?.to_base64())
+    }
+}

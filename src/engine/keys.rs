@@ -1,0 +1,63 @@
+//! The organizations' output keys, opened with the master key once and then kept in memory.
+//! The master key itself is loaded on first need (from the environment or the data dir's key
+//! file, which is created then).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{OnceLock, RwLock};
+
+use crate::crypto::{MasterKey, OutputKey};
+use crate::error::{Error, Result};
+use crate::model::OrgId;
+use crate::store::credentials::OrgRecord;
+use crate::time::Timestamp;
+
+pub struct Keyring {
+    data_dir: PathBuf,
+    master: OnceLock<std::result::Result<MasterKey, String>>,
+    keys: RwLock<HashMap<OrgId, OutputKey>>,
+}
+
+impl Keyring {
+    pub fn new(data_dir: PathBuf) -> Keyring {
+        Keyring {
+            data_dir,
+            master: OnceLock::new(),
+            keys: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The master key, loading or creating it on first use.
+    pub fn master(&self) -> Result<&MasterKey> {
+        self.master
+            .get_or_init(|| MasterKey::load_or_create(&self.data_dir))
+            .as_ref()
+            .map_err(|reason| Error::Unavailable(format!("output keys are unavailable: {reason}")))
+    }
+
+    pub fn cached(&self, org: OrgId) -> Option<OutputKey> {
+        self.keys.read().expect("never poisoned").get(&org).cloned()
+    }
+
+    /// Opens a stored organization's key and keeps it.
+    pub fn open(&self, org: OrgId, record: &OrgRecord) -> Result<OutputKey> {
+        let key = self
+            .master()?
+            .open_org_key(org, &record.sealed_key)
+            .map_err(Error::Unavailable)?;
+        self.keys
+            .write()
+            .expect("never poisoned")
+            .insert(org, key.clone());
+        Ok(key)
+    }
+
+    /// A fresh key for a new organization, sealed for storage.
+    pub fn new_record(&self, org: OrgId) -> Result<OrgRecord> {
+        let key = OutputKey::generate();
+        Ok(OrgRecord {
+            sealed_key: self.master()?.seal_org_key(org, &key),
+            created_at: Timestamp::now(),
+        })
+    }
+}

@@ -1,0 +1,369 @@
+//! The one API both fronts call. It checks the caller (scope and organization, once, here),
+//! fills in what the storage layer needs (the organization, sealed outputs), and hands reads to
+//! a snapshot and writes to the writer. Fronts translate requests into these calls and nothing
+//! else.
+
+mod access;
+mod dispatch;
+mod keys;
+
+use std::future::Future;
+use std::sync::Arc;
+
+pub use access::{ClientInfo, NewClient, TokenGrant, TokenRequest};
+pub use dispatch::Subscription;
+
+use crate::auth::{Caller, Scope};
+use crate::crypto::OutputKey;
+use crate::error::{Error, Result};
+use crate::model::{
+    BucketCount, BucketStats, EntityKind, EntityRef, LastRun, LogCursor, LogPage, OrgId,
+    PendingTaskRun, PipelineDefinition, PipelineId, RegisterOutcome, ReportCounts, RunState, Stats,
+    TaskRun, TimeRange,
+};
+use crate::store::{EntityKey, Reader, Store, WriteOp, WriteOutcome};
+use crate::time::Period;
+use dispatch::Dispatcher;
+use keys::Keyring;
+
+/// The most task runs one report batch may carry.
+pub const MAX_REPORT_BATCH: usize = 10_000;
+/// Log entries per page when the caller does not say.
+pub const DEFAULT_LOG_PAGE: u32 = 100;
+/// The most log entries one page may hold.
+pub const MAX_LOG_PAGE: u32 = 1_000;
+
+/// How long issued tokens live.
+#[derive(Clone, Copy, Debug)]
+pub struct TokenLifetimes {
+    pub access_secs: u32,
+    pub refresh_secs: u32,
+}
+
+impl Default for TokenLifetimes {
+    fn default() -> Self {
+        TokenLifetimes {
+            access_secs: crate::auth::ACCESS_TOKEN_TTL_SECS,
+            refresh_secs: crate::auth::REFRESH_TOKEN_TTL_SECS,
+        }
+    }
+}
+
+/// The run ledger: stats, logs, reports, pipelines and credentials over one store.
+pub struct Engine {
+    store: Store,
+    keys: Keyring,
+    dispatcher: Arc<Dispatcher>,
+    lifetimes: TokenLifetimes,
+}
+
+impl Engine {
+    /// The engine over `store`, with the task runs still waiting for an executor queued again.
+    pub fn new(store: Store) -> Result<Engine> {
+        let waiting = store.reader()?.pending_runs()?;
+        Ok(Engine {
+            keys: Keyring::new(store.data_dir().to_path_buf()),
+            store,
+            dispatcher: Arc::new(Dispatcher::new(waiting)),
+            lifetimes: TokenLifetimes::default(),
+        })
+    }
+
+    /// The same engine with other token lifetimes.
+    pub fn with_token_lifetimes(mut self, lifetimes: TokenLifetimes) -> Engine {
+        self.lifetimes = lifetimes;
+        self
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Queues a batch of task-run reports for the next group commit. The returned future
+    /// resolves once the batch is durable (or rejected as a whole).
+    pub async fn submit_report(
+        &self,
+        caller: &Caller,
+        mut runs: Vec<TaskRun>,
+    ) -> Result<impl Future<Output = Result<ReportCounts>> + use<>> {
+        caller.require(Scope::RunsWrite)?;
+        if runs.len() > MAX_REPORT_BATCH {
+            return Err(Error::TooLarge(format!(
+                "a batch holds at most {MAX_REPORT_BATCH} results, this one {}",
+                runs.len()
+            )));
+        }
+        for (index, run) in runs.iter_mut().enumerate() {
+            let org = organization_for(caller, run.organization)
+                .map_err(|e| e.prefixed(&format!("results[{index}]")))?;
+            run.organization = Some(org);
+            if !run.output.is_empty() {
+                let key = self.output_key(org).await?;
+                run.output = key.seal_output(&run.task_run, &run.output);
+            }
+        }
+        let taken_up = taken_up(&runs);
+        let pending = if runs.is_empty() {
+            None
+        } else {
+            Some(self.store.submit(WriteOp::Report(runs)).await?)
+        };
+        let dispatcher = self.dispatcher.clone();
+        Ok(async move {
+            let Some(pending) = pending else {
+                return Ok(ReportCounts::default());
+            };
+            match crate::store::outcome(pending).await? {
+                WriteOutcome::Report(counts) => {
+                    for (org, runs) in taken_up {
+                        dispatcher.taken_up(org, &runs);
+                    }
+                    Ok(counts)
+                }
+                other => Err(unexpected(other)),
+            }
+        })
+    }
+
+    /// Reports a batch of task runs and waits until it is durable.
+    pub async fn report(&self, caller: &Caller, runs: Vec<TaskRun>) -> Result<ReportCounts> {
+        self.submit_report(caller, runs).await?.await
+    }
+
+    /// Applies task runs in one transaction on the calling thread, each run its own atomic
+    /// unit, for bulk loads by the operator: one run's rejection does not stop the others.
+    /// Blocks. `Err` means nothing was applied.
+    pub fn import_now(&self, runs: Vec<TaskRun>) -> Result<Vec<Result<ReportCounts>>> {
+        let mut results: Vec<Option<Result<ReportCounts>>> = Vec::with_capacity(runs.len());
+        let mut ops = Vec::with_capacity(runs.len());
+        for mut run in runs {
+            let prepared = organization_for(&Caller::Operator, run.organization).and_then(|org| {
+                run.organization = Some(org);
+                if !run.output.is_empty() {
+                    let key = self.output_key_now(org)?;
+                    run.output = key.seal_output(&run.task_run, &run.output);
+                }
+                Ok(())
+            });
+            match prepared {
+                Ok(()) => {
+                    ops.push(WriteOp::Report(vec![run]));
+                    results.push(None);
+                }
+                Err(error) => results.push(Some(Err(error))),
+            }
+        }
+        let mut outcomes = self.store.apply_now(&ops)?.into_iter();
+        Ok(results
+            .into_iter()
+            .map(|result| {
+                result.unwrap_or_else(|| match outcomes.next() {
+                    Some(Ok(WriteOutcome::Report(counts))) => Ok(counts),
+                    Some(Ok(other)) => Err(unexpected(other)),
+                    Some(Err(error)) => Err(error),
+                    None => Err(Error::Internal("an import outcome is missing".into())),
+                })
+            })
+            .collect())
+    }
+
+    /// Creates or updates a pipeline and its tasks.
+    pub async fn register_pipeline(
+        &self,
+        caller: &Caller,
+        mut definition: PipelineDefinition,
+    ) -> Result<RegisterOutcome> {
+        caller.require(Scope::RunsWrite)?;
+        definition.organization = Some(organization_for(caller, definition.organization)?);
+        match self.store.write(WriteOp::Register(definition)).await? {
+            WriteOutcome::Register(outcome) => Ok(outcome),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Starts a run of a pipeline: one pending task run per initial task, handed to the
+    /// organization's executors.
+    pub async fn run_pipeline(
+        &self,
+        caller: &Caller,
+        pipeline: PipelineId,
+    ) -> Result<Vec<PendingTaskRun>> {
+        caller.require(Scope::PipelinesRun)?;
+        let entity = EntityRef {
+            kind: EntityKind::Pipeline,
+            uuid: pipeline.0,
+        };
+        let org = visible(&self.store.reader()?, caller, entity)?.org;
+        match self
+            .store
+            .write(WriteOp::StartPipelineRun { pipeline, org })
+            .await?
+        {
+            WriteOutcome::Started(runs) => {
+                self.dispatcher.enqueue(runs.clone());
+                Ok(runs)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Subscribes an executor to its organization's pending task runs.
+    pub fn watch_pending(&self, caller: &Caller) -> Result<Subscription> {
+        caller.require(Scope::RunsWrite)?;
+        let org = caller.organization().ok_or_else(|| {
+            Error::invalid(
+                "caller",
+                "an executor must authenticate as a client of an organization",
+            )
+        })?;
+        Ok(self.dispatcher.subscribe(org))
+    }
+
+    /// Successes, failures and average duration in a range, and the last run at or before its
+    /// end.
+    pub fn stats(&self, caller: &Caller, entity: EntityRef, range: TimeRange) -> Result<Stats> {
+        caller.require(Scope::StatsRead)?;
+        let reader = self.store.reader()?;
+        let key = visible(&reader, caller, entity)?;
+        reader.stats(&key, range)
+    }
+
+    /// Stats of `n` consecutive calendar buckets from the one containing `date_from` (a second);
+    /// only buckets with runs, oldest first.
+    pub fn aggregated_stats(
+        &self,
+        caller: &Caller,
+        entity: EntityRef,
+        period: Period,
+        date_from: i64,
+        n: BucketCount,
+    ) -> Result<Vec<BucketStats>> {
+        caller.require(Scope::StatsRead)?;
+        let reader = self.store.reader()?;
+        let key = visible(&reader, caller, entity)?;
+        reader.aggregated(&key, period, date_from, n)
+    }
+
+    /// The latest finished run; `NotFound` when there is none.
+    pub fn last_run(&self, caller: &Caller, entity: EntityRef) -> Result<LastRun> {
+        caller.require(Scope::StatsRead)?;
+        let reader = self.store.reader()?;
+        let key = visible(&reader, caller, entity)?;
+        reader
+            .last_run(&key)?
+            .ok_or_else(|| Error::NotFound(format!("{entity} has no finished run")))
+    }
+
+    /// A page of a pipeline's finished task runs in a range, newest first. Outputs are the
+    /// sealed envelopes.
+    pub fn logs(
+        &self,
+        caller: &Caller,
+        pipeline: PipelineId,
+        range: TimeRange,
+        after: Option<LogCursor>,
+        limit: u32,
+    ) -> Result<LogPage> {
+        caller.require(Scope::StatsRead)?;
+        if !(1..=MAX_LOG_PAGE).contains(&limit) {
+            return Err(Error::invalid(
+                "limit",
+                format!("must be between 1 and {MAX_LOG_PAGE}, got {limit}"),
+            ));
+        }
+        let reader = self.store.reader()?;
+        let entity = EntityRef {
+            kind: EntityKind::Pipeline,
+            uuid: pipeline.0,
+        };
+        let key = visible(&reader, caller, entity)?;
+        reader.logs(&key, range, after, limit as usize)
+    }
+
+    /// Finishes queued writes and stops the writer. Blocks.
+    pub fn shutdown(&self) {
+        self.store.shutdown();
+    }
+
+    /// The organization's output key, creating the organization (and its key) if it is new.
+    async fn output_key(&self, org: OrgId) -> Result<OutputKey> {
+        if let Some(key) = self.keys.cached(org) {
+            return Ok(key);
+        }
+        if let Some(record) = self.store.reader()?.organization(org)? {
+            return self.keys.open(org, &record);
+        }
+        let op = WriteOp::CreateOrganization {
+            org,
+            record: self.keys.new_record(org)?,
+        };
+        let outcome = self.store.write(op).await?;
+        self.opened_organization(org, outcome)
+    }
+
+    /// [`Self::output_key`] on the calling thread, for bulk loads.
+    fn output_key_now(&self, org: OrgId) -> Result<OutputKey> {
+        if let Some(key) = self.keys.cached(org) {
+            return Ok(key);
+        }
+        if let Some(record) = self.store.reader()?.organization(org)? {
+            return self.keys.open(org, &record);
+        }
+        let op = WriteOp::CreateOrganization {
+            org,
+            record: self.keys.new_record(org)?,
+        };
+        let outcome = self
+            .store
+            .apply_now(std::slice::from_ref(&op))?
+            .pop()
+            .ok_or_else(|| Error::Internal("no outcome for an organization".into()))??;
+        self.opened_organization(org, outcome)
+    }
+
+    fn opened_organization(&self, org: OrgId, outcome: WriteOutcome) -> Result<OutputKey> {
+        match outcome {
+            WriteOutcome::Organization { record, .. } => self.keys.open(org, &record),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+/// The entity if it exists, is of the asked kind, and the caller may see it; otherwise the same
+/// `NotFound` whether it is missing or another organization's.
+fn visible(reader: &Reader<'_>, caller: &Caller, entity: EntityRef) -> Result<EntityKey> {
+    reader
+        .entity(entity.uuid)?
+        .filter(|key| key.kind == entity.kind && caller.can_see(key.org))
+        .ok_or_else(|| Error::NotFound(format!("{entity} not found")))
+}
+
+/// The organization a write is for: the caller's, which a report may repeat but not change.
+fn organization_for(caller: &Caller, named: Option<OrgId>) -> Result<OrgId> {
+    match (caller.organization(), named) {
+        (Some(own), None) => Ok(own),
+        (Some(own), Some(named)) if named == own => Ok(own),
+        (Some(_), Some(named)) => Err(Error::PermissionDenied(format!(
+            "organization_uuid {named} is not the organization of these credentials"
+        ))),
+        (None, Some(named)) => Ok(named),
+        (None, None) => Err(Error::invalid("organization_uuid", "is required")),
+    }
+}
+
+/// The runs an executor has taken up (reported as running or finished), by organization.
+fn taken_up(runs: &[TaskRun]) -> Vec<(OrgId, Vec<crate::model::TaskRunId>)> {
+    let mut by_org: Vec<(OrgId, Vec<crate::model::TaskRunId>)> = Vec::new();
+    for run in runs.iter().filter(|run| run.state != RunState::Pending) {
+        let org = run.organization.expect("filled in before");
+        match by_org.iter_mut().find(|(o, _)| *o == org) {
+            Some((_, list)) => list.push(run.task_run),
+            None => by_org.push((org, vec![run.task_run])),
+        }
+    }
+    by_org
+}
+
+fn unexpected(outcome: WriteOutcome) -> Error {
+    Error::Internal(format!("the writer answered with {outcome:?}"))
+}
