@@ -28,8 +28,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stop, stopped) = watch::channel(false);
+    let closing = engine.clone();
     tokio::spawn(async move {
         shutdown.await;
+        closing.close_streams();
         let _ = stop.send(true);
     });
     let signal = |mut stopped: watch::Receiver<bool>| async move {

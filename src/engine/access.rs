@@ -207,7 +207,7 @@ impl Engine {
         }
     }
 
-    /// Deletes expired tokens; returns how many.
+    /// Deletes tokens that expired more than a day ago; returns how many.
     pub async fn purge_expired_tokens(&self) -> Result<u64> {
         match self.store.write(WriteOp::PurgeTokens).await? {
             WriteOutcome::TokensPurged(count) => Ok(count),

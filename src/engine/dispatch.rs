@@ -118,6 +118,15 @@ impl Dispatcher {
         }
     }
 
+    /// Ends every executor's stream (the server is shutting down); what they held stays pending
+    /// in the database and is queued again at the next start.
+    pub fn close(&self) {
+        let mut state = self.state.lock().expect("never poisoned");
+        for queue in state.orgs.values_mut() {
+            queue.executors.clear();
+        }
+    }
+
     /// How many runs wait for an executor.
     #[cfg(test)]
     pub fn waiting(&self, org: OrgId) -> usize {

@@ -280,6 +280,12 @@ impl Engine {
         reader.logs(&key, range, after, limit as usize)
     }
 
+    /// Ends the executors' streams of pending task runs, so that a shutdown need not wait for
+    /// them.
+    pub fn close_streams(&self) {
+        self.dispatcher.close();
+    }
+
     /// Finishes queued writes and stops the writer. Blocks.
     pub fn shutdown(&self) {
         self.store.shutdown();

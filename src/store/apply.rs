@@ -27,7 +27,7 @@ use crate::model::{
     EntityKind, OrgId, PendingTaskRun, PipelineDefinition, PipelineId, PipelineRunId,
     RegisterOutcome, ReportCounts, RunState, Tally, TaskId, TaskRun, TaskRunId, TaskType,
 };
-use crate::time::{MAX_SECOND, Timestamp};
+use crate::time::{MAX_SECOND, MICROS_PER_SECOND, Timestamp};
 
 /// A change to the database, applied atomically.
 #[derive(Clone, Debug)]
@@ -51,7 +51,7 @@ pub enum WriteOp {
         tokens: Vec<([u8; 32], TokenRecord)>,
         redeem: Option<[u8; 32]>,
     },
-    /// Deletes expired tokens.
+    /// Deletes tokens that expired more than a day ago.
     PurgeTokens,
 }
 
@@ -180,7 +180,10 @@ impl<'txn> Batch<'txn> {
                 .issue_tokens(tokens, redeem.as_ref())?
                 .map(|()| WriteOutcome::TokensIssued)),
             WriteOp::PurgeTokens => {
-                Ok(Ok(WriteOutcome::TokensPurged(self.purge_tokens(self.now)?)))
+                // Kept a day past expiry, so that a late client hears "expired", not "unknown".
+                let cutoff = Timestamp::from_micros(self.now.micros() - 86_400 * MICROS_PER_SECOND)
+                    .unwrap_or(self.now);
+                Ok(Ok(WriteOutcome::TokensPurged(self.purge_tokens(cutoff)?)))
             }
         }
     }

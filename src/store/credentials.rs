@@ -243,9 +243,9 @@ impl Batch<'_> {
         Ok(Ok(()))
     }
 
-    /// Deletes every token that expired before `now`.
-    pub(super) fn purge_tokens(&mut self, now: Timestamp) -> Result<u64> {
-        let end = expiry_key(now, &[0; 32]);
+    /// Deletes every token that expired before `cutoff`.
+    pub(super) fn purge_tokens(&mut self, cutoff: Timestamp) -> Result<u64> {
+        let end = expiry_key(cutoff, &[0; 32]);
         let mut expired = Vec::new();
         for entry in self.token_expiry.range::<&[u8; 40]>(..&end)? {
             expired.push(*entry?.0.value());
