@@ -127,12 +127,12 @@ impl std::str::FromStr for Period {
     }
 }
 
-/// A rollup level: the periods users ask for plus the finer levels (second, minute, hour) that let
-/// an arbitrary second-precision range be answered from a handful of rollup entries.
+/// A rollup level: the periods users ask for, plus the hour. A record of the hour, day, month
+/// or year level also holds its *parts*: the tallies of the seconds of the hour, the hours of the
+/// day, the days of the month, the months of the year. A second-precision range is then answered
+/// by descending from years to the seconds of an hour, one record per level at each edge.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Level {
-    Second,
-    Minute,
     Hour,
     Day,
     Week,
@@ -143,9 +143,7 @@ pub enum Level {
 
 impl Level {
     /// Every level, finest first.
-    pub const ALL: [Level; 8] = [
-        Level::Second,
-        Level::Minute,
+    pub const ALL: [Level; 6] = [
         Level::Hour,
         Level::Day,
         Level::Week,
@@ -154,22 +152,9 @@ impl Level {
         Level::Year,
     ];
 
-    /// The levels that nest exactly (each bucket is a union of buckets of the level before), used
-    /// to cover a range: weeks and quarters are left out because the chain does not need them.
-    pub const RANGE_CHAIN: [Level; 6] = [
-        Level::Second,
-        Level::Minute,
-        Level::Hour,
-        Level::Day,
-        Level::Month,
-        Level::Year,
-    ];
-
     /// The level's tag in storage keys. Part of the file format: never renumber.
     pub fn tag(self) -> u8 {
         match self {
-            Level::Second => 0,
-            Level::Minute => 1,
             Level::Hour => 2,
             Level::Day => 3,
             Level::Week => 4,
@@ -182,8 +167,6 @@ impl Level {
     /// The start (in seconds since the epoch) of the bucket containing `second`.
     pub fn bucket_start(self, second: i64) -> i64 {
         match self {
-            Level::Second => second,
-            Level::Minute => second - second.rem_euclid(60),
             Level::Hour => second - second.rem_euclid(3_600),
             Level::Day => second - second.rem_euclid(SECONDS_PER_DAY),
             Level::Week => {
@@ -206,8 +189,6 @@ impl Level {
     /// The start of the bucket after the one starting at `start` (which must be a bucket start).
     pub fn next_bucket(self, start: i64) -> i64 {
         match self {
-            Level::Second => start + 1,
-            Level::Minute => start + 60,
             Level::Hour => start + 3_600,
             Level::Day => start + SECONDS_PER_DAY,
             Level::Week => start + 7 * SECONDS_PER_DAY,
@@ -222,6 +203,55 @@ impl Level {
                 let (year, month) = (year + index.div_euclid(12), index.rem_euclid(12) + 1);
                 days_from_civil(year, month as u32, 1) * SECONDS_PER_DAY
             }
+        }
+    }
+
+    /// Whether records of this level hold parts.
+    pub fn has_parts(self) -> bool {
+        !matches!(self, Level::Week | Level::Quarter)
+    }
+
+    /// The level of a record's parts: an hour's parts are single seconds (`None`).
+    pub fn part_level(self) -> Option<Level> {
+        match self {
+            Level::Day => Some(Level::Hour),
+            Level::Month => Some(Level::Day),
+            Level::Year => Some(Level::Month),
+            Level::Hour | Level::Week | Level::Quarter => None,
+        }
+    }
+
+    /// Which part of the bucket starting at `start` holds `second`, if the level has parts.
+    pub fn part_index(self, start: i64, second: i64) -> Option<u16> {
+        let index = match self {
+            Level::Hour => second - start,
+            Level::Day => (second - start) / 3_600,
+            Level::Month => (second - start) / SECONDS_PER_DAY,
+            Level::Year => {
+                let (_, month, _) = civil_from_days(second.div_euclid(SECONDS_PER_DAY));
+                i64::from(month - 1)
+            }
+            Level::Week | Level::Quarter => return None,
+        };
+        Some(index as u16)
+    }
+
+    /// The seconds `[first, end)` of part `index` of the bucket starting at `start`.
+    pub fn part_span(self, start: i64, index: u16) -> (i64, i64) {
+        let index = i64::from(index);
+        match self {
+            Level::Hour => (start + index, start + index + 1),
+            Level::Day => (start + index * 3_600, start + (index + 1) * 3_600),
+            Level::Month => (
+                start + index * SECONDS_PER_DAY,
+                start + (index + 1) * SECONDS_PER_DAY,
+            ),
+            Level::Year => {
+                let (year, _, _) = civil_from_days(start.div_euclid(SECONDS_PER_DAY));
+                let first = days_from_civil(year, index as u32 + 1, 1) * SECONDS_PER_DAY;
+                (first, Level::Month.next_bucket(first))
+            }
+            Level::Week | Level::Quarter => (start, self.next_bucket(start)),
         }
     }
 }
@@ -461,8 +491,6 @@ mod tests {
     fn known_bucket_starts() {
         let at = second_of("2024-02-29 13:45:07");
         let cases = [
-            (Level::Second, "2024-02-29 13:45:07"),
-            (Level::Minute, "2024-02-29 13:45:00"),
             (Level::Hour, "2024-02-29 13:00:00"),
             (Level::Day, "2024-02-29 00:00:00"),
             (Level::Week, "2024-02-26 00:00:00"),
@@ -562,13 +590,22 @@ mod tests {
         }
 
         #[test]
-        fn chain_levels_nest(second in MIN_SECOND..=MAX_SECOND - 400 * 86_400) {
-            for pair in Level::RANGE_CHAIN.windows(2) {
-                let (fine, coarse) = (pair[0], pair[1]);
-                let start = coarse.bucket_start(second);
-                prop_assert_eq!(fine.bucket_start(start), start);
-                let next = coarse.next_bucket(start);
-                prop_assert_eq!(fine.bucket_start(next), next);
+        fn parts_tile_their_bucket_and_are_buckets_of_the_finer_level(second in MIN_SECOND..=MAX_SECOND - 400 * 86_400) {
+            for level in Level::ALL.into_iter().filter(|l| l.has_parts()) {
+                let start = level.bucket_start(second);
+                let index = level.part_index(start, second).unwrap();
+                let (first, end) = level.part_span(start, index);
+                prop_assert!(first <= second && second < end, "{:?}", level);
+                if let Some(finer) = level.part_level() {
+                    prop_assert_eq!(finer.bucket_start(second), first);
+                    prop_assert_eq!(finer.next_bucket(first), end);
+                } else {
+                    prop_assert_eq!(end - first, 1);
+                }
+                // The first and last parts meet the bucket's edges.
+                prop_assert_eq!(level.part_span(start, 0).0, start);
+                let last = level.part_index(start, level.next_bucket(start) - 1).unwrap();
+                prop_assert_eq!(level.part_span(start, last).1, level.next_bucket(start));
             }
         }
 

@@ -5,6 +5,7 @@ pub mod client;
 mod demo;
 mod generate;
 pub mod import;
+mod info;
 mod keys;
 mod serve;
 mod verify;
@@ -42,6 +43,8 @@ pub enum Command {
     Key(keys::KeyArgs),
     /// Decrypt a logged output with an organization's output key.
     Decrypt(keys::DecryptArgs),
+    /// Show what the data dir holds: entries and bytes per table, bytes per task run.
+    Info(info::InfoArgs),
 }
 
 /// The data dir option every command shares.
@@ -76,6 +79,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Client(args) => client::run(args),
         Command::Key(args) => keys::key(args),
         Command::Decrypt(args) => keys::decrypt(args),
+        Command::Info(args) => info::run(args),
     };
     match result {
         Ok(code) => code,

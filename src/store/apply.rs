@@ -6,7 +6,7 @@
 //! deltas; pipeline runs are gathered per transaction and contribute once, at [`Batch::finish`],
 //! with their final state, which then also recomputes the last run of every entity touched.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use redb::{ReadableTable, Table, WriteTransaction};
 use uuid::Uuid;
@@ -110,6 +110,9 @@ pub struct Batch<'txn> {
     next_entity_id: Option<u32>,
     next_serial: Option<u64>,
     deltas: RollupDeltas,
+    /// Finished runs new in this transaction, written in key order at [`Batch::finish`]; reads
+    /// of `run_log` during the transaction look here first.
+    new_log: BTreeMap<[u8; RUN_KEY_LEN], Vec<u8>>,
     aggs: HashMap<PipelineRunId, AggSlot>,
     touched: HashMap<EntityId, Series>,
     pub(super) now: Timestamp,
@@ -137,6 +140,7 @@ impl<'txn> Batch<'txn> {
             next_entity_id: None,
             next_serial: None,
             deltas: RollupDeltas::default(),
+            new_log: BTreeMap::new(),
             aggs: HashMap::new(),
             touched: HashMap::new(),
             now: Timestamp::now(),
@@ -191,6 +195,11 @@ impl<'txn> Batch<'txn> {
     /// Entities this transaction created, to publish once it commits.
     pub fn finish(mut self) -> Result<HashMap<Uuid, EntityKey>> {
         self.flush_pipeline_runs()?;
+        let new_log = std::mem::take(&mut self.new_log);
+        super::packed::insert_new(
+            &mut self.run_log,
+            new_log.iter().map(|(key, value)| (key, value.as_slice())),
+        )?;
         std::mem::take(&mut self.deltas).flush(&mut self.rollups)?;
         for series in std::mem::take(&mut self.touched).into_values() {
             let last = last_run_at_or_before(
@@ -677,10 +686,10 @@ impl<'txn> Batch<'txn> {
             }
         }
         if let TaskRunHome::Finished { executed_at, .. } = home {
-            self.run_log.insert(
-                &run_key(pipeline.id, executed_at.micros(), uuid),
-                record.to_bytes().as_slice(),
-            )?;
+            self.new_log.insert(
+                run_key(pipeline.id, executed_at.micros(), uuid),
+                record.to_bytes(),
+            );
             self.contribute(&task, &record, executed_at)?;
         }
         Ok(counts)
@@ -706,9 +715,13 @@ impl<'txn> Batch<'txn> {
                 },
             ) if pipeline == new_pipeline && executed_at == new_executed_at => {
                 let key = run_key(*pipeline, executed_at.micros(), uuid);
-                match self.run_log.get(&key)? {
-                    Some(stored) => RunRecord::decode(stored.value())? == *record,
-                    None => false,
+                if let Some(pending) = self.new_log.get(&key) {
+                    RunRecord::decode(pending)? == *record
+                } else {
+                    match self.run_log.get(&key)? {
+                        Some(stored) => RunRecord::decode(stored.value())? == *record,
+                        None => false,
+                    }
                 }
             }
             (
@@ -738,13 +751,17 @@ impl<'txn> Batch<'txn> {
             return Ok(()); // an unfinished run never counted
         };
         let key = run_key(pipeline, executed_at.micros(), uuid);
-        let record = match self.run_log.remove(&key)? {
-            Some(bytes) => RunRecord::decode(bytes.value())?,
-            None => {
-                return Err(Error::Internal(
-                    "a finished task run is missing from the run log".into(),
-                ));
-            }
+        let pending = self.new_log.remove(&key);
+        let record = match pending {
+            Some(bytes) => RunRecord::decode(&bytes)?,
+            None => match self.run_log.remove(&key)? {
+                Some(bytes) => RunRecord::decode(bytes.value())?,
+                None => {
+                    return Err(Error::Internal(
+                        "a finished task run is missing from the run log".into(),
+                    ));
+                }
+            },
         };
         let tally = Tally::of_run(record.is_successful, u64::from(record.duration_ms));
         self.deltas.retract(record.task, executed_at, tally);
@@ -815,14 +832,24 @@ impl<'txn> Batch<'txn> {
         // earliest bound and the old latest, in this pipeline's log.
         let (earliest, latest) = (agg.earliest_micros, agg.latest_micros);
         let (first, end) = run_key_bounds(pipeline, earliest, latest.saturating_add(1));
-        let mut found: Option<(i64, i64)> = None;
+        let member = pipeline_run.as_bytes().as_slice();
+        let mut times = Vec::new();
         for entry in self.run_log.range::<&[u8; RUN_KEY_LEN]>(&first..&end)? {
             let (key, value) = entry?;
-            if value.value().get(RECORD_PIPELINE_RUN) == Some(pipeline_run.as_bytes().as_slice()) {
-                let (_, micros, _) = tables::split_run_key(key.value());
-                found = Some(found.map_or((micros, micros), |(low, _)| (low, micros)));
+            if value.value().get(RECORD_PIPELINE_RUN) == Some(member) {
+                times.push(tables::split_run_key(key.value()).1);
             }
         }
+        for (key, value) in self.new_log.range(first..end) {
+            if value.get(RECORD_PIPELINE_RUN) == Some(member) {
+                times.push(tables::split_run_key(key).1);
+            }
+        }
+        let found = times
+            .iter()
+            .min()
+            .zip(times.iter().max())
+            .map(|(a, b)| (*a, *b));
         let (earliest, latest) = found.ok_or_else(|| {
             Error::Internal("a pipeline run's remaining task runs are not in the log".into())
         })?;

@@ -6,6 +6,7 @@
 mod apply;
 mod cache;
 pub mod credentials;
+mod packed;
 mod read;
 mod records;
 mod rollup;
@@ -23,7 +24,6 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 pub use apply::{WriteOp, WriteOutcome};
 pub use read::Reader;
 pub use records::{EntityDetail, EntityKey};
-pub use rollup::cover;
 pub use tables::EntityId;
 pub use writer::{PendingWrite, outcome};
 
@@ -65,7 +65,7 @@ pub struct StoreOptions {
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
-            cache_bytes: 64 << 20,
+            cache_bytes: 1 << 30,
             write_queue: 1_024,
         }
     }

@@ -8,7 +8,7 @@ use uuid::Uuid;
 use super::cache::EntityCache;
 use super::credentials::{ClientRecord, OrgRecord, TokenRecord};
 use super::records::{
-    EntityDetail, EntityKey, LastRunRecord, RunRecord, TaskRunHome, decode_tally,
+    BucketRecord, EntityDetail, EntityKey, LastRunRecord, RunRecord, TaskRunHome,
 };
 use super::rollup::{Series, last_run_at_or_before, range_tally};
 use super::tables::{
@@ -128,7 +128,7 @@ impl<'a> Reader<'a> {
                 period,
                 start,
                 last_second: level.next_bucket(start) - 1,
-                tally: decode_tally(value.value())?,
+                tally: BucketRecord::decode_total(value.value())?,
             });
         }
         Ok(buckets)

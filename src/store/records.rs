@@ -404,26 +404,89 @@ impl LastRunRecord {
     }
 }
 
-/// A tally as three varints: a rollup entry of one run is 3 to 6 bytes.
+/// A rollup record: the tally of a bucket and, for levels with parts, the tallies of its
+/// non-empty parts in index order (seconds of an hour, hours of a day, days of a month, months
+/// of a year). Encoded as varints: the total, then index and tally of each part, so a record of
+/// an hour with one run is about 10 bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BucketRecord {
+    pub total: Tally,
+    pub parts: Vec<(u16, Tally)>,
+}
+
+impl BucketRecord {
+    pub fn is_empty(&self) -> bool {
+        self.total.is_empty() && self.parts.is_empty()
+    }
+
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        encode_tally(&self.total, out);
+        for (index, tally) in &self.parts {
+            put_varint(out, u64::from(*index));
+            encode_tally(tally, out);
+        }
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<BucketRecord, Error> {
+        let mut input = Input(bytes);
+        let total = decode_tally_from(&mut input).ok_or_else(|| corrupt("rollup"))?;
+        let mut parts = Vec::new();
+        while !input.0.is_empty() {
+            let index = input
+                .varint()
+                .and_then(|i| u16::try_from(i).ok())
+                .ok_or_else(|| corrupt("rollup"))?;
+            let tally = decode_tally_from(&mut input).ok_or_else(|| corrupt("rollup"))?;
+            parts.push((index, tally));
+        }
+        Ok(BucketRecord { total, parts })
+    }
+
+    /// Only the total, without decoding the parts.
+    pub fn decode_total(bytes: &[u8]) -> Result<Tally, Error> {
+        decode_tally_from(&mut Input(bytes)).ok_or_else(|| corrupt("rollup"))
+    }
+
+    /// Adds `delta` (a total and parts sorted by index, one entry per index), dropping parts
+    /// that become empty.
+    pub fn merge(&mut self, delta: &BucketRecord) {
+        self.total = self.total + delta.total;
+        let mut merged = Vec::with_capacity(self.parts.len() + delta.parts.len());
+        let (mut mine, mut theirs) = (self.parts.iter().peekable(), delta.parts.iter().peekable());
+        loop {
+            let next = match (mine.peek(), theirs.peek()) {
+                (Some(a), Some(b)) if a.0 == b.0 => {
+                    let sum = (a.0, a.1 + b.1);
+                    mine.next();
+                    theirs.next();
+                    sum
+                }
+                (Some(a), Some(b)) if a.0 < b.0 => *mine.next().expect("peeked"),
+                (Some(_), Some(_)) | (None, Some(_)) => *theirs.next().expect("peeked"),
+                (Some(_), None) => *mine.next().expect("peeked"),
+                (None, None) => break,
+            };
+            if !next.1.is_empty() {
+                merged.push(next);
+            }
+        }
+        self.parts = merged;
+    }
+}
+
+/// A tally as three varints.
 pub fn encode_tally(tally: &Tally, out: &mut Vec<u8>) {
     put_varint(out, tally.successes);
     put_varint(out, tally.failures);
     put_varint(out, tally.duration_ms);
 }
 
-pub fn decode_tally(bytes: &[u8]) -> Result<Tally, Error> {
-    let mut input = Input(bytes);
-    let tally = (|| {
-        Some(Tally {
-            successes: input.varint()?,
-            failures: input.varint()?,
-            duration_ms: input.varint()?,
-        })
-    })();
-    match tally {
-        Some(tally) if input.0.is_empty() => Ok(tally),
-        _ => Err(corrupt("rollup")),
-    }
+fn decode_tally_from(input: &mut Input<'_>) -> Option<Tally> {
+    Some(Tally {
+        successes: input.varint()?,
+        failures: input.varint()?,
+        duration_ms: input.varint()?,
+    })
 }
 
 fn put_varint(out: &mut Vec<u8>, mut value: u64) {
@@ -545,17 +608,43 @@ mod tests {
         let mut padded = bytes.clone();
         padded.push(0);
         assert!(RunRecord::decode(&padded).is_err());
-        assert!(decode_tally(&[0x80]).is_err());
-        assert!(decode_tally(&[0xff; 11]).is_err());
+        assert!(BucketRecord::decode(&[0x80]).is_err());
+        assert!(BucketRecord::decode(&[0xff; 11]).is_err());
+        assert!(BucketRecord::decode(&[1, 0, 5, 3]).is_err());
     }
 
     proptest! {
         #[test]
-        fn tallies_round_trip(successes: u64, failures: u64, duration_ms: u64) {
-            let tally = Tally { successes, failures, duration_ms };
+        fn bucket_records_round_trip_and_merge_like_maps(
+            parts in proptest::collection::btree_map(0u16..3_600, (0u64..5, 0u64..5, any::<u64>()), 0..20),
+            delta in proptest::collection::btree_map(0u16..3_600, (0u64..5, 0u64..5, any::<u64>()), 0..20),
+        ) {
+            let record = |map: &std::collections::BTreeMap<u16, (u64, u64, u64)>| BucketRecord {
+                total: map.values().fold(Tally::default(), |t, &(s, f, d)| t + Tally { successes: s, failures: f, duration_ms: d }),
+                parts: map.iter().map(|(&i, &(s, f, d))| (i, Tally { successes: s, failures: f, duration_ms: d })).filter(|(_, t)| !t.is_empty()).collect(),
+            };
+            let (mut a, b) = (record(&parts), record(&delta));
             let mut bytes = Vec::new();
-            encode_tally(&tally, &mut bytes);
-            prop_assert_eq!(decode_tally(&bytes).unwrap(), tally);
+            a.encode(&mut bytes);
+            prop_assert_eq!(BucketRecord::decode(&bytes).unwrap(), a.clone());
+            prop_assert_eq!(BucketRecord::decode_total(&bytes).unwrap(), a.total);
+            let before = a.clone();
+            a.merge(&b);
+            let mut expected = before.parts.iter().copied().collect::<std::collections::BTreeMap<_, _>>();
+            for (i, t) in &b.parts {
+                let sum = *expected.get(i).unwrap_or(&Tally::default()) + *t;
+                expected.insert(*i, sum);
+            }
+            expected.retain(|_, t| !t.is_empty());
+            prop_assert_eq!(&a.parts, &expected.into_iter().collect::<Vec<_>>());
+            prop_assert_eq!(a.total, before.total + b.total);
+            // Merging the negation takes it back out.
+            let negation = BucketRecord {
+                total: Tally::default() - b.total,
+                parts: b.parts.iter().map(|(i, t)| (*i, Tally::default() - *t)).collect(),
+            };
+            a.merge(&negation);
+            prop_assert_eq!(a, before);
         }
 
         #[test]
@@ -563,7 +652,7 @@ mod tests {
             let _ = RunRecord::decode(&bytes);
             let _ = TaskRunHome::decode(&bytes);
             let _ = EntityDetail::decode(&bytes);
-            let _ = decode_tally(&bytes);
+            let _ = BucketRecord::decode(&bytes);
         }
     }
 }

@@ -1,19 +1,19 @@
-//! Rollups: per entity, per level, per calendar bucket, the tally of the runs executed in it.
+//! Rollups: per entity, per level, per calendar bucket, the tally of the runs executed in it, and
+//! for hours, days, months and years the tallies of their parts (see [`Level`]).
 //!
-//! A run contributes its tally to one bucket at every level; a retracted run subtracts it again
-//! (tallies are a group, see [`Tally`]). Writes gather contributions in [`RollupDeltas`] and apply
-//! each touched bucket once per transaction. Reads cover a second-precision range with at most
-//! eleven contiguous runs of buckets ([`cover`]): partial minutes at the edges from the second
-//! level, partial hours from the minute level, and so on up to whole years.
-
-use std::collections::HashMap;
+//! A run contributes its tally to one bucket at every level (and to one part of it); a retracted
+//! run subtracts it again (tallies are a group, see [`Tally`]). Writes gather contributions in
+//! [`RollupDeltas`] and rewrite each touched record once per transaction. Reads descend: a
+//! second-precision range takes the whole years inside it from one range read, and at each edge
+//! one record per level (year, month, day, hour), whose parts give the whole months, days, hours
+//! and seconds; so any range costs at most about ten lookups, however dense the runs.
 
 use redb::{ReadableTable, Table};
+use rustc_hash::FxHashMap;
 use uuid::Uuid;
 
 use super::records::{
-    AGG_LEN, LastRunRecord, PipelineRunAgg, RECORD_PIPELINE_RUN, RunRecord, corrupt, decode_tally,
-    encode_tally,
+    AGG_LEN, BucketRecord, LastRunRecord, PipelineRunAgg, RECORD_PIPELINE_RUN, RunRecord, corrupt,
 };
 use super::tables::{
     EntityId, ROLLUP_KEY_LEN, RUN_KEY_LEN, rollup_key, rollup_key_bucket, run_key_bounds,
@@ -35,98 +35,108 @@ impl<T: ReadableTable<&'static [u8; RUN_KEY_LEN], &'static [u8]>> RunLogTable fo
 pub trait PipelineRunTable: ReadableTable<&'static [u8; 16], &'static [u8; AGG_LEN]> {}
 impl<T: ReadableTable<&'static [u8; 16], &'static [u8; AGG_LEN]>> PipelineRunTable for T {}
 
-/// Contributions gathered during a write transaction, keyed by rollup key.
+/// Contributions gathered during a write transaction, keyed by rollup key. Parts are collected
+/// unsorted and combined at [`RollupDeltas::flush`].
 #[derive(Default)]
 pub struct RollupDeltas {
-    deltas: HashMap<[u8; ROLLUP_KEY_LEN], Tally>,
+    deltas: FxHashMap<[u8; ROLLUP_KEY_LEN], BucketRecord>,
 }
 
 impl RollupDeltas {
     /// Adds a run's tally to the buckets containing `at`, at every level.
     pub fn add(&mut self, entity: EntityId, at: Timestamp, tally: Tally) {
-        self.apply(entity, at, |delta| delta + tally);
+        self.apply(entity, at, tally);
     }
 
     /// Takes a run's tally back out of the buckets containing `at`.
     pub fn retract(&mut self, entity: EntityId, at: Timestamp, tally: Tally) {
-        self.apply(entity, at, |delta| delta - tally);
+        self.apply(entity, at, Tally::default() - tally);
     }
 
-    fn apply(&mut self, entity: EntityId, at: Timestamp, change: impl Fn(Tally) -> Tally) {
+    fn apply(&mut self, entity: EntityId, at: Timestamp, tally: Tally) {
         let second = at.second();
         for level in Level::ALL {
-            let key = rollup_key(entity, level, level.bucket_start(second));
-            let delta = self.deltas.entry(key).or_default();
-            *delta = change(*delta);
+            let start = level.bucket_start(second);
+            let delta = self
+                .deltas
+                .entry(rollup_key(entity, level, start))
+                .or_default();
+            delta.total = delta.total + tally;
+            if let Some(index) = level.part_index(start, second) {
+                delta.parts.push((index, tally));
+            }
         }
     }
 
-    /// Writes every changed bucket, in key order; a bucket whose tally reaches zero is removed,
+    /// Rewrites every touched record, in key order; a record whose tally reaches zero is removed,
     /// so the table only holds buckets with runs.
     pub fn flush(
         self,
         rollups: &mut Table<'_, &'static [u8; ROLLUP_KEY_LEN], &'static [u8]>,
     ) -> Result<()> {
-        let mut changes: Vec<_> = self
-            .deltas
-            .into_iter()
-            .filter(|(_, delta)| !delta.is_empty())
-            .collect();
+        let mut changes: Vec<_> = self.deltas.into_iter().collect();
         changes.sort_unstable_by_key(|(key, _)| *key);
-        let mut bytes = Vec::with_capacity(30);
-        for (key, delta) in changes {
+        let mut bytes = Vec::with_capacity(64);
+        // Records that are new go in last, in key order, as packed runs.
+        let mut fresh: Vec<([u8; ROLLUP_KEY_LEN], Vec<u8>)> = Vec::new();
+        for (key, mut delta) in changes {
+            combine_parts(&mut delta.parts);
+            if delta.is_empty() {
+                continue;
+            }
             let stored = match rollups.get(&key)? {
-                Some(value) => decode_tally(value.value())?,
-                None => Tally::default(),
+                Some(value) => Some(BucketRecord::decode(value.value())?),
+                None => None,
             };
-            let updated = stored + delta;
-            if updated.is_empty() {
+            let exists = stored.is_some();
+            let mut record = stored.unwrap_or_default();
+            record.merge(&delta);
+            if record.total.is_empty() {
+                if !record.parts.is_empty() || !exists {
+                    return Err(corrupt("rollup"));
+                }
                 rollups.remove(&key)?;
-            } else {
-                bytes.clear();
-                encode_tally(&updated, &mut bytes);
+                continue;
+            }
+            bytes.clear();
+            record.encode(&mut bytes);
+            if exists {
                 rollups.insert(&key, bytes.as_slice())?;
+            } else {
+                fresh.push((key, bytes.clone()));
             }
         }
-        Ok(())
+        super::packed::insert_new(
+            rollups,
+            fresh.iter().map(|(key, value)| (key, value.as_slice())),
+        )
     }
 }
 
-/// Covers the seconds `[from, to_exclusive)` with runs of whole buckets, calling `visit(level,
-/// first_bucket_start, end_exclusive)` for each (at most eleven, each of at most ~60 buckets).
-pub fn cover(
-    from: i64,
-    to_exclusive: i64,
-    mut visit: impl FnMut(Level, i64, i64) -> Result<()>,
-) -> Result<()> {
-    let (mut low, mut high) = (from, to_exclusive);
-    for pair in Level::RANGE_CHAIN.windows(2) {
-        let (level, parent) = (pair[0], pair[1]);
-        if low >= high {
-            return Ok(());
+/// Sorts parts by index and sums those with the same index, dropping empty sums.
+fn combine_parts(parts: &mut Vec<(u16, Tally)>) {
+    parts.sort_unstable_by_key(|(index, _)| *index);
+    let mut combined: Vec<(u16, Tally)> = Vec::with_capacity(parts.len());
+    for &(index, tally) in parts.iter() {
+        match combined.last_mut() {
+            Some(last) if last.0 == index => last.1 = last.1 + tally,
+            _ => combined.push((index, tally)),
         }
-        let parent_start = parent.bucket_start(low);
-        let low_up = if parent_start == low {
-            low
-        } else {
-            parent.next_bucket(parent_start)
-        };
-        let high_down = parent.bucket_start(high);
-        if low_up >= high_down {
-            return visit(level, low, high);
-        }
-        if low < low_up {
-            visit(level, low, low_up)?;
-        }
-        if high_down < high {
-            visit(level, high_down, high)?;
-        }
-        (low, high) = (low_up, high_down);
     }
-    if low < high {
-        visit(Level::Year, low, high)?;
+    combined.retain(|(_, tally)| !tally.is_empty());
+    *parts = combined;
+}
+
+fn read_record(
+    rollups: &impl RollupTable,
+    entity: EntityId,
+    level: Level,
+    start: i64,
+) -> Result<Option<BucketRecord>> {
+    match rollups.get(&rollup_key(entity, level, start))? {
+        Some(value) => Ok(Some(BucketRecord::decode(value.value())?)),
+        None => Ok(None),
     }
-    Ok(())
 }
 
 /// The tally of an entity's runs in a range, from the rollups alone.
@@ -135,17 +145,107 @@ pub fn range_tally(
     entity: EntityId,
     range: TimeRange,
 ) -> Result<Tally> {
+    let (from, end) = (range.from(), range.to() + 1);
+    let low = rollup_key(entity, Level::Year, Level::Year.bucket_start(from));
+    let high = rollup_key(entity, Level::Year, end);
     let mut total = Tally::default();
-    cover(range.from(), range.to() + 1, |level, start, end| {
-        let low = rollup_key(entity, level, start);
-        let high = rollup_key(entity, level, end);
-        for entry in rollups.range::<&[u8; ROLLUP_KEY_LEN]>(&low..&high)? {
-            let (_, value) = entry?;
-            total = total + decode_tally(value.value())?;
-        }
-        Ok(())
-    })?;
+    for entry in rollups.range::<&[u8; ROLLUP_KEY_LEN]>(&low..&high)? {
+        let (key, value) = entry?;
+        let start = rollup_key_bucket(key.value());
+        let next = Level::Year.next_bucket(start);
+        total = total
+            + if from <= start && next <= end {
+                BucketRecord::decode_total(value.value())?
+            } else {
+                let record = BucketRecord::decode(value.value())?;
+                sum_parts(rollups, entity, Level::Year, start, &record, from, end)?
+            };
+    }
     Ok(total)
+}
+
+/// The tally of the seconds `[from, end)` within the bucket of `level` starting at `start`,
+/// from that bucket's record: whole parts from the record, partial ones from the records of the
+/// finer level.
+fn sum_parts(
+    rollups: &impl RollupTable,
+    entity: EntityId,
+    level: Level,
+    start: i64,
+    record: &BucketRecord,
+    from: i64,
+    end: i64,
+) -> Result<Tally> {
+    let mut total = Tally::default();
+    for &(index, tally) in &record.parts {
+        let (first, after) = level.part_span(start, index);
+        if after <= from || end <= first {
+            continue;
+        }
+        if from <= first && after <= end {
+            total = total + tally;
+            continue;
+        }
+        // A part cut by the range's edge: only levels whose parts are buckets get here, since
+        // an hour's parts are single seconds.
+        let finer = level.part_level().ok_or_else(|| corrupt("rollup"))?;
+        let Some(inner) = read_record(rollups, entity, finer, first)? else {
+            return Err(corrupt("rollup"));
+        };
+        total = total
+            + sum_parts(
+                rollups,
+                entity,
+                finer,
+                first,
+                &inner,
+                from.max(first),
+                end.min(after),
+            )?;
+    }
+    Ok(total)
+}
+
+/// The latest second at or before `to` in which the entity has a run: the newest year record
+/// from `to`'s year back, then down its newest parts that are not after `to`.
+fn latest_second(rollups: &impl RollupTable, entity: EntityId, to: i64) -> Result<Option<i64>> {
+    let low = rollup_key(entity, Level::Year, i64::MIN);
+    let high = rollup_key(entity, Level::Year, Level::Year.bucket_start(to));
+    for entry in rollups.range::<&[u8; ROLLUP_KEY_LEN]>(&low..=&high)?.rev() {
+        let (key, value) = entry?;
+        let record = BucketRecord::decode(value.value())?;
+        let start = rollup_key_bucket(key.value());
+        if let Some(second) = latest_in(rollups, entity, Level::Year, start, &record, to)? {
+            return Ok(Some(second));
+        }
+    }
+    Ok(None)
+}
+
+fn latest_in(
+    rollups: &impl RollupTable,
+    entity: EntityId,
+    level: Level,
+    start: i64,
+    record: &BucketRecord,
+    to: i64,
+) -> Result<Option<i64>> {
+    for &(index, _) in record.parts.iter().rev() {
+        let (first, _) = level.part_span(start, index);
+        if first > to {
+            continue;
+        }
+        let Some(finer) = level.part_level() else {
+            return Ok(Some(first)); // a second of an hour
+        };
+        let Some(inner) = read_record(rollups, entity, finer, first)? else {
+            return Err(corrupt("rollup"));
+        };
+        if let Some(second) = latest_in(rollups, entity, finer, first, &inner, to)? {
+            return Ok(Some(second));
+        }
+    }
+    Ok(None)
 }
 
 /// The entity a last-run question is about.
@@ -158,8 +258,8 @@ pub struct Series {
 }
 
 /// The latest run of an entity executed at or before the second `to` (inclusive), found without
-/// scanning history: the latest non-empty second bucket names the second, and only the runs of
-/// that one second are read.
+/// scanning history: the rollups name the latest second with a run, and only the runs of that
+/// one second are read.
 pub fn last_run_at_or_before(
     rollups: &impl RollupTable,
     run_log: &impl RunLogTable,
@@ -167,14 +267,8 @@ pub fn last_run_at_or_before(
     series: Series,
     to: i64,
 ) -> Result<Option<LastRunRecord>> {
-    let low = rollup_key(series.id, Level::Second, i64::MIN);
-    let high = rollup_key(series.id, Level::Second, to.saturating_add(1));
-    let second = match rollups
-        .range::<&[u8; ROLLUP_KEY_LEN]>(&low..&high)?
-        .next_back()
-    {
-        Some(entry) => rollup_key_bucket(entry?.0.value()),
-        None => return Ok(None),
+    let Some(second) = latest_second(rollups, series.id, to)? else {
+        return Ok(None);
     };
     let (first, end) = run_key_bounds(
         series.pipeline,
@@ -248,74 +342,12 @@ fn timestamp(micros: i64) -> Result<Timestamp> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::time::{MAX_SECOND, MIN_SECOND, parse_instant};
-    use proptest::prelude::*;
-
-    fn pieces(from: i64, to_exclusive: i64) -> Vec<(Level, i64, i64)> {
-        let mut out = Vec::new();
-        cover(from, to_exclusive, |level, start, end| {
-            out.push((level, start, end));
-            Ok(())
-        })
-        .unwrap();
-        out
-    }
-
-    /// Every second of the range lies in exactly one visited bucket, and no other second does.
-    fn assert_exact_cover(from: i64, to_exclusive: i64) {
-        let pieces = pieces(from, to_exclusive);
-        assert!(pieces.len() <= 11, "{} pieces", pieces.len());
-        let mut spans: Vec<(i64, i64)> = pieces
-            .iter()
-            .map(|&(level, start, end)| {
-                assert_eq!(
-                    level.bucket_start(start),
-                    start,
-                    "{level:?} misaligned start"
-                );
-                assert_eq!(level.bucket_start(end), end, "{level:?} misaligned end");
-                (start, end)
-            })
-            .collect();
-        spans.sort();
-        let mut at = from;
-        for (start, end) in spans {
-            assert_eq!(start, at, "gap or overlap at {at}");
-            assert!(start < end);
-            at = end;
-        }
-        assert_eq!(at, to_exclusive);
-    }
 
     #[test]
-    fn covers_awkward_ranges_exactly() {
-        let s = |text: &str| parse_instant(text).unwrap().second();
-        assert_exact_cover(s("2021-03-04 05:06:07"), s("2024-02-29 23:59:59") + 1);
-        assert_exact_cover(s("2024-02-29 00:00:00"), s("2024-03-01 00:00:00"));
-        assert_exact_cover(s("2023-12-31 23:59:59"), s("2024-01-01 00:00:01"));
-        assert_exact_cover(MIN_SECOND, MAX_SECOND + 1);
-        assert_eq!(pieces(5, 5), vec![]);
-        let long = pieces(s("2021-03-04 05:06:07"), s("2024-02-29 23:59:59") + 1);
-        let scanned: i64 = long
-            .iter()
-            .map(|&(level, start, end)| {
-                let mut count = 0;
-                let mut at = start;
-                while at < end {
-                    at = level.next_bucket(at);
-                    count += 1;
-                }
-                count
-            })
-            .sum();
-        assert!(scanned < 400, "{scanned} buckets for a three-year range");
-    }
-
-    proptest! {
-        #[test]
-        fn cover_is_exact(from in MIN_SECOND..MAX_SECOND, length in 0i64..200_000_000) {
-            let to_exclusive = (from + length).min(MAX_SECOND + 1);
-            assert_exact_cover(from, to_exclusive);
-        }
+    fn parts_combine_by_index_and_cancel() {
+        let one = Tally::of_run(true, 5);
+        let mut parts = vec![(7, one), (3, one), (7, one), (3, Tally::default() - one)];
+        combine_parts(&mut parts);
+        assert_eq!(parts, vec![(7, one + one)]);
     }
 }

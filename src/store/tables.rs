@@ -115,6 +115,15 @@ pub fn rollup_key(entity: EntityId, level: Level, bucket_start: i64) -> [u8; ROL
     key
 }
 
+/// The bounds of every `rollups` key of an entity, all levels.
+pub fn rollup_entity_bounds(entity: EntityId) -> ([u8; ROLLUP_KEY_LEN], [u8; ROLLUP_KEY_LEN]) {
+    let mut low = [0u8; ROLLUP_KEY_LEN];
+    low[..4].copy_from_slice(&entity.0.to_be_bytes());
+    let mut high = [0xff; ROLLUP_KEY_LEN];
+    high[..4].copy_from_slice(&entity.0.to_be_bytes());
+    (low, high)
+}
+
 /// The bucket start of a `rollups` key.
 pub fn rollup_key_bucket(key: &[u8; ROLLUP_KEY_LEN]) -> i64 {
     decode_time(key[5..].try_into().expect("8 bytes"))

@@ -9,7 +9,7 @@ use redb::{ReadOnlyTable, ReadableTable, ReadableTableMetadata};
 use uuid::Uuid;
 
 use super::Store;
-use super::records::{LastRunRecord, PipelineRunAgg, RunRecord, TaskRunHome, decode_tally};
+use super::records::{BucketRecord, LastRunRecord, PipelineRunAgg, RunRecord, TaskRunHome};
 use super::tables::{
     self, EntityId, LAST_RUNS, PIPELINE_RUNS, PIPELINE_TASKS, ROLLUP_KEY_LEN, ROLLUPS, RUN_LOG,
     TASK_RUNS, rollup_key, rollup_key_bucket, rollup_key_series, split_run_key,
@@ -172,7 +172,8 @@ pub fn verify(store: &Store) -> Result<VerifyReport> {
 /// The recomputation for one pipeline.
 struct PipelineWork {
     pipeline: EntityId,
-    rollups: BTreeMap<[u8; ROLLUP_KEY_LEN], Tally>,
+    /// Expected records: the total and the parts by index.
+    rollups: BTreeMap<[u8; ROLLUP_KEY_LEN], (Tally, BTreeMap<u16, Tally>)>,
     aggs: HashMap<[u8; 16], PipelineRunAgg>,
     last: HashMap<EntityId, LastRunRecord>,
 }
@@ -188,10 +189,18 @@ impl PipelineWork {
     }
 
     fn contribute(&mut self, entity: EntityId, at: Timestamp, tally: Tally, run: Uuid) {
+        let second = at.second();
         for level in Level::ALL {
-            let key = rollup_key(entity, level, level.bucket_start(at.second()));
-            let sum = self.rollups.entry(key).or_default();
-            *sum = *sum + tally;
+            let start = level.bucket_start(second);
+            let (total, parts) = self
+                .rollups
+                .entry(rollup_key(entity, level, start))
+                .or_default();
+            *total = *total + tally;
+            if let Some(index) = level.part_index(start, second) {
+                let part = parts.entry(index).or_default();
+                *part = *part + tally;
+            }
         }
         let candidate = LastRunRecord {
             executed_at: at,
@@ -290,21 +299,29 @@ impl PipelineWork {
                 .entity_uuid(entity)
                 .map(|u| u.to_string())
                 .unwrap_or_else(|_| format!("#{}", entity.0));
-            let low = rollup_key(entity, Level::Second, i64::MIN);
-            let high = rollup_key(
-                EntityId(entity.0.saturating_add(1)),
-                Level::Second,
-                i64::MIN,
-            );
-            let mut stored: BTreeMap<[u8; ROLLUP_KEY_LEN], Tally> = BTreeMap::new();
-            for entry in rollups.range::<&[u8; ROLLUP_KEY_LEN]>(&low..&high)? {
+            let (low, high) = tables::rollup_entity_bounds(entity);
+            let mut stored: BTreeMap<[u8; ROLLUP_KEY_LEN], BucketRecord> = BTreeMap::new();
+            for entry in rollups.range::<&[u8; ROLLUP_KEY_LEN]>(&low..=&high)? {
                 let (key, value) = entry?;
-                stored.insert(*key.value(), decode_tally(value.value())?);
+                stored.insert(*key.value(), BucketRecord::decode(value.value())?);
             }
             let expected: BTreeMap<_, _> = self
                 .rollups
-                .range(low..high)
-                .map(|(key, tally)| (*key, *tally))
+                .range(low..=high)
+                .map(|(key, (total, parts))| {
+                    let parts = parts
+                        .iter()
+                        .map(|(i, t)| (*i, *t))
+                        .filter(|(_, t)| !t.is_empty())
+                        .collect();
+                    (
+                        *key,
+                        BucketRecord {
+                            total: *total,
+                            parts,
+                        },
+                    )
+                })
                 .collect();
             report.rollup_entries += expected.len() as u64;
             for key in stored

@@ -658,38 +658,98 @@ async fn grpc_enforces_tokens_scopes_and_tenants() {
     use runledger::proto::{auth_client::AuthClient, stats_client::StatsClient};
 
     let app = spawn_app().await;
-    app.ingest().await.report_task_run_batch(batch(&results())).await.unwrap();
-    let request = || proto::GetLastRunStatsRequest { entity: entity(EntityKind::Task, TASK_A) };
+    app.ingest()
+        .await
+        .report_task_run_batch(batch(&results()))
+        .await
+        .unwrap();
+    let request = || proto::GetLastRunStatsRequest {
+        entity: entity(EntityKind::Task, TASK_A),
+    };
 
     // No token, a forged one: UNAUTHENTICATED.
     let mut anonymous = StatsClient::new(app.channel().await);
     let status = anonymous.get_last_run_stats(request()).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
-    assert!(status.message().contains("no credentials"), "{}", status.message());
-    let status = app.stats_as("rla_forged").await.get_last_run_stats(request()).await.unwrap_err();
+    assert!(
+        status.message().contains("no credentials"),
+        "{}",
+        status.message()
+    );
+    let status = app
+        .stats_as("rla_forged")
+        .await
+        .get_last_run_stats(request())
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
 
     // A token without stats:read, and one without runs:write: PERMISSION_DENIED.
     let writer = token_for(&app.engine, &app.client, Some("runs:write")).await;
-    let status = app.stats_as(&writer).await.get_last_run_stats(request()).await.unwrap_err();
+    let status = app
+        .stats_as(&writer)
+        .await
+        .get_last_run_stats(request())
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
     let reader = token_for(&app.engine, &app.client, Some("stats:read")).await;
-    let status = app.ingest_as(&reader).await.report_task_run_batch(batch(&results())).await.unwrap_err();
+    let status = app
+        .ingest_as(&reader)
+        .await
+        .report_task_run_batch(batch(&results()))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
-    assert!(status.message().contains("lacks the runs:write scope"), "{}", status.message());
+    assert!(
+        status.message().contains("lacks the runs:write scope"),
+        "{}",
+        status.message()
+    );
 
     // Another organization sees nothing, and cannot write into ours.
     let stranger = app.engine.create_client(None, Scopes::all()).unwrap();
     let theirs = token_for(&app.engine, &stranger, None).await;
-    let status = app.stats_as(&theirs).await.get_last_run_stats(request()).await.unwrap_err();
+    let status = app
+        .stats_as(&theirs)
+        .await
+        .get_last_run_stats(request())
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
-    let status = app.ingest_as(&theirs).await.report_task_run_batch(batch(&results())).await.unwrap_err();
-    assert_eq!(status.code(), Code::PermissionDenied, "{}", status.message());
-    assert!(status.message().contains("is not the organization of these credentials"), "{}", status.message());
+    let status = app
+        .ingest_as(&theirs)
+        .await
+        .report_task_run_batch(batch(&results()))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::PermissionDenied,
+        "{}",
+        status.message()
+    );
+    assert!(
+        status
+            .message()
+            .contains("is not the organization of these credentials"),
+        "{}",
+        status.message()
+    );
     let mut unnamed = results()[0].clone();
     unnamed.organization_uuid.clear();
-    let status = app.ingest_as(&theirs).await.report_task_run_batch(batch(&[unnamed])).await.unwrap_err();
-    assert_eq!(status.code(), Code::FailedPrecondition, "{}", status.message());
+    let status = app
+        .ingest_as(&theirs)
+        .await
+        .report_task_run_batch(batch(&[unnamed]))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::FailedPrecondition,
+        "{}",
+        status.message()
+    );
 
     // The Auth service issues tokens that work, and refuses bad credentials.
     let mut auth = AuthClient::new(app.channel().await);
@@ -704,9 +764,24 @@ async fn grpc_enforces_tokens_scopes_and_tenants() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((grant.scope.as_str(), grant.token_type.as_str(), grant.expires_in), ("stats:read", "Bearer", 86_400));
-    let mut stats = StatsClient::with_interceptor(app.channel().await, Bearer::new(&grant.access_token));
-    assert!(stats.get_last_run_stats(request()).await.unwrap().into_inner().is_successful);
+    assert_eq!(
+        (
+            grant.scope.as_str(),
+            grant.token_type.as_str(),
+            grant.expires_in
+        ),
+        ("stats:read", "Bearer", 86_400)
+    );
+    let mut stats =
+        StatsClient::with_interceptor(app.channel().await, Bearer::new(&grant.access_token));
+    assert!(
+        stats
+            .get_last_run_stats(request())
+            .await
+            .unwrap()
+            .into_inner()
+            .is_successful
+    );
     let refused = auth
         .issue_token(proto::IssueTokenRequest {
             grant_type: "client_credentials".into(),
@@ -717,6 +792,10 @@ async fn grpc_enforces_tokens_scopes_and_tenants() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::Unauthenticated);
-    assert!(refused.message().starts_with("invalid_client"), "{}", refused.message());
+    assert!(
+        refused.message().starts_with("invalid_client"),
+        "{}",
+        refused.message()
+    );
     app.stop().await;
 }
