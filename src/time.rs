@@ -206,6 +206,22 @@ impl Level {
         }
     }
 
+    /// The bucket containing `second` at every level, in [`Level::ALL`] order, with one
+    /// calendar conversion for all of them (the hot path of every write).
+    pub fn bucket_starts(second: i64) -> [i64; 6] {
+        let day = second.div_euclid(SECONDS_PER_DAY);
+        let (year, month, _) = civil_from_days(day);
+        let month_start = |month: u32| days_from_civil(year, month, 1) * SECONDS_PER_DAY;
+        [
+            second - second.rem_euclid(3_600),
+            day * SECONDS_PER_DAY,
+            (day - (day + 3).rem_euclid(7)) * SECONDS_PER_DAY,
+            month_start(month),
+            month_start((month - 1) / 3 * 3 + 1),
+            month_start(1),
+        ]
+    }
+
     /// Whether records of this level hold parts.
     pub fn has_parts(self) -> bool {
         !matches!(self, Level::Week | Level::Quarter)
@@ -577,6 +593,14 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn bucket_starts_agree_with_each_level(second in MIN_SECOND..=MAX_SECOND) {
+            let starts = Level::bucket_starts(second);
+            for (level, start) in Level::ALL.into_iter().zip(starts) {
+                prop_assert_eq!(start, level.bucket_start(second), "{:?}", level);
+            }
+        }
+
         #[test]
         fn every_instant_falls_in_exactly_one_bucket_per_level(second in MIN_SECOND..=MAX_SECOND - 400 * 86_400) {
             for level in Level::ALL {

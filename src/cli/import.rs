@@ -20,10 +20,11 @@ use crate::model::{
     OrgId, PipelineId, PipelineRunId, ReportCounts, RunState, TaskError, TaskId, TaskRun,
     TaskRunId, TaskType,
 };
+use crate::store::WriteOp;
 use crate::time::parse_instant;
 
 /// Lines parsed and applied together in one transaction.
-const CHUNK_LINES: usize = 20_000;
+const CHUNK_LINES: usize = 50_000;
 
 #[derive(Debug, clap::Args)]
 pub struct ImportArgs {
@@ -75,7 +76,8 @@ struct Chunk {
     source: usize,
     /// Bytes of the file read so far, for progress.
     offset: u64,
-    lines: Vec<(u64, Result<TaskRun, String>)>,
+    /// Each line's prepared operation, or why it was rejected.
+    lines: Vec<(u64, Result<WriteOp, String>)>,
     blank: u64,
     last_line: u64,
 }
@@ -122,7 +124,7 @@ pub fn import_files(
         let (sender, receiver) = mpsc::sync_channel::<Result<Chunk, String>>(2);
         scope.spawn(move || {
             for (source, path) in files.iter().enumerate() {
-                if let Err(e) = read_file(source, path, &sender) {
+                if let Err(e) = read_file(engine, source, path, &sender) {
                     let _ = sender.send(Err(e));
                     return;
                 }
@@ -140,6 +142,7 @@ pub fn import_files(
 }
 
 fn read_file(
+    engine: &Engine,
     source: usize,
     path: &Path,
     sender: &mpsc::SyncSender<Result<Chunk, String>>,
@@ -191,7 +194,9 @@ fn read_file(
         if text.is_empty() {
             chunk.blank += 1;
         } else {
-            chunk.lines.push((number, parse_line(text)));
+            let prepared = parse_line(text)
+                .and_then(|run| engine.prepare_import(run).map_err(|e| e.to_string()));
+            chunk.lines.push((number, prepared));
         }
         chunk.last_line = number;
         if chunk.lines.len() >= CHUNK_LINES {
@@ -223,13 +228,13 @@ fn apply_chunk(
     summary: &mut ImportSummary,
     sink: &mut dyn ImportSink,
 ) -> Result<(), String> {
-    let mut runs = Vec::with_capacity(chunk.lines.len());
+    let mut ops = Vec::with_capacity(chunk.lines.len());
     let mut numbers = Vec::with_capacity(chunk.lines.len());
     let read = chunk.lines.len() as u64 + chunk.blank;
     for (number, parsed) in chunk.lines {
         match parsed {
-            Ok(run) => {
-                runs.push(run);
+            Ok(op) => {
+                ops.push(op);
                 numbers.push(number);
             }
             Err(reason) => {
@@ -238,7 +243,7 @@ fn apply_chunk(
             }
         }
     }
-    let outcomes = engine.import_now(runs).map_err(|e| {
+    let outcomes = engine.apply_imports(&ops).map_err(|e| {
         format!(
             "import stopped at {name} line {}: {e}",
             numbers.first().copied().unwrap_or(chunk.last_line)

@@ -130,39 +130,53 @@ impl Engine {
         self.submit_report(caller, runs).await?.await
     }
 
-    /// Applies task runs in one transaction on the calling thread, each run its own atomic
-    /// unit, for bulk loads by the operator: one run's rejection does not stop the others.
-    /// Blocks. `Err` means nothing was applied.
-    pub fn import_now(&self, runs: Vec<TaskRun>) -> Result<Vec<Result<ReportCounts>>> {
-        let mut results: Vec<Option<Result<ReportCounts>>> = Vec::with_capacity(runs.len());
-        let mut ops = Vec::with_capacity(runs.len());
-        for mut run in runs {
-            let prepared = organization_for(&Caller::Operator, run.organization).and_then(|org| {
-                run.organization = Some(org);
-                if !run.output.is_empty() {
-                    let key = self.output_key_now(org)?;
-                    run.output = key.seal_output(&run.task_run, &run.output);
-                }
-                Ok(())
-            });
-            match prepared {
-                Ok(()) => {
-                    ops.push(WriteOp::Report(vec![run]));
-                    results.push(None);
-                }
-                Err(error) => results.push(Some(Err(error))),
-            }
+    /// Prepares one operator-imported task run for [`Engine::apply_imports`]: fills in and
+    /// checks its organization and seals its output. Any thread may prepare while another
+    /// applies.
+    pub fn prepare_import(&self, mut run: TaskRun) -> Result<WriteOp> {
+        let org = organization_for(&Caller::Operator, run.organization)?;
+        run.organization = Some(org);
+        if !run.output.is_empty() {
+            let key = self.output_key_now(org)?;
+            run.output = key.seal_output(&run.task_run, &run.output);
         }
-        let mut outcomes = self.store.apply_now(&ops)?.into_iter();
-        Ok(results
+        Ok(WriteOp::Report(vec![run]))
+    }
+
+    /// Applies prepared imports in one transaction on the calling thread, each its own atomic
+    /// unit: one run's rejection does not stop the others. Blocks. `Err` means nothing was
+    /// applied.
+    pub fn apply_imports(&self, ops: &[WriteOp]) -> Result<Vec<Result<ReportCounts>>> {
+        Ok(self
+            .store
+            .apply_now(ops)?
             .into_iter()
-            .map(|result| {
-                result.unwrap_or_else(|| match outcomes.next() {
-                    Some(Ok(WriteOutcome::Report(counts))) => Ok(counts),
-                    Some(Ok(other)) => Err(unexpected(other)),
-                    Some(Err(error)) => Err(error),
-                    None => Err(Error::Internal("an import outcome is missing".into())),
-                })
+            .map(|outcome| match outcome? {
+                WriteOutcome::Report(counts) => Ok(counts),
+                other => Err(unexpected(other)),
+            })
+            .collect())
+    }
+
+    /// Prepares and applies task runs in one transaction on the calling thread, for bulk loads
+    /// by the operator (see [`Engine::prepare_import`] and [`Engine::apply_imports`]).
+    pub fn import_now(&self, runs: Vec<TaskRun>) -> Result<Vec<Result<ReportCounts>>> {
+        let prepared: Vec<Result<WriteOp>> = runs
+            .into_iter()
+            .map(|run| self.prepare_import(run))
+            .collect();
+        let ops: Vec<WriteOp> = prepared
+            .iter()
+            .filter_map(|op| op.as_ref().ok().cloned())
+            .collect();
+        let mut outcomes = self.apply_imports(&ops)?.into_iter();
+        Ok(prepared
+            .into_iter()
+            .map(|op| match op {
+                Ok(_) => outcomes
+                    .next()
+                    .unwrap_or_else(|| Err(Error::Internal("an import outcome is missing".into()))),
+                Err(error) => Err(error),
             })
             .collect())
     }

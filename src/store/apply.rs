@@ -152,12 +152,17 @@ impl<'txn> Batch<'txn> {
     pub fn apply(&mut self, op: &WriteOp) -> Result<Result<WriteOutcome>> {
         match op {
             WriteOp::Report(runs) => {
-                if let Err(rejection) = self.check_report(runs)? {
-                    return Ok(Err(rejection));
-                }
+                let home_checked = match self.check_report(runs)? {
+                    Ok(home_checked) => home_checked,
+                    Err(rejection) => return Ok(Err(rejection)),
+                };
                 let mut counts = ReportCounts::default();
                 for run in runs {
-                    counts.add(self.apply_run(run)?);
+                    match self.apply_run(run, !home_checked)? {
+                        Ok(applied) => counts.add(applied),
+                        // Only a lone run defers its check, so nothing else was applied.
+                        Err(rejection) => return Ok(Err(rejection)),
+                    }
                 }
                 Ok(Ok(WriteOutcome::Report(counts)))
             }
@@ -231,11 +236,15 @@ impl<'txn> Batch<'txn> {
 
     // ---- checks (read-only) ----
 
-    fn check_report(&mut self, runs: &[TaskRun]) -> Result<Verdict> {
+    /// Checks a batch of reports. `Ok(Ok(false))` means a lone report of an existing pipeline
+    /// and task whose task-run ownership is left to [`Batch::apply_run`] to check (the insert it
+    /// does anyway shows what was there, and can be undone with no other change made).
+    fn check_report(&mut self, runs: &[TaskRun]) -> Result<Result<bool>> {
         // What earlier reports of this same batch will create, so later ones agree with them.
         let mut new_pipelines: HashMap<PipelineId, OrgId> = HashMap::new();
         let mut new_tasks: HashMap<TaskId, PipelineId> = HashMap::new();
         let mut run_pipelines: HashMap<PipelineRunId, PipelineId> = HashMap::new();
+        let mut home_checked = true;
         for run in runs {
             let org = run
                 .organization
@@ -284,7 +293,10 @@ impl<'txn> Batch<'txn> {
                     }
                 }
             }
-            if let Some(home) = self.task_runs.get(run.task_run.as_bytes())? {
+            let entities_exist = pipeline.is_some() && !new_tasks.contains_key(&run.task);
+            if runs.len() == 1 && entities_exist {
+                home_checked = false;
+            } else if let Some(home) = self.task_runs.get(run.task_run.as_bytes())? {
                 let home_pipeline = TaskRunHome::decode(home.value())?.pipeline();
                 drop(home);
                 if Some(home_pipeline) != pipeline.map(|p| p.id)
@@ -294,10 +306,11 @@ impl<'txn> Batch<'txn> {
                 }
             }
             if run.finished_at().is_some() {
-                if *run_pipelines
-                    .entry(run.pipeline_run)
-                    .or_insert(run.pipeline)
-                    != run.pipeline
+                if runs.len() > 1
+                    && *run_pipelines
+                        .entry(run.pipeline_run)
+                        .or_insert(run.pipeline)
+                        != run.pipeline
                 {
                     return Ok(Err(Error::Conflict(format!(
                         "pipeline run {} is reported under two pipelines in one batch",
@@ -314,7 +327,7 @@ impl<'txn> Batch<'txn> {
                 }
             }
         }
-        Ok(Ok(()))
+        Ok(Ok(home_checked))
     }
 
     fn check_register(&mut self, definition: &PipelineDefinition) -> Result<Verdict> {
@@ -609,7 +622,9 @@ impl<'txn> Batch<'txn> {
 
     // ---- task runs ----
 
-    fn apply_run(&mut self, run: &TaskRun) -> Result<ReportCounts> {
+    /// Applies one report. With `check_home`, a run found stored under another organization is
+    /// put back and the report rejected (see [`Batch::check_report`]).
+    fn apply_run(&mut self, run: &TaskRun, check_home: bool) -> Result<Result<ReportCounts>> {
         let org = run.organization.expect("checked");
         let (pipeline, _) = self.ensure_pipeline(run.pipeline, org)?;
         let task = self.ensure_task(run.task, &pipeline, run.task_type, run.is_initial_task)?;
@@ -651,12 +666,19 @@ impl<'txn> Batch<'txn> {
         match previous {
             None => counts.inserted = 1,
             Some(old) => {
+                if check_home
+                    && old.pipeline() != pipeline.id
+                    && self.entity_by_id(old.pipeline())?.org != org
+                {
+                    self.task_runs.insert(uuid, old.encode().as_slice())?;
+                    return Ok(Err(another_organization("task run", run.task_run.0)));
+                }
                 if self.is_unchanged(&old, &home, &record, uuid)? {
                     if old != home {
                         self.task_runs.insert(uuid, old.encode().as_slice())?;
                     }
                     counts.unchanged = 1;
-                    return Ok(counts);
+                    return Ok(Ok(counts));
                 }
                 if let (
                     TaskRunHome::Unfinished {
@@ -692,7 +714,7 @@ impl<'txn> Batch<'txn> {
             );
             self.contribute(&task, &record, executed_at)?;
         }
-        Ok(counts)
+        Ok(Ok(counts))
     }
 
     /// Whether a new report says exactly what is stored (a redelivery).

@@ -35,11 +35,17 @@ impl<T: ReadableTable<&'static [u8; RUN_KEY_LEN], &'static [u8]>> RunLogTable fo
 pub trait PipelineRunTable: ReadableTable<&'static [u8; 16], &'static [u8; AGG_LEN]> {}
 impl<T: ReadableTable<&'static [u8; 16], &'static [u8; AGG_LEN]>> PipelineRunTable for T {}
 
-/// Contributions gathered during a write transaction, keyed by rollup key. Parts are collected
-/// unsorted and combined at [`RollupDeltas::flush`].
+/// Contributions gathered during a write transaction, one delta record per touched rollup key.
+/// Parts are collected unsorted and combined at [`RollupDeltas::flush`].
 #[derive(Default)]
 pub struct RollupDeltas {
-    deltas: FxHashMap<[u8; ROLLUP_KEY_LEN], BucketRecord>,
+    records: Vec<([u8; ROLLUP_KEY_LEN], BucketRecord)>,
+    index: FxHashMap<[u8; ROLLUP_KEY_LEN], usize>,
+    /// Per entity, the hour last contributed to, and its record at every level with the part
+    /// the hour falls in (the same for every second of the hour, except at the hour level
+    /// itself): consecutive runs of an entity mostly share an hour, and then cost no hashing
+    /// and no calendar arithmetic.
+    current: FxHashMap<EntityId, (i64, [(usize, Option<u16>); Level::ALL.len()])>,
 }
 
 impl RollupDeltas {
@@ -55,15 +61,38 @@ impl RollupDeltas {
 
     fn apply(&mut self, entity: EntityId, at: Timestamp, tally: Tally) {
         let second = at.second();
-        for level in Level::ALL {
-            let start = level.bucket_start(second);
-            let delta = self
-                .deltas
-                .entry(rollup_key(entity, level, start))
-                .or_default();
+        let hour = Level::Hour.bucket_start(second);
+        let slots = match self.current.get(&entity) {
+            Some((cached, slots)) if *cached == hour => *slots,
+            _ => {
+                let mut slots = [(0, None); Level::ALL.len()];
+                let starts = Level::bucket_starts(second);
+                for ((slot, level), start) in slots.iter_mut().zip(Level::ALL).zip(starts) {
+                    let key = rollup_key(entity, level, start);
+                    let next = self.records.len();
+                    let position = *self.index.entry(key).or_insert(next);
+                    if position == next {
+                        self.records.push((key, BucketRecord::default()));
+                    }
+                    *slot = (position, level.part_index(start, second));
+                }
+                self.current.insert(entity, (hour, slots));
+                slots
+            }
+        };
+        for (level, (position, part)) in Level::ALL.into_iter().zip(slots) {
+            let delta = &mut self.records[position].1;
             delta.total = delta.total + tally;
-            if let Some(index) = level.part_index(start, second) {
-                delta.parts.push((index, tally));
+            let part = match level {
+                Level::Hour => Some((second - hour) as u16),
+                _ => part,
+            };
+            if let Some(part) = part {
+                match delta.parts.last_mut() {
+                    // Runs mostly arrive in time order: add to the part just touched.
+                    Some((last, sum)) if *last == part => *sum = *sum + tally,
+                    _ => delta.parts.push((part, tally)),
+                }
             }
         }
     }
@@ -74,7 +103,7 @@ impl RollupDeltas {
         self,
         rollups: &mut Table<'_, &'static [u8; ROLLUP_KEY_LEN], &'static [u8]>,
     ) -> Result<()> {
-        let mut changes: Vec<_> = self.deltas.into_iter().collect();
+        let mut changes = self.records;
         changes.sort_unstable_by_key(|(key, _)| *key);
         let mut bytes = Vec::with_capacity(64);
         // Records that are new go in last, in key order, as packed runs.
