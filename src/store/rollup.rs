@@ -35,6 +35,9 @@ impl<T: ReadableTable<&'static [u8; RUN_KEY_LEN], &'static [u8]>> RunLogTable fo
 pub trait PipelineRunTable: ReadableTable<&'static [u8; 16], &'static [u8; AGG_LEN]> {}
 impl<T: ReadableTable<&'static [u8; 16], &'static [u8; AGG_LEN]>> PipelineRunTable for T {}
 
+/// For each level, the delta record's position and the part an hour falls in.
+type HourSlots = [(usize, Option<u16>); Level::ALL.len()];
+
 /// Contributions gathered during a write transaction, one delta record per touched rollup key.
 /// Parts are collected unsorted and combined at [`RollupDeltas::flush`].
 #[derive(Default)]
@@ -45,7 +48,7 @@ pub struct RollupDeltas {
     /// the hour falls in (the same for every second of the hour, except at the hour level
     /// itself): consecutive runs of an entity mostly share an hour, and then cost no hashing
     /// and no calendar arithmetic.
-    current: FxHashMap<EntityId, (i64, [(usize, Option<u16>); Level::ALL.len()])>,
+    current: FxHashMap<EntityId, (i64, HourSlots)>,
 }
 
 impl RollupDeltas {
