@@ -63,7 +63,17 @@ impl DataDir {
 
     /// Opens the engine over the store.
     pub fn engine(&self) -> Result<crate::engine::Engine, String> {
-        crate::engine::Engine::new(self.open()?).map_err(|e| format!("cannot start: {e}"))
+        self.engine_with_cache(StoreOptions::default().cache_bytes)
+    }
+
+    /// Opens the engine with a page cache of `cache_bytes`.
+    pub fn engine_with_cache(&self, cache_bytes: usize) -> Result<crate::engine::Engine, String> {
+        let options = StoreOptions {
+            cache_bytes,
+            ..StoreOptions::default()
+        };
+        let store = Store::open(&self.data_dir, options).map_err(|e| e.to_string())?;
+        crate::engine::Engine::new(store).map_err(|e| format!("cannot start: {e}"))
     }
 }
 

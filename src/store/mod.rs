@@ -65,7 +65,7 @@ pub struct StoreOptions {
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
-            cache_bytes: 1 << 30,
+            cache_bytes: 64 << 20,
             write_queue: 1_024,
         }
     }
