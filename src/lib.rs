@@ -15,6 +15,7 @@ pub mod cli;
 pub mod crypto;
 pub mod engine;
 pub mod error;
+pub mod load;
 pub mod model;
 pub mod server;
 pub mod store;

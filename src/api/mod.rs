@@ -4,4 +4,4 @@
 pub mod grpc;
 mod openapi;
 pub mod rest;
-mod wire;
+pub mod wire;

@@ -166,6 +166,43 @@ pub fn task_run(field: &str, value: proto::TaskRunResult) -> Result<TaskRun> {
     })
 }
 
+/// A task run as a client reports it: the inverse of [`task_run`] (used by the load tool).
+pub fn to_proto_task_run(run: &TaskRun) -> proto::TaskRunResult {
+    let state = match run.state {
+        RunState::Pending => proto::TaskRunState::Pending,
+        RunState::Running => proto::TaskRunState::Running,
+        RunState::Finished => proto::TaskRunState::Finished,
+    };
+    proto::TaskRunResult {
+        task_run_uuid: run.task_run.0.to_string(),
+        pipeline_run_uuid: run.pipeline_run.0.to_string(),
+        pipeline_uuid: run.pipeline.0.to_string(),
+        task_uuid: run.task.0.to_string(),
+        task_type: to_proto_task_type(run.task_type),
+        organization_uuid: run
+            .organization
+            .map(|o| o.0.to_string())
+            .unwrap_or_default(),
+        state: state as i32,
+        is_successful: run.is_successful,
+        duration_ms: run.duration_ms,
+        executed_at: run.executed_at.map(to_proto_timestamp),
+        output: run.output.clone(),
+        errors: run
+            .errors
+            .iter()
+            .map(|e| proto::TaskError {
+                code: e.code.clone(),
+                severity: e.severity.clone(),
+                message: e.message.clone(),
+            })
+            .collect(),
+        metric_value: run.metric_value,
+        is_initial_task: run.is_initial_task,
+        is_final_task: run.is_final_task,
+    }
+}
+
 /// A batch of results, each error naming its index.
 pub fn task_runs(results: Vec<proto::TaskRunResult>) -> Result<Vec<TaskRun>> {
     results

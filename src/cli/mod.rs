@@ -1,6 +1,7 @@
 //! The command line: one file per command. Commands print what they did and exit non-zero with
 //! a plain sentence when they could not.
 
+mod bench;
 pub mod client;
 mod demo;
 mod generate;
@@ -45,6 +46,8 @@ pub enum Command {
     Decrypt(keys::DecryptArgs),
     /// Show what the data dir holds: entries and bytes per table, bytes per task run.
     Info(info::InfoArgs),
+    /// Load a running server over REST and gRPC; print throughput and latency percentiles.
+    Bench(bench::BenchArgs),
 }
 
 /// The data dir option every command shares.
@@ -90,6 +93,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Key(args) => keys::key(args),
         Command::Decrypt(args) => keys::decrypt(args),
         Command::Info(args) => info::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(code) => code,

@@ -49,6 +49,11 @@ pub enum OpenError {
         tables::FORMAT_VERSION
     )]
     NewerFormat { path: PathBuf, found: u32 },
+    #[error(
+        "{path} was written by an older runledger (format {found}; this build reads format {}); export it with that version or import the runs again into a new data dir",
+        tables::FORMAT_VERSION
+    )]
+    OlderFormat { path: PathBuf, found: u32 },
     #[error("cannot open {path}: {reason}")]
     Failed { path: PathBuf, reason: String },
 }
@@ -89,6 +94,7 @@ impl Store {
         };
         std::fs::create_dir_all(data_dir).map_err(|e| failed(e.to_string()))?;
         check_magic(&path)?;
+        check_existing(&path)?;
         let opened = std::panic::catch_unwind(AssertUnwindSafe(|| {
             redb::Builder::new()
                 .set_cache_size(options.cache_bytes)
@@ -214,6 +220,87 @@ fn check_magic(path: &Path) -> Result<(), OpenError> {
     Ok(())
 }
 
+/// Checks a database's format marker: `Ok(true)` when the database is new and needs one.
+fn check_format(path: &Path, format: Option<Vec<u8>>, has_tables: bool) -> Result<bool, OpenError> {
+    let Some(bytes) = format else {
+        if has_tables {
+            return Err(OpenError::Foreign {
+                path: path.to_path_buf(),
+                reason: "it is a redb database of another program".into(),
+            });
+        }
+        return Ok(true);
+    };
+    let found = <[u8; 4]>::try_from(bytes.as_slice())
+        .map(u32::from_le_bytes)
+        .map_err(|_| OpenError::Foreign {
+            path: path.to_path_buf(),
+            reason: "its format marker is damaged".into(),
+        })?;
+    let path = path.to_path_buf();
+    match found.cmp(&tables::FORMAT_VERSION) {
+        std::cmp::Ordering::Greater => Err(OpenError::NewerFormat { path, found }),
+        std::cmp::Ordering::Less => Err(OpenError::OlderFormat { path, found }),
+        std::cmp::Ordering::Equal => Ok(false),
+    }
+}
+
+/// Before opening an existing file for writing (which rewrites its header), checks read-only
+/// that it is a runledger database of this format, so that a file that is not is left exactly
+/// as it was. A file that needs crash recovery cannot be opened read-only; it is checked by
+/// [`initialize`] after the writable open has recovered it.
+fn check_existing(path: &Path) -> Result<(), OpenError> {
+    if std::fs::metadata(path).map_or(true, |m| m.len() == 0) {
+        return Ok(());
+    }
+    let db = match std::panic::catch_unwind(|| redb::ReadOnlyDatabase::open(path)) {
+        Ok(Ok(db)) => db,
+        Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => {
+            return Err(OpenError::InUse(
+                path.parent().unwrap_or(path).to_path_buf(),
+            ));
+        }
+        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(reason)))) => {
+            return Err(OpenError::Foreign {
+                path: path.to_path_buf(),
+                reason: format!("corrupted: {reason}"),
+            });
+        }
+        Ok(Err(_)) => return Ok(()), // needs recovery, or an error the writable open reports
+        Err(_) => {
+            return Err(OpenError::Foreign {
+                path: path.to_path_buf(),
+                reason: "the file is damaged".into(),
+            });
+        }
+    };
+    let failed = |reason: String| OpenError::Failed {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let txn = db.begin_read().map_err(|e| failed(e.to_string()))?;
+    let has_tables = txn
+        .list_tables()
+        .map_err(|e| failed(e.to_string()))?
+        .next()
+        .is_some();
+    let format = match txn.open_table(tables::META) {
+        Ok(meta) => meta
+            .get(tables::meta::FORMAT)
+            .map_err(|e| failed(e.to_string()))?
+            .map(|bytes| bytes.value().to_vec()),
+        Err(redb::TableError::TableDoesNotExist(_)) => None,
+        Err(e) => {
+            return Err(OpenError::Foreign {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            });
+        }
+    };
+    check_format(path, format, has_tables)?;
+    Ok(())
+}
+
 /// Creates the tables of a new database, or checks that an existing one is ours.
 fn initialize(db: &Database, path: &Path) -> Result<(), OpenError> {
     let failed = |reason: String| OpenError::Failed {
@@ -234,34 +321,12 @@ fn initialize(db: &Database, path: &Path) -> Result<(), OpenError> {
             .get(tables::meta::FORMAT)
             .map_err(|e| failed(e.to_string()))?
             .map(|bytes| bytes.value().to_vec());
-        match format {
-            Some(bytes) => {
-                let found = <[u8; 4]>::try_from(bytes.as_slice())
-                    .map(u32::from_le_bytes)
-                    .map_err(|_| OpenError::Foreign {
-                        path: path.to_path_buf(),
-                        reason: "its format marker is damaged".into(),
-                    })?;
-                if found > tables::FORMAT_VERSION {
-                    return Err(OpenError::NewerFormat {
-                        path: path.to_path_buf(),
-                        found,
-                    });
-                }
-            }
-            None if has_tables => {
-                return Err(OpenError::Foreign {
-                    path: path.to_path_buf(),
-                    reason: "it is a redb database of another program".into(),
-                });
-            }
-            None => {
-                meta.insert(
-                    tables::meta::FORMAT,
-                    tables::FORMAT_VERSION.to_le_bytes().as_slice(),
-                )
-                .map_err(|e| failed(e.to_string()))?;
-            }
+        if check_format(path, format, has_tables)? {
+            meta.insert(
+                tables::meta::FORMAT,
+                tables::FORMAT_VERSION.to_le_bytes().as_slice(),
+            )
+            .map_err(|e| failed(e.to_string()))?;
         }
     }
     // Every table exists from the start, so readers never meet a missing one.

@@ -155,8 +155,9 @@ pub mod meta {
     pub const NEXT_TASK_RUN_SERIAL: &str = "next_task_run_serial";
 }
 
-/// The file format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The file format this build reads and writes. 2: rollups at six levels with parts (format
+/// 1 had second and minute buckets and no parts).
+pub const FORMAT_VERSION: u32 = 2;
 
 #[cfg(test)]
 mod tests {
