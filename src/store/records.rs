@@ -428,18 +428,18 @@ impl BucketRecord {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<BucketRecord, Error> {
+        let (total, parts) = BucketRecord::decode_lazily(bytes)?;
+        Ok(BucketRecord {
+            total,
+            parts: parts.collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// The total, and the parts as an iterator that decodes them one at a time (no allocation).
+    pub fn decode_lazily(bytes: &[u8]) -> Result<(Tally, Parts<'_>), Error> {
         let mut input = Input(bytes);
         let total = decode_tally_from(&mut input).ok_or_else(|| corrupt("rollup"))?;
-        let mut parts = Vec::new();
-        while !input.0.is_empty() {
-            let index = input
-                .varint()
-                .and_then(|i| u16::try_from(i).ok())
-                .ok_or_else(|| corrupt("rollup"))?;
-            let tally = decode_tally_from(&mut input).ok_or_else(|| corrupt("rollup"))?;
-            parts.push((index, tally));
-        }
-        Ok(BucketRecord { total, parts })
+        Ok((total, Parts(input)))
     }
 
     /// Only the total, without decoding the parts.
@@ -503,6 +503,28 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
 }
 
 /// A bounds-checked reader over an encoded value.
+/// The parts of an encoded [`BucketRecord`], in index order.
+pub struct Parts<'a>(Input<'a>);
+
+impl Iterator for Parts<'_> {
+    type Item = Result<(u16, Tally), Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.0.0.is_empty() {
+            return None;
+        }
+        let part = self
+            .0
+            .varint()
+            .and_then(|i| u16::try_from(i).ok())
+            .and_then(|index| Some((index, decode_tally_from(&mut self.0)?)));
+        if part.is_none() {
+            self.0.0 = &[]; // stop after reporting the damage once
+        }
+        Some(part.ok_or_else(|| corrupt("rollup")))
+    }
+}
+
 struct Input<'a>(&'a [u8]);
 
 impl<'a> Input<'a> {

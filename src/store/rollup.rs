@@ -159,18 +159,6 @@ fn combine_parts(parts: &mut Vec<(u16, Tally)>) {
     *parts = combined;
 }
 
-fn read_record(
-    rollups: &impl RollupTable,
-    entity: EntityId,
-    level: Level,
-    start: i64,
-) -> Result<Option<BucketRecord>> {
-    match rollups.get(&rollup_key(entity, level, start))? {
-        Some(value) => Ok(Some(BucketRecord::decode(value.value())?)),
-        None => Ok(None),
-    }
-}
-
 /// The tally of an entity's runs in a range, from the rollups alone.
 pub fn range_tally(
     rollups: &impl RollupTable,
@@ -189,39 +177,67 @@ pub fn range_tally(
             + if from <= start && next <= end {
                 BucketRecord::decode_total(value.value())?
             } else {
-                let record = BucketRecord::decode(value.value())?;
-                sum_parts(rollups, entity, Level::Year, start, &record, from, end)?
+                sum_parts(
+                    rollups,
+                    entity,
+                    Level::Year,
+                    start,
+                    value.value(),
+                    from,
+                    end,
+                )?
             };
     }
     Ok(total)
 }
 
+/// The first and last part of the bucket of `level` at `start` that hold seconds of
+/// `[from, end)` (which must overlap the bucket).
+fn parts_touched(level: Level, start: i64, from: i64, end: i64) -> (u16, u16) {
+    let first = level.part_index(start, from.max(start)).unwrap_or(0);
+    let last_second = (end - 1).min(level.next_bucket(start) - 1);
+    (
+        first,
+        level.part_index(start, last_second).unwrap_or(u16::MAX),
+    )
+}
+
 /// The tally of the seconds `[from, end)` within the bucket of `level` starting at `start`,
-/// from that bucket's record: whole parts from the record, partial ones from the records of the
-/// finer level.
+/// from that bucket's encoded record: parts between the edges whole, the (at most two) parts
+/// cut by an edge from the records of the finer level.
 fn sum_parts(
     rollups: &impl RollupTable,
     entity: EntityId,
     level: Level,
     start: i64,
-    record: &BucketRecord,
+    record: &[u8],
     from: i64,
     end: i64,
 ) -> Result<Tally> {
+    let (first, last) = parts_touched(level, start, from, end);
+    let (_, parts) = BucketRecord::decode_lazily(record)?;
     let mut total = Tally::default();
-    for &(index, tally) in &record.parts {
-        let (first, after) = level.part_span(start, index);
-        if after <= from || end <= first {
+    for part in parts {
+        let (index, tally) = part?;
+        if index < first {
             continue;
         }
-        if from <= first && after <= end {
+        if index > last {
+            break;
+        }
+        if index > first && index < last {
+            total = total + tally;
+            continue;
+        }
+        let (part_first, part_end) = level.part_span(start, index);
+        if from <= part_first && part_end <= end {
             total = total + tally;
             continue;
         }
         // A part cut by the range's edge: only levels whose parts are buckets get here, since
         // an hour's parts are single seconds.
         let finer = level.part_level().ok_or_else(|| corrupt("rollup"))?;
-        let Some(inner) = read_record(rollups, entity, finer, first)? else {
+        let Some(inner) = rollups.get(&rollup_key(entity, finer, part_first))? else {
             return Err(corrupt("rollup"));
         };
         total = total
@@ -229,10 +245,10 @@ fn sum_parts(
                 rollups,
                 entity,
                 finer,
-                first,
-                &inner,
-                from.max(first),
-                end.min(after),
+                part_first,
+                inner.value(),
+                from.max(part_first),
+                end.min(part_end),
             )?;
     }
     Ok(total)
@@ -245,35 +261,48 @@ fn latest_second(rollups: &impl RollupTable, entity: EntityId, to: i64) -> Resul
     let high = rollup_key(entity, Level::Year, Level::Year.bucket_start(to));
     for entry in rollups.range::<&[u8; ROLLUP_KEY_LEN]>(&low..=&high)?.rev() {
         let (key, value) = entry?;
-        let record = BucketRecord::decode(value.value())?;
         let start = rollup_key_bucket(key.value());
-        if let Some(second) = latest_in(rollups, entity, Level::Year, start, &record, to)? {
+        if let Some(second) = latest_in(rollups, entity, Level::Year, start, value.value(), to)? {
             return Ok(Some(second));
         }
     }
     Ok(None)
 }
 
+/// The latest second at or before `to` with a run, within the bucket of `level` at `start`.
 fn latest_in(
     rollups: &impl RollupTable,
     entity: EntityId,
     level: Level,
     start: i64,
-    record: &BucketRecord,
+    record: &[u8],
     to: i64,
 ) -> Result<Option<i64>> {
-    for &(index, _) in record.parts.iter().rev() {
-        let (first, _) = level.part_span(start, index);
-        if first > to {
-            continue;
+    // The part holding `to`, and the latest part before it: the answer is in one of the two.
+    let limit = if to < level.next_bucket(start) {
+        level.part_index(start, to).unwrap_or(u16::MAX)
+    } else {
+        u16::MAX
+    };
+    let (_, parts) = BucketRecord::decode_lazily(record)?;
+    let (mut at_limit, mut before) = (None, None);
+    for part in parts {
+        let (index, _) = part?;
+        match index.cmp(&limit) {
+            std::cmp::Ordering::Less => before = Some(index),
+            std::cmp::Ordering::Equal => at_limit = Some(index),
+            std::cmp::Ordering::Greater => break,
         }
+    }
+    for index in [at_limit, before].into_iter().flatten() {
+        let (first, _) = level.part_span(start, index);
         let Some(finer) = level.part_level() else {
             return Ok(Some(first)); // a second of an hour
         };
-        let Some(inner) = read_record(rollups, entity, finer, first)? else {
+        let Some(inner) = rollups.get(&rollup_key(entity, finer, first))? else {
             return Err(corrupt("rollup"));
         };
-        if let Some(second) = latest_in(rollups, entity, finer, first, &inner, to)? {
+        if let Some(second) = latest_in(rollups, entity, finer, first, inner.value(), to)? {
             return Ok(Some(second));
         }
     }
