@@ -55,6 +55,8 @@ pub enum OAuthErrorKind {
     InvalidGrant,
     UnsupportedGrantType,
     InvalidScope,
+    /// Too many failed attempts: RFC 8628's `slow_down`, answered with 429 and Retry-After.
+    SlowDown,
 }
 
 /// A token-endpoint error: `{"error": kind, "error_description": description}`.
@@ -63,6 +65,8 @@ pub enum OAuthErrorKind {
 pub struct OAuthError {
     pub kind: OAuthErrorKind,
     pub description: String,
+    /// For `slow_down`: seconds before another attempt may succeed.
+    pub retry_after_secs: Option<u32>,
 }
 
 impl OAuthErrorKind {
@@ -73,6 +77,7 @@ impl OAuthErrorKind {
             OAuthErrorKind::InvalidGrant => "invalid_grant",
             OAuthErrorKind::UnsupportedGrantType => "unsupported_grant_type",
             OAuthErrorKind::InvalidScope => "invalid_scope",
+            OAuthErrorKind::SlowDown => "slow_down",
         }
     }
 }
@@ -82,6 +87,17 @@ impl OAuthError {
         OAuthError {
             kind,
             description: description.into(),
+            retry_after_secs: None,
+        }
+    }
+
+    pub fn slow_down(retry_after_secs: u32) -> OAuthError {
+        OAuthError {
+            retry_after_secs: Some(retry_after_secs),
+            ..OAuthError::new(
+                OAuthErrorKind::SlowDown,
+                format!("too many failed attempts for this client; retry in {retry_after_secs} s"),
+            )
         }
     }
 
@@ -184,6 +200,7 @@ impl Error {
             Error::OAuth(e) if e.kind == OAuthErrorKind::InvalidClient => {
                 ErrorCode::Unauthenticated
             }
+            Error::OAuth(e) if e.kind == OAuthErrorKind::SlowDown => ErrorCode::TooManyRequests,
             Error::OAuth(_) => ErrorCode::BadRequest,
             Error::Internal(_) => ErrorCode::Internal,
         }
@@ -236,6 +253,7 @@ impl Error {
                 retry_after_secs, ..
             } => Some(*retry_after_secs),
             Error::Unavailable(_) => Some(1),
+            Error::OAuth(e) => e.retry_after_secs,
             _ => None,
         }
     }

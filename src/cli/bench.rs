@@ -45,6 +45,9 @@ pub struct BenchArgs {
     /// Task runs of the queried pipeline reported first (the same runs every time).
     #[arg(long, default_value_t = 100_000)]
     pub seed_runs: u64,
+    /// Threads of the load tool (it shares the machine with the server it loads).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
     /// Seconds to run.
     #[arg(long, short, default_value_t = 10.0, conflicts_with = "requests")]
     pub duration: f64,
@@ -86,6 +89,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, String> {
         stream_messages: args.stream_messages,
         seed_runs: args.seed_runs,
         stop,
+        threads: args.threads,
     };
     let report = crate::load::run(plan.clone())?;
     let seconds = report.elapsed.as_secs_f64();

@@ -9,7 +9,7 @@ use crate::auth::{
     ACCESS_TOKEN_PREFIX, Caller, REFRESH_TOKEN_PREFIX, SECRET_PREFIX, Scopes, hash_secret,
     hashes_match, new_client_id, new_secret, parse_scopes,
 };
-use crate::error::{Error, OAuthError, Result};
+use crate::error::{Error, OAuthError, OAuthErrorKind, Result};
 use crate::model::OrgId;
 use crate::store::WriteOp;
 use crate::store::WriteOutcome;
@@ -77,6 +77,30 @@ impl Engine {
         }
         let client_id = present(&request.client_id, "client_id")?;
         let secret = present(&request.client_secret, "client_secret")?;
+        let started = std::time::Instant::now();
+        self.throttle
+            .check(client_id, started)
+            .map_err(OAuthError::slow_down)?;
+        let granted = self.grant(grant_type, client_id, secret, &request).await;
+        if let Err(Error::OAuth(e)) = &granted
+            && matches!(
+                e.kind,
+                OAuthErrorKind::InvalidClient | OAuthErrorKind::InvalidGrant
+            )
+        {
+            self.throttle.failed(client_id, started);
+        }
+        granted
+    }
+
+    /// The grant, once the request is known well-formed and the client not throttled.
+    async fn grant(
+        &self,
+        grant_type: &str,
+        client_id: &str,
+        secret: &str,
+        request: &TokenRequest,
+    ) -> Result<TokenGrant> {
         let now = Timestamp::now();
         let reader = self.store.reader()?;
         let client = reader.client(client_id)?;
@@ -188,18 +212,27 @@ impl Engine {
 
     /// The caller behind a bearer token.
     pub fn authenticate(&self, bearer: &str) -> Result<Caller> {
-        match self.store.reader()?.token(&hash_secret(bearer))? {
+        let hash = hash_secret(bearer);
+        let now = Timestamp::now();
+        if let Some(caller) = self.tokens.get(&hash, now) {
+            return Ok(caller);
+        }
+        let generation = self.tokens.generation();
+        match self.store.reader()?.token(&hash)? {
             Some(record) if record.kind == TokenKind::Access => {
-                if record.expires_at <= Timestamp::now() {
+                if record.expires_at <= now {
                     return Err(Error::Unauthenticated(
                         "the access token has expired; request a new one".into(),
                     ));
                 }
-                Ok(Caller::Client {
+                let caller = Caller::Client {
                     client_id: record.client_id,
                     organization: record.org,
                     scopes: Scopes::from_bits(record.scopes),
-                })
+                };
+                self.tokens
+                    .insert(hash, caller.clone(), record.expires_at, generation);
+                Ok(caller)
             }
             _ => Err(Error::Unauthenticated(
                 "the access token is not valid (unknown or revoked)".into(),
@@ -280,7 +313,9 @@ impl Engine {
         let op = WriteOp::RevokeClient {
             client_id: client_id.to_string(),
         };
-        match self.store.apply_now(std::slice::from_ref(&op))?.pop() {
+        let outcome = self.store.apply_now(std::slice::from_ref(&op))?.pop();
+        self.tokens.invalidate();
+        match outcome {
             Some(Ok(WriteOutcome::ClientRevoked(true))) => Ok(()),
             Some(Ok(WriteOutcome::ClientRevoked(false))) => {
                 Err(Error::NotFound(format!("no client {client_id}")))

@@ -6,6 +6,8 @@
 mod access;
 mod dispatch;
 mod keys;
+mod throttle;
+mod token_cache;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -25,6 +27,8 @@ use crate::store::{EntityKey, Reader, Store, WriteOp, WriteOutcome};
 use crate::time::Period;
 use dispatch::Dispatcher;
 use keys::Keyring;
+use throttle::FailureThrottle;
+use token_cache::TokenCache;
 
 /// The most task runs one report batch may carry.
 pub const MAX_REPORT_BATCH: usize = 10_000;
@@ -55,6 +59,8 @@ pub struct Engine {
     keys: Keyring,
     dispatcher: Arc<Dispatcher>,
     lifetimes: TokenLifetimes,
+    tokens: TokenCache,
+    throttle: FailureThrottle,
 }
 
 impl Engine {
@@ -66,6 +72,8 @@ impl Engine {
             store,
             dispatcher: Arc::new(Dispatcher::new(waiting)),
             lifetimes: TokenLifetimes::default(),
+            tokens: TokenCache::default(),
+            throttle: FailureThrottle::default(),
         })
     }
 

@@ -79,6 +79,8 @@ pub struct Plan {
     /// Task runs of the queried pipeline loaded before the measurement (idempotent).
     pub seed_runs: u64,
     pub stop: Stop,
+    /// Threads the load tool itself runs on.
+    pub threads: usize,
 }
 
 /// What one kind of request achieved.
@@ -188,6 +190,7 @@ pub fn queried_pipeline() -> PipelineId {
 /// Seeds, then runs the plan on a runtime of its own.
 pub fn run(plan: Plan) -> Result<Report, String> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(plan.threads.max(1))
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start: {e}"))?;

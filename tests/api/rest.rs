@@ -1383,3 +1383,57 @@ fn a_fresh_server_prints_credentials_that_work() {
     assert_eq!(status, 404, "authenticated, and no such pipeline yet");
     server.kill();
 }
+
+#[tokio::test]
+async fn the_token_endpoint_slows_down_repeated_failures_of_one_client() {
+    let app = spawn_app().await;
+    let other = app
+        .engine
+        .create_client(Some(app.client.organization), Scopes::all())
+        .unwrap();
+    let http = reqwest::Client::new();
+    let url = app.url("/v1/oauth/token");
+    let attempt = |id: String, secret: String| {
+        let request = http.post(&url).form(&[
+            ("grant_type", "client_credentials".to_string()),
+            ("client_id", id),
+            ("client_secret", secret),
+        ]);
+        async move { request.send().await.unwrap() }
+    };
+    let id = app.client.client_id.clone();
+    for n in 0..10 {
+        let response = attempt(id.clone(), format!("wrong-{n}")).await;
+        assert_eq!(response.status(), 401, "attempt {n}");
+    }
+    // Past the burst: refused with a hint, even with the right secret.
+    for secret in ["wrong-again".to_string(), app.client.client_secret.clone()] {
+        let response = attempt(id.clone(), secret).await;
+        assert_eq!(response.status(), 429);
+        let wait: u32 = response.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=6).contains(&wait), "{wait}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "slow_down", "{body}");
+        assert!(
+            body["error_description"]
+                .as_str()
+                .unwrap()
+                .contains("too many failed attempts"),
+            "{body}"
+        );
+    }
+    // Another client of the same organization is not held back.
+    let response = attempt(other.client_id.clone(), other.client_secret.clone()).await;
+    assert_eq!(response.status(), 200);
+    // Tokens already issued keep working.
+    let path = format!("/v1/stats/tasks/{TASK_A}/last-run/stats");
+    assert_ne!(
+        call(&app, Method::GET, &path, Some(&app.token)).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    app.stop().await;
+}
