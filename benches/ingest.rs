@@ -13,6 +13,7 @@ use runledger::workload::Workload;
 
 fn ingest(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_time()
         .worker_threads(1)
         .build()
         .unwrap();

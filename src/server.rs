@@ -15,6 +15,9 @@ use crate::engine::Engine;
 
 /// How long in-flight requests may take to finish once shutdown begins.
 const GRACE: Duration = Duration::from_secs(10);
+/// Concurrent gRPC calls one HTTP/2 connection may have open; a client past it waits for a
+/// call to end (HTTP/2 flow control), so one client cannot pile up unbounded work.
+const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 /// How often expired tokens are deleted.
 const PURGE_EVERY: Duration = Duration::from_secs(3_600);
 
@@ -43,6 +46,7 @@ pub async fn run(
     let routes = grpc::routes(engine.clone()).await;
     let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
     let grpc_server = tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, signal(stopped.clone()));
 

@@ -349,6 +349,7 @@ fn check_seed(seed: u64, task_runs: usize, queries: usize) {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::new(Store::open(dir.path(), StoreOptions::default()).unwrap()).unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_time()
         .worker_threads(2)
         .build()
         .unwrap();
@@ -611,6 +612,7 @@ fn one_dense_pipeline_in_one_second() {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::new(Store::open(dir.path(), StoreOptions::default()).unwrap()).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
         .build()
         .unwrap();
     runtime
@@ -704,6 +706,7 @@ fn engine_with(rng: &mut Rng, reports: &[TaskRun]) -> (Engine, tempfile::TempDir
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::new(Store::open(dir.path(), StoreOptions::default()).unwrap()).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
         .build()
         .unwrap();
     let mut rest = reports;

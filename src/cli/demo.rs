@@ -144,6 +144,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, String> {
     let engine = args.data_dir.engine()?;
     let started = Instant::now();
     let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
         .build()
         .map_err(|e| e.to_string())?;
     let end = Timestamp::now().second() / 3_600 * 3_600;

@@ -65,6 +65,8 @@ pub struct StoreOptions {
     pub cache_bytes: usize,
     /// Writes that may wait for the writer before submitters wait for room.
     pub write_queue: usize,
+    /// How long a submitter waits for room before its write is refused as overloaded.
+    pub queue_wait: std::time::Duration,
 }
 
 impl Default for StoreOptions {
@@ -72,6 +74,7 @@ impl Default for StoreOptions {
         StoreOptions {
             cache_bytes: 64 << 20,
             write_queue: 1_024,
+            queue_wait: std::time::Duration::from_secs(2),
         }
     }
 }
@@ -122,7 +125,12 @@ impl Store {
         initialize(&db, &path)?;
         let db = Arc::new(db);
         let cache = Arc::new(EntityCache::default());
-        let writer = Writer::spawn(db.clone(), cache.clone(), options.write_queue);
+        let writer = Writer::spawn(
+            db.clone(),
+            cache.clone(),
+            options.write_queue,
+            options.queue_wait,
+        );
         Ok(Store {
             db,
             cache,

@@ -6,6 +6,7 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use redb::Database;
 use tokio::sync::{mpsc, oneshot};
@@ -24,6 +25,8 @@ pub struct Writer {
     /// `None` once closed: the thread drains the queue and stops when the last sender is gone.
     sender: RwLock<Option<mpsc::Sender<(WriteOp, Reply)>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// How long a submitter waits for room in a full queue before it is told to retry.
+    queue_wait: Duration,
 }
 
 /// A write that was queued; await it with [`outcome`] once durable.
@@ -31,7 +34,12 @@ pub type PendingWrite = oneshot::Receiver<Result<WriteOutcome>>;
 
 impl Writer {
     /// Starts the writer thread with room for `queue` waiting requests.
-    pub fn spawn(db: Arc<Database>, cache: Arc<EntityCache>, queue: usize) -> Writer {
+    pub fn spawn(
+        db: Arc<Database>,
+        cache: Arc<EntityCache>,
+        queue: usize,
+        queue_wait: Duration,
+    ) -> Writer {
         let (sender, receiver) = mpsc::channel(queue);
         let thread = std::thread::Builder::new()
             .name("runledger-writer".into())
@@ -40,6 +48,7 @@ impl Writer {
         Writer {
             sender: RwLock::new(Some(sender)),
             thread: Mutex::new(Some(thread)),
+            queue_wait,
         }
     }
 
@@ -51,14 +60,29 @@ impl Writer {
             .ok_or_else(stopped)
     }
 
-    /// Queues a write, waiting for room in the queue.
+    /// Queues a write, waiting a little for room in a full queue; past that the write is
+    /// refused as overloaded (nothing applied), so that memory stays bounded and the caller
+    /// learns to back off.
     pub async fn submit(&self, op: WriteOp) -> Result<PendingWrite> {
         let (reply, pending) = oneshot::channel();
-        self.sender()?
-            .send((op, reply))
-            .await
-            .map_err(|_| stopped())?;
-        Ok(pending)
+        let sender = self.sender()?;
+        // The usual case, a queue with room, needs no timer.
+        let waiting = match sender.try_send((op, reply)) {
+            Ok(()) => return Ok(pending),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(stopped()),
+            Err(mpsc::error::TrySendError::Full(waiting)) => waiting,
+        };
+        match sender.send_timeout(waiting, self.queue_wait).await {
+            Ok(()) => Ok(pending),
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => Err(Error::Overloaded {
+                message: format!(
+                    "the write queue is full ({} writes waiting); nothing was applied, retry later",
+                    sender.max_capacity()
+                ),
+                retry_after_secs: 1,
+            }),
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(stopped()),
+        }
     }
 
     /// Queues a write and waits until it is durable.

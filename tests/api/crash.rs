@@ -60,6 +60,7 @@ fn acknowledged_reports_survive_sigkill() {
         .as_nanos() as u64;
     let dir = tempfile::tempdir().unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_time()
         .worker_threads(2)
         .enable_all()
         .build()
