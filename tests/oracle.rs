@@ -571,12 +571,17 @@ fn check_seed(seed: u64, task_runs: usize, queries: usize) {
     );
 }
 
-#[test]
-fn rollups_equal_a_recomputation_from_raw_runs() {
-    let seeds: u64 = std::env::var("RUNLEDGER_ORACLE_SEEDS")
+/// How many seeds a test runs: `RUNLEDGER_ORACLE_SEEDS`, or `default`.
+fn seeds_or(default: u64) -> u64 {
+    std::env::var("RUNLEDGER_ORACLE_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(4);
+        .unwrap_or(default)
+}
+
+#[test]
+fn rollups_equal_a_recomputation_from_raw_runs() {
+    let seeds = seeds_or(4);
     for seed in 0..seeds {
         check_seed(seed, 2_500, 300);
     }
@@ -731,10 +736,7 @@ fn comparable(entry: &runledger::model::LogEntry) -> String {
 
 #[test]
 fn replaying_any_part_of_a_stream_equals_one_clean_delivery() {
-    let seeds: u64 = std::env::var("RUNLEDGER_ORACLE_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
+    let seeds = seeds_or(3);
     for seed in 100..100 + seeds {
         let mut rng = Rng(seed);
         let (pipelines, stream) = generate(&mut rng, 1_500);

@@ -51,13 +51,8 @@ pub async fn channels(plan: &Plan) -> Result<Vec<Channel>, String> {
 }
 
 /// An access token for the plan's client (scopes: all the client has).
-pub async fn token(plan: &Plan) -> Result<String, String> {
-    let channel = Endpoint::from_shared(format!("http://{}", plan.grpc))
-        .map_err(|e| e.to_string())?
-        .connect()
-        .await
-        .map_err(|e| format!("cannot connect to gRPC at {}: {e}", plan.grpc))?;
-    let response = proto::auth_client::AuthClient::new(channel)
+pub async fn token(channel: &Channel, plan: &Plan) -> Result<String, String> {
+    let response = proto::auth_client::AuthClient::new(channel.clone())
         .issue_token(proto::IssueTokenRequest {
             grant_type: "client_credentials".into(),
             client_id: plan.client_id.clone(),

@@ -198,8 +198,8 @@ pub fn run(plan: Plan) -> Result<Report, String> {
 }
 
 async fn run_async(plan: Plan) -> Result<Report, String> {
-    let token = grpc::token(&plan).await?;
     let channels = grpc::channels(&plan).await?;
+    let token = grpc::token(&channels[0], &plan).await?;
     if plan.seed_runs > 0 {
         grpc::seed(&channels[0], &token, seeded_workload(plan.seed_runs)).await?;
     }
