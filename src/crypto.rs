@@ -200,7 +200,7 @@ impl MasterKey {
 }
 
 /// Creates a file readable and writable by its owner only, failing if it exists.
-fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);

@@ -9,6 +9,8 @@
 //! calendar level from the second to the year, so every stats question costs a handful of lookups
 //! whatever the number of runs.
 
+#[cfg(unix)]
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod cli;

@@ -89,10 +89,18 @@ pub fn run(args: ClientArgs) -> Result<ExitCode, String> {
             data_dir,
             client_id,
         } => {
-            data_dir
-                .engine()?
-                .revoke_client(&client_id)
-                .map_err(|e| format!("cannot revoke {client_id}: {e}"))?;
+            // A running server holds the database: it revokes, and its token cache forgets.
+            match data_dir.engine_unless_served()? {
+                Some(engine) => engine
+                    .revoke_client(&client_id)
+                    .map_err(|e| format!("cannot revoke {client_id}: {e}"))?,
+                None => {
+                    crate::admin::request(
+                        &data_dir.data_dir,
+                        &crate::admin::Command::Revoke(client_id.clone()),
+                    )?;
+                }
+            }
             println!("revoked {client_id}");
         }
     }

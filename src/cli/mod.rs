@@ -1,6 +1,7 @@
 //! The command line: one file per command. Commands print what they did and exit non-zero with
 //! a plain sentence when they could not.
 
+mod backup;
 mod bench;
 pub mod client;
 mod demo;
@@ -44,6 +45,8 @@ pub enum Command {
     Key(keys::KeyArgs),
     /// Decrypt a logged output with an organization's output key.
     Decrypt(keys::DecryptArgs),
+    /// Copy the database, consistently, into an empty directory (works while a server runs).
+    Backup(backup::BackupArgs),
     /// Show what the data dir holds: entries and bytes per table, bytes per task run.
     Info(info::InfoArgs),
     /// Load a running server over REST and gRPC; print throughput and latency percentiles.
@@ -67,6 +70,22 @@ impl DataDir {
     /// Opens the engine over the store.
     pub fn engine(&self) -> Result<crate::engine::Engine, String> {
         self.engine_with_cache(StoreOptions::default().cache_bytes)
+    }
+
+    /// Opens the engine, or `None` when a running server holds the data dir (reach it through
+    /// its admin socket then). A data dir without a database is an error, not created.
+    pub fn engine_unless_served(&self) -> Result<Option<crate::engine::Engine>, String> {
+        let path = self.data_dir.join(crate::store::DATABASE_FILE);
+        if !path.exists() {
+            return Err(format!("there is no database at {}", path.display()));
+        }
+        match Store::open(&self.data_dir, StoreOptions::default()) {
+            Ok(store) => crate::engine::Engine::new(store)
+                .map(Some)
+                .map_err(|e| format!("cannot start: {e}")),
+            Err(crate::store::OpenError::InUse(_)) => Ok(None),
+            Err(error) => Err(error.to_string()),
+        }
     }
 
     /// Opens the engine with a page cache of `cache_bytes`.
@@ -94,6 +113,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Decrypt(args) => keys::decrypt(args),
         Command::Info(args) => info::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Backup(args) => backup::run(args),
     };
     match result {
         Ok(code) => code,

@@ -37,9 +37,13 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
         println!("runledger serving grpc={grpc_addr} http={http_addr}");
         use std::io::Write as _;
         let _ = std::io::stdout().flush();
-        crate::server::run(engine, grpc, http, crate::server::termination())
-            .await
-            .map_err(|e| format!("server failed: {e}"))?;
+        let admin = admin_channel(&engine, &args.data_dir.data_dir);
+        let served = crate::server::run(engine, grpc, http, crate::server::termination()).await;
+        if let Some(admin) = admin {
+            admin.abort();
+            let _ = std::fs::remove_file(crate::admin::socket_path(&args.data_dir.data_dir));
+        }
+        served.map_err(|e| format!("server failed: {e}"))?;
         tracing::info!("stopped cleanly; every acknowledged write is on disk");
         Ok(ExitCode::SUCCESS)
     })
@@ -55,4 +59,23 @@ fn local_addr(listener: &tokio::net::TcpListener) -> Result<SocketAddr, String> 
     listener
         .local_addr()
         .map_err(|e| format!("cannot read the bound address: {e}"))
+}
+
+/// Serves the operator's admin socket in the data dir (backups, live revocation); a server
+/// without it still serves, with a warning.
+fn admin_channel(
+    engine: &Arc<crate::engine::Engine>,
+    data_dir: &std::path::Path,
+) -> Option<tokio::task::JoinHandle<()>> {
+    match crate::admin::bind(data_dir) {
+        Ok(listener) => Some(tokio::spawn(crate::admin::serve(
+            engine.clone(),
+            listener,
+            std::future::pending(),
+        ))),
+        Err(error) => {
+            tracing::warn!(%error, "no admin socket: `runledger backup` and live `client revoke` will not reach this server");
+            None
+        }
+    }
 }

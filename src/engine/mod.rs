@@ -23,6 +23,7 @@ use crate::model::{
     PendingTaskRun, PipelineDefinition, PipelineId, RegisterOutcome, ReportCounts, RunState, Stats,
     TaskRun, TimeRange,
 };
+use crate::store::backup::BackupReport;
 use crate::store::{EntityKey, Reader, Store, WriteOp, WriteOutcome};
 use crate::time::Period;
 use dispatch::Dispatcher;
@@ -306,6 +307,23 @@ impl Engine {
     /// them.
     pub fn close_streams(&self) {
         self.dispatcher.close();
+    }
+
+    /// Copies the database as of now into `destination` (see [`crate::store::backup`]). Blocks.
+    /// The master key file, when the data dir has one, is copied along (owner-only): the
+    /// organizations' output keys in the database are sealed with it.
+    pub fn backup(&self, destination: &std::path::Path) -> Result<BackupReport> {
+        let report = crate::store::backup::backup(&self.store, destination)?;
+        let key = self.store.data_dir().join(crate::crypto::MASTER_KEY_FILE);
+        if let Ok(bytes) = std::fs::read(&key) {
+            let copy = destination.join(crate::crypto::MASTER_KEY_FILE);
+            if std::fs::read(&copy).is_ok_and(|existing| existing == bytes) {
+                return Ok(report);
+            }
+            crate::crypto::write_private(&copy, &bytes)
+                .map_err(|e| Error::Unavailable(format!("cannot write {}: {e}", copy.display())))?;
+        }
+        Ok(report)
     }
 
     /// Finishes queued writes and stops the writer. Blocks.

@@ -4,6 +4,7 @@
 //! [`Store::apply_now`] for bulk loads.
 
 mod apply;
+pub mod backup;
 mod cache;
 pub mod credentials;
 mod packed;
@@ -152,6 +153,11 @@ impl Store {
     /// A consistent snapshot to read from.
     pub fn reader(&self) -> Result<Reader<'_>> {
         Ok(Reader::new(self.db.begin_read()?, &self.cache))
+    }
+
+    /// The raw snapshot behind [`Store::reader`], for whole-database work such as backups.
+    fn snapshot(&self) -> Result<redb::ReadTransaction> {
+        Ok(self.db.begin_read()?)
     }
 
     /// Queues a write for the next group commit; await the result with [`outcome`].

@@ -6,12 +6,14 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use runledger::proto::{self, ingest_client::IngestClient, stats_client::StatsClient};
+use runledger::proto::{self, ingest_client::IngestClient};
 use tokio::sync::Notify;
 
-use crate::helpers::{Bearer, ChildServer, finished, grpc_channel, grpc_token, run_cli, ts};
+use crate::helpers::{
+    Bearer, ChildServer, finished, grpc_channel, grpc_token, logged_task_runs, run_cli,
+};
 
-const PIPELINE: &str = "c0000000-0000-4000-8000-000000000000";
+pub const PIPELINE: &str = "c0000000-0000-4000-8000-000000000000";
 const TASKS: [&str; 3] = [
     "c0000000-0000-4000-8000-00000000000a",
     "c0000000-0000-4000-8000-00000000000b",
@@ -25,7 +27,7 @@ fn uuid(n: u64) -> String {
 }
 
 /// One batch of results: pipeline runs of three task runs each.
-fn batch(first: u64) -> Vec<proto::TaskRunResult> {
+pub fn batch(first: u64) -> Vec<proto::TaskRunResult> {
     (0..BATCH as u64)
         .map(|i| {
             let n = first + i;
@@ -149,28 +151,7 @@ fn acknowledged_reports_survive_sigkill() {
 
     // Restart and look at everything.
     let server = ChildServer::start(dir.path());
-    let present: HashSet<String> = runtime.block_on(async {
-        let mut stats = StatsClient::with_interceptor(
-            grpc_channel(server.grpc_addr).await,
-            Bearer::new(&token),
-        );
-        let mut stream = stats
-            .stream_logs(proto::StreamLogsRequest {
-                pipeline_uuid: PIPELINE.into(),
-                from: Some(ts("2000-01-01 00:00:00")),
-                to: Some(ts("2100-01-01 00:00:00")),
-                limit: 0,
-                cursor: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let mut present = HashSet::new();
-        while let Some(entry) = stream.message().await.unwrap() {
-            present.insert(entry.task_run_uuid);
-        }
-        present
-    });
+    let present = runtime.block_on(logged_task_runs(server.grpc_addr, &token, PIPELINE));
     server.kill();
 
     let acked = acked.lock().unwrap();

@@ -240,6 +240,34 @@ pub async fn grpc_token(addr: SocketAddr, credentials: &serde_json::Value) -> St
     .access_token
 }
 
+/// The task-run UUIDs a server's logs hold for `pipeline`, over all time.
+pub async fn logged_task_runs(
+    addr: SocketAddr,
+    token: &str,
+    pipeline: &str,
+) -> std::collections::HashSet<String> {
+    let mut stats = proto::stats_client::StatsClient::with_interceptor(
+        grpc_channel(addr).await,
+        Bearer::new(token),
+    );
+    let mut stream = stats
+        .stream_logs(proto::StreamLogsRequest {
+            pipeline_uuid: pipeline.into(),
+            from: Some(ts("2000-01-01 00:00:00")),
+            to: Some(ts("2100-01-01 00:00:00")),
+            limit: 0,
+            cursor: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut present = std::collections::HashSet::new();
+    while let Some(entry) = stream.message().await.unwrap() {
+        present.insert(entry.task_run_uuid);
+    }
+    present
+}
+
 /// Runs `runledger ARGS...` to completion; returns (success, stdout and stderr).
 pub fn run_cli(args: &[&str]) -> (bool, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_runledger"))

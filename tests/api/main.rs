@@ -4,4 +4,5 @@
 mod crash;
 mod grpc;
 mod helpers;
+mod operations;
 mod rest;

@@ -1,0 +1,185 @@
+//! The operator's channel to a running server: a Unix socket in the data dir (`admin.sock`,
+//! owner-only) taking one command per connection — `backup DIR` or `revoke CLIENT_ID` — and
+//! answering one line, `ok ...` or `error ...`. Commands that need the database (whose file a
+//! running server holds) go through it; whoever can open the socket can already read the data dir.
+
+use std::future::Future;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::engine::Engine;
+
+/// The socket's name inside the data dir.
+pub const SOCKET_FILE: &str = "admin.sock";
+/// The longest command line accepted.
+const MAX_LINE: u64 = 4_096;
+
+/// A command for the running server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Copy the database into this directory.
+    Backup(PathBuf),
+    /// Revoke this client and its tokens.
+    Revoke(String),
+}
+
+impl Command {
+    fn to_line(&self) -> String {
+        match self {
+            Command::Backup(dir) => format!("backup {}\n", dir.display()),
+            Command::Revoke(client_id) => format!("revoke {client_id}\n"),
+        }
+    }
+
+    fn parse(line: &str) -> Result<Command, String> {
+        let line = line.trim_end_matches(['\r', '\n']);
+        match line.split_once(' ') {
+            Some(("backup", dir)) if !dir.is_empty() => Ok(Command::Backup(PathBuf::from(dir))),
+            Some(("revoke", id)) if !id.is_empty() => Ok(Command::Revoke(id.to_string())),
+            _ => Err(format!(
+                "unknown command `{line}`: the commands are `backup DIR` and `revoke CLIENT_ID`"
+            )),
+        }
+    }
+}
+
+/// The socket path for a data dir.
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(SOCKET_FILE)
+}
+
+/// Binds the data dir's socket, replacing a stale one (only the process holding the database
+/// gets here, so no other server is using it), readable and writable by the owner only.
+pub fn bind(data_dir: &Path) -> std::io::Result<UnixListener> {
+    let path = socket_path(data_dir);
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let listener = UnixListener::bind(&path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(listener)
+}
+
+/// Answers commands on `listener` until `stop` resolves, then removes the socket file.
+pub async fn serve(engine: Arc<Engine>, listener: UnixListener, stop: impl Future<Output = ()>) {
+    let path = listener
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(Path::to_path_buf));
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    tokio::spawn(answer(engine.clone(), stream));
+                }
+                Err(error) => tracing::warn!(%error, "admin socket accept failed"),
+            },
+            () = &mut stop => break,
+        }
+    }
+    if let Some(path) = path {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+async fn answer(engine: Arc<Engine>, stream: UnixStream) {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = tokio::io::BufReader::new(read.take(MAX_LINE));
+    let read = reader.read_line(&mut line);
+    let reply = match tokio::time::timeout(Duration::from_secs(10), read).await {
+        Ok(Ok(_)) => match Command::parse(&line) {
+            Ok(command) => run(engine, command).await,
+            Err(reason) => Err(reason),
+        },
+        Ok(Err(error)) => Err(format!("cannot read the command: {error}")),
+        Err(_) => Err("no command within 10 s".into()),
+    };
+    let reply = match reply {
+        Ok(text) => format!("ok {text}\n"),
+        Err(text) => format!("error {}\n", text.replace('\n', " ")),
+    };
+    let _ = write.write_all(reply.as_bytes()).await;
+}
+
+async fn run(engine: Arc<Engine>, command: Command) -> Result<String, String> {
+    tracing::info!(?command, "admin command");
+    match command {
+        Command::Backup(dir) => {
+            let report = tokio::task::spawn_blocking(move || engine.backup(&dir))
+                .await
+                .map_err(|e| format!("the backup stopped: {e}"))?
+                .map_err(|e| e.to_string())?;
+            Ok(format!(
+                "backed up {} entries ({} bytes) to {}",
+                report.entries,
+                report.bytes,
+                report.path.display()
+            ))
+        }
+        Command::Revoke(client_id) => {
+            let engine = engine.clone();
+            let id = client_id.clone();
+            tokio::task::spawn_blocking(move || engine.revoke_client(&id))
+                .await
+                .map_err(|e| format!("the revocation stopped: {e}"))?
+                .map_err(|e| format!("cannot revoke {client_id}: {e}"))?;
+            Ok(format!("revoked {client_id}"))
+        }
+    }
+}
+
+/// Sends `command` to the server running on `data_dir` and returns its answer (blocking).
+pub fn request(data_dir: &Path, command: &Command) -> Result<String, String> {
+    let path = socket_path(data_dir);
+    let unreachable = |e: std::io::Error| {
+        format!(
+            "the data dir is in use, but its server's admin socket {} does not answer ({e})",
+            path.display()
+        )
+    };
+    let mut stream = std::os::unix::net::UnixStream::connect(&path).map_err(unreachable)?;
+    stream
+        .write_all(command.to_line().as_bytes())
+        .map_err(unreachable)?;
+    let mut reply = String::new();
+    BufReader::new(stream)
+        .read_line(&mut reply)
+        .map_err(unreachable)?;
+    let reply = reply.trim_end();
+    match reply.split_once(' ') {
+        Some(("ok", text)) => Ok(text.to_string()),
+        Some(("error", text)) => Err(text.to_string()),
+        _ => Err(format!("the server answered `{reply}`")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_read_back_as_written() {
+        for command in [
+            Command::Backup(PathBuf::from("/var/backups/runledger 2026")),
+            Command::Revoke("rlc_abc".into()),
+        ] {
+            assert_eq!(Command::parse(&command.to_line()), Ok(command));
+        }
+        for bad in ["", "backup", "backup ", "drop everything", "revoke"] {
+            let reason = Command::parse(bad).unwrap_err();
+            assert!(reason.contains("unknown command"), "{reason}");
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! Consistent copies of a live database: every table is copied from one read snapshot into a new
+//! file beside the destination, made durable, then renamed into place, so a backup is either
+//! whole or absent. Writers keep running meanwhile; the copy holds what was committed when the
+//! snapshot was taken.
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, Durability, Key, ReadTransaction, ReadableTable, TableDefinition, Value};
+
+use super::{DATABASE_FILE, Store, tables};
+use crate::error::{Error, Result};
+
+/// Entries copied per transaction of the new file (they are made durable together at the end).
+const CHUNK: usize = 100_000;
+
+/// What a backup wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupReport {
+    /// The new database file.
+    pub path: PathBuf,
+    /// Table entries copied.
+    pub entries: u64,
+    /// The new file's size.
+    pub bytes: u64,
+}
+
+/// Copies the database as of now into `destination/runledger.redb`. The destination directory
+/// is created if needed and must not hold a database already.
+pub fn backup(store: &Store, destination: &Path) -> Result<BackupReport> {
+    let io = |what: &str, path: &Path, e: std::io::Error| {
+        Error::Unavailable(format!("cannot {what} {}: {e}", path.display()))
+    };
+    std::fs::create_dir_all(destination).map_err(|e| io("create", destination, e))?;
+    let target = destination.join(DATABASE_FILE);
+    if target.exists() {
+        return Err(Error::InvalidArgument(format!(
+            "{} already holds a database; back up into an empty directory",
+            destination.display()
+        )));
+    }
+    if same_file(store.path(), &target) {
+        return Err(Error::InvalidArgument(
+            "the backup directory is the data dir itself".into(),
+        ));
+    }
+    let partial = destination.join(format!("{DATABASE_FILE}.partial"));
+    let _ = std::fs::remove_file(&partial);
+
+    let snapshot = store.snapshot()?;
+    let entries = {
+        let copy = Database::create(&partial)
+            .map_err(|e| Error::Unavailable(format!("cannot create {}: {e}", partial.display())))?;
+        let entries = copy_tables(&snapshot, &copy).inspect_err(|_| {
+            let _ = std::fs::remove_file(&partial);
+        })?;
+        // An empty durable commit makes the chunks above, written without fsync, durable.
+        let txn = copy.begin_write()?;
+        txn.commit()?;
+        entries
+    };
+    std::fs::rename(&partial, &target).map_err(|e| io("rename", &partial, e))?;
+    if let Ok(dir) = std::fs::File::open(destination) {
+        let _ = dir.sync_all();
+    }
+    let bytes = std::fs::metadata(&target).map_or(0, |m| m.len());
+    Ok(BackupReport {
+        path: target,
+        entries,
+        bytes,
+    })
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (
+        a.canonicalize(),
+        b.parent().and_then(|p| p.canonicalize().ok()),
+    ) {
+        (Ok(a), Some(b_dir)) => a.parent() == Some(b_dir.as_path()),
+        _ => false,
+    }
+}
+
+fn copy_tables(snapshot: &ReadTransaction, copy: &Database) -> Result<u64> {
+    Ok(copy_table(snapshot, copy, tables::META)?
+        + copy_table(snapshot, copy, tables::ENTITY_KEYS)?
+        + copy_table(snapshot, copy, tables::ENTITIES)?
+        + copy_table(snapshot, copy, tables::PIPELINE_TASKS)?
+        + copy_table(snapshot, copy, tables::TASK_RUNS)?
+        + copy_table(snapshot, copy, tables::RUN_LOG)?
+        + copy_table(snapshot, copy, tables::PIPELINE_RUNS)?
+        + copy_table(snapshot, copy, tables::ROLLUPS)?
+        + copy_table(snapshot, copy, tables::LAST_RUNS)?
+        + copy_table(snapshot, copy, tables::ORGANIZATIONS)?
+        + copy_table(snapshot, copy, tables::CLIENTS)?
+        + copy_table(snapshot, copy, tables::TOKENS)?
+        + copy_table(snapshot, copy, tables::TOKEN_EXPIRY)?
+        + copy_table(snapshot, copy, tables::PENDING)?)
+}
+
+/// Copies one table in key order, `CHUNK` entries per transaction of the copy.
+fn copy_table<K: Key + 'static, V: Value + 'static>(
+    snapshot: &ReadTransaction,
+    copy: &Database,
+    table: TableDefinition<K, V>,
+) -> Result<u64> {
+    let source = snapshot.open_table(table)?;
+    let mut entries = source.iter()?;
+    let mut copied = 0u64;
+    loop {
+        let mut txn = copy.begin_write()?;
+        txn.set_durability(Durability::None)
+            .map_err(|e| Error::Internal(format!("backup: {e}")))?;
+        let mut done = true;
+        {
+            let mut target = txn.open_table(table)?;
+            for entry in entries.by_ref().take(CHUNK) {
+                let (key, value) = entry?;
+                target.insert(key.value(), value.value())?;
+                copied += 1;
+                done = false;
+            }
+        }
+        txn.commit()?;
+        if done {
+            return Ok(copied);
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! Operating a running server: `runledger backup` copies it consistently while reports stream in,
+//! the copy restores (serves the same runs, decrypts outputs), and `client revoke` takes effect
+//! on the running server at once.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use runledger::proto::{self, ingest_client::IngestClient};
+use tokio::sync::watch;
+
+use crate::crash::{PIPELINE, batch};
+use crate::helpers::{
+    Bearer, ChildServer, grpc_channel, grpc_token, logged_task_runs, run_cli, ts,
+};
+
+#[test]
+fn a_backup_of_a_busy_server_is_consistent_and_restores() {
+    let dir = tempfile::tempdir().unwrap();
+    let backups = tempfile::tempdir().unwrap();
+    let destination = backups.path().join("nightly");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = ChildServer::start(dir.path());
+    let credentials = server.first_client.clone().unwrap();
+    let token = runtime.block_on(grpc_token(server.grpc_addr, &credentials));
+
+    // Two writers report batches of 30 task runs until told to stop, counting acknowledgements.
+    let (acked_tx, mut acked_rx) = watch::channel(0u64);
+    let acked_tx = Arc::new(acked_tx);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..2u64)
+        .map(|writer| {
+            let (acked, stop, token, addr) = (
+                acked_tx.clone(),
+                stop.clone(),
+                token.clone(),
+                server.grpc_addr,
+            );
+            runtime.spawn(async move {
+                let mut client =
+                    IngestClient::with_interceptor(grpc_channel(addr).await, Bearer::new(&token));
+                let mut round = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let results = batch((round * 2 + writer) * 30);
+                    client
+                        .report_task_run_batch(proto::ReportTaskRunsRequest { results })
+                        .await
+                        .expect("reports keep working during a backup");
+                    acked.send_modify(|n| *n += 1);
+                    round += 1;
+                }
+            })
+        })
+        .collect();
+
+    runtime.block_on(acked_rx.wait_for(|n| *n >= 10)).unwrap();
+    let acked_before = *acked_rx.borrow();
+    let data_dir = dir.path().to_str().unwrap();
+    let (ok, output) = run_cli(&[
+        "backup",
+        "--data-dir",
+        data_dir,
+        destination.to_str().unwrap(),
+    ]);
+    assert!(ok && output.contains("backed up"), "{output}");
+    let acked_after = *acked_rx.borrow();
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        runtime.block_on(writer).unwrap();
+    }
+
+    // Never over an existing backup.
+    let (ok, output) = run_cli(&[
+        "backup",
+        "--data-dir",
+        data_dir,
+        destination.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && output.contains("already holds a database"),
+        "{output}"
+    );
+
+    // Revoking on the running server stops the token at once.
+    let client_id = credentials["client_id"].as_str().unwrap();
+    let (ok, output) = run_cli(&["client", "revoke", "--data-dir", data_dir, client_id]);
+    assert!(ok && output.contains("revoked"), "{output}");
+    let refused = runtime.block_on(async {
+        let mut stats = proto::stats_client::StatsClient::with_interceptor(
+            grpc_channel(server.grpc_addr).await,
+            Bearer::new(&token),
+        );
+        stats
+            .get_last_run_stats(proto::GetLastRunStatsRequest {
+                entity: crate::helpers::entity(proto::EntityKind::Pipeline, PIPELINE),
+            })
+            .await
+            .unwrap_err()
+    });
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    server.kill();
+
+    // The copy agrees with itself and holds whole batches: every one acknowledged before the
+    // backup began, none that was not yet sent when it ended.
+    let (ok, output) = run_cli(&["verify", "--data-dir", destination.to_str().unwrap()]);
+    assert!(ok && output.contains("rollups agree"), "{output}");
+    assert!(destination.join("master.key").exists());
+    let restored = ChildServer::start(&destination);
+    let token = runtime.block_on(grpc_token(restored.grpc_addr, &credentials));
+    let present = runtime.block_on(logged_task_runs(restored.grpc_addr, &token, PIPELINE));
+    let sealed = runtime.block_on(first_output(restored.grpc_addr, &token));
+    restored.kill();
+    assert_eq!(present.len() % 30, 0, "a batch is half in the backup");
+    let batches = present.len() as u64 / 30;
+    assert!(
+        (acked_before..=acked_after + 2).contains(&batches),
+        "{batches} batches in the backup; {acked_before} acknowledged before it, {acked_after} after"
+    );
+    // Outputs are sealed with the organization's key, which the copied master key opens.
+    let org = credentials["organization_uuid"].as_str().unwrap();
+    let destination = destination.to_str().unwrap();
+    let (ok, key) = run_cli(&["key", "--data-dir", destination, "--org", org]);
+    assert!(ok, "{key}");
+    let (ok, output) = run_cli(&["decrypt", "--key", key.trim(), &sealed]);
+    assert!(ok && output.trim() == "rows=3", "{output}");
+}
+
+/// The first logged output of [`PIPELINE`], base64, as the logs return it (sealed).
+async fn first_output(addr: std::net::SocketAddr, token: &str) -> String {
+    use base64::Engine as _;
+    let mut stats = proto::stats_client::StatsClient::with_interceptor(
+        grpc_channel(addr).await,
+        Bearer::new(token),
+    );
+    let mut stream = stats
+        .stream_logs(proto::StreamLogsRequest {
+            pipeline_uuid: PIPELINE.into(),
+            from: Some(ts("2000-01-01 00:00:00")),
+            to: Some(ts("2100-01-01 00:00:00")),
+            limit: 1,
+            cursor: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let entry = stream.message().await.unwrap().expect("a logged run");
+    base64::engine::general_purpose::STANDARD.encode(entry.output)
+}
