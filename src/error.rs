@@ -324,23 +324,33 @@ impl IntoResponse for Error {
     }
 }
 
-/// Storage failures: a full disk or read-only file refuses writes with a clear message; anything
-/// else is internal.
+/// Storage failures: a full disk, a file that may not grow, a read-only file, or a database
+/// reopening after one of those refuses the request with a clear message (nothing was applied);
+/// anything else is internal.
 fn from_storage(error: redb::Error) -> Error {
     use std::io::ErrorKind;
-    let io_kind = match &error {
-        redb::Error::Io(io) => Some(io.kind()),
-        _ => None,
-    };
-    match io_kind {
-        Some(ErrorKind::StorageFull) => Error::Unavailable(
-            "the data volume is full; writes are refused until space is freed".to_string(),
-        ),
-        Some(ErrorKind::ReadOnlyFilesystem | ErrorKind::PermissionDenied) => {
-            Error::Unavailable("the database file is read-only; writes are refused".to_string())
+    let io = match &error {
+        redb::Error::Io(io) => io,
+        redb::Error::PreviousIo => {
+            return Error::Unavailable(
+                "the database is recovering from a failed write; nothing was applied, retry in a moment"
+                    .to_string(),
+            );
         }
-        _ => Error::Internal(format!("storage: {error}")),
-    }
+        _ => return Error::Internal(format!("storage: {error}")),
+    };
+    let why = match io.kind() {
+        ErrorKind::StorageFull => "the data volume is full",
+        ErrorKind::FileTooLarge => "the database file may not grow (file size limit)",
+        ErrorKind::QuotaExceeded => "the disk quota is exhausted",
+        ErrorKind::ReadOnlyFilesystem | ErrorKind::PermissionDenied => {
+            "the database file is read-only"
+        }
+        _ => return Error::Internal(format!("storage: {error}")),
+    };
+    Error::Unavailable(format!(
+        "{why} ({io}); the write was not applied and writes are refused until an operator frees space; reads keep working"
+    ))
 }
 
 macro_rules! from_redb {

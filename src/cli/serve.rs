@@ -16,11 +16,23 @@ pub struct ServeArgs {
     /// Where the REST gateway listens.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
+    /// Serve reads only (a restored backup, a read-only volume); writes get UNAVAILABLE / 503.
+    #[arg(long)]
+    pub read_only: bool,
 }
 
 pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
-    let engine = args.data_dir.engine()?;
-    super::client::first_client(&engine, None)?;
+    let options = crate::store::StoreOptions {
+        read_only: args.read_only,
+        ..crate::store::StoreOptions::default()
+    };
+    let store =
+        crate::store::Store::open(&args.data_dir.data_dir, options).map_err(|e| e.to_string())?;
+    let engine = crate::engine::Engine::new(store).map_err(|e| format!("cannot start: {e}"))?;
+    match engine.store().read_only_reason() {
+        None => super::client::first_client(&engine, None)?,
+        Some(why) => tracing::warn!(why, "serving read-only: writes are refused"),
+    }
     let engine = Arc::new(engine);
     let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("cannot start: {e}"))?;
     runtime.block_on(async {

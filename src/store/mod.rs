@@ -7,6 +7,7 @@ mod apply;
 pub mod backup;
 mod cache;
 pub mod credentials;
+mod handle;
 mod packed;
 mod read;
 mod records;
@@ -21,6 +22,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable};
+
+use handle::Handle;
 
 pub use apply::{WriteOp, WriteOutcome};
 pub use read::Reader;
@@ -68,6 +71,9 @@ pub struct StoreOptions {
     pub write_queue: usize,
     /// How long a submitter waits for room before its write is refused as overloaded.
     pub queue_wait: std::time::Duration,
+    /// Open the file read-only: reads work, writes are refused (a backup being inspected, a
+    /// read-only volume). A file the process may not write is opened read-only regardless.
+    pub read_only: bool,
 }
 
 impl Default for StoreOptions {
@@ -76,15 +82,17 @@ impl Default for StoreOptions {
             cache_bytes: 64 << 20,
             write_queue: 1_024,
             queue_wait: std::time::Duration::from_secs(2),
+            read_only: false,
         }
     }
 }
 
 /// The open database: snapshots for reads, the writer for writes.
 pub struct Store {
-    db: Arc<Database>,
+    db: Arc<Handle>,
     cache: Arc<EntityCache>,
-    writer: Writer,
+    /// `None` when the database is open read-only.
+    writer: Option<Writer>,
     path: PathBuf,
 }
 
@@ -99,6 +107,9 @@ impl Store {
         std::fs::create_dir_all(data_dir).map_err(|e| failed(e.to_string()))?;
         check_magic(&path)?;
         check_existing(&path)?;
+        if options.read_only {
+            return Store::open_read_only(&path, options, "--read-only".into());
+        }
         let opened = std::panic::catch_unwind(AssertUnwindSafe(|| {
             redb::Builder::new()
                 .set_cache_size(options.cache_bytes)
@@ -115,6 +126,21 @@ impl Store {
                     reason: format!("corrupted: {reason}"),
                 });
             }
+            Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Io(io))))
+                if path.exists()
+                    && matches!(
+                        io.kind(),
+                        std::io::ErrorKind::PermissionDenied
+                            | std::io::ErrorKind::ReadOnlyFilesystem
+                    ) =>
+            {
+                tracing::warn!(path = %path.display(), error = %io, "the database file is not writable; serving it read-only");
+                return Store::open_read_only(
+                    &path,
+                    options,
+                    format!("the file is not writable: {io}"),
+                );
+            }
             Ok(Err(error)) => return Err(failed(error.to_string())),
             Err(_) => {
                 return Err(OpenError::Foreign {
@@ -124,7 +150,7 @@ impl Store {
             }
         };
         initialize(&db, &path)?;
-        let db = Arc::new(db);
+        let db = Arc::new(Handle::writable(db, &path, options.cache_bytes));
         let cache = Arc::new(EntityCache::default());
         let writer = Writer::spawn(
             db.clone(),
@@ -135,9 +161,42 @@ impl Store {
         Ok(Store {
             db,
             cache,
-            writer,
+            writer: Some(writer),
             path,
         })
+    }
+
+    /// Opens an existing database for reading only; `why` is told to writers.
+    fn open_read_only(path: &Path, options: StoreOptions, why: String) -> Result<Store, OpenError> {
+        let failed = |reason: String| OpenError::Failed {
+            path: path.to_path_buf(),
+            reason,
+        };
+        if !path.exists() {
+            return Err(failed("there is no database to open read-only".into()));
+        }
+        let db = redb::Builder::new()
+            .set_cache_size(options.cache_bytes)
+            .open_read_only(path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => {
+                    OpenError::InUse(path.parent().unwrap_or(path).to_path_buf())
+                }
+                other => failed(format!(
+                    "{other} (a file that was not closed cleanly must be opened writable once to recover)"
+                )),
+            })?;
+        Ok(Store {
+            db: Arc::new(Handle::read_only(db, why, path, options.cache_bytes)),
+            cache: Arc::new(EntityCache::default()),
+            writer: None,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Why writes are refused, when the database is open read-only.
+    pub fn read_only_reason(&self) -> Option<String> {
+        self.db.read_only_reason()
     }
 
     /// The database file.
@@ -157,28 +216,36 @@ impl Store {
 
     /// The raw snapshot behind [`Store::reader`], for whole-database work such as backups.
     fn snapshot(&self) -> Result<redb::ReadTransaction> {
-        Ok(self.db.begin_read()?)
+        self.db.begin_read()
     }
 
     /// Queues a write for the next group commit; await the result with [`outcome`].
     pub async fn submit(&self, op: WriteOp) -> Result<PendingWrite> {
-        self.writer.submit(op).await
+        self.writer()?.submit(op).await
     }
 
     /// Applies a write in the next group commit and waits until it is durable.
     pub async fn write(&self, op: WriteOp) -> Result<WriteOutcome> {
-        self.writer.write(op).await
+        self.writer()?.write(op).await
+    }
+
+    fn writer(&self) -> Result<&Writer> {
+        self.writer
+            .as_ref()
+            .ok_or_else(|| handle::read_only_error(&self.db.read_only_reason().unwrap_or_default()))
     }
 
     /// Applies writes in one transaction on the calling thread, bypassing the writer queue (for
     /// bulk loads). Each operation's result is its own; `Err` means nothing was applied.
     pub fn apply_now(&self, ops: &[WriteOp]) -> Result<Vec<Result<WriteOutcome>>> {
-        apply_batch(&self.db, &self.cache, ops)
+        apply_batch(&*self.db.for_writing()?, &self.cache, ops)
     }
 
     /// Stops accepting writes, finishes the queued ones, and waits for the writer. Blocks.
     pub fn shutdown(&self) {
-        self.writer.shutdown();
+        if let Some(writer) = &self.writer {
+            writer.shutdown();
+        }
     }
 }
 

@@ -8,11 +8,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use redb::Database;
 use tokio::sync::{mpsc, oneshot};
 
 use super::apply::{WriteOp, WriteOutcome};
 use super::cache::EntityCache;
+use super::handle::Handle;
 use crate::error::{Error, Result};
 
 /// The most work (task runs, roughly) one group commit takes on.
@@ -35,7 +35,7 @@ pub type PendingWrite = oneshot::Receiver<Result<WriteOutcome>>;
 impl Writer {
     /// Starts the writer thread with room for `queue` waiting requests.
     pub fn spawn(
-        db: Arc<Database>,
+        db: Arc<Handle>,
         cache: Arc<EntityCache>,
         queue: usize,
         queue_wait: Duration,
@@ -116,7 +116,7 @@ fn stopped() -> Error {
     Error::Unavailable("the server is shutting down; the write was not applied".into())
 }
 
-fn run(db: &Database, cache: &EntityCache, mut receiver: mpsc::Receiver<(WriteOp, Reply)>) {
+fn run(db: &Handle, cache: &EntityCache, mut receiver: mpsc::Receiver<(WriteOp, Reply)>) {
     while let Some(first) = receiver.blocking_recv() {
         let mut weight = first.0.weight();
         let mut group = vec![first];
@@ -133,14 +133,22 @@ fn run(db: &Database, cache: &EntityCache, mut receiver: mpsc::Receiver<(WriteOp
     }
 }
 
-fn commit_group(db: &Database, cache: &EntityCache, group: Vec<(WriteOp, Reply)>) {
+fn commit_group(handle: &Handle, cache: &EntityCache, group: Vec<(WriteOp, Reply)>) {
     let (ops, replies): (Vec<WriteOp>, Vec<Reply>) = group.into_iter().unzip();
-    let result = std::panic::catch_unwind(AssertUnwindSafe(|| super::apply_batch(db, cache, &ops)))
-        .unwrap_or_else(|_| {
-            Err(Error::Internal(
-                "the writer panicked; the group was rolled back".into(),
-            ))
-        });
+    let result = handle.for_writing().and_then(|db| {
+        std::panic::catch_unwind(AssertUnwindSafe(|| super::apply_batch(&db, cache, &ops)))
+            .unwrap_or_else(|_| {
+                Err(Error::Internal(
+                    "the writer panicked; the group was rolled back".into(),
+                ))
+            })
+    });
+    // A failed write (a full disk) leaves redb refusing everything, reads included, until the
+    // file is reopened (which recovers the last durable commit; the failed group was not
+    // acknowledged). Reopen before answering, so a client told of the failure can read at once.
+    if result.is_err() && handle.is_failed() {
+        handle.reopen();
+    }
     match result {
         Ok(outcomes) => {
             for (reply, outcome) in replies.into_iter().zip(outcomes) {

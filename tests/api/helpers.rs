@@ -169,12 +169,30 @@ pub struct ChildServer {
 impl ChildServer {
     /// Starts `runledger serve` on `data_dir` and waits for the line saying where it listens.
     pub fn start(data_dir: &Path) -> ChildServer {
+        ChildServer::start_with(data_dir, &[], None)
+    }
+
+    /// Starts `runledger serve ARGS...`, with the data file unable to grow past `max_file_kib`
+    /// when given (a full disk, as the server sees it: writes fail with EFBIG).
+    pub fn start_with(data_dir: &Path, args: &[&str], max_file_kib: Option<u64>) -> ChildServer {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(data_dir.join("server.log"))
             .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_runledger"))
+        let mut command = match max_file_kib {
+            None => Command::new(env!("CARGO_BIN_EXE_runledger")),
+            Some(kib) => {
+                let mut bash = Command::new("bash");
+                bash.args([
+                    "-c",
+                    &format!("trap '' XFSZ; ulimit -f {kib}; exec \"$0\" \"$@\""),
+                    env!("CARGO_BIN_EXE_runledger"),
+                ]);
+                bash
+            }
+        };
+        let mut child = command
             .args([
                 "serve",
                 "--grpc-addr",
@@ -184,6 +202,7 @@ impl ChildServer {
                 "--data-dir",
             ])
             .arg(data_dir)
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
@@ -215,6 +234,19 @@ impl ChildServer {
             child,
             first_client,
         }
+    }
+
+    /// SIGTERM, and waits for the server to drain and exit; true when it exited cleanly.
+    pub fn stop(mut self) -> bool {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        self.child.wait().unwrap().success()
     }
 
     /// SIGKILL: no chance to finish anything.

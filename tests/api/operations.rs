@@ -108,11 +108,32 @@ fn a_backup_of_a_busy_server_is_consistent_and_restores() {
     let (ok, output) = run_cli(&["verify", "--data-dir", destination.to_str().unwrap()]);
     assert!(ok && output.contains("rollups agree"), "{output}");
     assert!(destination.join("master.key").exists());
+    // Served read-only, the copy answers reads with the tokens it holds and refuses writes.
+    let read_only = ChildServer::start_with(&destination, &["--read-only"], None);
+    let (held, refusal) = runtime.block_on(async {
+        let held = logged_task_runs(read_only.grpc_addr, &token, PIPELINE).await;
+        let mut ingest = IngestClient::with_interceptor(
+            grpc_channel(read_only.grpc_addr).await,
+            Bearer::new(&token),
+        );
+        let refusal = ingest
+            .report_task_run_batch(proto::ReportTaskRunsRequest {
+                results: batch(1 << 30),
+            })
+            .await
+            .unwrap_err();
+        (held, refusal)
+    });
+    assert!(read_only.stop());
+    assert_eq!(refusal.code(), tonic::Code::Unavailable, "{refusal:?}");
+    assert!(refusal.message().contains("read-only"), "{refusal:?}");
+
     let restored = ChildServer::start(&destination);
     let token = runtime.block_on(grpc_token(restored.grpc_addr, &credentials));
     let present = runtime.block_on(logged_task_runs(restored.grpc_addr, &token, PIPELINE));
     let sealed = runtime.block_on(first_output(restored.grpc_addr, &token));
     restored.kill();
+    assert_eq!(present, held);
     assert_eq!(present.len() % 30, 0, "a batch is half in the backup");
     let batches = present.len() as u64 / 30;
     assert!(
@@ -148,4 +169,82 @@ async fn first_output(addr: std::net::SocketAddr, token: &str) -> String {
         .into_inner();
     let entry = stream.message().await.unwrap().expect("a logged run");
     base64::engine::general_purpose::STANDARD.encode(entry.output)
+}
+
+#[test]
+fn a_full_disk_refuses_writes_clearly_and_reads_keep_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = ChildServer::start(dir.path());
+    let credentials = server.first_client.clone().unwrap();
+    let token = runtime.block_on(grpc_token(server.grpc_addr, &credentials));
+    assert!(server.stop());
+
+    // The file may grow by 64 KiB more: the disk is as good as full.
+    let size = std::fs::metadata(dir.path().join("runledger.redb"))
+        .unwrap()
+        .len();
+    let server = ChildServer::start_with(dir.path(), &[], Some(size / 1024 + 64));
+    let (acked, failures, read_after) = runtime.block_on(async {
+        let channel = grpc_channel(server.grpc_addr).await;
+        let mut ingest = IngestClient::with_interceptor(channel, Bearer::new(&token));
+        let mut acked = std::collections::HashSet::new();
+        let mut failures = Vec::new();
+        let mut round = 0u64;
+        while failures.len() < 2 {
+            assert!(round < 10_000, "the file limit was never reached");
+            let results = batch(round * 30);
+            let ids: Vec<String> = results.iter().map(|r| r.task_run_uuid.clone()).collect();
+            match ingest
+                .report_task_run_batch(proto::ReportTaskRunsRequest { results })
+                .await
+            {
+                Ok(_) => acked.extend(ids),
+                Err(status) => failures.push(status),
+            }
+            round += 1;
+        }
+        // Reads work right after the refusal and see every acknowledged run.
+        let read_after = logged_task_runs(server.grpc_addr, &token, PIPELINE).await;
+        (acked, failures, read_after)
+    });
+    for status in &failures {
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert!(
+            status.message().contains("may not grow") && status.message().contains("not applied"),
+            "{status:?}"
+        );
+    }
+    assert!(!acked.is_empty());
+    assert_eq!(read_after, acked);
+    assert!(
+        server.stop(),
+        "the server shuts down cleanly after write failures"
+    );
+
+    // With room again, nothing acknowledged is lost, nothing refused appears, and writes work.
+    let (ok, output) = run_cli(&["verify", "--data-dir", dir.path().to_str().unwrap()]);
+    assert!(ok && output.contains("rollups agree"), "{output}");
+    let server = ChildServer::start(dir.path());
+    runtime.block_on(async {
+        assert_eq!(
+            logged_task_runs(server.grpc_addr, &token, PIPELINE).await,
+            acked
+        );
+        let mut ingest = IngestClient::with_interceptor(
+            grpc_channel(server.grpc_addr).await,
+            Bearer::new(&token),
+        );
+        ingest
+            .report_task_run_batch(proto::ReportTaskRunsRequest {
+                results: batch(1 << 30),
+            })
+            .await
+            .unwrap();
+    });
+    server.kill();
 }
