@@ -5,12 +5,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::transport::server::TcpIncoming;
 
 use crate::api::{grpc, rest};
+use crate::connections::Limited;
 use crate::engine::Engine;
 
 /// How long in-flight requests may take to finish once shutdown begins.
@@ -18,6 +17,8 @@ const GRACE: Duration = Duration::from_secs(10);
 /// Concurrent gRPC calls one HTTP/2 connection may have open; a client past it waits for a
 /// call to end (HTTP/2 flow control), so one client cannot pile up unbounded work.
 const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+/// Connections each front holds open by default; see [`crate::connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1_024;
 /// How often expired tokens are deleted.
 const PURGE_EVERY: Duration = Duration::from_secs(3_600);
 
@@ -28,6 +29,24 @@ pub async fn run(
     engine: Arc<Engine>,
     grpc_listener: TcpListener,
     http_listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    run_with_limit(
+        engine,
+        grpc_listener,
+        http_listener,
+        DEFAULT_MAX_CONNECTIONS,
+        shutdown,
+    )
+    .await
+}
+
+/// [`run`], with each front holding at most `max_connections` connections open.
+pub async fn run_with_limit(
+    engine: Arc<Engine>,
+    grpc_listener: TcpListener,
+    http_listener: TcpListener,
+    max_connections: usize,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stop, stopped) = watch::channel(false);
@@ -44,15 +63,13 @@ pub async fn run(
     tokio::spawn(purge_tokens(engine.clone(), signal(stopped.clone())));
 
     let routes = grpc::routes(engine.clone()).await;
-    let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+    let incoming = Limited::new(grpc_listener, max_connections);
     let grpc_server = tonic::transport::Server::builder()
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, signal(stopped.clone()));
 
-    let http_listener = http_listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
+    let http_listener = Limited::new(http_listener, max_connections);
     let http_server = axum::serve(http_listener, rest::router(engine.clone()))
         .with_graceful_shutdown(signal(stopped.clone()));
 

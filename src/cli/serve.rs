@@ -16,6 +16,19 @@ pub struct ServeArgs {
     /// Where the REST gateway listens.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
+    /// Connections each front (gRPC, REST) holds open; past it new connections are closed.
+    #[arg(long, default_value_t = crate::server::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Report batches (and other writes) that may wait for the disk; past it, and past
+    /// --write-queue-mib, writers wait up to 2 s and then get RESOURCE_EXHAUSTED / 429.
+    #[arg(long, default_value_t = crate::store::StoreOptions::default().write_queue)]
+    pub write_queue: usize,
+    /// How long a write waits for room in a full queue before it is refused.
+    #[arg(long, default_value_t = crate::store::StoreOptions::default().queue_wait.as_millis() as u64)]
+    pub queue_wait_ms: u64,
+    /// MiB the waiting writes may hold between them.
+    #[arg(long, default_value_t = crate::store::StoreOptions::default().write_queue_bytes >> 20)]
+    pub write_queue_mib: usize,
     /// Serve reads only (a restored backup, a read-only volume); writes get UNAVAILABLE / 503.
     #[arg(long)]
     pub read_only: bool,
@@ -24,6 +37,9 @@ pub struct ServeArgs {
 pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
     let options = crate::store::StoreOptions {
         read_only: args.read_only,
+        write_queue: args.write_queue.max(1),
+        write_queue_bytes: args.write_queue_mib.max(1) << 20,
+        queue_wait: std::time::Duration::from_millis(args.queue_wait_ms),
         ..crate::store::StoreOptions::default()
     };
     let store =
@@ -50,7 +66,14 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
         use std::io::Write as _;
         let _ = std::io::stdout().flush();
         let admin = admin_channel(&engine, &args.data_dir.data_dir);
-        let served = crate::server::run(engine, grpc, http, crate::server::termination()).await;
+        let served = crate::server::run_with_limit(
+            engine,
+            grpc,
+            http,
+            args.max_connections,
+            crate::server::termination(),
+        )
+        .await;
         if let Some(admin) = admin {
             admin.abort();
             let _ = std::fs::remove_file(crate::admin::socket_path(&args.data_dir.data_dir));

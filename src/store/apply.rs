@@ -56,6 +56,26 @@ pub enum WriteOp {
 }
 
 impl WriteOp {
+    /// Roughly the memory the operation holds while it waits for the writer, in bytes.
+    pub fn bytes(&self) -> usize {
+        const FIXED: usize = 256;
+        match self {
+            WriteOp::Report(runs) => runs
+                .iter()
+                .map(|run| {
+                    FIXED
+                        + run.output.len()
+                        + run
+                            .errors
+                            .iter()
+                            .map(|e| 72 + e.code.len() + e.severity.len() + e.message.len())
+                            .sum::<usize>()
+                })
+                .sum(),
+            _ => FIXED * self.weight(),
+        }
+    }
+
     /// How much work the operation is, for sizing group commits.
     pub fn weight(&self) -> usize {
         match self {

@@ -69,6 +69,8 @@ pub struct StoreOptions {
     pub cache_bytes: usize,
     /// Writes that may wait for the writer before submitters wait for room.
     pub write_queue: usize,
+    /// Bytes those writes may hold between them (task runs with their outputs, estimated).
+    pub write_queue_bytes: usize,
     /// How long a submitter waits for room before its write is refused as overloaded.
     pub queue_wait: std::time::Duration,
     /// Open the file read-only: reads work, writes are refused (a backup being inspected, a
@@ -81,6 +83,7 @@ impl Default for StoreOptions {
         StoreOptions {
             cache_bytes: 64 << 20,
             write_queue: 1_024,
+            write_queue_bytes: 256 << 20,
             queue_wait: std::time::Duration::from_secs(2),
             read_only: false,
         }
@@ -156,6 +159,7 @@ impl Store {
             db.clone(),
             cache.clone(),
             options.write_queue,
+            options.write_queue_bytes,
             options.queue_wait,
         );
         Ok(Store {

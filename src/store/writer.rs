@@ -1,5 +1,5 @@
-//! The single writer: one thread owns every write transaction. Requests queue on a bounded
-//! channel; the thread takes everything queued (up to a weight limit) into one transaction,
+//! The single writer: one thread owns every write transaction. Requests queue on a channel
+//! bounded both in requests and in the bytes they hold; the thread takes everything queued (up to a weight limit) into one transaction,
 //! commits it durably (one fsync for the whole group), then answers each request. Many small
 //! concurrent reports therefore cost few fsyncs, and nothing is acknowledged before it is durable.
 
@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, oneshot};
 
 use super::apply::{WriteOp, WriteOutcome};
 use super::cache::EntityCache;
@@ -18,28 +18,46 @@ use crate::error::{Error, Result};
 /// The most work (task runs, roughly) one group commit takes on.
 const MAX_GROUP_WEIGHT: usize = 50_000;
 
+/// Submitters that may wait for room at once; past them a write is refused at once, so that
+/// waiting writes (each holding its decoded batch) cannot pile up either.
+const MAX_WAITING: usize = 64;
+
 type Reply = oneshot::Sender<Result<WriteOutcome>>;
+
+/// A queued write, holding its share of the queue's byte budget until it is applied.
+struct Queued {
+    op: WriteOp,
+    reply: Reply,
+    _room: OwnedSemaphorePermit,
+}
 
 /// A handle to the writer thread.
 pub struct Writer {
     /// `None` once closed: the thread drains the queue and stops when the last sender is gone.
-    sender: RwLock<Option<mpsc::Sender<(WriteOp, Reply)>>>,
+    sender: RwLock<Option<mpsc::Sender<Queued>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     /// How long a submitter waits for room in a full queue before it is told to retry.
     queue_wait: Duration,
+    /// The bytes queued writes may hold ([`WriteOp::bytes`]), as permits.
+    room: Arc<Semaphore>,
+    room_bytes: usize,
+    waiting: Semaphore,
 }
 
 /// A write that was queued; await it with [`outcome`] once durable.
 pub type PendingWrite = oneshot::Receiver<Result<WriteOutcome>>;
 
 impl Writer {
-    /// Starts the writer thread with room for `queue` waiting requests.
+    /// Starts the writer thread with room for `queue` waiting requests holding at most
+    /// `queue_bytes` between them.
     pub fn spawn(
         db: Arc<Handle>,
         cache: Arc<EntityCache>,
         queue: usize,
+        queue_bytes: usize,
         queue_wait: Duration,
     ) -> Writer {
+        let queue_bytes = queue_bytes.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
         let (sender, receiver) = mpsc::channel(queue);
         let thread = std::thread::Builder::new()
             .name("runledger-writer".into())
@@ -49,10 +67,13 @@ impl Writer {
             sender: RwLock::new(Some(sender)),
             thread: Mutex::new(Some(thread)),
             queue_wait,
+            room: Arc::new(Semaphore::new(queue_bytes)),
+            room_bytes: queue_bytes,
+            waiting: Semaphore::new(MAX_WAITING),
         }
     }
 
-    fn sender(&self) -> Result<mpsc::Sender<(WriteOp, Reply)>> {
+    fn sender(&self) -> Result<mpsc::Sender<Queued>> {
         self.sender
             .read()
             .expect("never poisoned")
@@ -60,28 +81,56 @@ impl Writer {
             .ok_or_else(stopped)
     }
 
-    /// Queues a write, waiting a little for room in a full queue; past that the write is
-    /// refused as overloaded (nothing applied), so that memory stays bounded and the caller
-    /// learns to back off.
+    /// Queues a write, waiting a little for room in a full queue; past that (or when too many
+    /// already wait) the write is refused as overloaded with nothing applied, so that memory
+    /// stays bounded and the caller learns to back off.
     pub async fn submit(&self, op: WriteOp) -> Result<PendingWrite> {
         let (reply, pending) = oneshot::channel();
         let sender = self.sender()?;
+        let bytes = op.bytes().clamp(1, self.room_bytes) as u32;
         // The usual case, a queue with room, needs no timer.
-        let waiting = match sender.try_send((op, reply)) {
+        let room = match self.room.clone().try_acquire_many_owned(bytes) {
+            Ok(room) => room,
+            Err(TryAcquireError::Closed) => return Err(stopped()),
+            Err(TryAcquireError::NoPermits) => {
+                let _turn = self.waiting.try_acquire().map_err(|_| self.overloaded())?;
+                let acquire = self.room.clone().acquire_many_owned(bytes);
+                match tokio::time::timeout(self.queue_wait, acquire).await {
+                    Ok(Ok(room)) => room,
+                    Ok(Err(_)) => return Err(stopped()),
+                    Err(_) => return Err(self.overloaded()),
+                }
+            }
+        };
+        let queued = Queued {
+            op,
+            reply,
+            _room: room,
+        };
+        let waiting = match sender.try_send(queued) {
             Ok(()) => return Ok(pending),
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(stopped()),
             Err(mpsc::error::TrySendError::Full(waiting)) => waiting,
         };
+        let _turn = self.waiting.try_acquire().map_err(|_| self.overloaded())?;
         match sender.send_timeout(waiting, self.queue_wait).await {
             Ok(()) => Ok(pending),
-            Err(mpsc::error::SendTimeoutError::Timeout(_)) => Err(Error::Overloaded {
-                message: format!(
-                    "the write queue is full ({} writes waiting); nothing was applied, retry later",
-                    sender.max_capacity()
-                ),
-                retry_after_secs: 1,
-            }),
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => Err(self.overloaded()),
             Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(stopped()),
+        }
+    }
+
+    fn overloaded(&self) -> Error {
+        let sender = self.sender.read().expect("never poisoned");
+        let queued = sender
+            .as_ref()
+            .map_or(0, |s| s.max_capacity() - s.capacity());
+        let held = (self.room_bytes - self.room.available_permits()) >> 20;
+        Error::Overloaded {
+            message: format!(
+                "the write queue is full ({queued} writes holding {held} MiB wait for the disk); nothing was applied, retry later"
+            ),
+            retry_after_secs: 1,
         }
     }
 
@@ -116,14 +165,14 @@ fn stopped() -> Error {
     Error::Unavailable("the server is shutting down; the write was not applied".into())
 }
 
-fn run(db: &Handle, cache: &EntityCache, mut receiver: mpsc::Receiver<(WriteOp, Reply)>) {
+fn run(db: &Handle, cache: &EntityCache, mut receiver: mpsc::Receiver<Queued>) {
     while let Some(first) = receiver.blocking_recv() {
-        let mut weight = first.0.weight();
+        let mut weight = first.op.weight();
         let mut group = vec![first];
         while weight < MAX_GROUP_WEIGHT {
             match receiver.try_recv() {
                 Ok(request) => {
-                    weight += request.0.weight();
+                    weight += request.op.weight();
                     group.push(request);
                 }
                 Err(_) => break,
@@ -133,8 +182,16 @@ fn run(db: &Handle, cache: &EntityCache, mut receiver: mpsc::Receiver<(WriteOp, 
     }
 }
 
-fn commit_group(handle: &Handle, cache: &EntityCache, group: Vec<(WriteOp, Reply)>) {
-    let (ops, replies): (Vec<WriteOp>, Vec<Reply>) = group.into_iter().unzip();
+/// Applies a group and answers it; the group's room in the queue is given back on return.
+fn commit_group(handle: &Handle, cache: &EntityCache, group: Vec<Queued>) {
+    let mut rooms = Vec::with_capacity(group.len());
+    let (ops, replies): (Vec<WriteOp>, Vec<Reply>) = group
+        .into_iter()
+        .map(|Queued { op, reply, _room }| {
+            rooms.push(_room);
+            (op, reply)
+        })
+        .unzip();
     let result = handle.for_writing().and_then(|db| {
         std::panic::catch_unwind(AssertUnwindSafe(|| super::apply_batch(&db, cache, &ops)))
             .unwrap_or_else(|_| {

@@ -256,6 +256,16 @@ impl ChildServer {
     }
 }
 
+/// A test that fails midway leaves no server behind.
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// An access token from a server's gRPC Auth service.
 pub async fn grpc_token(addr: SocketAddr, credentials: &serde_json::Value) -> String {
     let mut auth = proto::auth_client::AuthClient::new(grpc_channel(addr).await);

@@ -2,6 +2,7 @@
 //! One binary (modules below) so the crate links once.
 
 mod crash;
+mod flood;
 mod grpc;
 mod helpers;
 mod operations;
