@@ -89,7 +89,7 @@ fn acknowledged_reports_survive_sigkill() {
                 "{output}"
             );
         }
-        let kill_after = 3 + (seed >> (cycle * 8)) % 40;
+        let kill_after = 3 + ((seed ^ cycle).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % 40;
         let start = next_id;
         next_id += 1 << 20;
         runtime.block_on(async {

@@ -122,6 +122,21 @@ fn a_backup_of_a_busy_server_is_consistent_and_restores() {
             })
             .await
             .unwrap_err();
+        let token_status = reqwest::Client::new()
+            .post(format!("http://{}/v1/oauth/token", read_only.http_addr))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", credentials["client_id"].as_str().unwrap()),
+                (
+                    "client_secret",
+                    credentials["client_secret"].as_str().unwrap(),
+                ),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(token_status, reqwest::StatusCode::SERVICE_UNAVAILABLE);
         (held, refusal)
     });
     assert!(read_only.stop());
