@@ -3,7 +3,6 @@
 //! answering one line, `ok ...` or `error ...`. Commands that need the database (whose file a
 //! running server holds) go through it; whoever can open the socket can already read the data dir.
 
-use std::future::Future;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -70,26 +69,19 @@ pub fn bind(data_dir: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Answers commands on `listener` until `stop` resolves, then removes the socket file.
-pub async fn serve(engine: Arc<Engine>, listener: UnixListener, stop: impl Future<Output = ()>) {
-    let path = listener
-        .local_addr()
-        .ok()
-        .and_then(|a| a.as_pathname().map(Path::to_path_buf));
-    tokio::pin!(stop);
+/// Answers commands on `listener` until the task is dropped (the server removes the socket).
+pub async fn serve(engine: Arc<Engine>, listener: UnixListener) {
     loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    tokio::spawn(answer(engine.clone(), stream));
-                }
-                Err(error) => tracing::warn!(%error, "admin socket accept failed"),
-            },
-            () = &mut stop => break,
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(answer(engine.clone(), stream));
+            }
+            // Out of file descriptors and the like: pause rather than spin.
+            Err(error) => {
+                tracing::warn!(%error, "admin socket accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
-    }
-    if let Some(path) = path {
-        let _ = std::fs::remove_file(path);
     }
 }
 

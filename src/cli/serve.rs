@@ -103,11 +103,7 @@ fn admin_channel(
     data_dir: &std::path::Path,
 ) -> Option<tokio::task::JoinHandle<()>> {
     match crate::admin::bind(data_dir) {
-        Ok(listener) => Some(tokio::spawn(crate::admin::serve(
-            engine.clone(),
-            listener,
-            std::future::pending(),
-        ))),
+        Ok(listener) => Some(tokio::spawn(crate::admin::serve(engine.clone(), listener))),
         Err(error) => {
             tracing::warn!(%error, "no admin socket: `runledger backup` and live `client revoke` will not reach this server");
             None

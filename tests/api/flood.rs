@@ -11,7 +11,7 @@ use runledger::proto::{self, ingest_client::IngestClient, stats_client::StatsCli
 use tokio::io::AsyncReadExt;
 
 use crate::crash::{PIPELINE, batch};
-use crate::helpers::{Bearer, ChildServer, entity, grpc_channel, grpc_token, ts};
+use crate::helpers::{Bearer, ChildServer, entity, grpc_channel, grpc_token, runtime, ts};
 
 /// Writers flooding at once, over this many connections.
 const WRITERS: u64 = 16;
@@ -56,11 +56,7 @@ fn a_flood_of_writes_is_refused_with_a_hint_while_reads_stay_served_in_bounded_m
     ];
     let server = ChildServer::start_with(dir.path(), &args, None);
     let pid = server.child.id();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     let token = runtime.block_on(grpc_token(
         server.grpc_addr,
         server.first_client.as_ref().unwrap(),

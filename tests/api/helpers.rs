@@ -282,32 +282,52 @@ pub async fn grpc_token(addr: SocketAddr, credentials: &serde_json::Value) -> St
     .access_token
 }
 
+/// The newest `limit` log entries (0: all) a server holds for `pipeline`, over all time.
+pub async fn logged_entries(
+    addr: SocketAddr,
+    token: &str,
+    pipeline: &str,
+    limit: u32,
+) -> Vec<proto::LogEntry> {
+    let mut stats = StatsClient::with_interceptor(grpc_channel(addr).await, Bearer::new(token));
+    let mut stream = stats
+        .stream_logs(proto::StreamLogsRequest {
+            pipeline_uuid: pipeline.into(),
+            from: Some(ts("2000-01-01 00:00:00")),
+            to: Some(ts("2100-01-01 00:00:00")),
+            limit,
+            cursor: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut entries = Vec::new();
+    while let Some(entry) = stream.message().await.unwrap() {
+        entries.push(entry);
+    }
+    entries
+}
+
 /// The task-run UUIDs a server's logs hold for `pipeline`, over all time.
 pub async fn logged_task_runs(
     addr: SocketAddr,
     token: &str,
     pipeline: &str,
 ) -> std::collections::HashSet<String> {
-    let mut stats = proto::stats_client::StatsClient::with_interceptor(
-        grpc_channel(addr).await,
-        Bearer::new(token),
-    );
-    let mut stream = stats
-        .stream_logs(proto::StreamLogsRequest {
-            pipeline_uuid: pipeline.into(),
-            from: Some(ts("2000-01-01 00:00:00")),
-            to: Some(ts("2100-01-01 00:00:00")),
-            limit: 0,
-            cursor: String::new(),
-        })
+    logged_entries(addr, token, pipeline, 0)
         .await
+        .into_iter()
+        .map(|entry| entry.task_run_uuid)
+        .collect()
+}
+
+/// A runtime for tests that drive a child server.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
         .unwrap()
-        .into_inner();
-    let mut present = std::collections::HashSet::new();
-    while let Some(entry) = stream.message().await.unwrap() {
-        present.insert(entry.task_run_uuid);
-    }
-    present
 }
 
 /// Runs `runledger ARGS...` to completion; returns (success, stdout and stderr).

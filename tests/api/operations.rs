@@ -10,7 +10,8 @@ use tokio::sync::watch;
 
 use crate::crash::{PIPELINE, batch};
 use crate::helpers::{
-    Bearer, ChildServer, grpc_channel, grpc_token, logged_task_runs, run_cli, ts,
+    Bearer, ChildServer, grpc_channel, grpc_token, logged_entries, logged_task_runs, run_cli,
+    runtime,
 };
 
 #[test]
@@ -18,11 +19,7 @@ fn a_backup_of_a_busy_server_is_consistent_and_restores() {
     let dir = tempfile::tempdir().unwrap();
     let backups = tempfile::tempdir().unwrap();
     let destination = backups.path().join("nightly");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     let server = ChildServer::start(dir.path());
     let credentials = server.first_client.clone().unwrap();
     let token = runtime.block_on(grpc_token(server.grpc_addr, &credentials));
@@ -167,33 +164,15 @@ fn a_backup_of_a_busy_server_is_consistent_and_restores() {
 /// The first logged output of [`PIPELINE`], base64, as the logs return it (sealed).
 async fn first_output(addr: std::net::SocketAddr, token: &str) -> String {
     use base64::Engine as _;
-    let mut stats = proto::stats_client::StatsClient::with_interceptor(
-        grpc_channel(addr).await,
-        Bearer::new(token),
-    );
-    let mut stream = stats
-        .stream_logs(proto::StreamLogsRequest {
-            pipeline_uuid: PIPELINE.into(),
-            from: Some(ts("2000-01-01 00:00:00")),
-            to: Some(ts("2100-01-01 00:00:00")),
-            limit: 1,
-            cursor: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let entry = stream.message().await.unwrap().expect("a logged run");
-    base64::engine::general_purpose::STANDARD.encode(entry.output)
+    let entries = logged_entries(addr, token, PIPELINE, 1).await;
+    let entry = entries.first().expect("a logged run");
+    base64::engine::general_purpose::STANDARD.encode(&entry.output)
 }
 
 #[test]
 fn a_full_disk_refuses_writes_clearly_and_reads_keep_working() {
     let dir = tempfile::tempdir().unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     let server = ChildServer::start(dir.path());
     let credentials = server.first_client.clone().unwrap();
     let token = runtime.block_on(grpc_token(server.grpc_addr, &credentials));
