@@ -37,7 +37,7 @@ fn ingest(c: &mut Criterion) {
                     next += batch;
                     let started = Instant::now();
                     runtime
-                        .block_on(engine.report(&Caller::Operator, runs))
+                        .block_on(engine.report(&Caller::OPERATOR, runs))
                         .unwrap();
                     spent += started.elapsed();
                 }

@@ -23,8 +23,14 @@ fn second(text: &str) -> i64 {
 /// The task's tally in a range by reading every raw run of its pipeline in the range.
 fn naive_task_tally(engine: &Engine, workload: &Workload, from: i64, to: i64) -> Tally {
     let reader = engine.store().reader().unwrap();
-    let pipeline = reader.entity(workload.pipeline(0).0).unwrap().unwrap();
-    let task = reader.entity(workload.task(0, 0).0).unwrap().unwrap();
+    let pipeline = reader
+        .entity(workload.organization(), workload.pipeline(0).0)
+        .unwrap()
+        .unwrap();
+    let task = reader
+        .entity(workload.organization(), workload.task(0, 0).0)
+        .unwrap()
+        .unwrap();
     let log = reader.table(RUN_LOG).unwrap();
     let (low, high) = run_key_bounds(
         pipeline.id,
@@ -57,7 +63,7 @@ fn queries(c: &mut Criterion) {
     let range = TimeRange::new(from, to).unwrap();
     for size in support::sizes() {
         let (engine, workload) = support::dataset(size);
-        let caller = Caller::Operator;
+        let caller = Caller::operator_in(workload.organization());
         let task = EntityRef {
             kind: EntityKind::Task,
             uuid: workload.task(0, 0).0,

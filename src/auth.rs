@@ -13,6 +13,7 @@ use subtle::ConstantTimeEq;
 
 use crate::error::{Error, Result};
 use crate::model::OrgId;
+use crate::time::Timestamp;
 
 /// A permission a token can carry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -54,7 +55,8 @@ impl std::str::FromStr for Scope {
             "stats:read" => Ok(Scope::StatsRead),
             "runs:write" => Ok(Scope::RunsWrite),
             _ => Err(format!(
-                "`{s}` is not a scope (one of pipelines:run, workflows:run, stats:read, runs:write)"
+                "{} is not a scope (one of pipelines:run, workflows:run, stats:read, runs:write)",
+                crate::error::quote(s)
             )),
         }
     }
@@ -141,11 +143,29 @@ pub fn hashes_match(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.ct_eq(b).into()
 }
 
-/// Parses a space-separated scope list, keeping its spelling for echoing back.
-pub fn parse_scopes(text: &str) -> Result<Scopes, String> {
-    text.split_whitespace()
-        .map(str::parse::<Scope>)
-        .collect::<Result<Scopes, String>>()
+/// The longest `scope` parameter accepted (every scope, each spelled both ways, fits many
+/// times over).
+pub const MAX_SCOPE_TEXT: usize = 256;
+
+/// Parses a space-separated scope list; also returns it as it will be echoed back: as spelled,
+/// each scope once, in the order first asked.
+pub fn parse_scopes(text: &str) -> Result<(Scopes, String), String> {
+    if text.len() > MAX_SCOPE_TEXT {
+        return Err(format!(
+            "the scope parameter is {} bytes long; at most {MAX_SCOPE_TEXT} are accepted",
+            text.len()
+        ));
+    }
+    let mut scopes = Scopes::default();
+    let mut spelled: Vec<&str> = Vec::new();
+    for word in text.split_whitespace() {
+        let scope = word.parse::<Scope>()?;
+        if !scopes.contains(scope) {
+            scopes = Scopes(scopes.0 | scope.bit());
+            spelled.push(word);
+        }
+    }
+    Ok((scopes, spelled.join(" ")))
 }
 
 /// The token in an `Authorization: Bearer <token>` header value (the scheme is
@@ -172,21 +192,35 @@ pub fn bearer_token(header: Option<&str>) -> crate::error::Result<&str> {
 /// Who is making a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Caller {
-    /// The operator at the command line: every organization, every scope.
-    Operator,
+    /// The operator at the command line: every scope. Writes name their organization; questions
+    /// are asked within `org` (pipeline and task UUIDs are namespaced per organization).
+    Operator { org: Option<OrgId> },
     /// A client authenticated with a bearer token.
     Client {
         client_id: String,
         organization: OrgId,
         scopes: Scopes,
+        /// The SHA-256 of the access token, so that open streams can check that it is still
+        /// honoured.
+        token: [u8; 32],
+        /// When the access token stops being honoured.
+        expires_at: Timestamp,
     },
 }
 
 impl Caller {
+    /// The operator, writing into the organizations its writes name.
+    pub const OPERATOR: Caller = Caller::Operator { org: None };
+
+    /// The operator, asking within one organization.
+    pub fn operator_in(org: OrgId) -> Caller {
+        Caller::Operator { org: Some(org) }
+    }
+
     /// Refuses the request unless the caller holds `scope`.
     pub fn require(&self, scope: Scope) -> Result<()> {
         match self {
-            Caller::Operator => Ok(()),
+            Caller::Operator { .. } => Ok(()),
             Caller::Client { scopes, .. } if scopes.contains(scope) => Ok(()),
             Caller::Client { .. } => Err(Error::PermissionDenied(format!(
                 "this token lacks the {} scope",
@@ -195,18 +229,10 @@ impl Caller {
         }
     }
 
-    /// Whether the caller may see things of this organization.
-    pub fn can_see(&self, org: OrgId) -> bool {
-        match self {
-            Caller::Operator => true,
-            Caller::Client { organization, .. } => *organization == org,
-        }
-    }
-
-    /// The organization a client is confined to; `None` for the operator.
+    /// The organization the caller acts in: a client's own; the one the operator named, if any.
     pub fn organization(&self) -> Option<OrgId> {
         match self {
-            Caller::Operator => None,
+            Caller::Operator { org } => *org,
             Caller::Client { organization, .. } => Some(*organization),
         }
     }
@@ -241,12 +267,17 @@ mod tests {
         assert!(hashes_match(&hash_secret(&a), &hash_secret(&a)));
         assert!(!hashes_match(&hash_secret(&a), &hash_secret(&b)));
         assert_eq!(
-            parse_scopes("workflows:run  stats:read").unwrap(),
-            [Scope::PipelinesRun, Scope::StatsRead]
-                .into_iter()
-                .collect()
+            parse_scopes("workflows:run  stats:read workflows:run pipelines:run").unwrap(),
+            (
+                [Scope::PipelinesRun, Scope::StatsRead]
+                    .into_iter()
+                    .collect(),
+                "workflows:run stats:read".to_string()
+            )
         );
         assert!(parse_scopes("stats:read admin").is_err());
+        let long = "stats:read ".repeat(100);
+        assert!(parse_scopes(&long).unwrap_err().contains("at most 256"));
     }
 
     #[test]
@@ -256,14 +287,16 @@ mod tests {
             client_id: "c".into(),
             organization: org,
             scopes: [Scope::StatsRead].into_iter().collect(),
+            token: [0; 32],
+            expires_at: Timestamp::now(),
         };
         assert!(client.require(Scope::StatsRead).is_ok());
         assert!(matches!(
             client.require(Scope::RunsWrite),
             Err(Error::PermissionDenied(_))
         ));
-        assert!(client.can_see(org));
-        assert!(!client.can_see(OrgId(Uuid::from_u128(2))));
-        assert!(Caller::Operator.can_see(org));
+        assert_eq!(client.organization(), Some(org));
+        assert_eq!(Caller::OPERATOR.organization(), None);
+        assert_eq!(Caller::operator_in(org).organization(), Some(org));
     }
 }

@@ -137,6 +137,26 @@ pub struct OAuthErrorBody {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// How many characters of an offending input an error message quotes at most.
+pub const QUOTED_CHARS: usize = 100;
+
+/// Offending input as error messages quote it: in backquotes, control characters replaced, and
+/// cut after [`QUOTED_CHARS`] characters (saying how long it was), so that a huge or binary
+/// input cannot make a huge answer or a forged log line.
+pub fn quote(text: &str) -> String {
+    let mut chars = text.chars();
+    let head: String = chars
+        .by_ref()
+        .take(QUOTED_CHARS)
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect();
+    if chars.next().is_none() {
+        format!("`{head}`")
+    } else {
+        format!("`{head}...` ({} bytes)", text.len())
+    }
+}
+
 /// The closed set of outcomes that decides the gRPC code and the HTTP status of an error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorCode {
@@ -391,6 +411,16 @@ mod tests {
         let status = tonic::Status::from(Error::Internal("page 7 checksum".into()));
         assert_eq!(status.code(), tonic::Code::Internal);
         assert!(!status.message().contains("page 7"));
+    }
+
+    #[test]
+    fn quotes_are_short_and_printable() {
+        assert_eq!(quote("abc"), "`abc`");
+        assert_eq!(quote("a\nb"), "`a\u{fffd}b`");
+        let long = "x".repeat(10_000);
+        let quoted = quote(&long);
+        assert!(quoted.len() < 130, "{quoted}");
+        assert!(quoted.ends_with("...` (10000 bytes)"), "{quoted}");
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod connections;
 pub mod crypto;
 pub mod engine;
 pub mod error;
+pub mod front;
 pub mod load;
 pub mod model;
 pub mod server;

@@ -158,7 +158,8 @@ impl std::str::FromStr for TaskType {
             .find(|t| t.as_str() == s)
             .ok_or_else(|| {
                 format!(
-                    "`{s}` is not a task type (one of {})",
+                    "{} is not a task type (one of {})",
+                    crate::error::quote(s),
                     TaskType::ALL.map(TaskType::as_str).join(", ")
                 )
             })
@@ -192,7 +193,8 @@ impl std::str::FromStr for RunState {
             "running" => Ok(RunState::Running),
             "finished" => Ok(RunState::Finished),
             _ => Err(format!(
-                "`{s}` is not a task-run state (one of pending, running, finished)"
+                "{} is not a task-run state (one of pending, running, finished)",
+                crate::error::quote(s)
             )),
         }
     }
@@ -430,7 +432,12 @@ impl LogCursor {
 
     pub fn decode(token: &str) -> Result<LogCursor, String> {
         use base64::Engine;
-        let invalid = || format!("cursor `{token}` is not a cursor this server issued");
+        let invalid = || {
+            format!(
+                "{} is not a cursor this server issued",
+                crate::error::quote(token)
+            )
+        };
         let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(token)
             .map_err(|_| invalid())?;

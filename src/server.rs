@@ -11,14 +11,10 @@ use tokio::sync::watch;
 use crate::api::{grpc, rest};
 use crate::connections::Limited;
 use crate::engine::Engine;
+use crate::front::{ConnectionLimits, Protocols};
 
 /// How long in-flight requests may take to finish once shutdown begins.
 const GRACE: Duration = Duration::from_secs(10);
-/// Concurrent gRPC calls one HTTP/2 connection may have open; a client past it waits for a
-/// call to end (HTTP/2 flow control), so one client cannot pile up unbounded work.
-const MAX_STREAMS_PER_CONNECTION: u32 = 256;
-/// Connections each front holds open by default; see [`crate::connections`].
-pub const DEFAULT_MAX_CONNECTIONS: usize = 1_024;
 /// How often expired tokens are deleted.
 const PURGE_EVERY: Duration = Duration::from_secs(3_600);
 
@@ -31,22 +27,22 @@ pub async fn run(
     http_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    run_with_limit(
+    run_with(
         engine,
         grpc_listener,
         http_listener,
-        DEFAULT_MAX_CONNECTIONS,
+        ConnectionLimits::default(),
         shutdown,
     )
     .await
 }
 
-/// [`run`], with each front holding at most `max_connections` connections open.
-pub async fn run_with_limit(
+/// [`run`], with the given connection limits and timeouts on both fronts.
+pub async fn run_with(
     engine: Arc<Engine>,
     grpc_listener: TcpListener,
     http_listener: TcpListener,
-    max_connections: usize,
+    limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stop, stopped) = watch::channel(false);
@@ -62,36 +58,38 @@ pub async fn run_with_limit(
 
     tokio::spawn(purge_tokens(engine.clone(), signal(stopped.clone())));
 
-    let routes = grpc::routes(engine.clone()).await;
-    let incoming = Limited::new(grpc_listener, max_connections);
-    let grpc_server = tonic::transport::Server::builder()
-        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming, signal(stopped.clone()));
+    let listener = |tcp| Limited::new(tcp, limits.max_connections, limits.max_per_peer);
+    let routes = grpc::routes(engine.clone()).await.prepare();
+    let grpc_server = crate::front::serve(
+        listener(grpc_listener),
+        routes,
+        Protocols::Http2,
+        limits,
+        stopped.clone(),
+    );
+    let http_server = crate::front::serve(
+        listener(http_listener),
+        rest::router(engine.clone()),
+        Protocols::Http1And2,
+        limits,
+        stopped.clone(),
+    );
 
-    let http_listener = Limited::new(http_listener, max_connections);
-    let http_server = axum::serve(http_listener, rest::router(engine.clone()))
-        .with_graceful_shutdown(signal(stopped.clone()));
-
-    let servers = async { tokio::join!(grpc_server, http_server.into_future()) };
+    let servers = async { tokio::join!(grpc_server, http_server) };
     let grace_over = async {
         signal(stopped).await;
         tokio::time::sleep(GRACE).await;
     };
-    let result = tokio::select! {
-        (grpc_result, http_result) = servers => {
-            grpc_result.map_err(std::io::Error::other).and(http_result)
-        }
+    tokio::select! {
+        _ = servers => {}
         () = grace_over => {
             tracing::warn!("requests still in flight after the grace period; closing them");
-            Ok(())
         }
-    };
+    }
     let draining = engine.clone();
     tokio::task::spawn_blocking(move || draining.shutdown())
         .await
-        .map_err(std::io::Error::other)?;
-    result
+        .map_err(std::io::Error::other)
 }
 
 /// Deletes expired tokens every hour until `stop` resolves.

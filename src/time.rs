@@ -7,6 +7,8 @@
 
 use std::fmt;
 
+use crate::error::quote;
+
 /// Microseconds in a second.
 pub const MICROS_PER_SECOND: i64 = 1_000_000;
 const SECONDS_PER_DAY: i64 = 86_400;
@@ -123,7 +125,7 @@ impl std::str::FromStr for Period {
         Period::ALL
             .into_iter()
             .find(|p| p.as_str() == s)
-            .ok_or_else(|| "period must be one of day, week, month, quarter, year".to_string())
+            .ok_or_else(|| "must be one of day, week, month, quarter, year".to_string())
     }
 }
 
@@ -391,8 +393,12 @@ pub fn parse_path_datetime(text: &str, end: RangeEnd) -> Result<i64, String> {
 /// spelling runledger accepts goes through it.
 pub fn parse_instant(text: &str) -> Result<Timestamp, String> {
     let bytes = text.as_bytes();
-    let invalid =
-        || format!("`{text}` is not a date-time (expected `Y-m-d H:i:s` or RFC 3339, in UTC)");
+    let invalid = || {
+        format!(
+            "{} is not a date-time (expected `Y-m-d H:i:s` or RFC 3339, in UTC)",
+            quote(text)
+        )
+    };
     if bytes.len() < 19 || !matches!(bytes[10], b' ' | b'T' | b't') {
         return Err(invalid());
     }
@@ -404,7 +410,7 @@ pub fn parse_instant(text: &str) -> Result<Timestamp, String> {
     let minute = two_digits(&bytes[14..16]).ok_or_else(invalid)?;
     let second = two_digits(&bytes[17..19]).ok_or_else(invalid)?;
     if hour > 23 || minute > 59 || second > 59 {
-        return Err(format!("`{text}` has a time of day out of range"));
+        return Err(format!("{} has a time of day out of range", quote(text)));
     }
     let mut rest = &bytes[19..];
     let mut micros = 0i64;
@@ -424,7 +430,7 @@ pub fn parse_instant(text: &str) -> Result<Timestamp, String> {
             let hours = two_digits(&[*h1, *h2]).ok_or_else(invalid)?;
             let minutes = two_digits(&[*m1, *m2]).ok_or_else(invalid)?;
             if hours > 23 || minutes > 59 {
-                return Err(format!("`{text}` has a UTC offset out of range"));
+                return Err(format!("{} has a UTC offset out of range", quote(text)));
             }
             let offset = i64::from(hours * 3_600 + minutes * 60);
             if *sign == b'-' { -offset } else { offset }
@@ -435,12 +441,12 @@ pub fn parse_instant(text: &str) -> Result<Timestamp, String> {
         + i64::from(hour * 3_600 + minute * 60 + second)
         - offset_seconds;
     Timestamp::from_micros(seconds * MICROS_PER_SECOND + micros)
-        .ok_or_else(|| format!("`{text}` is outside the years 1 to 9999"))
+        .ok_or_else(|| format!("{} is outside the years 1 to 9999", quote(text)))
 }
 
 /// Parses `Y-m-d` (exactly ten bytes) and checks that the day exists.
 fn parse_date(bytes: &[u8], text: &str) -> Result<(i64, u32, u32), String> {
-    let invalid = || format!("`{text}` is not a date (expected `Y-m-d`)");
+    let invalid = || format!("{} is not a date (expected `Y-m-d`)", quote(text));
     if bytes.len() != 10 || bytes[4] != b'-' || bytes[7] != b'-' {
         return Err(invalid());
     }
@@ -450,17 +456,19 @@ fn parse_date(bytes: &[u8], text: &str) -> Result<(i64, u32, u32), String> {
     let day = two_digits(&bytes[8..10]).ok_or_else(invalid)?;
     let year = i64::from(year);
     if year == 0 {
-        return Err(format!("`{text}` is outside the years 1 to 9999"));
+        return Err(format!("{} is outside the years 1 to 9999", quote(text)));
     }
     if !(1..=12).contains(&month) {
         return Err(format!(
-            "`{text}` is not a valid date: there is no month {month}"
+            "{} is not a valid date: there is no month {month}",
+            quote(text)
         ));
     }
     let last_day = days_in_month(year, month);
     if day == 0 || day > last_day {
         return Err(format!(
-            "`{text}` is not a valid date: {year:04}-{month:02} has {last_day} days"
+            "{} is not a valid date: {year:04}-{month:02} has {last_day} days",
+            quote(text)
         ));
     }
     Ok((year, month, day))

@@ -364,7 +364,7 @@ fn check_seed(seed: u64, task_runs: usize, queries: usize) {
             rest = tail;
             pending.push(
                 engine
-                    .submit_report(&Caller::Operator, batch.to_vec())
+                    .submit_report(&Caller::OPERATOR, batch.to_vec())
                     .await
                     .unwrap(),
             );
@@ -380,6 +380,14 @@ fn check_seed(seed: u64, task_runs: usize, queries: usize) {
     });
 
     let oracle = Oracle::new(&reports);
+    // Questions are asked within the organization of the entity (UUIDs are namespaced).
+    let org_of: HashMap<Uuid, OrgId> = pipelines
+        .iter()
+        .flat_map(|p| {
+            std::iter::once((p.id.0, p.org)).chain(p.tasks.iter().map(|(t, _)| (t.0, p.org)))
+        })
+        .collect();
+    let op = |entity: EntityRef| Caller::operator_in(org_of[&entity.uuid]);
     let mut entities: Vec<EntityRef> = Vec::new();
     for pipeline in &pipelines {
         entities.push(EntityRef {
@@ -409,7 +417,7 @@ fn check_seed(seed: u64, task_runs: usize, queries: usize) {
             std::mem::swap(&mut from, &mut to);
         }
         let range = TimeRange::new(from, to).unwrap();
-        let got = engine.stats(&Caller::Operator, entity, range);
+        let got = engine.stats(&op(entity), entity, range);
         match got {
             Ok(stats) => assert_eq!(
                 stats,
@@ -434,7 +442,7 @@ fn check_seed(seed: u64, task_runs: usize, queries: usize) {
         };
         let date_from = random_second(&mut rng);
         if let Ok(buckets) = engine.aggregated_stats(
-            &Caller::Operator,
+            &op(entity),
             entity,
             period,
             date_from,
@@ -455,7 +463,7 @@ fn check_seed(seed: u64, task_runs: usize, queries: usize) {
         }
 
         // The last run.
-        match engine.last_run(&Caller::Operator, entity) {
+        match engine.last_run(&op(entity), entity) {
             Ok(last) => assert_eq!(
                 Some(last),
                 oracle.stats(entity, i64::MIN, i64::MAX).last_run,
@@ -499,7 +507,8 @@ fn check_seed(seed: u64, task_runs: usize, queries: usize) {
             let mut got = Vec::new();
             loop {
                 let limit = rng.range(1, 7) as u32;
-                let page = match engine.logs(&Caller::Operator, pipeline.id, range, cursor, limit) {
+                let asker = Caller::operator_in(pipeline.org);
+                let page = match engine.logs(&asker, pipeline.id, range, cursor, limit) {
                     Ok(page) => page,
                     Err(Error::NotFound(_)) => break,
                     Err(e) => panic!("{}", context(e.to_string())),
@@ -554,7 +563,7 @@ fn check_seed(seed: u64, task_runs: usize, queries: usize) {
         uuid: Uuid::from_u128(1),
     };
     assert!(matches!(
-        engine.last_run(&Caller::Operator, unknown),
+        engine.last_run(&Caller::operator_in(pipelines[0].org), unknown),
         Err(Error::NotFound(_))
     ));
     let report = verify(engine.store()).unwrap();
@@ -621,9 +630,10 @@ fn one_dense_pipeline_in_one_second() {
         .build()
         .unwrap();
     runtime
-        .block_on(engine.report(&Caller::Operator, reports.clone()))
+        .block_on(engine.report(&Caller::OPERATOR, reports.clone()))
         .unwrap();
     let oracle = Oracle::new(&reports);
+    let op = Caller::operator_in(org);
     for entity in [
         EntityRef {
             kind: EntityKind::Task,
@@ -637,11 +647,11 @@ fn one_dense_pipeline_in_one_second() {
         let second = at.second();
         let range = TimeRange::new(second, second).unwrap();
         assert_eq!(
-            engine.stats(&Caller::Operator, entity, range).unwrap(),
+            engine.stats(&op, entity, range).unwrap(),
             oracle.stats(entity, second, second)
         );
         assert_eq!(
-            Some(engine.last_run(&Caller::Operator, entity).unwrap()),
+            Some(engine.last_run(&op, entity).unwrap()),
             oracle.stats(entity, second, second).last_run
         );
     }
@@ -719,7 +729,7 @@ fn engine_with(rng: &mut Rng, reports: &[TaskRun]) -> (Engine, tempfile::TempDir
         let (batch, tail) = rest.split_at((rng.range(1, 60) as usize).min(rest.len()));
         rest = tail;
         runtime
-            .block_on(engine.report(&Caller::Operator, batch.to_vec()))
+            .block_on(engine.report(&Caller::OPERATOR, batch.to_vec()))
             .unwrap();
     }
     (engine, dir)
@@ -747,7 +757,6 @@ fn replaying_any_part_of_a_stream_equals_one_clean_delivery() {
         );
         let (messy, _a) = engine_with(&mut rng, &delivered);
         let (clean, _b) = engine_with(&mut rng, &final_reports(&stream));
-        let op = Caller::Operator;
         let whole = TimeRange::new(
             second_of("0001-01-01 00:00:00"),
             second_of("9999-12-31 23:59:59"),
@@ -755,6 +764,7 @@ fn replaying_any_part_of_a_stream_equals_one_clean_delivery() {
         .unwrap();
         let mut compared = 0;
         for pipeline in &pipelines {
+            let op = Caller::operator_in(pipeline.org);
             let mut entities = vec![EntityRef {
                 kind: EntityKind::Pipeline,
                 uuid: pipeline.id.0,

@@ -32,7 +32,7 @@ fn a_full_write_queue_refuses_with_a_retry_hint_and_applies_nothing_of_the_refus
             let runs: Vec<_> = (batch * BATCH..(batch + 1) * BATCH)
                 .map(|n| workload.task_run(n))
                 .collect();
-            match engine.submit_report(&Caller::Operator, runs).await {
+            match engine.submit_report(&Caller::OPERATOR, runs).await {
                 Ok(durable) => accepted.push(durable),
                 Err(Error::Overloaded {
                     message,
@@ -50,7 +50,7 @@ fn a_full_write_queue_refuses_with_a_retry_hint_and_applies_nothing_of_the_refus
             kind: EntityKind::Pipeline,
             uuid: workload.pipeline(0).0,
         };
-        let _ = engine.last_run(&Caller::Operator, pipeline);
+        let _ = engine.last_run(&Caller::operator_in(workload.organization()), pipeline);
         let count = accepted.len() as u64;
         for durable in accepted {
             durable.await.unwrap();

@@ -3,6 +3,7 @@
 //! extensions, put there by the authentication interceptor before any handler runs.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -107,7 +108,20 @@ impl proto::ingest_server::Ingest for GrpcApi {
         let mut totals = ReportCounts::default();
         let mut batches = 0u64;
         let at_batch = |index: u64| move |e: Error| e.prefixed(&format!("batch {index}"));
-        while let Some(message) = stream.message().await? {
+        // The stream ends as soon as its credential is revoked or expires, and no batch that
+        // arrives after that is accepted.
+        let lost = self.engine.credential_lost(&caller);
+        tokio::pin!(lost);
+        loop {
+            let message = tokio::select! {
+                biased;
+                error = &mut lost => return Err(revoked_mid_stream(error, batches)),
+                message = stream.message() => message?,
+            };
+            let Some(message) = message else { break };
+            self.engine
+                .recheck(&caller)
+                .map_err(|error| revoked_mid_stream(error, batches))?;
             let runs = wire::task_runs(message.results).map_err(at_batch(batches))?;
             let durable = self
                 .engine
@@ -144,21 +158,41 @@ impl proto::ingest_server::Ingest for GrpcApi {
         request: Request<proto::WatchPendingTaskRunsRequest>,
     ) -> Result<Response<PendingStream>, Status> {
         let caller = caller(&request)?;
-        Ok(Response::new(PendingStream(
-            self.engine.watch_pending(&caller)?,
-        )))
+        Ok(Response::new(PendingStream {
+            subscription: Some(self.engine.watch_pending(&caller)?),
+            lost: Box::pin(self.engine.credential_lost(&caller)),
+        }))
     }
 }
 
+/// A stream refused because its credential stopped being honoured while it was open.
+fn revoked_mid_stream(error: Error, accepted: u64) -> Status {
+    Status::from(error.prefixed(&format!(
+        "the stream was ended after {accepted} accepted batches"
+    )))
+}
+
 /// An executor's stream of pending task runs; dropping it (the executor went away) gives back
-/// the runs it had not reported yet.
-pub struct PendingStream(Subscription);
+/// the runs it had not reported yet. It ends, giving them back, as soon as the executor's
+/// credential is revoked or expires.
+pub struct PendingStream {
+    subscription: Option<Subscription>,
+    lost: Pin<Box<dyn Future<Output = Error> + Send>>,
+}
 
 impl tokio_stream::Stream for PendingStream {
     type Item = Result<proto::PendingTaskRun, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.0
+        if self.subscription.is_none() {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(error) = self.lost.as_mut().poll(cx) {
+            self.subscription = None;
+            return Poll::Ready(Some(Err(error.into())));
+        }
+        let subscription = self.subscription.as_mut().expect("checked above");
+        subscription
             .runs
             .poll_recv(cx)
             .map(|run| run.map(|run| Ok(wire::pending_run(&run))))
@@ -171,6 +205,7 @@ impl proto::auth_server::Auth for GrpcApi {
         &self,
         request: Request<proto::IssueTokenRequest>,
     ) -> Result<Response<proto::IssueTokenResponse>, Status> {
+        let peer = request.remote_addr().map(|addr| addr.ip());
         let message = request.into_inner();
         let filled = |value: String| (!value.is_empty()).then_some(value);
         let grant = self
@@ -181,6 +216,7 @@ impl proto::auth_server::Auth for GrpcApi {
                 client_secret: filled(message.client_secret),
                 scope: filled(message.scope),
                 refresh_token: filled(message.refresh_token),
+                peer,
             })
             .await?;
         Ok(Response::new(proto::IssueTokenResponse {
@@ -295,17 +331,32 @@ impl proto::stats_server::Stats for GrpcApi {
             .logs(&caller, pipeline, range, after, page_size(remaining))?;
         let (sender, receiver) = mpsc::channel(4);
         let engine = self.engine.clone();
+        let lost = self.engine.credential_lost(&caller);
         tokio::spawn(async move {
+            tokio::pin!(lost);
             loop {
                 remaining -= page.entries.len() as u64;
                 for entry in page.entries {
-                    if sender.send(Ok(wire::log_entry(entry))).await.is_err() {
-                        return; // the client went away
+                    tokio::select! {
+                        biased;
+                        error = &mut lost => {
+                            let _ = sender.send(Err(error.into())).await;
+                            return;
+                        }
+                        sent = sender.send(Ok(wire::log_entry(entry))) => {
+                            if sent.is_err() {
+                                return; // the client went away
+                            }
+                        }
                     }
                 }
                 let Some(after) = page.next.filter(|_| remaining > 0) else {
                     return;
                 };
+                if let Err(error) = engine.recheck(&caller) {
+                    let _ = sender.send(Err(error.into())).await;
+                    return;
+                }
                 page = match engine.logs(
                     &caller,
                     pipeline,

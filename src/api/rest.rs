@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use crate::auth::{Caller, bearer_token};
 use crate::engine::{DEFAULT_LOG_PAGE, Engine, TokenRequest};
-use crate::error::{Error, OAuthError, Result};
+use crate::error::{Error, OAuthError, Result, quote};
 use crate::model::{
     BucketCount, BucketStats, EntityKind, EntityRef, LastRun, LogCursor, LogEntry, PendingTaskRun,
     PipelineId, Stats, TimeRange,
@@ -91,7 +91,8 @@ fn path<T>(extracted: PathParams<T>) -> Result<T> {
 }
 
 fn path_uuid(text: &str) -> Result<Uuid> {
-    Uuid::parse_str(text).map_err(|_| Error::invalid("uuid", format!("`{text}` is not a UUID")))
+    Uuid::parse_str(text)
+        .map_err(|_| Error::invalid("uuid", format!("{} is not a UUID", quote(text))))
 }
 
 /// `tasks`, `pipelines` or `workflows` (the older name of pipelines).
@@ -183,13 +184,13 @@ async fn aggregated_stats(
     let entity = entity(&kind, &uuid)?;
     let date_from = parse_path_datetime(&date_from, RangeEnd::Start)
         .map_err(|r| Error::invalid("date_from", r))?;
-    let period: Period = period.parse().map_err(Error::InvalidArgument)?;
+    let period: Period = period.parse().map_err(|r| Error::invalid("period", r))?;
     let n = n
         .parse::<u32>()
         .map_err(|_| {
             Error::invalid(
                 "n",
-                format!("`{n}` is not a whole number between 1 and 1000"),
+                format!("{} is not a whole number between 1 and 1000", quote(&n)),
             )
         })
         .and_then(|n| BucketCount::new(n).map_err(|r| Error::invalid("n", r)))?;
@@ -284,9 +285,9 @@ async fn logs(
         query.map_err(|r| Error::InvalidArgument(format!("query: {}", r.body_text())))?;
     let limit = match query.limit.as_deref() {
         None => DEFAULT_LOG_PAGE,
-        Some(text) => text
-            .parse()
-            .map_err(|_| Error::invalid("limit", format!("`{text}` is not a whole number")))?,
+        Some(text) => text.parse().map_err(|_| {
+            Error::invalid("limit", format!("{} is not a whole number", quote(text)))
+        })?,
     };
     let after = query
         .cursor
@@ -387,10 +388,30 @@ pub struct TokenBody {
     pub token_type: String,
 }
 
+/// The peer's IP address, when the request came over a connection (not in-process).
+struct Peer(Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _: &S,
+    ) -> std::result::Result<Peer, Self::Rejection> {
+        Ok(Peer(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|info| info.0.ip()),
+        ))
+    }
+}
+
 /// `GET|POST /v1/oauth/token`: parameters in the query string or a form body, client
 /// credentials there or in HTTP Basic authentication.
 async fn token(
     State(engine): State<AppState>,
+    Peer(peer): Peer,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     body: std::result::Result<Bytes, BytesRejection>,
@@ -429,7 +450,10 @@ async fn token(
         params.push(("client_id".into(), id));
         params.push(("client_secret".into(), secret));
     }
-    let mut request = TokenRequest::default();
+    let mut request = TokenRequest {
+        peer,
+        ..TokenRequest::default()
+    };
     for (name, value) in params {
         let slot = match name.as_str() {
             "grant_type" => &mut request.grant_type,
@@ -464,7 +488,9 @@ async fn token(
     Ok(response)
 }
 
-/// Client credentials from `Authorization: Basic`, if that is the scheme used.
+/// Client credentials from `Authorization: Basic`, if that is the scheme used. As RFC 6749
+/// section 2.3.1 says, the id and the secret are each form-urlencoded before they are joined
+/// with `:` and base64-encoded, so they are decoded here (`+` is a space, `%XX` a byte).
 fn basic_credentials(header: &str) -> Result<Option<(String, String)>> {
     let Some((scheme, encoded)) = header.split_once(' ') else {
         return Ok(None);
@@ -476,7 +502,28 @@ fn basic_credentials(header: &str) -> Result<Option<(String, String)>> {
     let decoded = STANDARD.decode(encoded.trim()).map_err(|_| invalid())?;
     let text = String::from_utf8(decoded).map_err(|_| invalid())?;
     let (id, secret) = text.split_once(':').ok_or_else(invalid)?;
-    Ok(Some((id.to_string(), secret.to_string())))
+    Ok(Some((
+        form_decode(id).ok_or_else(invalid)?,
+        form_decode(secret).ok_or_else(invalid)?,
+    )))
+}
+
+/// `application/x-www-form-urlencoded` decoding of one value; `None` for a bad `%` escape or
+/// bytes that are not UTF-8.
+fn form_decode(text: &str) -> Option<String> {
+    let mut bytes = Vec::with_capacity(text.len());
+    let mut input = text.bytes();
+    while let Some(byte) = input.next() {
+        bytes.push(match byte {
+            b'+' => b' ',
+            b'%' => {
+                let hex = [input.next()?, input.next()?];
+                u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?
+            }
+            other => other,
+        });
+    }
+    String::from_utf8(bytes).ok()
 }
 
 async fn openapi() -> impl IntoResponse {
@@ -485,4 +532,23 @@ async fn openapi() -> impl IntoResponse {
         [(header::CONTENT_TYPE, "application/json")],
         DOCUMENT.as_str(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_credentials_are_form_decoded() {
+        let header = format!("Basic {}", STANDARD.encode("my+client%3Aid:s%25cr+t%2B"));
+        assert_eq!(
+            basic_credentials(&header).unwrap(),
+            Some(("my client:id".to_string(), "s%cr t+".to_string()))
+        );
+        for bad in ["a%zz:b", "a:%e2%28", "a%4:b"] {
+            let header = format!("Basic {}", STANDARD.encode(bad));
+            assert!(basic_credentials(&header).is_err(), "{bad}");
+        }
+        assert_eq!(basic_credentials("Bearer x").unwrap(), None);
+    }
 }

@@ -16,7 +16,12 @@ pub fn uuid(field: &str, text: &str) -> Result<Uuid> {
     if text.is_empty() {
         return Err(Error::invalid(field, "is required"));
     }
-    Uuid::parse_str(text).map_err(|_| Error::invalid(field, format!("`{text}` is not a UUID")))
+    Uuid::parse_str(text).map_err(|_| {
+        Error::invalid(
+            field,
+            format!("{} is not a UUID", crate::error::quote(text)),
+        )
+    })
 }
 
 fn optional_uuid(field: &str, text: &str) -> Result<Option<Uuid>> {

@@ -151,7 +151,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode, String> {
     let mut total = 0u64;
     for (index, sample) in SAMPLES.iter().enumerate() {
         runtime
-            .block_on(engine.register_pipeline(&Caller::Operator, definition(index, sample)))
+            .block_on(engine.register_pipeline(&Caller::OPERATOR, definition(index, sample)))
             .map_err(|e| format!("cannot register {}: {e}", sample.name))?;
         let runs = generate(index, sample, end);
         total += runs.len() as u64;

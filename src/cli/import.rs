@@ -321,7 +321,8 @@ pub fn parse_line(line: &str) -> Result<TaskRun, String> {
     }
     fn uuid(value: &Option<Cow<'_, str>>, field: &str) -> Result<Uuid, String> {
         let text = required(value, field)?;
-        Uuid::parse_str(text).map_err(|_| format!("{field}: `{text}` is not a UUID"))
+        Uuid::parse_str(text)
+            .map_err(|_| format!("{field}: {} is not a UUID", crate::error::quote(text)))
     }
     let task_run = TaskRunId(uuid(&raw.task_run_uuid, "task_run_uuid")?);
     let pipeline_run = PipelineRunId(uuid(&raw.pipeline_run_uuid, "pipeline_run_uuid")?);

@@ -3,8 +3,14 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::DataDir;
+use crate::front::ConnectionLimits;
+
+fn millis(duration: Duration) -> u64 {
+    duration.as_millis() as u64
+}
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -17,8 +23,31 @@ pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
     /// Connections each front (gRPC, REST) holds open; past it new connections are closed.
-    #[arg(long, default_value_t = crate::server::DEFAULT_MAX_CONNECTIONS)]
+    #[arg(long, default_value_t = ConnectionLimits::default().max_connections)]
     pub max_connections: usize,
+    /// Connections each front holds open from one IP address; past it that address's new
+    /// connections are closed.
+    #[arg(long, default_value_t = ConnectionLimits::default().max_per_peer)]
+    pub max_connections_per_peer: usize,
+    /// A new connection must send its first request's headers within this time.
+    #[arg(long, default_value_t = millis(ConnectionLimits::default().handshake_timeout))]
+    pub handshake_timeout_ms: u64,
+    /// A connection with no request in flight is closed after this time.
+    #[arg(long, default_value_t = millis(ConnectionLimits::default().idle_timeout))]
+    pub idle_timeout_ms: u64,
+    /// An HTTP/1 request's headers must arrive within this time.
+    #[arg(long, default_value_t = millis(ConnectionLimits::default().header_read_timeout))]
+    pub header_read_timeout_ms: u64,
+    /// How often HTTP/2 connections are pinged; a peer that does not answer within
+    /// --keepalive-timeout-ms is disconnected.
+    #[arg(long, default_value_t = millis(ConnectionLimits::default().keepalive_interval))]
+    pub keepalive_interval_ms: u64,
+    #[arg(long, default_value_t = millis(ConnectionLimits::default().keepalive_timeout))]
+    pub keepalive_timeout_ms: u64,
+    /// Task runs an organization may have waiting for an executor; past it, starting a
+    /// pipeline gets 429 / RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = crate::engine::DEFAULT_MAX_PENDING_RUNS)]
+    pub max_pending_runs: usize,
     /// Report batches (and other writes) that may wait for the disk; past it, and past
     /// --write-queue-mib, writers wait up to 2 s and then get RESOURCE_EXHAUSTED / 429.
     #[arg(long, default_value_t = crate::store::StoreOptions::default().write_queue)]
@@ -44,7 +73,20 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
     };
     let store =
         crate::store::Store::open(&args.data_dir.data_dir, options).map_err(|e| e.to_string())?;
-    let engine = crate::engine::Engine::new(store).map_err(|e| format!("cannot start: {e}"))?;
+    let engine = crate::engine::Engine::new(store)
+        .map_err(|e| format!("cannot start: {e}"))?
+        .with_max_pending_runs(args.max_pending_runs);
+    let ms = Duration::from_millis;
+    let limits = ConnectionLimits {
+        max_connections: args.max_connections.max(1),
+        max_per_peer: args.max_connections_per_peer.max(1),
+        handshake_timeout: ms(args.handshake_timeout_ms.max(1)),
+        idle_timeout: ms(args.idle_timeout_ms.max(1)),
+        header_read_timeout: ms(args.header_read_timeout_ms.max(1)),
+        keepalive_interval: ms(args.keepalive_interval_ms.max(1)),
+        keepalive_timeout: ms(args.keepalive_timeout_ms.max(1)),
+        ..ConnectionLimits::default()
+    };
     match engine.store().read_only_reason() {
         None => super::client::first_client(&engine, None)?,
         Some(why) => tracing::warn!(why, "serving read-only: writes are refused"),
@@ -66,14 +108,8 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
         use std::io::Write as _;
         let _ = std::io::stdout().flush();
         let admin = admin_channel(&engine, &args.data_dir.data_dir);
-        let served = crate::server::run_with_limit(
-            engine,
-            grpc,
-            http,
-            args.max_connections,
-            crate::server::termination(),
-        )
-        .await;
+        let served =
+            crate::server::run_with(engine, grpc, http, limits, crate::server::termination()).await;
         if let Some(admin) = admin {
             admin.abort();
             let _ = std::fs::remove_file(crate::admin::socket_path(&args.data_dir.data_dir));

@@ -13,10 +13,11 @@ use crate::error::{Error, OAuthError, OAuthErrorKind, Result};
 use crate::model::OrgId;
 use crate::store::WriteOp;
 use crate::store::WriteOutcome;
-use crate::store::credentials::{ClientRecord, TokenKind, TokenRecord};
+use crate::store::credentials::{ClientRecord, IssueOutcome, TokenKind, TokenRecord};
 use crate::time::{MICROS_PER_SECOND, Timestamp};
 
-/// The parameters of a token request, as sent (query string, form body or gRPC).
+/// The parameters of a token request, as sent (query string, form body or gRPC), and where it
+/// came from.
 #[derive(Clone, Debug, Default)]
 pub struct TokenRequest {
     pub grant_type: Option<String>,
@@ -24,7 +25,12 @@ pub struct TokenRequest {
     pub client_secret: Option<String>,
     pub scope: Option<String>,
     pub refresh_token: Option<String>,
+    /// The peer's address, for throttling failed attempts per address.
+    pub peer: Option<std::net::IpAddr>,
 }
+
+/// The longest client id, secret or refresh token accepted (runledger's are under 50 bytes).
+const MAX_CREDENTIAL_BYTES: usize = 256;
 
 /// What the token endpoint returns.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,39 +64,52 @@ pub struct ClientInfo {
 }
 
 fn present<'a>(value: &'a Option<String>, name: &str) -> Result<&'a str> {
-    value
+    let value = value
         .as_deref()
         .filter(|v| !v.is_empty())
-        .ok_or_else(|| OAuthError::invalid_request(format!("{name} is required")).into())
+        .ok_or_else(|| OAuthError::invalid_request(format!("{name} is required")))?;
+    if value.len() > MAX_CREDENTIAL_BYTES {
+        return Err(OAuthError::invalid_request(format!(
+            "{name} is {} bytes long; at most {MAX_CREDENTIAL_BYTES} are accepted",
+            value.len()
+        ))
+        .into());
+    }
+    Ok(value)
 }
 
 impl Engine {
     /// The token endpoint: checks the client's credentials and grants the asked scopes (all the
-    /// client's scopes when none are asked), as a fresh access and refresh token pair.
+    /// client's scopes when none are asked), as a fresh access and refresh token pair. Failed
+    /// attempts are throttled per client id and per peer (see [`super::throttle`]); correct
+    /// credentials always succeed.
     pub async fn issue_token(&self, request: TokenRequest) -> Result<TokenGrant> {
         let grant_type = present(&request.grant_type, "grant_type")?;
         if !matches!(grant_type, "client_credentials" | "refresh_token") {
             return Err(OAuthError::unsupported_grant_type(format!(
-                "grant_type `{grant_type}` is not supported; use client_credentials or refresh_token"
+                "grant_type {} is not supported; use client_credentials or refresh_token",
+                crate::error::quote(grant_type)
             ))
             .into());
         }
         let client_id = present(&request.client_id, "client_id")?;
         let secret = present(&request.client_secret, "client_secret")?;
-        let started = std::time::Instant::now();
-        self.throttle
-            .check(client_id, started)
-            .map_err(OAuthError::slow_down)?;
         let granted = self.grant(grant_type, client_id, secret, &request).await;
-        if let Err(Error::OAuth(e)) = &granted
-            && matches!(
-                e.kind,
-                OAuthErrorKind::InvalidClient | OAuthErrorKind::InvalidGrant
-            )
-        {
-            self.throttle.failed(client_id, started);
+        match &granted {
+            Err(Error::OAuth(e))
+                if matches!(
+                    e.kind,
+                    OAuthErrorKind::InvalidClient | OAuthErrorKind::InvalidGrant
+                ) =>
+            {
+                let now = std::time::Instant::now();
+                if let Err(wait) = self.throttle.failed(client_id, request.peer, now) {
+                    return Err(OAuthError::slow_down(wait).into());
+                }
+                granted
+            }
+            _ => granted,
         }
-        granted
     }
 
     /// The grant, once the request is known well-formed and the client not throttled.
@@ -120,15 +139,12 @@ impl Engine {
         let allowed = Scopes::from_bits(client.scopes);
         let asked = match request.scope.as_deref().map(str::trim) {
             None | Some("") => None,
-            Some(text) => Some((
-                parse_scopes(text).map_err(OAuthError::invalid_scope)?,
-                text.split_whitespace().collect::<Vec<_>>().join(" "),
-            )),
+            Some(text) => Some(parse_scopes(text).map_err(OAuthError::invalid_scope)?),
         };
-        let (granted, scope_text, redeem) = match grant_type {
+        let (granted, scope_text, redeem, family) = match grant_type {
             "client_credentials" => {
                 let (scopes, text) = asked.unwrap_or((allowed, allowed.to_string()));
-                (scopes, text, None)
+                (scopes, text, None, crate::crypto::random_bytes())
             }
             _ => {
                 let token = present(&request.refresh_token, "refresh_token")?;
@@ -146,9 +162,10 @@ impl Engine {
                         )
                     })?;
                 let previous = Scopes::from_bits(record.scopes);
+                let family = record.family;
                 match asked {
                     Some((scopes, text)) if scopes.is_subset_of(previous) => {
-                        (scopes, text, Some(hash))
+                        (scopes, text, Some(hash), family)
                     }
                     Some(_) => {
                         return Err(OAuthError::invalid_scope(format!(
@@ -157,7 +174,7 @@ impl Engine {
                         ))
                         .into());
                     }
-                    None => (previous, record.scope_text, Some(hash)),
+                    None => (previous, record.scope_text, Some(hash), family),
                 }
             }
         };
@@ -176,6 +193,8 @@ impl Engine {
         let refresh_token = new_secret(REFRESH_TOKEN_PREFIX);
         let record = |kind: TokenKind, lifetime: u32| TokenRecord {
             kind,
+            redeemed: false,
+            family,
             client_id: client_id.to_string(),
             org: client.org,
             scopes: granted.bits(),
@@ -195,48 +214,118 @@ impl Engine {
                 record(TokenKind::Refresh, self.lifetimes.refresh_secs),
             ),
         ];
-        match self
-            .store
-            .write(WriteOp::IssueTokens { tokens, redeem })
-            .await?
-        {
-            WriteOutcome::TokensIssued => Ok(TokenGrant {
+        let op = WriteOp::IssueTokens {
+            client_id: client_id.to_string(),
+            tokens,
+            redeem,
+        };
+        match self.store.write(op).await? {
+            WriteOutcome::Tokens(IssueOutcome::Issued) => Ok(TokenGrant {
                 access_token,
                 refresh_token,
                 expires_in: self.lifetimes.access_secs,
                 scope: scope_text,
             }),
+            WriteOutcome::Tokens(IssueOutcome::ReuseDetected { revoked }) => {
+                self.tokens.invalidate();
+                tracing::warn!(
+                    client_id,
+                    revoked,
+                    "a refresh token was used twice; every token of its grant was revoked"
+                );
+                Err(OAuthError::invalid_grant(
+                    "this refresh token was used before, so it may have leaked: every token issued from it has been revoked; request a new grant with the client credentials",
+                )
+                .into())
+            }
             other => Err(unexpected(other)),
         }
     }
 
     /// The caller behind a bearer token.
     pub fn authenticate(&self, bearer: &str) -> Result<Caller> {
-        let hash = hash_secret(bearer);
+        self.authenticate_hash(hash_secret(bearer))
+    }
+
+    /// The caller behind the SHA-256 of a bearer token: it must be an access token that has not
+    /// expired, of a client that was not revoked.
+    fn authenticate_hash(&self, hash: [u8; 32]) -> Result<Caller> {
         let now = Timestamp::now();
         if let Some(caller) = self.tokens.get(&hash, now) {
             return Ok(caller);
         }
         let generation = self.tokens.generation();
-        match self.store.reader()?.token(&hash)? {
-            Some(record) if record.kind == TokenKind::Access => {
-                if record.expires_at <= now {
-                    return Err(Error::Unauthenticated(
-                        "the access token has expired; request a new one".into(),
-                    ));
+        let reader = self.store.reader()?;
+        let invalid =
+            || Error::Unauthenticated("the access token is not valid (unknown or revoked)".into());
+        let record = match reader.token(&hash)? {
+            Some(record) if record.kind == TokenKind::Access => record,
+            _ => return Err(invalid()),
+        };
+        if record.expires_at <= now {
+            return Err(Error::Unauthenticated(
+                "the access token has expired; request a new one".into(),
+            ));
+        }
+        match reader.client(&record.client_id)? {
+            Some(client) if client.revoked_at.is_none() => {}
+            _ => return Err(invalid()),
+        }
+        let caller = Caller::Client {
+            client_id: record.client_id,
+            organization: record.org,
+            scopes: Scopes::from_bits(record.scopes),
+            token: hash,
+            expires_at: record.expires_at,
+        };
+        self.tokens
+            .insert(hash, caller.clone(), record.expires_at, generation);
+        Ok(caller)
+    }
+
+    /// Checks again that the credential behind `caller` is honoured (not expired, not
+    /// revoked): what an open stream does before each message it accepts.
+    pub fn recheck(&self, caller: &Caller) -> Result<()> {
+        match caller {
+            Caller::Operator { .. } => Ok(()),
+            Caller::Client { token, .. } => self.authenticate_hash(*token).map(|_| ()),
+        }
+    }
+
+    /// Resolves, with the error to end the stream with, once the credential behind `caller`
+    /// stops being honoured: when its token expires, or as soon as a revocation takes it away.
+    /// Never resolves for the operator.
+    pub fn credential_lost(
+        self: &std::sync::Arc<Self>,
+        caller: &Caller,
+    ) -> impl std::future::Future<Output = Error> + Send + 'static {
+        let engine = self.clone();
+        let caller = caller.clone();
+        let mut revocations = self.tokens.revocations();
+        async move {
+            let Caller::Client { expires_at, .. } = caller else {
+                return std::future::pending().await;
+            };
+            let left = (expires_at.micros() - Timestamp::now().micros()).max(0);
+            let expiry = tokio::time::sleep(std::time::Duration::from_micros(left as u64));
+            tokio::pin!(expiry);
+            loop {
+                tokio::select! {
+                    () = &mut expiry => {
+                        return Error::Unauthenticated(
+                            "the access token expired while the stream was open; request a new one".into(),
+                        );
+                    }
+                    changed = revocations.changed() => {
+                        if changed.is_err() {
+                            return std::future::pending().await;
+                        }
+                        if let Err(error) = engine.recheck(&caller) {
+                            return error;
+                        }
+                    }
                 }
-                let caller = Caller::Client {
-                    client_id: record.client_id,
-                    organization: record.org,
-                    scopes: Scopes::from_bits(record.scopes),
-                };
-                self.tokens
-                    .insert(hash, caller.clone(), record.expires_at, generation);
-                Ok(caller)
             }
-            _ => Err(Error::Unauthenticated(
-                "the access token is not valid (unknown or revoked)".into(),
-            )),
         }
     }
 
@@ -308,7 +397,8 @@ impl Engine {
             .collect())
     }
 
-    /// Revokes a client: its tokens stop working at once and it cannot get new ones. Blocks.
+    /// Revokes a client: its tokens stop working at once (open streams included) and it
+    /// cannot get new ones. Blocks.
     pub fn revoke_client(&self, client_id: &str) -> Result<()> {
         let op = WriteOp::RevokeClient {
             client_id: client_id.to_string(),

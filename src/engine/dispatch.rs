@@ -127,6 +127,20 @@ impl Dispatcher {
         }
     }
 
+    /// How many of the organization's runs are pending: waiting for an executor, or held by
+    /// one that has not reported them yet.
+    pub fn pending(&self, org: OrgId) -> usize {
+        let state = self.state.lock().expect("never poisoned");
+        state.orgs.get(&org).map_or(0, |queue| {
+            queue.waiting.len()
+                + queue
+                    .executors
+                    .iter()
+                    .map(|e| e.holding.len())
+                    .sum::<usize>()
+        })
+    }
+
     /// How many runs wait for an executor.
     #[cfg(test)]
     pub fn waiting(&self, org: OrgId) -> usize {
@@ -196,7 +210,9 @@ mod tests {
         drop(second);
         assert_eq!(first.runs.try_recv().unwrap().serial, 3);
         // Run 1 is reported: the first executor leaving gives back only run 3.
+        assert_eq!(dispatcher.pending(org), 2);
         dispatcher.taken_up(org, &[TaskRunId(Uuid::from_u128(1))]);
+        assert_eq!(dispatcher.pending(org), 1);
         drop(first);
         assert_eq!(dispatcher.waiting(org), 1);
         let mut third = dispatcher.subscribe(org);

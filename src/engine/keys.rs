@@ -52,6 +52,20 @@ impl Keyring {
         Ok(key)
     }
 
+    /// Opens a stored organization's key at start, saying what to do when the master key
+    /// cannot: a data dir whose key file went missing must not silently get a new one.
+    pub fn open_existing(&self, org: OrgId, record: &OrgRecord) -> Result<OutputKey> {
+        let key_file = self.data_dir.join(crate::crypto::MASTER_KEY_FILE);
+        if std::env::var_os(crate::crypto::MASTER_KEY_ENV).is_none() && !key_file.exists() {
+            return Err(Error::Unavailable(format!(
+                "the database holds organizations, but there is no master key: {} is missing and {} is not set; restore the key file this data dir was created with (backups carry it), or outputs cannot be read",
+                key_file.display(),
+                crate::crypto::MASTER_KEY_ENV
+            )));
+        }
+        self.open(org, record)
+    }
+
     /// A fresh key for a new organization, sealed for storage.
     pub fn new_record(&self, org: OrgId) -> Result<OrgRecord> {
         let key = OutputKey::generate();

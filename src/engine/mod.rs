@@ -37,6 +37,9 @@ pub const MAX_REPORT_BATCH: usize = 10_000;
 pub const DEFAULT_LOG_PAGE: u32 = 100;
 /// The most log entries one page may hold.
 pub const MAX_LOG_PAGE: u32 = 1_000;
+/// Pending task runs (started, not yet taken up by an executor) an organization may have by
+/// default; past it, starting a pipeline is refused as overloaded.
+pub const DEFAULT_MAX_PENDING_RUNS: usize = 10_000;
 
 /// How long issued tokens live.
 #[derive(Clone, Copy, Debug)]
@@ -62,25 +65,42 @@ pub struct Engine {
     lifetimes: TokenLifetimes,
     tokens: TokenCache,
     throttle: FailureThrottle,
+    max_pending_runs: usize,
 }
 
 impl Engine {
     /// The engine over `store`, with the task runs still waiting for an executor queued again.
+    /// Refuses to start when the store holds organizations whose output keys the master key
+    /// cannot open (a missing or different key file: a new key would be created and every
+    /// stored output left unreadable).
     pub fn new(store: Store) -> Result<Engine> {
-        let waiting = store.reader()?.pending_runs()?;
+        let reader = store.reader()?;
+        let waiting = reader.pending_runs()?;
+        let keys = Keyring::new(store.data_dir().to_path_buf());
+        if let Some((org, record)) = reader.any_organization()? {
+            keys.open_existing(org, &record)?;
+        }
+        drop(reader);
         Ok(Engine {
-            keys: Keyring::new(store.data_dir().to_path_buf()),
+            keys,
             store,
             dispatcher: Arc::new(Dispatcher::new(waiting)),
             lifetimes: TokenLifetimes::default(),
             tokens: TokenCache::default(),
             throttle: FailureThrottle::default(),
+            max_pending_runs: DEFAULT_MAX_PENDING_RUNS,
         })
     }
 
     /// The same engine with other token lifetimes.
     pub fn with_token_lifetimes(mut self, lifetimes: TokenLifetimes) -> Engine {
         self.lifetimes = lifetimes;
+        self
+    }
+
+    /// The same engine with another cap on each organization's pending task runs.
+    pub fn with_max_pending_runs(mut self, max: usize) -> Engine {
+        self.max_pending_runs = max.max(1);
         self
     }
 
@@ -143,7 +163,7 @@ impl Engine {
     /// checks its organization and seals its output. Any thread may prepare while another
     /// applies.
     pub fn prepare_import(&self, mut run: TaskRun) -> Result<WriteOp> {
-        let org = organization_for(&Caller::Operator, run.organization)?;
+        let org = organization_for(&Caller::OPERATOR, run.organization)?;
         run.organization = Some(org);
         if !run.output.is_empty() {
             let key = self.output_key_now(org)?;
@@ -217,6 +237,15 @@ impl Engine {
             uuid: pipeline.0,
         };
         let org = visible(&self.store.reader()?, caller, entity)?.org;
+        let pending = self.dispatcher.pending(org);
+        if pending >= self.max_pending_runs {
+            return Err(Error::Overloaded {
+                message: format!(
+                    "this organization has {pending} task runs waiting for an executor, the most it may have; nothing was started (connect an executor, or retry later)"
+                ),
+                retry_after_secs: 5,
+            });
+        }
         match self
             .store
             .write(WriteOp::StartPipelineRun { pipeline, org })
@@ -375,12 +404,19 @@ impl Engine {
     }
 }
 
-/// The entity if it exists, is of the asked kind, and the caller may see it; otherwise the same
-/// `NotFound` whether it is missing or another organization's.
+/// The entity if it exists in the caller's organization and is of the asked kind; otherwise
+/// `NotFound` (UUIDs are namespaced per organization: another organization's entities are
+/// simply not there).
 fn visible(reader: &Reader<'_>, caller: &Caller, entity: EntityRef) -> Result<EntityKey> {
+    let org = caller.organization().ok_or_else(|| {
+        Error::invalid(
+            "organization",
+            "the operator must name the organization to ask in",
+        )
+    })?;
     reader
-        .entity(entity.uuid)?
-        .filter(|key| key.kind == entity.kind && caller.can_see(key.org))
+        .entity(org, entity.uuid)?
+        .filter(|key| key.kind == entity.kind)
         .ok_or_else(|| Error::NotFound(format!("{entity} not found")))
 }
 

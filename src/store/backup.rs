@@ -81,20 +81,14 @@ fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 fn copy_tables(snapshot: &ReadTransaction, copy: &Database) -> Result<u64> {
-    Ok(copy_table(snapshot, copy, tables::META)?
-        + copy_table(snapshot, copy, tables::ENTITY_KEYS)?
-        + copy_table(snapshot, copy, tables::ENTITIES)?
-        + copy_table(snapshot, copy, tables::PIPELINE_TASKS)?
-        + copy_table(snapshot, copy, tables::TASK_RUNS)?
-        + copy_table(snapshot, copy, tables::RUN_LOG)?
-        + copy_table(snapshot, copy, tables::PIPELINE_RUNS)?
-        + copy_table(snapshot, copy, tables::ROLLUPS)?
-        + copy_table(snapshot, copy, tables::LAST_RUNS)?
-        + copy_table(snapshot, copy, tables::ORGANIZATIONS)?
-        + copy_table(snapshot, copy, tables::CLIENTS)?
-        + copy_table(snapshot, copy, tables::TOKENS)?
-        + copy_table(snapshot, copy, tables::TOKEN_EXPIRY)?
-        + copy_table(snapshot, copy, tables::PENDING)?)
+    let mut copied = 0;
+    macro_rules! copy {
+        ($table:ident) => {
+            copied += copy_table(snapshot, copy, tables::$table)?;
+        };
+    }
+    tables::for_each_table!(copy);
+    Ok(copied)
 }
 
 /// Copies one table in key order, `CHUNK` entries per transaction of the copy.

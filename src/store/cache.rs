@@ -1,6 +1,6 @@
-//! An in-memory cache of entity facts that never change once committed (a pipeline's
-//! organization, a task's pipeline, the UUID behind an id), so that most requests resolve their
-//! pipeline or task without a tree lookup. Only committed entities are ever inserted.
+//! An in-memory cache of facts that never change once committed (a pipeline's organization, a
+//! task's pipeline, the UUID behind an id, an organization's index), so that most requests
+//! resolve their pipeline or task without a tree lookup. Only committed facts are inserted.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -8,44 +8,48 @@ use std::sync::RwLock;
 use uuid::Uuid;
 
 use super::records::EntityKey;
-use super::tables::EntityId;
+use super::tables::{EntityId, OrgIndex};
+use crate::model::OrgId;
 
-/// Entity keys by UUID, and UUIDs by entity id.
+/// Entity keys by organization and UUID, UUIDs by entity id, organization indexes.
 #[derive(Debug, Default)]
 pub struct EntityCache {
-    keys: RwLock<HashMap<Uuid, EntityKey>>,
+    keys: RwLock<HashMap<(OrgIndex, Uuid), EntityKey>>,
     uuids: RwLock<HashMap<EntityId, Uuid>>,
+    orgs: RwLock<HashMap<OrgId, OrgIndex>>,
 }
 
 impl EntityCache {
-    pub fn get(&self, uuid: &Uuid) -> Option<EntityKey> {
-        self.keys
-            .read()
-            .expect("cache lock is never poisoned")
-            .get(uuid)
-            .copied()
+    pub fn get(&self, org: OrgIndex, uuid: &Uuid) -> Option<EntityKey> {
+        read(&self.keys).get(&(org, *uuid)).copied()
     }
 
     pub fn insert(&self, uuid: Uuid, key: EntityKey) {
-        self.keys
-            .write()
-            .expect("cache lock is never poisoned")
-            .insert(uuid, key);
+        write(&self.keys).insert((key.org_index, uuid), key);
         self.insert_uuid(key.id, uuid);
     }
 
     pub fn uuid(&self, id: EntityId) -> Option<Uuid> {
-        self.uuids
-            .read()
-            .expect("cache lock is never poisoned")
-            .get(&id)
-            .copied()
+        read(&self.uuids).get(&id).copied()
     }
 
     pub fn insert_uuid(&self, id: EntityId, uuid: Uuid) {
-        self.uuids
-            .write()
-            .expect("cache lock is never poisoned")
-            .insert(id, uuid);
+        write(&self.uuids).insert(id, uuid);
     }
+
+    pub fn org_index(&self, org: OrgId) -> Option<OrgIndex> {
+        read(&self.orgs).get(&org).copied()
+    }
+
+    pub fn insert_org(&self, org: OrgId, index: OrgIndex) {
+        write(&self.orgs).insert(org, index);
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
 }

@@ -95,6 +95,11 @@ pub enum TokenKind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TokenRecord {
     pub kind: TokenKind,
+    /// A refresh token that was exchanged already. It is kept until it expires, so that its
+    /// reuse (a sign that it leaked) can be recognised and its family revoked.
+    pub redeemed: bool,
+    /// The grant family: the client-credentials grant this token descends from.
+    pub family: [u8; 16],
     pub client_id: String,
     pub org: OrgId,
     /// A [`crate::auth::Scopes`] bit set.
@@ -106,12 +111,14 @@ pub struct TokenRecord {
 
 impl TokenRecord {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(40 + self.client_id.len() + self.scope_text.len());
-        out.push(match self.kind {
-            TokenKind::Access => 1,
-            TokenKind::Refresh => 2,
+        let mut out = Vec::with_capacity(56 + self.client_id.len() + self.scope_text.len());
+        out.push(match (self.kind, self.redeemed) {
+            (TokenKind::Access, _) => 1,
+            (TokenKind::Refresh, false) => 2,
+            (TokenKind::Refresh, true) => 3,
         });
         out.extend_from_slice(self.org.as_bytes());
+        out.extend_from_slice(&self.family);
         out.push(self.scopes);
         out.extend_from_slice(&self.expires_at.micros().to_be_bytes());
         out.push(u8::try_from(self.client_id.len()).expect("client ids are short"));
@@ -124,6 +131,7 @@ impl TokenRecord {
         let bad = || corrupt("token");
         let (&kind, rest) = bytes.split_first().ok_or_else(bad)?;
         let (org, rest) = rest.split_first_chunk::<16>().ok_or_else(bad)?;
+        let (family, rest) = rest.split_first_chunk::<16>().ok_or_else(bad)?;
         let (&scopes, rest) = rest.split_first().ok_or_else(bad)?;
         let (expires, rest) = rest.split_first_chunk::<8>().ok_or_else(bad)?;
         let (&id_len, rest) = rest.split_first().ok_or_else(bad)?;
@@ -131,12 +139,16 @@ impl TokenRecord {
             return Err(bad());
         }
         let (client_id, scope_text) = rest.split_at(usize::from(id_len));
+        let (kind, redeemed) = match kind {
+            1 => (TokenKind::Access, false),
+            2 => (TokenKind::Refresh, false),
+            3 => (TokenKind::Refresh, true),
+            _ => return Err(bad()),
+        };
         Ok(TokenRecord {
-            kind: match kind {
-                1 => TokenKind::Access,
-                2 => TokenKind::Refresh,
-                _ => return Err(bad()),
-            },
+            kind,
+            redeemed,
+            family: *family,
             client_id: String::from_utf8(client_id.to_vec()).map_err(|_| bad())?,
             org: OrgId(uuid::Uuid::from_bytes(*org)),
             scopes,
@@ -189,7 +201,9 @@ impl Batch<'_> {
         Ok(Ok(()))
     }
 
-    /// Marks a client revoked and deletes its tokens. `false` when there is no such client.
+    /// Marks a client revoked. `false` when there is no such client. Its tokens are refused
+    /// from now on (authentication and every grant check the client) and purged when they
+    /// expire.
     pub(super) fn revoke_client(&mut self, client_id: &str) -> Result<bool> {
         let Some(bytes) = self.clients.get(client_id)? else {
             return Ok(false);
@@ -200,47 +214,83 @@ impl Batch<'_> {
             record.revoked_at = Some(self.now);
             self.clients.insert(client_id, record.encode().as_slice())?;
         }
-        let mut doomed = Vec::new();
-        for entry in self.tokens.iter()? {
-            let (hash, value) = entry?;
-            let token = TokenRecord::decode(value.value())?;
-            if token.client_id == client_id {
-                doomed.push((*hash.value(), token.expires_at));
-            }
-        }
-        for (hash, expires_at) in doomed {
-            self.tokens.remove(&hash)?;
-            self.token_expiry.remove(&expiry_key(expires_at, &hash))?;
-        }
         Ok(true)
     }
 
-    /// Stores new tokens; when `redeem` names a refresh token, consumes it in the same step,
-    /// refusing (with nothing stored) if it was already used or has expired.
+    /// Stores new tokens of `client_id`, which must still exist unrevoked as this transaction
+    /// sees it (a token request racing a revocation gets nothing once the revocation commits).
+    /// When `redeem` names a refresh token, consumes it in the same step; a refresh token that
+    /// was consumed already is being reused, and the whole family it belongs to is revoked.
     pub(super) fn issue_tokens(
         &mut self,
+        client_id: &str,
         tokens: &[([u8; 32], TokenRecord)],
         redeem: Option<&[u8; 32]>,
-    ) -> Result<Result<()>> {
+    ) -> Result<Result<IssueOutcome>> {
+        let client = match self.clients.get(client_id)? {
+            Some(bytes) => ClientRecord::decode(bytes.value())?,
+            None => return Ok(Err(invalid_client())),
+        };
+        if client.revoked_at.is_some() {
+            return Ok(Err(invalid_client()));
+        }
         if let Some(hash) = redeem {
             let Some(bytes) = self.tokens.get(hash)? else {
                 return Ok(Err(invalid_grant()));
             };
-            let token = TokenRecord::decode(bytes.value())?;
+            let mut token = TokenRecord::decode(bytes.value())?;
             drop(bytes);
-            if token.kind != TokenKind::Refresh || token.expires_at <= self.now {
+            if token.kind != TokenKind::Refresh
+                || token.client_id != client_id
+                || token.expires_at <= self.now
+            {
                 return Ok(Err(invalid_grant()));
             }
-            self.tokens.remove(hash)?;
-            self.token_expiry
-                .remove(&expiry_key(token.expires_at, hash))?;
+            if token.redeemed {
+                let revoked = self.revoke_family(&token.family)?;
+                return Ok(Ok(IssueOutcome::ReuseDetected { revoked }));
+            }
+            token.redeemed = true;
+            self.tokens.insert(hash, token.encode().as_slice())?;
         }
         for (hash, token) in tokens {
             self.tokens.insert(hash, token.encode().as_slice())?;
             self.token_expiry
                 .insert(&expiry_key(token.expires_at, hash), ())?;
+            self.token_family
+                .insert(&family_key(&token.family, hash), ())?;
         }
-        Ok(Ok(()))
+        Ok(Ok(IssueOutcome::Issued))
+    }
+
+    /// Deletes every token of a grant family; returns how many.
+    fn revoke_family(&mut self, family: &[u8; 16]) -> Result<u64> {
+        let (low, high) = (
+            family_key(family, &[0; 32]),
+            family_key(family, &[0xff; 32]),
+        );
+        let mut members = Vec::new();
+        for entry in self.token_family.range::<&[u8; 48]>(&low..=&high)? {
+            members.push(*entry?.0.value());
+        }
+        for key in &members {
+            let hash: [u8; 32] = key[16..].try_into().expect("32 bytes");
+            self.delete_token(&hash)?;
+        }
+        Ok(members.len() as u64)
+    }
+
+    /// Deletes a token with its index entries.
+    fn delete_token(&mut self, hash: &[u8; 32]) -> Result<()> {
+        let Some(bytes) = self.tokens.remove(hash)? else {
+            return Ok(());
+        };
+        let token = TokenRecord::decode(bytes.value())?;
+        drop(bytes);
+        self.token_expiry
+            .remove(&expiry_key(token.expires_at, hash))?;
+        self.token_family.remove(&family_key(&token.family, hash))?;
+        Ok(())
     }
 
     /// Deletes every token that expired before `cutoff`.
@@ -252,11 +302,36 @@ impl Batch<'_> {
         }
         for key in &expired {
             let hash: [u8; 32] = key[8..].try_into().expect("32 bytes");
-            self.tokens.remove(&hash)?;
+            self.delete_token(&hash)?;
+            // An expiry entry whose token is gone already.
             self.token_expiry.remove(key)?;
         }
         Ok(expired.len() as u64)
     }
+}
+
+/// What a token request did in the writer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IssueOutcome {
+    Issued,
+    /// The refresh token had been exchanged before: its family (this many tokens) was revoked
+    /// and nothing was issued.
+    ReuseDetected {
+        revoked: u64,
+    },
+}
+
+/// `token_family` key: family, token hash.
+pub fn family_key(family: &[u8; 16], hash: &[u8; 32]) -> [u8; 48] {
+    let mut key = [0u8; 48];
+    key[..16].copy_from_slice(family);
+    key[16..].copy_from_slice(hash);
+    key
+}
+
+fn invalid_client() -> Error {
+    crate::error::OAuthError::invalid_client("unknown client, wrong secret, or revoked client")
+        .into()
 }
 
 fn invalid_grant() -> Error {
@@ -286,6 +361,8 @@ mod tests {
         assert_eq!(ClientRecord::decode(&revoked.encode()).unwrap(), revoked);
         let token = TokenRecord {
             kind: TokenKind::Refresh,
+            redeemed: true,
+            family: [9; 16],
             client_id: "rlc_abc".into(),
             org,
             scopes: 3,

@@ -269,7 +269,10 @@ fn apply_batch(
         batch.finish()?
     };
     txn.commit()?;
-    for (uuid, key) in created {
+    for (org, index) in created.orgs {
+        cache.insert_org(org, index);
+    }
+    for ((_, uuid), key) in created.entities {
         cache.insert(uuid, key);
     }
     Ok(outcomes)
@@ -416,19 +419,12 @@ fn initialize(db: &Database, path: &Path) -> Result<(), OpenError> {
     }
     // Every table exists from the start, so readers never meet a missing one.
     let create = || -> Result<(), redb::TableError> {
-        txn.open_table(tables::ENTITY_KEYS)?;
-        txn.open_table(tables::ENTITIES)?;
-        txn.open_table(tables::PIPELINE_TASKS)?;
-        txn.open_table(tables::TASK_RUNS)?;
-        txn.open_table(tables::RUN_LOG)?;
-        txn.open_table(tables::PIPELINE_RUNS)?;
-        txn.open_table(tables::ROLLUPS)?;
-        txn.open_table(tables::LAST_RUNS)?;
-        txn.open_table(tables::ORGANIZATIONS)?;
-        txn.open_table(tables::CLIENTS)?;
-        txn.open_table(tables::TOKENS)?;
-        txn.open_table(tables::TOKEN_EXPIRY)?;
-        txn.open_table(tables::PENDING)?;
+        macro_rules! create_table {
+            ($table:ident) => {
+                txn.open_table(tables::$table)?;
+            };
+        }
+        tables::for_each_table!(create_table);
         Ok(())
     };
     create().map_err(|e| failed(e.to_string()))?;

@@ -12,8 +12,8 @@ use super::records::{
 };
 use super::rollup::{Series, last_run_at_or_before, range_tally};
 use super::tables::{
-    self, ENTITIES, ENTITY_KEYS, EntityId, LAST_RUNS, PIPELINE_RUNS, ROLLUPS, RUN_LOG,
-    pipeline_task_key, rollup_key, rollup_key_bucket, run_key, split_run_key,
+    self, ENTITIES, ENTITY_KEYS, EntityId, LAST_RUNS, OrgIndex, PIPELINE_RUNS, ROLLUPS, RUN_LOG,
+    pipeline_task_key, rollup_key, rollup_key_bucket, run_key, scoped_key, split_run_key,
 };
 use crate::error::{Error, Result};
 use crate::model::{
@@ -33,18 +33,44 @@ impl<'a> Reader<'a> {
         Reader { txn, cache }
     }
 
-    /// The pipeline or task with this UUID, if it exists.
-    pub fn entity(&self, uuid: Uuid) -> Result<Option<EntityKey>> {
-        if let Some(key) = self.cache.get(&uuid) {
+    /// The organization's namespace, if it has any pipeline yet.
+    pub fn org_index(&self, org: OrgId) -> Result<Option<OrgIndex>> {
+        if let Some(index) = self.cache.org_index(org) {
+            return Ok(Some(index));
+        }
+        let table = self.txn.open_table(tables::ORG_INDEX)?;
+        let Some(index) = table.get(org.as_bytes())?.map(|v| OrgIndex(v.value())) else {
+            return Ok(None);
+        };
+        self.cache.insert_org(org, index);
+        Ok(Some(index))
+    }
+
+    /// The pipeline or task with this UUID in the organization's namespace, if it exists.
+    pub fn entity(&self, org: OrgId, uuid: Uuid) -> Result<Option<EntityKey>> {
+        let Some(org) = self.org_index(org)? else {
+            return Ok(None);
+        };
+        if let Some(key) = self.cache.get(org, &uuid) {
             return Ok(Some(key));
         }
         let table = self.txn.open_table(ENTITY_KEYS)?;
-        let Some(bytes) = table.get(uuid.as_bytes())? else {
+        let Some(bytes) = table.get(&scoped_key(org, uuid.as_bytes()))? else {
             return Ok(None);
         };
         let key = EntityKey::decode(bytes.value())?;
         self.cache.insert(uuid, key);
         Ok(Some(key))
+    }
+
+    /// The key of the entity behind an id.
+    pub fn entity_by_id(&self, id: EntityId) -> Result<EntityKey> {
+        let detail = self.detail(id)?;
+        let table = self.txn.open_table(ENTITY_KEYS)?;
+        let bytes = table
+            .get(&scoped_key(detail.org_index, detail.uuid.as_bytes()))?
+            .ok_or_else(|| Error::Internal(format!("entity {} has no key", id.0)))?;
+        EntityKey::decode(bytes.value())
     }
 
     /// The details (name, type) of an entity.
@@ -219,6 +245,19 @@ impl<'a> Reader<'a> {
             .transpose()
     }
 
+    /// Some organization with its record, if there is any.
+    pub fn any_organization(&self) -> Result<Option<(OrgId, OrgRecord)>> {
+        let table = self.txn.open_table(tables::ORGANIZATIONS)?;
+        let Some(entry) = table.first()? else {
+            return Ok(None);
+        };
+        let (org, record) = entry;
+        Ok(Some((
+            OrgId(Uuid::from_bytes(*org.value())),
+            OrgRecord::decode(record.value())?,
+        )))
+    }
+
     /// An OAuth client, if it exists.
     pub fn client(&self, client_id: &str) -> Result<Option<ClientRecord>> {
         let table = self.txn.open_table(tables::CLIENTS)?;
@@ -261,7 +300,10 @@ impl<'a> Reader<'a> {
             let queued = queued.value();
             let task_run = TaskRunId(Uuid::from_bytes(queued[..16].try_into().expect("16 bytes")));
             let organization = OrgId(Uuid::from_bytes(queued[16..].try_into().expect("16 bytes")));
-            let Some(home) = homes.get(task_run.as_bytes())? else {
+            let Some(org_index) = self.org_index(organization)? else {
+                continue;
+            };
+            let Some(home) = homes.get(&scoped_key(org_index, task_run.as_bytes()))? else {
                 continue;
             };
             if let TaskRunHome::Unfinished {
@@ -312,5 +354,6 @@ fn series(entity: &EntityKey) -> Series {
         id: entity.id,
         kind: entity.kind,
         pipeline: entity.pipeline,
+        org: entity.org_index,
     }
 }

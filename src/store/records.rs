@@ -4,7 +4,7 @@
 
 use uuid::Uuid;
 
-use super::tables::EntityId;
+use super::tables::{EntityId, OrgIndex};
 use crate::error::Error;
 use crate::model::{
     EntityKind, LastRun, OrgId, PipelineRunId, RunState, Tally, TaskError, TaskType,
@@ -22,6 +22,8 @@ pub struct EntityKey {
     pub id: EntityId,
     pub kind: EntityKind,
     pub org: OrgId,
+    /// The organization's namespace in the tables keyed by its UUIDs.
+    pub org_index: OrgIndex,
     /// The pipeline itself for a pipeline; the owning pipeline for a task.
     pub pipeline: EntityId,
 }
@@ -35,7 +37,8 @@ impl EntityKey {
             EntityKind::Task => 2,
         };
         out[5..21].copy_from_slice(self.org.as_bytes());
-        out[21..].copy_from_slice(&self.pipeline.0.to_be_bytes());
+        out[21..25].copy_from_slice(&self.pipeline.0.to_be_bytes());
+        out[25..].copy_from_slice(&self.org_index.0.to_be_bytes());
         out
     }
 
@@ -49,7 +52,10 @@ impl EntityKey {
             id: EntityId(u32::from_be_bytes(bytes[..4].try_into().expect("4 bytes"))),
             kind,
             org: OrgId(Uuid::from_bytes(bytes[5..21].try_into().expect("16 bytes"))),
-            pipeline: EntityId(u32::from_be_bytes(bytes[21..].try_into().expect("4 bytes"))),
+            pipeline: EntityId(u32::from_be_bytes(
+                bytes[21..25].try_into().expect("4 bytes"),
+            )),
+            org_index: OrgIndex(u32::from_be_bytes(bytes[25..].try_into().expect("4 bytes"))),
         })
     }
 }
@@ -58,6 +64,8 @@ impl EntityKey {
 #[derive(Clone, Debug, PartialEq)]
 pub struct EntityDetail {
     pub uuid: Uuid,
+    /// The namespace the UUID is in (never changes; kept here so an id leads back to its key).
+    pub org_index: OrgIndex,
     pub name: String,
     /// Tasks only.
     pub task_type: Option<TaskType>,
@@ -67,8 +75,9 @@ pub struct EntityDetail {
 
 impl EntityDetail {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(20 + self.name.len());
+        let mut out = Vec::with_capacity(24 + self.name.len());
         out.extend_from_slice(self.uuid.as_bytes());
+        out.extend_from_slice(&self.org_index.0.to_be_bytes());
         out.push(self.task_type.map_or(0, TaskType::code));
         out.push(u8::from(self.is_initial));
         put_bytes(&mut out, self.name.as_bytes());
@@ -79,6 +88,7 @@ impl EntityDetail {
         let bad = || corrupt("entity");
         let mut input = Input(bytes);
         let uuid = Uuid::from_bytes(input.array().ok_or_else(bad)?);
+        let org_index = OrgIndex(u32::from_be_bytes(input.array().ok_or_else(bad)?));
         let task_type = match input.byte().ok_or_else(bad)? {
             0 => None,
             code => Some(TaskType::from_code(code).ok_or_else(bad)?),
@@ -87,6 +97,7 @@ impl EntityDetail {
         let name = input.string().ok_or_else(bad)?;
         Ok(EntityDetail {
             uuid,
+            org_index,
             name,
             task_type,
             is_initial,
@@ -227,14 +238,6 @@ pub enum TaskRunHome {
 }
 
 impl TaskRunHome {
-    pub fn pipeline(&self) -> EntityId {
-        match self {
-            TaskRunHome::Finished { pipeline, .. } | TaskRunHome::Unfinished { pipeline, .. } => {
-                *pipeline
-            }
-        }
-    }
-
     pub fn encode(&self) -> Vec<u8> {
         match self {
             TaskRunHome::Finished {
@@ -308,7 +311,7 @@ impl TaskRunHome {
     }
 }
 
-pub const AGG_LEN: usize = 36;
+pub const AGG_LEN: usize = 28;
 
 /// A pipeline run as the stats see it, maintained as its finished task runs come and go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -322,9 +325,6 @@ pub struct PipelineRunAgg {
     pub duration_ms: u64,
     /// The latest executed_at among them: the pipeline run's executed_at.
     pub latest_micros: i64,
-    /// A lower bound of the earliest executed_at among them (exact when last recomputed), which
-    /// bounds the scan that finds the members again when the latest one is retracted.
-    pub earliest_micros: i64,
 }
 
 impl PipelineRunAgg {
@@ -339,8 +339,7 @@ impl PipelineRunAgg {
         out[4..8].copy_from_slice(&self.finished.to_be_bytes());
         out[8..12].copy_from_slice(&self.failed.to_be_bytes());
         out[12..20].copy_from_slice(&self.duration_ms.to_be_bytes());
-        out[20..28].copy_from_slice(&self.latest_micros.to_be_bytes());
-        out[28..].copy_from_slice(&self.earliest_micros.to_be_bytes());
+        out[20..].copy_from_slice(&self.latest_micros.to_be_bytes());
         out
     }
 
@@ -353,7 +352,6 @@ impl PipelineRunAgg {
             failed: u32_at(8),
             duration_ms: u64_at(12),
             latest_micros: u64_at(20) as i64,
-            earliest_micros: u64_at(28) as i64,
         }
     }
 }
@@ -616,7 +614,6 @@ mod tests {
             failed: 1,
             duration_ms: 1 << 40,
             latest_micros: -5,
-            earliest_micros: i64::MIN + 1,
         };
         assert_eq!(PipelineRunAgg::decode(&agg.encode()), agg);
     }

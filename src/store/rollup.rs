@@ -9,15 +9,15 @@
 //! and seconds; so any range costs at most about ten lookups, however dense the runs.
 
 use redb::{ReadableTable, Table};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use uuid::Uuid;
 
 use super::records::{
     AGG_LEN, BucketRecord, LastRunRecord, PipelineRunAgg, RECORD_PIPELINE_RUN, RunRecord, corrupt,
 };
 use super::tables::{
-    EntityId, ROLLUP_KEY_LEN, RUN_KEY_LEN, rollup_key, rollup_key_bucket, run_key_bounds,
-    split_run_key,
+    EntityId, OrgIndex, ROLLUP_KEY_LEN, RUN_KEY_LEN, SCOPED_KEY_LEN, rollup_key, rollup_key_bucket,
+    run_key_bounds, scoped_key, split_run_key,
 };
 use crate::error::Result;
 use crate::model::{EntityKind, Tally, TimeRange};
@@ -32,8 +32,14 @@ pub trait RunLogTable: ReadableTable<&'static [u8; RUN_KEY_LEN], &'static [u8]> 
 impl<T: ReadableTable<&'static [u8; RUN_KEY_LEN], &'static [u8]>> RunLogTable for T {}
 
 /// The read side of the `pipeline_runs` table.
-pub trait PipelineRunTable: ReadableTable<&'static [u8; 16], &'static [u8; AGG_LEN]> {}
-impl<T: ReadableTable<&'static [u8; 16], &'static [u8; AGG_LEN]>> PipelineRunTable for T {}
+pub trait PipelineRunTable:
+    ReadableTable<&'static [u8; SCOPED_KEY_LEN], &'static [u8; AGG_LEN]>
+{
+}
+impl<T: ReadableTable<&'static [u8; SCOPED_KEY_LEN], &'static [u8; AGG_LEN]>> PipelineRunTable
+    for T
+{
+}
 
 /// For each level, the delta record's position and the part an hour falls in.
 type HourSlots = [(usize, Option<u16>); Level::ALL.len()];
@@ -316,6 +322,8 @@ pub struct Series {
     pub kind: EntityKind,
     /// The pipeline whose `run_log` holds the entity's runs.
     pub pipeline: EntityId,
+    /// The organization's namespace, where its pipeline runs are stored.
+    pub org: OrgIndex,
 }
 
 /// The latest run of an entity executed at or before the second `to` (inclusive), found without
@@ -358,7 +366,7 @@ pub fn last_run_at_or_before(
         }
         EntityKind::Pipeline => {
             // A pipeline run executed in this second has its latest task run in this second.
-            let mut seen: Vec<[u8; 16]> = Vec::new();
+            let mut seen: FxHashSet<[u8; 16]> = FxHashSet::default();
             for entry in run_log.range::<&[u8; RUN_KEY_LEN]>(&first..&end)? {
                 let (_, value) = entry?;
                 let pipeline_run: [u8; 16] = value
@@ -366,11 +374,10 @@ pub fn last_run_at_or_before(
                     .get(RECORD_PIPELINE_RUN)
                     .and_then(|bytes| bytes.try_into().ok())
                     .ok_or_else(|| corrupt("task run"))?;
-                if seen.contains(&pipeline_run) {
+                if !seen.insert(pipeline_run) {
                     continue;
                 }
-                seen.push(pipeline_run);
-                let Some(agg) = pipeline_runs.get(&pipeline_run)? else {
+                let Some(agg) = pipeline_runs.get(&scoped_key(series.org, &pipeline_run))? else {
                     return Err(corrupt("pipeline run"));
                 };
                 let agg = PipelineRunAgg::decode(agg.value());

@@ -3,19 +3,28 @@
 //!
 //! | table            | key                                          | value                     |
 //! |------------------|----------------------------------------------|---------------------------|
+//! Pipeline, task, task-run and pipeline-run UUIDs are namespaced per organization: every table
+//! keyed by one of them puts the organization's interned [`OrgIndex`] first, so organization A's
+//! pipeline X and organization B's pipeline X are two keys that never meet.
+//!
+//! | table            | key                                          | value                     |
+//! |------------------|----------------------------------------------|---------------------------|
 //! | `meta`           | name                                         | format version, counters  |
-//! | `entity_keys`    | pipeline or task UUID                        | [`EntityKey`] (fixed)     |
+//! | `org_index`      | organization UUID                            | its [`OrgIndex`]          |
+//! | `entity_keys`    | org index, pipeline or task UUID             | [`EntityKey`] (fixed)     |
 //! | `entities`       | entity id                                    | name, task type, ...      |
 //! | `pipeline_tasks` | pipeline id, task id                         | -                         |
-//! | `task_runs`      | task-run UUID                                | where the run lives       |
+//! | `task_runs`      | org index, task-run UUID                     | where the run lives       |
 //! | `run_log`        | pipeline id, executed_at, task-run UUID      | the finished task run     |
-//! | `pipeline_runs`  | pipeline-run UUID                            | its aggregate             |
+//! | `pipeline_runs`  | org index, pipeline-run UUID                 | its aggregate             |
+//! | `run_members`    | org index, pipeline-run UUID, executed_at    | finished task runs then   |
 //! | `rollups`        | entity id, level, bucket start               | a tally (varints)         |
 //! | `last_runs`      | entity id                                    | the latest finished run   |
 //! | `organizations`  | organization UUID                            | sealed output key         |
 //! | `clients`        | client id                                    | organization, secret hash |
 //! | `tokens`         | SHA-256 of a token                           | its grant and expiry      |
 //! | `token_expiry`   | expiry, token hash                           | -                         |
+//! | `token_family`   | grant family, token hash                     | -                         |
 //! | `pending`        | serial                                       | task-run UUID, org UUID   |
 
 use redb::TableDefinition;
@@ -24,20 +33,30 @@ use crate::time::Level;
 
 /// Format version and counters.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-/// Pipeline or task UUID -> the immutable facts needed on every request ([`EntityKey`]).
-pub const ENTITY_KEYS: TableDefinition<&[u8; 16], &[u8; ENTITY_KEY_LEN]> =
+/// Organization UUID -> its [`OrgIndex`] (big-endian), handed out on first use.
+pub const ORG_INDEX: TableDefinition<&[u8; 16], u32> = TableDefinition::new("org_index");
+/// Org index and pipeline or task UUID -> the immutable facts needed on every request
+/// ([`EntityKey`]).
+pub const ENTITY_KEYS: TableDefinition<&[u8; SCOPED_KEY_LEN], &[u8; ENTITY_KEY_LEN]> =
     TableDefinition::new("entity_keys");
 /// Entity id -> the mutable details ([`super::records::EntityDetail`]).
 pub const ENTITIES: TableDefinition<u32, &[u8]> = TableDefinition::new("entities");
 /// The tasks of each pipeline.
 pub const PIPELINE_TASKS: TableDefinition<&[u8; 8], ()> = TableDefinition::new("pipeline_tasks");
-/// Task-run UUID -> where the run lives ([`super::records::TaskRunHome`]).
-pub const TASK_RUNS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("task_runs");
+/// Org index and task-run UUID -> where the run lives ([`super::records::TaskRunHome`]).
+pub const TASK_RUNS: TableDefinition<&[u8; SCOPED_KEY_LEN], &[u8]> =
+    TableDefinition::new("task_runs");
 /// The finished task runs of each pipeline in time order ([`super::records::RunRecord`]).
 pub const RUN_LOG: TableDefinition<&[u8; RUN_KEY_LEN], &[u8]> = TableDefinition::new("run_log");
-/// Pipeline-run UUID -> its aggregate ([`super::records::PipelineRunAgg`]).
-pub const PIPELINE_RUNS: TableDefinition<&[u8; 16], &[u8; super::records::AGG_LEN]> =
+/// Org index and pipeline-run UUID -> its aggregate ([`super::records::PipelineRunAgg`]).
+pub const PIPELINE_RUNS: TableDefinition<&[u8; SCOPED_KEY_LEN], &[u8; super::records::AGG_LEN]> =
     TableDefinition::new("pipeline_runs");
+/// The instants of each pipeline run's finished task runs: org index, pipeline-run UUID,
+/// executed_at (microseconds) -> how many of its task runs ended then. When a pipeline run's
+/// latest task run is replaced, its new latest is the last key of its range: one lookup, however
+/// many runs there are.
+pub const RUN_MEMBERS: TableDefinition<&[u8; MEMBER_KEY_LEN], u32> =
+    TableDefinition::new("run_members");
 /// Per-entity, per-level, per-bucket tallies.
 pub const ROLLUPS: TableDefinition<&[u8; ROLLUP_KEY_LEN], &[u8]> = TableDefinition::new("rollups");
 /// Entity id -> its latest finished run ([`super::records::LastRunRecord`]).
@@ -52,17 +71,73 @@ pub const CLIENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("clients"
 pub const TOKENS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("tokens");
 /// Expiry time and token hash, for purging expired tokens.
 pub const TOKEN_EXPIRY: TableDefinition<&[u8; 40], ()> = TableDefinition::new("token_expiry");
+/// Grant family and token hash: every token issued from one client-credentials grant and the
+/// refresh tokens that descend from it, so that a reused refresh token revokes them all.
+pub const TOKEN_FAMILY: TableDefinition<&[u8; 48], ()> = TableDefinition::new("token_family");
 /// Task runs created by running a pipeline that wait for an executor, in creation order:
 /// serial -> task-run UUID and organization UUID.
 pub const PENDING: TableDefinition<u64, &[u8; 32]> = TableDefinition::new("pending");
+
+/// Calls `$visit!(TABLE)` for every table of the database, so that creating, copying and
+/// describing them cannot forget one.
+macro_rules! for_each_table {
+    ($visit:ident) => {
+        $visit!(META);
+        $visit!(ORG_INDEX);
+        $visit!(ENTITY_KEYS);
+        $visit!(ENTITIES);
+        $visit!(PIPELINE_TASKS);
+        $visit!(TASK_RUNS);
+        $visit!(RUN_LOG);
+        $visit!(PIPELINE_RUNS);
+        $visit!(RUN_MEMBERS);
+        $visit!(ROLLUPS);
+        $visit!(LAST_RUNS);
+        $visit!(ORGANIZATIONS);
+        $visit!(CLIENTS);
+        $visit!(TOKENS);
+        $visit!(TOKEN_EXPIRY);
+        $visit!(TOKEN_FAMILY);
+        $visit!(PENDING);
+    };
+}
+pub(crate) use for_each_table;
 
 /// The interned id of a pipeline or task: four bytes instead of sixteen in every key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct EntityId(pub u32);
 
-pub const ENTITY_KEY_LEN: usize = 25;
+/// The interned id of an organization, first in the key of every table whose key is a UUID the
+/// organization chose, so that those UUIDs are namespaced per organization.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OrgIndex(pub u32);
+
+pub const ENTITY_KEY_LEN: usize = 29;
+pub const SCOPED_KEY_LEN: usize = 20;
+pub const MEMBER_KEY_LEN: usize = 28;
 pub const RUN_KEY_LEN: usize = 28;
 pub const ROLLUP_KEY_LEN: usize = 13;
+
+/// The key of a UUID in an organization's namespace: org index, UUID.
+pub fn scoped_key(org: OrgIndex, uuid: &[u8; 16]) -> [u8; SCOPED_KEY_LEN] {
+    let mut key = [0u8; SCOPED_KEY_LEN];
+    key[..4].copy_from_slice(&org.0.to_be_bytes());
+    key[4..].copy_from_slice(uuid);
+    key
+}
+
+/// `run_members` key: org index, pipeline-run UUID, executed_at (microseconds).
+pub fn member_key(org: OrgIndex, pipeline_run: &[u8; 16], micros: i64) -> [u8; MEMBER_KEY_LEN] {
+    let mut key = [0u8; MEMBER_KEY_LEN];
+    key[..SCOPED_KEY_LEN].copy_from_slice(&scoped_key(org, pipeline_run));
+    key[SCOPED_KEY_LEN..].copy_from_slice(&encode_time(micros));
+    key
+}
+
+/// The executed_at of a `run_members` key.
+pub fn member_key_micros(key: &[u8; MEMBER_KEY_LEN]) -> i64 {
+    decode_time(key[SCOPED_KEY_LEN..].try_into().expect("8 bytes"))
+}
 
 /// The order-preserving encoding of a signed time (sign bit flipped, big-endian).
 pub fn encode_time(value: i64) -> [u8; 8] {
@@ -153,11 +228,14 @@ pub mod meta {
     pub const NEXT_ENTITY_ID: &str = "next_entity_id";
     /// The next task-run serial number (the REST `id`), a little-endian u64.
     pub const NEXT_TASK_RUN_SERIAL: &str = "next_task_run_serial";
+    /// The next organization index to hand out, a little-endian u32.
+    pub const NEXT_ORG_INDEX: &str = "next_org_index";
 }
 
-/// The file format this build reads and writes. 2: rollups at six levels with parts (format
-/// 1 had second and minute buckets and no parts).
-pub const FORMAT_VERSION: u32 = 2;
+/// The file format this build reads and writes. 3: UUIDs namespaced per organization, the
+/// pipeline-run member index and token families. (2: rollups at six levels with parts; 1: second
+/// and minute buckets without parts.)
+pub const FORMAT_VERSION: u32 = 3;
 
 #[cfg(test)]
 mod tests {
@@ -177,6 +255,16 @@ mod tests {
             let k2 = run_key(EntityId(p2), t2, &[7; 16]);
             prop_assert_eq!(k1.cmp(&k2), (p1, t1).cmp(&(p2, t2)));
             prop_assert_eq!(split_run_key(&k1), (EntityId(p1), t1, [7; 16]));
+        }
+
+        #[test]
+        fn member_keys_sort_by_organization_then_run_then_time(
+            o1 in 0u32..3, o2 in 0u32..3, r1 in 0u8..3, r2 in 0u8..3, t1: i64, t2: i64,
+        ) {
+            let k1 = member_key(OrgIndex(o1), &[r1; 16], t1);
+            let k2 = member_key(OrgIndex(o2), &[r2; 16], t2);
+            prop_assert_eq!(k1.cmp(&k2), (o1, r1, t1).cmp(&(o2, r2, t2)));
+            prop_assert_eq!(member_key_micros(&k1), t1);
         }
     }
 }

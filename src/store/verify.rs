@@ -9,10 +9,13 @@ use redb::{ReadOnlyTable, ReadableTable, ReadableTableMetadata};
 use uuid::Uuid;
 
 use super::Store;
-use super::records::{BucketRecord, LastRunRecord, PipelineRunAgg, RunRecord, TaskRunHome};
+use super::records::{
+    AGG_LEN, BucketRecord, EntityKey, LastRunRecord, PipelineRunAgg, RunRecord, TaskRunHome,
+};
 use super::tables::{
-    self, EntityId, LAST_RUNS, PIPELINE_RUNS, PIPELINE_TASKS, ROLLUP_KEY_LEN, ROLLUPS, RUN_LOG,
-    TASK_RUNS, rollup_key, rollup_key_bucket, rollup_key_series, split_run_key,
+    self, EntityId, LAST_RUNS, MEMBER_KEY_LEN, PIPELINE_RUNS, PIPELINE_TASKS, ROLLUP_KEY_LEN,
+    ROLLUPS, RUN_LOG, RUN_MEMBERS, SCOPED_KEY_LEN, TASK_RUNS, member_key, member_key_micros,
+    rollup_key, rollup_key_bucket, rollup_key_series, scoped_key, split_run_key,
 };
 use crate::error::Result;
 use crate::model::{RunState, Tally};
@@ -27,6 +30,7 @@ pub struct VerifyReport {
     pub pipelines: u64,
     pub task_runs: u64,
     pub pipeline_runs: u64,
+    pub run_members: u64,
     pub rollup_entries: u64,
     pub last_runs: u64,
     /// How many differences there are in all.
@@ -50,15 +54,29 @@ impl VerifyReport {
 
 type RollupTable = ReadOnlyTable<&'static [u8; ROLLUP_KEY_LEN], &'static [u8]>;
 
+/// The tables a pipeline's recomputation is compared with.
+struct Stored<'r> {
+    reader: &'r super::Reader<'r>,
+    rollups: RollupTable,
+    pipeline_runs: ReadOnlyTable<&'static [u8; SCOPED_KEY_LEN], &'static [u8; AGG_LEN]>,
+    run_members: ReadOnlyTable<&'static [u8; MEMBER_KEY_LEN], u32>,
+    last_runs: ReadOnlyTable<u32, &'static [u8; super::records::LAST_RUN_LEN]>,
+    pipeline_tasks: ReadOnlyTable<&'static [u8; 8], ()>,
+}
+
 /// Checks that everything derived agrees with the raw task runs.
 pub fn verify(store: &Store) -> Result<VerifyReport> {
     let reader = store.reader()?;
     let run_log = reader.table(RUN_LOG)?;
-    let rollups = reader.table(ROLLUPS)?;
-    let pipeline_runs = reader.table(PIPELINE_RUNS)?;
-    let last_runs = reader.table(LAST_RUNS)?;
     let task_runs = reader.table(TASK_RUNS)?;
-    let pipeline_tasks = reader.table(PIPELINE_TASKS)?;
+    let stored = Stored {
+        reader: &reader,
+        rollups: reader.table(ROLLUPS)?,
+        pipeline_runs: reader.table(PIPELINE_RUNS)?,
+        run_members: reader.table(RUN_MEMBERS)?,
+        last_runs: reader.table(LAST_RUNS)?,
+        pipeline_tasks: reader.table(PIPELINE_TASKS)?,
+    };
     let mut report = VerifyReport::default();
 
     let mut current: Option<PipelineWork> = None;
@@ -67,19 +85,12 @@ pub fn verify(store: &Store) -> Result<VerifyReport> {
         let (pipeline, micros, task_run) = split_run_key(key.value());
         if current
             .as_ref()
-            .is_none_or(|work| work.pipeline != pipeline)
+            .is_none_or(|work| work.pipeline.id != pipeline)
         {
             if let Some(work) = current.take() {
-                work.check(
-                    &reader,
-                    &rollups,
-                    &pipeline_runs,
-                    &last_runs,
-                    &pipeline_tasks,
-                    &mut report,
-                )?;
+                work.check(&stored, &mut report)?;
             }
-            current = Some(PipelineWork::new(pipeline));
+            current = Some(PipelineWork::new(reader.entity_by_id(pipeline)?));
         }
         let work = current.as_mut().expect("set above");
         report.task_runs += 1;
@@ -106,7 +117,7 @@ pub fn verify(store: &Store) -> Result<VerifyReport> {
             });
         }
         let home = task_runs
-            .get(&task_run)?
+            .get(&scoped_key(work.pipeline.org_index, &task_run))?
             .map(|bytes| TaskRunHome::decode(bytes.value()))
             .transpose()?;
         if home
@@ -125,14 +136,7 @@ pub fn verify(store: &Store) -> Result<VerifyReport> {
         work.add(&record, executed_at, Uuid::from_bytes(task_run));
     }
     if let Some(work) = current.take() {
-        work.check(
-            &reader,
-            &rollups,
-            &pipeline_runs,
-            &last_runs,
-            &pipeline_tasks,
-            &mut report,
-        )?;
+        work.check(&stored, &mut report)?;
     }
 
     // Nothing may exist that no raw run explains.
@@ -147,43 +151,54 @@ pub fn verify(store: &Store) -> Result<VerifyReport> {
             format!("the task-run index lists {stored} finished runs, the run log holds {found}")
         });
     }
-    let stored_pipeline_runs = pipeline_runs.len()?;
-    if stored_pipeline_runs != report.pipeline_runs {
-        let found = report.pipeline_runs;
-        report.differ(|| format!("{stored_pipeline_runs} pipeline-run aggregates are stored, the run log explains {found}"));
-    }
-    let stored_rollups = rollups.len()?;
-    if stored_rollups != report.rollup_entries {
-        let found = report.rollup_entries;
-        report.differ(|| {
-            format!("{stored_rollups} rollup entries are stored, the run log explains {found}")
-        });
-    }
-    let stored_last_runs = last_runs.len()?;
-    if stored_last_runs != report.last_runs {
-        let found = report.last_runs;
-        report.differ(|| {
-            format!("{stored_last_runs} last-run records are stored, the run log explains {found}")
-        });
+    let counts = [
+        (
+            stored.pipeline_runs.len()?,
+            report.pipeline_runs,
+            "pipeline-run aggregates",
+        ),
+        (
+            stored.run_members.len()?,
+            report.run_members,
+            "pipeline-run member entries",
+        ),
+        (
+            stored.rollups.len()?,
+            report.rollup_entries,
+            "rollup entries",
+        ),
+        (
+            stored.last_runs.len()?,
+            report.last_runs,
+            "last-run records",
+        ),
+    ];
+    for (stored, found, what) in counts {
+        if stored != found {
+            report.differ(|| format!("{stored} {what} are stored, the run log explains {found}"));
+        }
     }
     Ok(report)
 }
 
 /// The recomputation for one pipeline.
 struct PipelineWork {
-    pipeline: EntityId,
+    pipeline: EntityKey,
     /// Expected records: the total and the parts by index.
     rollups: BTreeMap<[u8; ROLLUP_KEY_LEN], (Tally, BTreeMap<u16, Tally>)>,
     aggs: HashMap<[u8; 16], PipelineRunAgg>,
+    /// Finished task runs per pipeline run and executed_at.
+    members: BTreeMap<([u8; 16], i64), u32>,
     last: HashMap<EntityId, LastRunRecord>,
 }
 
 impl PipelineWork {
-    fn new(pipeline: EntityId) -> Self {
+    fn new(pipeline: EntityKey) -> Self {
         PipelineWork {
             pipeline,
             rollups: BTreeMap::new(),
             aggs: HashMap::new(),
+            members: BTreeMap::new(),
             last: HashMap::new(),
         }
     }
@@ -222,62 +237,72 @@ impl PipelineWork {
             .aggs
             .entry(*record.pipeline_run.as_bytes())
             .or_insert(PipelineRunAgg {
-                pipeline: self.pipeline,
+                pipeline: self.pipeline.id,
                 finished: 0,
                 failed: 0,
                 duration_ms: 0,
                 latest_micros: micros,
-                earliest_micros: micros,
             });
         agg.finished += 1;
         agg.failed += u32::from(!record.is_successful);
         agg.duration_ms = agg.duration_ms.wrapping_add(u64::from(record.duration_ms));
         agg.latest_micros = agg.latest_micros.max(micros);
-        agg.earliest_micros = agg.earliest_micros.min(micros);
+        *self
+            .members
+            .entry((*record.pipeline_run.as_bytes(), micros))
+            .or_default() += 1;
     }
 
-    fn check(
-        mut self,
-        reader: &super::Reader<'_>,
-        rollups: &RollupTable,
-        pipeline_runs: &ReadOnlyTable<&'static [u8; 16], &'static [u8; super::records::AGG_LEN]>,
-        last_runs: &ReadOnlyTable<u32, &'static [u8; super::records::LAST_RUN_LEN]>,
-        pipeline_tasks: &ReadOnlyTable<&'static [u8; 8], ()>,
-        report: &mut VerifyReport,
-    ) -> Result<()> {
+    fn check(mut self, stored: &Stored<'_>, report: &mut VerifyReport) -> Result<()> {
         report.pipelines += 1;
+        let org = self.pipeline.org_index;
         let aggs = std::mem::take(&mut self.aggs);
         for (pipeline_run, agg) in &aggs {
             report.pipeline_runs += 1;
             let at = Timestamp::from_micros(agg.latest_micros).expect("from a valid timestamp");
             self.contribute(
-                self.pipeline,
+                self.pipeline.id,
                 at,
                 agg.tally(),
                 Uuid::from_bytes(*pipeline_run),
             );
-            let stored = pipeline_runs
-                .get(pipeline_run)?
+            let found = stored
+                .pipeline_runs
+                .get(&scoped_key(org, pipeline_run))?
                 .map(|bytes| PipelineRunAgg::decode(bytes.value()));
-            let agrees = stored.is_some_and(|s| {
-                (
-                    s.pipeline,
-                    s.finished,
-                    s.failed,
-                    s.duration_ms,
-                    s.latest_micros,
-                ) == (
-                    agg.pipeline,
-                    agg.finished,
-                    agg.failed,
-                    agg.duration_ms,
-                    agg.latest_micros,
-                ) && s.earliest_micros <= agg.earliest_micros
-            });
-            if !agrees {
+            if found != Some(*agg) {
                 report.differ(|| {
                     format!(
-                        "pipeline run {}: stored {stored:?}, recomputed {agg:?}",
+                        "pipeline run {}: stored {found:?}, recomputed {agg:?}",
+                        Uuid::from_bytes(*pipeline_run)
+                    )
+                });
+            }
+            let (low, high) = (
+                member_key(org, pipeline_run, i64::MIN),
+                member_key(org, pipeline_run, i64::MAX),
+            );
+            let mut members = BTreeMap::new();
+            for entry in stored
+                .run_members
+                .range::<&[u8; MEMBER_KEY_LEN]>(&low..=&high)?
+            {
+                let (key, count) = entry?;
+                members.insert(
+                    (*pipeline_run, member_key_micros(key.value())),
+                    count.value(),
+                );
+            }
+            let expected: BTreeMap<_, _> = self
+                .members
+                .range((*pipeline_run, i64::MIN)..=(*pipeline_run, i64::MAX))
+                .map(|(k, v)| (*k, *v))
+                .collect();
+            report.run_members += expected.len() as u64;
+            if members != expected {
+                report.differ(|| {
+                    format!(
+                        "members of pipeline run {}: stored {members:?}, recomputed {expected:?}",
                         Uuid::from_bytes(*pipeline_run)
                     )
                 });
@@ -285,25 +310,29 @@ impl PipelineWork {
         }
 
         // Every entity of this pipeline: the pipeline and all its tasks, with or without runs.
-        let mut entities = vec![self.pipeline];
-        let low = tables::pipeline_task_key(self.pipeline, EntityId(0));
-        let high = tables::pipeline_task_key(self.pipeline, EntityId(u32::MAX));
-        for entry in pipeline_tasks.range::<&[u8; 8]>(&low..=&high)? {
+        let mut entities = vec![self.pipeline.id];
+        let low = tables::pipeline_task_key(self.pipeline.id, EntityId(0));
+        let high = tables::pipeline_task_key(self.pipeline.id, EntityId(u32::MAX));
+        for entry in stored.pipeline_tasks.range::<&[u8; 8]>(&low..=&high)? {
             let (key, _) = entry?;
             entities.push(EntityId(u32::from_be_bytes(
                 key.value()[4..].try_into().expect("4 bytes"),
             )));
         }
         for entity in entities {
-            let name = reader
+            let name = stored
+                .reader
                 .entity_uuid(entity)
                 .map(|u| u.to_string())
                 .unwrap_or_else(|_| format!("#{}", entity.0));
             let (low, high) = tables::rollup_entity_bounds(entity);
-            let mut stored: BTreeMap<[u8; ROLLUP_KEY_LEN], BucketRecord> = BTreeMap::new();
-            for entry in rollups.range::<&[u8; ROLLUP_KEY_LEN]>(&low..=&high)? {
+            let mut found: BTreeMap<[u8; ROLLUP_KEY_LEN], BucketRecord> = BTreeMap::new();
+            for entry in stored
+                .rollups
+                .range::<&[u8; ROLLUP_KEY_LEN]>(&low..=&high)?
+            {
                 let (key, value) = entry?;
-                stored.insert(*key.value(), BucketRecord::decode(value.value())?);
+                found.insert(*key.value(), BucketRecord::decode(value.value())?);
             }
             let expected: BTreeMap<_, _> = self
                 .rollups
@@ -324,12 +353,12 @@ impl PipelineWork {
                 })
                 .collect();
             report.rollup_entries += expected.len() as u64;
-            for key in stored
+            for key in found
                 .keys()
                 .chain(expected.keys())
                 .collect::<std::collections::BTreeSet<_>>()
             {
-                let (s, e) = (stored.get(key), expected.get(key));
+                let (s, e) = (found.get(key), expected.get(key));
                 if s != e {
                     let (_, level) = rollup_key_series(key);
                     let bucket = format_datetime(rollup_key_bucket(key));
@@ -338,7 +367,8 @@ impl PipelineWork {
                     ));
                 }
             }
-            let stored_last = last_runs
+            let stored_last = stored
+                .last_runs
                 .get(entity.0)?
                 .map(|bytes| LastRunRecord::decode(bytes.value()))
                 .transpose()?;

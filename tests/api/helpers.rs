@@ -81,6 +81,7 @@ pub async fn token_for(engine: &Engine, client: &NewClient, scope: Option<&str>)
             client_secret: Some(client.client_secret.clone()),
             scope: scope.map(str::to_string),
             refresh_token: None,
+            peer: None,
         })
         .await
         .unwrap()

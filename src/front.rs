@@ -1,0 +1,465 @@
+//! Serving one front (the REST gateway or the gRPC API) on a [`Limited`] listener: HTTP/1 and
+//! HTTP/2 connections (gRPC: HTTP/2 only) driven by hyper, with the timeouts that keep idle or
+//! slow peers from holding the door shut:
+//!
+//! - a **handshake timeout**: a connection must send its first request's headers within it;
+//! - an HTTP/1 **header-read timeout** for every request's headers;
+//! - an **idle timeout**: a connection with no request in flight (an HTTP/1 keep-alive, an
+//!   HTTP/2 connection without open streams) is closed gracefully after it (a GOAWAY for
+//!   HTTP/2; clients reconnect on their next call);
+//! - HTTP/2 **keepalive pings**, so that a peer that vanished is noticed even while a stream
+//!   (an executor's watch) stays open.
+//!
+//! Each request carries the peer's address (tonic's `TcpConnectInfo`, axum's `ConnectInfo`).
+//! A malformed HTTP/1 request, which hyper answers itself with an empty 400, gets the contract's
+//! JSON error body instead (see [`JsonParseErrors`]).
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::watch;
+use tower::ServiceExt;
+
+use crate::connections::Limited;
+
+/// The limits and timeouts of a front's connections.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionLimits {
+    /// Connections each front holds open.
+    pub max_connections: usize,
+    /// Connections each front holds open from one IP address.
+    pub max_per_peer: usize,
+    /// Time from accepting a connection to its first request's headers.
+    pub handshake_timeout: Duration,
+    /// Time a connection may stay open with no request in flight.
+    pub idle_timeout: Duration,
+    /// Time an HTTP/1 request's headers may take to arrive.
+    pub header_read_timeout: Duration,
+    /// How often an HTTP/2 connection is pinged, and how long the peer has to answer.
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+    /// Concurrent requests (streams) one HTTP/2 connection may have open; a client past it
+    /// waits for one to end (HTTP/2 flow control), so one client cannot pile up unbounded work.
+    pub max_streams: u32,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: 1_024,
+            max_per_peer: 256,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            header_read_timeout: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(20),
+            max_streams: 256,
+        }
+    }
+}
+
+/// Which protocols a front speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocols {
+    /// HTTP/1.1 and HTTP/2 (prior knowledge): the REST gateway.
+    Http1And2,
+    /// HTTP/2 only: gRPC.
+    Http2,
+}
+
+/// How long a connection told to close may take to finish what it is doing.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
+
+/// Serves `service` on `listener` until `stop` turns true; then stops accepting, asks every
+/// connection to close gracefully, and returns once all have closed.
+pub async fn serve<S, B>(
+    listener: Limited,
+    service: S,
+    protocols: Protocols,
+    limits: ConnectionLimits,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: tower::Service<Request<Body>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = axum::body::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let local = listener.local_addr().ok();
+    let builder = Arc::new(builder(protocols, &limits));
+    loop {
+        let (io, peer) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|stop| *stop) => break,
+        };
+        let connection = Connection {
+            peer,
+            local,
+            limits,
+            stop: stop.clone(),
+        };
+        let (builder, service) = (builder.clone(), service.clone());
+        tokio::spawn(async move {
+            match protocols {
+                Protocols::Http1And2 => {
+                    connection
+                        .run(&builder, JsonParseErrors::new(io), service)
+                        .await;
+                }
+                Protocols::Http2 => connection.run(&builder, io, service).await,
+            }
+        });
+    }
+    listener.drained().await;
+}
+
+fn builder(
+    protocols: Protocols,
+    limits: &ConnectionLimits,
+) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(limits.keepalive_interval))
+        .keep_alive_timeout(limits.keepalive_timeout)
+        .max_concurrent_streams(limits.max_streams);
+    match protocols {
+        Protocols::Http1And2 => builder,
+        Protocols::Http2 => builder.http2_only(),
+    }
+}
+
+/// One accepted connection.
+struct Connection {
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    limits: ConnectionLimits,
+    stop: watch::Receiver<bool>,
+}
+
+impl Connection {
+    async fn run<I, S, B>(
+        mut self,
+        builder: &hyper_util::server::conn::auto::Builder<TokioExecutor>,
+        io: I,
+        service: S,
+    ) where
+        I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+        S: tower::Service<Request<Body>, Response = Response<B>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        B: http_body::Body<Data = axum::body::Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let activity = Arc::new(watch::Sender::new(Activity::default()));
+        let (peer, local) = (self.peer, self.local);
+        let counter = activity.clone();
+        let hyper_service =
+            hyper::service::service_fn(move |mut request: Request<hyper::body::Incoming>| {
+                let extensions = request.extensions_mut();
+                extensions.insert(tonic::transport::server::TcpConnectInfo {
+                    local_addr: local,
+                    remote_addr: Some(peer),
+                });
+                extensions.insert(axum::extract::ConnectInfo(peer));
+                let in_flight = InFlight::start(&counter);
+                let call = service.clone().oneshot(request.map(Body::new));
+                async move {
+                    let response = call.await?;
+                    Ok::<_, Infallible>(response.map(|body| Tracked {
+                        body,
+                        _in_flight: in_flight,
+                    }))
+                }
+            });
+        let connection = builder.serve_connection(TokioIo::new(io), hyper_service);
+        tokio::pin!(connection);
+        let idle = idle(activity.subscribe(), self.limits);
+        tokio::pin!(idle);
+        let closing = tokio::select! {
+            result = connection.as_mut() => {
+                log_end(peer, result);
+                return;
+            }
+            () = &mut idle => "idle",
+            _ = self.stop.wait_for(|stop| *stop) => "shutting down",
+        };
+        tracing::debug!(%peer, why = closing, "closing connection");
+        connection.as_mut().graceful_shutdown();
+        if let Ok(result) = tokio::time::timeout(CLOSE_GRACE, connection).await {
+            log_end(peer, result);
+        }
+    }
+}
+
+fn log_end(peer: SocketAddr, result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
+    if let Err(error) = result {
+        tracing::debug!(%peer, %error, "connection ended with an error");
+    }
+}
+
+/// Requests in flight on a connection, and how many have started.
+#[derive(Clone, Copy, Debug, Default)]
+struct Activity {
+    in_flight: usize,
+    started: u64,
+}
+
+/// Resolves once the connection has been without a request in flight for the idle timeout (or,
+/// before its first request, for the handshake timeout).
+async fn idle(mut activity: watch::Receiver<Activity>, limits: ConnectionLimits) {
+    loop {
+        let now = *activity.borrow_and_update();
+        if now.in_flight > 0 {
+            if activity.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            continue;
+        }
+        let wait = if now.started == 0 {
+            limits.handshake_timeout
+        } else {
+            limits.idle_timeout
+        };
+        match tokio::time::timeout(wait, activity.changed()).await {
+            Ok(Ok(())) => continue,
+            Ok(Err(_)) => return std::future::pending().await,
+            Err(_) => return,
+        }
+    }
+}
+
+/// A request in flight, counted until its response body is finished or dropped.
+struct InFlight(Arc<watch::Sender<Activity>>);
+
+impl InFlight {
+    fn start(activity: &Arc<watch::Sender<Activity>>) -> InFlight {
+        activity.send_modify(|a| {
+            a.in_flight += 1;
+            a.started += 1;
+        });
+        InFlight(activity.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.send_modify(|a| a.in_flight -= 1);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its request counted as in flight until it is done.
+    struct Tracked<B> {
+        #[pin]
+        body: B,
+        _in_flight: InFlight,
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// An HTTP/1 connection's I/O that replaces hyper's own answer to a request it cannot parse (a
+/// bad request line, header or `Content-Length`: an empty `400`, `414` or `431` with
+/// `connection: close` and `content-length: 0`, written just before the connection closes) with
+/// the same status and the contract's JSON error body. runledger's own answers always carry a
+/// body, so the empty one is recognisable.
+pub struct JsonParseErrors<I> {
+    io: I,
+    /// Bytes still to write in place of hyper's answer.
+    replacement: Option<(Vec<u8>, usize)>,
+}
+
+impl<I> JsonParseErrors<I> {
+    pub fn new(io: I) -> Self {
+        JsonParseErrors {
+            io,
+            replacement: None,
+        }
+    }
+}
+
+/// The JSON answer to write instead of `head`, if `head` is hyper's answer to a malformed
+/// request.
+pub fn replace_parse_error(head: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(head).ok()?;
+    let (status_line, rest) = text.split_once("\r\n")?;
+    let lower = rest.to_ascii_lowercase();
+    if !lower.ends_with("\r\n\r\n")
+        || !lower.contains("connection: close\r\n")
+        || !lower.contains("content-length: 0\r\n")
+        || lower.contains("content-type:")
+    {
+        return None;
+    }
+    let (code, detail) = match status_line {
+        "HTTP/1.1 400 Bad Request" | "HTTP/1.0 400 Bad Request" => (
+            400,
+            "the request is not well-formed HTTP/1.1 (its request line, a header, or its Content-Length); nothing was done",
+        ),
+        "HTTP/1.1 414 URI Too Long" | "HTTP/1.0 414 URI Too Long" => (
+            414,
+            "the request's URI is over the size limit; nothing was done",
+        ),
+        "HTTP/1.1 431 Request Header Fields Too Large"
+        | "HTTP/1.0 431 Request Header Fields Too Large" => (
+            431,
+            "the request's headers are over the size limit; nothing was done",
+        ),
+        _ => return None,
+    };
+    let status = axum::http::StatusCode::from_u16(code).ok()?;
+    let body = serde_json::to_vec(&crate::error::ErrorBody {
+        code,
+        message: status.canonical_reason().unwrap_or("error").to_lowercase(),
+        errors: vec![detail.to_string()],
+    })
+    .ok()?;
+    let mut out = format!(
+        "{status_line}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    Some(out)
+}
+
+impl<I: AsyncWrite + Unpin> JsonParseErrors<I> {
+    /// Writes what is left of a replacement; ready once there is nothing left.
+    fn poll_replacement(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some((bytes, written)) = &mut self.replacement {
+            if *written == bytes.len() {
+                self.replacement = None;
+                break;
+            }
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &bytes[*written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            *written += n;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for JsonParseErrors<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for JsonParseErrors<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        ready!(self.poll_replacement(cx))?;
+        if let Some(replacement) = replace_parse_error(buf) {
+            self.replacement = Some((replacement, 0));
+            // Claimed as written; the replacement goes out before anything else.
+            let _ = self.poll_replacement(cx)?;
+            return Poll::Ready(Ok(buf.len()));
+        }
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let mut filled = bufs.iter().filter(|b| !b.is_empty());
+        if let (Some(only), None) = (filled.next(), filled.next())
+            && replace_parse_error(only).is_some()
+        {
+            return self.poll_write(cx, only);
+        }
+        ready!(self.poll_replacement(cx))?;
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_replacement(cx))?;
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_replacement(cx))?;
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hypers_empty_parse_error_answers_become_json() {
+        let hyper = b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\ndate: Mon, 23 Nov 2026 20:10:16 GMT\r\n\r\n";
+        let replaced = String::from_utf8(replace_parse_error(hyper).unwrap()).unwrap();
+        let (head, body) = replaced.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{head}");
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{head}"
+        );
+        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["code"], 400);
+        assert!(
+            body["errors"][0]
+                .as_str()
+                .unwrap()
+                .contains("Content-Length")
+        );
+        // runledger's own answers are left alone.
+        let ours = b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+        assert!(replace_parse_error(ours).is_none());
+        assert!(replace_parse_error(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").is_none());
+    }
+}
