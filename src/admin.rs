@@ -1,7 +1,10 @@
-//! The operator's channel to a running server: a Unix socket in the data dir (`admin.sock`,
-//! owner-only) taking one command per connection — `backup DIR` or `revoke CLIENT_ID` — and
-//! answering one line, `ok ...` or `error ...`. Commands that need the database (whose file a
-//! running server holds) go through it; whoever can open the socket can already read the data dir.
+//! The operator's channel to a running server: a Unix socket in the data dir (`admin.sock`)
+//! taking one command per connection — `backup DIR` or `revoke CLIENT_ID` — and answering one
+//! line, `ok ...` or `error ...`. Commands that need the database (whose file a running server
+//! holds) go through it. The socket is created owner-only (under a restrictive umask, so there is
+//! no moment when others could connect), in an owner-only data dir, and a connection is served
+//! only when the peer's uid is the server's own (or root's); a backup directory must be
+//! absolute, so that it cannot depend on the server's working directory.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -38,10 +41,17 @@ impl Command {
     fn parse(line: &str) -> Result<Command, String> {
         let line = line.trim_end_matches(['\r', '\n']);
         match line.split_once(' ') {
-            Some(("backup", dir)) if !dir.is_empty() => Ok(Command::Backup(PathBuf::from(dir))),
+            Some(("backup", dir)) if Path::new(dir).is_absolute() => {
+                Ok(Command::Backup(PathBuf::from(dir)))
+            }
+            Some(("backup", dir)) => Err(format!(
+                "the backup directory {} is not an absolute path",
+                crate::error::quote(dir)
+            )),
             Some(("revoke", id)) if !id.is_empty() => Ok(Command::Revoke(id.to_string())),
             _ => Err(format!(
-                "unknown command `{line}`: the commands are `backup DIR` and `revoke CLIENT_ID`"
+                "unknown command {}: the commands are `backup DIR` and `revoke CLIENT_ID`",
+                crate::error::quote(line)
             )),
         }
     }
@@ -60,13 +70,32 @@ pub fn bind(data_dir: &Path) -> std::io::Result<UnixListener> {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    let listener = UnixListener::bind(&path)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    }
+    // SAFETY: umask only swaps the process's file-creation mask; it cannot fail. Files other
+    // threads create in this instant are created no more permissive than asked, only less.
+    let previous = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(&path);
+    // SAFETY: as above; restores the mask the process had.
+    unsafe { libc::umask(previous) };
+    let listener = bound?;
+    crate::private::restrict(&path)?;
     Ok(listener)
+}
+
+/// Whether a connected peer may give commands: the server's own user, or root.
+fn trusted(stream: &UnixStream) -> Result<(), String> {
+    let peer = stream
+        .peer_cred()
+        .map_err(|e| format!("cannot tell who is connected: {e}"))?
+        .uid();
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let own = unsafe { libc::geteuid() };
+    if peer == own || peer == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "uid {peer} may not give commands to this server (it runs as uid {own})"
+        ))
+    }
 }
 
 /// Answers commands on `listener` until the task is dropped (the server removes the socket).
@@ -86,6 +115,14 @@ pub async fn serve(engine: Arc<Engine>, listener: UnixListener) {
 }
 
 async fn answer(engine: Arc<Engine>, stream: UnixStream) {
+    if let Err(reason) = trusted(&stream) {
+        tracing::warn!(reason, "admin socket: refused a peer");
+        let (_, mut write) = stream.into_split();
+        let _ = write
+            .write_all(format!("error {reason}\n").as_bytes())
+            .await;
+        return;
+    }
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = tokio::io::BufReader::new(read.take(MAX_LINE));
@@ -169,9 +206,16 @@ mod tests {
         ] {
             assert_eq!(Command::parse(&command.to_line()), Ok(command));
         }
-        for bad in ["", "backup", "backup ", "drop everything", "revoke"] {
+        for bad in ["", "backup", "drop everything", "revoke"] {
             let reason = Command::parse(bad).unwrap_err();
             assert!(reason.contains("unknown command"), "{reason}");
         }
+        for relative in ["backup ", "backup backups/today", "backup ./x"] {
+            let reason = Command::parse(relative).unwrap_err();
+            assert!(reason.contains("not an absolute path"), "{reason}");
+        }
+        let long = format!("revoke{}", " x".repeat(5_000));
+        let reason = Command::parse(&format!("drop{long}")).unwrap_err();
+        assert!(reason.len() < 250, "{reason}");
     }
 }

@@ -164,7 +164,7 @@ impl MasterKey {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = MasterKey(random_bytes());
-                write_private(&path, STANDARD.encode(key.0).as_bytes())
+                crate::private::write_new(&path, STANDARD.encode(key.0).as_bytes())
                     .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
                 Ok(key)
             }
@@ -197,21 +197,6 @@ impl MasterKey {
             .map_err(|_| format!("the output key of organization {org} is damaged"))?;
         Ok(OutputKey::from_bytes(key))
     }
-}
-
-/// Creates a file readable and writable by its owner only, failing if it exists.
-pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path)?;
-    file.write_all(contents)?;
-    file.sync_all()
 }
 
 #[cfg(test)]

@@ -76,8 +76,10 @@ pub enum Protocols {
     Http2,
 }
 
-/// How long a connection told to close may take to finish what it is doing.
+/// How long a connection told to close at shutdown may take to finish what it is doing.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
+/// How long an idle connection told to close (an HTTP/2 GOAWAY) may take to go.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Serves `service` on `listener` until `stop` turns true; then stops accepting, asks every
 /// connection to close gracefully, and returns once all have closed.
@@ -195,17 +197,24 @@ impl Connection {
         tokio::pin!(connection);
         let idle = idle(activity.subscribe(), self.limits);
         tokio::pin!(idle);
-        let closing = tokio::select! {
+        let grace = tokio::select! {
             result = connection.as_mut() => {
                 log_end(peer, result);
                 return;
             }
-            () = &mut idle => "idle",
-            _ = self.stop.wait_for(|stop| *stop) => "shutting down",
+            idle = &mut idle => match idle {
+                // It never sent a request: there is nothing to finish, and a connection that
+                // has not done its handshake cannot be closed gracefully.
+                Idle::BeforeFirstRequest => {
+                    tracing::debug!(%peer, "no request within the handshake timeout; closing");
+                    return;
+                }
+                Idle::BetweenRequests => IDLE_CLOSE_GRACE,
+            },
+            _ = self.stop.wait_for(|stop| *stop) => CLOSE_GRACE,
         };
-        tracing::debug!(%peer, why = closing, "closing connection");
         connection.as_mut().graceful_shutdown();
-        if let Ok(result) = tokio::time::timeout(CLOSE_GRACE, connection).await {
+        if let Ok(result) = tokio::time::timeout(grace, connection).await {
             log_end(peer, result);
         }
     }
@@ -224,9 +233,15 @@ struct Activity {
     started: u64,
 }
 
+/// How a connection came to be idle.
+enum Idle {
+    BeforeFirstRequest,
+    BetweenRequests,
+}
+
 /// Resolves once the connection has been without a request in flight for the idle timeout (or,
 /// before its first request, for the handshake timeout).
-async fn idle(mut activity: watch::Receiver<Activity>, limits: ConnectionLimits) {
+async fn idle(mut activity: watch::Receiver<Activity>, limits: ConnectionLimits) -> Idle {
     loop {
         let now = *activity.borrow_and_update();
         if now.in_flight > 0 {
@@ -235,15 +250,15 @@ async fn idle(mut activity: watch::Receiver<Activity>, limits: ConnectionLimits)
             }
             continue;
         }
-        let wait = if now.started == 0 {
-            limits.handshake_timeout
+        let (wait, idle) = if now.started == 0 {
+            (limits.handshake_timeout, Idle::BeforeFirstRequest)
         } else {
-            limits.idle_timeout
+            (limits.idle_timeout, Idle::BetweenRequests)
         };
         match tokio::time::timeout(wait, activity.changed()).await {
             Ok(Ok(())) => continue,
             Ok(Err(_)) => return std::future::pending().await,
-            Err(_) => return,
+            Err(_) => return idle,
         }
     }
 }

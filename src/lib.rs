@@ -21,6 +21,7 @@ pub mod error;
 pub mod front;
 pub mod load;
 pub mod model;
+pub mod private;
 pub mod server;
 pub mod store;
 pub mod time;

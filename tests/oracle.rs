@@ -12,8 +12,9 @@ use runledger::auth::Caller;
 use runledger::engine::Engine;
 use runledger::error::Error;
 use runledger::model::{
-    BucketCount, EntityKind, EntityRef, LastRun, LogCursor, OrgId, PipelineId, PipelineRunId,
-    RunState, Stats, Tally, TaskError, TaskId, TaskRun, TaskRunId, TaskType, TimeRange,
+    BucketCount, EntityKind, EntityRef, LastRun, LogCursor, OrgId, PipelineDefinition, PipelineId,
+    PipelineRunId, RunState, Stats, Tally, TaskDefinition, TaskError, TaskId, TaskRun, TaskRunId,
+    TaskType, TimeRange,
 };
 use runledger::store::{Store, StoreOptions, verify::verify};
 use runledger::time::{MICROS_PER_SECOND, Period, Timestamp, parse_instant};
@@ -744,6 +745,83 @@ fn comparable(entry: &runledger::model::LogEntry) -> String {
     format!("{entry:?} output of {length} bytes")
 }
 
+/// Asserts that two engines answer every question about `pipelines` and their tasks the same:
+/// last runs, random range stats and aggregated stats, and whole logs. Returns how many of the
+/// ranges compared held runs.
+fn assert_same_answers(
+    rng: &mut Rng,
+    seed: u64,
+    messy: &Engine,
+    clean: &Engine,
+    pipelines: &[PipelineSpec],
+) -> usize {
+    let whole = TimeRange::new(
+        second_of("0001-01-01 00:00:00"),
+        second_of("9999-12-31 23:59:59"),
+    )
+    .unwrap();
+    let mut compared = 0;
+    for pipeline in pipelines {
+        let op = Caller::operator_in(pipeline.org);
+        let mut entities = vec![EntityRef {
+            kind: EntityKind::Pipeline,
+            uuid: pipeline.id.0,
+        }];
+        entities.extend(pipeline.tasks.iter().map(|(task, _)| EntityRef {
+            kind: EntityKind::Task,
+            uuid: task.0,
+        }));
+        for entity in entities {
+            let context = format!("seed {seed}, {entity}");
+            let last = |e: &Engine| e.last_run(&op, entity).map_err(|e| e.to_string());
+            assert_eq!(last(messy), last(clean), "{context}");
+            for _ in 0..40 {
+                let (mut from, mut to) = (random_second(rng), random_second(rng));
+                if from > to {
+                    std::mem::swap(&mut from, &mut to);
+                }
+                let range = TimeRange::new(from, to).unwrap();
+                let stats = |e: &Engine| e.stats(&op, entity, range).map_err(|e| e.to_string());
+                let answer = stats(messy);
+                if answer.as_ref().is_ok_and(|s| s.tally.runs() > 0) {
+                    compared += 1;
+                }
+                assert_eq!(answer, stats(clean), "{context} {from}..={to}");
+                let period = *rng.pick(&Period::ALL);
+                let n = BucketCount::new(rng.range(1, 200) as u32).unwrap();
+                let aggregated = |e: &Engine| {
+                    e.aggregated_stats(&op, entity, period, from, n)
+                        .map_err(|e| e.to_string())
+                };
+                assert_eq!(aggregated(messy), aggregated(clean), "{context} {period:?}");
+            }
+        }
+        let log = |e: &Engine| -> Vec<String> {
+            let (mut entries, mut cursor) = (Vec::new(), None);
+            loop {
+                match e.logs(&op, pipeline.id, whole, cursor, 1_000) {
+                    Ok(page) => {
+                        entries.extend(page.entries.iter().map(comparable));
+                        match page.next {
+                            Some(next) => cursor = Some(next),
+                            None => return entries,
+                        }
+                    }
+                    Err(e) => return vec![e.to_string()],
+                }
+            }
+        };
+        let entries = log(messy);
+        assert!(
+            entries.len() > 100,
+            "seed {seed}: {} log entries",
+            entries.len()
+        );
+        assert_eq!(entries, log(clean), "seed {seed}: logs of {}", pipeline.id);
+    }
+    compared
+}
+
 #[test]
 fn replaying_any_part_of_a_stream_equals_one_clean_delivery() {
     let seeds = seeds_or(3);
@@ -757,74 +835,7 @@ fn replaying_any_part_of_a_stream_equals_one_clean_delivery() {
         );
         let (messy, _a) = engine_with(&mut rng, &delivered);
         let (clean, _b) = engine_with(&mut rng, &final_reports(&stream));
-        let whole = TimeRange::new(
-            second_of("0001-01-01 00:00:00"),
-            second_of("9999-12-31 23:59:59"),
-        )
-        .unwrap();
-        let mut compared = 0;
-        for pipeline in &pipelines {
-            let op = Caller::operator_in(pipeline.org);
-            let mut entities = vec![EntityRef {
-                kind: EntityKind::Pipeline,
-                uuid: pipeline.id.0,
-            }];
-            entities.extend(pipeline.tasks.iter().map(|(task, _)| EntityRef {
-                kind: EntityKind::Task,
-                uuid: task.0,
-            }));
-            for entity in entities {
-                let context = format!("seed {seed}, {entity}");
-                let last = |e: &Engine| e.last_run(&op, entity).map_err(|e| e.to_string());
-                assert_eq!(last(&messy), last(&clean), "{context}");
-                for _ in 0..40 {
-                    let (mut from, mut to) = (random_second(&mut rng), random_second(&mut rng));
-                    if from > to {
-                        std::mem::swap(&mut from, &mut to);
-                    }
-                    let range = TimeRange::new(from, to).unwrap();
-                    let stats = |e: &Engine| e.stats(&op, entity, range).map_err(|e| e.to_string());
-                    let answer = stats(&messy);
-                    if answer.as_ref().is_ok_and(|s| s.tally.runs() > 0) {
-                        compared += 1;
-                    }
-                    assert_eq!(answer, stats(&clean), "{context} {from}..={to}");
-                    let period = *rng.pick(&Period::ALL);
-                    let n = BucketCount::new(rng.range(1, 200) as u32).unwrap();
-                    let aggregated = |e: &Engine| {
-                        e.aggregated_stats(&op, entity, period, from, n)
-                            .map_err(|e| e.to_string())
-                    };
-                    assert_eq!(
-                        aggregated(&messy),
-                        aggregated(&clean),
-                        "{context} {period:?}"
-                    );
-                }
-            }
-            let log = |e: &Engine| -> Vec<String> {
-                let (mut entries, mut cursor) = (Vec::new(), None);
-                loop {
-                    match e.logs(&op, pipeline.id, whole, cursor, 1_000) {
-                        Ok(page) => {
-                            entries.extend(page.entries.iter().map(comparable));
-                            match page.next {
-                                Some(next) => cursor = Some(next),
-                                None => return entries,
-                            }
-                        }
-                        Err(e) => return vec![e.to_string()],
-                    }
-                }
-            };
-            let entries = log(&messy);
-            assert!(
-                entries.len() > 100,
-                "seed {seed}: {} log entries",
-                entries.len()
-            );
-            assert_eq!(entries, log(&clean), "seed {seed}: logs of {}", pipeline.id);
-        }
+        let compared = assert_same_answers(&mut rng, seed, &messy, &clean, &pipelines);
         assert!(
             compared > 50,
             "seed {seed}: only {compared} ranges held runs"
@@ -835,5 +846,213 @@ fn replaying_any_part_of_a_stream_equals_one_clean_delivery() {
                 "seed {seed}"
             );
         }
+    }
+}
+
+/// A hostile organization's writes, derived from a victim's reports: its UUIDs reused in the
+/// attacker's name, reports naming the victim's organization, UUIDs used as both pipeline and
+/// task, re-report storms and registrations of the victim's UUIDs.
+fn hostile_writes(
+    rng: &mut Rng,
+    victim_reports: &[TaskRun],
+    attacker: OrgId,
+    victim: OrgId,
+) -> Vec<Write> {
+    let mut writes = Vec::new();
+    for _ in 0..60 {
+        let sample =
+            |rng: &mut Rng| victim_reports[rng.below(victim_reports.len() as u64) as usize].clone();
+        let write = match rng.below(6) {
+            // The victim's UUIDs, reported as the attacker's own, with other outcomes.
+            0 | 1 => Write::Report(
+                attacker,
+                (0..rng.range(1, 40))
+                    .map(|_| {
+                        let mut run = sample(rng);
+                        run.organization = if rng.chance(50) { Some(attacker) } else { None };
+                        run.is_successful = rng.chance(50);
+                        run.duration_ms = rng.below(1_000) as u32;
+                        run
+                    })
+                    .collect(),
+            ),
+            // Naming the victim's organization: refused whole.
+            2 => {
+                let mut run = sample(rng);
+                run.organization = Some(victim);
+                Write::Report(attacker, vec![run])
+            }
+            // A UUID as pipeline and task at once, or first as one and then as the other.
+            3 => {
+                let (mut first, mut second) = (sample(rng), sample(rng));
+                first.organization = Some(attacker);
+                second.organization = Some(attacker);
+                if rng.chance(50) {
+                    first.task = TaskId(first.pipeline.0);
+                    Write::Report(attacker, vec![first])
+                } else {
+                    second.pipeline = PipelineId(first.task.0);
+                    Write::Report(attacker, vec![first, second])
+                }
+            }
+            // A storm: one task run reported hundreds of times in one batch.
+            4 => {
+                let run = sample(rng);
+                let storm = (0..rng.range(50, 500))
+                    .map(|i| TaskRun {
+                        organization: Some(attacker),
+                        is_successful: i % 3 != 0,
+                        duration_ms: i as u32,
+                        executed_at: Some(instant(rng)),
+                        state: RunState::Finished,
+                        ..run.clone()
+                    })
+                    .collect();
+                Write::Report(attacker, storm)
+            }
+            // The victim's pipeline registered by the attacker, with the victim's tasks.
+            _ => {
+                let run = sample(rng);
+                Write::Register(
+                    attacker,
+                    PipelineDefinition {
+                        pipeline: run.pipeline,
+                        organization: None,
+                        name: "mine now".into(),
+                        tasks: vec![TaskDefinition {
+                            task: run.task,
+                            task_type: run.task_type,
+                            name: String::new(),
+                            is_initial: true,
+                        }],
+                    },
+                )
+            }
+        };
+        writes.push(write);
+    }
+    writes
+}
+
+/// A write of one organization.
+enum Write {
+    Report(OrgId, Vec<TaskRun>),
+    Register(OrgId, PipelineDefinition),
+}
+
+#[test]
+fn another_organizations_hostile_writes_never_change_our_answers() {
+    let seeds = seeds_or(3);
+    for seed in 300..300 + seeds {
+        let mut rng = Rng(seed);
+        let (mut pipelines, mut ours) = generate(&mut rng, 1_500);
+        let (victim, attacker) = (OrgId(rng.uuid()), OrgId(rng.uuid()));
+        for pipeline in &mut pipelines {
+            pipeline.org = victim;
+        }
+        for run in &mut ours {
+            run.organization = Some(victim);
+        }
+        let theirs = hostile_writes(&mut rng, &ours, attacker, victim);
+
+        // Our batches in order, their writes interleaved at random points; several reports
+        // queued at once, so that group commits mix both organizations in one transaction.
+        let dir = tempfile::tempdir().unwrap();
+        let engine =
+            Engine::new(Store::open(dir.path(), StoreOptions::default()).unwrap()).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let mut writes: Vec<Write> = Vec::new();
+        let mut rest = ours.as_slice();
+        let mut theirs = theirs.into_iter().peekable();
+        while !rest.is_empty() || theirs.peek().is_some() {
+            if rest.is_empty() || (theirs.peek().is_some() && rng.chance(40)) {
+                writes.extend(theirs.next());
+            } else {
+                let (batch, tail) = rest.split_at((rng.range(1, 60) as usize).min(rest.len()));
+                rest = tail;
+                writes.push(Write::Report(victim, batch.to_vec()));
+            }
+        }
+        let (mut refused, mut accepted) = (0, 0);
+        runtime.block_on(async {
+            let mut queued = Vec::new();
+            for write in writes {
+                match write {
+                    Write::Report(org, runs) => {
+                        let mine = org == victim;
+                        match engine.submit_report(&Caller::operator_in(org), runs).await {
+                            Ok(durable) => queued.push((mine, durable)),
+                            Err(error) => {
+                                assert!(!mine, "seed {seed}: our report refused: {error}");
+                                assert!(
+                                    !matches!(error, Error::Internal(_)),
+                                    "seed {seed}: {error}"
+                                );
+                                refused += 1;
+                            }
+                        }
+                    }
+                    Write::Register(org, definition) => {
+                        match engine
+                            .register_pipeline(&Caller::operator_in(org), definition)
+                            .await
+                        {
+                            Ok(_) => accepted += 1,
+                            Err(error) => {
+                                assert!(
+                                    !matches!(error, Error::Internal(_)),
+                                    "seed {seed}: {error}"
+                                );
+                                refused += 1;
+                            }
+                        }
+                    }
+                }
+                if rng.chance(30) {
+                    for (mine, durable) in queued.drain(..) {
+                        match durable.await {
+                            Ok(_) => accepted += u32::from(!mine),
+                            Err(error) => {
+                                assert!(!mine, "seed {seed}: our report refused: {error}");
+                                assert!(
+                                    !matches!(error, Error::Internal(_)),
+                                    "seed {seed}: {error}"
+                                );
+                                refused += 1;
+                            }
+                        }
+                    }
+                }
+            }
+            for (mine, durable) in queued {
+                match durable.await {
+                    Ok(_) => accepted += u32::from(!mine),
+                    Err(error) => {
+                        assert!(!mine, "seed {seed}: our report refused: {error}");
+                        refused += 1;
+                    }
+                }
+            }
+        });
+        assert!(
+            refused > 5 && accepted > 5,
+            "seed {seed}: {refused} refused, {accepted} accepted"
+        );
+
+        let (clean, _dir) = engine_with(&mut rng, &ours);
+        let compared = assert_same_answers(&mut rng, seed, &engine, &clean, &pipelines);
+        assert!(
+            compared > 20,
+            "seed {seed}: only {compared} ranges held runs"
+        );
+        let report = verify(engine.store()).unwrap();
+        assert!(
+            report.is_consistent(),
+            "seed {seed}: {:?}",
+            report.differences
+        );
     }
 }

@@ -14,7 +14,12 @@ fn error_responses(codes: &[&str]) -> Value {
             "405" => "The route does not take this method",
             "409" => "The pipeline has no initial task to start",
             "413" => "The request body is over 64 KiB",
-            "429" => "Too many requests; retry after the `Retry-After` seconds",
+            "429" => {
+                "Too many of this organization's task runs wait for an executor, or the write queue is full; nothing was started; retry after the `Retry-After` seconds"
+            }
+            "503" => {
+                "The service cannot do this now (shutting down, serving read-only, or reopening the database after a failed write); retry after the `Retry-After` seconds"
+            }
             _ => "Error",
         };
         responses.insert(
@@ -27,6 +32,9 @@ fn error_responses(codes: &[&str]) -> Value {
     }
     Value::Object(responses)
 }
+
+/// What a read can answer besides 200: reads are never queued or throttled, so never 429.
+const READ_ERRORS: &[&str] = &["400", "401", "403", "404", "503"];
 
 fn with(mut responses: Value, code: &str, response: Value) -> Value {
     responses
@@ -45,7 +53,7 @@ fn stats_operation(summary: &str, parameters: Value, response: Value) -> Value {
         "summary": summary,
         "security": [{"oauth2": ["stats:read"]}, {"bearer": []}],
         "parameters": parameters,
-        "responses": with(error_responses(&["400", "401", "403", "404", "429"]), "200", response),
+        "responses": with(error_responses(READ_ERRORS), "200", response),
     })
 }
 
@@ -57,7 +65,7 @@ fn run_operation(edition: &str) -> Value {
             "security": [{"oauth2": ["pipelines:run"]}, {"bearer": []}],
             "parameters": [{"$ref": "#/components/parameters/uuid"}],
             "responses": with(
-                error_responses(&["400", "401", "403", "404", "409", "413", "429"]),
+                error_responses(&["400", "401", "403", "404", "409", "413", "429", "503"]),
                 "201",
                 json_response("The new task runs", json!({"type": "array", "items": {"$ref": "#/components/schemas/RunTask"}})),
             ),
@@ -92,7 +100,8 @@ pub fn document() -> Value {
             "400": json_response("invalid_request, unsupported_grant_type, invalid_grant or invalid_scope", json!({"$ref": "#/components/schemas/OAuthError"})),
             "401": json_response("invalid_client: unknown client, wrong secret or revoked client", json!({"$ref": "#/components/schemas/OAuthError"})),
             "413": {"description": "The request body is over 64 KiB", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
-            "429": json_response("Too many failed attempts; retry after the Retry-After seconds", json!({"$ref": "#/components/schemas/OAuthError"})),
+            "429": json_response("Too many failed attempts (slow_down); retry after the Retry-After seconds", json!({"$ref": "#/components/schemas/OAuthError"})),
+            "503": {"description": "The database is read-only or reopening: no token can be issued now", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
         }
     });
     let mut token_post = token_operation.clone();
@@ -122,7 +131,7 @@ pub fn document() -> Value {
                     "parameters": [uuid, from, to,
                         {"name": "limit", "in": "query", "required": false, "description": "Entries per page, 1 to 1000", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
                         {"name": "cursor", "in": "query", "required": false, "description": "Where the page starts, from the previous page's X-Next-Cursor (or its Link rel=next URL)", "schema": {"type": "string"}}],
-                    "responses": with(error_responses(&["400", "401", "403", "404", "429"]), "200", {
+                    "responses": with(error_responses(READ_ERRORS), "200", {
                         let mut response = json_response("Entries, newest first", json!({"type": "array", "items": {"$ref": "#/components/schemas/LogEntry"}}));
                         response["headers"] = json!({
                             "Link": {"description": "`<url>; rel=\"next\"`: the next page, absent on the last", "schema": {"type": "string"}},

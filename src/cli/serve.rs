@@ -103,11 +103,12 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
             data_dir = %args.data_dir.data_dir.display(),
             "runledger is serving"
         );
+        // The admin socket is ready before the line below says the server is.
+        let admin = admin_channel(&engine, &args.data_dir.data_dir);
         // One stable line on stdout for scripts (and tests) that start a server on port 0.
         println!("runledger serving grpc={grpc_addr} http={http_addr}");
         use std::io::Write as _;
         let _ = std::io::stdout().flush();
-        let admin = admin_channel(&engine, &args.data_dir.data_dir);
         let served =
             crate::server::run_with(engine, grpc, http, limits, crate::server::termination()).await;
         if let Some(admin) = admin {

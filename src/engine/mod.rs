@@ -349,7 +349,7 @@ impl Engine {
             if std::fs::read(&copy).is_ok_and(|existing| existing == bytes) {
                 return Ok(report);
             }
-            crate::crypto::write_private(&copy, &bytes)
+            crate::private::write_new(&copy, &bytes)
                 .map_err(|e| Error::Unavailable(format!("cannot write {}: {e}", copy.display())))?;
         }
         Ok(report)

@@ -30,7 +30,7 @@ pub fn backup(store: &Store, destination: &Path) -> Result<BackupReport> {
     let io = |what: &str, path: &Path, e: std::io::Error| {
         Error::Unavailable(format!("cannot {what} {}: {e}", path.display()))
     };
-    std::fs::create_dir_all(destination).map_err(|e| io("create", destination, e))?;
+    crate::private::create_dir(destination).map_err(|e| io("create", destination, e))?;
     let target = destination.join(DATABASE_FILE);
     if target.exists() {
         return Err(Error::InvalidArgument(format!(
@@ -50,6 +50,7 @@ pub fn backup(store: &Store, destination: &Path) -> Result<BackupReport> {
     let entries = {
         let copy = Database::create(&partial)
             .map_err(|e| Error::Unavailable(format!("cannot create {}: {e}", partial.display())))?;
+        crate::private::restrict(&partial).map_err(|e| io("restrict", &partial, e))?;
         let entries = copy_tables(&snapshot, &copy).inspect_err(|_| {
             let _ = std::fs::remove_file(&partial);
         })?;

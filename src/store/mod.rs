@@ -107,7 +107,7 @@ impl Store {
             path: path.clone(),
             reason,
         };
-        std::fs::create_dir_all(data_dir).map_err(|e| failed(e.to_string()))?;
+        crate::private::create_dir(data_dir).map_err(|e| failed(e.to_string()))?;
         check_magic(&path)?;
         check_existing(&path)?;
         if options.read_only {
@@ -153,6 +153,9 @@ impl Store {
             }
         };
         initialize(&db, &path)?;
+        if let Err(error) = crate::private::restrict(&path) {
+            tracing::warn!(%error, path = %path.display(), "cannot make the database file owner-only");
+        }
         let db = Arc::new(Handle::writable(db, &path, options.cache_bytes));
         let cache = Arc::new(EntityCache::default());
         let writer = Writer::spawn(

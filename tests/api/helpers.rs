@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use runledger::auth::Scopes;
 use runledger::engine::{Engine, NewClient, TokenLifetimes, TokenRequest};
+use runledger::front::ConnectionLimits;
 use runledger::model::OrgId;
 use runledger::proto;
 use runledger::proto::ingest_client::IngestClient;
@@ -47,8 +48,22 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(dir: tempfile::TempDir, lifetimes: TokenLifetimes) -> TestApp {
+    spawn_configured(
+        dir,
+        |engine| engine.with_token_lifetimes(lifetimes),
+        ConnectionLimits::default(),
+    )
+    .await
+}
+
+/// A server whose engine `configure` adjusts, with the given connection limits.
+pub async fn spawn_configured(
+    dir: tempfile::TempDir,
+    configure: impl FnOnce(Engine) -> Engine,
+    limits: ConnectionLimits,
+) -> TestApp {
     let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
-    let engine = Arc::new(Engine::new(store).unwrap().with_token_lifetimes(lifetimes));
+    let engine = Arc::new(configure(Engine::new(store).unwrap()));
     let client = engine
         .create_client(Some(OrgId(ORG.parse().unwrap())), Scopes::all())
         .unwrap();
@@ -57,9 +72,15 @@ pub async fn spawn_app_with(dir: tempfile::TempDir, lifetimes: TokenLifetimes) -
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
     let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(runledger::server::run(engine.clone(), grpc, http, async {
-        let _ = stopped.await;
-    }));
+    let server = tokio::spawn(runledger::server::run_with(
+        engine.clone(),
+        grpc,
+        http,
+        limits,
+        async {
+            let _ = stopped.await;
+        },
+    ));
     TestApp {
         grpc_addr,
         http_addr,
@@ -176,10 +197,11 @@ impl ChildServer {
     /// Starts `runledger serve ARGS...`, with the data file unable to grow past `max_file_kib`
     /// when given (a full disk, as the server sees it: writes fail with EFBIG).
     pub fn start_with(data_dir: &Path, args: &[&str], max_file_kib: Option<u64>) -> ChildServer {
+        // Beside the data dir, which the server creates itself (owner-only).
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(data_dir.join("server.log"))
+            .open(data_dir.with_extension("server.log"))
             .unwrap();
         let mut command = match max_file_kib {
             None => Command::new(env!("CARGO_BIN_EXE_runledger")),

@@ -7,3 +7,4 @@ mod grpc;
 mod helpers;
 mod operations;
 mod rest;
+mod security;
