@@ -125,7 +125,13 @@ fn generate(rng: &mut Rng, task_runs: usize) -> (Vec<PipelineSpec>, Vec<TaskRun>
         let task_run = TaskRunId(rng.uuid());
         let (task, task_type) = *rng.pick(&pipeline.tasks);
         let report = |rng: &mut Rng| {
-            let (pipeline_run, base) = *rng.pick(&pipeline.runs);
+            // A fifth of the reports go to two large pipeline runs (whose members outgrow
+            // their aggregate and move to the member index).
+            let (pipeline_run, base) = if rng.chance(20) {
+                pipeline.runs[rng.below(2) as usize]
+            } else {
+                *rng.pick(&pipeline.runs)
+            };
             let state = match rng.below(10) {
                 0 => RunState::Pending,
                 1 => RunState::Running,

@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::cache::EntityCache;
 use super::credentials::{ClientRecord, IssueOutcome, OrgRecord, TokenRecord};
 use super::records::{
-    AGG_LEN, EntityDetail, EntityKey, LAST_RUN_LEN, LastRunRecord, PipelineRunAgg, RunRecord,
+    EntityDetail, EntityKey, InlineMembers, LAST_RUN_LEN, LastRunRecord, PipelineRunAgg, RunRecord,
     TaskRunHome,
 };
 use super::rollup::{RollupDeltas, Series, last_run_at_or_before};
@@ -142,7 +142,7 @@ pub struct Batch<'txn> {
     pipeline_tasks: Table<'txn, &'static [u8; 8], ()>,
     task_runs: Table<'txn, &'static [u8; SCOPED_KEY_LEN], &'static [u8]>,
     run_log: Table<'txn, &'static [u8; RUN_KEY_LEN], &'static [u8]>,
-    pipeline_runs: Table<'txn, &'static [u8; SCOPED_KEY_LEN], &'static [u8; AGG_LEN]>,
+    pipeline_runs: Table<'txn, &'static [u8; SCOPED_KEY_LEN], &'static [u8]>,
     run_members: Table<'txn, &'static [u8; MEMBER_KEY_LEN], u32>,
     rollups: Table<'txn, &'static [u8; ROLLUP_KEY_LEN], &'static [u8]>,
     last_runs: Table<'txn, u32, &'static [u8; LAST_RUN_LEN]>,
@@ -267,14 +267,14 @@ impl<'txn> Batch<'txn> {
         let new_log = std::mem::take(&mut self.new_log);
         for (key, value) in &new_log {
             let (_, micros, task_run) = tables::split_run_key(key);
-            let record = RunRecord::decode(value)?;
+            let (task, is_successful, duration_ms) = RunRecord::decode_outcome(value)?;
             let added = LastRunRecord {
                 executed_at: timestamp(micros)?,
                 run: Uuid::from_bytes(task_run),
-                is_successful: record.is_successful,
-                duration_ms: u64::from(record.duration_ms),
+                is_successful,
+                duration_ms: u64::from(duration_ms),
             };
-            let work = self.last_run_work.get_mut(&record.task).ok_or_else(|| {
+            let work = self.last_run_work.get_mut(&task).ok_or_else(|| {
                 Error::Internal("a new task run's series was not recorded".into())
             })?;
             if work
@@ -992,9 +992,6 @@ impl<'txn> Batch<'txn> {
             org: task.org_index,
         });
         let micros = executed_at.micros();
-        let member = member_key(task.org_index, record.pipeline_run.as_bytes(), micros);
-        let count = self.run_members.get(&member)?.map_or(0, |c| c.value());
-        self.run_members.insert(&member, count + 1)?;
         let slot = self.agg_slot(task.org_index, record.pipeline_run)?;
         let agg = slot.now.get_or_insert(PipelineRunAgg {
             pipeline: task.pipeline,
@@ -1002,16 +999,34 @@ impl<'txn> Batch<'txn> {
             failed: 0,
             duration_ms: 0,
             latest_micros: micros,
+            members: Some(InlineMembers::default()),
         });
         agg.finished += 1;
         agg.failed += u32::from(!record.is_successful);
         agg.duration_ms = agg.duration_ms.wrapping_add(u64::from(record.duration_ms));
         agg.latest_micros = agg.latest_micros.max(micros);
+        // Instants to add to the member index: this one once the pipeline run is too large to
+        // keep them inline, and all of them the moment it becomes so.
+        let indexed: Vec<i64> = match agg.members.as_mut().map(|m| m.insert(micros)) {
+            Some(true) => Vec::new(),
+            Some(false) => {
+                let mut all = agg.members.take().expect("inline").as_slice().to_vec();
+                all.push(micros);
+                all
+            }
+            None => vec![micros],
+        };
+        for micros in indexed {
+            let member = member_key(task.org_index, record.pipeline_run.as_bytes(), micros);
+            let count = self.run_members.get(&member)?.map_or(0, |c| c.value());
+            self.run_members.insert(&member, count + 1)?;
+        }
         Ok(())
     }
 
-    /// Takes a finished task run out of its pipeline run. When it was the latest, the member
-    /// index names the new latest in one lookup.
+    /// Takes a finished task run out of its pipeline run. When it was the latest, the next
+    /// latest comes from the aggregate's own members, or for a large pipeline run from one
+    /// lookup in the member index.
     fn remove_member(
         &mut self,
         org: OrgIndex,
@@ -1021,21 +1036,11 @@ impl<'txn> Batch<'txn> {
         record: &RunRecord,
     ) -> Result<()> {
         let micros = executed_at.micros();
-        let member = member_key(org, pipeline_run.as_bytes(), micros);
-        let count = self.run_members.get(&member)?.map(|c| c.value());
-        match count {
-            Some(1) => {
-                self.run_members.remove(&member)?;
-            }
-            Some(count) if count > 1 => {
-                self.run_members.insert(&member, count - 1)?;
-            }
-            _ => {
-                return Err(Error::Internal(format!(
-                    "a finished task run of pipeline run {pipeline_run} is missing from its members"
-                )));
-            }
-        }
+        let missing = || {
+            Error::Internal(format!(
+                "a finished task run of pipeline run {pipeline_run} is missing from its members"
+            ))
+        };
         let slot = self.agg_slot(org, pipeline_run)?;
         let Some(agg) = slot.now.as_mut() else {
             return Err(Error::Internal(
@@ -1050,11 +1055,32 @@ impl<'txn> Batch<'txn> {
         agg.finished -= 1;
         agg.failed -= u32::from(!record.is_successful);
         agg.duration_ms = agg.duration_ms.wrapping_sub(u64::from(record.duration_ms));
-        if agg.finished == 0 {
-            slot.now = None;
+        let was_latest = micros >= agg.latest_micros;
+        if let Some(members) = &mut agg.members {
+            if !members.remove(micros) {
+                return Err(missing());
+            }
+            match members.latest() {
+                Some(latest) => agg.latest_micros = latest,
+                None => slot.now = None,
+            }
             return Ok(());
         }
-        if micros < agg.latest_micros {
+        if agg.finished == 0 {
+            slot.now = None;
+        }
+        let member = member_key(org, pipeline_run.as_bytes(), micros);
+        let count = self.run_members.get(&member)?.map(|c| c.value());
+        match count {
+            Some(1) => {
+                self.run_members.remove(&member)?;
+            }
+            Some(count) if count > 1 => {
+                self.run_members.insert(&member, count - 1)?;
+            }
+            _ => return Err(missing()),
+        }
+        if !was_latest || self.current_agg(org, pipeline_run)?.is_none() {
             return Ok(());
         }
         let low = member_key(org, pipeline_run.as_bytes(), i64::MIN);
@@ -1085,7 +1111,8 @@ impl<'txn> Batch<'txn> {
             let stored = self
                 .pipeline_runs
                 .get(&scoped_key(org, pipeline_run.as_bytes()))?
-                .map(|bytes| PipelineRunAgg::decode(bytes.value()));
+                .map(|bytes| PipelineRunAgg::decode(bytes.value()))
+                .transpose()?;
             self.aggs.insert(
                 (org, pipeline_run),
                 AggSlot {
@@ -1108,10 +1135,10 @@ impl<'txn> Batch<'txn> {
         if let Some(slot) = self.aggs.get(&(org, pipeline_run)) {
             return Ok(slot.now);
         }
-        Ok(self
-            .pipeline_runs
+        self.pipeline_runs
             .get(&scoped_key(org, pipeline_run.as_bytes()))?
-            .map(|bytes| PipelineRunAgg::decode(bytes.value())))
+            .map(|bytes| PipelineRunAgg::decode(bytes.value()))
+            .transpose()
     }
 
     fn last_run_work(&mut self, series: Series) -> &mut LastRunWork {
@@ -1162,7 +1189,7 @@ impl<'txn> Batch<'txn> {
             let key = scoped_key(org, pipeline_run.as_bytes());
             match slot.now {
                 Some(agg) => {
-                    self.pipeline_runs.insert(&key, &agg.encode())?;
+                    self.pipeline_runs.insert(&key, agg.encode().as_slice())?;
                 }
                 None => {
                     self.pipeline_runs.remove(&key)?;

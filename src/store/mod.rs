@@ -62,6 +62,19 @@ pub enum OpenError {
     Failed { path: PathBuf, reason: String },
 }
 
+/// The size of one table.
+#[derive(Clone, Debug)]
+pub struct TableSize {
+    pub name: &'static str,
+    pub entries: u64,
+    /// Bytes of keys and values.
+    pub stored_bytes: u64,
+    /// Bytes of pages held but unused.
+    pub fragmented_bytes: u64,
+    /// Pages of 4 KiB.
+    pub pages: u64,
+}
+
 /// Tuning knobs of a store.
 #[derive(Clone, Copy, Debug)]
 pub struct StoreOptions {
@@ -246,6 +259,28 @@ impl Store {
     /// bulk loads). Each operation's result is its own; `Err` means nothing was applied.
     pub fn apply_now(&self, ops: &[WriteOp]) -> Result<Vec<Result<WriteOutcome>>> {
         apply_batch(&*self.db.for_writing()?, &self.cache, ops)
+    }
+
+    /// Entries and space of every table, from one snapshot.
+    pub fn table_sizes(&self) -> Result<Vec<TableSize>> {
+        use redb::{ReadableTableMetadata, TableHandle};
+        let snapshot = self.snapshot()?;
+        let mut sizes = Vec::new();
+        macro_rules! describe {
+            ($table:ident) => {
+                let table = snapshot.open_table(tables::$table)?;
+                let stats = table.stats()?;
+                sizes.push(TableSize {
+                    name: tables::$table.name(),
+                    entries: table.len()?,
+                    stored_bytes: stats.stored_bytes(),
+                    fragmented_bytes: stats.fragmented_bytes(),
+                    pages: stats.leaf_pages() + stats.branch_pages(),
+                });
+            };
+        }
+        tables::for_each_table!(describe);
+        Ok(sizes)
     }
 
     /// Stops accepting writes, finishes the queued ones, and waits for the writer. Blocks.

@@ -160,6 +160,18 @@ impl RunRecord {
         }
     }
 
+    /// The task, outcome and duration of an encoded record, without decoding the rest.
+    pub fn decode_outcome(bytes: &[u8]) -> Result<(EntityId, bool, u32), Error> {
+        let bad = || corrupt("task run");
+        let mut input = Input(bytes);
+        let task = EntityId(u32::from_be_bytes(input.array().ok_or_else(bad)?));
+        let _pipeline_run: [u8; 16] = input.array().ok_or_else(bad)?;
+        let _task_type = input.byte().ok_or_else(bad)?;
+        let flags = input.byte().ok_or_else(bad)?;
+        let duration = u32::try_from(input.varint().ok_or_else(bad)?).map_err(|_| bad())?;
+        Ok((task, flags & FLAG_SUCCESSFUL != 0, duration))
+    }
+
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(32 + self.output.len());
         self.encode(&mut out);
@@ -311,7 +323,9 @@ impl TaskRunHome {
     }
 }
 
-pub const AGG_LEN: usize = 28;
+/// Task-run instants a pipeline run's aggregate keeps itself; past this many they move to the
+/// `run_members` index.
+pub const INLINE_MEMBERS: usize = 8;
 
 /// A pipeline run as the stats see it, maintained as its finished task runs come and go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -325,7 +339,56 @@ pub struct PipelineRunAgg {
     pub duration_ms: u64,
     /// The latest executed_at among them: the pipeline run's executed_at.
     pub latest_micros: i64,
+    /// Their executed_at, while there are at most [`INLINE_MEMBERS`]; `None` once they live
+    /// in `run_members` (a pipeline run that large). Either way, when the latest task run is
+    /// replaced the next latest is found without scanning.
+    pub members: Option<InlineMembers>,
 }
+
+/// Up to [`INLINE_MEMBERS`] instants, sorted, unused slots zero.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InlineMembers {
+    len: u8,
+    micros: [i64; INLINE_MEMBERS],
+}
+
+impl InlineMembers {
+    pub fn as_slice(&self) -> &[i64] {
+        &self.micros[..usize::from(self.len)]
+    }
+
+    /// Adds an instant; `false` (and nothing changed) when full.
+    pub fn insert(&mut self, micros: i64) -> bool {
+        let len = usize::from(self.len);
+        if len == INLINE_MEMBERS {
+            return false;
+        }
+        let at = self.as_slice().partition_point(|m| *m <= micros);
+        self.micros.copy_within(at..len, at + 1);
+        self.micros[at] = micros;
+        self.len += 1;
+        true
+    }
+
+    /// Removes one occurrence of an instant; `false` when there is none.
+    pub fn remove(&mut self, micros: i64) -> bool {
+        let len = usize::from(self.len);
+        let Some(at) = self.as_slice().iter().position(|m| *m == micros) else {
+            return false;
+        };
+        self.micros.copy_within(at + 1..len, at);
+        self.micros[len - 1] = 0;
+        self.len -= 1;
+        true
+    }
+
+    pub fn latest(&self) -> Option<i64> {
+        self.as_slice().last().copied()
+    }
+}
+
+/// The marker of an aggregate whose members live in `run_members`.
+const INDEXED: u8 = u8::MAX;
 
 impl PipelineRunAgg {
     /// What this pipeline run contributes to its pipeline's stats.
@@ -333,26 +396,63 @@ impl PipelineRunAgg {
         Tally::of_run(self.failed == 0, self.duration_ms)
     }
 
-    pub fn encode(&self) -> [u8; AGG_LEN] {
-        let mut out = [0u8; AGG_LEN];
-        out[..4].copy_from_slice(&self.pipeline.0.to_be_bytes());
-        out[4..8].copy_from_slice(&self.finished.to_be_bytes());
-        out[8..12].copy_from_slice(&self.failed.to_be_bytes());
-        out[12..20].copy_from_slice(&self.duration_ms.to_be_bytes());
-        out[20..].copy_from_slice(&self.latest_micros.to_be_bytes());
+    /// Varints, then the latest executed_at, then the members as varint distances back from
+    /// the latest (which is the last member, so it is not repeated): about 20 bytes for a
+    /// pipeline run of a few task runs.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(32);
+        put_varint(&mut out, u64::from(self.pipeline.0));
+        put_varint(&mut out, u64::from(self.finished));
+        put_varint(&mut out, u64::from(self.failed));
+        put_varint(&mut out, self.duration_ms);
+        out.extend_from_slice(&self.latest_micros.to_be_bytes());
+        match &self.members {
+            Some(members) => {
+                let members = members.as_slice();
+                out.push(members.len() as u8);
+                for micros in &members[..members.len().saturating_sub(1)] {
+                    put_varint(&mut out, self.latest_micros.wrapping_sub(*micros) as u64);
+                }
+            }
+            None => out.push(INDEXED),
+        }
         out
     }
 
-    pub fn decode(bytes: &[u8; AGG_LEN]) -> PipelineRunAgg {
-        let u32_at = |at: usize| u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
-        let u64_at = |at: usize| u64::from_be_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
-        PipelineRunAgg {
-            pipeline: EntityId(u32_at(0)),
-            finished: u32_at(4),
-            failed: u32_at(8),
-            duration_ms: u64_at(12),
-            latest_micros: u64_at(20) as i64,
+    pub fn decode(bytes: &[u8]) -> Result<PipelineRunAgg, Error> {
+        let bad = || corrupt("pipeline run");
+        let mut input = Input(bytes);
+        let small = |input: &mut Input<'_>| -> Option<u32> { u32::try_from(input.varint()?).ok() };
+        let pipeline = EntityId(small(&mut input).ok_or_else(bad)?);
+        let finished = small(&mut input).ok_or_else(bad)?;
+        let failed = small(&mut input).ok_or_else(bad)?;
+        let duration_ms = input.varint().ok_or_else(bad)?;
+        let latest_micros = i64::from_be_bytes(input.array().ok_or_else(bad)?);
+        let members = match input.byte().ok_or_else(bad)? {
+            INDEXED => None,
+            0 => Some(InlineMembers::default()),
+            len if usize::from(len) <= INLINE_MEMBERS => {
+                let mut members = InlineMembers::default();
+                for _ in 1..len {
+                    let back = input.varint().ok_or_else(bad)?;
+                    members.insert(latest_micros.wrapping_sub(back as i64));
+                }
+                members.insert(latest_micros);
+                Some(members)
+            }
+            _ => return Err(bad()),
+        };
+        if !input.0.is_empty() {
+            return Err(bad());
         }
+        Ok(PipelineRunAgg {
+            pipeline,
+            finished,
+            failed,
+            duration_ms,
+            latest_micros,
+            members,
+        })
     }
 }
 
@@ -596,6 +696,10 @@ mod tests {
         let run = record(vec![1, 2, 3], Some(-0.5), errors);
         assert_eq!(RunRecord::decode(&run.to_bytes()).unwrap(), run);
         assert_eq!(
+            RunRecord::decode_outcome(&run.to_bytes()).unwrap(),
+            (EntityId(9), true, u32::MAX)
+        );
+        assert_eq!(
             &run.to_bytes()[RECORD_PIPELINE_RUN],
             Uuid::from_u128(77).as_bytes()
         );
@@ -608,14 +712,30 @@ mod tests {
             record: run,
         };
         assert_eq!(TaskRunHome::decode(&home.encode()).unwrap(), home);
-        let agg = PipelineRunAgg {
+        let mut members = InlineMembers::default();
+        for micros in [7, -5, 7, i64::MIN] {
+            assert!(members.insert(micros));
+        }
+        assert_eq!(members.as_slice(), [i64::MIN, -5, 7, 7]);
+        let mut agg = PipelineRunAgg {
             pipeline: EntityId(1),
-            finished: 3,
+            finished: 4,
             failed: 1,
             duration_ms: 1 << 40,
-            latest_micros: -5,
+            latest_micros: 7,
+            members: Some(members),
         };
-        assert_eq!(PipelineRunAgg::decode(&agg.encode()), agg);
+        assert_eq!(PipelineRunAgg::decode(&agg.encode()).unwrap(), agg);
+        assert!(members.remove(7) && !members.remove(8));
+        assert_eq!(
+            (members.as_slice(), members.latest()),
+            (&[i64::MIN, -5, 7][..], Some(7))
+        );
+        while members.insert(1) {}
+        assert_eq!(members.as_slice().len(), INLINE_MEMBERS);
+        agg.members = None;
+        assert_eq!(PipelineRunAgg::decode(&agg.encode()).unwrap(), agg);
+        assert!(PipelineRunAgg::decode(&agg.encode()[..10]).is_err());
     }
 
     #[test]
@@ -668,6 +788,7 @@ mod tests {
 
         #[test]
         fn decoding_arbitrary_bytes_never_panics(bytes: Vec<u8>) {
+            let _ = PipelineRunAgg::decode(&bytes);
             let _ = RunRecord::decode(&bytes);
             let _ = TaskRunHome::decode(&bytes);
             let _ = EntityDetail::decode(&bytes);

@@ -13,7 +13,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use uuid::Uuid;
 
 use super::records::{
-    AGG_LEN, BucketRecord, LastRunRecord, PipelineRunAgg, RECORD_PIPELINE_RUN, RunRecord, corrupt,
+    BucketRecord, LastRunRecord, PipelineRunAgg, RECORD_PIPELINE_RUN, RunRecord, corrupt,
 };
 use super::tables::{
     EntityId, OrgIndex, ROLLUP_KEY_LEN, RUN_KEY_LEN, SCOPED_KEY_LEN, rollup_key, rollup_key_bucket,
@@ -32,14 +32,8 @@ pub trait RunLogTable: ReadableTable<&'static [u8; RUN_KEY_LEN], &'static [u8]> 
 impl<T: ReadableTable<&'static [u8; RUN_KEY_LEN], &'static [u8]>> RunLogTable for T {}
 
 /// The read side of the `pipeline_runs` table.
-pub trait PipelineRunTable:
-    ReadableTable<&'static [u8; SCOPED_KEY_LEN], &'static [u8; AGG_LEN]>
-{
-}
-impl<T: ReadableTable<&'static [u8; SCOPED_KEY_LEN], &'static [u8; AGG_LEN]>> PipelineRunTable
-    for T
-{
-}
+pub trait PipelineRunTable: ReadableTable<&'static [u8; SCOPED_KEY_LEN], &'static [u8]> {}
+impl<T: ReadableTable<&'static [u8; SCOPED_KEY_LEN], &'static [u8]>> PipelineRunTable for T {}
 
 /// For each level, the delta record's position and the part an hour falls in.
 type HourSlots = [(usize, Option<u16>); Level::ALL.len()];
@@ -380,7 +374,7 @@ pub fn last_run_at_or_before(
                 let Some(agg) = pipeline_runs.get(&scoped_key(series.org, &pipeline_run))? else {
                     return Err(corrupt("pipeline run"));
                 };
-                let agg = PipelineRunAgg::decode(agg.value());
+                let agg = PipelineRunAgg::decode(agg.value())?;
                 if agg.latest_micros.div_euclid(MICROS_PER_SECOND) != second {
                     continue;
                 }

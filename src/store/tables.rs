@@ -17,7 +17,7 @@
 //! | `task_runs`      | org index, task-run UUID                     | where the run lives       |
 //! | `run_log`        | pipeline id, executed_at, task-run UUID      | the finished task run     |
 //! | `pipeline_runs`  | org index, pipeline-run UUID                 | its aggregate             |
-//! | `run_members`    | org index, pipeline-run UUID, executed_at    | finished task runs then   |
+//! | `run_members`    | org index, pipeline-run UUID, executed_at    | task runs then (large)    |
 //! | `rollups`        | entity id, level, bucket start               | a tally (varints)         |
 //! | `last_runs`      | entity id                                    | the latest finished run   |
 //! | `organizations`  | organization UUID                            | sealed output key         |
@@ -49,12 +49,12 @@ pub const TASK_RUNS: TableDefinition<&[u8; SCOPED_KEY_LEN], &[u8]> =
 /// The finished task runs of each pipeline in time order ([`super::records::RunRecord`]).
 pub const RUN_LOG: TableDefinition<&[u8; RUN_KEY_LEN], &[u8]> = TableDefinition::new("run_log");
 /// Org index and pipeline-run UUID -> its aggregate ([`super::records::PipelineRunAgg`]).
-pub const PIPELINE_RUNS: TableDefinition<&[u8; SCOPED_KEY_LEN], &[u8; super::records::AGG_LEN]> =
+pub const PIPELINE_RUNS: TableDefinition<&[u8; SCOPED_KEY_LEN], &[u8]> =
     TableDefinition::new("pipeline_runs");
-/// The instants of each pipeline run's finished task runs: org index, pipeline-run UUID,
-/// executed_at (microseconds) -> how many of its task runs ended then. When a pipeline run's
-/// latest task run is replaced, its new latest is the last key of its range: one lookup, however
-/// many runs there are.
+/// The instants of the finished task runs of pipeline runs too large to keep them in their
+/// aggregate: org index, pipeline-run UUID, executed_at (microseconds) -> how many of its task
+/// runs ended then. When such a pipeline run's latest task run is replaced, its new latest is
+/// the last key of its range: one lookup, however many runs there are.
 pub const RUN_MEMBERS: TableDefinition<&[u8; MEMBER_KEY_LEN], u32> =
     TableDefinition::new("run_members");
 /// Per-entity, per-level, per-bucket tallies.
