@@ -1,5 +1,6 @@
 //! Bench datasets: a three-year workload of N task runs of one pipeline, built once into
-//! `target/bench-data/` and reused by later runs (delete the folder to rebuild).
+//! `target/bench-data/` (one folder per size and file format) and reused by later runs (delete
+//! the folder to rebuild).
 
 #![allow(dead_code)]
 
@@ -29,7 +30,10 @@ pub fn dataset(size: u64) -> (Engine, Workload) {
     let workload = Workload::three_years(size);
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("target/bench-data")
-        .join(format!("three-years-{size}"));
+        .join(format!(
+            "three-years-{size}-format-{}",
+            runledger::store::tables::FORMAT_VERSION
+        ));
     let complete = dir.join("complete");
     if !complete.exists() {
         let _ = std::fs::remove_dir_all(&dir);

@@ -19,6 +19,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -172,7 +173,7 @@ impl Connection {
         B: http_body::Body<Data = axum::body::Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let activity = Arc::new(watch::Sender::new(Activity::default()));
+        let activity = Arc::new(Activity::new());
         let (peer, local) = (self.peer, self.local);
         let counter = activity.clone();
         let hyper_service =
@@ -195,7 +196,7 @@ impl Connection {
             });
         let connection = builder.serve_connection(TokioIo::new(io), hyper_service);
         tokio::pin!(connection);
-        let idle = idle(activity.subscribe(), self.limits);
+        let idle = idle(&activity, self.limits);
         tokio::pin!(idle);
         let grace = tokio::select! {
             result = connection.as_mut() => {
@@ -226,11 +227,44 @@ fn log_end(peer: SocketAddr, result: Result<(), Box<dyn std::error::Error + Send
     }
 }
 
-/// Requests in flight on a connection, and how many have started.
-#[derive(Clone, Copy, Debug, Default)]
+/// Requests in flight on a connection, how many have started, and when the last one ended.
+/// Atomics, so that a request costs no wake-up of the connection's idle timer.
 struct Activity {
-    in_flight: usize,
-    started: u64,
+    opened: tokio::time::Instant,
+    in_flight: AtomicUsize,
+    started: AtomicU64,
+    /// Milliseconds from `opened` to the end of the last request.
+    last_end_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            opened: tokio::time::Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            started: AtomicU64::new(0),
+            last_end_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// When the connection is idle if nothing happens before: `None` while a request is in
+    /// flight. The kind says which timeout applies.
+    fn idle_at(&self, limits: &ConnectionLimits) -> (Option<tokio::time::Instant>, Idle) {
+        if self.started.load(Ordering::Acquire) == 0 {
+            return (
+                Some(self.opened + limits.handshake_timeout),
+                Idle::BeforeFirstRequest,
+            );
+        }
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return (None, Idle::BetweenRequests);
+        }
+        let last_end = Duration::from_millis(self.last_end_ms.load(Ordering::Acquire));
+        (
+            Some(self.opened + last_end + limits.idle_timeout),
+            Idle::BetweenRequests,
+        )
+    }
 }
 
 /// How a connection came to be idle.
@@ -240,45 +274,35 @@ enum Idle {
 }
 
 /// Resolves once the connection has been without a request in flight for the idle timeout (or,
-/// before its first request, for the handshake timeout).
-async fn idle(mut activity: watch::Receiver<Activity>, limits: ConnectionLimits) -> Idle {
+/// before its first request, for the handshake timeout). One timer, re-armed only when it
+/// fires.
+async fn idle(activity: &Activity, limits: ConnectionLimits) -> Idle {
     loop {
-        let now = *activity.borrow_and_update();
-        if now.in_flight > 0 {
-            if activity.changed().await.is_err() {
-                return std::future::pending().await;
-            }
-            continue;
-        }
-        let (wait, idle) = if now.started == 0 {
-            (limits.handshake_timeout, Idle::BeforeFirstRequest)
-        } else {
-            (limits.idle_timeout, Idle::BetweenRequests)
-        };
-        match tokio::time::timeout(wait, activity.changed()).await {
-            Ok(Ok(())) => continue,
-            Ok(Err(_)) => return std::future::pending().await,
-            Err(_) => return idle,
+        let now = tokio::time::Instant::now();
+        match activity.idle_at(&limits) {
+            (Some(at), idle) if at <= now => return idle,
+            (Some(at), _) => tokio::time::sleep_until(at).await,
+            (None, _) => tokio::time::sleep(limits.idle_timeout).await,
         }
     }
 }
 
 /// A request in flight, counted until its response body is finished or dropped.
-struct InFlight(Arc<watch::Sender<Activity>>);
+struct InFlight(Arc<Activity>);
 
 impl InFlight {
-    fn start(activity: &Arc<watch::Sender<Activity>>) -> InFlight {
-        activity.send_modify(|a| {
-            a.in_flight += 1;
-            a.started += 1;
-        });
+    fn start(activity: &Arc<Activity>) -> InFlight {
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        activity.started.fetch_add(1, Ordering::AcqRel);
         InFlight(activity.clone())
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.send_modify(|a| a.in_flight -= 1);
+        let since = self.0.opened.elapsed().as_millis() as u64;
+        self.0.last_end_ms.fetch_max(since, Ordering::AcqRel);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
