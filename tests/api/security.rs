@@ -156,6 +156,44 @@ async fn revoking_a_client_ends_its_open_report_and_executor_streams_at_once() {
 }
 
 #[tokio::test]
+async fn revoking_a_client_ends_its_open_log_stream() {
+    let app = spawn_app().await;
+    let results: Vec<_> = (0..3_000).map(|n| run(n, "2024-02-02 02:02:02")).collect();
+    app.ingest()
+        .await
+        .report_task_run_batch(batch(results))
+        .await
+        .unwrap();
+    let (reader, token) = client_with(&app, &[Scope::StatsRead]).await;
+    let mut stream = app
+        .stats_as(&token)
+        .await
+        .stream_logs(proto::StreamLogsRequest {
+            pipeline_uuid: PIPELINE.into(),
+            from: Some(ts("2024-01-01")),
+            to: Some(ts("2024-12-31")),
+            limit: 0,
+            cursor: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stream.message().await.unwrap().is_some());
+    revoke(&app, &reader.client_id).await;
+    let mut read = 1;
+    let ended = loop {
+        match within(stream.message()).await {
+            Ok(Some(_)) => read += 1,
+            Ok(None) => panic!("the whole log was streamed to a revoked client"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(ended.code(), Code::Unauthenticated, "{}", ended.message());
+    assert!(read < 3_000, "{read} entries read");
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn a_token_that_expires_ends_its_open_stream() {
     let lifetimes = TokenLifetimes {
         access_secs: 1,
