@@ -77,6 +77,49 @@ pub enum Protocols {
     Http2,
 }
 
+/// What a front serves: a cloneable service answering every request (an axum router, tonic's
+/// routes).
+pub trait FrontService<B>:
+    tower::Service<
+        Request<Body>,
+        Response = Response<B>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S, B> FrontService<B> for S where
+    S: tower::Service<
+            Request<Body>,
+            Response = Response<B>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
+/// The body of a front's responses.
+pub trait ResponseBody:
+    http_body::Body<Data = axum::body::Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+    + Send
+    + 'static
+{
+}
+
+impl<B> ResponseBody for B where
+    B: http_body::Body<
+            Data = axum::body::Bytes,
+            Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        > + Send
+        + 'static
+{
+}
+
 /// How long a connection told to close at shutdown may take to finish what it is doing.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
 /// How long an idle connection told to close (an HTTP/2 GOAWAY) may take to go.
@@ -91,13 +134,8 @@ pub async fn serve<S, B>(
     limits: ConnectionLimits,
     mut stop: watch::Receiver<bool>,
 ) where
-    S: tower::Service<Request<Body>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = axum::body::Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: FrontService<B>,
+    B: ResponseBody,
 {
     let local = listener.local_addr().ok();
     let builder = Arc::new(builder(protocols, &limits));
@@ -165,13 +203,8 @@ impl Connection {
         service: S,
     ) where
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-        S: tower::Service<Request<Body>, Response = Response<B>, Error = Infallible>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-        B: http_body::Body<Data = axum::body::Bytes> + Send + 'static,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S: FrontService<B>,
+        B: ResponseBody,
     {
         let activity = Arc::new(Activity::new());
         let (peer, local) = (self.peer, self.local);

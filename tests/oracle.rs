@@ -982,7 +982,17 @@ fn another_organizations_hostile_writes_never_change_our_answers() {
                 writes.push(Write::Report(victim, batch.to_vec()));
             }
         }
+        // Each outcome of a write: ours must be accepted; theirs may be refused, but never
+        // with an internal error.
         let (mut refused, mut accepted) = (0, 0);
+        let mut count = |mine: bool, outcome: Result<(), Error>| match outcome {
+            Ok(()) => accepted += u32::from(!mine),
+            Err(error) => {
+                assert!(!mine, "seed {seed}: our write refused: {error}");
+                assert!(!matches!(error, Error::Internal(_)), "seed {seed}: {error}");
+                refused += 1;
+            }
+        };
         runtime.block_on(async {
             let mut queued = Vec::new();
             for write in writes {
@@ -991,56 +1001,24 @@ fn another_organizations_hostile_writes_never_change_our_answers() {
                         let mine = org == victim;
                         match engine.submit_report(&Caller::operator_in(org), runs).await {
                             Ok(durable) => queued.push((mine, durable)),
-                            Err(error) => {
-                                assert!(!mine, "seed {seed}: our report refused: {error}");
-                                assert!(
-                                    !matches!(error, Error::Internal(_)),
-                                    "seed {seed}: {error}"
-                                );
-                                refused += 1;
-                            }
+                            Err(error) => count(mine, Err(error)),
                         }
                     }
                     Write::Register(org, definition) => {
-                        match engine
+                        let outcome = engine
                             .register_pipeline(&Caller::operator_in(org), definition)
-                            .await
-                        {
-                            Ok(_) => accepted += 1,
-                            Err(error) => {
-                                assert!(
-                                    !matches!(error, Error::Internal(_)),
-                                    "seed {seed}: {error}"
-                                );
-                                refused += 1;
-                            }
-                        }
+                            .await;
+                        count(false, outcome.map(|_| ()));
                     }
                 }
                 if rng.chance(30) {
                     for (mine, durable) in queued.drain(..) {
-                        match durable.await {
-                            Ok(_) => accepted += u32::from(!mine),
-                            Err(error) => {
-                                assert!(!mine, "seed {seed}: our report refused: {error}");
-                                assert!(
-                                    !matches!(error, Error::Internal(_)),
-                                    "seed {seed}: {error}"
-                                );
-                                refused += 1;
-                            }
-                        }
+                        count(mine, durable.await.map(|_| ()));
                     }
                 }
             }
             for (mine, durable) in queued {
-                match durable.await {
-                    Ok(_) => accepted += u32::from(!mine),
-                    Err(error) => {
-                        assert!(!mine, "seed {seed}: our report refused: {error}");
-                        refused += 1;
-                    }
-                }
+                count(mine, durable.await.map(|_| ()));
             }
         });
         assert!(

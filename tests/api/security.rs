@@ -228,7 +228,22 @@ async fn within<F: std::future::Future>(future: F) -> F::Output {
         .expect("no answer within 10 s")
 }
 
+/// Asserts that a call was refused as INVALID_ARGUMENT naming `field`.
+fn assert_invalid<T: std::fmt::Debug>(outcome: Result<T, tonic::Status>, field: &str) {
+    let status = outcome.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+    assert!(status.message().contains(field), "{}", status.message());
+}
+
 async fn register(app: &TestApp, pipeline: &str, tasks: &[(&str, bool)]) {
+    try_register(app, pipeline, tasks).await.unwrap();
+}
+
+async fn try_register(
+    app: &TestApp,
+    pipeline: &str,
+    tasks: &[(&str, bool)],
+) -> Result<tonic::Response<proto::RegisterPipelineResponse>, tonic::Status> {
     app.pipelines()
         .await
         .register_pipeline(proto::RegisterPipelineRequest {
@@ -246,7 +261,6 @@ async fn register(app: &TestApp, pipeline: &str, tasks: &[(&str, bool)]) {
                 .collect(),
         })
         .await
-        .unwrap();
 }
 
 /// Starts a run of [`PIPELINE`] over REST; returns its first task run's UUID.
@@ -491,12 +505,8 @@ async fn a_uuid_names_a_pipeline_or_a_task_never_both() {
         ),
     ];
     for (results, field) in refusals {
-        let status = ingest
-            .report_task_run_batch(batch(results))
-            .await
-            .unwrap_err();
-        assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
-        assert!(status.message().contains(field), "{}", status.message());
+        let refused = ingest.report_task_run_batch(batch(results)).await;
+        assert_invalid(refused, field);
     }
     // Nothing of the refused batches was applied.
     let mut stats = app.stats().await;
@@ -522,36 +532,16 @@ async fn a_uuid_names_a_pipeline_or_a_task_never_both() {
         (vec![reported(TASK, other, 3)], "results[0].pipeline_uuid"),
         (vec![reported(other, PIPELINE, 4)], "results[0].task_uuid"),
     ] {
-        let status = ingest
-            .report_task_run_batch(batch(results))
-            .await
-            .unwrap_err();
-        assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
-        assert!(status.message().contains(field), "{}", status.message());
+        let refused = ingest.report_task_run_batch(batch(results)).await;
+        assert_invalid(refused, field);
     }
     // Registration: the pipeline among its own tasks, a task that is a stored pipeline.
-    let mut pipelines = app.pipelines().await;
     for (pipeline, task, field) in [
         (other, other, "tasks[0].task_uuid"),
         (other, PIPELINE, "tasks[0].task_uuid"),
         (TASK, other, "pipeline_uuid"),
     ] {
-        let status = pipelines
-            .register_pipeline(proto::RegisterPipelineRequest {
-                pipeline_uuid: pipeline.into(),
-                organization_uuid: String::new(),
-                name: String::new(),
-                tasks: vec![proto::TaskDefinition {
-                    task_uuid: task.into(),
-                    task_type: proto::TaskType::Query as i32,
-                    name: String::new(),
-                    is_initial: false,
-                }],
-            })
-            .await
-            .unwrap_err();
-        assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
-        assert!(status.message().contains(field), "{}", status.message());
+        assert_invalid(try_register(&app, pipeline, &[(task, false)]).await, field);
     }
     let report = runledger::store::verify::verify(app.engine.store()).unwrap();
     assert!(report.is_consistent(), "{:?}", report.differences);
