@@ -9,7 +9,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use runledger::auth::Caller;
 use runledger::engine::Engine;
 use runledger::store::{Store, StoreOptions};
-use runledger::workload::Workload;
+use runledger::workload::Sequential as Workload;
 
 fn ingest(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -12,7 +12,7 @@ use runledger::engine::Engine;
 use runledger::model::{BucketCount, EntityKind, EntityRef, Tally, TimeRange};
 use runledger::store::tables::{RUN_LOG, run_key_bounds};
 use runledger::time::{MICROS_PER_SECOND, Period, parse_instant};
-use runledger::workload::Workload;
+use runledger::workload::Sequential as Workload;
 
 mod support;
 

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use runledger::engine::Engine;
 use runledger::store::{Store, StoreOptions};
-use runledger::workload::Workload;
+use runledger::workload::Sequential as Workload;
 
 /// The sizes benchmarked: 10k and 1M always, 10M with `RUNLEDGER_BENCH_10M=1`.
 pub fn sizes() -> Vec<u64> {

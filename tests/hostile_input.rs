@@ -24,7 +24,7 @@ use runledger::model::RunState;
 use runledger::proto;
 use runledger::store::{Store, StoreOptions, verify::verify};
 use runledger::time::{RangeEnd, Timestamp, parse_instant, parse_path_datetime};
-use runledger::workload::{Workload, to_json_line};
+use runledger::workload::{Sequential as Workload, to_json_line};
 
 fn config() -> ProptestConfig {
     let cases = std::env::var("RUNLEDGER_FUZZ_CASES")

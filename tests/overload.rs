@@ -8,7 +8,7 @@ use runledger::engine::Engine;
 use runledger::error::Error;
 use runledger::model::{EntityKind, EntityRef};
 use runledger::store::{Store, StoreOptions, verify::verify};
-use runledger::workload::Workload;
+use runledger::workload::Sequential as Workload;
 
 #[test]
 fn a_full_write_queue_refuses_with_a_retry_hint_and_applies_nothing_of_the_refused() {

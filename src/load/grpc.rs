@@ -12,7 +12,7 @@ use super::{Budget, Outcome, Plan, Query, queried_pipeline};
 use crate::api::wire::{to_proto_task_run, to_proto_timestamp};
 use crate::proto;
 use crate::time::parse_instant;
-use crate::workload::Workload;
+use crate::workload::Sequential as Workload;
 
 /// Adds the bearer token to every call.
 #[derive(Clone)]

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 pub use histogram::Histogram;
 
 use crate::model::PipelineId;
-use crate::workload::Workload;
+use crate::workload::Sequential as Workload;
 
 /// Which front the queries go through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -1,9 +1,11 @@
-//! Synthetic workloads: a deterministic stream of task runs of a chosen size and shape, for
-//! `runledger generate`, the benchmarks and the load tool. Runs are spread evenly over a time
-//! span in time order; every pipeline run has one task run per task of its pipeline.
+//! The sequential workload: a few dense pipelines, runs spread evenly over a time span in time
+//! order, sequential UUIDs. Convenient (every insert is an append, any run can be computed from
+//! its number) and therefore flattering: kept for comparison (`runledger generate --sequential`)
+//! and for tests that want any run by number, never as a headline figure.
 
 use uuid::Uuid;
 
+use super::splitmix;
 use crate::model::{
     OrgId, PipelineId, PipelineRunId, RunState, TaskId, TaskRun, TaskRunId, TaskType,
 };
@@ -11,7 +13,7 @@ use crate::time::{MICROS_PER_SECOND, Timestamp};
 
 /// The shape of a workload.
 #[derive(Clone, Copy, Debug)]
-pub struct Workload {
+pub struct Sequential {
     /// Task runs in all.
     pub task_runs: u64,
     /// Pipelines the runs are spread over (round robin).
@@ -26,10 +28,10 @@ pub struct Workload {
     pub seed: u64,
 }
 
-impl Workload {
+impl Sequential {
     /// `task_runs` runs of one pipeline with four tasks, over the three years 2022 to 2024.
-    pub fn three_years(task_runs: u64) -> Workload {
-        Workload {
+    pub fn three_years(task_runs: u64) -> Sequential {
+        Sequential {
             task_runs,
             pipelines: 1,
             tasks_per_pipeline: 4,
@@ -95,54 +97,13 @@ impl Workload {
     }
 }
 
-/// The import-file line of a task run (see `runledger import`).
-pub fn to_json_line(run: &TaskRun) -> String {
-    use base64::Engine as _;
-    let mut line = format!(
-        r#"{{"task_run_uuid":"{}","pipeline_run_uuid":"{}","pipeline_uuid":"{}","task_uuid":"{}","task_type":"{}","organization_uuid":"{}","is_successful":{},"duration":{},"executed_at":"{}""#,
-        run.task_run,
-        run.pipeline_run,
-        run.pipeline,
-        run.task,
-        run.task_type.as_str(),
-        run.organization.expect("workloads name their organization"),
-        run.is_successful,
-        run.duration_ms,
-        run.executed_at.expect("workload runs are finished"),
-    );
-    if run.is_initial_task {
-        line.push_str(r#","is_initial_task":true"#);
-    }
-    if run.is_final_task {
-        line.push_str(r#","is_final_task":true"#);
-    }
-    if let Some(metric) = run.metric_value {
-        line.push_str(&format!(r#","metric_value":{metric}"#));
-    }
-    if !run.output.is_empty() {
-        line.push_str(&format!(
-            r#","output":"{}""#,
-            base64::engine::general_purpose::STANDARD.encode(&run.output)
-        ));
-    }
-    line.push('}');
-    line
-}
-
-fn splitmix(seed: u64) -> u64 {
-    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn runs_are_in_time_order_within_the_span_and_parse_back() {
-        let workload = Workload::three_years(1_000);
+        let workload = Sequential::three_years(1_000);
         let runs: Vec<TaskRun> = workload.task_runs().collect();
         assert!(
             runs.windows(2)
@@ -150,7 +111,7 @@ mod tests {
         );
         let last = runs.last().unwrap().executed_at.unwrap().second();
         assert!(last < workload.start + workload.seconds);
-        let line = to_json_line(&runs[7]);
+        let line = super::super::to_json_line(&runs[7]);
         assert_eq!(crate::cli::import::parse_line(&line).unwrap(), runs[7]);
     }
 }
