@@ -1,9 +1,7 @@
-//! The one error type of runledger, and its two renderings: a `tonic::Status` for gRPC and a JSON
-//! response for REST. Both go through [`ErrorCode`], so a rule about which failure gets which
-//! status changes in one place. Internal causes are logged once here and never sent to clients.
-
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+//! The one error type of runledger. Each error maps to one [`ErrorCode`], which alone decides the
+//! gRPC code and the HTTP status (each front renders it, in `api::status`), so a rule about which
+//! failure gets which status changes in one place. Internal causes are logged once here and never
+//! sent to clients.
 
 /// Everything that can go wrong in a request, by what the caller should do about it.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -172,39 +170,6 @@ pub enum ErrorCode {
     Internal,
 }
 
-impl ErrorCode {
-    pub fn http_status(self) -> StatusCode {
-        match self {
-            ErrorCode::BadRequest => StatusCode::BAD_REQUEST,
-            ErrorCode::NotFound => StatusCode::NOT_FOUND,
-            ErrorCode::Conflict => StatusCode::CONFLICT,
-            ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
-            ErrorCode::PermissionDenied => StatusCode::FORBIDDEN,
-            ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
-    pub fn grpc_code(self) -> tonic::Code {
-        match self {
-            ErrorCode::BadRequest => tonic::Code::InvalidArgument,
-            ErrorCode::NotFound => tonic::Code::NotFound,
-            ErrorCode::Conflict => tonic::Code::FailedPrecondition,
-            ErrorCode::Unauthenticated => tonic::Code::Unauthenticated,
-            ErrorCode::PermissionDenied => tonic::Code::PermissionDenied,
-            ErrorCode::MethodNotAllowed => tonic::Code::Unimplemented,
-            ErrorCode::TooManyRequests | ErrorCode::PayloadTooLarge => {
-                tonic::Code::ResourceExhausted
-            }
-            ErrorCode::Unavailable => tonic::Code::Unavailable,
-            ErrorCode::Internal => tonic::Code::Internal,
-        }
-    }
-}
-
 impl Error {
     pub fn code(&self) -> ErrorCode {
         match self {
@@ -267,7 +232,8 @@ impl Error {
         }
     }
 
-    fn retry_after_secs(&self) -> Option<u32> {
+    /// Seconds the caller should wait before retrying, for the errors that have a hint.
+    pub fn retry_after_secs(&self) -> Option<u32> {
         match self {
             Error::Overloaded {
                 retry_after_secs, ..
@@ -279,69 +245,12 @@ impl Error {
     }
 }
 
-impl From<Error> for tonic::Status {
-    fn from(error: Error) -> tonic::Status {
-        let mut status = tonic::Status::new(error.code().grpc_code(), error.client_message());
-        if let Some(seconds) = error.retry_after_secs()
-            && let Ok(value) = seconds.to_string().parse()
-        {
-            status.metadata_mut().insert("retry-after", value);
-        }
-        status
-    }
-}
-
 /// The JSON error body of every non-OAuth REST error.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct ErrorBody {
     pub code: u16,
     pub message: String,
     pub errors: Vec<String>,
-}
-
-impl IntoResponse for Error {
-    fn into_response(self) -> Response {
-        let status = self.code().http_status();
-        let mut response = match &self {
-            Error::OAuth(oauth) => {
-                let body = OAuthErrorBody {
-                    error: oauth.kind.as_str().to_string(),
-                    error_description: oauth.description.clone(),
-                };
-                let mut response = (status, axum::Json(body)).into_response();
-                response
-                    .headers_mut()
-                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                if oauth.kind == OAuthErrorKind::InvalidClient {
-                    response.headers_mut().insert(
-                        header::WWW_AUTHENTICATE,
-                        HeaderValue::from_static("Basic realm=\"runledger\""),
-                    );
-                }
-                response
-            }
-            _ => {
-                let body = ErrorBody {
-                    code: status.as_u16(),
-                    message: status.canonical_reason().unwrap_or("error").to_lowercase(),
-                    errors: vec![self.client_message()],
-                };
-                (status, axum::Json(body)).into_response()
-            }
-        };
-        if let Error::Unauthenticated(_) = self {
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"runledger\""),
-            );
-        }
-        if let Some(seconds) = self.retry_after_secs() {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        }
-        response
-    }
 }
 
 /// Storage failures: a full disk, a file that may not grow, a read-only file, or a database
@@ -396,21 +305,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_code_decides_both_renderings() {
+    fn errors_name_their_field_and_map_to_one_code() {
         let error = Error::invalid("period", "must be one of day, week");
         assert_eq!(error.to_string(), "period: must be one of day, week");
-        let status = tonic::Status::from(Error::invalid("n", "too big"));
-        assert_eq!(status.code(), tonic::Code::InvalidArgument);
-        assert_eq!(status.message(), "n: too big");
-        let response = Error::NotFound("pipeline x".into()).into_response();
-        assert_eq!(response.status(), StatusCode::NOT_FOUND);
-    }
-
-    #[test]
-    fn internal_details_stay_on_the_server() {
-        let status = tonic::Status::from(Error::Internal("page 7 checksum".into()));
-        assert_eq!(status.code(), tonic::Code::Internal);
-        assert!(!status.message().contains("page 7"));
+        assert_eq!(error.code(), ErrorCode::BadRequest);
+        assert_eq!(
+            Error::invalid("n", "too big")
+                .prefixed("batch 2")
+                .to_string(),
+            "batch 2: n: too big"
+        );
+        let internal = Error::Internal("page 7 checksum".into());
+        assert!(!internal.client_message().contains("page 7"));
+        assert_eq!(internal.code(), ErrorCode::Internal);
     }
 
     #[test]
@@ -421,16 +328,5 @@ mod tests {
         let quoted = quote(&long);
         assert!(quoted.len() < 130, "{quoted}");
         assert!(quoted.ends_with("...` (10000 bytes)"), "{quoted}");
-    }
-
-    #[test]
-    fn overload_carries_a_retry_hint() {
-        let error = Error::Overloaded {
-            message: "write queue is full".into(),
-            retry_after_secs: 2,
-        };
-        let response = error.into_response();
-        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
-        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
     }
 }

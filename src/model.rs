@@ -232,6 +232,27 @@ pub struct TaskRun {
 }
 
 impl TaskRun {
+    /// The rules every reported task run obeys, whichever way it came in (gRPC, import): the
+    /// field that breaks one and why.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.state == RunState::Finished && self.executed_at.is_none() {
+            return Err(("executed_at", "is required for a finished task run".into()));
+        }
+        if let Some(metric) = self.metric_value
+            && !metric.is_finite()
+        {
+            return Err(("metric_value", "must be a finite number".into()));
+        }
+        if self.task.0 == self.pipeline.0 {
+            return Err((
+                "task_uuid",
+                "is the same UUID as pipeline_uuid; a UUID names a pipeline or a task, not both"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// When the run counts in stats: finished, at this instant.
     pub fn finished_at(&self) -> Option<Timestamp> {
         match self.state {

@@ -4,4 +4,5 @@
 pub mod grpc;
 mod openapi;
 pub mod rest;
+mod status;
 pub mod wire;

@@ -125,25 +125,11 @@ fn state(field: &str, value: i32) -> Result<RunState> {
 pub fn task_run(field: &str, value: proto::TaskRunResult) -> Result<TaskRun> {
     let at = |name: &str| format!("{field}.{name}");
     let state = state(&at("state"), value.state)?;
-    let executed_at = match (&value.executed_at, state) {
-        (None, RunState::Finished) => {
-            return Err(Error::invalid(
-                &at("executed_at"),
-                "is required for a finished task run",
-            ));
-        }
-        (None, _) => None,
-        (Some(ts), _) => Some(timestamp(&at("executed_at"), Some(ts))?),
+    let executed_at = match &value.executed_at {
+        None => None,
+        Some(ts) => Some(timestamp(&at("executed_at"), Some(ts))?),
     };
-    if let Some(metric) = value.metric_value
-        && !metric.is_finite()
-    {
-        return Err(Error::invalid(
-            &at("metric_value"),
-            "must be a finite number",
-        ));
-    }
-    Ok(TaskRun {
+    let run = TaskRun {
         task_run: TaskRunId(uuid(&at("task_run_uuid"), &value.task_run_uuid)?),
         pipeline_run: PipelineRunId(uuid(&at("pipeline_run_uuid"), &value.pipeline_run_uuid)?),
         pipeline: PipelineId(uuid(&at("pipeline_uuid"), &value.pipeline_uuid)?),
@@ -168,7 +154,10 @@ pub fn task_run(field: &str, value: proto::TaskRunResult) -> Result<TaskRun> {
         metric_value: value.metric_value,
         is_initial_task: value.is_initial_task,
         is_final_task: value.is_final_task,
-    })
+    };
+    run.validate()
+        .map_err(|(name, reason)| Error::invalid(&at(name), reason))?;
+    Ok(run)
 }
 
 /// A task run as a client reports it: the inverse of [`task_run`] (used by the load tool).

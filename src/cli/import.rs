@@ -340,7 +340,6 @@ pub fn parse_line(line: &str) -> Result<TaskRun, String> {
     };
     let executed_at = match raw.executed_at.as_deref() {
         Some(text) => Some(parse_instant(text).map_err(|e| format!("executed_at: {e}"))?),
-        None if state == RunState::Finished => return Err("missing field `executed_at`".into()),
         None => None,
     };
     let duration_ms = match raw.duration {
@@ -361,11 +360,6 @@ pub fn parse_line(line: &str) -> Result<TaskRun, String> {
             .decode(text)
             .map_err(|e| format!("output: not valid base64: {e}"))?,
     };
-    if let Some(metric) = raw.metric_value
-        && !metric.is_finite()
-    {
-        return Err("metric_value: must be a finite number".into());
-    }
     let errors = raw
         .errors
         .unwrap_or_default()
@@ -380,7 +374,7 @@ pub fn parse_line(line: &str) -> Result<TaskRun, String> {
             message: e.message.unwrap_or_default(),
         })
         .collect();
-    Ok(TaskRun {
+    let run = TaskRun {
         task_run,
         pipeline_run,
         pipeline,
@@ -396,7 +390,10 @@ pub fn parse_line(line: &str) -> Result<TaskRun, String> {
         metric_value: raw.metric_value,
         is_initial_task: raw.is_initial_task.unwrap_or(false),
         is_final_task: raw.is_final_task.unwrap_or(false),
-    })
+    };
+    run.validate()
+        .map_err(|(field, reason)| format!("{field}: {reason}"))?;
+    Ok(run)
 }
 
 impl ImportSink for Progress {

@@ -638,11 +638,16 @@ impl<'a> Input<'a> {
         Some(*head)
     }
 
+    /// A LEB128 varint of at most 64 bits: a tenth byte may hold only the top bit, anything
+    /// more is corruption (not silently dropped bits).
     fn varint(&mut self) -> Option<u64> {
         let mut value = 0u64;
         for shift in (0..64).step_by(7) {
             let byte = self.byte()?;
-            value |= u64::from(byte & 0x7f).checked_shl(shift)?;
+            if shift == 63 && byte > 1 {
+                return None;
+            }
+            value |= u64::from(byte & 0x7f) << shift;
             if byte & 0x80 == 0 {
                 return Some(value);
             }
@@ -748,6 +753,14 @@ mod tests {
         padded.push(0);
         assert!(RunRecord::decode(&padded).is_err());
         assert!(BucketRecord::decode(&[0x80]).is_err());
+        // A tenth varint byte may carry only the 64th bit.
+        let mut max = Vec::new();
+        put_varint(&mut max, u64::MAX);
+        assert_eq!(max.len(), 10);
+        assert_eq!(Input(&max).varint(), Some(u64::MAX));
+        let mut overflowing = max.clone();
+        overflowing[9] = 0x02;
+        assert_eq!(Input(&overflowing).varint(), None);
         assert!(BucketRecord::decode(&[0xff; 11]).is_err());
         assert!(BucketRecord::decode(&[1, 0, 5, 3]).is_err());
     }

@@ -85,14 +85,18 @@ impl Realistic {
             .map(|_| {
                 let tasks = (0..1 + rng.below(5))
                     .map(|_| {
-                        let task_type = TaskType::ALL[rng.below(TaskType::ALL.len() as u64) as usize];
+                        let task_type =
+                            TaskType::ALL[rng.below(TaskType::ALL.len() as u64) as usize];
                         TaskSpec {
                             id: TaskId(rng.uuid()),
                             task_type,
                             median_ms: rng.log_normal(2_000.0, 1.5).clamp(5.0, 3_600_000.0),
                             outputs: matches!(
                                 task_type,
-                                TaskType::Query | TaskType::Code | TaskType::Gpt | TaskType::ApiCall
+                                TaskType::Query
+                                    | TaskType::Code
+                                    | TaskType::Gpt
+                                    | TaskType::ApiCall
                             ),
                         }
                     })
@@ -211,7 +215,10 @@ impl Runs {
         let mut ended = start;
         let last = pipeline.tasks.len() - 1;
         for (position, task) in pipeline.tasks.iter().enumerate() {
-            let duration_ms = self.rng.log_normal(task.median_ms, 0.5).clamp(1.0, 6.0 * 3_600_000.0) as u32;
+            let duration_ms = self
+                .rng
+                .log_normal(task.median_ms, 0.5)
+                .clamp(1.0, 6.0 * 3_600_000.0) as u32;
             ended += i64::from(duration_ms) * MICROS_PER_MS + self.rng.below(1_000) as i64;
             let is_successful = !self.rng.chance(0.03);
             let output = if self.shape.outputs && task.outputs {
@@ -250,7 +257,8 @@ impl Runs {
                     duration_ms: run.duration_ms / 2 + 1,
                     ..run.clone()
                 };
-                let later = arrival + MICROS_PER_SECOND * 60 + (self.rng.unit() * 6.0 * HOUR as f64) as i64;
+                let later =
+                    arrival + MICROS_PER_SECOND * 60 + (self.rng.unit() * 6.0 * HOUR as f64) as i64;
                 self.arrive(later, again);
             }
             self.arrive(arrival, run);
@@ -342,13 +350,28 @@ mod tests {
         let mut counts: Vec<u64> = per_pipeline.values().copied().collect();
         counts.sort_unstable();
         let (median, busiest) = (counts[counts.len() / 2], *counts.last().unwrap());
-        assert!(busiest > 100 * median.max(1), "busiest {busiest}, median {median}");
-        assert!(per_pipeline.len() > 1_000, "{} pipelines ran", per_pipeline.len());
+        assert!(
+            busiest > 100 * median.max(1),
+            "busiest {busiest}, median {median}"
+        );
+        assert!(
+            per_pipeline.len() > 1_000,
+            "{} pipelines ran",
+            per_pipeline.len()
+        );
         let organizations: HashSet<OrgId> = runs.iter().filter_map(|r| r.organization).collect();
         assert_eq!(organizations.len(), 50);
         // Some outputs, of a few hundred bytes.
-        let with_output: Vec<usize> = runs.iter().map(|r| r.output.len()).filter(|n| *n > 0).collect();
-        assert!(with_output.len() > runs.len() / 10, "{} outputs", with_output.len());
+        let with_output: Vec<usize> = runs
+            .iter()
+            .map(|r| r.output.len())
+            .filter(|n| *n > 0)
+            .collect();
+        assert!(
+            with_output.len() > runs.len() / 10,
+            "{} outputs",
+            with_output.len()
+        );
         let mean = with_output.iter().sum::<usize>() / with_output.len();
         assert!((150..2_000).contains(&mean), "mean output {mean} bytes");
     }
@@ -359,6 +382,9 @@ mod tests {
         let minutes = |p: &PipelineSpec| p.interval_micros as f64 / 60e6;
         assert!(minutes(&catalog[0]) < 3.0, "{}", minutes(&catalog[0]));
         let median = minutes(&catalog[catalog.len() / 2]);
-        assert!((60.0..2_880.0).contains(&median), "median every {median} minutes");
+        assert!(
+            (60.0..2_880.0).contains(&median),
+            "median every {median} minutes"
+        );
     }
 }
