@@ -272,6 +272,26 @@ pub struct PipelineDefinition {
     pub tasks: Vec<TaskDefinition>,
 }
 
+impl PipelineDefinition {
+    /// The rules every registration obeys: the field that breaks one and why.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        for (index, task) in self.tasks.iter().enumerate() {
+            let field = format!("tasks[{index}].task_uuid");
+            if task.task.0 == self.pipeline.0 {
+                return Err((
+                    field,
+                    "is the same UUID as pipeline_uuid; a UUID names a pipeline or a task, not both"
+                        .into(),
+                ));
+            }
+            if self.tasks[..index].iter().any(|t| t.task == task.task) {
+                return Err((field, format!("{} is listed twice", task.task)));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A task as registered with its pipeline.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TaskDefinition {

@@ -11,9 +11,8 @@ use crate::auth::{
 };
 use crate::error::{Error, OAuthError, OAuthErrorKind, Result};
 use crate::model::OrgId;
-use crate::store::WriteOp;
-use crate::store::WriteOutcome;
 use crate::store::credentials::{ClientRecord, IssueOutcome, TokenKind, TokenRecord};
+use crate::store::{IssueRequest, WriteOp, WriteOutcome};
 use crate::time::{MICROS_PER_SECOND, Timestamp};
 
 /// The parameters of a token request, as sent (query string, form body or gRPC), and where it
@@ -214,11 +213,12 @@ impl Engine {
                 record(TokenKind::Refresh, self.lifetimes.refresh_secs),
             ),
         ];
-        let op = WriteOp::IssueTokens {
+        let op = WriteOp::IssueTokens(IssueRequest {
             client_id: client_id.to_string(),
             tokens,
             redeem,
-        };
+            at: now,
+        });
         match self.store.write(op).await? {
             WriteOutcome::Tokens(IssueOutcome::Issued) => Ok(TokenGrant {
                 access_token,
@@ -331,7 +331,10 @@ impl Engine {
 
     /// Deletes tokens that expired more than a day ago; returns how many.
     pub async fn purge_expired_tokens(&self) -> Result<u64> {
-        match self.store.write(WriteOp::PurgeTokens).await? {
+        // Kept a day past expiry, so that a late client hears "expired", not "unknown".
+        let before = Timestamp::from_micros(Timestamp::now().micros() - 86_400 * MICROS_PER_SECOND)
+            .unwrap_or_else(Timestamp::now);
+        match self.store.write(WriteOp::PurgeTokens { before }).await? {
             WriteOutcome::TokensPurged(count) => Ok(count),
             other => Err(unexpected(other)),
         }
@@ -402,6 +405,7 @@ impl Engine {
     pub fn revoke_client(&self, client_id: &str) -> Result<()> {
         let op = WriteOp::RevokeClient {
             client_id: client_id.to_string(),
+            at: Timestamp::now(),
         };
         let outcome = self.store.apply_now(std::slice::from_ref(&op))?.pop();
         self.tokens.invalidate();

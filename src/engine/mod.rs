@@ -135,7 +135,14 @@ impl Engine {
         let pending = if runs.is_empty() {
             None
         } else {
-            Some(self.store.submit(WriteOp::Report(runs)).await?)
+            Some(
+                self.store
+                    .submit(WriteOp::Report {
+                        runs,
+                        at: crate::time::Timestamp::now(),
+                    })
+                    .await?,
+            )
         };
         let dispatcher = self.dispatcher.clone();
         Ok(async move {
@@ -169,7 +176,10 @@ impl Engine {
             let key = self.output_key_now(org)?;
             run.output = key.seal_output(&run.task_run, &run.output);
         }
-        Ok(WriteOp::Report(vec![run]))
+        Ok(WriteOp::Report {
+            runs: vec![run],
+            at: crate::time::Timestamp::now(),
+        })
     }
 
     /// Applies prepared imports in one transaction on the calling thread, each its own atomic
@@ -217,6 +227,9 @@ impl Engine {
         mut definition: PipelineDefinition,
     ) -> Result<RegisterOutcome> {
         caller.require(Scope::RunsWrite)?;
+        definition
+            .validate()
+            .map_err(|(field, reason)| Error::invalid(&field, reason))?;
         definition.organization = Some(organization_for(caller, definition.organization)?);
         match self.store.write(WriteOp::Register(definition)).await? {
             WriteOutcome::Register(outcome) => Ok(outcome),
@@ -248,7 +261,12 @@ impl Engine {
         }
         match self
             .store
-            .write(WriteOp::StartPipelineRun { pipeline, org })
+            .write(WriteOp::StartPipelineRun {
+                pipeline,
+                org,
+                pipeline_run: crate::model::PipelineRunId(uuid::Uuid::new_v4()),
+                at: crate::time::Timestamp::now(),
+            })
             .await?
         {
             WriteOutcome::Started(runs) => {

@@ -82,14 +82,28 @@ fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 fn copy_tables(snapshot: &ReadTransaction, copy: &Database) -> Result<u64> {
-    let mut copied = 0;
-    macro_rules! copy {
-        ($table:ident) => {
-            copied += copy_table(snapshot, copy, tables::$table)?;
-        };
+    struct Copy<'a> {
+        snapshot: &'a ReadTransaction,
+        copy: &'a Database,
+        copied: u64,
     }
-    tables::for_each_table!(copy);
-    Ok(copied)
+    impl tables::TableVisitor for Copy<'_> {
+        type Error = Error;
+        fn visit<K: Key + 'static, V: Value + 'static>(
+            &mut self,
+            table: TableDefinition<'static, K, V>,
+        ) -> Result<()> {
+            self.copied += copy_table(self.snapshot, self.copy, table)?;
+            Ok(())
+        }
+    }
+    let mut copy = Copy {
+        snapshot,
+        copy,
+        copied: 0,
+    };
+    tables::visit_tables(&mut copy)?;
+    Ok(copy.copied)
 }
 
 /// Copies one table in key order, `CHUNK` entries per transaction of the copy.

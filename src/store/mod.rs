@@ -3,11 +3,13 @@
 //! ([`Reader`]); writes go through the single group-committing [`writer`], or straight through
 //! [`Store::apply_now`] for bulk loads.
 
-mod apply;
 pub mod backup;
+mod batch;
+mod bloom;
 mod cache;
 pub mod credentials;
 mod handle;
+mod index;
 mod packed;
 mod read;
 mod records;
@@ -19,19 +21,20 @@ mod writer;
 use std::io::Read;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use redb::{Database, ReadableDatabase, ReadableTable};
 
 use handle::Handle;
 
-pub use apply::{WriteOp, WriteOutcome};
+pub use batch::{IssueRequest, WriteOp, WriteOutcome, derived_task_run};
 pub use read::Reader;
 pub use records::{EntityDetail, EntityKey};
 pub use tables::EntityId;
 pub use writer::{PendingWrite, outcome};
 
 use cache::EntityCache;
+use index::Filters;
 use writer::Writer;
 
 use crate::error::Result;
@@ -65,7 +68,7 @@ pub enum OpenError {
 /// The size of one table.
 #[derive(Clone, Debug)]
 pub struct TableSize {
-    pub name: &'static str,
+    pub name: String,
     pub entries: u64,
     /// Bytes of keys and values.
     pub stored_bytes: u64,
@@ -107,6 +110,9 @@ impl Default for StoreOptions {
 pub struct Store {
     db: Arc<Handle>,
     cache: Arc<EntityCache>,
+    /// The UUID indexes' committed Bloom filters; a write transaction holds the lock until it
+    /// commits or fails (writes are serialized anyway).
+    filters: Arc<Mutex<Filters>>,
     /// `None` when the database is open read-only.
     writer: Option<Writer>,
     path: PathBuf,
@@ -169,11 +175,14 @@ impl Store {
         if let Err(error) = crate::private::restrict(&path) {
             tracing::warn!(%error, path = %path.display(), "cannot make the database file owner-only");
         }
+        let filters = load_filters(&db).map_err(|e| failed(e.to_string()))?;
+        let filters = Arc::new(Mutex::new(filters));
         let db = Arc::new(Handle::writable(db, &path, options.cache_bytes));
         let cache = Arc::new(EntityCache::default());
         let writer = Writer::spawn(
             db.clone(),
             cache.clone(),
+            filters.clone(),
             options.write_queue,
             options.write_queue_bytes,
             options.queue_wait,
@@ -181,6 +190,7 @@ impl Store {
         Ok(Store {
             db,
             cache,
+            filters,
             writer: Some(writer),
             path,
         })
@@ -206,9 +216,11 @@ impl Store {
                     "{other} (a file that was not closed cleanly must be opened writable once to recover)"
                 )),
             })?;
+        let filters = load_filters(&db).map_err(|e| failed(e.to_string()))?;
         Ok(Store {
             db: Arc::new(Handle::read_only(db, why, path, options.cache_bytes)),
             cache: Arc::new(EntityCache::default()),
+            filters: Arc::new(Mutex::new(filters)),
             writer: None,
             path: path.to_path_buf(),
         })
@@ -258,29 +270,35 @@ impl Store {
     /// Applies writes in one transaction on the calling thread, bypassing the writer queue (for
     /// bulk loads). Each operation's result is its own; `Err` means nothing was applied.
     pub fn apply_now(&self, ops: &[WriteOp]) -> Result<Vec<Result<WriteOutcome>>> {
-        apply_batch(&*self.db.for_writing()?, &self.cache, ops)
+        apply_batch(&*self.db.for_writing()?, &self.cache, &self.filters, ops)
     }
 
     /// Entries and space of every table, from one snapshot.
     pub fn table_sizes(&self) -> Result<Vec<TableSize>> {
-        use redb::{ReadableTableMetadata, TableHandle};
-        let snapshot = self.snapshot()?;
-        let mut sizes = Vec::new();
-        macro_rules! describe {
-            ($table:ident) => {
-                let table = snapshot.open_table(tables::$table)?;
-                let stats = table.stats()?;
-                sizes.push(TableSize {
-                    name: tables::$table.name(),
-                    entries: table.len()?,
+        struct Describe<'a>(&'a redb::ReadTransaction, Vec<TableSize>);
+        impl tables::TableVisitor for Describe<'_> {
+            type Error = crate::error::Error;
+            fn visit<K: redb::Key + 'static, V: redb::Value + 'static>(
+                &mut self,
+                table: redb::TableDefinition<'static, K, V>,
+            ) -> Result<()> {
+                use redb::ReadableTableMetadata;
+                let open = self.0.open_table(table)?;
+                let stats = open.stats()?;
+                self.1.push(TableSize {
+                    name: redb::TableHandle::name(&table).to_string(),
+                    entries: open.len()?,
                     stored_bytes: stats.stored_bytes(),
                     fragmented_bytes: stats.fragmented_bytes(),
                     pages: stats.leaf_pages() + stats.branch_pages(),
                 });
-            };
+                Ok(())
+            }
         }
-        tables::for_each_table!(describe);
-        Ok(sizes)
+        let snapshot = self.snapshot()?;
+        let mut describe = Describe(&snapshot, Vec::new());
+        tables::visit_tables(&mut describe)?;
+        Ok(describe.1)
     }
 
     /// Stops accepting writes, finishes the queued ones, and waits for the writer. Blocks.
@@ -295,12 +313,14 @@ impl Store {
 fn apply_batch(
     db: &Database,
     cache: &EntityCache,
+    filters: &Mutex<Filters>,
     ops: &[WriteOp],
 ) -> Result<Vec<Result<WriteOutcome>>> {
+    let mut filters = filters.lock().unwrap_or_else(|e| e.into_inner());
     let txn = db.begin_write()?;
     let mut outcomes = Vec::with_capacity(ops.len());
     let created = {
-        let mut batch = apply::Batch::open(&txn, cache)?;
+        let mut batch = batch::Batch::open(&txn, cache, &filters)?;
         for op in ops {
             outcomes.push(batch.apply(op)?);
         }
@@ -313,7 +333,21 @@ fn apply_batch(
     for ((_, uuid), key) in created.entities {
         cache.insert(uuid, key);
     }
+    for work in created.indexes {
+        filters.learn(work);
+    }
     Ok(outcomes)
+}
+
+/// The UUID indexes' filters as the file holds them.
+fn load_filters(db: &impl ReadableDatabase) -> Result<Filters> {
+    let txn = db.begin_read()?;
+    Filters::load(
+        &txn.open_table(tables::META)?,
+        &txn.open_table(tables::INDEX_FILTERS)?,
+        &txn.open_table(tables::TASK_INDEX)?,
+        &txn.open_table(tables::PIPELINE_INDEX)?,
+    )
 }
 
 /// Refuses a file that is not a redb database before redb sees it.
@@ -456,15 +490,17 @@ fn initialize(db: &Database, path: &Path) -> Result<(), OpenError> {
         }
     }
     // Every table exists from the start, so readers never meet a missing one.
-    let create = || -> Result<(), redb::TableError> {
-        macro_rules! create_table {
-            ($table:ident) => {
-                txn.open_table(tables::$table)?;
-            };
+    struct Create<'a>(&'a redb::WriteTransaction);
+    impl tables::TableVisitor for Create<'_> {
+        type Error = redb::TableError;
+        fn visit<K: redb::Key + 'static, V: redb::Value + 'static>(
+            &mut self,
+            table: redb::TableDefinition<'static, K, V>,
+        ) -> Result<(), redb::TableError> {
+            self.0.open_table(table).map(drop)
         }
-        tables::for_each_table!(create_table);
-        Ok(())
-    };
+    }
+    let create = || tables::visit_tables(&mut Create(&txn));
     create().map_err(|e| failed(e.to_string()))?;
     txn.commit().map_err(|e| failed(e.to_string()))?;
     Ok(())

@@ -1,6 +1,7 @@
 //! Queries on one consistent snapshot (a redb read transaction). Every query costs a bounded
-//! number of tree reads: stats a handful of rollup ranges, aggregated stats one range of at most
-//! n buckets, last run one lookup, a log page one range of at most `limit` entries.
+//! number of tree reads: stats a handful of rollup lookups (see [`super::rollup`]), aggregated
+//! stats one lookup per year or month, last run one lookup, a log page one range of at most
+//! `limit` entries.
 
 use redb::{ReadOnlyTable, ReadTransaction, ReadableTable};
 use uuid::Uuid;
@@ -8,12 +9,12 @@ use uuid::Uuid;
 use super::cache::EntityCache;
 use super::credentials::{ClientRecord, OrgRecord, TokenRecord};
 use super::records::{
-    BucketRecord, EntityDetail, EntityKey, LastRunRecord, RunRecord, TaskRunHome,
+    EntityDetail, EntityKey, LastRunRecord, PipelineRunAgg, RunRecord, RunRef, TaskRunHome,
 };
-use super::rollup::{Series, last_run_at_or_before, range_tally};
+use super::rollup::{Series, Source, aggregated, last_run_at_or_before, range_tally};
 use super::tables::{
-    self, ENTITIES, ENTITY_KEYS, EntityId, LAST_RUNS, OrgIndex, PIPELINE_RUNS, ROLLUPS, RUN_LOG,
-    pipeline_task_key, rollup_key, rollup_key_bucket, run_key, scoped_key, split_run_key,
+    self, ENTITIES, ENTITY_KEYS, EntityId, INDEX_KEY_LEN, LAST_RUNS, OrgIndex, PIPELINE_RUNS,
+    ROLLUPS, RUN_LOG, YEAR_ROLLUPS, pipeline_task_key, run_key, scoped_key, split_run_key,
 };
 use crate::error::{Error, Result};
 use crate::model::{
@@ -108,27 +109,45 @@ impl<'a> Reader<'a> {
         Ok(tasks)
     }
 
+    /// Answers a rollup question on this snapshot's tables.
+    fn with_rollups<T>(
+        &self,
+        answer: impl FnOnce(
+            &Source<
+                '_,
+                ReadOnlyTable<&'static [u8; tables::YEAR_KEY_LEN], &'static [u8]>,
+                ReadOnlyTable<&'static [u8; tables::ROLLUP_KEY_LEN], &'static [u8]>,
+                ReadOnlyTable<&'static [u8; tables::RUN_KEY_LEN], &'static [u8]>,
+                ReadOnlyTable<u64, &'static [u8]>,
+            >,
+        ) -> Result<T>,
+    ) -> Result<T> {
+        let years = self.txn.open_table(YEAR_ROLLUPS)?;
+        let rollups = self.txn.open_table(ROLLUPS)?;
+        let run_log = self.txn.open_table(RUN_LOG)?;
+        let runs = self.txn.open_table(PIPELINE_RUNS)?;
+        answer(&Source {
+            years: &years,
+            rollups: &rollups,
+            run_log: &run_log,
+            runs: &runs,
+        })
+    }
+
     /// Tally of the runs in a range and the last run at or before its end.
     pub fn stats(&self, entity: &EntityKey, range: TimeRange) -> Result<Stats> {
-        let rollups = self.txn.open_table(ROLLUPS)?;
-        let tally = range_tally(&rollups, entity.id, range)?;
-        let last_run = match self.last_run_record(entity.id)? {
-            None => None,
-            Some(last) if last.executed_at.second() <= range.to() => Some(last.last_run()),
-            Some(_) => {
-                let run_log = self.txn.open_table(RUN_LOG)?;
-                let pipeline_runs = self.txn.open_table(PIPELINE_RUNS)?;
-                last_run_at_or_before(
-                    &rollups,
-                    &run_log,
-                    &pipeline_runs,
-                    series(entity),
-                    range.to(),
-                )?
-                .map(|record| record.last_run())
-            }
-        };
-        Ok(Stats { tally, last_run })
+        let series = series(entity);
+        let last = self.last_run_record(entity.id)?;
+        self.with_rollups(|source| {
+            let tally = range_tally(source, &series, range)?;
+            let last_run = match last {
+                None => None,
+                Some(last) if last.executed_at.second() <= range.to() => Some(last.last_run()),
+                Some(_) => last_run_at_or_before(source, &series, range.to())?
+                    .map(|record| record.last_run()),
+            };
+            Ok(Stats { tally, last_run })
+        })
     }
 
     /// Per-bucket tallies of `n` consecutive buckets from the one containing `date_from`; empty
@@ -143,21 +162,18 @@ impl<'a> Reader<'a> {
         let level = period.level();
         let start = level.bucket_start(date_from);
         let end = advance(level, start, n.get());
-        let rollups = self.txn.open_table(ROLLUPS)?;
-        let low = rollup_key(entity.id, level, start);
-        let high = rollup_key(entity.id, level, end);
-        let mut buckets = Vec::new();
-        for entry in rollups.range::<&[u8; tables::ROLLUP_KEY_LEN]>(&low..&high)? {
-            let (key, value) = entry?;
-            let start = rollup_key_bucket(key.value());
-            buckets.push(BucketStats {
+        let series = series(entity);
+        let buckets =
+            self.with_rollups(|source| aggregated(source, &series, period, start, end))?;
+        Ok(buckets
+            .into_iter()
+            .map(|(start, tally)| BucketStats {
                 period,
                 start,
                 last_second: level.next_bucket(start) - 1,
-                tally: BucketRecord::decode_total(value.value())?,
-            });
-        }
-        Ok(buckets)
+                tally,
+            })
+            .collect())
     }
 
     /// The latest finished run, if any.
@@ -183,6 +199,7 @@ impl<'a> Reader<'a> {
         limit: usize,
     ) -> Result<LogPage> {
         let run_log = self.txn.open_table(RUN_LOG)?;
+        let runs = self.txn.open_table(PIPELINE_RUNS)?;
         let low = run_key(pipeline.id, range.from() * MICROS_PER_SECOND, &[0; 16]);
         let mut high = run_key(pipeline.id, range.end_micros_exclusive(), &[0; 16]);
         if let Some(cursor) = after {
@@ -204,7 +221,7 @@ impl<'a> Reader<'a> {
                     break;
                 }
                 let (key, value) = entry?;
-                entries.push(self.log_entry(key.value(), value.value())?);
+                entries.push(self.log_entry(&runs, key.value(), value.value())?);
             }
         }
         let next = if more {
@@ -218,11 +235,25 @@ impl<'a> Reader<'a> {
         Ok(LogPage { entries, next })
     }
 
-    fn log_entry(&self, key: &[u8; tables::RUN_KEY_LEN], value: &[u8]) -> Result<LogEntry> {
+    fn log_entry(
+        &self,
+        runs: &ReadOnlyTable<u64, &'static [u8]>,
+        key: &[u8; tables::RUN_KEY_LEN],
+        value: &[u8],
+    ) -> Result<LogEntry> {
         let (_, micros, task_run) = split_run_key(key);
         let record = RunRecord::decode(value)?;
+        let pipeline_run = match record.pipeline_run {
+            RunRef::Uuid(uuid) => uuid,
+            RunRef::Id(id) => {
+                let bytes = runs
+                    .get(id.0)?
+                    .ok_or_else(|| super::records::corrupt("pipeline run"))?;
+                PipelineRunAgg::decode(bytes.value())?.uuid
+            }
+        };
         Ok(LogEntry {
-            pipeline_run: record.pipeline_run,
+            pipeline_run,
             task_run: TaskRunId(Uuid::from_bytes(task_run)),
             task: TaskId(self.entity_uuid(record.task)?),
             task_type: record.task_type,
@@ -293,17 +324,17 @@ impl<'a> Reader<'a> {
     /// The task runs waiting for an executor, oldest first.
     pub fn pending_runs(&self) -> Result<Vec<PendingTaskRun>> {
         let queue = self.txn.open_table(tables::PENDING)?;
-        let homes = self.txn.open_table(tables::TASK_RUNS)?;
+        let homes = self.txn.open_table(tables::TASK_INDEX)?;
         let mut runs = Vec::new();
         for entry in queue.iter()? {
             let (serial, queued) = entry?;
             let queued = queued.value();
-            let task_run = TaskRunId(Uuid::from_bytes(queued[..16].try_into().expect("16 bytes")));
-            let organization = OrgId(Uuid::from_bytes(queued[16..].try_into().expect("16 bytes")));
-            let Some(org_index) = self.org_index(organization)? else {
-                continue;
-            };
-            let Some(home) = homes.get(&scoped_key(org_index, task_run.as_bytes()))? else {
+            let key: [u8; INDEX_KEY_LEN] = queued[..INDEX_KEY_LEN].try_into().expect("index key");
+            let (_, _, task_run) = tables::split_index_key(&key);
+            let organization = OrgId(Uuid::from_bytes(
+                queued[INDEX_KEY_LEN..].try_into().expect("16 bytes"),
+            ));
+            let Some(home) = homes.get(&key)? else {
                 continue;
             };
             if let TaskRunHome::Unfinished {
@@ -313,10 +344,13 @@ impl<'a> Reader<'a> {
                 ..
             } = TaskRunHome::decode(home.value())?
             {
+                let RunRef::Uuid(pipeline_run) = record.pipeline_run else {
+                    return Err(super::records::corrupt("pending task run"));
+                };
                 runs.push(PendingTaskRun {
                     serial: serial.value(),
-                    task_run,
-                    pipeline_run: record.pipeline_run,
+                    task_run: TaskRunId(Uuid::from_bytes(task_run)),
+                    pipeline_run,
                     pipeline: PipelineId(self.entity_uuid(pipeline)?),
                     task: TaskId(self.entity_uuid(record.task)?),
                     task_type: record.task_type,
@@ -354,6 +388,5 @@ fn series(entity: &EntityKey) -> Series {
         id: entity.id,
         kind: entity.kind,
         pipeline: entity.pipeline,
-        org: entity.org_index,
     }
 }

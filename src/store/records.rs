@@ -1,10 +1,10 @@
 //! The byte encodings of the values stored in each table. Hand-written and compact (varints for
-//! counts and lengths, interned ids for pipelines and tasks) because they are paid for once per
-//! stored run; every decoder checks bounds and reports a corrupt record instead of panicking.
+//! counts, ids and lengths) because they are paid for once per stored run; every decoder checks
+//! bounds and reports a corrupt record instead of panicking.
 
 use uuid::Uuid;
 
-use super::tables::{EntityId, OrgIndex};
+use super::tables::{ENTITY_KEY_LEN, EntityId, LAST_RUN_LEN, OrgIndex, RunId};
 use crate::error::Error;
 use crate::model::{
     EntityKind, LastRun, OrgId, PipelineRunId, RunState, Tally, TaskError, TaskType,
@@ -29,8 +29,8 @@ pub struct EntityKey {
 }
 
 impl EntityKey {
-    pub fn encode(&self) -> [u8; super::tables::ENTITY_KEY_LEN] {
-        let mut out = [0u8; super::tables::ENTITY_KEY_LEN];
+    pub fn encode(&self) -> [u8; ENTITY_KEY_LEN] {
+        let mut out = [0u8; ENTITY_KEY_LEN];
         out[..4].copy_from_slice(&self.id.0.to_be_bytes());
         out[4] = match self.kind {
             EntityKind::Pipeline => 1,
@@ -42,20 +42,19 @@ impl EntityKey {
         out
     }
 
-    pub fn decode(bytes: &[u8; super::tables::ENTITY_KEY_LEN]) -> Result<EntityKey, Error> {
+    pub fn decode(bytes: &[u8; ENTITY_KEY_LEN]) -> Result<EntityKey, Error> {
         let kind = match bytes[4] {
             1 => EntityKind::Pipeline,
             2 => EntityKind::Task,
             _ => return Err(corrupt("entity key")),
         };
+        let u32_at = |at: usize| u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4"));
         Ok(EntityKey {
-            id: EntityId(u32::from_be_bytes(bytes[..4].try_into().expect("4 bytes"))),
+            id: EntityId(u32_at(0)),
             kind,
             org: OrgId(Uuid::from_bytes(bytes[5..21].try_into().expect("16 bytes"))),
-            pipeline: EntityId(u32::from_be_bytes(
-                bytes[21..25].try_into().expect("4 bytes"),
-            )),
-            org_index: OrgIndex(u32::from_be_bytes(bytes[25..].try_into().expect("4 bytes"))),
+            pipeline: EntityId(u32_at(21)),
+            org_index: OrgIndex(u32_at(25)),
         })
     }
 }
@@ -95,6 +94,7 @@ impl EntityDetail {
         };
         let is_initial = input.byte().ok_or_else(bad)? != 0;
         let name = input.string().ok_or_else(bad)?;
+        input.end().ok_or_else(bad)?;
         Ok(EntityDetail {
             uuid,
             org_index,
@@ -105,11 +105,19 @@ impl EntityDetail {
     }
 }
 
+/// Which pipeline run a task run is part of: by id once it is finished (and its pipeline run
+/// has an aggregate), by UUID before.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunRef {
+    Id(RunId),
+    Uuid(PipelineRunId),
+}
+
 /// A task run as stored: in `run_log` once finished, inside its [`TaskRunHome`] before.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RunRecord {
     pub task: EntityId,
-    pub pipeline_run: PipelineRunId,
+    pub pipeline_run: RunRef,
     pub task_type: TaskType,
     pub state: RunState,
     pub is_successful: bool,
@@ -127,55 +135,76 @@ const FLAG_INITIAL: u8 = 1 << 1;
 const FLAG_FINAL: u8 = 1 << 2;
 const FLAG_METRIC: u8 = 1 << 3;
 const STATE_SHIFT: u8 = 4;
+const STATE_MASK: u8 = 0b11 << STATE_SHIFT;
+const FLAG_RUN_ID: u8 = 1 << 6;
+const FLAG_DETAILS: u8 = 1 << 7;
 
-/// Where the pipeline-run UUID sits in an encoded [`RunRecord`], for scans that only need it.
-pub const RECORD_PIPELINE_RUN: std::ops::Range<usize> = 4..20;
+/// What every reader of a run-log record needs, decoded without the rest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunOutcome {
+    pub task: EntityId,
+    pub pipeline_run: RunRef,
+    pub is_successful: bool,
+    pub duration_ms: u32,
+}
 
 impl RunRecord {
+    /// Task (varint), flags, pipeline run (varint id or UUID), task type, duration (varint),
+    /// then, only when there are any, the metric, output and errors: a finished run without
+    /// output is about 10 bytes.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.task.0.to_be_bytes());
-        out.extend_from_slice(self.pipeline_run.as_bytes());
-        out.push(self.task_type.code());
+        put_varint(out, u64::from(self.task.0));
         let state = match self.state {
             RunState::Pending => 0,
             RunState::Running => 1,
             RunState::Finished => 2,
         };
+        let details =
+            self.metric_value.is_some() || !self.output.is_empty() || !self.errors.is_empty();
         let flags = (u8::from(self.is_successful) * FLAG_SUCCESSFUL)
             | (u8::from(self.is_initial_task) * FLAG_INITIAL)
             | (u8::from(self.is_final_task) * FLAG_FINAL)
             | (u8::from(self.metric_value.is_some()) * FLAG_METRIC)
-            | (state << STATE_SHIFT);
+            | (state << STATE_SHIFT)
+            | (u8::from(matches!(self.pipeline_run, RunRef::Id(_))) * FLAG_RUN_ID)
+            | (u8::from(details) * FLAG_DETAILS);
         out.push(flags);
+        match self.pipeline_run {
+            RunRef::Id(id) => put_varint(out, id.0),
+            RunRef::Uuid(uuid) => out.extend_from_slice(uuid.as_bytes()),
+        }
+        out.push(self.task_type.code());
         put_varint(out, u64::from(self.duration_ms));
-        if let Some(metric) = self.metric_value {
-            out.extend_from_slice(&metric.to_le_bytes());
+        if details {
+            if let Some(metric) = self.metric_value {
+                out.extend_from_slice(&metric.to_le_bytes());
+            }
+            put_bytes(out, &self.output);
+            put_varint(out, self.errors.len() as u64);
+            for error in &self.errors {
+                put_bytes(out, error.code.as_bytes());
+                put_bytes(out, error.severity.as_bytes());
+                put_bytes(out, error.message.as_bytes());
+            }
         }
-        put_bytes(out, &self.output);
-        put_varint(out, self.errors.len() as u64);
-        for error in &self.errors {
-            put_bytes(out, error.code.as_bytes());
-            put_bytes(out, error.severity.as_bytes());
-            put_bytes(out, error.message.as_bytes());
-        }
-    }
-
-    /// The task, outcome and duration of an encoded record, without decoding the rest.
-    pub fn decode_outcome(bytes: &[u8]) -> Result<(EntityId, bool, u32), Error> {
-        let bad = || corrupt("task run");
-        let mut input = Input(bytes);
-        let task = EntityId(u32::from_be_bytes(input.array().ok_or_else(bad)?));
-        let _pipeline_run: [u8; 16] = input.array().ok_or_else(bad)?;
-        let _task_type = input.byte().ok_or_else(bad)?;
-        let flags = input.byte().ok_or_else(bad)?;
-        let duration = u32::try_from(input.varint().ok_or_else(bad)?).map_err(|_| bad())?;
-        Ok((task, flags & FLAG_SUCCESSFUL != 0, duration))
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(32 + self.output.len());
+        let mut out = Vec::with_capacity(16 + self.output.len());
         self.encode(&mut out);
         out
+    }
+
+    /// The task, pipeline run, outcome and duration of an encoded record, without the rest.
+    pub fn decode_outcome(bytes: &[u8]) -> Result<RunOutcome, Error> {
+        let mut input = Input(bytes);
+        let head = decode_head(&mut input).ok_or_else(|| corrupt("task run"))?;
+        Ok(RunOutcome {
+            task: head.task,
+            pipeline_run: head.pipeline_run,
+            is_successful: head.flags & FLAG_SUCCESSFUL != 0,
+            duration_ms: head.duration_ms,
+        })
     }
 
     pub fn decode(bytes: &[u8]) -> Result<RunRecord, Error> {
@@ -188,41 +217,39 @@ impl RunRecord {
     }
 
     fn decode_from(input: &mut Input<'_>) -> Option<RunRecord> {
-        let task = EntityId(u32::from_be_bytes(input.array()?));
-        let pipeline_run = PipelineRunId(Uuid::from_bytes(input.array()?));
-        let task_type = TaskType::from_code(input.byte()?)?;
-        let flags = input.byte()?;
-        let state = match flags >> STATE_SHIFT {
+        let head = decode_head(input)?;
+        let flags = head.flags;
+        let state = match (flags & STATE_MASK) >> STATE_SHIFT {
             0 => RunState::Pending,
             1 => RunState::Running,
             2 => RunState::Finished,
             _ => return None,
         };
-        let duration_ms = u32::try_from(input.varint()?).ok()?;
-        let metric_value = if flags & FLAG_METRIC != 0 {
-            Some(f64::from_le_bytes(input.array()?))
-        } else {
-            None
-        };
-        let output = input.bytes()?.to_vec();
-        let count = input.varint()?;
-        let mut errors = Vec::new();
-        for _ in 0..count {
-            errors.push(TaskError {
-                code: input.string()?,
-                severity: input.string()?,
-                message: input.string()?,
-            });
+        let (mut metric_value, mut output, mut errors) = (None, Vec::new(), Vec::new());
+        if flags & FLAG_DETAILS != 0 {
+            if flags & FLAG_METRIC != 0 {
+                metric_value = Some(f64::from_le_bytes(input.array()?));
+            }
+            output = input.bytes()?.to_vec();
+            for _ in 0..input.varint()? {
+                errors.push(TaskError {
+                    code: input.string()?,
+                    severity: input.string()?,
+                    message: input.string()?,
+                });
+            }
+        } else if flags & FLAG_METRIC != 0 {
+            return None;
         }
         Some(RunRecord {
-            task,
-            pipeline_run,
-            task_type,
+            task: head.task,
+            pipeline_run: head.pipeline_run,
+            task_type: head.task_type,
             state,
             is_successful: flags & FLAG_SUCCESSFUL != 0,
             is_initial_task: flags & FLAG_INITIAL != 0,
             is_final_task: flags & FLAG_FINAL != 0,
-            duration_ms,
+            duration_ms: head.duration_ms,
             metric_value,
             output,
             errors,
@@ -230,8 +257,35 @@ impl RunRecord {
     }
 }
 
-/// Where a task run lives, keyed by its UUID in `task_runs`: a finished run points at its
-/// `run_log` entry; an unfinished one carries its record.
+struct Head {
+    task: EntityId,
+    flags: u8,
+    pipeline_run: RunRef,
+    task_type: TaskType,
+    duration_ms: u32,
+}
+
+fn decode_head(input: &mut Input<'_>) -> Option<Head> {
+    let task = EntityId(u32::try_from(input.varint()?).ok()?);
+    let flags = input.byte()?;
+    let pipeline_run = if flags & FLAG_RUN_ID != 0 {
+        RunRef::Id(RunId(input.varint()?))
+    } else {
+        RunRef::Uuid(PipelineRunId(Uuid::from_bytes(input.array()?)))
+    };
+    let task_type = TaskType::from_code(input.byte()?)?;
+    let duration_ms = u32::try_from(input.varint()?).ok()?;
+    Some(Head {
+        task,
+        flags,
+        pipeline_run,
+        task_type,
+        duration_ms,
+    })
+}
+
+/// Where a task run lives, in `task_index`: a finished run points at its `run_log` entry; an
+/// unfinished one carries its record.
 #[derive(Clone, Debug, PartialEq)]
 pub enum TaskRunHome {
     Finished {
@@ -256,9 +310,9 @@ impl TaskRunHome {
                 pipeline,
                 executed_at,
             } => {
-                let mut out = Vec::with_capacity(13);
+                let mut out = Vec::with_capacity(14);
                 out.push(0);
-                out.extend_from_slice(&pipeline.0.to_be_bytes());
+                put_varint(&mut out, u64::from(pipeline.0));
                 out.extend_from_slice(&executed_at.micros().to_be_bytes());
                 out
             }
@@ -272,7 +326,7 @@ impl TaskRunHome {
             } => {
                 let mut out = Vec::with_capacity(64 + record.output.len());
                 out.push(1);
-                out.extend_from_slice(&pipeline.0.to_be_bytes());
+                put_varint(&mut out, u64::from(pipeline.0));
                 out.extend_from_slice(
                     &executed_at
                         .map_or(i64::MIN, Timestamp::micros)
@@ -293,13 +347,16 @@ impl TaskRunHome {
 
     fn decode_from(input: &mut Input<'_>) -> Option<TaskRunHome> {
         let tag = input.byte()?;
-        let pipeline = EntityId(u32::from_be_bytes(input.array()?));
+        let pipeline = EntityId(u32::try_from(input.varint()?).ok()?);
         let executed_at = i64::from_be_bytes(input.array()?);
         match tag {
-            0 => Some(TaskRunHome::Finished {
-                pipeline,
-                executed_at: Timestamp::from_micros(executed_at)?,
-            }),
+            0 => {
+                input.end()?;
+                Some(TaskRunHome::Finished {
+                    pipeline,
+                    executed_at: Timestamp::from_micros(executed_at)?,
+                })
+            }
             1 => {
                 let executed_at = match executed_at {
                     i64::MIN => None,
@@ -309,7 +366,8 @@ impl TaskRunHome {
                 let created_at = Timestamp::from_micros(i64::from_be_bytes(input.array()?))?;
                 let updated_at = Timestamp::from_micros(i64::from_be_bytes(input.array()?))?;
                 let record = RunRecord::decode_from(input)?;
-                input.0.is_empty().then_some(TaskRunHome::Unfinished {
+                input.end()?;
+                Some(TaskRunHome::Unfinished {
                     pipeline,
                     executed_at,
                     serial,
@@ -330,6 +388,7 @@ pub const INLINE_MEMBERS: usize = 8;
 /// A pipeline run as the stats see it, maintained as its finished task runs come and go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PipelineRunAgg {
+    pub uuid: PipelineRunId,
     pub pipeline: EntityId,
     /// Finished task runs.
     pub finished: u32,
@@ -396,11 +455,12 @@ impl PipelineRunAgg {
         Tally::of_run(self.failed == 0, self.duration_ms)
     }
 
-    /// Varints, then the latest executed_at, then the members as varint distances back from
-    /// the latest (which is the last member, so it is not repeated): about 20 bytes for a
+    /// The UUID, varints, the latest executed_at, then the members as varint distances back from
+    /// the latest (which is the last member, so it is not repeated): about 36 bytes for a
     /// pipeline run of a few task runs.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(32);
+        let mut out = Vec::with_capacity(48);
+        out.extend_from_slice(self.uuid.as_bytes());
         put_varint(&mut out, u64::from(self.pipeline.0));
         put_varint(&mut out, u64::from(self.finished));
         put_varint(&mut out, u64::from(self.failed));
@@ -422,6 +482,7 @@ impl PipelineRunAgg {
     pub fn decode(bytes: &[u8]) -> Result<PipelineRunAgg, Error> {
         let bad = || corrupt("pipeline run");
         let mut input = Input(bytes);
+        let uuid = PipelineRunId(Uuid::from_bytes(input.array().ok_or_else(bad)?));
         let small = |input: &mut Input<'_>| -> Option<u32> { u32::try_from(input.varint()?).ok() };
         let pipeline = EntityId(small(&mut input).ok_or_else(bad)?);
         let finished = small(&mut input).ok_or_else(bad)?;
@@ -442,10 +503,9 @@ impl PipelineRunAgg {
             }
             _ => return Err(bad()),
         };
-        if !input.0.is_empty() {
-            return Err(bad());
-        }
+        input.end().ok_or_else(bad)?;
         Ok(PipelineRunAgg {
+            uuid,
             pipeline,
             finished,
             failed,
@@ -455,8 +515,6 @@ impl PipelineRunAgg {
         })
     }
 }
-
-pub const LAST_RUN_LEN: usize = 33;
 
 /// The latest finished run of an entity, with the UUID that breaks ties between runs executed in
 /// the same microsecond (the larger UUID counts as later).
@@ -502,69 +560,114 @@ impl LastRunRecord {
     }
 }
 
-/// A rollup record: the tally of a bucket and, for levels with parts, the tallies of its
-/// non-empty parts in index order (seconds of an hour, hours of a day, days of a month, months
-/// of a year). Encoded as varints: the total, then index and tally of each part, so a record of
-/// an hour with one run is about 10 bytes.
+/// One part of a [`BucketRecord`]: a tally, and for a pipeline's records the number of its task
+/// runs executed in the part (its weight, which decides whether finer records are kept).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Part {
+    pub index: u16,
+    pub tally: Tally,
+    pub weight: u64,
+}
+
+impl Part {
+    pub fn is_empty(&self) -> bool {
+        self.tally.is_empty() && self.weight == 0
+    }
+}
+
+/// A rollup record: the tally of a bucket and the tallies of its non-empty parts in index order
+/// (the months of a year, the days of a month, the hours of a day, the seconds of an hour); for a
+/// pipeline, also weights. Encoded as varints, so a record of a day with one run is a few bytes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BucketRecord {
     pub total: Tally,
-    pub parts: Vec<(u16, Tally)>,
+    pub weight: u64,
+    pub parts: Vec<Part>,
 }
+
+const RECORD_WEIGHTED: u8 = 1;
 
 impl BucketRecord {
     pub fn is_empty(&self) -> bool {
-        self.total.is_empty() && self.parts.is_empty()
+        self.total.is_empty() && self.weight == 0 && self.parts.is_empty()
     }
 
-    pub fn encode(&self, out: &mut Vec<u8>) {
+    /// The part with this index, if the record has it.
+    pub fn part(&self, index: u16) -> Option<&Part> {
+        self.parts
+            .binary_search_by_key(&index, |p| p.index)
+            .ok()
+            .map(|at| &self.parts[at])
+    }
+
+    /// `weighted` for a pipeline's records (which carry weights), not a task's.
+    pub fn encode(&self, weighted: bool, out: &mut Vec<u8>) {
+        out.push(u8::from(weighted) * RECORD_WEIGHTED);
         encode_tally(&self.total, out);
-        for (index, tally) in &self.parts {
-            put_varint(out, u64::from(*index));
-            encode_tally(tally, out);
+        if weighted {
+            put_varint(out, self.weight);
+        }
+        for part in &self.parts {
+            put_varint(out, u64::from(part.index));
+            encode_tally(&part.tally, out);
+            if weighted {
+                put_varint(out, part.weight);
+            }
         }
     }
 
     pub fn decode(bytes: &[u8]) -> Result<BucketRecord, Error> {
-        let (total, parts) = BucketRecord::decode_lazily(bytes)?;
+        let (head, parts) = BucketRecord::decode_lazily(bytes)?;
         Ok(BucketRecord {
-            total,
+            total: head.0,
+            weight: head.1,
             parts: parts.collect::<Result<_, _>>()?,
         })
     }
 
-    /// The total, and the parts as an iterator that decodes them one at a time (no allocation).
-    pub fn decode_lazily(bytes: &[u8]) -> Result<(Tally, Parts<'_>), Error> {
+    /// The total and weight, and the parts as an iterator that decodes them one at a time.
+    pub fn decode_lazily(bytes: &[u8]) -> Result<((Tally, u64), Parts<'_>), Error> {
+        let bad = || corrupt("rollup");
         let mut input = Input(bytes);
-        let total = decode_tally_from(&mut input).ok_or_else(|| corrupt("rollup"))?;
-        Ok((total, Parts(input)))
+        let weighted = match input.byte().ok_or_else(bad)? {
+            0 => false,
+            RECORD_WEIGHTED => true,
+            _ => return Err(bad()),
+        };
+        let total = decode_tally_from(&mut input).ok_or_else(bad)?;
+        let weight = if weighted {
+            input.varint().ok_or_else(bad)?
+        } else {
+            0
+        };
+        Ok(((total, weight), Parts { input, weighted }))
     }
 
-    /// Only the total, without decoding the parts.
-    pub fn decode_total(bytes: &[u8]) -> Result<Tally, Error> {
-        decode_tally_from(&mut Input(bytes)).ok_or_else(|| corrupt("rollup"))
-    }
-
-    /// Adds `delta` (a total and parts sorted by index, one entry per index), dropping parts
-    /// that become empty.
+    /// Adds `delta` (whose parts are sorted by index, one entry per index), dropping parts that
+    /// become empty.
     pub fn merge(&mut self, delta: &BucketRecord) {
         self.total = self.total + delta.total;
+        self.weight = self.weight.wrapping_add(delta.weight);
         let mut merged = Vec::with_capacity(self.parts.len() + delta.parts.len());
         let (mut mine, mut theirs) = (self.parts.iter().peekable(), delta.parts.iter().peekable());
         loop {
             let next = match (mine.peek(), theirs.peek()) {
-                (Some(a), Some(b)) if a.0 == b.0 => {
-                    let sum = (a.0, a.1 + b.1);
+                (Some(a), Some(b)) if a.index == b.index => {
+                    let sum = Part {
+                        index: a.index,
+                        tally: a.tally + b.tally,
+                        weight: a.weight.wrapping_add(b.weight),
+                    };
                     mine.next();
                     theirs.next();
                     sum
                 }
-                (Some(a), Some(b)) if a.0 < b.0 => *mine.next().expect("peeked"),
+                (Some(a), Some(b)) if a.index < b.index => *mine.next().expect("peeked"),
                 (Some(_), Some(_)) | (None, Some(_)) => *theirs.next().expect("peeked"),
                 (Some(_), None) => *mine.next().expect("peeked"),
                 (None, None) => break,
             };
-            if !next.1.is_empty() {
+            if !next.is_empty() {
                 merged.push(next);
             }
         }
@@ -587,7 +690,7 @@ fn decode_tally_from(input: &mut Input<'_>) -> Option<Tally> {
     })
 }
 
-fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+pub(super) fn put_varint(out: &mut Vec<u8>, mut value: u64) {
     while value >= 0x80 {
         out.push((value as u8) | 0x80);
         value >>= 7;
@@ -600,29 +703,41 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-/// A bounds-checked reader over an encoded value.
 /// The parts of an encoded [`BucketRecord`], in index order.
-pub struct Parts<'a>(Input<'a>);
+pub struct Parts<'a> {
+    input: Input<'a>,
+    weighted: bool,
+}
 
 impl Iterator for Parts<'_> {
-    type Item = Result<(u16, Tally), Error>;
+    type Item = Result<Part, Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.0.0.is_empty() {
+        if self.input.0.is_empty() {
             return None;
         }
-        let part = self
-            .0
+        let weighted = self.weighted;
+        let input = &mut self.input;
+        let part = input
             .varint()
             .and_then(|i| u16::try_from(i).ok())
-            .and_then(|index| Some((index, decode_tally_from(&mut self.0)?)));
+            .and_then(|index| {
+                let tally = decode_tally_from(input)?;
+                let weight = if weighted { input.varint()? } else { 0 };
+                Some(Part {
+                    index,
+                    tally,
+                    weight,
+                })
+            });
         if part.is_none() {
-            self.0.0 = &[]; // stop after reporting the damage once
+            self.input.0 = &[]; // stop after reporting the damage once
         }
         Some(part.ok_or_else(|| corrupt("rollup")))
     }
 }
 
+/// A bounds-checked reader over an encoded value.
 struct Input<'a>(&'a [u8]);
 
 impl<'a> Input<'a> {
@@ -668,6 +783,11 @@ impl<'a> Input<'a> {
     fn string(&mut self) -> Option<String> {
         String::from_utf8(self.bytes()?.to_vec()).ok()
     }
+
+    /// `Some` when everything was read.
+    fn end(&self) -> Option<()> {
+        self.0.is_empty().then_some(())
+    }
 }
 
 #[cfg(test)]
@@ -675,10 +795,15 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn record(output: Vec<u8>, metric_value: Option<f64>, errors: Vec<TaskError>) -> RunRecord {
+    fn record(
+        pipeline_run: RunRef,
+        output: Vec<u8>,
+        metric_value: Option<f64>,
+        errors: Vec<TaskError>,
+    ) -> RunRecord {
         RunRecord {
             task: EntityId(9),
-            pipeline_run: PipelineRunId(Uuid::from_u128(77)),
+            pipeline_run,
             task_type: TaskType::ForEach,
             state: RunState::Running,
             is_successful: true,
@@ -698,15 +823,20 @@ mod tests {
             severity: "error".into(),
             message: "división by zero".into(),
         }];
-        let run = record(vec![1, 2, 3], Some(-0.5), errors);
+        let by_uuid = RunRef::Uuid(PipelineRunId(Uuid::from_u128(77)));
+        let run = record(by_uuid, vec![1, 2, 3], Some(-0.5), errors);
         assert_eq!(RunRecord::decode(&run.to_bytes()).unwrap(), run);
+        let plain = record(RunRef::Id(RunId(300)), Vec::new(), None, Vec::new());
+        assert!(plain.to_bytes().len() <= 12, "{}", plain.to_bytes().len());
+        assert_eq!(RunRecord::decode(&plain.to_bytes()).unwrap(), plain);
         assert_eq!(
-            RunRecord::decode_outcome(&run.to_bytes()).unwrap(),
-            (EntityId(9), true, u32::MAX)
-        );
-        assert_eq!(
-            &run.to_bytes()[RECORD_PIPELINE_RUN],
-            Uuid::from_u128(77).as_bytes()
+            RunRecord::decode_outcome(&plain.to_bytes()).unwrap(),
+            RunOutcome {
+                task: EntityId(9),
+                pipeline_run: RunRef::Id(RunId(300)),
+                is_successful: true,
+                duration_ms: u32::MAX
+            }
         );
         let home = TaskRunHome::Unfinished {
             pipeline: EntityId(3),
@@ -717,12 +847,18 @@ mod tests {
             record: run,
         };
         assert_eq!(TaskRunHome::decode(&home.encode()).unwrap(), home);
+        let finished = TaskRunHome::Finished {
+            pipeline: EntityId(300),
+            executed_at: Timestamp::from_micros(-1).unwrap(),
+        };
+        assert_eq!(TaskRunHome::decode(&finished.encode()).unwrap(), finished);
         let mut members = InlineMembers::default();
         for micros in [7, -5, 7, i64::MIN] {
             assert!(members.insert(micros));
         }
         assert_eq!(members.as_slice(), [i64::MIN, -5, 7, 7]);
         let mut agg = PipelineRunAgg {
+            uuid: PipelineRunId(Uuid::from_u128(5)),
             pipeline: EntityId(1),
             finished: 4,
             failed: 1,
@@ -740,19 +876,28 @@ mod tests {
         assert_eq!(members.as_slice().len(), INLINE_MEMBERS);
         agg.members = None;
         assert_eq!(PipelineRunAgg::decode(&agg.encode()).unwrap(), agg);
-        assert!(PipelineRunAgg::decode(&agg.encode()[..10]).is_err());
+        assert!(PipelineRunAgg::decode(&agg.encode()[..20]).is_err());
     }
 
     #[test]
     fn truncated_or_padded_records_are_corrupt_not_panics() {
-        let bytes = record(vec![9; 40], Some(1.0), vec![TaskError::default()]).to_bytes();
+        let by_uuid = RunRef::Uuid(PipelineRunId(Uuid::nil()));
+        let bytes = record(by_uuid, vec![9; 40], Some(1.0), vec![TaskError::default()]).to_bytes();
         for len in 0..bytes.len() {
             assert!(RunRecord::decode(&bytes[..len]).is_err(), "prefix {len}");
         }
         let mut padded = bytes.clone();
         padded.push(0);
         assert!(RunRecord::decode(&padded).is_err());
-        assert!(BucketRecord::decode(&[0x80]).is_err());
+        assert!(BucketRecord::decode(&[0, 0x80]).is_err());
+        assert!(
+            BucketRecord::decode(&[
+                0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff
+            ])
+            .is_err()
+        );
+        assert!(BucketRecord::decode(&[0, 1, 0, 5, 3]).is_err());
+        assert!(BucketRecord::decode(&[7, 1, 0, 5]).is_err());
         // A tenth varint byte may carry only the 64th bit.
         let mut max = Vec::new();
         put_varint(&mut max, u64::MAX);
@@ -761,39 +906,49 @@ mod tests {
         let mut overflowing = max.clone();
         overflowing[9] = 0x02;
         assert_eq!(Input(&overflowing).varint(), None);
-        assert!(BucketRecord::decode(&[0xff; 11]).is_err());
-        assert!(BucketRecord::decode(&[1, 0, 5, 3]).is_err());
+    }
+
+    fn tally((s, f, d): (u64, u64, u64)) -> Tally {
+        Tally {
+            successes: s,
+            failures: f,
+            duration_ms: d,
+        }
     }
 
     proptest! {
         #[test]
         fn bucket_records_round_trip_and_merge_like_maps(
-            parts in proptest::collection::btree_map(0u16..3_600, (0u64..5, 0u64..5, any::<u64>()), 0..20),
-            delta in proptest::collection::btree_map(0u16..3_600, (0u64..5, 0u64..5, any::<u64>()), 0..20),
+            parts in proptest::collection::btree_map(0u16..3_600, ((0u64..5, 0u64..5, any::<u64>()), 0u64..3), 0..20),
+            delta in proptest::collection::btree_map(0u16..3_600, ((0u64..5, 0u64..5, any::<u64>()), 0u64..3), 0..20),
+            weighted: bool,
         ) {
-            let record = |map: &std::collections::BTreeMap<u16, (u64, u64, u64)>| BucketRecord {
-                total: map.values().fold(Tally::default(), |t, &(s, f, d)| t + Tally { successes: s, failures: f, duration_ms: d }),
-                parts: map.iter().map(|(&i, &(s, f, d))| (i, Tally { successes: s, failures: f, duration_ms: d })).filter(|(_, t)| !t.is_empty()).collect(),
+            let w = |x: u64| if weighted { x } else { 0 };
+            let record = |map: &std::collections::BTreeMap<u16, ((u64, u64, u64), u64)>| BucketRecord {
+                total: map.values().fold(Tally::default(), |t, &(x, _)| t + tally(x)),
+                weight: map.values().map(|&(_, weight)| w(weight)).sum(),
+                parts: map.iter()
+                    .map(|(&index, &(x, weight))| Part { index, tally: tally(x), weight: w(weight) })
+                    .filter(|p| !p.is_empty())
+                    .collect(),
             };
             let (mut a, b) = (record(&parts), record(&delta));
             let mut bytes = Vec::new();
-            a.encode(&mut bytes);
+            a.encode(weighted, &mut bytes);
             prop_assert_eq!(BucketRecord::decode(&bytes).unwrap(), a.clone());
-            prop_assert_eq!(BucketRecord::decode_total(&bytes).unwrap(), a.total);
             let before = a.clone();
             a.merge(&b);
-            let mut expected = before.parts.iter().copied().collect::<std::collections::BTreeMap<_, _>>();
-            for (i, t) in &b.parts {
-                let sum = *expected.get(i).unwrap_or(&Tally::default()) + *t;
-                expected.insert(*i, sum);
-            }
-            expected.retain(|_, t| !t.is_empty());
-            prop_assert_eq!(&a.parts, &expected.into_iter().collect::<Vec<_>>());
             prop_assert_eq!(a.total, before.total + b.total);
+            prop_assert_eq!(a.weight, before.weight + b.weight);
             // Merging the negation takes it back out.
             let negation = BucketRecord {
                 total: Tally::default() - b.total,
-                parts: b.parts.iter().map(|(i, t)| (*i, Tally::default() - *t)).collect(),
+                weight: 0u64.wrapping_sub(b.weight),
+                parts: b.parts.iter().map(|p| Part {
+                    index: p.index,
+                    tally: Tally::default() - p.tally,
+                    weight: 0u64.wrapping_sub(p.weight),
+                }).collect(),
             };
             a.merge(&negation);
             prop_assert_eq!(a, before);
@@ -803,6 +958,7 @@ mod tests {
         fn decoding_arbitrary_bytes_never_panics(bytes: Vec<u8>) {
             let _ = PipelineRunAgg::decode(&bytes);
             let _ = RunRecord::decode(&bytes);
+            let _ = RunRecord::decode_outcome(&bytes);
             let _ = TaskRunHome::decode(&bytes);
             let _ = EntityDetail::decode(&bytes);
             let _ = BucketRecord::decode(&bytes);

@@ -1,107 +1,129 @@
-//! Every redb table of the database and the encoding of its keys. Keys are fixed-width big-endian
-//! byte strings, so byte order is the order that range reads need (time order within an entity).
+//! Every redb table of the database, listed once, and the encoding of its keys. Keys are
+//! fixed-width big-endian byte strings, so byte order is the order that range reads need.
 //!
-//! | table            | key                                          | value                     |
-//! |------------------|----------------------------------------------|---------------------------|
-//! Pipeline, task, task-run and pipeline-run UUIDs are namespaced per organization: every table
-//! keyed by one of them puts the organization's interned [`OrgIndex`] first, so organization A's
+//! Pipeline, task, task-run and pipeline-run UUIDs are namespaced per organization: every key
+//! made of one of them puts the organization's interned [`OrgIndex`] first, so organization A's
 //! pipeline X and organization B's pipeline X are two keys that never meet.
 //!
-//! | table            | key                                          | value                     |
-//! |------------------|----------------------------------------------|---------------------------|
-//! | `meta`           | name                                         | format version, counters  |
-//! | `org_index`      | organization UUID                            | its [`OrgIndex`]          |
-//! | `entity_keys`    | org index, pipeline or task UUID             | [`EntityKey`] (fixed)     |
-//! | `entities`       | entity id                                    | name, task type, ...      |
-//! | `pipeline_tasks` | pipeline id, task id                         | -                         |
-//! | `task_runs`      | org index, task-run UUID                     | where the run lives       |
-//! | `run_log`        | pipeline id, executed_at, task-run UUID      | the finished task run     |
-//! | `pipeline_runs`  | org index, pipeline-run UUID                 | its aggregate             |
-//! | `run_members`    | org index, pipeline-run UUID, executed_at    | task runs then (large)    |
-//! | `rollups`        | entity id, level, bucket start               | a tally (varints)         |
-//! | `last_runs`      | entity id                                    | the latest finished run   |
-//! | `organizations`  | organization UUID                            | sealed output key         |
-//! | `clients`        | client id                                    | organization, secret hash |
-//! | `tokens`         | SHA-256 of a token                           | its grant and expiry      |
-//! | `token_expiry`   | expiry, token hash                           | -                         |
-//! | `token_family`   | grant family, token hash                     | -                         |
-//! | `pending`        | serial                                       | task-run UUID, org UUID   |
+//! The large tables are laid out so that a transaction of runs arriving in time order writes
+//! few pages: the run log by pipeline and time; pipeline runs by an id handed out in arrival
+//! order; the UUID indexes (the only keys that are random) by arrival period first, so that
+//! inserts land in the newest period's small subtree (a Bloom filter per period finds older
+//! UUIDs); rollups finer than a year by level and bucket first, so the records of a
+//! transaction's buckets sit together.
+//!
+//! | table            | key                                          | value                      |
+//! |------------------|----------------------------------------------|----------------------------|
+//! | `meta`           | name                                         | format version, counters   |
+//! | `org_index`      | organization UUID                            | its [`OrgIndex`]           |
+//! | `entity_keys`    | org index, pipeline or task UUID             | [`EntityKey`] (fixed)      |
+//! | `entities`       | entity id                                    | UUID, name, task type, ... |
+//! | `pipeline_tasks` | pipeline id, task id                         | -                          |
+//! | `task_index`     | period, org index, task-run UUID             | where the run lives        |
+//! | `run_log`        | pipeline id, executed_at, task-run UUID      | the finished task run      |
+//! | `pipeline_index` | period, org index, pipeline-run UUID         | its pipeline-run id        |
+//! | `pipeline_runs`  | pipeline-run id                              | its aggregate              |
+//! | `run_members`    | pipeline-run id, executed_at                 | task runs then (large)     |
+//! | `index_filters`  | index, period, chunk                         | Bloom filter bits          |
+//! | `year_rollups`   | entity id, year start                        | a tally with month parts   |
+//! | `rollups`        | level, bucket start, entity id               | a tally with finer parts   |
+//! | `last_runs`      | entity id                                    | the latest finished run    |
+//! | `organizations`  | organization UUID                            | sealed output key          |
+//! | `clients`        | client id                                    | organization, secret hash  |
+//! | `tokens`         | SHA-256 of a token                           | its grant and expiry       |
+//! | `token_expiry`   | expiry, token hash                           | -                          |
+//! | `token_family`   | grant family, token hash                     | -                          |
+//! | `pending`        | serial                                       | index key, org UUID        |
+//!
+//! [`EntityKey`]: super::records::EntityKey
 
 use redb::TableDefinition;
 
 use crate::time::Level;
 
-/// Format version and counters.
-pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-/// Organization UUID -> its [`OrgIndex`] (big-endian), handed out on first use.
-pub const ORG_INDEX: TableDefinition<&[u8; 16], u32> = TableDefinition::new("org_index");
-/// Org index and pipeline or task UUID -> the immutable facts needed on every request
-/// ([`EntityKey`]).
-pub const ENTITY_KEYS: TableDefinition<&[u8; SCOPED_KEY_LEN], &[u8; ENTITY_KEY_LEN]> =
-    TableDefinition::new("entity_keys");
-/// Entity id -> the mutable details ([`super::records::EntityDetail`]).
-pub const ENTITIES: TableDefinition<u32, &[u8]> = TableDefinition::new("entities");
-/// The tasks of each pipeline.
-pub const PIPELINE_TASKS: TableDefinition<&[u8; 8], ()> = TableDefinition::new("pipeline_tasks");
-/// Org index and task-run UUID -> where the run lives ([`super::records::TaskRunHome`]).
-pub const TASK_RUNS: TableDefinition<&[u8; SCOPED_KEY_LEN], &[u8]> =
-    TableDefinition::new("task_runs");
-/// The finished task runs of each pipeline in time order ([`super::records::RunRecord`]).
-pub const RUN_LOG: TableDefinition<&[u8; RUN_KEY_LEN], &[u8]> = TableDefinition::new("run_log");
-/// Org index and pipeline-run UUID -> its aggregate ([`super::records::PipelineRunAgg`]).
-pub const PIPELINE_RUNS: TableDefinition<&[u8; SCOPED_KEY_LEN], &[u8]> =
-    TableDefinition::new("pipeline_runs");
-/// The instants of the finished task runs of pipeline runs too large to keep them in their
-/// aggregate: org index, pipeline-run UUID, executed_at (microseconds) -> how many of its task
-/// runs ended then. When such a pipeline run's latest task run is replaced, its new latest is
-/// the last key of its range: one lookup, however many runs there are.
-pub const RUN_MEMBERS: TableDefinition<&[u8; MEMBER_KEY_LEN], u32> =
-    TableDefinition::new("run_members");
-/// Per-entity, per-level, per-bucket tallies.
-pub const ROLLUPS: TableDefinition<&[u8; ROLLUP_KEY_LEN], &[u8]> = TableDefinition::new("rollups");
-/// Entity id -> its latest finished run ([`super::records::LastRunRecord`]).
-pub const LAST_RUNS: TableDefinition<u32, &[u8; super::records::LAST_RUN_LEN]> =
-    TableDefinition::new("last_runs");
+/// Declares every table once: its definition, and its place in [`visit_tables`] and in
+/// [`WriteTables`] (all tables open in one write transaction).
+macro_rules! tables {
+    ($($(#[$doc:meta])* $field:ident / $name:ident: $key:ty => $value:ty;)*) => {
+        $(
+            $(#[$doc])*
+            pub const $name: TableDefinition<$key, $value> = TableDefinition::new(stringify!($field));
+        )*
 
-/// Organization UUID -> [`super::credentials::OrgRecord`].
-pub const ORGANIZATIONS: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("organizations");
-/// Client id -> [`super::credentials::ClientRecord`].
-pub const CLIENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("clients");
-/// SHA-256 of a token -> [`super::credentials::TokenRecord`].
-pub const TOKENS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("tokens");
-/// Expiry time and token hash, for purging expired tokens.
-pub const TOKEN_EXPIRY: TableDefinition<&[u8; 40], ()> = TableDefinition::new("token_expiry");
-/// Grant family and token hash: every token issued from one client-credentials grant and the
-/// refresh tokens that descend from it, so that a reused refresh token revokes them all.
-pub const TOKEN_FAMILY: TableDefinition<&[u8; 48], ()> = TableDefinition::new("token_family");
-/// Task runs created by running a pipeline that wait for an executor, in creation order:
-/// serial -> task-run UUID and organization UUID.
-pub const PENDING: TableDefinition<u64, &[u8; 32]> = TableDefinition::new("pending");
+        /// Every table, open in one write transaction.
+        pub struct WriteTables<'txn> {
+            $(pub $field: redb::Table<'txn, $key, $value>,)*
+        }
 
-/// Calls `$visit!(TABLE)` for every table of the database, so that creating, copying and
-/// describing them cannot forget one.
-macro_rules! for_each_table {
-    ($visit:ident) => {
-        $visit!(META);
-        $visit!(ORG_INDEX);
-        $visit!(ENTITY_KEYS);
-        $visit!(ENTITIES);
-        $visit!(PIPELINE_TASKS);
-        $visit!(TASK_RUNS);
-        $visit!(RUN_LOG);
-        $visit!(PIPELINE_RUNS);
-        $visit!(RUN_MEMBERS);
-        $visit!(ROLLUPS);
-        $visit!(LAST_RUNS);
-        $visit!(ORGANIZATIONS);
-        $visit!(CLIENTS);
-        $visit!(TOKENS);
-        $visit!(TOKEN_EXPIRY);
-        $visit!(TOKEN_FAMILY);
-        $visit!(PENDING);
+        impl<'txn> WriteTables<'txn> {
+            pub fn open(txn: &'txn redb::WriteTransaction) -> Result<Self, redb::TableError> {
+                Ok(WriteTables { $($field: txn.open_table($name)?,)* })
+            }
+        }
+
+        /// Shows every table to `visitor`, in a fixed order.
+        pub fn visit_tables<V: TableVisitor>(visitor: &mut V) -> Result<(), V::Error> {
+            $(visitor.visit($name)?;)*
+            Ok(())
+        }
     };
 }
-pub(crate) use for_each_table;
+
+/// Something done to every table (creating, copying, describing, hashing).
+pub trait TableVisitor {
+    type Error;
+    fn visit<K: redb::Key + 'static, V: redb::Value + 'static>(
+        &mut self,
+        table: TableDefinition<'static, K, V>,
+    ) -> Result<(), Self::Error>;
+}
+
+tables! {
+    /// Format version and counters.
+    meta / META: &'static str => &'static [u8];
+    /// Organization UUID -> its [`OrgIndex`], handed out on first use.
+    org_index / ORG_INDEX: &'static [u8; 16] => u32;
+    /// Org index and pipeline or task UUID -> the facts needed on every request.
+    entity_keys / ENTITY_KEYS: &'static [u8; SCOPED_KEY_LEN] => &'static [u8; ENTITY_KEY_LEN];
+    /// Entity id -> the details registration may change (and its UUID).
+    entities / ENTITIES: u32 => &'static [u8];
+    /// The tasks of each pipeline.
+    pipeline_tasks / PIPELINE_TASKS: &'static [u8; 8] => ();
+    /// Period, org index and task-run UUID -> where the run lives.
+    task_index / TASK_INDEX: &'static [u8; INDEX_KEY_LEN] => &'static [u8];
+    /// The finished task runs of each pipeline in time order.
+    run_log / RUN_LOG: &'static [u8; RUN_KEY_LEN] => &'static [u8];
+    /// Period, org index and pipeline-run UUID -> the pipeline run's id (big-endian u64).
+    pipeline_index / PIPELINE_INDEX: &'static [u8; INDEX_KEY_LEN] => u64;
+    /// Pipeline-run id -> its aggregate.
+    pipeline_runs / PIPELINE_RUNS: u64 => &'static [u8];
+    /// The instants of the task runs of pipeline runs too large to keep them in their
+    /// aggregate: pipeline-run id, executed_at -> how many ended then.
+    run_members / RUN_MEMBERS: &'static [u8; MEMBER_KEY_LEN] => u32;
+    /// The Bloom filters of the UUID indexes' periods, in chunks.
+    index_filters / INDEX_FILTERS: &'static [u8; FILTER_KEY_LEN] => &'static [u8];
+    /// Entity id and year -> the entity's tally that year, with a part per month.
+    year_rollups / YEAR_ROLLUPS: &'static [u8; YEAR_KEY_LEN] => &'static [u8];
+    /// Level, bucket start and entity id -> the entity's tally in a month, day or hour, with a
+    /// part per day, hour or second; kept only where the pipeline is dense (see `rollup`).
+    rollups / ROLLUPS: &'static [u8; ROLLUP_KEY_LEN] => &'static [u8];
+    /// Entity id -> its latest finished run.
+    last_runs / LAST_RUNS: u32 => &'static [u8; LAST_RUN_LEN];
+    /// Organization UUID -> its sealed output key.
+    organizations / ORGANIZATIONS: &'static [u8; 16] => &'static [u8];
+    /// Client id -> organization, secret hash, scopes, revocation.
+    clients / CLIENTS: &'static str => &'static [u8];
+    /// SHA-256 of a token -> its grant.
+    tokens / TOKENS: &'static [u8; 32] => &'static [u8];
+    /// Expiry time and token hash, for purging expired tokens.
+    token_expiry / TOKEN_EXPIRY: &'static [u8; 40] => ();
+    /// Grant family and token hash: every token issued from one client-credentials grant and
+    /// its refreshes, so that a reused refresh token revokes them all.
+    token_family / TOKEN_FAMILY: &'static [u8; 48] => ();
+    /// Task runs created by running a pipeline that wait for an executor, in creation order:
+    /// serial -> their `task_index` key and organization UUID.
+    pending / PENDING: u64 => &'static [u8; PENDING_LEN];
+}
 
 /// The interned id of a pipeline or task: four bytes instead of sixteen in every key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -112,11 +134,47 @@ pub struct EntityId(pub u32);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct OrgIndex(pub u32);
 
-pub const ENTITY_KEY_LEN: usize = 29;
+/// The id of a pipeline run, handed out in the order pipeline runs first finish a task run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RunId(pub u64);
+
+/// Which UUID index a key or filter belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum IndexKind {
+    TaskRuns,
+    PipelineRuns,
+}
+
+impl IndexKind {
+    pub const ALL: [IndexKind; 2] = [IndexKind::TaskRuns, IndexKind::PipelineRuns];
+
+    pub fn tag(self) -> u8 {
+        match self {
+            IndexKind::TaskRuns => 1,
+            IndexKind::PipelineRuns => 2,
+        }
+    }
+}
+
 pub const SCOPED_KEY_LEN: usize = 20;
-pub const MEMBER_KEY_LEN: usize = 28;
+pub const INDEX_KEY_LEN: usize = 24;
+pub const ENTITY_KEY_LEN: usize = 29;
 pub const RUN_KEY_LEN: usize = 28;
+pub const MEMBER_KEY_LEN: usize = 16;
+pub const FILTER_KEY_LEN: usize = 9;
+pub const YEAR_KEY_LEN: usize = 12;
 pub const ROLLUP_KEY_LEN: usize = 13;
+pub const LAST_RUN_LEN: usize = 33;
+pub const PENDING_LEN: usize = INDEX_KEY_LEN + 16;
+
+/// The order-preserving encoding of a signed time (sign bit flipped, big-endian).
+pub fn encode_time(value: i64) -> [u8; 8] {
+    ((value as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+pub fn decode_time(bytes: [u8; 8]) -> i64 {
+    (u64::from_be_bytes(bytes) ^ (1 << 63)) as i64
+}
 
 /// The key of a UUID in an organization's namespace: org index, UUID.
 pub fn scoped_key(org: OrgIndex, uuid: &[u8; 16]) -> [u8; SCOPED_KEY_LEN] {
@@ -126,26 +184,21 @@ pub fn scoped_key(org: OrgIndex, uuid: &[u8; 16]) -> [u8; SCOPED_KEY_LEN] {
     key
 }
 
-/// `run_members` key: org index, pipeline-run UUID, executed_at (microseconds).
-pub fn member_key(org: OrgIndex, pipeline_run: &[u8; 16], micros: i64) -> [u8; MEMBER_KEY_LEN] {
-    let mut key = [0u8; MEMBER_KEY_LEN];
-    key[..SCOPED_KEY_LEN].copy_from_slice(&scoped_key(org, pipeline_run));
-    key[SCOPED_KEY_LEN..].copy_from_slice(&encode_time(micros));
+/// A UUID index key: arrival period, org index, UUID.
+pub fn index_key(period: u32, org: OrgIndex, uuid: &[u8; 16]) -> [u8; INDEX_KEY_LEN] {
+    let mut key = [0u8; INDEX_KEY_LEN];
+    key[..4].copy_from_slice(&period.to_be_bytes());
+    key[4..].copy_from_slice(&scoped_key(org, uuid));
     key
 }
 
-/// The executed_at of a `run_members` key.
-pub fn member_key_micros(key: &[u8; MEMBER_KEY_LEN]) -> i64 {
-    decode_time(key[SCOPED_KEY_LEN..].try_into().expect("8 bytes"))
-}
-
-/// The order-preserving encoding of a signed time (sign bit flipped, big-endian).
-pub fn encode_time(value: i64) -> [u8; 8] {
-    ((value as u64) ^ (1 << 63)).to_be_bytes()
-}
-
-pub fn decode_time(bytes: [u8; 8]) -> i64 {
-    (u64::from_be_bytes(bytes) ^ (1 << 63)) as i64
+/// The parts of a UUID index key.
+pub fn split_index_key(key: &[u8; INDEX_KEY_LEN]) -> (u32, OrgIndex, [u8; 16]) {
+    (
+        u32::from_be_bytes(key[..4].try_into().expect("4 bytes")),
+        OrgIndex(u32::from_be_bytes(key[4..8].try_into().expect("4 bytes"))),
+        key[8..].try_into().expect("16 bytes"),
+    )
 }
 
 /// `run_log` key: pipeline id, executed_at (microseconds), task-run UUID.
@@ -181,34 +234,56 @@ pub fn split_run_key(key: &[u8; RUN_KEY_LEN]) -> (EntityId, i64, [u8; 16]) {
     (pipeline, micros, task_run)
 }
 
-/// `rollups` key: entity id, level tag, bucket start (seconds).
-pub fn rollup_key(entity: EntityId, level: Level, bucket_start: i64) -> [u8; ROLLUP_KEY_LEN] {
-    let mut key = [0u8; ROLLUP_KEY_LEN];
-    key[..4].copy_from_slice(&entity.0.to_be_bytes());
-    key[4] = level.tag();
-    key[5..].copy_from_slice(&encode_time(bucket_start));
+/// `run_members` key: pipeline-run id, executed_at (microseconds).
+pub fn member_key(run: RunId, micros: i64) -> [u8; MEMBER_KEY_LEN] {
+    let mut key = [0u8; MEMBER_KEY_LEN];
+    key[..8].copy_from_slice(&run.0.to_be_bytes());
+    key[8..].copy_from_slice(&encode_time(micros));
     key
 }
 
-/// The bounds of every `rollups` key of an entity, all levels.
-pub fn rollup_entity_bounds(entity: EntityId) -> ([u8; ROLLUP_KEY_LEN], [u8; ROLLUP_KEY_LEN]) {
-    let mut low = [0u8; ROLLUP_KEY_LEN];
-    low[..4].copy_from_slice(&entity.0.to_be_bytes());
-    let mut high = [0xff; ROLLUP_KEY_LEN];
-    high[..4].copy_from_slice(&entity.0.to_be_bytes());
-    (low, high)
+/// The executed_at of a `run_members` key.
+pub fn member_key_micros(key: &[u8; MEMBER_KEY_LEN]) -> i64 {
+    decode_time(key[8..].try_into().expect("8 bytes"))
 }
 
-/// The bucket start of a `rollups` key.
-pub fn rollup_key_bucket(key: &[u8; ROLLUP_KEY_LEN]) -> i64 {
-    decode_time(key[5..].try_into().expect("8 bytes"))
+/// `index_filters` key: index, period, chunk.
+pub fn filter_key(index: IndexKind, period: u32, chunk: u32) -> [u8; FILTER_KEY_LEN] {
+    let mut key = [0u8; FILTER_KEY_LEN];
+    key[0] = index.tag();
+    key[1..5].copy_from_slice(&period.to_be_bytes());
+    key[5..].copy_from_slice(&chunk.to_be_bytes());
+    key
 }
 
-/// The entity id and level tag of a `rollups` key.
-pub fn rollup_key_series(key: &[u8; ROLLUP_KEY_LEN]) -> (EntityId, u8) {
+/// `year_rollups` key: entity id, year start (seconds).
+pub fn year_key(entity: EntityId, year_start: i64) -> [u8; YEAR_KEY_LEN] {
+    let mut key = [0u8; YEAR_KEY_LEN];
+    key[..4].copy_from_slice(&entity.0.to_be_bytes());
+    key[4..].copy_from_slice(&encode_time(year_start));
+    key
+}
+
+/// The year start of a `year_rollups` key.
+pub fn year_key_start(key: &[u8; YEAR_KEY_LEN]) -> i64 {
+    decode_time(key[4..].try_into().expect("8 bytes"))
+}
+
+/// `rollups` key: level tag, bucket start (seconds), entity id.
+pub fn rollup_key(level: Level, bucket_start: i64, entity: EntityId) -> [u8; ROLLUP_KEY_LEN] {
+    let mut key = [0u8; ROLLUP_KEY_LEN];
+    key[0] = level.tag();
+    key[1..9].copy_from_slice(&encode_time(bucket_start));
+    key[9..].copy_from_slice(&entity.0.to_be_bytes());
+    key
+}
+
+/// The parts of a `rollups` key.
+pub fn split_rollup_key(key: &[u8; ROLLUP_KEY_LEN]) -> (u8, i64, EntityId) {
     (
-        EntityId(u32::from_be_bytes(key[..4].try_into().expect("4 bytes"))),
-        key[4],
+        key[0],
+        decode_time(key[1..9].try_into().expect("8 bytes")),
+        EntityId(u32::from_be_bytes(key[9..].try_into().expect("4 bytes"))),
     )
 }
 
@@ -230,12 +305,18 @@ pub mod meta {
     pub const NEXT_TASK_RUN_SERIAL: &str = "next_task_run_serial";
     /// The next organization index to hand out, a little-endian u32.
     pub const NEXT_ORG_INDEX: &str = "next_org_index";
+    /// The next pipeline-run id to hand out, a little-endian u64.
+    pub const NEXT_RUN_ID: &str = "next_run_id";
+    /// Each UUID index's current period and the entries it holds: two little-endian u32 and u64.
+    pub const TASK_INDEX_PERIOD: &str = "task_index_period";
+    pub const PIPELINE_INDEX_PERIOD: &str = "pipeline_index_period";
 }
 
-/// The file format this build reads and writes. 3: UUIDs namespaced per organization, the
-/// pipeline-run member index and token families. (2: rollups at six levels with parts; 1: second
-/// and minute buckets without parts.)
-pub const FORMAT_VERSION: u32 = 3;
+/// The file format this build reads and writes. 4: UUID indexes by arrival period with Bloom
+/// filters, pipeline runs by id, rollups finer than a year only where dense. (3: UUIDs
+/// namespaced per organization; 2: rollups at six levels with parts; 1: second and minute
+/// buckets.) `runledger upgrade` brings formats 2 and 3 to this one.
+pub const FORMAT_VERSION: u32 = 4;
 
 #[cfg(test)]
 mod tests {
@@ -258,13 +339,24 @@ mod tests {
         }
 
         #[test]
-        fn member_keys_sort_by_organization_then_run_then_time(
-            o1 in 0u32..3, o2 in 0u32..3, r1 in 0u8..3, r2 in 0u8..3, t1: i64, t2: i64,
+        fn rollup_keys_sort_by_level_then_bucket_then_entity(
+            l1 in 0usize..3, l2 in 0usize..3, b1: i64, b2: i64, e1 in 0u32..3, e2 in 0u32..3,
         ) {
-            let k1 = member_key(OrgIndex(o1), &[r1; 16], t1);
-            let k2 = member_key(OrgIndex(o2), &[r2; 16], t2);
-            prop_assert_eq!(k1.cmp(&k2), (o1, r1, t1).cmp(&(o2, r2, t2)));
-            prop_assert_eq!(member_key_micros(&k1), t1);
+            let levels = [Level::Month, Level::Day, Level::Hour];
+            let k1 = rollup_key(levels[l1], b1, EntityId(e1));
+            let k2 = rollup_key(levels[l2], b2, EntityId(e2));
+            prop_assert_eq!(
+                k1.cmp(&k2),
+                (levels[l1].tag(), b1, e1).cmp(&(levels[l2].tag(), b2, e2))
+            );
+            prop_assert_eq!(split_rollup_key(&k1), (levels[l1].tag(), b1, EntityId(e1)));
+        }
+
+        #[test]
+        fn index_and_member_keys_round_trip(period: u32, org: u32, run: u64, micros: i64) {
+            let key = index_key(period, OrgIndex(org), &[3; 16]);
+            prop_assert_eq!(split_index_key(&key), (period, OrgIndex(org), [3; 16]));
+            prop_assert_eq!(member_key_micros(&member_key(RunId(run), micros)), micros);
         }
     }
 }

@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, oneshot};
 
-use super::apply::{WriteOp, WriteOutcome};
+use super::batch::{WriteOp, WriteOutcome};
 use super::cache::EntityCache;
 use super::handle::Handle;
+use super::index::Filters;
 use crate::error::{Error, Result};
 
 /// The most work (task runs, roughly) one group commit takes on.
@@ -53,6 +54,7 @@ impl Writer {
     pub fn spawn(
         db: Arc<Handle>,
         cache: Arc<EntityCache>,
+        filters: Arc<Mutex<Filters>>,
         queue: usize,
         queue_bytes: usize,
         queue_wait: Duration,
@@ -61,7 +63,7 @@ impl Writer {
         let (sender, receiver) = mpsc::channel(queue);
         let thread = std::thread::Builder::new()
             .name("runledger-writer".into())
-            .spawn(move || run(&db, &cache, receiver))
+            .spawn(move || run(&db, &cache, &filters, receiver))
             .expect("the writer thread can be started");
         Writer {
             sender: RwLock::new(Some(sender)),
@@ -165,7 +167,12 @@ fn stopped() -> Error {
     Error::Unavailable("the server is shutting down; the write was not applied".into())
 }
 
-fn run(db: &Handle, cache: &EntityCache, mut receiver: mpsc::Receiver<Queued>) {
+fn run(
+    db: &Handle,
+    cache: &EntityCache,
+    filters: &Mutex<Filters>,
+    mut receiver: mpsc::Receiver<Queued>,
+) {
     while let Some(first) = receiver.blocking_recv() {
         let mut weight = first.op.weight();
         let mut group = vec![first];
@@ -178,12 +185,17 @@ fn run(db: &Handle, cache: &EntityCache, mut receiver: mpsc::Receiver<Queued>) {
                 Err(_) => break,
             }
         }
-        commit_group(db, cache, group);
+        commit_group(db, cache, filters, group);
     }
 }
 
 /// Applies a group and answers it; the group's room in the queue is given back on return.
-fn commit_group(handle: &Handle, cache: &EntityCache, group: Vec<Queued>) {
+fn commit_group(
+    handle: &Handle,
+    cache: &EntityCache,
+    filters: &Mutex<Filters>,
+    group: Vec<Queued>,
+) {
     let mut rooms = Vec::with_capacity(group.len());
     let (ops, replies): (Vec<WriteOp>, Vec<Reply>) = group
         .into_iter()
@@ -193,12 +205,14 @@ fn commit_group(handle: &Handle, cache: &EntityCache, group: Vec<Queued>) {
         })
         .unzip();
     let result = handle.for_writing().and_then(|db| {
-        std::panic::catch_unwind(AssertUnwindSafe(|| super::apply_batch(&db, cache, &ops)))
-            .unwrap_or_else(|_| {
-                Err(Error::Internal(
-                    "the writer panicked; the group was rolled back".into(),
-                ))
-            })
+        std::panic::catch_unwind(AssertUnwindSafe(|| {
+            super::apply_batch(&db, cache, filters, &ops)
+        }))
+        .unwrap_or_else(|_| {
+            Err(Error::Internal(
+                "the writer panicked; the group was rolled back".into(),
+            ))
+        })
     });
     // A failed write (a full disk) leaves redb refusing everything, reads included, until the
     // file is reopened (which recovers the last durable commit; the failed group was not

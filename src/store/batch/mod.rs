@@ -1,0 +1,296 @@
+//! One write transaction: the run store, the pipeline-run aggregates, the UUID indexes and the
+//! rollups change together, so they can never disagree.
+//!
+//! Each operation is first checked against what is stored (read-only: a rejection leaves the
+//! transaction untouched), then applied. Task-run contributions go straight into the rollup
+//! deltas; pipeline runs are gathered and contribute once, at [`Batch::finish`], with their final
+//! state, which then also brings the last run of every touched entity up to date.
+//!
+//! Nothing in here reads the clock or draws random numbers: every time and every new UUID comes
+//! with the operation, so applying the same operations in the same order gives the same tables,
+//! however they are grouped into transactions.
+//!
+//! - [`reports`]: checking and applying task-run reports;
+//! - [`pipeline_runs`]: aggregates and their members;
+//! - [`entities`]: organizations, pipelines, tasks, registration, starting runs;
+//! - [`credentials`]: organizations' keys, clients and tokens;
+//! - [`last_runs`]: keeping each entity's latest run.
+
+mod credentials;
+mod entities;
+mod last_runs;
+mod pipeline_runs;
+mod reports;
+
+use std::collections::{BTreeMap, HashMap};
+
+use redb::{ReadableTable, WriteTransaction};
+use uuid::Uuid;
+
+use super::cache::EntityCache;
+use super::credentials::{ClientRecord, IssueOutcome, OrgRecord};
+use super::index::{Filters, IndexWork};
+use super::records::EntityKey;
+use super::rollup::RollupDeltas;
+use super::tables::{EntityId, OrgIndex, RUN_KEY_LEN, RunId, WriteTables, meta};
+use crate::error::{Error, Result};
+use crate::model::{
+    OrgId, PendingTaskRun, PipelineDefinition, PipelineId, PipelineRunId, RegisterOutcome,
+    ReportCounts, TaskRun,
+};
+use crate::time::Timestamp;
+
+pub use credentials::IssueRequest;
+pub use entities::derived_task_run;
+use last_runs::LastRunWork;
+use pipeline_runs::AggSlot;
+
+/// A change to the database, applied atomically. Each carries what the writer must not decide
+/// itself (times, new UUIDs), so that the same operations always give the same tables.
+#[derive(Clone, Debug)]
+pub enum WriteOp {
+    /// One batch of task-run reports, each with its organization filled in, received at `at`.
+    Report { runs: Vec<TaskRun>, at: Timestamp },
+    /// A pipeline and its tasks, with the organization filled in.
+    Register(PipelineDefinition),
+    /// A new run of a pipeline: one pending task run per initial task, queued for executors,
+    /// in the pipeline run `pipeline_run` (task-run UUIDs are derived from it).
+    StartPipelineRun {
+        pipeline: PipelineId,
+        org: OrgId,
+        pipeline_run: PipelineRunId,
+        at: Timestamp,
+    },
+    /// An organization with its sealed output key, unless it exists.
+    CreateOrganization { org: OrgId, record: OrgRecord },
+    CreateClient {
+        client_id: String,
+        record: ClientRecord,
+    },
+    /// Revokes a client at `at`: its tokens are refused from then on.
+    RevokeClient { client_id: String, at: Timestamp },
+    /// Stores issued tokens (see [`IssueRequest`]).
+    IssueTokens(IssueRequest),
+    /// Deletes tokens that expired before `before`.
+    PurgeTokens { before: Timestamp },
+}
+
+impl WriteOp {
+    /// Roughly the memory the operation holds while it waits for the writer, in bytes.
+    pub fn bytes(&self) -> usize {
+        const FIXED: usize = 256;
+        match self {
+            WriteOp::Report { runs, .. } => runs
+                .iter()
+                .map(|run| {
+                    FIXED
+                        + run.output.len()
+                        + run
+                            .errors
+                            .iter()
+                            .map(|e| 72 + e.code.len() + e.severity.len() + e.message.len())
+                            .sum::<usize>()
+                })
+                .sum(),
+            _ => FIXED * self.weight(),
+        }
+    }
+
+    /// How much work the operation is, for sizing group commits.
+    pub fn weight(&self) -> usize {
+        match self {
+            WriteOp::Report { runs, .. } => runs.len().max(1),
+            WriteOp::Register(definition) => definition.tasks.len().max(1),
+            _ => 1,
+        }
+    }
+}
+
+/// What an applied operation did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Report(ReportCounts),
+    Register(RegisterOutcome),
+    Started(Vec<PendingTaskRun>),
+    Organization { record: OrgRecord, created: bool },
+    ClientCreated,
+    ClientRevoked(bool),
+    Tokens(IssueOutcome),
+    TokensPurged(u64),
+}
+
+/// The result of checking an operation: `Err` is a rejection of that operation alone.
+type Verdict = std::result::Result<(), Error>;
+
+/// What a committed transaction created, for the in-memory caches.
+#[derive(Default)]
+pub struct Created {
+    pub entities: HashMap<(OrgIndex, Uuid), EntityKey>,
+    pub orgs: HashMap<OrgId, OrgIndex>,
+    /// The UUID indexes' inserts, for the committed filters.
+    pub indexes: Vec<IndexWork>,
+}
+
+/// Counters handed out in this transaction, written back at [`Batch::finish`].
+#[derive(Default)]
+struct Counters {
+    next_entity_id: Option<u32>,
+    next_org_index: Option<u32>,
+    next_serial: Option<u64>,
+    next_run_id: Option<u64>,
+}
+
+/// The open tables and gathered changes of one write transaction.
+pub struct Batch<'txn> {
+    pub(super) t: WriteTables<'txn>,
+    cache: &'txn EntityCache,
+    filters: &'txn Filters,
+    task_index: IndexWork,
+    pipeline_index: IndexWork,
+    created: Created,
+    counters: Counters,
+    deltas: RollupDeltas,
+    /// Finished runs new in this transaction, written in key order at [`Batch::finish`]; reads
+    /// of `run_log` during the transaction look here first.
+    new_log: BTreeMap<[u8; RUN_KEY_LEN], Vec<u8>>,
+    aggs: HashMap<RunId, AggSlot>,
+    last_run_work: HashMap<EntityId, LastRunWork>,
+}
+
+impl<'txn> Batch<'txn> {
+    /// A batch over `txn`; `filters` are the committed UUID-index filters, which the caller
+    /// holds unchanged until the transaction commits or fails.
+    pub fn open(
+        txn: &'txn WriteTransaction,
+        cache: &'txn EntityCache,
+        filters: &'txn Filters,
+    ) -> Result<Batch<'txn>> {
+        Ok(Batch {
+            t: WriteTables::open(txn)?,
+            cache,
+            filters,
+            task_index: IndexWork::new(&filters.task_runs),
+            pipeline_index: IndexWork::new(&filters.pipeline_runs),
+            created: Created::default(),
+            counters: Counters::default(),
+            deltas: RollupDeltas::default(),
+            new_log: BTreeMap::new(),
+            aggs: HashMap::new(),
+            last_run_work: HashMap::new(),
+        })
+    }
+
+    /// Checks and applies one operation. `Ok(Err(_))` is a rejection that changed nothing;
+    /// `Err(_)` is a storage failure that spoils the whole transaction.
+    pub fn apply(&mut self, op: &WriteOp) -> Result<Result<WriteOutcome>> {
+        match op {
+            WriteOp::Report { runs, at } => Ok(self.report(runs, *at)?.map(WriteOutcome::Report)),
+            WriteOp::Register(definition) => {
+                if let Err(rejection) = self.check_register(definition)? {
+                    return Ok(Err(rejection));
+                }
+                Ok(Ok(WriteOutcome::Register(self.apply_register(definition)?)))
+            }
+            WriteOp::StartPipelineRun {
+                pipeline,
+                org,
+                pipeline_run,
+                at,
+            } => Ok(self
+                .start_pipeline_run(*pipeline, *org, *pipeline_run, *at)?
+                .map(WriteOutcome::Started)),
+            WriteOp::CreateOrganization { org, record } => {
+                let (record, created) = self.create_organization(*org, record)?;
+                Ok(Ok(WriteOutcome::Organization { record, created }))
+            }
+            WriteOp::CreateClient { client_id, record } => Ok(self
+                .create_client(client_id, record)?
+                .map(|()| WriteOutcome::ClientCreated)),
+            WriteOp::RevokeClient { client_id, at } => Ok(Ok(WriteOutcome::ClientRevoked(
+                self.revoke_client(client_id, *at)?,
+            ))),
+            WriteOp::IssueTokens(request) => {
+                Ok(self.issue_tokens(request)?.map(WriteOutcome::Tokens))
+            }
+            WriteOp::PurgeTokens { before } => {
+                Ok(Ok(WriteOutcome::TokensPurged(self.purge_tokens(*before)?)))
+            }
+        }
+    }
+
+    /// Writes what was gathered; returns what this transaction created, to publish once it
+    /// commits.
+    pub fn finish(mut self) -> Result<Created> {
+        self.flush_pipeline_runs()?;
+        self.gather_new_runs()?;
+        let new_log = std::mem::take(&mut self.new_log);
+        super::packed::insert_new(
+            &mut self.t.run_log,
+            new_log.iter().map(|(key, value)| (key, value.as_slice())),
+        )?;
+        let mut tables = super::rollup::FlushTables {
+            years: &mut self.t.year_rollups,
+            rollups: &mut self.t.rollups,
+            run_log: &self.t.run_log,
+            runs: &self.t.pipeline_runs,
+            pipeline_tasks: &self.t.pipeline_tasks,
+        };
+        std::mem::take(&mut self.deltas).flush(&mut tables)?;
+        for (id, work) in std::mem::take(&mut self.last_run_work) {
+            self.update_last_run(id, work)?;
+        }
+        for (work, committed) in [
+            (&self.task_index, &self.filters.task_runs),
+            (&self.pipeline_index, &self.filters.pipeline_runs),
+        ] {
+            work.store(committed, &mut self.t.meta, &mut self.t.index_filters)?;
+        }
+        self.store_counters()?;
+        let mut created = self.created;
+        created.indexes = vec![self.task_index, self.pipeline_index];
+        Ok(created)
+    }
+
+    fn store_counters(&mut self) -> Result<()> {
+        let counters = &self.counters;
+        let values: [(&str, Option<Vec<u8>>); 4] = [
+            (
+                meta::NEXT_ENTITY_ID,
+                counters.next_entity_id.map(|n| n.to_le_bytes().to_vec()),
+            ),
+            (
+                meta::NEXT_ORG_INDEX,
+                counters.next_org_index.map(|n| n.to_le_bytes().to_vec()),
+            ),
+            (
+                meta::NEXT_TASK_RUN_SERIAL,
+                counters.next_serial.map(|n| n.to_le_bytes().to_vec()),
+            ),
+            (
+                meta::NEXT_RUN_ID,
+                counters.next_run_id.map(|n| n.to_le_bytes().to_vec()),
+            ),
+        ];
+        for (name, value) in values {
+            if let Some(value) = value {
+                self.t.meta.insert(name, value.as_slice())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A counter in `meta`, or `default` when it was never written.
+    fn counter<const N: usize>(&self, name: &str, default: [u8; N]) -> Result<[u8; N]> {
+        match self.t.meta.get(name)? {
+            Some(bytes) => bytes
+                .value()
+                .try_into()
+                .map_err(|_| super::records::corrupt("meta")),
+            None => Ok(default),
+        }
+    }
+}
+
+fn timestamp(micros: i64) -> Result<Timestamp> {
+    Timestamp::from_micros(micros).ok_or_else(|| super::records::corrupt("task run"))
+}

@@ -1,0 +1,304 @@
+//! Pipeline runs in a write transaction. A pipeline run gets an id (handed out in order) when
+//! its first task run finishes; its aggregate is stored under that id and found from its UUID
+//! through the pipeline-run index. Aggregates are gathered per transaction and stored once, at
+//! [`Batch::finish`], when their contribution also moves from where it was to where it is now.
+
+use redb::ReadableTable;
+
+use super::Batch;
+use super::timestamp;
+use crate::error::{Error, Result};
+use crate::model::{EntityKind, PipelineRunId};
+use crate::store::records::{InlineMembers, LastRunRecord, PipelineRunAgg};
+use crate::store::rollup::Series;
+use crate::store::tables::{
+    EntityId, MEMBER_KEY_LEN, OrgIndex, RunId, member_key, member_key_micros, meta,
+};
+
+/// A pipeline run's aggregate as it was when the transaction first touched it, and as it is now.
+pub(super) struct AggSlot {
+    uuid: PipelineRunId,
+    org: OrgIndex,
+    before: Option<PipelineRunAgg>,
+    now: Option<PipelineRunAgg>,
+}
+
+impl Batch<'_> {
+    /// The id of a pipeline run that has finished task runs.
+    pub(super) fn run_id(&self, org: OrgIndex, uuid: PipelineRunId) -> Result<Option<RunId>> {
+        let located = self.pipeline_index.locate(
+            &self.filters.pipeline_runs,
+            &self.t.pipeline_index,
+            org,
+            uuid.as_bytes(),
+        )?;
+        match located {
+            Some(key) => {
+                let id = self.t.pipeline_index.get(&key)?.map(|id| RunId(id.value()));
+                id.map(Some)
+                    .ok_or_else(|| Error::Internal("a located pipeline run vanished".into()))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The id of a pipeline run, handing out a new one (with its index entry) to a pipeline run
+    /// whose first task run finishes.
+    pub(super) fn ensure_run_id(&mut self, org: OrgIndex, uuid: PipelineRunId) -> Result<RunId> {
+        if let Some(id) = self.run_id(org, uuid)? {
+            return Ok(id);
+        }
+        let next = match self.counters.next_run_id {
+            Some(next) => next,
+            None => u64::from_le_bytes(self.counter(meta::NEXT_RUN_ID, 1u64.to_le_bytes())?),
+        };
+        self.counters.next_run_id = Some(next + 1);
+        let key = self.pipeline_index.allocate(org, uuid.as_bytes());
+        self.t.pipeline_index.insert(&key, next)?;
+        Ok(RunId(next))
+    }
+
+    fn agg_slot(&mut self, id: RunId, uuid: PipelineRunId, org: OrgIndex) -> Result<&mut AggSlot> {
+        if !self.aggs.contains_key(&id) {
+            let stored = self.stored_agg(id)?;
+            self.aggs.insert(
+                id,
+                AggSlot {
+                    uuid,
+                    org,
+                    before: stored,
+                    now: stored,
+                },
+            );
+        }
+        Ok(self.aggs.get_mut(&id).expect("inserted above"))
+    }
+
+    fn stored_agg(&self, id: RunId) -> Result<Option<PipelineRunAgg>> {
+        self.t
+            .pipeline_runs
+            .get(id.0)?
+            .map(|bytes| PipelineRunAgg::decode(bytes.value()))
+            .transpose()
+    }
+
+    /// The aggregate of a pipeline run as this transaction sees it, if it has one.
+    pub(super) fn current_agg(
+        &self,
+        org: OrgIndex,
+        uuid: PipelineRunId,
+    ) -> Result<Option<PipelineRunAgg>> {
+        let Some(id) = self.run_id(org, uuid)? else {
+            return Ok(None);
+        };
+        match self.aggs.get(&id) {
+            Some(slot) => Ok(slot.now),
+            None => self.stored_agg(id),
+        }
+    }
+
+    /// Adds a finished task run (executed at `micros`) to its pipeline run.
+    pub(super) fn add_member(
+        &mut self,
+        run: (RunId, PipelineRunId, OrgIndex),
+        pipeline: EntityId,
+        micros: i64,
+        is_successful: bool,
+        duration_ms: u32,
+    ) -> Result<()> {
+        let (id, uuid, org) = run;
+        let slot = self.agg_slot(id, uuid, org)?;
+        let agg = slot.now.get_or_insert(PipelineRunAgg {
+            uuid,
+            pipeline,
+            finished: 0,
+            failed: 0,
+            duration_ms: 0,
+            latest_micros: micros,
+            members: Some(InlineMembers::default()),
+        });
+        agg.finished += 1;
+        agg.failed += u32::from(!is_successful);
+        agg.duration_ms = agg.duration_ms.wrapping_add(u64::from(duration_ms));
+        agg.latest_micros = agg.latest_micros.max(micros);
+        // Instants to add to the member index: this one once the pipeline run is too large to
+        // keep them inline, and all of them the moment it becomes so.
+        let indexed: Vec<i64> = match agg.members.as_mut().map(|m| m.insert(micros)) {
+            Some(true) => Vec::new(),
+            Some(false) => {
+                let mut all = agg.members.take().expect("inline").as_slice().to_vec();
+                all.push(micros);
+                all
+            }
+            None => vec![micros],
+        };
+        for micros in indexed {
+            let member = member_key(id, micros);
+            let count = self.t.run_members.get(&member)?.map_or(0, |c| c.value());
+            self.t.run_members.insert(&member, count + 1)?;
+        }
+        Ok(())
+    }
+
+    /// Takes a finished task run out of its pipeline run. When it was the latest, the next
+    /// latest comes from the aggregate's own members, or for a large pipeline run from one
+    /// lookup in the member index.
+    pub(super) fn remove_member(
+        &mut self,
+        id: RunId,
+        org: OrgIndex,
+        pipeline: EntityId,
+        micros: i64,
+        is_successful: bool,
+        duration_ms: u32,
+    ) -> Result<()> {
+        let missing = || {
+            Error::Internal(format!(
+                "a finished task run of pipeline run #{} is missing from its members",
+                id.0
+            ))
+        };
+        let uuid = match self.aggs.get(&id) {
+            Some(slot) => slot.uuid,
+            None => {
+                self.stored_agg(id)?
+                    .ok_or_else(|| {
+                        Error::Internal(
+                            "a finished task run's pipeline run has no aggregate".into(),
+                        )
+                    })?
+                    .uuid
+            }
+        };
+        let slot = self.agg_slot(id, uuid, org)?;
+        let Some(agg) = slot.now.as_mut() else {
+            return Err(Error::Internal(
+                "a finished task run's pipeline run has no aggregate".into(),
+            ));
+        };
+        if agg.pipeline != pipeline {
+            return Err(Error::Internal(format!(
+                "pipeline run {uuid} is stored under another pipeline than its task run"
+            )));
+        }
+        agg.finished -= 1;
+        agg.failed -= u32::from(!is_successful);
+        agg.duration_ms = agg.duration_ms.wrapping_sub(u64::from(duration_ms));
+        let was_latest = micros >= agg.latest_micros;
+        if let Some(members) = &mut agg.members {
+            if !members.remove(micros) {
+                return Err(missing());
+            }
+            match members.latest() {
+                Some(latest) => agg.latest_micros = latest,
+                None => slot.now = None,
+            }
+            return Ok(());
+        }
+        let emptied = agg.finished == 0;
+        if emptied {
+            slot.now = None;
+        }
+        let member = member_key(id, micros);
+        let count = self.t.run_members.get(&member)?.map(|c| c.value());
+        match count {
+            Some(1) => {
+                self.t.run_members.remove(&member)?;
+            }
+            Some(count) if count > 1 => {
+                self.t.run_members.insert(&member, count - 1)?;
+            }
+            _ => return Err(missing()),
+        }
+        if !was_latest || emptied {
+            return Ok(());
+        }
+        let (low, high) = (member_key(id, i64::MIN), member_key(id, i64::MAX));
+        let latest = match self
+            .t
+            .run_members
+            .range::<&[u8; MEMBER_KEY_LEN]>(&low..=&high)?
+            .next_back()
+        {
+            Some(entry) => member_key_micros(entry?.0.value()),
+            None => {
+                return Err(Error::Internal(format!(
+                    "pipeline run {uuid} has finished task runs but no members"
+                )));
+            }
+        };
+        let agg = self
+            .aggs
+            .get_mut(&id)
+            .and_then(|slot| slot.now.as_mut())
+            .expect("loaded above");
+        agg.latest_micros = latest;
+        Ok(())
+    }
+
+    /// Stores every pipeline run this transaction changed and moves its contribution from where
+    /// it was to where it is now. A pipeline run left without finished task runs loses its
+    /// aggregate and its index entry.
+    pub(super) fn flush_pipeline_runs(&mut self) -> Result<()> {
+        let mut slots: Vec<(RunId, AggSlot)> = std::mem::take(&mut self.aggs).into_iter().collect();
+        slots.sort_unstable_by_key(|(id, _)| *id);
+        for (id, slot) in slots {
+            if slot.before == slot.now && slot.now.is_some() {
+                continue;
+            }
+            let contribution =
+                |agg: &PipelineRunAgg| (agg.pipeline, agg.latest_micros, agg.tally());
+            if slot.before.as_ref().map(contribution) != slot.now.as_ref().map(contribution) {
+                if let Some(before) = slot.before {
+                    let at = timestamp(before.latest_micros)?;
+                    self.deltas.pipeline_run(
+                        pipeline_series(before.pipeline),
+                        at,
+                        before.tally(),
+                        true,
+                    );
+                    self.last_run_work(pipeline_series(before.pipeline))
+                        .retracted
+                        .push((at, slot.uuid.0));
+                }
+                if let Some(now) = slot.now {
+                    let at = timestamp(now.latest_micros)?;
+                    self.deltas
+                        .pipeline_run(pipeline_series(now.pipeline), at, now.tally(), false);
+                    self.last_run_work(pipeline_series(now.pipeline))
+                        .add(LastRunRecord {
+                            executed_at: at,
+                            run: slot.uuid.0,
+                            is_successful: now.failed == 0,
+                            duration_ms: now.duration_ms,
+                        });
+                }
+            }
+            match slot.now {
+                Some(agg) => {
+                    self.t.pipeline_runs.insert(id.0, agg.encode().as_slice())?;
+                }
+                None => {
+                    self.t.pipeline_runs.remove(id.0)?;
+                    if let Some(key) = self.pipeline_index.locate(
+                        &self.filters.pipeline_runs,
+                        &self.t.pipeline_index,
+                        slot.org,
+                        slot.uuid.as_bytes(),
+                    )? {
+                        self.t.pipeline_index.remove(&key)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn pipeline_series(pipeline: EntityId) -> Series {
+    Series {
+        id: pipeline,
+        kind: EntityKind::Pipeline,
+        pipeline,
+    }
+}

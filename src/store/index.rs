@@ -1,0 +1,327 @@
+//! The UUID indexes: task runs and pipeline runs by their organization's UUID. A UUID is random,
+//! so a B-tree keyed by it takes each insert on a different page; keyed by arrival period first
+//! (then organization index and UUID), inserts all land in the newest period's subtree, which
+//! stays small (at most a million entries), so a transaction of many inserts writes few pages.
+//!
+//! Finding a UUID then means asking each period; a Bloom filter per period (about 1% false
+//! positives) answers "not here" without a lookup, so a new UUID costs one filter probe per
+//! period. Periods grow from 64 Ki to 1 Mi entries. A period's filter is stored (in
+//! `index_filters`) once, by the transaction that fills the period; the open period's filter is
+//! rebuilt from its keys when the store opens (at most a million keys), so transactions never
+//! rewrite filter pages.
+//!
+//! A write transaction works on an [`IndexWork`]: it sees the committed filters and its own
+//! inserts, and the committed filters learn those only after the commit, so a failed
+//! transaction leaves them exactly as the file has them. Everything is decided by the order of
+//! inserts (the n-th new UUID goes to the same period everywhere), so two stores that applied
+//! the same writes hold the same bits.
+
+use std::collections::HashMap;
+
+use redb::{ReadableTable, Table};
+
+use super::bloom::{Bloom, Probe, key_hash};
+use super::tables::{
+    FILTER_KEY_LEN, INDEX_KEY_LEN, IndexKind, OrgIndex, filter_key, index_key, meta,
+    split_index_key,
+};
+use crate::error::Result;
+
+const FIRST_PERIOD_ENTRIES: u64 = 1 << 16;
+const MAX_PERIOD_ENTRIES: u64 = 1 << 20;
+const BITS_PER_ENTRY: u64 = 10;
+/// Blocks per stored chunk (4 KiB).
+pub const CHUNK_BLOCKS: usize = 64;
+
+/// The entries period `period` holds when full.
+pub fn period_capacity(period: u32) -> u64 {
+    FIRST_PERIOD_ENTRIES
+        .checked_shl(period)
+        .map_or(MAX_PERIOD_ENTRIES, |c| c.min(MAX_PERIOD_ENTRIES))
+}
+
+/// The blocks of period `period`'s filter: about 10 bits per entry, whole chunks.
+pub fn period_blocks(period: u32) -> usize {
+    let blocks = (period_capacity(period) * BITS_PER_ENTRY).div_ceil(512) as usize;
+    blocks.div_ceil(CHUNK_BLOCKS) * CHUNK_BLOCKS
+}
+
+/// One index's committed periods: their filters and where inserts go next.
+#[derive(Clone, Debug)]
+pub struct PeriodFilters {
+    kind: IndexKind,
+    filters: Vec<Bloom>,
+    /// The period inserts go to, and how many entries it holds.
+    current: u32,
+    entries: u64,
+}
+
+impl PeriodFilters {
+    fn empty(kind: IndexKind) -> PeriodFilters {
+        PeriodFilters {
+            kind,
+            filters: vec![Bloom::new(period_blocks(0))],
+            current: 0,
+            entries: 0,
+        }
+    }
+
+    pub fn periods(&self) -> u32 {
+        self.filters.len() as u32
+    }
+
+    fn meta_name(kind: IndexKind) -> &'static str {
+        match kind {
+            IndexKind::TaskRuns => meta::TASK_INDEX_PERIOD,
+            IndexKind::PipelineRuns => meta::PIPELINE_INDEX_PERIOD,
+        }
+    }
+
+    /// Whether a key hashed to `hash` may be in `period`.
+    pub fn contains(&self, period: u32, hash: u64) -> bool {
+        let filter = &self.filters[period as usize];
+        filter.may_contain(Bloom::probe(hash, filter.blocks()))
+    }
+}
+
+/// Both indexes' committed filters.
+#[derive(Clone, Debug)]
+pub struct Filters {
+    pub task_runs: PeriodFilters,
+    pub pipeline_runs: PeriodFilters,
+}
+
+impl Filters {
+    /// The filters as the file holds them: closed periods' from `chunks`, the open period's
+    /// rebuilt from its keys in the index tables.
+    pub fn load(
+        meta: &impl ReadableTable<&'static str, &'static [u8]>,
+        chunks: &impl ReadableTable<&'static [u8; FILTER_KEY_LEN], &'static [u8]>,
+        task_index: &impl ReadableTable<&'static [u8; INDEX_KEY_LEN], &'static [u8]>,
+        pipeline_index: &impl ReadableTable<&'static [u8; INDEX_KEY_LEN], u64>,
+    ) -> Result<Filters> {
+        let mut filters = Filters {
+            task_runs: PeriodFilters::empty(IndexKind::TaskRuns),
+            pipeline_runs: PeriodFilters::empty(IndexKind::PipelineRuns),
+        };
+        for kind in IndexKind::ALL {
+            let index = filters.of_mut(kind);
+            if let Some(bytes) = meta.get(PeriodFilters::meta_name(kind))? {
+                let bytes: [u8; 12] = bytes
+                    .value()
+                    .try_into()
+                    .map_err(|_| super::records::corrupt("meta"))?;
+                index.current = u32::from_le_bytes(bytes[..4].try_into().expect("4"));
+                index.entries = u64::from_le_bytes(bytes[4..].try_into().expect("8"));
+            }
+            index.filters = (0..=index.current)
+                .map(|period| Bloom::new(period_blocks(period)))
+                .collect();
+            let (low, high) = (filter_key(kind, 0, 0), filter_key(kind, index.current, 0));
+            for entry in chunks.range::<&[u8; FILTER_KEY_LEN]>(&low..&high)? {
+                let (key, bytes) = entry?;
+                let key = key.value();
+                let period = u32::from_be_bytes(key[1..5].try_into().expect("4"));
+                let chunk = u32::from_be_bytes(key[5..].try_into().expect("4")) as usize;
+                let loaded = index
+                    .filters
+                    .get_mut(period as usize)
+                    .is_some_and(|f| f.load_chunk(chunk * CHUNK_BLOCKS, bytes.value()));
+                if !loaded {
+                    return Err(super::records::corrupt("index filter"));
+                }
+            }
+            let current = index.current;
+            let open = &mut index.filters[current as usize];
+            let (low, high) = (
+                [current.to_be_bytes().as_slice(), &[0; 20]].concat(),
+                [current.to_be_bytes().as_slice(), &[0xff; 20]].concat(),
+            );
+            let (low, high): ([u8; INDEX_KEY_LEN], [u8; INDEX_KEY_LEN]) = (
+                low.try_into().expect("24 bytes"),
+                high.try_into().expect("24 bytes"),
+            );
+            let mut rebuild = |key: &[u8; INDEX_KEY_LEN]| {
+                let (_, org, uuid) = split_index_key(key);
+                let hash = key_hash(kind.tag(), org.0, &uuid);
+                open.insert(Bloom::probe(hash, open.blocks()));
+            };
+            match kind {
+                IndexKind::TaskRuns => {
+                    for entry in task_index.range::<&[u8; INDEX_KEY_LEN]>(&low..=&high)? {
+                        rebuild(entry?.0.value());
+                    }
+                }
+                IndexKind::PipelineRuns => {
+                    for entry in pipeline_index.range::<&[u8; INDEX_KEY_LEN]>(&low..=&high)? {
+                        rebuild(entry?.0.value());
+                    }
+                }
+            }
+        }
+        Ok(filters)
+    }
+
+    pub fn of(&self, kind: IndexKind) -> &PeriodFilters {
+        match kind {
+            IndexKind::TaskRuns => &self.task_runs,
+            IndexKind::PipelineRuns => &self.pipeline_runs,
+        }
+    }
+
+    fn of_mut(&mut self, kind: IndexKind) -> &mut PeriodFilters {
+        match kind {
+            IndexKind::TaskRuns => &mut self.task_runs,
+            IndexKind::PipelineRuns => &mut self.pipeline_runs,
+        }
+    }
+
+    /// Applies a committed transaction's inserts.
+    pub fn learn(&mut self, work: IndexWork) {
+        let index = self.of_mut(work.kind);
+        while index.filters.len() <= work.current as usize {
+            let period = index.filters.len() as u32;
+            index.filters.push(Bloom::new(period_blocks(period)));
+        }
+        for (period, probe) in work.probes {
+            index.filters[period as usize].insert(probe);
+        }
+        index.current = work.current;
+        index.entries = work.entries;
+    }
+}
+
+/// One index's changes in a write transaction.
+#[derive(Debug)]
+pub struct IndexWork {
+    kind: IndexKind,
+    current: u32,
+    entries: u64,
+    /// The UUIDs this transaction inserted, with their period.
+    inserted: HashMap<(OrgIndex, [u8; 16]), u32>,
+    probes: Vec<(u32, Probe)>,
+}
+
+impl IndexWork {
+    pub fn new(committed: &PeriodFilters) -> IndexWork {
+        IndexWork {
+            kind: committed.kind,
+            current: committed.current,
+            entries: committed.entries,
+            inserted: HashMap::new(),
+            probes: Vec::new(),
+        }
+    }
+
+    /// The index key of a UUID that is in the index, as the transaction sees it.
+    pub fn locate<V: redb::Value + 'static>(
+        &self,
+        committed: &PeriodFilters,
+        table: &impl ReadableTable<&'static [u8; INDEX_KEY_LEN], V>,
+        org: OrgIndex,
+        uuid: &[u8; 16],
+    ) -> Result<Option<[u8; INDEX_KEY_LEN]>> {
+        if let Some(period) = self.inserted.get(&(org, *uuid)) {
+            let key = index_key(*period, org, uuid);
+            return Ok(table.get(&key)?.is_some().then_some(key));
+        }
+        let hash = key_hash(self.kind.tag(), org.0, uuid);
+        for period in (0..committed.periods()).rev() {
+            if committed.contains(period, hash) {
+                let key = index_key(period, org, uuid);
+                if table.get(&key)?.is_some() {
+                    return Ok(Some(key));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The key for a UUID that is in no period: the current period's, which it counts against.
+    pub fn allocate(&mut self, org: OrgIndex, uuid: &[u8; 16]) -> [u8; INDEX_KEY_LEN] {
+        if self.entries >= period_capacity(self.current) {
+            self.current += 1;
+            self.entries = 0;
+        }
+        self.entries += 1;
+        self.inserted.insert((org, *uuid), self.current);
+        let hash = key_hash(self.kind.tag(), org.0, uuid);
+        self.probes.push((
+            self.current,
+            Bloom::probe(hash, period_blocks(self.current)),
+        ));
+        index_key(self.current, org, uuid)
+    }
+
+    /// Stores the filter of every period this transaction filled, and where inserts go next.
+    pub fn store(
+        &self,
+        committed: &PeriodFilters,
+        meta: &mut Table<'_, &'static str, &'static [u8]>,
+        chunks: &mut Table<'_, &'static [u8; FILTER_KEY_LEN], &'static [u8]>,
+    ) -> Result<()> {
+        if self.probes.is_empty() {
+            return Ok(());
+        }
+        for period in committed.current..self.current {
+            let mut filter = committed
+                .filters
+                .get(period as usize)
+                .cloned()
+                .unwrap_or_else(|| Bloom::new(period_blocks(period)));
+            for (_, probe) in self.probes.iter().filter(|(p, _)| *p == period) {
+                filter.insert(*probe);
+            }
+            for chunk in 0..filter.blocks() / CHUNK_BLOCKS {
+                let bytes = filter.chunk_bytes(chunk * CHUNK_BLOCKS, CHUNK_BLOCKS);
+                chunks.insert(
+                    &filter_key(self.kind, period, chunk as u32),
+                    bytes.as_slice(),
+                )?;
+            }
+        }
+        let mut state = [0u8; 12];
+        state[..4].copy_from_slice(&self.current.to_le_bytes());
+        state[4..].copy_from_slice(&self.entries.to_le_bytes());
+        meta.insert(PeriodFilters::meta_name(self.kind), state.as_slice())?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periods_grow_to_a_million_entries_with_about_ten_bits_each() {
+        assert_eq!(period_capacity(0), 65_536);
+        assert_eq!(period_capacity(4), 1 << 20);
+        assert_eq!(period_capacity(40), 1 << 20);
+        assert_eq!(period_capacity(u32::MAX), 1 << 20);
+        for period in [0, 3, 9] {
+            let bits = period_blocks(period) as u64 * 512;
+            let per_entry = bits as f64 / period_capacity(period) as f64;
+            assert!((10.0..10.5).contains(&per_entry), "{per_entry}");
+            assert_eq!(period_blocks(period) % CHUNK_BLOCKS, 0);
+        }
+    }
+
+    #[test]
+    fn a_transaction_finds_what_it_inserted_and_allocates_in_order() {
+        let mut committed = PeriodFilters::empty(IndexKind::TaskRuns);
+        committed.entries = period_capacity(0) - 1;
+        let mut work = IndexWork::new(&committed);
+        let first = work.allocate(OrgIndex(1), &[1; 16]);
+        let second = work.allocate(OrgIndex(1), &[2; 16]);
+        assert_eq!(&first[..4], &0u32.to_be_bytes());
+        assert_eq!(&second[..4], &1u32.to_be_bytes(), "the full period is left");
+        let mut filters = Filters {
+            task_runs: committed,
+            pipeline_runs: PeriodFilters::empty(IndexKind::PipelineRuns),
+        };
+        filters.learn(work);
+        assert_eq!(filters.task_runs.periods(), 2);
+        let hash = key_hash(IndexKind::TaskRuns.tag(), 1, &[2; 16]);
+        assert!(filters.task_runs.contains(1, hash));
+    }
+}

@@ -1,0 +1,112 @@
+//! Rollups: per entity (task or pipeline) and calendar bucket, the tally of its runs, with the
+//! tallies of the bucket's parts. Stored levels: the year (parts: months), month (parts: days),
+//! day (parts: hours) and hour (parts: seconds); weeks and quarters are summed from days and
+//! months. A pipeline's records also carry weights: how many of its task runs were executed in
+//! the bucket and in each part.
+//!
+//! Year records always exist. A finer bucket's records (the pipeline's and its tasks') are kept
+//! only where the pipeline is dense there: at least [`DENSE`] task runs in the bucket, as its
+//! parent's part says. Where it is not, the bucket's runs are read from the pipeline's run log,
+//! which then holds fewer than [`DENSE`] of them, so sparse pipelines (most of them) cost a few
+//! bytes of rollups per run, and every question still costs a handful of lookups plus, at a
+//! range's edges, a read of at most a few dozen log entries. Whether a record exists depends only
+//! on what is stored, never on how writes were grouped.
+//!
+//! Writes gather contributions in [`RollupDeltas`] and rewrite each touched record once per
+//! transaction ([`write`]); reads descend from years to the edges ([`read`]), falling back to the
+//! run log for sparse buckets ([`scan`]).
+
+mod read;
+mod scan;
+mod write;
+
+use redb::ReadableTable;
+
+pub use read::{aggregated, last_run_at_or_before, range_tally};
+pub use write::{FlushTables, RollupDeltas};
+
+use super::records::BucketRecord;
+use super::tables::{EntityId, ROLLUP_KEY_LEN, RUN_KEY_LEN, YEAR_KEY_LEN, rollup_key, year_key};
+use crate::error::Result;
+use crate::model::EntityKind;
+use crate::time::Level;
+
+/// A pipeline's bucket finer than a year keeps records only with at least this many task runs.
+pub const DENSE: u64 = 32;
+
+/// The entity a rollup question is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Series {
+    pub id: EntityId,
+    pub kind: EntityKind,
+    /// The pipeline whose run log holds the entity's runs (and whose weights decide density).
+    pub pipeline: EntityId,
+}
+
+/// The read side of the tables rollups are computed from.
+pub trait YearTable: ReadableTable<&'static [u8; YEAR_KEY_LEN], &'static [u8]> {}
+impl<T: ReadableTable<&'static [u8; YEAR_KEY_LEN], &'static [u8]>> YearTable for T {}
+pub trait RollupTable: ReadableTable<&'static [u8; ROLLUP_KEY_LEN], &'static [u8]> {}
+impl<T: ReadableTable<&'static [u8; ROLLUP_KEY_LEN], &'static [u8]>> RollupTable for T {}
+pub trait RunLogTable: ReadableTable<&'static [u8; RUN_KEY_LEN], &'static [u8]> {}
+impl<T: ReadableTable<&'static [u8; RUN_KEY_LEN], &'static [u8]>> RunLogTable for T {}
+pub trait RunTable: ReadableTable<u64, &'static [u8]> {}
+impl<T: ReadableTable<u64, &'static [u8]>> RunTable for T {}
+
+/// The tables a rollup question reads.
+pub struct Source<'a, Y, R, L, P> {
+    pub years: &'a Y,
+    pub rollups: &'a R,
+    pub run_log: &'a L,
+    pub runs: &'a P,
+}
+
+impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R, L, P> {
+    /// An entity's record of a stored level's bucket, if there is one.
+    pub fn record(
+        &self,
+        entity: EntityId,
+        level: Level,
+        start: i64,
+    ) -> Result<Option<BucketRecord>> {
+        let bytes = match level {
+            Level::Year => self.years.get(&year_key(entity, start))?,
+            _ => self.rollups.get(&rollup_key(level, start, entity))?,
+        };
+        bytes
+            .map(|bytes| BucketRecord::decode(bytes.value()))
+            .transpose()
+    }
+
+    /// The weight of part `index` of the pipeline's record at `level`/`start`: how many task
+    /// runs the pipeline had in that part.
+    fn weight(
+        &self,
+        series: &Series,
+        level: Level,
+        start: i64,
+        index: u16,
+        own: &BucketRecord,
+    ) -> Result<u64> {
+        let part = |record: &BucketRecord| record.part(index).map_or(0, |p| p.weight);
+        if series.kind == EntityKind::Pipeline {
+            return Ok(part(own));
+        }
+        Ok(self
+            .record(series.pipeline, level, start)?
+            .map_or(0, |record| part(&record)))
+    }
+}
+
+/// The stored levels, coarsest first.
+pub const STORED: [Level; 4] = [Level::Year, Level::Month, Level::Day, Level::Hour];
+
+/// The stored level whose records have `level`'s buckets as parts.
+fn parent(level: Level) -> Option<Level> {
+    match level {
+        Level::Month => Some(Level::Year),
+        Level::Day => Some(Level::Month),
+        Level::Hour => Some(Level::Day),
+        _ => None,
+    }
+}

@@ -1,0 +1,330 @@
+//! Answers from the rollups. A second-precision range takes whole years from their records and
+//! descends at each edge: a cut year by its month parts, a cut month by its record's day parts
+//! (or, where the pipeline is sparse that month, from the run log), and so on down to seconds.
+//! Aggregated buckets come from the parts of coarser records: months and quarters from years',
+//! days and weeks from months' (or the log, for sparse months).
+
+use std::collections::BTreeMap;
+
+use uuid::Uuid;
+
+use super::scan::aggregate;
+use super::{DENSE, RollupTable, RunLogTable, RunTable, Series, Source, YearTable};
+use crate::error::Result;
+use crate::model::{EntityKind, Tally, TimeRange};
+use crate::store::records::{BucketRecord, LastRunRecord, RunRecord, RunRef, corrupt};
+use crate::store::tables::{
+    EntityId, RUN_KEY_LEN, YEAR_KEY_LEN, run_key_bounds, split_run_key, year_key, year_key_start,
+};
+use crate::time::{Level, MICROS_PER_SECOND, MIN_SECOND, Period, Timestamp};
+
+impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R, L, P> {
+    /// The entity's year records overlapping the seconds `[from, end)`, in order (or in
+    /// reverse).
+    fn years(
+        &self,
+        entity: EntityId,
+        from: i64,
+        end: i64,
+        reverse: bool,
+    ) -> Result<Vec<(i64, BucketRecord)>> {
+        let low = year_key(entity, Level::Year.bucket_start(from));
+        let high = year_key(entity, end);
+        let range = self.years.range::<&[u8; YEAR_KEY_LEN]>(&low..&high)?;
+        let entries: Vec<_> = if reverse {
+            range.rev().collect()
+        } else {
+            range.collect()
+        };
+        let mut years = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let (key, value) = entry?;
+            years.push((
+                year_key_start(key.value()),
+                BucketRecord::decode(value.value())?,
+            ));
+        }
+        Ok(years)
+    }
+
+    /// The series' record of a dense bucket: absent means no run of the series there.
+    fn dense_record(&self, series: &Series, level: Level, start: i64) -> Result<BucketRecord> {
+        Ok(self.record(series.id, level, start)?.unwrap_or_default())
+    }
+
+    /// The tally of the seconds `[from, end)` within the bucket of `level` at `start`, whose
+    /// record for the series is `record`.
+    fn sum_parts(
+        &self,
+        series: &Series,
+        level: Level,
+        start: i64,
+        record: &BucketRecord,
+        from: i64,
+        end: i64,
+    ) -> Result<Tally> {
+        let (first, last) = parts_touched(level, start, from, end);
+        let mut total = Tally::default();
+        // (A pipeline's part may carry only weight: task runs, but no pipeline run ending there.)
+        for part in record.parts.iter().filter(|p| !p.tally.is_empty()) {
+            if part.index < first {
+                continue;
+            }
+            if part.index > last {
+                break;
+            }
+            let (part_first, part_end) = level.part_span(start, part.index);
+            if from <= part_first && part_end <= end {
+                total = total + part.tally;
+                continue;
+            }
+            // A part cut by the range's edge: its own record where the pipeline is dense, else
+            // the log (an hour's parts are whole seconds, so never cut).
+            let finer = level.part_level().ok_or_else(|| corrupt("rollup"))?;
+            let (cut_from, cut_end) = (from.max(part_first), end.min(part_end));
+            if self.weight(series, level, start, part.index, record)? >= DENSE {
+                let inner = self.dense_record(series, finer, part_first)?;
+                total =
+                    total + self.sum_parts(series, finer, part_first, &inner, cut_from, cut_end)?;
+            } else {
+                total = total + self.scan_tally(series, cut_from, cut_end)?;
+            }
+        }
+        Ok(total)
+    }
+
+    /// The latest second at or before `to` with a run, within the bucket of `level` at `start`.
+    fn latest_in(
+        &self,
+        series: &Series,
+        level: Level,
+        start: i64,
+        record: &BucketRecord,
+        to: i64,
+    ) -> Result<Option<i64>> {
+        let limit = if to < level.next_bucket(start) {
+            level.part_index(start, to).unwrap_or(u16::MAX)
+        } else {
+            u16::MAX
+        };
+        for part in record
+            .parts
+            .iter()
+            .rev()
+            .filter(|p| p.index <= limit && !p.tally.is_empty())
+        {
+            let (first, end) = level.part_span(start, part.index);
+            let Some(finer) = level.part_level() else {
+                return Ok(Some(first)); // a second of an hour
+            };
+            let found = if self.weight(series, level, start, part.index, record)? >= DENSE {
+                let inner = self.dense_record(series, finer, first)?;
+                self.latest_in(series, finer, first, &inner, to)?
+            } else {
+                self.scan_latest(series, first, to.min(end - 1))?
+            };
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        Ok(None)
+    }
+
+    /// The tallies of the series' days (by `bucket` of each day's start) in the seconds
+    /// `[from, end)`, from the year's month parts: a dense month's record, or the log.
+    fn days(
+        &self,
+        series: &Series,
+        (year, record): (i64, &BucketRecord),
+        (from, end): (i64, i64),
+        bucket: &impl Fn(i64) -> i64,
+        into: &mut BTreeMap<i64, Tally>,
+    ) -> Result<()> {
+        for part in &record.parts {
+            let (month, month_end) = Level::Year.part_span(year, part.index);
+            if month_end <= from || end <= month {
+                continue;
+            }
+            if self.weight(series, Level::Year, year, part.index, record)? >= DENSE {
+                let days = self.dense_record(series, Level::Month, month)?;
+                for day in &days.parts {
+                    let (first, _) = Level::Month.part_span(month, day.index);
+                    if (from..end).contains(&first) {
+                        let sum = into.entry(bucket(first)).or_default();
+                        *sum = *sum + day.tally;
+                    }
+                }
+            } else {
+                let scanned =
+                    self.scan_buckets(series, from.max(month), end.min(month_end), |second| {
+                        bucket(Level::Day.bucket_start(second))
+                    })?;
+                for (start, tally) in scanned {
+                    let sum = into.entry(start).or_default();
+                    *sum = *sum + tally;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The first and last part of the bucket of `level` at `start` that hold seconds of
+/// `[from, end)` (which must overlap the bucket).
+fn parts_touched(level: Level, start: i64, from: i64, end: i64) -> (u16, u16) {
+    let first = level.part_index(start, from.max(start)).unwrap_or(0);
+    let last_second = (end - 1).min(level.next_bucket(start) - 1);
+    (
+        first,
+        level.part_index(start, last_second).unwrap_or(u16::MAX),
+    )
+}
+
+/// The tally of a series' runs in a range.
+pub fn range_tally<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable>(
+    source: &Source<'_, Y, R, L, P>,
+    series: &Series,
+    range: TimeRange,
+) -> Result<Tally> {
+    let (from, end) = (range.from(), range.to() + 1);
+    let mut total = Tally::default();
+    for (start, record) in source.years(series.id, from, end, false)? {
+        let next = Level::Year.next_bucket(start);
+        total = total
+            + if from <= start && next <= end {
+                record.total
+            } else {
+                source.sum_parts(series, Level::Year, start, &record, from, end)?
+            };
+    }
+    Ok(total)
+}
+
+/// Stats of the buckets of `period` in the seconds `[start, end)` (bucket-aligned), by bucket
+/// start; buckets without runs left out.
+pub fn aggregated<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable>(
+    source: &Source<'_, Y, R, L, P>,
+    series: &Series,
+    period: Period,
+    start: i64,
+    end: i64,
+) -> Result<Vec<(i64, Tally)>> {
+    let level = period.level();
+    let bucket = |second: i64| level.bucket_start(second);
+    let mut buckets: BTreeMap<i64, Tally> = BTreeMap::new();
+    for (year, record) in source.years(series.id, start, end, false)? {
+        match period {
+            Period::Year => {
+                buckets.insert(year, record.total);
+            }
+            Period::Month | Period::Quarter => {
+                for part in &record.parts {
+                    let (first, _) = Level::Year.part_span(year, part.index);
+                    if (start..end).contains(&first) {
+                        let sum = buckets.entry(bucket(first)).or_default();
+                        *sum = *sum + part.tally;
+                    }
+                }
+            }
+            Period::Day | Period::Week => {
+                source.days(series, (year, &record), (start, end), &bucket, &mut buckets)?;
+            }
+        }
+    }
+    Ok(buckets
+        .into_iter()
+        .filter(|(_, tally)| !tally.is_empty())
+        .collect())
+}
+
+/// The latest second at or before `to` in which the series has a run.
+fn latest_second<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable>(
+    source: &Source<'_, Y, R, L, P>,
+    series: &Series,
+    to: i64,
+) -> Result<Option<i64>> {
+    for (start, record) in source.years(series.id, MIN_SECOND, to + 1, true)? {
+        if let Some(second) = source.latest_in(series, Level::Year, start, &record, to)? {
+            return Ok(Some(second));
+        }
+    }
+    Ok(None)
+}
+
+/// The latest run of a series executed at or before the second `to` (inclusive), found without
+/// reading history: the rollups (or a sparse bucket's few log entries) name the latest second
+/// with a run, and only the runs of that one second are read.
+pub fn last_run_at_or_before<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable>(
+    source: &Source<'_, Y, R, L, P>,
+    series: &Series,
+    to: i64,
+) -> Result<Option<LastRunRecord>> {
+    let Some(second) = latest_second(source, series, to)? else {
+        return Ok(None);
+    };
+    let (first, end) = run_key_bounds(
+        series.pipeline,
+        second * MICROS_PER_SECOND,
+        (second + 1) * MICROS_PER_SECOND,
+    );
+    let mut best: Option<LastRunRecord> = None;
+    match series.kind {
+        EntityKind::Task => {
+            // Newest first: the first run of this task is the latest (ties broken by UUID,
+            // which is the key's last part).
+            for entry in source
+                .run_log
+                .range::<&[u8; RUN_KEY_LEN]>(&first..&end)?
+                .rev()
+            {
+                let (key, value) = entry?;
+                let outcome = RunRecord::decode_outcome(value.value())?;
+                if outcome.task == series.id {
+                    let (_, micros, task_run) = split_run_key(key.value());
+                    best = Some(LastRunRecord {
+                        executed_at: timestamp(micros)?,
+                        run: Uuid::from_bytes(task_run),
+                        is_successful: outcome.is_successful,
+                        duration_ms: u64::from(outcome.duration_ms),
+                    });
+                    break;
+                }
+            }
+        }
+        EntityKind::Pipeline => {
+            // A pipeline run executed in this second has its latest task run in this second.
+            let mut seen = std::collections::HashSet::new();
+            for entry in source.run_log.range::<&[u8; RUN_KEY_LEN]>(&first..&end)? {
+                let (_, value) = entry?;
+                let RunRef::Id(run) = RunRecord::decode_outcome(value.value())?.pipeline_run else {
+                    return Err(corrupt("task run"));
+                };
+                if !seen.insert(run) {
+                    continue;
+                }
+                let agg = aggregate(source.runs, run)?;
+                if agg.latest_micros.div_euclid(MICROS_PER_SECOND) != second {
+                    continue;
+                }
+                let candidate = LastRunRecord {
+                    executed_at: timestamp(agg.latest_micros)?,
+                    run: agg.uuid.0,
+                    is_successful: agg.failed == 0,
+                    duration_ms: agg.duration_ms,
+                };
+                if best.is_none_or(|b| candidate.order_key() > b.order_key()) {
+                    best = Some(candidate);
+                }
+            }
+        }
+    }
+    match best {
+        Some(best) => Ok(Some(best)),
+        // The rollup says a run was executed in this second; the log must agree.
+        None => Err(corrupt("rollup")),
+    }
+}
+
+fn timestamp(micros: i64) -> Result<Timestamp> {
+    Timestamp::from_micros(micros).ok_or_else(|| corrupt("task run"))
+}

@@ -1,0 +1,449 @@
+//! Rollup writes. Contributions are gathered per transaction ([`RollupDeltas`]), one delta record
+//! per touched bucket, and [`RollupDeltas::flush`] rewrites each touched record once, pipeline by
+//! pipeline, coarsest level first, so that each finer bucket's density is known from its
+//! parent's weights before and after the transaction:
+//!
+//! - dense before and after: the deltas are merged into the records;
+//! - dense only after: the bucket's records (and those of its dense parts) are built from the
+//!   run log, which holds what the transaction wrote;
+//! - dense only before: the records of the pipeline and all its tasks there are deleted;
+//! - neither: nothing is stored.
+//!
+//! Year records always take their deltas. Tallies form a group (wrapping add and subtract), so
+//! add-then-retract is exact in any order.
+
+use std::collections::{BTreeMap, HashMap};
+
+use redb::{ReadableTable, Table};
+use rustc_hash::FxHashMap;
+
+use super::scan::{Entry, entries, pipeline_runs_ending_in};
+use super::{DENSE, STORED, Series, parent};
+use crate::error::Result;
+use crate::model::{EntityKind, Tally};
+use crate::store::records::{BucketRecord, Part, PipelineRunAgg};
+use crate::store::tables::{
+    EntityId, ROLLUP_KEY_LEN, RUN_KEY_LEN, YEAR_KEY_LEN, pipeline_task_key, rollup_key, year_key,
+};
+use crate::time::{Level, MICROS_PER_SECOND, Timestamp};
+
+/// The tables a flush writes, and those it reads to build dense buckets.
+pub struct FlushTables<'a, 'txn> {
+    pub years: &'a mut Table<'txn, &'static [u8; YEAR_KEY_LEN], &'static [u8]>,
+    pub rollups: &'a mut Table<'txn, &'static [u8; ROLLUP_KEY_LEN], &'static [u8]>,
+    pub run_log: &'a Table<'txn, &'static [u8; RUN_KEY_LEN], &'static [u8]>,
+    pub runs: &'a Table<'txn, u64, &'static [u8]>,
+    pub pipeline_tasks: &'a Table<'txn, &'static [u8; 8], ()>,
+}
+
+/// A contribution to one bucket of one series.
+struct Delta {
+    series: Series,
+    level: Level,
+    start: i64,
+    record: BucketRecord,
+}
+
+/// For each stored level (in [`STORED`] order), the delta's position and the part a second of
+/// the current hour falls in (the hour level's part is the second itself).
+type HourSlots = [(usize, u16); 4];
+
+/// Contributions gathered during a write transaction, one delta record per touched bucket.
+/// Parts are collected unsorted and combined at [`RollupDeltas::flush`].
+#[derive(Default)]
+pub struct RollupDeltas {
+    deltas: Vec<Delta>,
+    index: FxHashMap<(EntityId, u8, i64), usize>,
+    /// Per series, the hour last contributed to and its slots: consecutive runs of a series
+    /// mostly share an hour, and then cost no hashing and no calendar arithmetic.
+    current: FxHashMap<EntityId, (i64, HourSlots)>,
+}
+
+impl RollupDeltas {
+    /// A finished task run counts for its task (or, with `retract`, stops counting) and weighs
+    /// for its pipeline.
+    pub fn task_run(&mut self, task: Series, at: Timestamp, tally: Tally, retract: bool) {
+        let (tally, weight) = signed(tally, 1, retract);
+        self.apply(task, at, tally, 0);
+        let pipeline = Series {
+            id: task.pipeline,
+            kind: EntityKind::Pipeline,
+            pipeline: task.pipeline,
+        };
+        self.apply(pipeline, at, Tally::default(), weight);
+    }
+
+    /// A pipeline run counts for its pipeline at its latest task run (or stops counting).
+    pub fn pipeline_run(&mut self, pipeline: Series, at: Timestamp, tally: Tally, retract: bool) {
+        let (tally, _) = signed(tally, 0, retract);
+        self.apply(pipeline, at, tally, 0);
+    }
+
+    fn apply(&mut self, series: Series, at: Timestamp, tally: Tally, weight: u64) {
+        let second = at.second();
+        let hour = Level::Hour.bucket_start(second);
+        let slots = match self.current.get(&series.id) {
+            Some((cached, slots)) if *cached == hour => *slots,
+            _ => {
+                let starts = Level::bucket_starts(second);
+                // Level::ALL order: hour, day, week, month, quarter, year.
+                let stored_starts = [starts[5], starts[3], starts[1], starts[0]];
+                let mut slots = [(0, 0); 4];
+                for ((slot, level), start) in slots.iter_mut().zip(STORED).zip(stored_starts) {
+                    let key = (series.id, level.tag(), start);
+                    let next = self.deltas.len();
+                    let position = *self.index.entry(key).or_insert(next);
+                    if position == next {
+                        self.deltas.push(Delta {
+                            series,
+                            level,
+                            start,
+                            record: BucketRecord::default(),
+                        });
+                    }
+                    *slot = (position, level.part_index(start, second).unwrap_or(0));
+                }
+                self.current.insert(series.id, (hour, slots));
+                slots
+            }
+        };
+        for (level, (position, part)) in STORED.into_iter().zip(slots) {
+            let delta = &mut self.deltas[position].record;
+            delta.total = delta.total + tally;
+            delta.weight = delta.weight.wrapping_add(weight);
+            let index = if level == Level::Hour {
+                (second - hour) as u16
+            } else {
+                part
+            };
+            match delta.parts.last_mut() {
+                // Runs mostly arrive in time order: add to the part just touched.
+                Some(last) if last.index == index => {
+                    last.tally = last.tally + tally;
+                    last.weight = last.weight.wrapping_add(weight);
+                }
+                _ => delta.parts.push(Part {
+                    index,
+                    tally,
+                    weight,
+                }),
+            }
+        }
+    }
+
+    /// Rewrites every touched record (see the module docs).
+    pub fn flush(self, tables: &mut FlushTables<'_, '_>) -> Result<()> {
+        let mut deltas = self.deltas;
+        for delta in &mut deltas {
+            combine_parts(&mut delta.record.parts);
+        }
+        let rank = |level: Level| STORED.iter().position(|l| *l == level).expect("stored");
+        deltas.sort_unstable_by_key(|d| (d.series.pipeline, rank(d.level), d.start, d.series.id));
+        let mut rest = deltas.as_slice();
+        while let Some(first) = rest.first() {
+            let count = rest
+                .iter()
+                .take_while(|d| d.series.pipeline == first.series.pipeline)
+                .count();
+            let (group, tail) = rest.split_at(count);
+            rest = tail;
+            flush_pipeline(tables, first.series.pipeline, group)?;
+        }
+        Ok(())
+    }
+}
+
+/// A tally and weight as added, or as taken back out.
+fn signed(tally: Tally, weight: u64, retract: bool) -> (Tally, u64) {
+    if retract {
+        (Tally::default() - tally, 0u64.wrapping_sub(weight))
+    } else {
+        (tally, weight)
+    }
+}
+
+/// Sorts parts by index and sums those with the same index, dropping empty sums.
+fn combine_parts(parts: &mut Vec<Part>) {
+    parts.sort_unstable_by_key(|p| p.index);
+    let mut combined: Vec<Part> = Vec::with_capacity(parts.len());
+    for part in parts.iter() {
+        match combined.last_mut() {
+            Some(last) if last.index == part.index => {
+                last.tally = last.tally + part.tally;
+                last.weight = last.weight.wrapping_add(part.weight);
+            }
+            _ => combined.push(*part),
+        }
+    }
+    combined.retain(|p| !p.is_empty());
+    *parts = combined;
+}
+
+/// A pipeline's records of one bucket before and after the flush (`None`: not stored).
+type BeforeAfter = (Option<BucketRecord>, Option<BucketRecord>);
+
+/// Flushes one pipeline's deltas (sorted by level, coarsest first, then bucket).
+fn flush_pipeline(
+    tables: &mut FlushTables<'_, '_>,
+    pipeline: EntityId,
+    group: &[Delta],
+) -> Result<()> {
+    let mut pipeline_records: HashMap<(u8, i64), BeforeAfter> = HashMap::new();
+    // Seconds `[start, end)` whose records were built from the log in this flush.
+    let mut built: Vec<(i64, i64)> = Vec::new();
+    let mut rest = group;
+    while let Some(first) = rest.first() {
+        let count = rest
+            .iter()
+            .take_while(|d| d.level == first.level && d.start == first.start)
+            .count();
+        let (bucket, tail) = rest.split_at(count);
+        rest = tail;
+        let (level, start) = (first.level, first.start);
+        if built
+            .iter()
+            .any(|(from, end)| (*from..*end).contains(&start))
+        {
+            continue;
+        }
+        let Some(parent_level) = parent(level) else {
+            // Years always take their deltas.
+            for delta in bucket {
+                let before_after = merge_into(tables, delta)?;
+                if delta.series.id == pipeline {
+                    pipeline_records.insert((level.tag(), start), before_after);
+                }
+            }
+            continue;
+        };
+        let parent_start = parent_level.bucket_start(start);
+        let index = parent_level
+            .part_index(parent_start, start)
+            .expect("stored levels have parts");
+        let weight = |record: &Option<BucketRecord>| {
+            record
+                .as_ref()
+                .and_then(|r| r.part(index))
+                .map_or(0, |p| p.weight)
+        };
+        let (weight_before, weight_after) = pipeline_records
+            .get(&(parent_level.tag(), parent_start))
+            .map_or((0, 0), |(before, after)| (weight(before), weight(after)));
+        let before_after = match (weight_before >= DENSE, weight_after >= DENSE) {
+            (true, true) => {
+                let mut pipeline_before_after = (None, None);
+                for delta in bucket {
+                    let before_after = merge_into(tables, delta)?;
+                    if delta.series.id == pipeline {
+                        pipeline_before_after = before_after;
+                    }
+                }
+                pipeline_before_after
+            }
+            (false, true) => {
+                let end = level.next_bucket(start);
+                built.push((start, end));
+                let entries = entries(tables.run_log, pipeline, start, end)?;
+                let span = (start * MICROS_PER_SECOND, end * MICROS_PER_SECOND);
+                let runs = pipeline_runs_ending_in(tables.runs, &entries, span.0, span.1)?;
+                let record = build(tables, pipeline, level, start, &entries, &runs)?;
+                (None, Some(record))
+            }
+            (true, false) => {
+                let before = read(tables, pipeline, level, start)?;
+                delete_bucket(tables, pipeline, level, start)?;
+                (before, None)
+            }
+            (false, false) => (None, None),
+        };
+        pipeline_records.insert((level.tag(), start), before_after);
+    }
+    Ok(())
+}
+
+/// Merges a delta into its stored record; returns the record before and after.
+fn merge_into(tables: &mut FlushTables<'_, '_>, delta: &Delta) -> Result<BeforeAfter> {
+    let before = read(tables, delta.series.id, delta.level, delta.start)?;
+    let mut after = before.clone().unwrap_or_default();
+    after.merge(&delta.record);
+    let after = write(tables, &delta.series, delta.level, delta.start, after)?;
+    Ok((before, after))
+}
+
+fn read(
+    tables: &FlushTables<'_, '_>,
+    entity: EntityId,
+    level: Level,
+    start: i64,
+) -> Result<Option<BucketRecord>> {
+    let bytes = match level {
+        Level::Year => tables.years.get(&year_key(entity, start))?,
+        _ => tables.rollups.get(&rollup_key(level, start, entity))?,
+    };
+    bytes
+        .map(|bytes| BucketRecord::decode(bytes.value()))
+        .transpose()
+}
+
+/// Stores a record (removing it when empty); returns it as stored.
+fn write(
+    tables: &mut FlushTables<'_, '_>,
+    series: &Series,
+    level: Level,
+    start: i64,
+    record: BucketRecord,
+) -> Result<Option<BucketRecord>> {
+    if record.is_empty() {
+        match level {
+            Level::Year => tables.years.remove(&year_key(series.id, start))?,
+            _ => tables
+                .rollups
+                .remove(&rollup_key(level, start, series.id))?,
+        };
+        return Ok(None);
+    }
+    let mut bytes = Vec::with_capacity(32);
+    record.encode(series.kind == EntityKind::Pipeline, &mut bytes);
+    match level {
+        Level::Year => tables
+            .years
+            .insert(&year_key(series.id, start), bytes.as_slice())?,
+        _ => tables
+            .rollups
+            .insert(&rollup_key(level, start, series.id), bytes.as_slice())?,
+    };
+    Ok(Some(record))
+}
+
+/// Deletes the records of a pipeline and all its tasks in one bucket.
+fn delete_bucket(
+    tables: &mut FlushTables<'_, '_>,
+    pipeline: EntityId,
+    level: Level,
+    start: i64,
+) -> Result<()> {
+    tables.rollups.remove(&rollup_key(level, start, pipeline))?;
+    let low = pipeline_task_key(pipeline, EntityId(0));
+    let high = pipeline_task_key(pipeline, EntityId(u32::MAX));
+    let mut tasks = Vec::new();
+    for entry in tables.pipeline_tasks.range::<&[u8; 8]>(&low..=&high)? {
+        let (key, _) = entry?;
+        tasks.push(EntityId(u32::from_be_bytes(
+            key.value()[4..].try_into().expect("4 bytes"),
+        )));
+    }
+    for task in tasks {
+        tables.rollups.remove(&rollup_key(level, start, task))?;
+    }
+    Ok(())
+}
+
+/// Builds (and stores) the records of a pipeline's dense bucket and of its tasks from the
+/// bucket's log entries and the pipeline runs ending in it, then those of its dense parts;
+/// returns the pipeline's record.
+fn build(
+    tables: &mut FlushTables<'_, '_>,
+    pipeline: EntityId,
+    level: Level,
+    start: i64,
+    entries: &[Entry],
+    runs: &[PipelineRunAgg],
+) -> Result<BucketRecord> {
+    let part_of = |second: i64| {
+        level
+            .part_index(start, second)
+            .expect("stored levels have parts")
+    };
+    let mut records: BTreeMap<EntityId, BTreeMap<u16, Part>> = BTreeMap::new();
+    let mut add = |entity: EntityId, index: u16, tally: Tally, weight: u64| {
+        let part = records
+            .entry(entity)
+            .or_default()
+            .entry(index)
+            .or_insert(Part {
+                index,
+                ..Part::default()
+            });
+        part.tally = part.tally + tally;
+        part.weight += weight;
+    };
+    for entry in entries {
+        let index = part_of(entry.second());
+        add(entry.outcome.task, index, entry.tally(), 0);
+        add(pipeline, index, Tally::default(), 1);
+    }
+    for run in runs {
+        let index = part_of(run.latest_micros.div_euclid(MICROS_PER_SECOND));
+        add(pipeline, index, run.tally(), 0);
+    }
+    let mut pipeline_record = BucketRecord::default();
+    for (entity, parts) in records {
+        let record = BucketRecord {
+            total: parts
+                .values()
+                .fold(Tally::default(), |sum, p| sum + p.tally),
+            weight: parts.values().map(|p| p.weight).sum(),
+            parts: parts.into_values().filter(|p| !p.is_empty()).collect(),
+        };
+        let kind = if entity == pipeline {
+            EntityKind::Pipeline
+        } else {
+            EntityKind::Task
+        };
+        let series = Series {
+            id: entity,
+            kind,
+            pipeline,
+        };
+        if let Some(stored) = write(tables, &series, level, start, record)?
+            && entity == pipeline
+        {
+            pipeline_record = stored;
+        }
+    }
+    if let Some(finer) = level.part_level() {
+        for part in pipeline_record.parts.iter().filter(|p| p.weight >= DENSE) {
+            let (first, end) = level.part_span(start, part.index);
+            let within = |second: i64| (first..end).contains(&second);
+            let entries: Vec<Entry> = entries
+                .iter()
+                .filter(|e| within(e.second()))
+                .copied()
+                .collect();
+            let runs: Vec<PipelineRunAgg> = runs
+                .iter()
+                .filter(|r| within(r.latest_micros.div_euclid(MICROS_PER_SECOND)))
+                .copied()
+                .collect();
+            build(tables, pipeline, finer, first, &entries, &runs)?;
+        }
+    }
+    Ok(pipeline_record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_combine_by_index_and_cancel() {
+        let one = Tally::of_run(true, 5);
+        let part = |index, tally, weight| Part {
+            index,
+            tally,
+            weight,
+        };
+        let mut parts = vec![
+            part(7, one, 1),
+            part(3, one, 0),
+            part(7, one, 1),
+            part(3, Tally::default() - one, 0),
+            part(9, Tally::default(), 2),
+        ];
+        combine_parts(&mut parts);
+        assert_eq!(
+            parts,
+            vec![part(7, one + one, 2), part(9, Tally::default(), 2)]
+        );
+    }
+}
