@@ -24,9 +24,9 @@ use crate::store::WriteOp;
 use crate::time::parse_instant;
 
 /// Lines parsed and applied together in one transaction.
-const CHUNK_LINES: usize = 50_000;
+const CHUNK_LINES: usize = 200_000;
 /// The page cache of a bulk load: it runs alone, and a large cache saves rereading pages.
-const IMPORT_CACHE_BYTES: usize = 1 << 30;
+const IMPORT_CACHE_BYTES: usize = 1 << 28;
 
 #[derive(Debug, clap::Args)]
 pub struct ImportArgs {

@@ -2,8 +2,9 @@
 //! task's pipeline, the UUID behind an id, an organization's index), so that most requests
 //! resolve their pipeline or task without a tree lookup. Only committed facts are inserted.
 
-use std::collections::HashMap;
 use std::sync::RwLock;
+
+use rustc_hash::FxHashMap as HashMap;
 
 use uuid::Uuid;
 

@@ -22,7 +22,9 @@ mod last_runs;
 mod pipeline_runs;
 mod reports;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap as HashMap;
 
 use redb::{ReadableTable, WriteTransaction};
 use uuid::Uuid;
@@ -155,6 +157,8 @@ pub struct Batch<'txn> {
     new_log: BTreeMap<[u8; RUN_KEY_LEN], Vec<u8>>,
     aggs: HashMap<RunId, AggSlot>,
     last_run_work: HashMap<EntityId, LastRunWork>,
+    /// Pipeline runs' ids found or handed out in this transaction.
+    run_ids: HashMap<(OrgIndex, PipelineRunId), RunId>,
 }
 
 impl<'txn> Batch<'txn> {
@@ -175,8 +179,9 @@ impl<'txn> Batch<'txn> {
             counters: Counters::default(),
             deltas: RollupDeltas::default(),
             new_log: BTreeMap::new(),
-            aggs: HashMap::new(),
-            last_run_work: HashMap::new(),
+            aggs: HashMap::default(),
+            last_run_work: HashMap::default(),
+            run_ids: HashMap::default(),
         })
     }
 

@@ -25,7 +25,10 @@ pub(super) struct AggSlot {
 
 impl Batch<'_> {
     /// The id of a pipeline run that has finished task runs.
-    pub(super) fn run_id(&self, org: OrgIndex, uuid: PipelineRunId) -> Result<Option<RunId>> {
+    pub(super) fn run_id(&mut self, org: OrgIndex, uuid: PipelineRunId) -> Result<Option<RunId>> {
+        if let Some(id) = self.run_ids.get(&(org, uuid)) {
+            return Ok(Some(*id));
+        }
         let located = self.pipeline_index.locate(
             &self.filters.pipeline_runs,
             &self.t.pipeline_index,
@@ -34,9 +37,14 @@ impl Batch<'_> {
         )?;
         match located {
             Some(key) => {
-                let id = self.t.pipeline_index.get(&key)?.map(|id| RunId(id.value()));
-                id.map(Some)
-                    .ok_or_else(|| Error::Internal("a located pipeline run vanished".into()))
+                let id = self
+                    .t
+                    .pipeline_index
+                    .get(&key)?
+                    .map(|id| RunId(id.value()))
+                    .ok_or_else(|| Error::Internal("a located pipeline run vanished".into()))?;
+                self.run_ids.insert((org, uuid), id);
+                Ok(Some(id))
             }
             None => Ok(None),
         }
@@ -55,6 +63,7 @@ impl Batch<'_> {
         self.counters.next_run_id = Some(next + 1);
         let key = self.pipeline_index.allocate(org, uuid.as_bytes());
         self.t.pipeline_index.insert(&key, next)?;
+        self.run_ids.insert((org, uuid), RunId(next));
         Ok(RunId(next))
     }
 
@@ -84,7 +93,7 @@ impl Batch<'_> {
 
     /// The aggregate of a pipeline run as this transaction sees it, if it has one.
     pub(super) fn current_agg(
-        &self,
+        &mut self,
         org: OrgIndex,
         uuid: PipelineRunId,
     ) -> Result<Option<PipelineRunAgg>> {
@@ -280,6 +289,7 @@ impl Batch<'_> {
                 }
                 None => {
                     self.t.pipeline_runs.remove(id.0)?;
+                    self.run_ids.remove(&(slot.org, slot.uuid));
                     if let Some(key) = self.pipeline_index.locate(
                         &self.filters.pipeline_runs,
                         &self.t.pipeline_index,

@@ -3,7 +3,7 @@
 //! report costs a bounded number of lookups whatever is stored: its task run's index entry, its
 //! pipeline run's aggregate, and (when it replaces a finished run) that run's log entry.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use redb::ReadableTable;
 use uuid::Uuid;
@@ -62,8 +62,8 @@ impl Batch<'_> {
     }
 
     fn check_report(&mut self, runs: &[(usize, &TaskRun)]) -> Result<Verdict> {
-        let mut new_entities: HashMap<(OrgId, Uuid), NewEntity> = HashMap::new();
-        let mut run_pipelines: HashMap<(OrgId, PipelineRunId), PipelineId> = HashMap::new();
+        let mut new_entities: HashMap<(OrgId, Uuid), NewEntity> = HashMap::default();
+        let mut run_pipelines: HashMap<(OrgId, PipelineRunId), PipelineId> = HashMap::default();
         for &(index, run) in runs {
             let field = |name: &str| format!("results[{index}].{name}");
             let org = run
@@ -395,7 +395,11 @@ impl Batch<'_> {
 /// replace earlier ones anyway, so only the last is applied (and a batch repeating one run
 /// thousands of times costs one).
 fn collapse(runs: &[TaskRun]) -> (Vec<(usize, &TaskRun)>, u64) {
-    let mut last: HashMap<(Option<OrgId>, TaskRunId), usize> = HashMap::with_capacity(runs.len());
+    if let [only] = runs {
+        return (vec![(0, only)], 0);
+    }
+    let mut last: HashMap<(Option<OrgId>, TaskRunId), usize> =
+        HashMap::with_capacity_and_hasher(runs.len(), Default::default());
     for (index, run) in runs.iter().enumerate() {
         last.insert((run.organization, run.task_run), index);
     }
