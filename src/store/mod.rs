@@ -8,6 +8,7 @@ mod batch;
 mod bloom;
 mod cache;
 pub mod credentials;
+mod digest;
 mod handle;
 mod index;
 mod packed;
@@ -28,6 +29,7 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 use handle::Handle;
 
 pub use batch::{IssueRequest, WriteOp, WriteOutcome, derived_task_run};
+pub use digest::Digests;
 pub use read::Reader;
 pub use records::{EntityDetail, EntityKey};
 pub use tables::EntityId;
@@ -299,6 +301,11 @@ impl Store {
         let mut describe = Describe(&snapshot, Vec::new());
         tables::visit_tables(&mut describe)?;
         Ok(describe.1)
+    }
+
+    /// A SHA-256 of every table's entries in key order, from one snapshot.
+    pub fn digest(&self) -> Result<Digests> {
+        digest::digest(&self.snapshot()?)
     }
 
     /// Stops accepting writes, finishes the queued ones, and waits for the writer. Blocks.

@@ -195,11 +195,6 @@ pub fn verify(store: &Store) -> Result<VerifyReport> {
             "pipeline-run aggregates",
         ),
         (
-            stored.pipeline_index.len()?,
-            report.pipeline_runs,
-            "pipeline-run index entries",
-        ),
-        (
             stored.run_members.len()?,
             report.run_members,
             "pipeline-run member entries",
@@ -215,6 +210,16 @@ pub fn verify(store: &Store) -> Result<VerifyReport> {
             "last-run records",
         ),
     ];
+    // A pipeline run keeps its id after its last finished task run is withdrawn, so the index
+    // may hold more entries than there are aggregates, never fewer.
+    let (indexed, explained) = (stored.pipeline_index.len()?, report.pipeline_runs);
+    if indexed < explained {
+        report.differ(|| {
+            format!(
+                "{indexed} pipeline-run index entries are stored, the run log explains {explained}"
+            )
+        });
+    }
     for (stored, found, what) in counts {
         if stored != found {
             report.differ(|| format!("{stored} {what} are stored, the run log explains {found}"));

@@ -1,5 +1,5 @@
-//! Pipeline runs in a write transaction. A pipeline run gets an id (handed out in order) when
-//! its first task run finishes; its aggregate is stored under that id and found from its UUID
+//! Pipeline runs in a write transaction. A pipeline run gets an id (handed out in order, kept
+//! for good) when its first task run finishes; its aggregate is stored under that id and found from its UUID
 //! through the pipeline-run index. Aggregates are gathered per transaction and stored once, at
 //! [`Batch::finish`], when their contribution also moves from where it was to where it is now.
 
@@ -18,7 +18,6 @@ use crate::store::tables::{
 /// A pipeline run's aggregate as it was when the transaction first touched it, and as it is now.
 pub(super) struct AggSlot {
     uuid: PipelineRunId,
-    org: OrgIndex,
     before: Option<PipelineRunAgg>,
     now: Option<PipelineRunAgg>,
 }
@@ -67,14 +66,13 @@ impl Batch<'_> {
         Ok(RunId(next))
     }
 
-    fn agg_slot(&mut self, id: RunId, uuid: PipelineRunId, org: OrgIndex) -> Result<&mut AggSlot> {
+    fn agg_slot(&mut self, id: RunId, uuid: PipelineRunId) -> Result<&mut AggSlot> {
         if !self.aggs.contains_key(&id) {
             let stored = self.stored_agg(id)?;
             self.aggs.insert(
                 id,
                 AggSlot {
                     uuid,
-                    org,
                     before: stored,
                     now: stored,
                 },
@@ -109,14 +107,14 @@ impl Batch<'_> {
     /// Adds a finished task run (executed at `micros`) to its pipeline run.
     pub(super) fn add_member(
         &mut self,
-        run: (RunId, PipelineRunId, OrgIndex),
+        run: (RunId, PipelineRunId),
         pipeline: EntityId,
         micros: i64,
         is_successful: bool,
         duration_ms: u32,
     ) -> Result<()> {
-        let (id, uuid, org) = run;
-        let slot = self.agg_slot(id, uuid, org)?;
+        let (id, uuid) = run;
+        let slot = self.agg_slot(id, uuid)?;
         let agg = slot.now.get_or_insert(PipelineRunAgg {
             uuid,
             pipeline,
@@ -155,7 +153,6 @@ impl Batch<'_> {
     pub(super) fn remove_member(
         &mut self,
         id: RunId,
-        org: OrgIndex,
         pipeline: EntityId,
         micros: i64,
         is_successful: bool,
@@ -179,7 +176,7 @@ impl Batch<'_> {
                     .uuid
             }
         };
-        let slot = self.agg_slot(id, uuid, org)?;
+        let slot = self.agg_slot(id, uuid)?;
         let Some(agg) = slot.now.as_mut() else {
             return Err(Error::Internal(
                 "a finished task run's pipeline run has no aggregate".into(),
@@ -247,7 +244,8 @@ impl Batch<'_> {
 
     /// Stores every pipeline run this transaction changed and moves its contribution from where
     /// it was to where it is now. A pipeline run left without finished task runs loses its
-    /// aggregate and its index entry.
+    /// aggregate but keeps its id and index entry: ids are handed out at a pipeline run's first
+    /// finished task run in the write sequence, however the writes are grouped into commits.
     pub(super) fn flush_pipeline_runs(&mut self) -> Result<()> {
         let mut slots: Vec<(RunId, AggSlot)> = std::mem::take(&mut self.aggs).into_iter().collect();
         slots.sort_unstable_by_key(|(id, _)| *id);
@@ -289,15 +287,6 @@ impl Batch<'_> {
                 }
                 None => {
                     self.t.pipeline_runs.remove(id.0)?;
-                    self.run_ids.remove(&(slot.org, slot.uuid));
-                    if let Some(key) = self.pipeline_index.locate(
-                        &self.filters.pipeline_runs,
-                        &self.t.pipeline_index,
-                        slot.org,
-                        slot.uuid.as_bytes(),
-                    )? {
-                        self.t.pipeline_index.remove(&key)?;
-                    }
                 }
             }
         }

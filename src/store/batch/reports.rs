@@ -250,7 +250,7 @@ impl Batch<'_> {
                     // An executor took it up: it no longer waits in the queue.
                     self.t.pending.remove(serial)?;
                 }
-                self.retract_run(&old, org_index, uuid)?;
+                self.retract_run(&old, uuid)?;
                 counts.replaced = 1;
             }
         }
@@ -262,12 +262,7 @@ impl Batch<'_> {
                 run_key(pipeline.id, executed_at.micros(), uuid),
                 record.to_bytes(),
             );
-            self.contribute(
-                &task,
-                &record,
-                *executed_at,
-                (id, run.pipeline_run, org_index),
-            )?;
+            self.contribute(&task, &record, *executed_at, (id, run.pipeline_run))?;
         }
         Ok(counts)
     }
@@ -319,7 +314,7 @@ impl Batch<'_> {
     }
 
     /// Takes a stored run's contribution back out, before its replacement goes in.
-    fn retract_run(&mut self, old: &TaskRunHome, org: OrgIndex, uuid: &[u8; 16]) -> Result<()> {
+    fn retract_run(&mut self, old: &TaskRunHome, uuid: &[u8; 16]) -> Result<()> {
         let TaskRunHome::Finished {
             pipeline,
             executed_at,
@@ -354,7 +349,6 @@ impl Batch<'_> {
             .push((executed_at, Uuid::from_bytes(*uuid)));
         self.remove_member(
             run,
-            org,
             pipeline,
             executed_at.micros(),
             record.is_successful,
@@ -368,7 +362,7 @@ impl Batch<'_> {
         task: &EntityKey,
         record: &RunRecord,
         executed_at: Timestamp,
-        run: (RunId, PipelineRunId, OrgIndex),
+        run: (RunId, PipelineRunId),
     ) -> Result<()> {
         let series = Series {
             id: task.id,
