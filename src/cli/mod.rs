@@ -10,6 +10,7 @@ pub mod import;
 mod info;
 mod keys;
 mod serve;
+mod upgrade;
 mod verify;
 
 use std::path::PathBuf;
@@ -37,6 +38,8 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Recompute every rollup from the raw runs and report any difference.
     Verify(verify::VerifyArgs),
+    /// Rewrite a database of an older format in this build's format (the old file is kept).
+    Upgrade(upgrade::UpgradeArgs),
     /// Write a synthetic workload as newline-delimited JSON task runs (for import).
     Generate(generate::GenerateArgs),
     /// Manage OAuth clients: create, list, revoke.
@@ -107,6 +110,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Import(args) => import::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Verify(args) => verify::run(args),
+        Command::Upgrade(args) => upgrade::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Client(args) => client::run(args),
         Command::Key(args) => keys::key(args),

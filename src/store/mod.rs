@@ -16,6 +16,7 @@ mod read;
 mod records;
 mod rollup;
 pub mod tables;
+pub mod upgrade;
 pub mod verify;
 mod writer;
 
@@ -28,7 +29,7 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 
 use handle::Handle;
 
-pub use batch::{IssueRequest, WriteOp, WriteOutcome, derived_task_run};
+pub use batch::{IssueRequest, UnfinishedRun, WriteOp, WriteOutcome, derived_task_run};
 pub use digest::Digests;
 pub use read::Reader;
 pub use records::{EntityDetail, EntityKey};
@@ -59,12 +60,26 @@ pub enum OpenError {
     )]
     NewerFormat { path: PathBuf, found: u32 },
     #[error(
-        "{path} was written by an older runledger (format {found}; this build reads format {}); export it with that version or import the runs again into a new data dir",
-        tables::FORMAT_VERSION
+        "{path} was written by an older runledger (format {found}; this build reads format {}); {}",
+        tables::FORMAT_VERSION,
+        upgrade_advice(path, *found)
     )]
     OlderFormat { path: PathBuf, found: u32 },
     #[error("cannot open {path}: {reason}")]
     Failed { path: PathBuf, reason: String },
+}
+
+/// What to do about a database of an older format.
+fn upgrade_advice(path: &Path, found: u32) -> String {
+    if upgrade::UPGRADABLE.contains(&found) {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        format!(
+            "upgrade it with: runledger upgrade --data-dir {}",
+            dir.display()
+        )
+    } else {
+        "this build cannot upgrade it; import its runs again into a new data dir".into()
+    }
 }
 
 /// The size of one table.

@@ -8,3 +8,4 @@ mod helpers;
 mod operations;
 mod rest;
 mod security;
+mod upgrade;

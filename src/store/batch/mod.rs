@@ -14,13 +14,15 @@
 //! - [`pipeline_runs`]: aggregates and their members;
 //! - [`entities`]: organizations, pipelines, tasks, registration, starting runs;
 //! - [`credentials`]: organizations' keys, clients and tokens;
-//! - [`last_runs`]: keeping each entity's latest run.
+//! - [`last_runs`]: keeping each entity's latest run;
+//! - [`restore`]: unfinished runs carried over from an older database.
 
 mod credentials;
 mod entities;
 mod last_runs;
 mod pipeline_runs;
 mod reports;
+mod restore;
 
 use std::collections::BTreeMap;
 
@@ -46,6 +48,7 @@ pub use credentials::IssueRequest;
 pub use entities::derived_task_run;
 use last_runs::LastRunWork;
 use pipeline_runs::AggSlot;
+pub use restore::UnfinishedRun;
 
 /// A change to the database, applied atomically. Each carries what the writer must not decide
 /// itself (times, new UUIDs), so that the same operations always give the same tables.
@@ -75,6 +78,12 @@ pub enum WriteOp {
     IssueTokens(IssueRequest),
     /// Deletes tokens that expired before `before`.
     PurgeTokens { before: Timestamp },
+    /// Unfinished task runs carried over by `runledger upgrade`, and the next REST id to hand
+    /// out (at least).
+    Restore {
+        unfinished: Vec<UnfinishedRun>,
+        next_serial: u64,
+    },
 }
 
 impl WriteOp {
@@ -102,6 +111,7 @@ impl WriteOp {
     pub fn weight(&self) -> usize {
         match self {
             WriteOp::Report { runs, .. } => runs.len().max(1),
+            WriteOp::Restore { unfinished, .. } => unfinished.len().max(1),
             WriteOp::Register(definition) => definition.tasks.len().max(1),
             _ => 1,
         }
@@ -119,6 +129,7 @@ pub enum WriteOutcome {
     ClientRevoked(bool),
     Tokens(IssueOutcome),
     TokensPurged(u64),
+    Restored,
 }
 
 /// The result of checking an operation: `Err` is a rejection of that operation alone.
@@ -220,6 +231,12 @@ impl<'txn> Batch<'txn> {
             WriteOp::PurgeTokens { before } => {
                 Ok(Ok(WriteOutcome::TokensPurged(self.purge_tokens(*before)?)))
             }
+            WriteOp::Restore {
+                unfinished,
+                next_serial,
+            } => Ok(self
+                .restore(unfinished, *next_serial)?
+                .map(|()| WriteOutcome::Restored)),
         }
     }
 

@@ -1,0 +1,75 @@
+//! Task runs that had not finished when `runledger upgrade` carried a database over: they come
+//! back with the REST id and creation time they had, and those that waited for an executor wait
+//! again.
+
+use redb::ReadableTable;
+
+use super::Batch;
+use crate::error::{Error, Result};
+use crate::model::TaskRun;
+use crate::store::records::TaskRunHome;
+use crate::store::tables::{PENDING_LEN, meta};
+use crate::time::Timestamp;
+
+/// An unfinished task run as an older database held it.
+#[derive(Clone, Debug)]
+pub struct UnfinishedRun {
+    pub run: TaskRun,
+    /// Its REST id; 0 for a run that was reported, not started by runledger.
+    pub serial: u64,
+    /// Whether it waits in the executors' queue.
+    pub queued: bool,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+impl Batch<'_> {
+    /// Restores unfinished runs and makes sure serials from `next_serial` on are the only ones
+    /// handed out from now on.
+    pub(super) fn restore(
+        &mut self,
+        runs: &[UnfinishedRun],
+        next_serial: u64,
+    ) -> Result<Result<()>> {
+        for restored in runs {
+            if let Err(rejection) =
+                self.report(std::slice::from_ref(&restored.run), restored.created_at)?
+            {
+                return Ok(Err(rejection));
+            }
+            let lost = || Error::Internal("a restored task run vanished".into());
+            let org = restored.run.organization.ok_or_else(lost)?;
+            let org_index = self.find_org_index(org)?.ok_or_else(lost)?;
+            let key = self
+                .locate_task_run(org_index, &restored.run.task_run)?
+                .ok_or_else(lost)?;
+            let mut home = match self.t.task_index.get(&key)? {
+                Some(bytes) => TaskRunHome::decode(bytes.value())?,
+                None => return Err(lost()),
+            };
+            if let TaskRunHome::Unfinished {
+                serial, updated_at, ..
+            } = &mut home
+            {
+                *serial = restored.serial;
+                *updated_at = restored.updated_at;
+            }
+            self.t.task_index.insert(&key, home.encode().as_slice())?;
+            if restored.queued {
+                let mut queued = [0u8; PENDING_LEN];
+                queued[..key.len()].copy_from_slice(&key);
+                queued[key.len()..].copy_from_slice(org.as_bytes());
+                self.t.pending.insert(restored.serial, &queued)?;
+            }
+        }
+        let current = match self.counters.next_serial {
+            Some(next) => next,
+            None => {
+                u64::from_le_bytes(self.counter(meta::NEXT_TASK_RUN_SERIAL, 1u64.to_le_bytes())?)
+            }
+        };
+        let highest = runs.iter().map(|r| r.serial + 1).max().unwrap_or(1);
+        self.counters.next_serial = Some(current.max(next_serial).max(highest));
+        Ok(Ok(()))
+    }
+}
