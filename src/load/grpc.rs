@@ -10,9 +10,10 @@ use tonic::{Request, Status};
 
 use super::{Budget, Outcome, Plan, Query, queried_pipeline};
 use crate::api::wire::{to_proto_task_run, to_proto_timestamp};
+use crate::model::TaskRun;
 use crate::proto;
 use crate::time::parse_instant;
-use crate::workload::Sequential as Workload;
+use crate::workload::Realistic;
 
 /// Adds the bearer token to every call.
 #[derive(Clone)]
@@ -65,14 +66,17 @@ pub async fn token(channel: &Channel, plan: &Plan) -> Result<String, String> {
 }
 
 /// Reports the seeded workload, in batches of 10,000 over one stream.
-pub async fn seed(channel: &Channel, token: &str, workload: Workload) -> Result<(), String> {
+pub async fn seed(channel: &Channel, token: &str, workload: Realistic) -> Result<(), String> {
     let mut client =
         proto::ingest_client::IngestClient::with_interceptor(channel.clone(), Bearer::new(token));
-    let total = workload.task_runs;
-    let messages = (0..total.div_ceil(10_000)).map(move |chunk| proto::ReportTaskRunsRequest {
-        results: (chunk * 10_000..((chunk + 1) * 10_000).min(total))
-            .map(|n| without_organization(&workload, n))
-            .collect(),
+    let mut runs = workload.runs();
+    let messages = std::iter::from_fn(move || {
+        let results: Vec<_> = runs
+            .by_ref()
+            .take(10_000)
+            .map(without_organization)
+            .collect();
+        (!results.is_empty()).then_some(proto::ReportTaskRunsRequest { results })
     });
     client
         .report_task_runs(tokio_stream::iter(messages))
@@ -81,9 +85,8 @@ pub async fn seed(channel: &Channel, token: &str, workload: Workload) -> Result<
     Ok(())
 }
 
-/// The `n`th run of a workload as reported by a client of the caller's organization.
-fn without_organization(workload: &Workload, n: u64) -> proto::TaskRunResult {
-    let mut run = workload.task_run(n);
+/// A run as reported by a client of the caller's organization.
+fn without_organization(mut run: TaskRun) -> proto::TaskRunResult {
     run.organization = None;
     to_proto_task_run(&run)
 }
@@ -176,7 +179,7 @@ async fn ask(
 pub async fn ingest_worker(
     channel: Channel,
     token: String,
-    workload: Workload,
+    workload: Realistic,
     batch: usize,
     messages: usize,
     budget: Arc<Budget>,
@@ -184,14 +187,15 @@ pub async fn ingest_worker(
     let mut client =
         proto::ingest_client::IngestClient::with_interceptor(channel, Bearer::new(&token));
     let mut outcome = Outcome::default();
-    let mut next = 0u64;
+    let mut runs = workload.runs();
     loop {
         let mut call = Vec::with_capacity(messages);
         while call.len() < messages && budget.take() {
-            let results: Vec<_> = (next..next + batch as u64)
-                .map(|n| without_organization(&workload, n))
+            let results: Vec<_> = runs
+                .by_ref()
+                .take(batch)
+                .map(without_organization)
                 .collect();
-            next += batch as u64;
             call.push(proto::ReportTaskRunsRequest { results });
         }
         if call.is_empty() {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 pub use histogram::Histogram;
 
 use crate::model::PipelineId;
-use crate::workload::Sequential as Workload;
+use crate::workload::Realistic;
 
 /// Which front the queries go through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -153,38 +153,35 @@ impl Budget {
     }
 }
 
-/// The pipeline the queries ask about: one pipeline with four tasks, a run every few minutes
-/// over 2025, with fixed UUIDs so that seeding again changes nothing.
-pub fn seeded_workload(runs: u64) -> Workload {
-    Workload {
-        task_runs: runs,
-        pipelines: 1,
-        tasks_per_pipeline: 4,
-        start: 1_735_689_600, // 2025-01-01 00:00:00
-        seconds: 365 * 86_400,
+/// The workload seeded before queries: the realistic shape (2,000 pipelines with a long-tailed
+/// spread of schedules, random v4 UUIDs, no outputs) over 2025, with a fixed seed so that
+/// seeding again changes nothing. All of it lands in the load client's organization.
+pub fn seeded_workload(runs: u64) -> Realistic {
+    Realistic {
+        organizations: 1,
+        outputs: false,
         seed: 0x5eed,
+        ..Realistic::new(runs)
     }
 }
 
-/// A fresh stream of task runs for ingest stream `stream`: twenty pipelines of five tasks, runs
-/// executed over the last thirty days, with UUIDs no earlier load used (inserts, not replays).
-fn ingest_workload(stream: usize) -> Workload {
+/// A fresh stream of task runs for ingest stream `stream`: the realistic shape over the last
+/// year, with UUIDs no earlier load used (inserts, not replays).
+fn ingest_workload(stream: usize) -> Realistic {
     let now = chrono::Utc::now().timestamp();
     let mut seed = [0u8; 8];
     let _ = getrandom::fill(&mut seed);
-    Workload {
-        task_runs: 1 << 32,
-        pipelines: 20,
-        tasks_per_pipeline: 5,
-        start: now - 30 * 86_400,
-        seconds: 30 * 86_400,
+    Realistic {
+        organizations: 1,
+        start: now - 365 * 86_400,
         seed: u64::from_le_bytes(seed) ^ stream as u64,
+        ..Realistic::new(1 << 32)
     }
 }
 
-/// The pipeline being queried.
+/// The pipeline being queried: the seeded workload's busiest.
 pub fn queried_pipeline() -> PipelineId {
-    seeded_workload(1).pipeline(0)
+    seeded_workload(1).catalog()[0].id
 }
 
 /// Seeds, then runs the plan on a runtime of its own.

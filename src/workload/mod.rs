@@ -11,7 +11,7 @@
 mod realistic;
 mod sequential;
 
-pub use realistic::Realistic;
+pub use realistic::{PipelineSpec, Realistic, TaskSpec};
 pub use sequential::Sequential;
 
 use crate::model::TaskRun;
