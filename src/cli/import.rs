@@ -35,6 +35,10 @@ pub struct ImportArgs {
     /// Files of newline-delimited JSON task runs; `-` reads standard input.
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
+    /// Leave the file as the import grew it, instead of compacting it afterwards (compacting
+    /// gives back the free space that large import transactions leave behind).
+    #[arg(long)]
+    pub no_compact: bool,
 }
 
 /// What an import did.
@@ -66,6 +70,17 @@ pub fn run(args: ImportArgs) -> Result<ExitCode, String> {
         summary.blank,
         applied as f64 / seconds.max(1e-9),
     );
+    drop(engine);
+    if !args.no_compact {
+        let started = Instant::now();
+        let compacted = crate::store::compact::compact(&args.data_dir.data_dir)?;
+        println!(
+            "compacted the file from {} to {} bytes in {:.1} s",
+            compacted.before,
+            compacted.after,
+            started.elapsed().as_secs_f64()
+        );
+    }
     Ok(if summary.rejected == 0 {
         ExitCode::SUCCESS
     } else {
