@@ -35,10 +35,10 @@ pub struct ImportArgs {
     /// Files of newline-delimited JSON task runs; `-` reads standard input.
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
-    /// Leave the file as the import grew it, instead of compacting it afterwards (compacting
-    /// gives back the free space that large import transactions leave behind).
+    /// Leave the file as the import grew it, instead of repacking it afterwards (a copy of
+    /// every table in key order: full pages, no free space; about a third smaller).
     #[arg(long)]
-    pub no_compact: bool,
+    pub no_repack: bool,
 }
 
 /// What an import did.
@@ -71,13 +71,13 @@ pub fn run(args: ImportArgs) -> Result<ExitCode, String> {
         applied as f64 / seconds.max(1e-9),
     );
     drop(engine);
-    if !args.no_compact {
+    if !args.no_repack {
         let started = Instant::now();
-        let compacted = crate::store::compact::compact(&args.data_dir.data_dir)?;
+        let repacked = crate::store::repack::repack(&args.data_dir.data_dir)?;
         println!(
-            "compacted the file from {} to {} bytes in {:.1} s",
-            compacted.before,
-            compacted.after,
+            "repacked the file from {} to {} bytes in {:.1} s",
+            repacked.before,
+            repacked.after,
             started.elapsed().as_secs_f64()
         );
     }

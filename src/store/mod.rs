@@ -7,7 +7,7 @@ pub mod backup;
 mod batch;
 mod bloom;
 mod cache;
-pub mod compact;
+pub mod repack;
 pub mod credentials;
 mod digest;
 mod handle;

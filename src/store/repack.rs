@@ -1,0 +1,107 @@
+//! Repacking the database file after a bulk load. Tables that take inserts at random places
+//! (the UUID indexes within their period, the run log within each pipeline, the rollups) split
+//! their leaves in half and settle at 60-70% full, and large transactions leave free pages
+//! behind. Copying every table in key order into a new file appends to the rightmost leaf only,
+//! which redb packs full: the same entries in fewer pages, in a file with no free space.
+//!
+//! Crash-safe: the copy is written beside the database and renamed over it only once it is
+//! complete and durable; until then the database file is untouched, and a copy left by an
+//! interrupted run is discarded by the next.
+
+use std::path::Path;
+
+use redb::{Key, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, Value};
+
+use super::{DATABASE_FILE, tables};
+
+/// Entries copied per write transaction, which bounds the memory the copy holds.
+const ENTRIES_PER_TRANSACTION: u64 = 2_000_000;
+
+/// The file's size before and after.
+pub struct Repacked {
+    pub before: u64,
+    pub after: u64,
+}
+
+/// Repacks the database in `data_dir`, which no process may hold open.
+pub fn repack(data_dir: &Path) -> Result<Repacked, String> {
+    let path = data_dir.join(DATABASE_FILE);
+    let copy = data_dir.join("runledger.redb.repack");
+    let size = |path: &Path| {
+        std::fs::metadata(path)
+            .map(|m| m.len())
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))
+    };
+    let before = size(&path)?;
+    let source = redb::Database::open(&path).map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => format!(
+            "the data dir {} is in use by another runledger process",
+            data_dir.display()
+        ),
+        other => format!("cannot open {}: {other}", path.display()),
+    })?;
+    if copy.exists() {
+        std::fs::remove_file(&copy).map_err(|e| format!("cannot remove {}: {e}", copy.display()))?;
+    }
+    let mut target = redb::Builder::new()
+        .set_cache_size(256 << 20)
+        .create(&copy)
+        .map_err(|e| format!("cannot create {}: {e}", copy.display()))?;
+    if let Err(error) = crate::private::restrict(&copy) {
+        tracing::warn!(%error, path = %copy.display(), "cannot make the copy owner-only");
+    }
+    let snapshot = source.begin_read().map_err(|e| e.to_string())?;
+    tables::visit_tables(&mut Copy {
+        snapshot: &snapshot,
+        target: &target,
+    })
+    .map_err(|e| format!("cannot copy the database: {e}"))?;
+    drop(snapshot);
+    // The copy's own growth steps leave some free space at its end; give it back.
+    target
+        .compact()
+        .map_err(|e| format!("cannot compact {}: {e}", copy.display()))?;
+    drop(target);
+    drop(source);
+    std::fs::rename(&copy, &path).map_err(|e| format!("cannot replace the database: {e}"))?;
+    std::fs::File::open(data_dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|e| format!("cannot sync {}: {e}", data_dir.display()))?;
+    Ok(Repacked {
+        before,
+        after: size(&path)?,
+    })
+}
+
+/// Copies each table in key order, in transactions of [`ENTRIES_PER_TRANSACTION`].
+struct Copy<'a> {
+    snapshot: &'a ReadTransaction,
+    target: &'a redb::Database,
+}
+
+impl tables::TableVisitor for Copy<'_> {
+    type Error = redb::Error;
+
+    fn visit<K: Key + 'static, V: Value + 'static>(
+        &mut self,
+        table: TableDefinition<'static, K, V>,
+    ) -> Result<(), redb::Error> {
+        let source = self.snapshot.open_table(table)?;
+        let mut entries = source.iter()?.peekable();
+        loop {
+            let txn = self.target.begin_write()?;
+            {
+                let mut copy = txn.open_table(table)?;
+                for _ in 0..ENTRIES_PER_TRANSACTION {
+                    let Some(entry) = entries.next() else { break };
+                    let (key, value) = entry?;
+                    copy.insert(key.value(), value.value())?;
+                }
+            }
+            txn.commit()?;
+            if entries.peek().is_none() {
+                return Ok(());
+            }
+        }
+    }
+}
