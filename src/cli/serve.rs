@@ -58,6 +58,11 @@ pub struct ServeArgs {
     /// MiB the waiting writes may hold between them.
     #[arg(long, default_value_t = crate::store::StoreOptions::default().write_queue_bytes >> 20)]
     pub write_queue_mib: usize,
+    /// MiB of page cache: the pages that ingest touches (the newest UUID-index period, each
+    /// pipeline's newest run-log leaf, its rollups) and the hot ones queries read. Filled as
+    /// pages are read, so memory grows to it only with use.
+    #[arg(long, default_value_t = crate::store::StoreOptions::default().cache_bytes >> 20)]
+    pub cache_mib: usize,
     /// Serve reads only (a restored backup, a read-only volume); writes get UNAVAILABLE / 503.
     #[arg(long)]
     pub read_only: bool,
@@ -69,6 +74,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
         write_queue: args.write_queue.max(1),
         write_queue_bytes: args.write_queue_mib.max(1) << 20,
         queue_wait: std::time::Duration::from_millis(args.queue_wait_ms),
+        cache_bytes: args.cache_mib.max(1) << 20,
         ..crate::store::StoreOptions::default()
     };
     let store =

@@ -185,7 +185,9 @@ fn run(
                 Err(_) => break,
             }
         }
+        let (requests, started) = (group.len(), std::time::Instant::now());
         commit_group(db, cache, filters, group);
+        tracing::debug!(requests, weight, elapsed = ?started.elapsed(), "group committed");
     }
 }
 
