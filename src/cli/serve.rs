@@ -75,7 +75,6 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
         write_queue_bytes: args.write_queue_mib.max(1) << 20,
         queue_wait: std::time::Duration::from_millis(args.queue_wait_ms),
         cache_bytes: args.cache_mib.max(1) << 20,
-        ..crate::store::StoreOptions::default()
     };
     let store =
         crate::store::Store::open(&args.data_dir.data_dir, options).map_err(|e| e.to_string())?;
