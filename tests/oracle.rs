@@ -1168,7 +1168,11 @@ fn one_write_sequence_grouped_two_ways_gives_identical_tables() {
         let repacked = runledger::store::repack::repack(dir_b.path()).unwrap();
         assert!(repacked.after > 0);
         let reopened = Store::open(dir_b.path(), StoreOptions::default()).unwrap();
-        assert_eq!(reopened.digest().unwrap(), digests[1], "seed {seed}: repacking");
+        assert_eq!(
+            reopened.digest().unwrap(),
+            digests[1],
+            "seed {seed}: repacking"
+        );
         assert!(verify(&reopened).unwrap().is_consistent(), "seed {seed}");
     }
 }

@@ -737,17 +737,17 @@ impl Iterator for Parts<'_> {
     }
 }
 
-/// A bounds-checked reader over an encoded value.
-struct Input<'a>(&'a [u8]);
+/// A bounds-checked reader over an encoded value (also of older formats' values, for upgrade).
+pub(super) struct Input<'a>(pub(super) &'a [u8]);
 
 impl<'a> Input<'a> {
-    fn byte(&mut self) -> Option<u8> {
+    pub(super) fn byte(&mut self) -> Option<u8> {
         let (first, rest) = self.0.split_first()?;
         self.0 = rest;
         Some(*first)
     }
 
-    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
+    pub(super) fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
         let (head, rest) = self.0.split_first_chunk::<N>()?;
         self.0 = rest;
         Some(*head)
@@ -755,7 +755,7 @@ impl<'a> Input<'a> {
 
     /// A LEB128 varint of at most 64 bits: a tenth byte may hold only the top bit, anything
     /// more is corruption (not silently dropped bits).
-    fn varint(&mut self) -> Option<u64> {
+    pub(super) fn varint(&mut self) -> Option<u64> {
         let mut value = 0u64;
         for shift in (0..64).step_by(7) {
             let byte = self.byte()?;
@@ -770,7 +770,7 @@ impl<'a> Input<'a> {
         None
     }
 
-    fn bytes(&mut self) -> Option<&'a [u8]> {
+    pub(super) fn bytes(&mut self) -> Option<&'a [u8]> {
         let len = usize::try_from(self.varint()?).ok()?;
         if len > self.0.len() {
             return None;
@@ -780,12 +780,12 @@ impl<'a> Input<'a> {
         Some(head)
     }
 
-    fn string(&mut self) -> Option<String> {
+    pub(super) fn string(&mut self) -> Option<String> {
         String::from_utf8(self.bytes()?.to_vec()).ok()
     }
 
     /// `Some` when everything was read.
-    fn end(&self) -> Option<()> {
+    pub(super) fn end(&self) -> Option<()> {
         self.0.is_empty().then_some(())
     }
 }

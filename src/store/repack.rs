@@ -41,7 +41,8 @@ pub fn repack(data_dir: &Path) -> Result<Repacked, String> {
         other => format!("cannot open {}: {other}", path.display()),
     })?;
     if copy.exists() {
-        std::fs::remove_file(&copy).map_err(|e| format!("cannot remove {}: {e}", copy.display()))?;
+        std::fs::remove_file(&copy)
+            .map_err(|e| format!("cannot remove {}: {e}", copy.display()))?;
     }
     let mut target = redb::Builder::new()
         .set_cache_size(256 << 20)

@@ -13,6 +13,7 @@ use crate::model::{
 };
 use crate::store::UnfinishedRun;
 use crate::store::credentials::{ClientRecord, OrgRecord, TokenKind, TokenRecord};
+use crate::store::records::Input;
 use crate::time::Timestamp;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -383,47 +384,4 @@ fn decode_run(input: &mut Input<'_>) -> Option<OldRun> {
         output,
         errors,
     })
-}
-
-/// A cursor over a record's bytes.
-struct Input<'a>(&'a [u8]);
-
-impl<'a> Input<'a> {
-    fn byte(&mut self) -> Option<u8> {
-        let (first, rest) = self.0.split_first()?;
-        self.0 = rest;
-        Some(*first)
-    }
-
-    fn array<const N: usize>(&mut self) -> Option<[u8; N]> {
-        let (head, rest) = self.0.split_first_chunk::<N>()?;
-        self.0 = rest;
-        Some(*head)
-    }
-
-    fn varint(&mut self) -> Option<u64> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let byte = self.byte()?;
-            value |= u64::from(byte & 0x7f).checked_shl(shift)?;
-            if byte & 0x80 == 0 {
-                return Some(value);
-            }
-        }
-        None
-    }
-
-    fn bytes(&mut self) -> Option<&'a [u8]> {
-        let len = usize::try_from(self.varint()?).ok()?;
-        if len > self.0.len() {
-            return None;
-        }
-        let (head, rest) = self.0.split_at(len);
-        self.0 = rest;
-        Some(head)
-    }
-
-    fn string(&mut self) -> Option<String> {
-        String::from_utf8(self.bytes()?.to_vec()).ok()
-    }
 }
