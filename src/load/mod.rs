@@ -165,8 +165,9 @@ pub fn seeded_workload(runs: u64) -> Realistic {
     }
 }
 
-/// A fresh stream of task runs for ingest stream `stream`: the realistic shape over the last
-/// year, with UUIDs no earlier load used (inserts, not replays).
+/// A fresh stream of task runs for ingest stream `stream`: the realistic shape, sized for ten
+/// million reports over the last year (so a stream's pipelines are as dense as in the benchmark
+/// datasets), with UUIDs no earlier load used (inserts, not replays).
 fn ingest_workload(stream: usize) -> Realistic {
     let now = chrono::Utc::now().timestamp();
     let mut seed = [0u8; 8];
@@ -175,7 +176,7 @@ fn ingest_workload(stream: usize) -> Realistic {
         organizations: 1,
         start: now - 365 * 86_400,
         seed: u64::from_le_bytes(seed) ^ stream as u64,
-        ..Realistic::new(1 << 32)
+        ..Realistic::new(10_000_000)
     }
 }
 
