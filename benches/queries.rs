@@ -9,7 +9,7 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use runledger::engine::Engine;
-use runledger::model::{BucketCount, Tally, TimeRange};
+use runledger::model::{BucketCount, Fill, Tally, TimeRange};
 use runledger::time::{Period, parse_instant};
 
 mod support;
@@ -78,14 +78,28 @@ fn queries(c: &mut Criterion) {
             group.bench_function(label("pipeline_month_x12"), |b| {
                 b.iter(|| {
                     engine
-                        .aggregated_stats(caller, black_box(pipeline), Period::Month, year, months)
+                        .aggregated_stats(
+                            caller,
+                            black_box(pipeline),
+                            Period::Month,
+                            year,
+                            months,
+                            Fill::Sparse,
+                        )
                         .unwrap()
                 })
             });
             group.bench_function(label("pipeline_day_x365"), |b| {
                 b.iter(|| {
                     engine
-                        .aggregated_stats(caller, black_box(pipeline), Period::Day, year, days)
+                        .aggregated_stats(
+                            caller,
+                            black_box(pipeline),
+                            Period::Day,
+                            year,
+                            days,
+                            Fill::Sparse,
+                        )
                         .unwrap()
                 })
             });

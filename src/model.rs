@@ -438,6 +438,31 @@ pub struct BucketStats {
     pub tally: Tally,
 }
 
+/// Which buckets an aggregated-stats answer lists.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Fill {
+    /// Only buckets with runs (the reference API's answer).
+    #[default]
+    Sparse,
+    /// Every one of the `n` buckets, empty ones with zero counts.
+    Zero,
+}
+
+impl std::str::FromStr for Fill {
+    type Err = String;
+
+    /// `zero`; the absence of the parameter is [`Fill::Sparse`].
+    fn from_str(text: &str) -> Result<Fill, String> {
+        match text {
+            "zero" => Ok(Fill::Zero),
+            other => Err(format!(
+                "{} is not a fill; the only one is zero",
+                crate::error::quote(other)
+            )),
+        }
+    }
+}
+
 /// One finished task run in a pipeline's log.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LogEntry {

@@ -12,12 +12,12 @@ use runledger::auth::Caller;
 use runledger::engine::Engine;
 use runledger::error::Error;
 use runledger::model::{
-    BucketCount, EntityKind, EntityRef, LastRun, LogCursor, OrgId, PipelineDefinition, PipelineId,
-    PipelineRunId, RunState, Stats, Tally, TaskDefinition, TaskError, TaskId, TaskRun, TaskRunId,
-    TaskType, TimeRange,
+    BucketCount, EntityKind, EntityRef, Fill, LastRun, LogCursor, OrgId, PipelineDefinition,
+    PipelineId, PipelineRunId, RunState, Stats, Tally, TaskDefinition, TaskError, TaskId, TaskRun,
+    TaskRunId, TaskType, TimeRange,
 };
 use runledger::store::{Store, StoreOptions, WriteOp, verify::verify};
-use runledger::time::{MICROS_PER_SECOND, Period, Timestamp, parse_instant};
+use runledger::time::{MAX_SECOND, MICROS_PER_SECOND, Period, Timestamp, parse_instant};
 use uuid::Uuid;
 
 /// A small deterministic generator, so a failing seed can be replayed.
@@ -448,25 +448,53 @@ fn check_seed(seed: u64, task_runs: usize, queries: usize) {
             rng.range(1, 30) as u32
         };
         let date_from = random_second(&mut rng);
-        if let Ok(buckets) = engine.aggregated_stats(
-            &op(entity),
-            entity,
-            period,
-            date_from,
-            BucketCount::new(n).unwrap(),
-        ) {
+        let ask = |fill| {
+            engine.aggregated_stats(
+                &op(entity),
+                entity,
+                period,
+                date_from,
+                BucketCount::new(n).unwrap(),
+                fill,
+            )
+        };
+        if let Ok(buckets) = ask(Fill::Sparse) {
             let got: Vec<_> = buckets
                 .iter()
                 .map(|b| (b.start, b.last_second, b.tally))
                 .collect();
+            let what = || format!("aggregated {entity} {period:?} from {date_from} n {n}");
             assert_eq!(
                 got,
                 oracle.aggregated(entity, period, date_from, n),
                 "{}",
-                context(format!(
-                    "aggregated {entity} {period:?} from {date_from} n {n}"
-                ))
+                context(what())
             );
+            // Filled: n consecutive buckets from the one holding date_from (fewer only at the
+            // end of time), the same tallies where there are runs, zero elsewhere.
+            let filled = ask(Fill::Zero).unwrap();
+            let first = filled.first().expect("at least one bucket");
+            assert!(first.start <= date_from && date_from <= first.last_second);
+            for pair in filled.windows(2) {
+                assert_eq!(
+                    pair[1].start,
+                    pair[0].last_second + 1,
+                    "{}",
+                    context(what())
+                );
+            }
+            let last = filled.last().expect("at least one bucket");
+            assert!(
+                filled.len() == n as usize || last.last_second + 1 > MAX_SECOND - 400 * 86_400,
+                "{}",
+                context(what())
+            );
+            let nonempty: Vec<_> = filled
+                .iter()
+                .filter(|b| b.tally.runs() > 0)
+                .map(|b| (b.start, b.last_second, b.tally))
+                .collect();
+            assert_eq!(nonempty, got, "{}", context(what()));
         }
 
         // The last run.
@@ -796,7 +824,7 @@ fn assert_same_answers(
                 let period = *rng.pick(&Period::ALL);
                 let n = BucketCount::new(rng.range(1, 200) as u32).unwrap();
                 let aggregated = |e: &Engine| {
-                    e.aggregated_stats(&op, entity, period, from, n)
+                    e.aggregated_stats(&op, entity, period, from, n, Fill::Sparse)
                         .map_err(|e| e.to_string())
                 };
                 assert_eq!(aggregated(messy), aggregated(clean), "{context} {period:?}");

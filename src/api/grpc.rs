@@ -18,7 +18,7 @@ use super::wire;
 use crate::auth::{Caller, bearer_token};
 use crate::engine::{Engine, MAX_LOG_PAGE, Subscription, TokenRequest};
 use crate::error::Error;
-use crate::model::{BucketCount, LogCursor, PipelineId, ReportCounts};
+use crate::model::{BucketCount, Fill, LogCursor, PipelineId, ReportCounts};
 use crate::proto::{
     self, auth_server::AuthServer, ingest_server::IngestServer, pipelines_server::PipelinesServer,
     stats_server::StatsServer,
@@ -287,9 +287,15 @@ impl proto::stats_server::Stats for GrpcApi {
         let date_from = wire::timestamp("date_from", message.date_from.as_ref())?;
         let period = wire::period(message.period)?;
         let n = BucketCount::new(message.n).map_err(|reason| Error::invalid("n", reason))?;
+        let fill = match message.fill.as_str() {
+            "" => Fill::Sparse,
+            text => text
+                .parse()
+                .map_err(|reason| Error::invalid("fill", reason))?,
+        };
         let buckets =
             self.engine
-                .aggregated_stats(&caller, entity, period, date_from.second(), n)?;
+                .aggregated_stats(&caller, entity, period, date_from.second(), n, fill)?;
         Ok(Response::new(proto::GetAggregatedStatsResponse {
             buckets: buckets.iter().map(wire::bucket).collect(),
         }))

@@ -7,7 +7,9 @@ fn error_responses(codes: &[&str]) -> Value {
     let mut responses = serde_json::Map::new();
     for code in codes {
         let description = match *code {
-            "400" => "A malformed UUID, date, period, n, limit or cursor, or `from` after `to`",
+            "400" => {
+                "A malformed UUID, date, period, n, fill, limit or cursor, or `from` after `to`"
+            }
             "401" => "A missing, unknown, expired or revoked bearer token",
             "403" => "The token lacks the scope this operation needs",
             "404" => "No such pipeline or task for this organization (or no such route)",
@@ -150,11 +152,12 @@ pub fn document() -> Value {
             },
             "/v1/stats/{kind}/{uuid}/aggregated-stats/{date_from}/{period}/{n}": {
                 "get": stats_operation(
-                    "Stats of n consecutive calendar buckets from the one containing date_from; only buckets with runs, oldest first",
+                    "Stats of n consecutive calendar buckets from the one containing date_from, oldest first: only buckets with runs, or with fill=zero all n",
                     json!([kind, uuid,
                         {"name": "date_from", "in": "path", "required": true, "description": "Any instant of the first bucket: `Y-m-d` or `Y-m-d H:i:s`", "schema": {"type": "string"}},
                         {"name": "period", "in": "path", "required": true, "schema": {"type": "string", "enum": ["day", "week", "month", "quarter", "year"]}},
-                        {"name": "n", "in": "path", "required": true, "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}]),
+                        {"name": "n", "in": "path", "required": true, "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                        {"name": "fill", "in": "query", "required": false, "description": "`zero`: every bucket, empty ones with zero counts and a zero average", "schema": {"type": "string", "enum": ["zero"]}}]),
                     json_response("Buckets", json!({"type": "array", "items": {"$ref": "#/components/schemas/Bucket"}})),
                 )
             },

@@ -25,8 +25,8 @@ use crate::auth::{Caller, bearer_token};
 use crate::engine::{DEFAULT_LOG_PAGE, Engine, TokenRequest};
 use crate::error::{Error, OAuthError, Result, quote};
 use crate::model::{
-    BucketCount, BucketStats, EntityKind, EntityRef, LastRun, LogCursor, LogEntry, PendingTaskRun,
-    PipelineId, Stats, TimeRange,
+    BucketCount, BucketStats, EntityKind, EntityRef, Fill, LastRun, LogCursor, LogEntry,
+    PendingTaskRun, PipelineId, Stats, TimeRange,
 };
 use crate::time::{Period, RangeEnd, format_datetime, format_rfc3339, parse_path_datetime};
 
@@ -175,10 +175,17 @@ impl From<&BucketStats> for BucketBody {
     }
 }
 
+/// The query of aggregated stats: `fill=zero` lists every bucket.
+#[derive(Debug, Default, Deserialize)]
+pub struct AggregatedQuery {
+    pub fill: Option<String>,
+}
+
 async fn aggregated_stats(
     State(engine): State<AppState>,
     caller: Caller,
     params: PathParams<(String, String, String, String, String)>,
+    query: std::result::Result<Query<AggregatedQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Vec<BucketBody>>> {
     let (kind, uuid, date_from, period, n) = path(params)?;
     let entity = entity(&kind, &uuid)?;
@@ -194,7 +201,13 @@ async fn aggregated_stats(
             )
         })
         .and_then(|n| BucketCount::new(n).map_err(|r| Error::invalid("n", r)))?;
-    let buckets = engine.aggregated_stats(&caller, entity, period, date_from, n)?;
+    let Query(query) =
+        query.map_err(|r| Error::InvalidArgument(format!("query: {}", r.body_text())))?;
+    let fill = match query.fill.as_deref() {
+        None => Fill::Sparse,
+        Some(text) => text.parse().map_err(|r| Error::invalid("fill", r))?,
+    };
+    let buckets = engine.aggregated_stats(&caller, entity, period, date_from, n, fill)?;
     Ok(Json(buckets.iter().map(BucketBody::from).collect()))
 }
 

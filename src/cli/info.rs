@@ -20,7 +20,7 @@ pub fn run(args: InfoArgs) -> Result<ExitCode, String> {
     let store = args.data_dir.open()?;
     if args.digest {
         let digests = store.digest().map_err(|e| e.to_string())?;
-        println!("{}", hex(&digests.whole()));
+        println!("digest {}", hex(&digests.whole()));
         for (table, digest) in &digests.tables {
             eprintln!("{table:<16} {}", hex(digest));
         }

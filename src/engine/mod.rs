@@ -19,7 +19,7 @@ use crate::auth::{Caller, Scope};
 use crate::crypto::OutputKey;
 use crate::error::{Error, Result};
 use crate::model::{
-    BucketCount, BucketStats, EntityKind, EntityRef, LastRun, LogCursor, LogPage, OrgId,
+    BucketCount, BucketStats, EntityKind, EntityRef, Fill, LastRun, LogCursor, LogPage, OrgId,
     PendingTaskRun, PipelineDefinition, PipelineId, RegisterOutcome, ReportCounts, RunState, Stats,
     TaskRun, TimeRange,
 };
@@ -298,8 +298,8 @@ impl Engine {
         reader.stats(&key, range)
     }
 
-    /// Stats of `n` consecutive calendar buckets from the one containing `date_from` (a second);
-    /// only buckets with runs, oldest first.
+    /// Stats of `n` consecutive calendar buckets from the one containing `date_from` (a second),
+    /// oldest first: only buckets with runs, or with [`Fill::Zero`] all of them.
     pub fn aggregated_stats(
         &self,
         caller: &Caller,
@@ -307,11 +307,12 @@ impl Engine {
         period: Period,
         date_from: i64,
         n: BucketCount,
+        fill: Fill,
     ) -> Result<Vec<BucketStats>> {
         caller.require(Scope::StatsRead)?;
         let reader = self.store.reader()?;
         let key = visible(&reader, caller, entity)?;
-        reader.aggregated(&key, period, date_from, n)
+        reader.aggregated(&key, period, date_from, n, fill)
     }
 
     /// The latest finished run; `NotFound` when there is none.

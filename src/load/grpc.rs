@@ -138,6 +138,7 @@ async fn ask(
                     date_from: timestamp("2025-01-01 00:00:00"),
                     period: proto::Period::Month as i32,
                     n: 12,
+                    fill: String::new(),
                 })
                 .await?;
         }

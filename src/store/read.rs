@@ -18,8 +18,8 @@ use super::tables::{
 };
 use crate::error::{Error, Result};
 use crate::model::{
-    BucketCount, BucketStats, LastRun, LogCursor, LogEntry, LogPage, OrgId, PendingTaskRun,
-    PipelineId, Stats, TaskId, TaskRunId, TimeRange,
+    BucketCount, BucketStats, Fill, LastRun, LogCursor, LogEntry, LogPage, OrgId, PendingTaskRun,
+    PipelineId, Stats, Tally, TaskId, TaskRunId, TimeRange,
 };
 use crate::time::{Level, MAX_SECOND, MICROS_PER_SECOND, Period, Timestamp};
 
@@ -150,14 +150,15 @@ impl<'a> Reader<'a> {
         })
     }
 
-    /// Per-bucket tallies of `n` consecutive buckets from the one containing `date_from`; empty
-    /// buckets are left out; oldest first.
+    /// Per-bucket tallies of `n` consecutive buckets from the one containing `date_from`, oldest
+    /// first; empty buckets are left out, or with [`Fill::Zero`] listed with an empty tally.
     pub fn aggregated(
         &self,
         entity: &EntityKey,
         period: Period,
         date_from: i64,
         n: BucketCount,
+        fill: Fill,
     ) -> Result<Vec<BucketStats>> {
         let level = period.level();
         let start = level.bucket_start(date_from);
@@ -165,7 +166,21 @@ impl<'a> Reader<'a> {
         let series = series(entity);
         let buckets =
             self.with_rollups(|source| aggregated(source, &series, period, start, end))?;
-        Ok(buckets
+        let starts: Vec<(i64, Tally)> = match fill {
+            Fill::Sparse => buckets,
+            Fill::Zero => {
+                let mut stored = buckets.into_iter().peekable();
+                let mut all = Vec::with_capacity(n.get() as usize);
+                let mut bucket = start;
+                while bucket < end {
+                    let tally = stored.next_if(|(s, _)| *s == bucket).map(|(_, t)| t);
+                    all.push((bucket, tally.unwrap_or_default()));
+                    bucket = level.next_bucket(bucket);
+                }
+                all
+            }
+        };
+        Ok(starts
             .into_iter()
             .map(|(start, tally)| BucketStats {
                 period,

@@ -187,12 +187,45 @@ async fn a_reported_stream_answers_every_query() {
             date_from: Some(ts("2024-01-15 08:00:00")),
             period: Period::Month as i32,
             n: 3,
+            fill: String::new(),
         })
         .await
         .unwrap()
         .into_inner()
         .buckets;
     assert_eq!(months.len(), 1);
+    // Filled, the three months are all there, the empty ones with zeros.
+    let filled = stats
+        .get_aggregated_stats(proto::GetAggregatedStatsRequest {
+            entity: entity(EntityKind::Pipeline, PIPELINE),
+            date_from: Some(ts("2024-01-15 08:00:00")),
+            period: Period::Month as i32,
+            n: 3,
+            fill: "zero".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .buckets;
+    let summary: Vec<_> = filled
+        .iter()
+        .map(|b| {
+            (
+                b.date_from,
+                b.num_of_successes,
+                b.num_of_failures,
+                b.average_duration_ms,
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (Some(ts("2024-01-01 00:00:00")), 0, 0, 0),
+            (Some(ts("2024-02-01 00:00:00")), 1, 1, 260),
+            (Some(ts("2024-03-01 00:00:00")), 0, 0, 0),
+        ]
+    );
     assert_eq!(
         (months[0].date_from, months[0].date_to),
         (
@@ -214,6 +247,7 @@ async fn a_reported_stream_answers_every_query() {
             date_from: Some(ts("2024-01-01 00:00:00")),
             period: Period::Month as i32,
             n: 2,
+            fill: String::new(),
         })
         .await
         .unwrap()
@@ -424,6 +458,7 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_the_server_keeps_ser
         date_from: Some(ts("2024-01-01 00:00:00")),
         period,
         n,
+        fill: String::new(),
     };
     let statuses = vec![
         (
@@ -500,6 +535,16 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_the_server_keeps_ser
                 .await
                 .unwrap_err(),
             "n: must be between 1 and 1000",
+        ),
+        (
+            stats
+                .get_aggregated_stats(proto::GetAggregatedStatsRequest {
+                    fill: "gaps".into(),
+                    ..aggregated(Period::Day as i32, 3)
+                })
+                .await
+                .unwrap_err(),
+            "fill: `gaps` is not a fill; the only one is zero",
         ),
         (
             stats

@@ -212,6 +212,22 @@ async fn stats_of_both_editions_field_by_field() {
         .await,
         months
     );
+    // Filled: exactly three months, the empty ones with zeros.
+    let empty = |from: &str, to: &str| json!({"date_from": from, "date_to": to, "num_of_successes": 0, "num_of_failures": 0, "average_duration": 0});
+    assert_eq!(
+        get_ok(
+            &app,
+            &format!(
+                "/v1/stats/pipelines/{PIPELINE}/aggregated-stats/2024-01-15/month/3?fill=zero"
+            )
+        )
+        .await,
+        json!([
+            empty("2024-01-01 00:00:00", "2024-01-31 23:59:59"),
+            months[0],
+            empty("2024-03-01 00:00:00", "2024-03-31 23:59:59")
+        ])
+    );
     let weeks = get_ok(
         &app,
         &format!("/v1/stats/tasks/{TASK_A}/aggregated-stats/2024-01-29/week/5"),
@@ -757,6 +773,13 @@ async fn bad_input_gets_the_contracts_status_and_a_json_error_naming_the_problem
             Some(&good),
             400,
             "n: must be between 1 and 1000, got 0".to_string(),
+        ),
+        (
+            Method::GET,
+            aggregated("2024-01-01/month/3?fill=gaps"),
+            Some(&good),
+            400,
+            "fill: `gaps` is not a fill; the only one is zero".to_string(),
         ),
         (
             Method::GET,

@@ -761,6 +761,7 @@ async fn answers(app: &TestApp, token: &str, pipeline: &str, task: &str) -> Vec<
                 date_from: Some(ts("2024-01-01")),
                 period: proto::Period::Month as i32,
                 n: 12,
+                fill: String::new(),
             })
             .await;
         seen.push(format!("{:?}", months.map(|r| r.into_inner())));
