@@ -66,6 +66,14 @@ fn a_format_2_database_upgrades_and_answers_as_before() {
     assert!(ok && output.contains("rollups agree"), "{output}");
     let (ok, output) = run_cli(&["upgrade", "--data-dir", data_dir]);
     assert!(!ok && output.contains("already format 4"), "{output}");
+    // The digest line is what cluster nodes compare: `digest <64 hex digits>`.
+    let (ok, output) = run_cli(&["info", "--data-dir", data_dir, "--digest"]);
+    let line = output.lines().next().unwrap_or_default();
+    let hex = line.strip_prefix("digest ").unwrap_or_default();
+    assert!(
+        ok && hex.len() == 64 && hex.chars().all(|c| c.is_ascii_hexdigit()),
+        "{output}"
+    );
 
     let server = ChildServer::start(&dir);
     let runtime = runtime();
