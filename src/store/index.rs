@@ -221,9 +221,10 @@ impl IndexWork {
         org: OrgIndex,
         uuid: &[u8; 16],
     ) -> Result<Option<[u8; INDEX_KEY_LEN]>> {
+        // A UUID this transaction inserted is there (index entries are never removed), though
+        // its entry may still wait in the batch to be written in key order.
         if let Some(period) = self.inserted.get(&(org, *uuid)) {
-            let key = index_key(*period, org, uuid);
-            return Ok(table.get(&key)?.is_some().then_some(key));
+            return Ok(Some(index_key(*period, org, uuid)));
         }
         let hash = key_hash(self.kind.tag(), org.0, uuid);
         for period in (0..committed.periods()).rev() {

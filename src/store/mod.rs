@@ -340,16 +340,19 @@ fn apply_batch(
     ops: &[WriteOp],
 ) -> Result<Vec<Result<WriteOutcome>>> {
     let mut filters = filters.lock().unwrap_or_else(|e| e.into_inner());
+    let started = std::time::Instant::now();
     let txn = db.begin_write()?;
     let mut outcomes = Vec::with_capacity(ops.len());
-    let created = {
+    let (created, applied, finished) = {
         let mut batch = batch::Batch::open(&txn, cache, &filters)?;
         for op in ops {
             outcomes.push(batch.apply(op)?);
         }
-        batch.finish()?
+        let applied = started.elapsed();
+        (batch.finish()?, applied, started.elapsed())
     };
     txn.commit()?;
+    tracing::debug!(ops = ops.len(), ?applied, ?finished, committed = ?started.elapsed(), "transaction");
     for (org, index) in created.orgs {
         cache.insert_org(org, index);
     }

@@ -333,9 +333,7 @@ impl Batch<'_> {
                 Some(existing) => existing,
                 None => self.task_index.allocate(key.org_index, task_run.as_bytes()),
             };
-            self.t
-                .task_index
-                .insert(&index_key, home.encode().as_slice())?;
+            self.put_home(index_key, &home);
             let mut queued = [0u8; PENDING_LEN];
             queued[..index_key.len()].copy_from_slice(&index_key);
             queued[index_key.len()..].copy_from_slice(org.as_bytes());

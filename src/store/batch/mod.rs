@@ -34,9 +34,9 @@ use uuid::Uuid;
 use super::cache::EntityCache;
 use super::credentials::{ClientRecord, IssueOutcome, OrgRecord};
 use super::index::{Filters, IndexWork};
-use super::records::EntityKey;
+use super::records::{EntityKey, TaskRunHome};
 use super::rollup::RollupDeltas;
-use super::tables::{EntityId, OrgIndex, RUN_KEY_LEN, RunId, WriteTables, meta};
+use super::tables::{EntityId, INDEX_KEY_LEN, OrgIndex, RUN_KEY_LEN, RunId, WriteTables, meta};
 use crate::error::{Error, Result};
 use crate::model::{
     OrgId, PendingTaskRun, PipelineDefinition, PipelineId, PipelineRunId, RegisterOutcome,
@@ -166,6 +166,10 @@ pub struct Batch<'txn> {
     /// Finished runs new in this transaction, written in key order at [`Batch::finish`]; reads
     /// of `run_log` during the transaction look here first.
     new_log: BTreeMap<[u8; RUN_KEY_LEN], Vec<u8>>,
+    /// Task-index entries written in this transaction, inserted in key order at
+    /// [`Batch::finish`] (ordered inserts touch each leaf once, in turn); reads of `task_index`
+    /// during the transaction look here first.
+    new_homes: BTreeMap<[u8; INDEX_KEY_LEN], Vec<u8>>,
     aggs: HashMap<RunId, AggSlot>,
     last_run_work: HashMap<EntityId, LastRunWork>,
     /// Pipeline runs' ids found or handed out in this transaction.
@@ -190,6 +194,7 @@ impl<'txn> Batch<'txn> {
             counters: Counters::default(),
             deltas: RollupDeltas::default(),
             new_log: BTreeMap::new(),
+            new_homes: BTreeMap::new(),
             aggs: HashMap::default(),
             last_run_work: HashMap::default(),
             run_ids: HashMap::default(),
@@ -245,6 +250,9 @@ impl<'txn> Batch<'txn> {
     pub fn finish(mut self) -> Result<Created> {
         self.flush_pipeline_runs()?;
         self.gather_new_runs()?;
+        for (key, home) in std::mem::take(&mut self.new_homes) {
+            self.t.task_index.insert(&key, home.as_slice())?;
+        }
         let new_log = std::mem::take(&mut self.new_log);
         super::packed::insert_new(
             &mut self.t.run_log,
@@ -271,6 +279,23 @@ impl<'txn> Batch<'txn> {
         let mut created = self.created;
         created.indexes = vec![self.task_index, self.pipeline_index];
         Ok(created)
+    }
+
+    /// Where a task run lives, as this transaction sees it.
+    pub(super) fn home(&self, key: &[u8; INDEX_KEY_LEN]) -> Result<Option<TaskRunHome>> {
+        if let Some(bytes) = self.new_homes.get(key) {
+            return TaskRunHome::decode(bytes).map(Some);
+        }
+        self.t
+            .task_index
+            .get(key)?
+            .map(|bytes| TaskRunHome::decode(bytes.value()))
+            .transpose()
+    }
+
+    /// Records where a task run lives (written at [`Batch::finish`]).
+    pub(super) fn put_home(&mut self, key: [u8; INDEX_KEY_LEN], home: &TaskRunHome) {
+        self.new_homes.insert(key, home.encode());
     }
 
     fn store_counters(&mut self) -> Result<()> {

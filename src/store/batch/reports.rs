@@ -209,15 +209,7 @@ impl Batch<'_> {
             },
         };
         let (index_key, previous) = match self.locate_task_run(org_index, &run.task_run)? {
-            Some(key) => {
-                let old = self
-                    .t
-                    .task_index
-                    .get(&key)?
-                    .map(|bytes| TaskRunHome::decode(bytes.value()))
-                    .transpose()?;
-                (key, old)
-            }
+            Some(key) => (key, self.home(&key)?),
             None => (self.task_index.allocate(org_index, uuid), None),
         };
         let mut counts = ReportCounts::default();
@@ -254,9 +246,7 @@ impl Batch<'_> {
                 counts.replaced = 1;
             }
         }
-        self.t
-            .task_index
-            .insert(&index_key, home.encode().as_slice())?;
+        self.put_home(index_key, &home);
         if let (TaskRunHome::Finished { executed_at, .. }, RunRef::Id(id)) = (&home, pipeline_run) {
             self.new_log.insert(
                 run_key(pipeline.id, executed_at.micros(), uuid),

@@ -2,8 +2,6 @@
 //! back with the REST id and creation time they had, and those that waited for an executor wait
 //! again.
 
-use redb::ReadableTable;
-
 use super::Batch;
 use crate::error::{Error, Result};
 use crate::model::TaskRun;
@@ -43,10 +41,7 @@ impl Batch<'_> {
             let key = self
                 .locate_task_run(org_index, &restored.run.task_run)?
                 .ok_or_else(lost)?;
-            let mut home = match self.t.task_index.get(&key)? {
-                Some(bytes) => TaskRunHome::decode(bytes.value())?,
-                None => return Err(lost()),
-            };
+            let mut home = self.home(&key)?.ok_or_else(lost)?;
             if let TaskRunHome::Unfinished {
                 serial, updated_at, ..
             } = &mut home
@@ -54,7 +49,7 @@ impl Batch<'_> {
                 *serial = restored.serial;
                 *updated_at = restored.updated_at;
             }
-            self.t.task_index.insert(&key, home.encode().as_slice())?;
+            self.put_home(key, &home);
             if restored.queued {
                 let mut queued = [0u8; PENDING_LEN];
                 queued[..key.len()].copy_from_slice(&key);
