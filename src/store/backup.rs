@@ -81,7 +81,9 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-fn copy_tables(snapshot: &ReadTransaction, copy: &Database) -> Result<u64> {
+/// Copies every table of `snapshot` into `copy` in key order (appends only, so leaves come out
+/// full), in transactions that are not durable on their own: commit once durably afterwards.
+pub(super) fn copy_tables(snapshot: &ReadTransaction, copy: &Database) -> Result<u64> {
     struct Copy<'a> {
         snapshot: &'a ReadTransaction,
         copy: &'a Database,

@@ -10,12 +10,9 @@
 
 use std::path::Path;
 
-use redb::{Key, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, Value};
+use redb::ReadableDatabase;
 
-use super::{DATABASE_FILE, tables};
-
-/// Entries copied per write transaction, which bounds the memory the copy holds.
-const ENTRIES_PER_TRANSACTION: u64 = 2_000_000;
+use super::DATABASE_FILE;
 
 /// The file's size before and after.
 pub struct Repacked {
@@ -52,11 +49,9 @@ pub fn repack(data_dir: &Path) -> Result<Repacked, String> {
         tracing::warn!(%error, path = %copy.display(), "cannot make the copy owner-only");
     }
     let snapshot = source.begin_read().map_err(|e| e.to_string())?;
-    tables::visit_tables(&mut Copy {
-        snapshot: &snapshot,
-        target: &target,
-    })
-    .map_err(|e| format!("cannot copy the database: {e}"))?;
+    super::backup::copy_tables(&snapshot, &target)
+        .and_then(|_| Ok(target.begin_write()?.commit()?))
+        .map_err(|e| format!("cannot copy the database: {e}"))?;
     drop(snapshot);
     // The copy's own growth steps leave some free space at its end; give it back.
     target
@@ -72,37 +67,4 @@ pub fn repack(data_dir: &Path) -> Result<Repacked, String> {
         before,
         after: size(&path)?,
     })
-}
-
-/// Copies each table in key order, in transactions of [`ENTRIES_PER_TRANSACTION`].
-struct Copy<'a> {
-    snapshot: &'a ReadTransaction,
-    target: &'a redb::Database,
-}
-
-impl tables::TableVisitor for Copy<'_> {
-    type Error = redb::Error;
-
-    fn visit<K: Key + 'static, V: Value + 'static>(
-        &mut self,
-        table: TableDefinition<'static, K, V>,
-    ) -> Result<(), redb::Error> {
-        let source = self.snapshot.open_table(table)?;
-        let mut entries = source.iter()?.peekable();
-        loop {
-            let txn = self.target.begin_write()?;
-            {
-                let mut copy = txn.open_table(table)?;
-                for _ in 0..ENTRIES_PER_TRANSACTION {
-                    let Some(entry) = entries.next() else { break };
-                    let (key, value) = entry?;
-                    copy.insert(key.value(), value.value())?;
-                }
-            }
-            txn.commit()?;
-            if entries.peek().is_none() {
-                return Ok(());
-            }
-        }
-    }
 }

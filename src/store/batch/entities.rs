@@ -13,7 +13,9 @@ use crate::model::{
     RegisterOutcome, RunState, TaskId, TaskRunId, TaskType,
 };
 use crate::store::records::{EntityDetail, EntityKey, RunRecord, RunRef, TaskRunHome};
-use crate::store::tables::{EntityId, OrgIndex, PENDING_LEN, meta, pipeline_task_key, scoped_key};
+use crate::store::tables::{
+    EntityId, INDEX_KEY_LEN, OrgIndex, PENDING_LEN, meta, pipeline_task_key, scoped_key,
+};
 use crate::time::Timestamp;
 
 impl Batch<'_> {
@@ -254,15 +256,34 @@ impl Batch<'_> {
         Ok(outcome)
     }
 
+    /// The next REST id to hand out.
+    pub(super) fn next_serial(&self) -> Result<u64> {
+        match self.counters.next_serial {
+            Some(next) => Ok(next),
+            None => Ok(u64::from_le_bytes(
+                self.counter(meta::NEXT_TASK_RUN_SERIAL, 1u64.to_le_bytes())?,
+            )),
+        }
+    }
+
     fn allocate_serial(&mut self) -> Result<u64> {
-        let next = match self.counters.next_serial {
-            Some(next) => next,
-            None => {
-                u64::from_le_bytes(self.counter(meta::NEXT_TASK_RUN_SERIAL, 1u64.to_le_bytes())?)
-            }
-        };
+        let next = self.next_serial()?;
         self.counters.next_serial = Some(next + 1);
         Ok(next)
+    }
+
+    /// Puts a pending task run (by its task-index key) in the executors' queue.
+    pub(super) fn queue(
+        &mut self,
+        serial: u64,
+        key: &[u8; INDEX_KEY_LEN],
+        org: OrgId,
+    ) -> Result<()> {
+        let mut queued = [0u8; PENDING_LEN];
+        queued[..key.len()].copy_from_slice(key);
+        queued[key.len()..].copy_from_slice(org.as_bytes());
+        self.t.pending.insert(serial, &queued)?;
+        Ok(())
     }
 
     /// Creates one pending task run per initial task of the pipeline, in the new pipeline run
@@ -334,10 +355,7 @@ impl Batch<'_> {
                 None => self.task_index.allocate(key.org_index, task_run.as_bytes()),
             };
             self.put_home(index_key, &home);
-            let mut queued = [0u8; PENDING_LEN];
-            queued[..index_key.len()].copy_from_slice(&index_key);
-            queued[index_key.len()..].copy_from_slice(org.as_bytes());
-            self.t.pending.insert(serial, &queued)?;
+            self.queue(serial, &index_key, org)?;
             started.push(PendingTaskRun {
                 serial,
                 task_run,

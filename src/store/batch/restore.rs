@@ -6,7 +6,6 @@ use super::Batch;
 use crate::error::{Error, Result};
 use crate::model::TaskRun;
 use crate::store::records::TaskRunHome;
-use crate::store::tables::{PENDING_LEN, meta};
 use crate::time::Timestamp;
 
 /// An unfinished task run as an older database held it.
@@ -51,18 +50,10 @@ impl Batch<'_> {
             }
             self.put_home(key, &home);
             if restored.queued {
-                let mut queued = [0u8; PENDING_LEN];
-                queued[..key.len()].copy_from_slice(&key);
-                queued[key.len()..].copy_from_slice(org.as_bytes());
-                self.t.pending.insert(restored.serial, &queued)?;
+                self.queue(restored.serial, &key, org)?;
             }
         }
-        let current = match self.counters.next_serial {
-            Some(next) => next,
-            None => {
-                u64::from_le_bytes(self.counter(meta::NEXT_TASK_RUN_SERIAL, 1u64.to_le_bytes())?)
-            }
-        };
+        let current = self.next_serial()?;
         let highest = runs.iter().map(|r| r.serial + 1).max().unwrap_or(1);
         self.counters.next_serial = Some(current.max(next_serial).max(highest));
         Ok(Ok(()))
