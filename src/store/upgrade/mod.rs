@@ -2,7 +2,7 @@
 //! (organizations, clients, tokens, pipelines, task runs, the executors' queue) are read from
 //! the old file and applied through the writer into a new file beside it, whose derived tables
 //! (rollups, last runs, pipeline-run aggregates, UUID indexes) are thereby rebuilt; the new file
-//! is verified, then renamed over the old one.
+//! is verified and repacked, then renamed over the old one.
 //!
 //! Crash-safe at every point: until the final rename the database file is the old one, intact
 //! (the half-built new one sits in `upgrade.partial/` and is discarded by the next attempt);
@@ -100,6 +100,8 @@ pub fn upgrade(data_dir: &Path, mut progress: impl FnMut(u64)) -> Result<Upgrade
         ));
     }
     drop(store);
+    // Written run by run, its tables are as loosely packed as an import's: repack it the same way.
+    super::repack::repack(&partial)?;
     drop(old);
     report.old_file = data_dir.join(format!("runledger.format{from}.redb"));
     swap_in(data_dir, &partial, &report.old_file)
