@@ -16,6 +16,7 @@ pub mod auth;
 pub mod cli;
 pub mod connections;
 pub mod crypto;
+pub mod durations;
 pub mod engine;
 pub mod error;
 pub mod front;

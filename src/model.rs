@@ -5,6 +5,7 @@ use std::fmt;
 
 use uuid::Uuid;
 
+use crate::durations::{Durations, Percentiles};
 use crate::time::{Period, Timestamp};
 
 macro_rules! uuid_newtype {
@@ -326,7 +327,7 @@ impl Tally {
     }
 
     pub fn runs(&self) -> u64 {
-        self.successes + self.failures
+        self.successes.saturating_add(self.failures)
     }
 
     /// The floor of the mean duration in milliseconds; 0 with no runs.
@@ -360,6 +361,37 @@ impl std::ops::Sub for Tally {
     }
 }
 
+/// What is summed over a set of runs: the tally and the distribution of durations.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub tally: Tally,
+    pub durations: Durations,
+}
+
+impl Summary {
+    /// The summary of one run.
+    pub fn of_run(is_successful: bool, duration_ms: u64) -> Summary {
+        Summary {
+            tally: Tally::of_run(is_successful, duration_ms),
+            durations: Durations::of(duration_ms),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tally.is_empty()
+    }
+
+    /// Adds another summary of disjoint runs.
+    pub fn add(&mut self, other: &Summary) {
+        self.tally = self.tally + other.tally;
+        self.durations.add(&other.durations);
+    }
+
+    pub fn percentiles(&self) -> Option<Percentiles> {
+        self.durations.percentiles()
+    }
+}
+
 /// The latest finished run of a task or pipeline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LastRun {
@@ -372,6 +404,8 @@ pub struct LastRun {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stats {
     pub tally: Tally,
+    /// Duration percentiles of the runs counted (`None` without runs).
+    pub percentiles: Option<Percentiles>,
     /// The latest run at or before the range's end (it may lie before the range's start).
     pub last_run: Option<LastRun>,
 }
@@ -436,6 +470,8 @@ pub struct BucketStats {
     /// The bucket's last second.
     pub last_second: i64,
     pub tally: Tally,
+    /// Duration percentiles of the bucket's runs (`None` without runs).
+    pub percentiles: Option<Percentiles>,
 }
 
 /// Which buckets an aggregated-stats answer lists.

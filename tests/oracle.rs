@@ -9,6 +9,7 @@ use std::collections::HashMap;
 
 use chrono::{Datelike, Months, NaiveDate, TimeDelta};
 use runledger::auth::Caller;
+use runledger::durations::Percentiles;
 use runledger::engine::Engine;
 use runledger::error::Error;
 use runledger::model::{
@@ -152,7 +153,13 @@ fn generate(rng: &mut Rng, task_runs: usize) -> (Vec<PipelineSpec>, Vec<TaskRun>
                 task_type,
                 state,
                 is_successful: rng.chance(80),
-                duration_ms: *rng.pick(&[0, 1, 7, 250, 99_999, u32::MAX]),
+                duration_ms: if rng.chance(50) {
+                    *rng.pick(&[0, 1, 7, 250, 99_999, u32::MAX])
+                } else {
+                    // Spread over every magnitude, so percentiles fall in many bins.
+                    let magnitude = 10u64.pow(rng.range(1, 9) as u32);
+                    rng.below(magnitude) as u32
+                },
                 executed_at: (state == RunState::Finished || rng.chance(50)).then_some(executed_at),
                 output: if rng.chance(50) {
                     rng.uuid().as_bytes()[..rng.below(16) as usize].to_vec()
@@ -265,11 +272,13 @@ impl Oracle {
 
     fn stats(&self, entity: EntityRef, from: i64, to: i64) -> Stats {
         let runs = self.runs(entity);
-        let tally = Self::tally(
+        let counted = || {
             runs.iter()
                 .copied()
-                .filter(|r| (from..=to).contains(&r.at.second())),
-        );
+                .filter(|r| (from..=to).contains(&r.at.second()))
+        };
+        let tally = Self::tally(counted());
+        let percentiles = exact_percentiles(counted().map(|r| r.duration));
         let last_run = runs
             .iter()
             .filter(|r| r.at.second() <= to)
@@ -279,7 +288,11 @@ impl Oracle {
                 is_successful: r.ok,
                 duration_ms: r.duration,
             });
-        Stats { tally, last_run }
+        Stats {
+            tally,
+            percentiles,
+            last_run,
+        }
     }
 
     fn aggregated(
@@ -288,7 +301,7 @@ impl Oracle {
         period: Period,
         date_from: i64,
         n: u32,
-    ) -> Vec<(i64, i64, Tally)> {
+    ) -> Vec<(i64, i64, Tally, Option<Percentiles>)> {
         let runs = self.runs(entity);
         let mut start = chrono_bucket_start(period, date_from);
         let mut out = Vec::new();
@@ -296,17 +309,87 @@ impl Oracle {
             let Some(next) = chrono_next(period, start) else {
                 break;
             };
-            let tally = Self::tally(
+            let counted = || {
                 runs.iter()
                     .copied()
-                    .filter(|r| (start..next).contains(&r.at.second())),
-            );
+                    .filter(|r| (start..next).contains(&r.at.second()))
+            };
+            let tally = Self::tally(counted());
             if tally.runs() > 0 {
-                out.push((start, next - 1, tally));
+                let percentiles = exact_percentiles(counted().map(|r| r.duration));
+                out.push((start, next - 1, tally, percentiles));
             }
             start = next;
         }
         out
+    }
+}
+
+/// The exact nearest-rank percentiles and maximum of some durations.
+fn exact_percentiles(durations: impl Iterator<Item = u64>) -> Option<Percentiles> {
+    let mut sorted: Vec<u64> = durations.collect();
+    sorted.sort_unstable();
+    let rank = |p: usize| sorted[(p * sorted.len()).div_ceil(100) - 1];
+    (!sorted.is_empty()).then(|| Percentiles {
+        p50: rank(50),
+        p90: rank(90),
+        p95: rank(95),
+        p99: rank(99),
+        max: *sorted.last().unwrap(),
+    })
+}
+
+/// Whether percentiles answered are within the contract's tolerance of the exact ones: each
+/// within 1% (0 exactly), the maximum exact.
+fn close(got: Option<Percentiles>, exact: Option<Percentiles>) -> bool {
+    match (got, exact) {
+        (None, None) => true,
+        (Some(g), Some(e)) => {
+            let near = |a: u64, b: u64| a.abs_diff(b) as f64 <= b as f64 * 0.01;
+            near(g.p50, e.p50)
+                && near(g.p90, e.p90)
+                && near(g.p95, e.p95)
+                && near(g.p99, e.p99)
+                && g.max == e.max
+        }
+        _ => false,
+    }
+}
+
+/// Asserts stats equal the oracle's: tallies and last runs exactly, percentiles within
+/// tolerance.
+fn assert_stats_match(got: &Stats, expected: &Stats, context: &str) {
+    assert_eq!(
+        (got.tally, got.last_run),
+        (expected.tally, expected.last_run),
+        "{context}"
+    );
+    assert!(
+        close(got.percentiles, expected.percentiles),
+        "{context}: percentiles {:?}, exact {:?}",
+        got.percentiles,
+        expected.percentiles
+    );
+}
+
+/// Asserts aggregated buckets equal the oracle's (percentiles within tolerance).
+fn assert_buckets_match(
+    got: &[(i64, i64, Tally, Option<Percentiles>)],
+    expected: &[(i64, i64, Tally, Option<Percentiles>)],
+    context: &str,
+) {
+    let plain = |b: &[(i64, i64, Tally, Option<Percentiles>)]| -> Vec<(i64, i64, Tally)> {
+        b.iter().map(|(s, l, t, _)| (*s, *l, *t)).collect()
+    };
+    assert_eq!(plain(got), plain(expected), "{context}");
+    for (g, e) in got.iter().zip(expected) {
+        assert!(
+            close(g.3, e.3),
+            "{context}: bucket {}: percentiles {:?}, exact {:?}",
+            g.0,
+            g.3,
+            e.3
+        );
     }
 }
 
@@ -426,11 +509,10 @@ fn check_seed(seed: u64, task_runs: usize, queries: usize) {
         let range = TimeRange::new(from, to).unwrap();
         let got = engine.stats(&op(entity), entity, range);
         match got {
-            Ok(stats) => assert_eq!(
-                stats,
-                oracle.stats(entity, from, to),
-                "{}",
-                context(format!("stats {entity} {from}..={to}"))
+            Ok(stats) => assert_stats_match(
+                &stats,
+                &oracle.stats(entity, from, to),
+                &context(format!("stats {entity} {from}..={to}")),
             ),
             Err(Error::NotFound(_)) => assert!(
                 oracle.runs(entity).is_empty(),
@@ -461,14 +543,13 @@ fn check_seed(seed: u64, task_runs: usize, queries: usize) {
         if let Ok(buckets) = ask(Fill::Sparse) {
             let got: Vec<_> = buckets
                 .iter()
-                .map(|b| (b.start, b.last_second, b.tally))
+                .map(|b| (b.start, b.last_second, b.tally, b.percentiles))
                 .collect();
             let what = || format!("aggregated {entity} {period:?} from {date_from} n {n}");
-            assert_eq!(
-                got,
-                oracle.aggregated(entity, period, date_from, n),
-                "{}",
-                context(what())
+            assert_buckets_match(
+                &got,
+                &oracle.aggregated(entity, period, date_from, n),
+                &context(what()),
             );
             // Filled: n consecutive buckets from the one holding date_from (fewer only at the
             // end of time), the same tallies where there are runs, zero elsewhere.
@@ -492,9 +573,16 @@ fn check_seed(seed: u64, task_runs: usize, queries: usize) {
             let nonempty: Vec<_> = filled
                 .iter()
                 .filter(|b| b.tally.runs() > 0)
-                .map(|b| (b.start, b.last_second, b.tally))
+                .map(|b| (b.start, b.last_second, b.tally, b.percentiles))
                 .collect();
             assert_eq!(nonempty, got, "{}", context(what()));
+            assert!(
+                filled
+                    .iter()
+                    .all(|b| (b.tally.runs() == 0) == b.percentiles.is_none()),
+                "{}",
+                context(what())
+            );
         }
 
         // The last run.
@@ -681,9 +769,10 @@ fn one_dense_pipeline_in_one_second() {
     ] {
         let second = at.second();
         let range = TimeRange::new(second, second).unwrap();
-        assert_eq!(
-            engine.stats(&op, entity, range).unwrap(),
-            oracle.stats(entity, second, second)
+        assert_stats_match(
+            &engine.stats(&op, entity, range).unwrap(),
+            &oracle.stats(entity, second, second),
+            &format!("{entity}"),
         );
         assert_eq!(
             Some(engine.last_run(&op, entity).unwrap()),

@@ -157,7 +157,7 @@ pub fn document() -> Value {
                         {"name": "date_from", "in": "path", "required": true, "description": "Any instant of the first bucket: `Y-m-d` or `Y-m-d H:i:s`", "schema": {"type": "string"}},
                         {"name": "period", "in": "path", "required": true, "schema": {"type": "string", "enum": ["day", "week", "month", "quarter", "year"]}},
                         {"name": "n", "in": "path", "required": true, "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
-                        {"name": "fill", "in": "query", "required": false, "description": "`zero`: every bucket, empty ones with zero counts and a zero average", "schema": {"type": "string", "enum": ["zero"]}}]),
+                        {"name": "fill", "in": "query", "required": false, "description": "`zero`: every bucket, empty ones with zero counts, a zero average and null percentiles", "schema": {"type": "string", "enum": ["zero"]}}]),
                     json_response("Buckets", json!({"type": "array", "items": {"$ref": "#/components/schemas/Bucket"}})),
                 )
             },
@@ -194,14 +194,24 @@ pub fn document() -> Value {
                     "average_duration": {"type": "integer", "description": "Floor of the mean, ms; 0 with no runs"},
                     "is_last_run_successful": {"type": "boolean"},
                     "last_run_executed_at": {"type": "string", "nullable": true, "description": "`Y-m-d H:i:s`; null with no run at or before `to`"},
-                    "last_run_duration": {"type": "integer", "description": "ms; 0 with no last run"}
+                    "last_run_duration": {"type": "integer", "description": "ms; 0 with no last run"},
+                    "duration_p50": {"type": "integer", "nullable": true, "description": "Median duration, ms: the nearest-rank value within 1%; null with no runs"},
+                    "duration_p90": {"type": "integer", "nullable": true, "description": "90th percentile, ms (nearest rank, within 1%); null with no runs"},
+                    "duration_p95": {"type": "integer", "nullable": true, "description": "95th percentile, ms (nearest rank, within 1%); null with no runs"},
+                    "duration_p99": {"type": "integer", "nullable": true, "description": "99th percentile, ms (nearest rank, within 1%); null with no runs"},
+                    "max_duration": {"type": "integer", "nullable": true, "description": "Longest duration, ms, exact; null with no runs"}
                 }},
                 "Bucket": {"type": "object", "required": ["date_from", "date_to", "num_of_successes", "num_of_failures", "average_duration"], "properties": {
                     "date_from": {"type": "string", "description": "The bucket's first second, `Y-m-d H:i:s`"},
                     "date_to": {"type": "string", "description": "The bucket's last second, `Y-m-d H:i:s`"},
                     "num_of_successes": {"type": "integer"},
                     "num_of_failures": {"type": "integer"},
-                    "average_duration": {"type": "integer"}
+                    "average_duration": {"type": "integer"},
+                    "duration_p50": {"type": "integer", "nullable": true, "description": "Median duration, ms: the nearest-rank value within 1%; null with no runs"},
+                    "duration_p90": {"type": "integer", "nullable": true, "description": "90th percentile, ms (nearest rank, within 1%); null with no runs"},
+                    "duration_p95": {"type": "integer", "nullable": true, "description": "95th percentile, ms (nearest rank, within 1%); null with no runs"},
+                    "duration_p99": {"type": "integer", "nullable": true, "description": "99th percentile, ms (nearest rank, within 1%); null with no runs"},
+                    "max_duration": {"type": "integer", "nullable": true, "description": "Longest duration, ms, exact; null with no runs"}
                 }},
                 "LastRun": {"type": "object", "required": ["is_successful", "executed_at", "duration"], "properties": {
                     "is_successful": {"type": "boolean"},

@@ -22,8 +22,10 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::auth::{Caller, bearer_token};
+use crate::durations::Percentiles;
 use crate::engine::{DEFAULT_LOG_PAGE, Engine, TokenRequest};
 use crate::error::{Error, OAuthError, Result, quote};
+
 use crate::model::{
     BucketCount, BucketStats, EntityKind, EntityRef, Fill, LastRun, LogCursor, LogEntry,
     PendingTaskRun, PipelineId, Stats, TimeRange,
@@ -126,6 +128,31 @@ pub struct StatsBody {
     pub is_last_run_successful: bool,
     pub last_run_executed_at: Option<String>,
     pub last_run_duration: u64,
+    #[serde(flatten)]
+    pub percentiles: PercentilesBody,
+}
+
+/// Duration percentiles and the maximum, `null` without runs (an addition to the reference's
+/// answers).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct PercentilesBody {
+    pub duration_p50: Option<u64>,
+    pub duration_p90: Option<u64>,
+    pub duration_p95: Option<u64>,
+    pub duration_p99: Option<u64>,
+    pub max_duration: Option<u64>,
+}
+
+impl From<Option<Percentiles>> for PercentilesBody {
+    fn from(percentiles: Option<Percentiles>) -> PercentilesBody {
+        PercentilesBody {
+            duration_p50: percentiles.map(|p| p.p50),
+            duration_p90: percentiles.map(|p| p.p90),
+            duration_p95: percentiles.map(|p| p.p95),
+            duration_p99: percentiles.map(|p| p.p99),
+            max_duration: percentiles.map(|p| p.max),
+        }
+    }
 }
 
 impl From<Stats> for StatsBody {
@@ -139,6 +166,7 @@ impl From<Stats> for StatsBody {
                 .last_run
                 .map(|r| format_datetime(r.executed_at.second())),
             last_run_duration: stats.last_run.map_or(0, |r| r.duration_ms),
+            percentiles: stats.percentiles.into(),
         }
     }
 }
@@ -161,6 +189,8 @@ pub struct BucketBody {
     pub num_of_successes: u64,
     pub num_of_failures: u64,
     pub average_duration: u64,
+    #[serde(flatten)]
+    pub percentiles: PercentilesBody,
 }
 
 impl From<&BucketStats> for BucketBody {
@@ -171,6 +201,7 @@ impl From<&BucketStats> for BucketBody {
             num_of_successes: bucket.tally.successes,
             num_of_failures: bucket.tally.failures,
             average_duration: bucket.tally.average_duration_ms(),
+            percentiles: bucket.percentiles.into(),
         }
     }
 }

@@ -238,6 +238,11 @@ pub fn stats_response(stats: Stats) -> proto::StatsResponse {
         is_last_run_successful: stats.last_run.is_some_and(|r| r.is_successful),
         last_run_executed_at: stats.last_run.map(|r| to_proto_timestamp(r.executed_at)),
         last_run_duration_ms: stats.last_run.map_or(0, |r| r.duration_ms),
+        duration_p50_ms: stats.percentiles.map(|p| p.p50),
+        duration_p90_ms: stats.percentiles.map(|p| p.p90),
+        duration_p95_ms: stats.percentiles.map(|p| p.p95),
+        duration_p99_ms: stats.percentiles.map(|p| p.p99),
+        max_duration_ms: stats.percentiles.map(|p| p.max),
     }
 }
 
@@ -248,6 +253,11 @@ pub fn bucket(bucket: &BucketStats) -> proto::BucketStats {
         num_of_successes: bucket.tally.successes,
         num_of_failures: bucket.tally.failures,
         average_duration_ms: bucket.tally.average_duration_ms(),
+        duration_p50_ms: bucket.percentiles.map(|p| p.p50),
+        duration_p90_ms: bucket.percentiles.map(|p| p.p90),
+        duration_p95_ms: bucket.percentiles.map(|p| p.p95),
+        duration_p99_ms: bucket.percentiles.map(|p| p.p99),
+        max_duration_ms: bucket.percentiles.map(|p| p.max),
     }
 }
 

@@ -23,18 +23,29 @@ pub fn run(args: UpgradeArgs) -> Result<ExitCode, String> {
     if terminal {
         eprint!("\r\x1b[2K");
     }
-    println!(
-        "upgraded from format {} to format {} in {:.1} s: {} organizations, {} clients, {} live tokens, {} pipelines, {} finished and {} unfinished task runs",
-        report.from,
-        crate::store::tables::FORMAT_VERSION,
-        started.elapsed().as_secs_f64(),
-        report.organizations,
-        report.clients,
-        report.tokens,
-        report.pipelines,
-        report.finished_runs - report.refused_count,
-        report.unfinished_runs
-    );
+    if report.rollups_only {
+        println!(
+            "upgraded from format {} to format {} in {:.1} s: rebuilt the rollups of {} pipelines from {} finished task runs; every other table is carried over as it was",
+            report.from,
+            crate::store::tables::FORMAT_VERSION,
+            started.elapsed().as_secs_f64(),
+            report.pipelines,
+            report.finished_runs
+        );
+    } else {
+        println!(
+            "upgraded from format {} to format {} in {:.1} s: {} organizations, {} clients, {} live tokens, {} pipelines, {} finished and {} unfinished task runs",
+            report.from,
+            crate::store::tables::FORMAT_VERSION,
+            started.elapsed().as_secs_f64(),
+            report.organizations,
+            report.clients,
+            report.tokens,
+            report.pipelines,
+            report.finished_runs - report.refused_count,
+            report.unfinished_runs
+        );
+    }
     for refused in &report.refused {
         println!("refused: {refused}");
     }

@@ -11,7 +11,7 @@ use super::credentials::{ClientRecord, OrgRecord, TokenRecord};
 use super::records::{
     EntityDetail, EntityKey, LastRunRecord, PipelineRunAgg, RunRecord, RunRef, TaskRunHome,
 };
-use super::rollup::{Series, Source, aggregated, last_run_at_or_before, range_tally};
+use super::rollup::{Series, Source, aggregated, last_run_at_or_before, range_summary};
 use super::tables::{
     self, ENTITIES, ENTITY_KEYS, EntityId, INDEX_KEY_LEN, LAST_RUNS, OrgIndex, PIPELINE_RUNS,
     ROLLUPS, RUN_LOG, YEAR_ROLLUPS, pipeline_task_key, run_key, scoped_key, split_run_key,
@@ -19,7 +19,7 @@ use super::tables::{
 use crate::error::{Error, Result};
 use crate::model::{
     BucketCount, BucketStats, Fill, LastRun, LogCursor, LogEntry, LogPage, OrgId, PendingTaskRun,
-    PipelineId, Stats, Tally, TaskId, TaskRunId, TimeRange,
+    PipelineId, Stats, Summary, TaskId, TaskRunId, TimeRange,
 };
 use crate::time::{Level, MAX_SECOND, MICROS_PER_SECOND, Period, Timestamp};
 
@@ -139,14 +139,18 @@ impl<'a> Reader<'a> {
         let series = series(entity);
         let last = self.last_run_record(entity.id)?;
         self.with_rollups(|source| {
-            let tally = range_tally(source, &series, range)?;
+            let summary = range_summary(source, &series, range)?;
             let last_run = match last {
                 None => None,
                 Some(last) if last.executed_at.second() <= range.to() => Some(last.last_run()),
                 Some(_) => last_run_at_or_before(source, &series, range.to())?
                     .map(|record| record.last_run()),
             };
-            Ok(Stats { tally, last_run })
+            Ok(Stats {
+                tally: summary.tally,
+                percentiles: summary.percentiles(),
+                last_run,
+            })
         })
     }
 
@@ -166,15 +170,15 @@ impl<'a> Reader<'a> {
         let series = series(entity);
         let buckets =
             self.with_rollups(|source| aggregated(source, &series, period, start, end))?;
-        let starts: Vec<(i64, Tally)> = match fill {
+        let starts: Vec<(i64, Summary)> = match fill {
             Fill::Sparse => buckets,
             Fill::Zero => {
                 let mut stored = buckets.into_iter().peekable();
                 let mut all = Vec::with_capacity(n.get() as usize);
                 let mut bucket = start;
                 while bucket < end {
-                    let tally = stored.next_if(|(s, _)| *s == bucket).map(|(_, t)| t);
-                    all.push((bucket, tally.unwrap_or_default()));
+                    let summary = stored.next_if(|(s, _)| *s == bucket).map(|(_, t)| t);
+                    all.push((bucket, summary.unwrap_or_default()));
                     bucket = level.next_bucket(bucket);
                 }
                 all
@@ -182,11 +186,12 @@ impl<'a> Reader<'a> {
         };
         Ok(starts
             .into_iter()
-            .map(|(start, tally)| BucketStats {
+            .map(|(start, summary)| BucketStats {
                 period,
                 start,
                 last_second: level.next_bucket(start) - 1,
-                tally,
+                tally: summary.tally,
+                percentiles: summary.percentiles(),
             })
             .collect())
     }

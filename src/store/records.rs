@@ -5,9 +5,10 @@
 use uuid::Uuid;
 
 use super::tables::{ENTITY_KEY_LEN, EntityId, LAST_RUN_LEN, OrgIndex, RunId};
+use crate::durations::{self, Durations};
 use crate::error::Error;
 use crate::model::{
-    EntityKind, LastRun, OrgId, PipelineRunId, RunState, Tally, TaskError, TaskType,
+    EntityKind, LastRun, OrgId, PipelineRunId, RunState, Summary, Tally, TaskError, TaskType,
 };
 use crate::time::Timestamp;
 
@@ -560,24 +561,40 @@ impl LastRunRecord {
     }
 }
 
-/// One part of a [`BucketRecord`]: a tally, and for a pipeline's records the number of its task
-/// runs executed in the part (its weight, which decides whether finer records are kept).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// One part of a [`BucketRecord`]: a tally and the distribution of its durations, and for a
+/// pipeline's records the number of its task runs executed in the part (its weight, which decides
+/// whether finer records are kept).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Part {
     pub index: u16,
     pub tally: Tally,
     pub weight: u64,
+    pub durations: Durations,
 }
 
 impl Part {
+    /// Nothing counted: a delta whose tally cancels out may still move durations between bins.
     pub fn is_empty(&self) -> bool {
-        self.tally.is_empty() && self.weight == 0
+        self.tally.is_empty() && self.weight == 0 && self.durations.is_empty()
+    }
+
+    /// Adds another part's contributions (the max is the larger; see [`Durations`]).
+    pub fn add(&mut self, other: &Part) {
+        self.tally = self.tally + other.tally;
+        self.weight = self.weight.wrapping_add(other.weight);
+        self.durations.add(&other.durations);
     }
 }
 
-/// A rollup record: the tally of a bucket and the tallies of its non-empty parts in index order
-/// (the months of a year, the days of a month, the hours of a day, the seconds of an hour); for a
-/// pipeline, also weights. Encoded as varints, so a record of a day with one run is a few bytes.
+/// A rollup record: the tally of a bucket and the tallies and duration distributions of its
+/// non-empty parts in index order (the months of a year, the days of a month, the hours of a
+/// day, the seconds of an hour); for a pipeline, also weights. Encoded as varints, so a record of
+/// a day with one run is a few bytes.
+///
+/// A part with runs stores its exact maximum duration, then the number of other non-empty bins
+/// and those bins (bin number as the step from the previous one, count) in ascending order; the
+/// maximum's bin holds the runs not counted elsewhere, so a part of one run costs only its
+/// maximum.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BucketRecord {
     pub total: Tally,
@@ -600,6 +617,18 @@ impl BucketRecord {
             .map(|at| &self.parts[at])
     }
 
+    /// The summary of the whole bucket: its total and the sum of its parts' distributions.
+    pub fn summary(&self) -> Summary {
+        let mut durations = Durations::default();
+        for part in &self.parts {
+            durations.add(&part.durations);
+        }
+        Summary {
+            tally: self.total,
+            durations,
+        }
+    }
+
     /// `weighted` for a pipeline's records (which carry weights), not a task's.
     pub fn encode(&self, weighted: bool, out: &mut Vec<u8>) {
         out.push(u8::from(weighted) * RECORD_WEIGHTED);
@@ -612,6 +641,9 @@ impl BucketRecord {
             encode_tally(&part.tally, out);
             if weighted {
                 put_varint(out, part.weight);
+            }
+            if part.tally.runs() > 0 {
+                encode_durations(&part.durations, out);
             }
         }
     }
@@ -649,22 +681,18 @@ impl BucketRecord {
         self.total = self.total + delta.total;
         self.weight = self.weight.wrapping_add(delta.weight);
         let mut merged = Vec::with_capacity(self.parts.len() + delta.parts.len());
-        let (mut mine, mut theirs) = (self.parts.iter().peekable(), delta.parts.iter().peekable());
+        let mut mine = std::mem::take(&mut self.parts).into_iter().peekable();
+        let mut theirs = delta.parts.iter().peekable();
         loop {
             let next = match (mine.peek(), theirs.peek()) {
                 (Some(a), Some(b)) if a.index == b.index => {
-                    let sum = Part {
-                        index: a.index,
-                        tally: a.tally + b.tally,
-                        weight: a.weight.wrapping_add(b.weight),
-                    };
-                    mine.next();
-                    theirs.next();
+                    let mut sum = mine.next().expect("peeked");
+                    sum.add(theirs.next().expect("peeked"));
                     sum
                 }
-                (Some(a), Some(b)) if a.index < b.index => *mine.next().expect("peeked"),
-                (Some(_), Some(_)) | (None, Some(_)) => *theirs.next().expect("peeked"),
-                (Some(_), None) => *mine.next().expect("peeked"),
+                (Some(a), Some(b)) if a.index < b.index => mine.next().expect("peeked"),
+                (Some(_), Some(_)) | (None, Some(_)) => theirs.next().expect("peeked").clone(),
+                (Some(_), None) => mine.next().expect("peeked"),
                 (None, None) => break,
             };
             if !next.is_empty() {
@@ -673,6 +701,41 @@ impl BucketRecord {
         }
         self.parts = merged;
     }
+}
+
+/// A stored part's distribution (see [`BucketRecord`]).
+fn encode_durations(durations: &Durations, out: &mut Vec<u8>) {
+    let top = durations::bin_of(durations.max());
+    put_varint(out, durations.max());
+    let others = durations.bins().iter().filter(|(bin, _)| *bin != top);
+    put_varint(out, others.clone().count() as u64);
+    let mut previous = 0;
+    for (bin, count) in others {
+        put_varint(out, u64::from(*bin - previous));
+        put_varint(out, *count);
+        previous = *bin;
+    }
+}
+
+fn decode_durations_from(input: &mut Input<'_>, runs: u64) -> Option<Durations> {
+    let max = input.varint()?;
+    let top = durations::bin_of(max);
+    let others = input.varint()?;
+    let mut bins = Vec::with_capacity(usize::try_from(others).ok()?.min(4096) + 1);
+    let (mut previous, mut counted) = (0u16, 0u64);
+    for _ in 0..others {
+        let bin = previous.checked_add(u16::try_from(input.varint()?).ok()?)?;
+        let count = input.varint()?;
+        if bin >= top || count == 0 || (bin <= previous && !bins.is_empty()) {
+            return None;
+        }
+        counted = counted.checked_add(count)?;
+        bins.push((bin, count));
+        previous = bin;
+    }
+    let in_top = runs.checked_sub(counted).filter(|c| *c > 0)?;
+    bins.push((top, in_top));
+    Some(Durations::from_parts(bins, max))
 }
 
 /// A tally as three varints.
@@ -724,10 +787,15 @@ impl Iterator for Parts<'_> {
             .and_then(|index| {
                 let tally = decode_tally_from(input)?;
                 let weight = if weighted { input.varint()? } else { 0 };
+                let durations = match tally.runs() {
+                    0 => Durations::default(),
+                    runs => decode_durations_from(input, runs)?,
+                };
                 Some(Part {
                     index,
                     tally,
                     weight,
+                    durations,
                 })
             });
         if part.is_none() {
@@ -908,31 +976,51 @@ mod tests {
         assert_eq!(Input(&overflowing).varint(), None);
     }
 
-    fn tally((s, f, d): (u64, u64, u64)) -> Tally {
-        Tally {
-            successes: s,
-            failures: f,
-            duration_ms: d,
-        }
+    /// Parts by index: their runs and weight.
+    type PartsRuns = std::collections::BTreeMap<u16, (Vec<(bool, u64)>, u64)>;
+
+    /// Runs of one part: outcome and duration (any `u64`, small ones often).
+    fn runs() -> impl Strategy<Value = Vec<(bool, u64)>> {
+        proptest::collection::vec((any::<bool>(), prop_oneof![0u64..300, any::<u64>()]), 0..6)
     }
 
     proptest! {
         #[test]
         fn bucket_records_round_trip_and_merge_like_maps(
-            parts in proptest::collection::btree_map(0u16..3_600, ((0u64..5, 0u64..5, any::<u64>()), 0u64..3), 0..20),
-            delta in proptest::collection::btree_map(0u16..3_600, ((0u64..5, 0u64..5, any::<u64>()), 0u64..3), 0..20),
+            parts in proptest::collection::btree_map(0u16..3_600, (runs(), 0u64..3), 0..20),
+            delta in proptest::collection::btree_map(0u16..3_600, (runs(), 0u64..3), 0..20),
             weighted: bool,
         ) {
             let w = |x: u64| if weighted { x } else { 0 };
-            let record = |map: &std::collections::BTreeMap<u16, ((u64, u64, u64), u64)>| BucketRecord {
-                total: map.values().fold(Tally::default(), |t, &(x, _)| t + tally(x)),
-                weight: map.values().map(|&(_, weight)| w(weight)).sum(),
-                parts: map.iter()
-                    .map(|(&index, &(x, weight))| Part { index, tally: tally(x), weight: w(weight) })
-                    .filter(|p| !p.is_empty())
-                    .collect(),
+            // Each part from its runs; `sign` false takes them out instead.
+            let part = |index: u16, runs: &[(bool, u64)], weight: u64, sign: bool| {
+                let weight = if sign { w(weight) } else { 0u64.wrapping_sub(w(weight)) };
+                let mut part = Part { index, weight, ..Part::default() };
+                for &(ok, duration) in runs {
+                    let run = Tally::of_run(ok, duration);
+                    if sign {
+                        part.tally = part.tally + run;
+                        part.durations.add(&Durations::of(duration));
+                    } else {
+                        part.tally = part.tally - run;
+                        part.durations.add(&Durations::retraction_of(duration));
+                    }
+                }
+                part
             };
-            let (mut a, b) = (record(&parts), record(&delta));
+            let record = |map: &PartsRuns, sign: bool| {
+                let parts: Vec<Part> = map
+                    .iter()
+                    .map(|(&index, (runs, weight))| part(index, runs, *weight, sign))
+                    .filter(|p| !p.is_empty())
+                    .collect();
+                BucketRecord {
+                    total: parts.iter().fold(Tally::default(), |t, p| t + p.tally),
+                    weight: parts.iter().fold(0u64, |t, p| t.wrapping_add(p.weight)),
+                    parts,
+                }
+            };
+            let (mut a, b) = (record(&parts, true), record(&delta, true));
             let mut bytes = Vec::new();
             a.encode(weighted, &mut bytes);
             prop_assert_eq!(BucketRecord::decode(&bytes).unwrap(), a.clone());
@@ -940,17 +1028,15 @@ mod tests {
             a.merge(&b);
             prop_assert_eq!(a.total, before.total + b.total);
             prop_assert_eq!(a.weight, before.weight + b.weight);
-            // Merging the negation takes it back out.
-            let negation = BucketRecord {
-                total: Tally::default() - b.total,
-                weight: 0u64.wrapping_sub(b.weight),
-                parts: b.parts.iter().map(|p| Part {
-                    index: p.index,
-                    tally: Tally::default() - p.tally,
-                    weight: 0u64.wrapping_sub(p.weight),
-                }).collect(),
-            };
-            a.merge(&negation);
+            let mut merged = Vec::new();
+            a.encode(weighted, &mut merged);
+            prop_assert_eq!(BucketRecord::decode(&merged).unwrap(), a.clone());
+            // Merging the negation takes it back out (all but the max, which the store
+            // recomputes after a retraction).
+            a.merge(&record(&delta, false));
+            for (part, old) in a.parts.iter_mut().zip(&before.parts) {
+                part.durations.set_max(old.durations.max());
+            }
             prop_assert_eq!(a, before);
         }
 

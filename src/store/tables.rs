@@ -312,11 +312,12 @@ pub mod meta {
     pub const PIPELINE_INDEX_PERIOD: &str = "pipeline_index_period";
 }
 
-/// The file format this build reads and writes. 4: UUID indexes by arrival period with Bloom
-/// filters, pipeline runs by id, rollups finer than a year only where dense. (3: UUIDs
-/// namespaced per organization; 2: rollups at six levels with parts; 1: second and minute
-/// buckets.) `runledger upgrade` brings formats 2 and 3 to this one.
-pub const FORMAT_VERSION: u32 = 4;
+/// The file format this build reads and writes. 5: rollup parts carry duration histograms and
+/// maxima. (4: UUID indexes by arrival period with Bloom filters, pipeline runs by id, rollups
+/// finer than a year only where dense; 3: UUIDs namespaced per organization; 2: rollups at six
+/// levels with parts; 1: second and minute buckets.) `runledger upgrade` brings formats 2 and 4
+/// to this one.
+pub const FORMAT_VERSION: u32 = 5;
 
 #[cfg(test)]
 mod tests {

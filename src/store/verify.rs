@@ -20,6 +20,7 @@ use super::tables::{
     YEAR_KEY_LEN, member_key, member_key_micros, rollup_key, split_index_key, split_run_key,
     year_key,
 };
+use crate::durations;
 use crate::error::Result;
 use crate::model::{RunState, Tally};
 use crate::time::{Level, Timestamp, format_datetime};
@@ -306,6 +307,11 @@ impl PipelineWork {
             });
             part.tally = part.tally + tally;
             part.weight += weight;
+            if !tally.is_empty() {
+                part.durations
+                    .add_count(durations::bin_of(tally.duration_ms), 1);
+                part.durations.raise_max(tally.duration_ms);
+            }
         }
     }
 
@@ -476,7 +482,7 @@ impl PipelineWork {
                 let record = BucketRecord {
                     total: *total,
                     weight: *weight,
-                    parts: parts.values().copied().filter(|p| !p.is_empty()).collect(),
+                    parts: parts.values().filter(|p| !p.is_empty()).cloned().collect(),
                 };
                 (*key, record)
             })

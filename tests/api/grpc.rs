@@ -118,6 +118,17 @@ async fn a_reported_stream_answers_every_query() {
     assert!(task_a.is_last_run_successful);
     assert_eq!(task_a.last_run_executed_at, Some(ts("2024-02-29 12:00:00")));
     assert_eq!(task_a.last_run_duration_ms, 50);
+    // Durations 100 and 50: the median is 50, the higher percentiles and the max 100.
+    assert_eq!(
+        (
+            task_a.duration_p50_ms,
+            task_a.duration_p90_ms,
+            task_a.duration_p95_ms,
+            task_a.duration_p99_ms,
+            task_a.max_duration_ms
+        ),
+        (Some(50), Some(100), Some(100), Some(100), Some(100))
+    );
 
     // Pipeline runs count once each: run 1 failed (B failed), 400 ms; run 2 succeeded, 120 ms.
     let pipeline = stats
@@ -137,6 +148,10 @@ async fn a_reported_stream_answers_every_query() {
             pipeline.average_duration_ms
         ),
         (1, 1, 260)
+    );
+    assert_eq!(
+        (pipeline.duration_p50_ms, pipeline.max_duration_ms),
+        (Some(120), Some(400))
     );
     assert_eq!(
         pipeline.last_run_executed_at,
@@ -215,15 +230,16 @@ async fn a_reported_stream_answers_every_query() {
                 b.num_of_successes,
                 b.num_of_failures,
                 b.average_duration_ms,
+                b.max_duration_ms,
             )
         })
         .collect();
     assert_eq!(
         summary,
         vec![
-            (Some(ts("2024-01-01 00:00:00")), 0, 0, 0),
-            (Some(ts("2024-02-01 00:00:00")), 1, 1, 260),
-            (Some(ts("2024-03-01 00:00:00")), 0, 0, 0),
+            (Some(ts("2024-01-01 00:00:00")), 0, 0, 0, None),
+            (Some(ts("2024-02-01 00:00:00")), 1, 1, 260, Some(400)),
+            (Some(ts("2024-03-01 00:00:00")), 0, 0, 0, None),
         ]
     );
     assert_eq!(

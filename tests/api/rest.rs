@@ -19,6 +19,9 @@ const TASK_A: &str = "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa";
 const TASK_B: &str = "bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb";
 const RUN_1: &str = "00000000-0000-4000-8000-000000000001";
 const RUN_2: &str = "00000000-0000-4000-8000-000000000002";
+/// The nearest-rank median of the pipeline's runs (120 and 400 ms) as its bin (119..=121)
+/// represents it; any value within 1% of 120 would meet the contract.
+const PIPELINE_P50: u64 = 120;
 const IDLE_TASK: &str = "cccccccc-cccc-4ccc-8ccc-cccccccccccc";
 
 /// Two pipeline runs across a month boundary and a leap day (see the gRPC tests), plus a
@@ -107,6 +110,23 @@ async fn call(
     )
 }
 
+/// A reference answer with the percentile fields added: `[p50, p90, p95, p99, max]`, or none
+/// (all `null`) for an answer without runs.
+fn with_percentiles(mut answer: Value, percentiles: Option<[u64; 5]>) -> Value {
+    let names = [
+        "duration_p50",
+        "duration_p90",
+        "duration_p95",
+        "duration_p99",
+        "max_duration",
+    ];
+    let object = answer.as_object_mut().unwrap();
+    for (at, name) in names.into_iter().enumerate() {
+        object.insert(name.into(), json!(percentiles.map(|p| p[at])));
+    }
+    answer
+}
+
 async fn get_ok(app: &TestApp, path: &str) -> Value {
     let (status, _, body) = call(app, Method::GET, path, Some(&app.token)).await;
     assert_eq!(status, StatusCode::OK, "{path}: {body}");
@@ -116,10 +136,14 @@ async fn get_ok(app: &TestApp, path: &str) -> Value {
 #[tokio::test]
 async fn stats_of_both_editions_field_by_field() {
     let app = seeded().await;
-    let task_a = json!({
-        "num_of_successes": 2, "num_of_failures": 0, "average_duration": 75,
-        "is_last_run_successful": true, "last_run_executed_at": "2024-02-29 12:00:00", "last_run_duration": 50
-    });
+    // Durations 100 and 50 ms: nearest-rank p50 is 50, the others the max.
+    let task_a = with_percentiles(
+        json!({
+            "num_of_successes": 2, "num_of_failures": 0, "average_duration": 75,
+            "is_last_run_successful": true, "last_run_executed_at": "2024-02-29 12:00:00", "last_run_duration": 50
+        }),
+        Some([50, 100, 100, 100, 100]),
+    );
     assert_eq!(
         get_ok(
             &app,
@@ -138,10 +162,13 @@ async fn stats_of_both_editions_field_by_field() {
     );
 
     // Pipeline runs once each: run 1 failed (400 ms), run 2 succeeded (120 ms).
-    let pipeline = json!({
-        "num_of_successes": 1, "num_of_failures": 1, "average_duration": 260,
-        "is_last_run_successful": true, "last_run_executed_at": "2024-02-29 12:00:01", "last_run_duration": 120
-    });
+    let pipeline = with_percentiles(
+        json!({
+            "num_of_successes": 1, "num_of_failures": 1, "average_duration": 260,
+            "is_last_run_successful": true, "last_run_executed_at": "2024-02-29 12:00:01", "last_run_duration": 120
+        }),
+        Some([PIPELINE_P50, 400, 400, 400, 400]),
+    );
     for path in [
         format!("/v1/stats/pipelines/{PIPELINE}/stats/2024-01-01%2000:00:00/2024-12-31%2023:59:59"),
         format!("/v1/stats/workflows/{PIPELINE}/stats/2024-01-01/2024-12-31"),
@@ -157,10 +184,13 @@ async fn stats_of_both_editions_field_by_field() {
     .await;
     assert_eq!(
         before,
-        json!({
-            "num_of_successes": 0, "num_of_failures": 0, "average_duration": 0,
-            "is_last_run_successful": false, "last_run_executed_at": null, "last_run_duration": 0
-        })
+        with_percentiles(
+            json!({
+                "num_of_successes": 0, "num_of_failures": 0, "average_duration": 0,
+                "is_last_run_successful": false, "last_run_executed_at": null, "last_run_duration": 0
+            }),
+            None
+        )
     );
     let at = get_ok(
         &app,
@@ -190,10 +220,13 @@ async fn stats_of_both_editions_field_by_field() {
         (Some(0), Some("2024-02-29 12:00:01"))
     );
 
-    let months = json!([{
-        "date_from": "2024-02-01 00:00:00", "date_to": "2024-02-29 23:59:59",
-        "num_of_successes": 1, "num_of_failures": 1, "average_duration": 260
-    }]);
+    let months = json!([with_percentiles(
+        json!({
+            "date_from": "2024-02-01 00:00:00", "date_to": "2024-02-29 23:59:59",
+            "num_of_successes": 1, "num_of_failures": 1, "average_duration": 260
+        }),
+        Some([PIPELINE_P50, 400, 400, 400, 400])
+    )]);
     assert_eq!(
         get_ok(
             &app,
@@ -213,7 +246,12 @@ async fn stats_of_both_editions_field_by_field() {
         months
     );
     // Filled: exactly three months, the empty ones with zeros.
-    let empty = |from: &str, to: &str| json!({"date_from": from, "date_to": to, "num_of_successes": 0, "num_of_failures": 0, "average_duration": 0});
+    let empty = |from: &str, to: &str| {
+        with_percentiles(
+            json!({"date_from": from, "date_to": to, "num_of_successes": 0, "num_of_failures": 0, "average_duration": 0}),
+            None,
+        )
+    };
     assert_eq!(
         get_ok(
             &app,
@@ -236,8 +274,14 @@ async fn stats_of_both_editions_field_by_field() {
     assert_eq!(
         weeks,
         json!([
-            {"date_from": "2024-01-29 00:00:00", "date_to": "2024-02-04 23:59:59", "num_of_successes": 1, "num_of_failures": 0, "average_duration": 100},
-            {"date_from": "2024-02-26 00:00:00", "date_to": "2024-03-03 23:59:59", "num_of_successes": 1, "num_of_failures": 0, "average_duration": 50}
+            with_percentiles(
+                json!({"date_from": "2024-01-29 00:00:00", "date_to": "2024-02-04 23:59:59", "num_of_successes": 1, "num_of_failures": 0, "average_duration": 100}),
+                Some([100; 5])
+            ),
+            with_percentiles(
+                json!({"date_from": "2024-02-26 00:00:00", "date_to": "2024-03-03 23:59:59", "num_of_successes": 1, "num_of_failures": 0, "average_duration": 50}),
+                Some([50; 5])
+            )
         ])
     );
     assert_eq!(

@@ -22,8 +22,8 @@ mod write;
 
 use redb::ReadableTable;
 
-pub use read::{aggregated, last_run_at_or_before, range_tally};
-pub use write::{FlushTables, RollupDeltas};
+pub use read::{aggregated, last_run_at_or_before, range_summary};
+pub use write::{FlushTables, RollupDeltas, rebuild};
 
 use super::records::BucketRecord;
 use super::tables::{EntityId, ROLLUP_KEY_LEN, RUN_KEY_LEN, YEAR_KEY_LEN, rollup_key, year_key};

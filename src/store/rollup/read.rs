@@ -11,8 +11,8 @@ use uuid::Uuid;
 use super::scan::aggregate;
 use super::{DENSE, RollupTable, RunLogTable, RunTable, Series, Source, YearTable};
 use crate::error::Result;
-use crate::model::{EntityKind, Tally, TimeRange};
-use crate::store::records::{BucketRecord, LastRunRecord, RunRecord, RunRef, corrupt};
+use crate::model::{EntityKind, Summary, TimeRange};
+use crate::store::records::{BucketRecord, LastRunRecord, Part, RunRecord, RunRef, corrupt};
 use crate::store::tables::{
     EntityId, RUN_KEY_LEN, YEAR_KEY_LEN, run_key_bounds, split_run_key, year_key, year_key_start,
 };
@@ -52,7 +52,7 @@ impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R,
         Ok(self.record(series.id, level, start)?.unwrap_or_default())
     }
 
-    /// The tally of the seconds `[from, end)` within the bucket of `level` at `start`, whose
+    /// The summary of the seconds `[from, end)` within the bucket of `level` at `start`, whose
     /// record for the series is `record`.
     fn sum_parts(
         &self,
@@ -62,9 +62,9 @@ impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R,
         record: &BucketRecord,
         from: i64,
         end: i64,
-    ) -> Result<Tally> {
+    ) -> Result<Summary> {
         let (first, last) = parts_touched(level, start, from, end);
-        let mut total = Tally::default();
+        let mut total = Summary::default();
         // (A pipeline's part may carry only weight: task runs, but no pipeline run ending there.)
         for part in record.parts.iter().filter(|p| !p.tally.is_empty()) {
             if part.index < first {
@@ -75,7 +75,7 @@ impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R,
             }
             let (part_first, part_end) = level.part_span(start, part.index);
             if from <= part_first && part_end <= end {
-                total = total + part.tally;
+                add_part(&mut total, part);
                 continue;
             }
             // A part cut by the range's edge: its own record where the pipeline is dense, else
@@ -84,10 +84,9 @@ impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R,
             let (cut_from, cut_end) = (from.max(part_first), end.min(part_end));
             if self.weight(series, level, start, part.index, record)? >= DENSE {
                 let inner = self.dense_record(series, finer, part_first)?;
-                total =
-                    total + self.sum_parts(series, finer, part_first, &inner, cut_from, cut_end)?;
+                total.add(&self.sum_parts(series, finer, part_first, &inner, cut_from, cut_end)?);
             } else {
-                total = total + self.scan_tally(series, cut_from, cut_end)?;
+                total.add(&self.scan_summary(series, cut_from, cut_end)?);
             }
         }
         Ok(total)
@@ -130,7 +129,7 @@ impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R,
         Ok(None)
     }
 
-    /// The tallies of the series' days (by `bucket` of each day's start) in the seconds
+    /// The summaries of the series' days (by `bucket` of each day's start) in the seconds
     /// `[from, end)`, from the year's month parts: a dense month's record, or the log.
     fn days(
         &self,
@@ -138,7 +137,7 @@ impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R,
         (year, record): (i64, &BucketRecord),
         (from, end): (i64, i64),
         bucket: &impl Fn(i64) -> i64,
-        into: &mut BTreeMap<i64, Tally>,
+        into: &mut BTreeMap<i64, Summary>,
     ) -> Result<()> {
         for part in &record.parts {
             let (month, month_end) = Level::Year.part_span(year, part.index);
@@ -150,8 +149,7 @@ impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R,
                 for day in &days.parts {
                     let (first, _) = Level::Month.part_span(month, day.index);
                     if (from..end).contains(&first) {
-                        let sum = into.entry(bucket(first)).or_default();
-                        *sum = *sum + day.tally;
+                        add_part(into.entry(bucket(first)).or_default(), day);
                     }
                 }
             } else {
@@ -159,9 +157,8 @@ impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R,
                     self.scan_buckets(series, from.max(month), end.min(month_end), |second| {
                         bucket(Level::Day.bucket_start(second))
                     })?;
-                for (start, tally) in scanned {
-                    let sum = into.entry(start).or_default();
-                    *sum = *sum + tally;
+                for (start, summary) in scanned {
+                    into.entry(start).or_default().add(&summary);
                 }
             }
         }
@@ -180,22 +177,27 @@ fn parts_touched(level: Level, start: i64, from: i64, end: i64) -> (u16, u16) {
     )
 }
 
-/// The tally of a series' runs in a range.
-pub fn range_tally<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable>(
+/// Adds a whole part to a summary.
+fn add_part(summary: &mut Summary, part: &Part) {
+    summary.tally = summary.tally + part.tally;
+    summary.durations.add(&part.durations);
+}
+
+/// The summary of a series' runs in a range.
+pub fn range_summary<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable>(
     source: &Source<'_, Y, R, L, P>,
     series: &Series,
     range: TimeRange,
-) -> Result<Tally> {
+) -> Result<Summary> {
     let (from, end) = (range.from(), range.to() + 1);
-    let mut total = Tally::default();
+    let mut total = Summary::default();
     for (start, record) in source.years(series.id, from, end, false)? {
         let next = Level::Year.next_bucket(start);
-        total = total
-            + if from <= start && next <= end {
-                record.total
-            } else {
-                source.sum_parts(series, Level::Year, start, &record, from, end)?
-            };
+        if from <= start && next <= end {
+            total.add(&record.summary());
+        } else {
+            total.add(&source.sum_parts(series, Level::Year, start, &record, from, end)?);
+        }
     }
     Ok(total)
 }
@@ -208,21 +210,20 @@ pub fn aggregated<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable>(
     period: Period,
     start: i64,
     end: i64,
-) -> Result<Vec<(i64, Tally)>> {
+) -> Result<Vec<(i64, Summary)>> {
     let level = period.level();
     let bucket = |second: i64| level.bucket_start(second);
-    let mut buckets: BTreeMap<i64, Tally> = BTreeMap::new();
+    let mut buckets: BTreeMap<i64, Summary> = BTreeMap::new();
     for (year, record) in source.years(series.id, start, end, false)? {
         match period {
             Period::Year => {
-                buckets.insert(year, record.total);
+                buckets.insert(year, record.summary());
             }
             Period::Month | Period::Quarter => {
                 for part in &record.parts {
                     let (first, _) = Level::Year.part_span(year, part.index);
                     if (start..end).contains(&first) {
-                        let sum = buckets.entry(bucket(first)).or_default();
-                        *sum = *sum + part.tally;
+                        add_part(buckets.entry(bucket(first)).or_default(), part);
                     }
                 }
             }
@@ -233,7 +234,7 @@ pub fn aggregated<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable>(
     }
     Ok(buckets
         .into_iter()
-        .filter(|(_, tally)| !tally.is_empty())
+        .filter(|(_, summary)| !summary.is_empty())
         .collect())
 }
 

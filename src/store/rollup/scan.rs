@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use super::{RollupTable, RunLogTable, RunTable, Series, Source, YearTable};
 use crate::error::Result;
-use crate::model::{EntityKind, Tally};
+use crate::model::{EntityKind, Summary, Tally};
 use crate::store::records::{PipelineRunAgg, RunOutcome, RunRecord, RunRef, corrupt};
 use crate::store::tables::{RUN_KEY_LEN, RunId, run_key_bounds, split_run_key};
 use crate::time::MICROS_PER_SECOND;
@@ -98,34 +98,40 @@ impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R,
         from: i64,
         end: i64,
         bucket: impl Fn(i64) -> i64,
-    ) -> Result<BTreeMap<i64, Tally>> {
+    ) -> Result<BTreeMap<i64, Summary>> {
         let entries = entries(self.run_log, series.pipeline, from, end)?;
-        let mut buckets: BTreeMap<i64, Tally> = BTreeMap::new();
+        let mut buckets: BTreeMap<i64, Summary> = BTreeMap::new();
         match series.kind {
             EntityKind::Task => {
                 for entry in entries.iter().filter(|e| e.outcome.task == series.id) {
-                    let sum = buckets.entry(bucket(entry.second())).or_default();
-                    *sum = *sum + entry.tally();
+                    let summary = Summary::of_run(
+                        entry.outcome.is_successful,
+                        u64::from(entry.outcome.duration_ms),
+                    );
+                    buckets
+                        .entry(bucket(entry.second()))
+                        .or_default()
+                        .add(&summary);
                 }
             }
             EntityKind::Pipeline => {
                 let span = (from * MICROS_PER_SECOND, end * MICROS_PER_SECOND);
                 for agg in pipeline_runs_ending_in(self.runs, &entries, span.0, span.1)? {
                     let second = agg.latest_micros.div_euclid(MICROS_PER_SECOND);
-                    let sum = buckets.entry(bucket(second)).or_default();
-                    *sum = *sum + agg.tally();
+                    let summary = Summary::of_run(agg.failed == 0, agg.duration_ms);
+                    buckets.entry(bucket(second)).or_default().add(&summary);
                 }
             }
         }
         Ok(buckets)
     }
 
-    /// The series' tally in the seconds `[from, end)`.
-    pub fn scan_tally(&self, series: &Series, from: i64, end: i64) -> Result<Tally> {
+    /// The series' summary in the seconds `[from, end)`.
+    pub fn scan_summary(&self, series: &Series, from: i64, end: i64) -> Result<Summary> {
         Ok(self
             .scan_buckets(series, from, end, |_| 0)?
-            .into_values()
-            .fold(Tally::default(), |sum, tally| sum + tally))
+            .remove(&0)
+            .unwrap_or_default())
     }
 
     /// The latest second in `[from, to]` in which the series has a run.

@@ -9,8 +9,10 @@
 //! - dense only before: the records of the pipeline and all its tasks there are deleted;
 //! - neither: nothing is stored.
 //!
-//! Year records always take their deltas. Tallies form a group (wrapping add and subtract), so
-//! add-then-retract is exact in any order.
+//! Year records always take their deltas. Tallies and duration counts form a group (wrapping add
+//! and subtract), so add-then-retract is exact in any order. A part's maximum duration is not: a
+//! retraction of the part's maximum leaves it unknown, and such parts are recomputed after the
+//! merge, finest level first, from the next finer record or (where there is none) the log.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -19,11 +21,13 @@ use rustc_hash::FxHashMap;
 
 use super::scan::{Entry, entries, pipeline_runs_ending_in};
 use super::{DENSE, STORED, Series, parent};
+use crate::durations;
 use crate::error::Result;
 use crate::model::{EntityKind, Tally};
 use crate::store::records::{BucketRecord, Part, PipelineRunAgg};
 use crate::store::tables::{
-    EntityId, ROLLUP_KEY_LEN, RUN_KEY_LEN, YEAR_KEY_LEN, pipeline_task_key, rollup_key, year_key,
+    EntityId, ROLLUP_KEY_LEN, RUN_KEY_LEN, YEAR_KEY_LEN, pipeline_task_key, rollup_key,
+    run_key_bounds, split_run_key, year_key,
 };
 use crate::time::{Level, MICROS_PER_SECOND, Timestamp};
 
@@ -42,6 +46,8 @@ struct Delta {
     level: Level,
     start: i64,
     record: BucketRecord,
+    /// Durations taken back out, by part index (unsorted; the largest per part counts).
+    retracted: Vec<(u16, u64)>,
 }
 
 /// For each stored level (in [`STORED`] order), the delta's position and the part a second of
@@ -63,23 +69,34 @@ impl RollupDeltas {
     /// A finished task run counts for its task (or, with `retract`, stops counting) and weighs
     /// for its pipeline.
     pub fn task_run(&mut self, task: Series, at: Timestamp, tally: Tally, retract: bool) {
+        let duration = Some((tally.duration_ms, retract));
         let (tally, weight) = signed(tally, 1, retract);
-        self.apply(task, at, tally, 0);
+        self.apply(task, at, tally, 0, duration);
         let pipeline = Series {
             id: task.pipeline,
             kind: EntityKind::Pipeline,
             pipeline: task.pipeline,
         };
-        self.apply(pipeline, at, Tally::default(), weight);
+        self.apply(pipeline, at, Tally::default(), weight, None);
     }
 
     /// A pipeline run counts for its pipeline at its latest task run (or stops counting).
     pub fn pipeline_run(&mut self, pipeline: Series, at: Timestamp, tally: Tally, retract: bool) {
+        let duration = Some((tally.duration_ms, retract));
         let (tally, _) = signed(tally, 0, retract);
-        self.apply(pipeline, at, tally, 0);
+        self.apply(pipeline, at, tally, 0, duration);
     }
 
-    fn apply(&mut self, series: Series, at: Timestamp, tally: Tally, weight: u64) {
+    /// Adds a contribution to the series' bucket at every stored level; `duration` is the run's
+    /// duration and whether it is taken out.
+    fn apply(
+        &mut self,
+        series: Series,
+        at: Timestamp,
+        tally: Tally,
+        weight: u64,
+        duration: Option<(u64, bool)>,
+    ) {
         let second = at.second();
         let hour = Level::Hour.bucket_start(second);
         let slots = match self.current.get(&series.id) {
@@ -99,6 +116,7 @@ impl RollupDeltas {
                             level,
                             start,
                             record: BucketRecord::default(),
+                            retracted: Vec::new(),
                         });
                     }
                     *slot = (position, level.part_index(start, second).unwrap_or(0));
@@ -107,26 +125,35 @@ impl RollupDeltas {
                 slots
             }
         };
+        let bin = duration.map(|(value, _)| durations::bin_of(value));
         for (level, (position, part)) in STORED.into_iter().zip(slots) {
-            let delta = &mut self.deltas[position].record;
-            delta.total = delta.total + tally;
-            delta.weight = delta.weight.wrapping_add(weight);
+            let delta = &mut self.deltas[position];
+            let record = &mut delta.record;
+            record.total = record.total + tally;
+            record.weight = record.weight.wrapping_add(weight);
             let index = if level == Level::Hour {
                 (second - hour) as u16
             } else {
                 part
             };
-            match delta.parts.last_mut() {
-                // Runs mostly arrive in time order: add to the part just touched.
-                Some(last) if last.index == index => {
-                    last.tally = last.tally + tally;
-                    last.weight = last.weight.wrapping_add(weight);
-                }
-                _ => delta.parts.push(Part {
+            // Runs mostly arrive in time order: add to the part just touched.
+            if record.parts.last().is_none_or(|last| last.index != index) {
+                record.parts.push(Part {
                     index,
-                    tally,
-                    weight,
-                }),
+                    ..Part::default()
+                });
+            }
+            let last = record.parts.last_mut().expect("pushed");
+            last.tally = last.tally + tally;
+            last.weight = last.weight.wrapping_add(weight);
+            if let (Some((value, retract)), Some(bin)) = (duration, bin) {
+                if retract {
+                    last.durations.add_count(bin, u64::MAX);
+                    delta.retracted.push((index, value));
+                } else {
+                    last.durations.add_count(bin, 1);
+                    last.durations.raise_max(value);
+                }
             }
         }
     }
@@ -137,7 +164,6 @@ impl RollupDeltas {
         for delta in &mut deltas {
             combine_parts(&mut delta.record.parts);
         }
-        let rank = |level: Level| STORED.iter().position(|l| *l == level).expect("stored");
         deltas.sort_unstable_by_key(|d| (d.series.pipeline, rank(d.level), d.start, d.series.id));
         let mut rest = deltas.as_slice();
         while let Some(first) = rest.first() {
@@ -153,6 +179,11 @@ impl RollupDeltas {
     }
 }
 
+/// A stored level's position in [`STORED`]: 0 for years, 3 for hours.
+fn rank(level: Level) -> usize {
+    STORED.iter().position(|l| *l == level).expect("stored")
+}
+
 /// A tally and weight as added, or as taken back out.
 fn signed(tally: Tally, weight: u64, retract: bool) -> (Tally, u64) {
     if retract {
@@ -166,17 +197,22 @@ fn signed(tally: Tally, weight: u64, retract: bool) -> (Tally, u64) {
 fn combine_parts(parts: &mut Vec<Part>) {
     parts.sort_unstable_by_key(|p| p.index);
     let mut combined: Vec<Part> = Vec::with_capacity(parts.len());
-    for part in parts.iter() {
+    for part in parts.drain(..) {
         match combined.last_mut() {
-            Some(last) if last.index == part.index => {
-                last.tally = last.tally + part.tally;
-                last.weight = last.weight.wrapping_add(part.weight);
-            }
-            _ => combined.push(*part),
+            Some(last) if last.index == part.index => last.add(&part),
+            _ => combined.push(part),
         }
     }
     combined.retain(|p| !p.is_empty());
     *parts = combined;
+}
+
+/// A part whose maximum duration must be recomputed after the merge.
+struct Fix {
+    series: Series,
+    level: Level,
+    start: i64,
+    index: u16,
 }
 
 /// A pipeline's records of one bucket before and after the flush (`None`: not stored).
@@ -189,6 +225,7 @@ fn flush_pipeline(
     group: &[Delta],
 ) -> Result<()> {
     let mut pipeline_records: HashMap<(u8, i64), BeforeAfter> = HashMap::new();
+    let mut fixes: Vec<Fix> = Vec::new();
     // Seconds `[start, end)` whose records were built from the log in this flush.
     let mut built: Vec<(i64, i64)> = Vec::new();
     let mut rest = group;
@@ -209,7 +246,7 @@ fn flush_pipeline(
         let Some(parent_level) = parent(level) else {
             // Years always take their deltas.
             for delta in bucket {
-                let before_after = merge_into(tables, delta)?;
+                let before_after = merge_into(tables, delta, &mut fixes)?;
                 if delta.series.id == pipeline {
                     pipeline_records.insert((level.tag(), start), before_after);
                 }
@@ -233,7 +270,7 @@ fn flush_pipeline(
             (true, true) => {
                 let mut pipeline_before_after = (None, None);
                 for delta in bucket {
-                    let before_after = merge_into(tables, delta)?;
+                    let before_after = merge_into(tables, delta, &mut fixes)?;
                     if delta.series.id == pipeline {
                         pipeline_before_after = before_after;
                     }
@@ -258,16 +295,103 @@ fn flush_pipeline(
         };
         pipeline_records.insert((level.tag(), start), before_after);
     }
-    Ok(())
+    fix_maxima(tables, pipeline, fixes)
 }
 
-/// Merges a delta into its stored record; returns the record before and after.
-fn merge_into(tables: &mut FlushTables<'_, '_>, delta: &Delta) -> Result<BeforeAfter> {
+/// Merges a delta into its stored record; returns the record before and after, and notes the
+/// parts whose maximum a retraction may have taken out.
+fn merge_into(
+    tables: &mut FlushTables<'_, '_>,
+    delta: &Delta,
+    fixes: &mut Vec<Fix>,
+) -> Result<BeforeAfter> {
     let before = read(tables, delta.series.id, delta.level, delta.start)?;
     let mut after = before.clone().unwrap_or_default();
     after.merge(&delta.record);
+    let max_of = |record: Option<&BucketRecord>, index| {
+        record
+            .and_then(|r| r.part(index))
+            .map_or(0, |p| p.durations.max())
+    };
+    for &(index, value) in &delta.retracted {
+        // The max is still present unless every value as large was taken out.
+        let max = max_of(before.as_ref(), index).max(max_of(Some(&delta.record), index));
+        if value < max {
+            continue;
+        }
+        let Ok(at) = after.parts.binary_search_by_key(&index, |p| p.index) else {
+            continue; // the part is gone
+        };
+        let durations = &mut after.parts[at].durations;
+        if let Some(&(top, _)) = durations.bins().last() {
+            // Until recomputed: a value of the top bin, so the record stays well-formed.
+            durations.set_max(durations::bin_start(top));
+            fixes.push(Fix {
+                series: delta.series,
+                level: delta.level,
+                start: delta.start,
+                index,
+            });
+        }
+    }
     let after = write(tables, &delta.series, delta.level, delta.start, after)?;
     Ok((before, after))
+}
+
+/// Recomputes the maximum of each part in `fixes`, finest level first, so that a part's finer
+/// record is exact when it is read.
+fn fix_maxima(
+    tables: &mut FlushTables<'_, '_>,
+    pipeline: EntityId,
+    mut fixes: Vec<Fix>,
+) -> Result<()> {
+    fixes.sort_unstable_by_key(|f| {
+        (
+            std::cmp::Reverse(rank(f.level)),
+            f.start,
+            f.series.id,
+            f.index,
+        )
+    });
+    fixes.dedup_by_key(|f| (f.level, f.start, f.series.id, f.index));
+    for fix in fixes {
+        let (first, end) = fix.level.part_span(fix.start, fix.index);
+        let weight = read(tables, pipeline, fix.level, fix.start)?
+            .and_then(|r| r.part(fix.index).map(|p| p.weight))
+            .unwrap_or(0);
+        let max = match fix.level.part_level() {
+            Some(finer) if weight >= DENSE => read(tables, fix.series.id, finer, first)?
+                .map_or(0, |r| {
+                    r.parts.iter().map(|p| p.durations.max()).max().unwrap_or(0)
+                }),
+            _ => {
+                let entries = entries(tables.run_log, pipeline, first, end)?;
+                match fix.series.kind {
+                    EntityKind::Task => entries
+                        .iter()
+                        .filter(|e| e.outcome.task == fix.series.id)
+                        .map(|e| u64::from(e.outcome.duration_ms))
+                        .max(),
+                    EntityKind::Pipeline => {
+                        let span = (first * MICROS_PER_SECOND, end * MICROS_PER_SECOND);
+                        pipeline_runs_ending_in(tables.runs, &entries, span.0, span.1)?
+                            .iter()
+                            .map(|run| run.duration_ms)
+                            .max()
+                    }
+                }
+                .unwrap_or(0)
+            }
+        };
+        let Some(mut record) = read(tables, fix.series.id, fix.level, fix.start)? else {
+            continue;
+        };
+        if let Ok(at) = record.parts.binary_search_by_key(&fix.index, |p| p.index) {
+            record.parts[at].durations.set_max(max);
+            write(tables, &fix.series, fix.level, fix.start, record)?;
+        }
+    }
+    Ok(())
 }
 
 fn read(
@@ -366,6 +490,11 @@ fn build(
             });
         part.tally = part.tally + tally;
         part.weight += weight;
+        if weight == 0 {
+            part.durations
+                .add_count(durations::bin_of(tally.duration_ms), 1);
+            part.durations.raise_max(tally.duration_ms);
+        }
     };
     for entry in entries {
         let index = part_of(entry.second());
@@ -421,6 +550,34 @@ fn build(
     Ok(pipeline_record)
 }
 
+/// Builds every rollup record from the run log and the pipeline-run aggregates, into empty
+/// rollup tables (what `runledger upgrade` does for a format whose records differ); returns the
+/// number of pipeline-years built.
+pub fn rebuild(tables: &mut FlushTables<'_, '_>) -> Result<u64> {
+    let mut low = [0u8; RUN_KEY_LEN];
+    let mut built = 0;
+    loop {
+        let Some(first) = tables
+            .run_log
+            .range::<&[u8; RUN_KEY_LEN]>(&low..)?
+            .next()
+            .transpose()?
+        else {
+            return Ok(built);
+        };
+        let (pipeline, micros, _) = split_run_key(first.0.value());
+        drop(first);
+        let year = Level::Year.bucket_start(micros.div_euclid(MICROS_PER_SECOND));
+        let end = Level::Year.next_bucket(year);
+        let entries = entries(tables.run_log, pipeline, year, end)?;
+        let span = (year * MICROS_PER_SECOND, end * MICROS_PER_SECOND);
+        let runs = pipeline_runs_ending_in(tables.runs, &entries, span.0, span.1)?;
+        build(tables, pipeline, Level::Year, year, &entries, &runs)?;
+        built += 1;
+        low = run_key_bounds(pipeline, span.1, span.1).0;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -432,6 +589,7 @@ mod tests {
             index,
             tally,
             weight,
+            ..Part::default()
         };
         let mut parts = vec![
             part(7, one, 1),

@@ -10,6 +10,7 @@
 //! `runledger.format<N>.redb`, a hard link made before the rename.
 
 mod format2;
+mod format4;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -23,7 +24,7 @@ use crate::store::credentials::TokenRecord;
 use crate::time::Timestamp;
 
 /// The formats `runledger upgrade` reads.
-pub const UPGRADABLE: &[u32] = &[2];
+pub const UPGRADABLE: &[u32] = &[2, 4];
 
 /// Task runs applied per transaction.
 const RUNS_PER_TRANSACTION: usize = 100_000;
@@ -32,6 +33,8 @@ const RUNS_PER_TRANSACTION: usize = 100_000;
 #[derive(Debug, Default)]
 pub struct UpgradeReport {
     pub from: u32,
+    /// Only the rollups were rebuilt; every other table was carried over as it was.
+    pub rollups_only: bool,
     pub organizations: usize,
     pub clients: usize,
     pub tokens: usize,
@@ -82,15 +85,29 @@ pub fn upgrade(data_dir: &Path, mut progress: impl FnMut(u64)) -> Result<Upgrade
         cache_bytes: 256 << 20,
         ..StoreOptions::default()
     };
-    let store = Store::open(&partial, options).map_err(|e| e.to_string())?;
     let mut report = UpgradeReport {
         from,
         ..UpgradeReport::default()
     };
-    let copied = copy_format2(txn, &store, &mut report, &mut progress);
-    store.shutdown();
-    copied.map_err(|e| format!("upgrade failed, {} is unchanged: {e}", path.display()))?;
+    let unchanged = |e: String| format!("upgrade failed, {} is unchanged: {e}", path.display());
+    let store = if from == 4 {
+        drop(txn);
+        format4::copy_and_rebuild(&path, &partial).map_err(unchanged)?;
+        Store::open(&partial, options).map_err(|e| e.to_string())?
+    } else {
+        let store = Store::open(&partial, options).map_err(|e| e.to_string())?;
+        let copied = copy_format2(txn, &store, &mut report, &mut progress);
+        store.shutdown();
+        copied.map_err(|e| unchanged(e.to_string()))?;
+        store
+    };
     let verified = super::verify::verify(&store).map_err(|e| e.to_string())?;
+    if from == 4 {
+        report.rollups_only = true;
+        report.pipelines = verified.pipelines as usize;
+        report.finished_runs = verified.task_runs;
+        progress(report.finished_runs);
+    }
     if !verified.is_consistent() {
         return Err(format!(
             "the upgraded database does not verify ({} differences, first: {}); {} is unchanged",
