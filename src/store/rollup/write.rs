@@ -21,7 +21,7 @@ use rustc_hash::FxHashMap;
 
 use super::scan::{Entry, entries, pipeline_runs_ending_in};
 use super::{DENSE, STORED, Series, parent};
-use crate::durations;
+use crate::durations::{self, Bin, Durations};
 use crate::error::Result;
 use crate::model::{EntityKind, Tally};
 use crate::store::records::{BucketRecord, Part, PipelineRunAgg};
@@ -48,6 +48,10 @@ struct Delta {
     record: BucketRecord,
     /// Durations taken back out, by part index (unsorted; the largest per part counts).
     retracted: Vec<(u16, u64)>,
+    /// Durations added (count 1) or taken out (count `u64::MAX`): part index, bin, count and
+    /// value, unsorted; gathered into the parts' histograms at flush (one push per run, where
+    /// a histogram per part would allocate for every part touched).
+    durations: Vec<(u16, Bin, u64, u64)>,
 }
 
 /// For each stored level (in [`STORED`] order), the delta's position and the part a second of
@@ -117,6 +121,7 @@ impl RollupDeltas {
                             start,
                             record: BucketRecord::default(),
                             retracted: Vec::new(),
+                            durations: Vec::new(),
                         });
                     }
                     *slot = (position, level.part_index(start, second).unwrap_or(0));
@@ -148,11 +153,10 @@ impl RollupDeltas {
             last.weight = last.weight.wrapping_add(weight);
             if let (Some((value, retract)), Some(bin)) = (duration, bin) {
                 if retract {
-                    last.durations.add_count(bin, u64::MAX);
+                    delta.durations.push((index, bin, u64::MAX, value));
                     delta.retracted.push((index, value));
                 } else {
-                    last.durations.add_count(bin, 1);
-                    last.durations.raise_max(value);
+                    delta.durations.push((index, bin, 1, value));
                 }
             }
         }
@@ -163,6 +167,8 @@ impl RollupDeltas {
         let mut deltas = self.deltas;
         for delta in &mut deltas {
             combine_parts(&mut delta.record.parts);
+            gather_durations(&mut delta.record.parts, &mut delta.durations);
+            delta.record.parts.retain(|p| !p.is_empty());
         }
         deltas.sort_unstable_by_key(|d| (d.series.pipeline, rank(d.level), d.start, d.series.id));
         let mut rest = deltas.as_slice();
@@ -193,7 +199,8 @@ fn signed(tally: Tally, weight: u64, retract: bool) -> (Tally, u64) {
     }
 }
 
-/// Sorts parts by index and sums those with the same index, dropping empty sums.
+/// Sorts parts by index and sums those with the same index (keeping empty sums, whose
+/// durations may not cancel).
 fn combine_parts(parts: &mut Vec<Part>) {
     parts.sort_unstable_by_key(|p| p.index);
     let mut combined: Vec<Part> = Vec::with_capacity(parts.len());
@@ -203,8 +210,34 @@ fn combine_parts(parts: &mut Vec<Part>) {
             _ => combined.push(part),
         }
     }
-    combined.retain(|p| !p.is_empty());
     *parts = combined;
+}
+
+/// Adds gathered durations (part index, bin, count, value) to the histograms of `parts`
+/// (combined, so one per index); an added value raises its part's max.
+fn gather_durations(parts: &mut [Part], gathered: &mut Vec<(u16, Bin, u64, u64)>) {
+    gathered.sort_unstable_by_key(|&(index, bin, ..)| (index, bin));
+    for group in gathered.chunk_by(|a, b| a.0 == b.0) {
+        let Ok(at) = parts.binary_search_by_key(&group[0].0, |p| p.index) else {
+            continue; // every contribution with a duration also made its part
+        };
+        let mut bins: Vec<(Bin, u64)> = Vec::with_capacity(group.len());
+        let mut max = 0;
+        for &(_, bin, count, value) in group {
+            if count == 1 {
+                max = max.max(value);
+            }
+            match bins.last_mut() {
+                Some(last) if last.0 == bin => last.1 = last.1.wrapping_add(count),
+                _ => bins.push((bin, count)),
+            }
+        }
+        bins.retain(|(_, count)| *count != 0);
+        parts[at]
+            .durations
+            .add(&Durations::from_parts(bins, max));
+    }
+    gathered.clear();
 }
 
 /// A part whose maximum duration must be recomputed after the merge.
@@ -599,9 +632,35 @@ mod tests {
             part(9, Tally::default(), 2),
         ];
         combine_parts(&mut parts);
+        parts.retain(|p| !p.is_empty());
         assert_eq!(
             parts,
             vec![part(7, one + one, 2), part(9, Tally::default(), 2)]
         );
+    }
+
+    #[test]
+    fn durations_that_move_between_bins_keep_a_part_whose_tally_cancels() {
+        // Two runs of 1 and 9 ms taken out, two of 5 ms added: the tally cancels, the
+        // histogram does not.
+        let mut parts = vec![Part {
+            index: 4,
+            ..Part::default()
+        }];
+        let bin = durations::bin_of;
+        let mut gathered = vec![
+            (4, bin(1), u64::MAX, 1),
+            (4, bin(5), 1, 5),
+            (4, bin(9), u64::MAX, 9),
+            (4, bin(5), 1, 5),
+        ];
+        gather_durations(&mut parts, &mut gathered);
+        assert!(gathered.is_empty());
+        assert!(!parts[0].is_empty());
+        assert_eq!(
+            parts[0].durations.bins(),
+            &[(bin(1), u64::MAX), (bin(5), 2), (bin(9), u64::MAX)]
+        );
+        assert_eq!(parts[0].durations.max(), 5);
     }
 }
