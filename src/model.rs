@@ -562,6 +562,74 @@ pub struct LogPage {
     pub next: Option<LogCursor>,
 }
 
+/// The windows of the pipeline overview, in seconds: the last 24 hours, 7 days and 30 days
+/// ending at the request's second.
+pub const OVERVIEW_WINDOWS: [i64; 3] = [86_400, 7 * 86_400, 30 * 86_400];
+
+/// One pipeline in the overview of an organization's pipelines.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PipelineOverview {
+    pub pipeline: PipelineId,
+    /// Empty for a pipeline registered without a name (or only reported).
+    pub name: String,
+    pub last_run: Option<LastRun>,
+    /// The runs of each of [`OVERVIEW_WINDOWS`].
+    pub windows: [WindowStats; 3],
+}
+
+/// The runs of a pipeline in a window.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WindowStats {
+    pub tally: Tally,
+    pub percentiles: Option<Percentiles>,
+}
+
+/// A page of the overview, sorted by name (unnamed pipelines last) then UUID.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OverviewPage {
+    pub pipelines: Vec<PipelineOverview>,
+    /// Where the next page starts, when more pipelines remain.
+    pub next: Option<OverviewCursor>,
+}
+
+/// Where a page of the overview ends: the last pipeline's name and UUID.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OverviewCursor {
+    pub name: String,
+    pub pipeline: PipelineId,
+}
+
+impl OverviewCursor {
+    /// The cursor as an opaque token: the UUID then the name, URL-safe base64 without padding.
+    pub fn encode(&self) -> String {
+        use base64::Engine;
+        let mut bytes = self.pipeline.0.as_bytes().to_vec();
+        bytes.extend_from_slice(self.name.as_bytes());
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    pub fn decode(token: &str) -> Result<OverviewCursor, String> {
+        use base64::Engine;
+        let invalid = || {
+            format!(
+                "{} is not a cursor this server issued",
+                crate::error::quote(token)
+            )
+        };
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token)
+            .map_err(|_| invalid())?;
+        if bytes.len() < 16 {
+            return Err(invalid());
+        }
+        let (uuid, name) = bytes.split_at(16);
+        Ok(OverviewCursor {
+            name: String::from_utf8(name.to_vec()).map_err(|_| invalid())?,
+            pipeline: PipelineId(Uuid::from_bytes(uuid.try_into().expect("16 bytes"))),
+        })
+    }
+}
+
 /// A task run created by running a pipeline, waiting for an executor.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PendingTaskRun {

@@ -13,9 +13,9 @@ use runledger::durations::Percentiles;
 use runledger::engine::Engine;
 use runledger::error::Error;
 use runledger::model::{
-    BucketCount, EntityKind, EntityRef, Fill, LastRun, LogCursor, OrgId, PipelineDefinition,
-    PipelineId, PipelineRunId, RunState, Stats, Tally, TaskDefinition, TaskError, TaskId, TaskRun,
-    TaskRunId, TaskType, TimeRange,
+    BucketCount, EntityKind, EntityRef, Fill, LastRun, LogCursor, OVERVIEW_WINDOWS, OrgId,
+    PipelineDefinition, PipelineId, PipelineRunId, RunState, Stats, Tally, TaskDefinition,
+    TaskError, TaskId, TaskRun, TaskRunId, TaskType, TimeRange,
 };
 use runledger::store::{Store, StoreOptions, WriteOp, verify::verify};
 use runledger::time::{MAX_SECOND, MICROS_PER_SECOND, Period, Timestamp, parse_instant};
@@ -600,6 +600,51 @@ fn check_seed(seed: u64, task_runs: usize, queries: usize) {
                 context(format!("last run {entity}"))
             ),
             Err(e) => panic!("{}", context(e.to_string())),
+        }
+    }
+
+    // The overview of each organization's pipelines, at instants where runs are (most windows
+    // hold some), paged one pipeline at a time: every pipeline once, in name then UUID order
+    // (none has a name here), each window as a brute force over the raw runs.
+    let orgs: std::collections::BTreeSet<OrgId> = pipelines.iter().map(|p| p.org).collect();
+    for org in orgs {
+        let mut expected: Vec<&PipelineSpec> = pipelines.iter().filter(|p| p.org == org).collect();
+        expected.sort_by_key(|p| p.id.0);
+        for _ in 0..10 {
+            let now = rng.pick(&expected).runs.first().map_or(0, |r| r.1.second())
+                + rng.range(-86_400, 40 * 86_400);
+            let (mut listed, mut cursor) = (Vec::new(), None);
+            loop {
+                let page = engine
+                    .pipelines_overview(&Caller::operator_in(org), now, cursor, 1)
+                    .unwrap();
+                listed.extend(page.pipelines);
+                match page.next {
+                    Some(next) => cursor = Some(next),
+                    None => break,
+                }
+            }
+            let ids: Vec<PipelineId> = listed.iter().map(|o| o.pipeline).collect();
+            let want: Vec<PipelineId> = expected.iter().map(|p| p.id).collect();
+            assert_eq!(ids, want, "{}", context(format!("overview order at {now}")));
+            for overview in &listed {
+                let entity = EntityRef {
+                    kind: EntityKind::Pipeline,
+                    uuid: overview.pipeline.0,
+                };
+                assert_eq!(
+                    overview.last_run,
+                    oracle.stats(entity, i64::MIN, i64::MAX).last_run,
+                    "{}",
+                    context(format!("overview last run of {entity}"))
+                );
+                for (window, seconds) in overview.windows.iter().zip(OVERVIEW_WINDOWS) {
+                    let exact = oracle.stats(entity, now - seconds + 1, now);
+                    let what = context(format!("overview {entity} {seconds} s to {now}"));
+                    assert_eq!(window.tally, exact.tally, "{what}");
+                    assert!(close(window.percentiles, exact.percentiles), "{what}");
+                }
+            }
         }
     }
 

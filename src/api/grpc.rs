@@ -16,9 +16,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::wire;
 use crate::auth::{Caller, bearer_token};
-use crate::engine::{Engine, MAX_LOG_PAGE, Subscription, TokenRequest};
+use crate::engine::{DEFAULT_LOG_PAGE, Engine, MAX_LOG_PAGE, Subscription, TokenRequest};
 use crate::error::Error;
-use crate::model::{BucketCount, Fill, LogCursor, PipelineId, ReportCounts};
+use crate::model::{BucketCount, Fill, LogCursor, OverviewCursor, PipelineId, ReportCounts};
 use crate::proto::{
     self, auth_server::AuthServer, ingest_server::IngestServer, pipelines_server::PipelinesServer,
     stats_server::StatsServer,
@@ -309,6 +309,30 @@ impl proto::stats_server::Stats for GrpcApi {
         let entity = wire::entity(request.into_inner().entity.as_ref())?;
         let last = self.engine.last_run(&caller, entity)?;
         Ok(Response::new(wire::last_run(last)))
+    }
+
+    async fn list_pipelines(
+        &self,
+        request: Request<proto::ListPipelinesRequest>,
+    ) -> Result<Response<proto::ListPipelinesResponse>, Status> {
+        let caller = caller(&request)?;
+        let message = request.into_inner();
+        let limit = match message.limit {
+            0 => DEFAULT_LOG_PAGE,
+            limit => limit,
+        };
+        let after = match message.cursor.as_str() {
+            "" => None,
+            cursor => {
+                Some(OverviewCursor::decode(cursor).map_err(|r| Error::invalid("cursor", r))?)
+            }
+        };
+        let now = crate::time::Timestamp::now().second();
+        let page = self.engine.pipelines_overview(&caller, now, after, limit)?;
+        Ok(Response::new(proto::ListPipelinesResponse {
+            pipelines: page.pipelines.iter().map(wire::pipeline_overview).collect(),
+            next_cursor: page.next.map(|n| n.encode()).unwrap_or_default(),
+        }))
     }
 
     type StreamLogsStream = LogStream;

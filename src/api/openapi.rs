@@ -126,6 +126,24 @@ pub fn document() -> Value {
             "/v1/oauth/token": {"get": token_operation, "post": token_post},
             "/v1/pipelines/{uuid}/runs/": run_operation("pipeline"),
             "/v1/workflows/{uuid}/runs/": run_operation("workflow"),
+            "/v1/stats/pipelines": {
+                "get": {
+                    "summary": "The caller's organization's pipelines: each one's last run and its runs in the last 24 hours, 7 days and 30 days ending now",
+                    "description": "Sorted by name (pipelines without a name last) then UUID; paged like logs. Answered from rollups.",
+                    "security": [{"oauth2": ["stats:read"]}, {"bearer": []}],
+                    "parameters": [
+                        {"name": "limit", "in": "query", "required": false, "description": "Pipelines per page, 1 to 1000", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+                        {"name": "cursor", "in": "query", "required": false, "description": "Where the page starts, from the previous page's X-Next-Cursor (or its Link rel=next URL)", "schema": {"type": "string"}}],
+                    "responses": with(error_responses(&["400", "401", "403", "503"]), "200", {
+                        let mut response = json_response("Pipelines", json!({"type": "array", "items": {"$ref": "#/components/schemas/PipelineOverview"}}));
+                        response["headers"] = json!({
+                            "Link": {"description": "`<url>; rel=\"next\"`: the next page, absent on the last", "schema": {"type": "string"}},
+                            "X-Next-Cursor": {"description": "The next page's cursor, absent on the last page", "schema": {"type": "string"}}
+                        });
+                        response
+                    }),
+                }
+            },
             "/v1/stats/pipelines/{uuid}/logs/{from}/{to}": {
                 "get": {
                     "summary": "A page of a pipeline's finished task runs in a range, newest first",
@@ -212,6 +230,21 @@ pub fn document() -> Value {
                     "duration_p95": {"type": "integer", "nullable": true, "description": "95th percentile, ms (nearest rank, within 1%); null with no runs"},
                     "duration_p99": {"type": "integer", "nullable": true, "description": "99th percentile, ms (nearest rank, within 1%); null with no runs"},
                     "max_duration": {"type": "integer", "nullable": true, "description": "Longest duration, ms, exact; null with no runs"}
+                }},
+                "PipelineOverview": {"type": "object", "required": ["pipeline_uuid", "name", "last_run", "last_24h", "last_7d", "last_30d"], "properties": {
+                    "pipeline_uuid": {"type": "string", "format": "uuid"},
+                    "name": {"type": "string", "nullable": true, "description": "null for a pipeline without a name"},
+                    "last_run": {"allOf": [{"$ref": "#/components/schemas/LastRun"}], "nullable": true, "description": "As last-run/stats answers; null without a finished run"},
+                    "last_24h": {"$ref": "#/components/schemas/Window"},
+                    "last_7d": {"$ref": "#/components/schemas/Window"},
+                    "last_30d": {"$ref": "#/components/schemas/Window"}
+                }},
+                "Window": {"type": "object", "required": ["num_of_successes", "num_of_failures", "average_duration", "duration_p50", "duration_p95"], "properties": {
+                    "num_of_successes": {"type": "integer"},
+                    "num_of_failures": {"type": "integer"},
+                    "average_duration": {"type": "integer", "description": "Floor of the mean, ms; 0 with no runs"},
+                    "duration_p50": {"type": "integer", "nullable": true, "description": "ms, nearest rank within 1%; null with no runs"},
+                    "duration_p95": {"type": "integer", "nullable": true, "description": "ms, nearest rank within 1%; null with no runs"}
                 }},
                 "LastRun": {"type": "object", "required": ["is_successful", "executed_at", "duration"], "properties": {
                     "is_successful": {"type": "boolean"},

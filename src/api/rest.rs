@@ -25,10 +25,9 @@ use crate::auth::{Caller, bearer_token};
 use crate::durations::Percentiles;
 use crate::engine::{DEFAULT_LOG_PAGE, Engine, TokenRequest};
 use crate::error::{Error, OAuthError, Result, quote};
-
 use crate::model::{
     BucketCount, BucketStats, EntityKind, EntityRef, Fill, LastRun, LogCursor, LogEntry,
-    PendingTaskRun, PipelineId, Stats, TimeRange,
+    OverviewCursor, PendingTaskRun, PipelineId, PipelineOverview, Stats, TimeRange, WindowStats,
 };
 use crate::time::{Period, RangeEnd, format_datetime, format_rfc3339, parse_path_datetime};
 
@@ -41,8 +40,9 @@ type PathParams<T> = std::result::Result<Path<T>, PathRejection>;
 
 /// The REST application.
 pub fn router(engine: Arc<Engine>) -> Router {
-    let routes: [(&str, MethodRouter<AppState>); 7] = [
+    let routes: [(&str, MethodRouter<AppState>); 8] = [
         ("/v1/oauth/token", get(token).post(token)),
+        ("/v1/stats/pipelines", get(pipelines_overview)),
         ("/v1/pipelines/{uuid}/runs", post(run_pipeline)),
         ("/v1/workflows/{uuid}/runs", post(run_pipeline)),
         ("/v1/stats/{kind}/{uuid}/logs/{from}/{to}", get(logs)),
@@ -327,12 +327,7 @@ async fn logs(
     let range = range(&from, &to)?;
     let Query(query) =
         query.map_err(|r| Error::InvalidArgument(format!("query: {}", r.body_text())))?;
-    let limit = match query.limit.as_deref() {
-        None => DEFAULT_LOG_PAGE,
-        Some(text) => text.parse().map_err(|_| {
-            Error::invalid("limit", format!("{} is not a whole number", quote(text)))
-        })?,
-    };
+    let limit = page_limit(query.limit.as_deref())?;
     let after = query
         .cursor
         .as_deref()
@@ -344,20 +339,108 @@ async fn logs(
     let body: Vec<LogEntryBody> = page.entries.into_iter().map(LogEntryBody::from).collect();
     let mut response = Json(body).into_response();
     if let Some(next) = page.next {
-        let cursor = next.encode();
-        let link = format!(
-            "<{}?limit={limit}&cursor={cursor}>; rel=\"next\"",
-            uri.path()
-        );
-        let headers = response.headers_mut();
-        headers.insert(
-            header::LINK,
-            HeaderValue::try_from(link).map_err(|e| Error::Internal(e.to_string()))?,
-        );
-        headers.insert(
-            "x-next-cursor",
-            HeaderValue::try_from(cursor).map_err(|e| Error::Internal(e.to_string()))?,
-        );
+        link_next_page(&mut response, uri.path(), limit, &next.encode())?;
+    }
+    Ok(response)
+}
+
+/// The `limit` of a paged query: a whole number (checked against its bounds by the engine), or
+/// the default.
+fn page_limit(limit: Option<&str>) -> Result<u32> {
+    match limit {
+        None => Ok(DEFAULT_LOG_PAGE),
+        Some(text) => text
+            .parse()
+            .map_err(|_| Error::invalid("limit", format!("{} is not a whole number", quote(text)))),
+    }
+}
+
+/// Points a page's answer at the next page: a `Link` header (`rel="next"`) and the cursor in
+/// `X-Next-Cursor`.
+fn link_next_page(response: &mut Response, path: &str, limit: u32, cursor: &str) -> Result<()> {
+    let link = format!("<{path}?limit={limit}&cursor={cursor}>; rel=\"next\"");
+    let headers = response.headers_mut();
+    headers.insert(
+        header::LINK,
+        HeaderValue::try_from(link).map_err(|e| Error::Internal(e.to_string()))?,
+    );
+    headers.insert(
+        "x-next-cursor",
+        HeaderValue::try_from(cursor).map_err(|e| Error::Internal(e.to_string()))?,
+    );
+    Ok(())
+}
+
+/// A pipeline's runs in one window of the overview.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WindowBody {
+    pub num_of_successes: u64,
+    pub num_of_failures: u64,
+    pub average_duration: u64,
+    pub duration_p50: Option<u64>,
+    pub duration_p95: Option<u64>,
+}
+
+impl From<&WindowStats> for WindowBody {
+    fn from(window: &WindowStats) -> WindowBody {
+        WindowBody {
+            num_of_successes: window.tally.successes,
+            num_of_failures: window.tally.failures,
+            average_duration: window.tally.average_duration_ms(),
+            duration_p50: window.percentiles.map(|p| p.p50),
+            duration_p95: window.percentiles.map(|p| p.p95),
+        }
+    }
+}
+
+/// One pipeline of the overview.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PipelineOverviewBody {
+    pub pipeline_uuid: String,
+    pub name: Option<String>,
+    pub last_run: Option<LastRunBody>,
+    pub last_24h: WindowBody,
+    pub last_7d: WindowBody,
+    pub last_30d: WindowBody,
+}
+
+impl From<&PipelineOverview> for PipelineOverviewBody {
+    fn from(overview: &PipelineOverview) -> PipelineOverviewBody {
+        let [day, week, month] = &overview.windows;
+        PipelineOverviewBody {
+            pipeline_uuid: overview.pipeline.to_string(),
+            name: (!overview.name.is_empty()).then(|| overview.name.clone()),
+            last_run: overview.last_run.map(LastRunBody::from),
+            last_24h: day.into(),
+            last_7d: week.into(),
+            last_30d: month.into(),
+        }
+    }
+}
+
+/// The overview of the caller's organization's pipelines, paged like logs.
+async fn pipelines_overview(
+    State(engine): State<AppState>,
+    caller: Caller,
+    uri: OriginalUri,
+    query: std::result::Result<Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response> {
+    let Query(query) =
+        query.map_err(|r| Error::InvalidArgument(format!("query: {}", r.body_text())))?;
+    let limit = page_limit(query.limit.as_deref())?;
+    let after = query
+        .cursor
+        .as_deref()
+        .filter(|c| !c.is_empty())
+        .map(OverviewCursor::decode)
+        .transpose()
+        .map_err(|r| Error::invalid("cursor", r))?;
+    let now = crate::time::Timestamp::now().second();
+    let page = engine.pipelines_overview(&caller, now, after, limit)?;
+    let body: Vec<PipelineOverviewBody> = page.pipelines.iter().map(Into::into).collect();
+    let mut response = Json(body).into_response();
+    if let Some(next) = page.next {
+        link_next_page(&mut response, uri.path(), limit, &next.encode())?;
     }
     Ok(response)
 }

@@ -6,8 +6,8 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::model::{
     BucketStats, EntityKind, EntityRef, LastRun, LogEntry, PipelineDefinition, PipelineId,
-    PipelineRunId, RunState, Stats, TaskDefinition, TaskError, TaskId, TaskRun, TaskRunId,
-    TaskType, TimeRange,
+    PipelineOverview, PipelineRunId, RunState, Stats, TaskDefinition, TaskError, TaskId, TaskRun,
+    TaskRunId, TaskType, TimeRange, WindowStats,
 };
 use crate::proto;
 use crate::time::{MICROS_PER_SECOND, Period, Timestamp};
@@ -258,6 +258,28 @@ pub fn bucket(bucket: &BucketStats) -> proto::BucketStats {
         duration_p95_ms: bucket.percentiles.map(|p| p.p95),
         duration_p99_ms: bucket.percentiles.map(|p| p.p99),
         max_duration_ms: bucket.percentiles.map(|p| p.max),
+    }
+}
+
+pub fn window(window: &WindowStats) -> proto::WindowStats {
+    proto::WindowStats {
+        num_of_successes: window.tally.successes,
+        num_of_failures: window.tally.failures,
+        average_duration_ms: window.tally.average_duration_ms(),
+        duration_p50_ms: window.percentiles.map(|p| p.p50),
+        duration_p95_ms: window.percentiles.map(|p| p.p95),
+    }
+}
+
+pub fn pipeline_overview(overview: &PipelineOverview) -> proto::PipelineOverview {
+    let [day, week, month] = &overview.windows;
+    proto::PipelineOverview {
+        pipeline_uuid: overview.pipeline.to_string(),
+        name: overview.name.clone(),
+        last_run: overview.last_run.map(last_run),
+        last_24h: Some(window(day)),
+        last_7d: Some(window(week)),
+        last_30d: Some(window(month)),
     }
 }
 

@@ -19,9 +19,10 @@ use crate::auth::{Caller, Scope};
 use crate::crypto::OutputKey;
 use crate::error::{Error, Result};
 use crate::model::{
-    BucketCount, BucketStats, EntityKind, EntityRef, Fill, LastRun, LogCursor, LogPage, OrgId,
-    PendingTaskRun, PipelineDefinition, PipelineId, RegisterOutcome, ReportCounts, RunState, Stats,
-    TaskRun, TimeRange,
+    BucketCount, BucketStats, EntityKind, EntityRef, Fill, LastRun, LogCursor, LogPage,
+    OVERVIEW_WINDOWS, OrgId, OverviewCursor, OverviewPage, PendingTaskRun, PipelineDefinition,
+    PipelineId, PipelineOverview, RegisterOutcome, ReportCounts, RunState, Stats, TaskRun,
+    TimeRange, WindowStats,
 };
 use crate::store::backup::BackupReport;
 use crate::store::{EntityKey, Reader, Store, WriteOp, WriteOutcome};
@@ -349,6 +350,71 @@ impl Engine {
         };
         let key = visible(&reader, caller, entity)?;
         reader.logs(&key, range, after, limit as usize)
+    }
+
+    /// A page of the overview of the caller's organization's pipelines: each one's last run and
+    /// its runs in the last 24 hours, 7 days and 30 days ending at the second `now`.
+    pub fn pipelines_overview(
+        &self,
+        caller: &Caller,
+        now: i64,
+        after: Option<OverviewCursor>,
+        limit: u32,
+    ) -> Result<OverviewPage> {
+        caller.require(Scope::StatsRead)?;
+        if !(1..=MAX_LOG_PAGE).contains(&limit) {
+            return Err(Error::invalid(
+                "limit",
+                format!("must be between 1 and {MAX_LOG_PAGE}, got {limit}"),
+            ));
+        }
+        let org = caller.organization().ok_or_else(|| {
+            Error::invalid(
+                "organization",
+                "the operator must name the organization to ask in",
+            )
+        })?;
+        let reader = self.store.reader()?;
+        let Some(org_index) = reader.org_index(org)? else {
+            return Ok(OverviewPage {
+                pipelines: Vec::new(),
+                next: None,
+            });
+        };
+        let (listed, more) = reader.pipelines_by_name(org_index, after.as_ref(), limit as usize)?;
+        let mut pipelines = Vec::with_capacity(listed.len());
+        for (pipeline, name, id) in listed {
+            let key = EntityKey {
+                id,
+                kind: EntityKind::Pipeline,
+                org,
+                org_index,
+                pipeline: id,
+            };
+            let mut windows = [WindowStats::default(); 3];
+            for (window, seconds) in windows.iter_mut().zip(OVERVIEW_WINDOWS) {
+                let range = TimeRange::new(now - seconds + 1, now).expect("a window ends at now");
+                let summary = reader.summary(&key, range)?;
+                *window = WindowStats {
+                    tally: summary.tally,
+                    percentiles: summary.percentiles(),
+                };
+            }
+            pipelines.push(PipelineOverview {
+                pipeline,
+                name,
+                last_run: reader.last_run(&key)?,
+                windows,
+            });
+        }
+        let next = more
+            .then(|| pipelines.last())
+            .flatten()
+            .map(|last| OverviewCursor {
+                name: last.name.clone(),
+                pipeline: last.pipeline,
+            });
+        Ok(OverviewPage { pipelines, next })
     }
 
     /// Ends the executors' streams of pending task runs, so that a shutdown need not wait for

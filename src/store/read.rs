@@ -14,12 +14,13 @@ use super::records::{
 use super::rollup::{Series, Source, aggregated, last_run_at_or_before, range_summary};
 use super::tables::{
     self, ENTITIES, ENTITY_KEYS, EntityId, INDEX_KEY_LEN, LAST_RUNS, OrgIndex, PIPELINE_RUNS,
-    ROLLUPS, RUN_LOG, YEAR_ROLLUPS, pipeline_task_key, run_key, scoped_key, split_run_key,
+    ROLLUPS, RUN_LOG, YEAR_ROLLUPS, pipeline_name_key, pipeline_task_key, run_key, scoped_key,
+    split_run_key,
 };
 use crate::error::{Error, Result};
 use crate::model::{
-    BucketCount, BucketStats, Fill, LastRun, LogCursor, LogEntry, LogPage, OrgId, PendingTaskRun,
-    PipelineId, Stats, Summary, TaskId, TaskRunId, TimeRange,
+    BucketCount, BucketStats, Fill, LastRun, LogCursor, LogEntry, LogPage, OrgId, OverviewCursor,
+    PendingTaskRun, PipelineId, Stats, Summary, TaskId, TaskRunId, TimeRange,
 };
 use crate::time::{Level, MAX_SECOND, MICROS_PER_SECOND, Period, Timestamp};
 
@@ -152,6 +153,55 @@ impl<'a> Reader<'a> {
                 last_run,
             })
         })
+    }
+
+    /// The summary of an entity's runs in a range.
+    pub fn summary(&self, entity: &EntityKey, range: TimeRange) -> Result<Summary> {
+        let series = series(entity);
+        self.with_rollups(|source| range_summary(source, &series, range))
+    }
+
+    /// Up to `limit` pipelines of an organization in the overview's order (by name, unnamed
+    /// last, then UUID), after `after` when given; and whether more follow.
+    pub fn pipelines_by_name(
+        &self,
+        org: OrgIndex,
+        after: Option<&OverviewCursor>,
+        limit: usize,
+    ) -> Result<(Vec<ListedPipeline>, bool)> {
+        let table = self.txn.open_table(tables::PIPELINE_NAMES)?;
+        use std::ops::Bound;
+        let first = org.0.to_be_bytes();
+        let next_org = org.0.checked_add(1).map(u32::to_be_bytes);
+        let from = after.map(|c| pipeline_name_key(org, &c.name, c.pipeline.0.as_bytes()));
+        let low = match &from {
+            Some(key) => Bound::Excluded(key.as_slice()),
+            None => Bound::Included(first.as_slice()),
+        };
+        let high = match &next_org {
+            Some(next) => Bound::Excluded(next.as_slice()),
+            None => Bound::Unbounded,
+        };
+        let range = table.range::<&[u8]>((low, high))?;
+        let mut found = Vec::with_capacity(limit.min(1024));
+        for entry in range {
+            let (key, id) = entry?;
+            if found.len() == limit {
+                return Ok((found, true));
+            }
+            let key = key.value();
+            let bad = || Error::Internal("corrupt pipeline name key in the database".into());
+            let (head, uuid) = key
+                .split_at_checked(key.len().saturating_sub(16))
+                .ok_or_else(bad)?;
+            let name = head.get(5..head.len().saturating_sub(1)).ok_or_else(bad)?;
+            found.push((
+                PipelineId(Uuid::from_bytes(uuid.try_into().map_err(|_| bad())?)),
+                String::from_utf8(name.to_vec()).map_err(|_| bad())?,
+                EntityId(id.value()),
+            ));
+        }
+        Ok((found, false))
     }
 
     /// Per-bucket tallies of `n` consecutive buckets from the one containing `date_from`, oldest
@@ -402,6 +452,9 @@ fn advance(level: Level, start: i64, n: u32) -> i64 {
     }
     end
 }
+
+/// A pipeline as the overview lists it: UUID, name (empty without one), id.
+pub type ListedPipeline = (PipelineId, String, EntityId);
 
 fn series(entity: &EntityKey) -> Series {
     Series {

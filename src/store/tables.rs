@@ -89,6 +89,9 @@ tables! {
     entities / ENTITIES: u32 => &'static [u8];
     /// The tasks of each pipeline.
     pipeline_tasks / PIPELINE_TASKS: &'static [u8; 8] => ();
+    /// Org index, name and UUID of each pipeline -> its id: an organization's pipelines in the
+    /// overview's order (see [`pipeline_name_key`]).
+    pipeline_names / PIPELINE_NAMES: &'static [u8] => u32;
     /// Period, org index and task-run UUID -> where the run lives.
     task_index / TASK_INDEX: &'static [u8; INDEX_KEY_LEN] => &'static [u8];
     /// The finished task runs of each pipeline in time order.
@@ -181,6 +184,19 @@ pub fn scoped_key(org: OrgIndex, uuid: &[u8; 16]) -> [u8; SCOPED_KEY_LEN] {
     let mut key = [0u8; SCOPED_KEY_LEN];
     key[..4].copy_from_slice(&org.0.to_be_bytes());
     key[4..].copy_from_slice(uuid);
+    key
+}
+
+/// The key of a pipeline in an organization's list by name: org index, 0 for a named pipeline
+/// (1 for one without a name, so those come last), the name's UTF-8 bytes, a 0 byte ending it
+/// (a name is never a prefix of a longer one's key), the UUID.
+pub fn pipeline_name_key(org: OrgIndex, name: &str, uuid: &[u8; 16]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(4 + 1 + name.len() + 1 + 16);
+    key.extend_from_slice(&org.0.to_be_bytes());
+    key.push(u8::from(name.is_empty()));
+    key.extend_from_slice(name.as_bytes());
+    key.push(0);
+    key.extend_from_slice(uuid);
     key
 }
 
@@ -313,7 +329,7 @@ pub mod meta {
 }
 
 /// The file format this build reads and writes. 5: rollup parts carry duration histograms and
-/// maxima. (4: UUID indexes by arrival period with Bloom filters, pipeline runs by id, rollups
+/// maxima; pipelines are listed by name. (4: UUID indexes by arrival period with Bloom filters, pipeline runs by id, rollups
 /// finer than a year only where dense; 3: UUIDs namespaced per organization; 2: rollups at six
 /// levels with parts; 1: second and minute buckets.) `runledger upgrade` brings formats 2 and 4
 /// to this one.

@@ -114,6 +114,7 @@ pub fn verify(store: &Store) -> Result<VerifyReport> {
     };
     let mut report = VerifyReport::default();
     check_filters(&stored, &mut report)?;
+    check_pipeline_names(&reader, &mut report)?;
 
     let mut current: Option<PipelineWork> = None;
     for entry in run_log.iter()? {
@@ -227,6 +228,35 @@ pub fn verify(store: &Store) -> Result<VerifyReport> {
         }
     }
     Ok(report)
+}
+
+/// The list of pipelines by name holds exactly one entry per pipeline, under its current name.
+fn check_pipeline_names(reader: &super::Reader<'_>, report: &mut VerifyReport) -> Result<()> {
+    let names = reader.table(tables::PIPELINE_NAMES)?;
+    let keys = reader.table(tables::ENTITY_KEYS)?;
+    let mut pipelines = 0u64;
+    for entry in keys.iter()? {
+        let (scoped, key) = entry?;
+        let key = EntityKey::decode(key.value())?;
+        if key.kind != crate::model::EntityKind::Pipeline {
+            continue;
+        }
+        pipelines += 1;
+        let uuid: [u8; 16] = scoped.value()[4..].try_into().expect("16 bytes");
+        let name = reader.detail(key.id)?.name;
+        let listed = names
+            .get(tables::pipeline_name_key(key.org_index, &name, &uuid).as_slice())?
+            .map(|id| id.value());
+        if listed != Some(key.id.0) {
+            let uuid = Uuid::from_bytes(uuid);
+            report.differ(|| format!("pipeline {uuid} is not listed under its name {name:?}"));
+        }
+    }
+    let listed = names.len()?;
+    if listed != pipelines {
+        report.differ(|| format!("{listed} pipelines are listed by name, there are {pipelines}"));
+    }
+    Ok(())
 }
 
 /// Every UUID index key must be in its period's filter, or lookups would miss it.

@@ -348,6 +348,50 @@ async fn a_reported_stream_answers_every_query() {
         (pipeline.num_of_successes, pipeline.num_of_failures),
         (2, 0)
     );
+
+    // The overview: the one (unnamed) pipeline, its last run, nothing in the last 30 days (its
+    // runs are of 2024), so no percentiles; a bad cursor is INVALID_ARGUMENT naming it.
+    let overview = stats
+        .list_pipelines(proto::ListPipelinesRequest {
+            limit: 0,
+            cursor: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(overview.pipelines.len(), 1);
+    assert!(overview.next_cursor.is_empty());
+    let only = &overview.pipelines[0];
+    assert_eq!(
+        (only.pipeline_uuid.as_str(), only.name.as_str()),
+        (PIPELINE, "")
+    );
+    assert_eq!(
+        only.last_run.as_ref().map(|r| r.executed_at),
+        Some(Some(ts("2024-02-29 12:00:01")))
+    );
+    let month = only.last_30d.as_ref().unwrap();
+    assert_eq!(
+        (
+            month.num_of_successes,
+            month.num_of_failures,
+            month.duration_p50_ms
+        ),
+        (0, 0, None)
+    );
+    let refused = stats
+        .list_pipelines(proto::ListPipelinesRequest {
+            limit: 10,
+            cursor: "###".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("cursor"),
+        "{}",
+        refused.message()
+    );
     app.stop().await;
 }
 

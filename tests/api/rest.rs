@@ -1119,8 +1119,18 @@ async fn expired_and_revoked_tokens_are_refused() {
 }
 
 /// A small check of a JSON value against an OpenAPI 3.0 schema: types, required properties,
-/// nullability, enums and array items, following `$ref`s into the document.
+/// nullability, enums and array items, following `$ref`s (and `allOf`) into the document.
 fn check_schema(document: &Value, schema: &Value, value: &Value, at: &str) {
+    if let Some(all) = schema["allOf"].as_array() {
+        if value.is_null() {
+            assert_eq!(schema["nullable"], true, "{at} is null but not nullable");
+            return;
+        }
+        for schema in all {
+            check_schema(document, schema, value, at);
+        }
+        return;
+    }
     if let Some(reference) = schema["$ref"].as_str() {
         let name = reference.trim_start_matches("#/components/schemas/");
         return check_schema(
@@ -1193,6 +1203,7 @@ async fn the_openapi_document_describes_what_is_served() {
             "/v1/oauth/token",
             "/v1/openapi.json",
             "/v1/pipelines/{uuid}/runs/",
+            "/v1/stats/pipelines",
             "/v1/stats/pipelines/{uuid}/logs/{from}/{to}",
             "/v1/stats/{kind}/{uuid}/aggregated-stats/{date_from}/{period}/{n}",
             "/v1/stats/{kind}/{uuid}/last-run/stats",
@@ -1258,7 +1269,7 @@ async fn the_openapi_document_describes_what_is_served() {
             }
         }
     }
-    assert!(checked >= 13, "{checked} operations checked");
+    assert!(checked >= 14, "{checked} operations checked");
     // Each operation lists only the statuses it can answer (reads are never queued or
     // throttled: no 429; GETs read no body: no 413).
     let statuses = |path: &str, method: &str| -> Vec<String> {
@@ -1285,6 +1296,10 @@ async fn the_openapi_document_describes_what_is_served() {
     let token = ["200", "400", "401", "413", "429", "503"];
     assert_eq!(statuses("/v1/oauth/token", "get"), token);
     assert_eq!(statuses("/v1/openapi.json", "get"), ["200"]);
+    assert_eq!(
+        statuses("/v1/stats/pipelines", "get"),
+        ["200", "400", "401", "403", "503"]
+    );
     // Error bodies match the documented error schema too.
     let (status, _, error) = call(
         &app,
@@ -1555,5 +1570,163 @@ async fn the_token_endpoint_slows_down_failures_but_never_the_right_secret() {
         call(&app, Method::GET, &path, Some(&app.token)).await.0,
         StatusCode::UNAUTHORIZED
     );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_overview_lists_every_pipeline_by_name_with_its_windows_paged() {
+    let app = seeded().await;
+    let alpha = "a1a1a1a1-0000-4000-8000-000000000001";
+    let unnamed = "f0f0f0f0-0000-4000-8000-000000000002";
+    let task = "a1a1a1a1-0000-4000-8000-0000000000aa";
+    let other_task = "f0f0f0f0-0000-4000-8000-0000000000bb";
+    let ago = |seconds: i64| {
+        (chrono::Utc::now() - chrono::TimeDelta::seconds(seconds))
+            .format("%Y-%m-%d %H:%M:%S")
+            .to_string()
+    };
+    let register = |name: &str| proto::RegisterPipelineRequest {
+        pipeline_uuid: alpha.into(),
+        organization_uuid: String::new(),
+        name: name.into(),
+        tasks: Vec::new(),
+    };
+    app.pipelines()
+        .await
+        .register_pipeline(register("alpha"))
+        .await
+        .unwrap();
+    // One task run per pipeline run, so pipeline-run durations are the task runs'.
+    let (hour, day) = (3_600, 86_400);
+    let runs = [
+        (1, true, 10, 2 * hour),
+        (2, false, 30, 3 * day),
+        (3, true, 50, 20 * day),
+        (4, true, 70, 40 * day),
+    ];
+    let latest = ago(2 * hour);
+    let mut results: Vec<proto::TaskRunResult> = runs
+        .iter()
+        .map(|&(n, ok, duration, seconds)| {
+            let at = if n == 1 { latest.clone() } else { ago(seconds) };
+            finished(
+                &format!("a1a1a1a1-0000-4000-8000-1000000000{n:02}"),
+                &format!("a1a1a1a1-0000-4000-8000-2000000000{n:02}"),
+                alpha,
+                task,
+                ok,
+                duration,
+                &at,
+            )
+        })
+        .collect();
+    let last_unnamed = ago(hour);
+    results.push(finished(
+        "f0f0f0f0-0000-4000-8000-100000000001",
+        "f0f0f0f0-0000-4000-8000-200000000001",
+        unnamed,
+        other_task,
+        true,
+        5,
+        &last_unnamed,
+    ));
+    app.ingest()
+        .await
+        .report_task_run_batch(proto::ReportTaskRunsRequest { results })
+        .await
+        .unwrap();
+
+    let window = |s: u64, f: u64, average: u64, p: Option<(u64, u64)>| {
+        json!({
+            "num_of_successes": s, "num_of_failures": f, "average_duration": average,
+            "duration_p50": p.map(|p| p.0), "duration_p95": p.map(|p| p.1)
+        })
+    };
+    let empty = window(0, 0, 0, None);
+    let alpha_entry = |name: &str| {
+        json!({
+            "pipeline_uuid": alpha, "name": name,
+            "last_run": {"is_successful": true, "executed_at": latest, "duration": 10},
+            "last_24h": window(1, 0, 10, Some((10, 10))),
+            "last_7d": window(1, 1, 20, Some((10, 30))),
+            "last_30d": window(2, 1, 30, Some((30, 50)))
+        })
+    };
+    let nightly = json!({
+        "pipeline_uuid": PIPELINE, "name": "nightly",
+        "last_run": {"is_successful": true, "executed_at": "2024-02-29 12:00:01", "duration": 120},
+        "last_24h": empty, "last_7d": empty, "last_30d": empty
+    });
+    let unnamed_entry = json!({
+        "pipeline_uuid": unnamed, "name": null,
+        "last_run": {"is_successful": true, "executed_at": last_unnamed, "duration": 5},
+        "last_24h": window(1, 0, 5, Some((5, 5))),
+        "last_7d": window(1, 0, 5, Some((5, 5))),
+        "last_30d": window(1, 0, 5, Some((5, 5)))
+    });
+
+    // Named pipelines by name, the unnamed one last; two pages of two.
+    let (status, headers, first) = call(
+        &app,
+        Method::GET,
+        "/v1/stats/pipelines?limit=2",
+        Some(&app.token),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!(first, json!([alpha_entry("alpha"), nightly]));
+    let cursor = headers["x-next-cursor"].to_str().unwrap().to_string();
+    assert_eq!(
+        headers["link"].to_str().unwrap(),
+        format!("</v1/stats/pipelines?limit=2&cursor={cursor}>; rel=\"next\"")
+    );
+    let (status, headers, second) = call(
+        &app,
+        Method::GET,
+        &format!("/v1/stats/pipelines?limit=2&cursor={cursor}"),
+        Some(&app.token),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(second, json!([unnamed_entry]));
+    assert!(headers.get("x-next-cursor").is_none() && headers.get("link").is_none());
+
+    // A rename moves the pipeline in the order; the default page holds all three.
+    app.pipelines()
+        .await
+        .register_pipeline(register("zulu"))
+        .await
+        .unwrap();
+    assert_eq!(
+        get_ok(&app, "/v1/stats/pipelines").await,
+        json!([nightly, alpha_entry("zulu"), unnamed_entry])
+    );
+
+    // Bad paging input names the parameter.
+    for (query, parameter) in [
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("limit=ten", "limit"),
+        ("cursor=not-a-cursor", "cursor"),
+    ] {
+        let (status, _, body) = call(
+            &app,
+            Method::GET,
+            &format!("/v1/stats/pipelines?{query}"),
+            Some(&app.token),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(parameter)
+                || body.to_string().contains(parameter),
+            "{query}: {body}"
+        );
+    }
+    let (status, _, _) = call(&app, Method::GET, "/v1/stats/pipelines", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
     app.stop().await;
 }

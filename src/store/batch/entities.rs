@@ -14,7 +14,8 @@ use crate::model::{
 };
 use crate::store::records::{EntityDetail, EntityKey, RunRecord, RunRef, TaskRunHome};
 use crate::store::tables::{
-    EntityId, INDEX_KEY_LEN, OrgIndex, PENDING_LEN, meta, pipeline_task_key, scoped_key,
+    EntityId, INDEX_KEY_LEN, OrgIndex, PENDING_LEN, meta, pipeline_name_key, pipeline_task_key,
+    scoped_key,
 };
 use crate::time::Timestamp;
 
@@ -104,6 +105,10 @@ impl Batch<'_> {
             .entity_keys
             .insert(&scoped_key(org.1, uuid.as_bytes()), &key.encode())?;
         self.t.entities.insert(id.0, detail.encode().as_slice())?;
+        if kind == EntityKind::Pipeline {
+            let name_key = pipeline_name_key(org.1, &detail.name, uuid.as_bytes());
+            self.t.pipeline_names.insert(name_key.as_slice(), id.0)?;
+        }
         if let Some(pipeline) = pipeline {
             self.t
                 .pipeline_tasks
@@ -219,9 +224,22 @@ impl Batch<'_> {
             task_type: None,
             is_initial: false,
         };
+        let before = match self.t.entities.get(pipeline.id.0)? {
+            Some(bytes) => EntityDetail::decode(bytes.value())?.name,
+            None => String::new(),
+        };
         self.t
             .entities
             .insert(pipeline.id.0, detail.encode().as_slice())?;
+        if before != detail.name {
+            let uuid = definition.pipeline.0.as_bytes();
+            let old_key = pipeline_name_key(pipeline.org_index, &before, uuid);
+            self.t.pipeline_names.remove(old_key.as_slice())?;
+            let new_key = pipeline_name_key(pipeline.org_index, &detail.name, uuid);
+            self.t
+                .pipeline_names
+                .insert(new_key.as_slice(), pipeline.id.0)?;
+        }
         let mut outcome = RegisterOutcome {
             created,
             ..RegisterOutcome::default()

@@ -233,9 +233,7 @@ fn gather_durations(parts: &mut [Part], gathered: &mut Vec<(u16, Bin, u64, u64)>
             }
         }
         bins.retain(|(_, count)| *count != 0);
-        parts[at]
-            .durations
-            .add(&Durations::from_parts(bins, max));
+        parts[at].durations.add(&Durations::from_parts(bins, max));
     }
     gathered.clear();
 }

@@ -1,9 +1,12 @@
-//! Format 4 to 5: every table but the rollups is as format 5 has it, so the file is copied and
-//! its rollups (whose parts now carry duration histograms) are rebuilt from the run log and the
-//! pipeline-run aggregates, in one transaction.
+//! Format 4 to 5: every table but the rollups is as format 5 has it, so the file is copied, its
+//! rollups (whose parts now carry duration histograms) are rebuilt from the run log and the
+//! pipeline-run aggregates, and its pipelines are listed by name, in one transaction.
 
 use std::path::Path;
 
+use redb::ReadableTable;
+
+use super::super::records::{EntityDetail, EntityKey};
 use super::super::rollup::{self, FlushTables};
 use super::super::{DATABASE_FILE, tables};
 
@@ -30,6 +33,7 @@ pub fn copy_and_rebuild(old: &Path, partial: &Path) -> Result<u64, String> {
             runs: &runs,
             pipeline_tasks: &pipeline_tasks,
         })?;
+        list_pipelines_by_name(&txn)?;
         let mut meta = txn.open_table(tables::META)?;
         let format = tables::FORMAT_VERSION.to_le_bytes();
         meta.insert(tables::meta::FORMAT, format.as_slice())?;
@@ -38,4 +42,26 @@ pub fn copy_and_rebuild(old: &Path, partial: &Path) -> Result<u64, String> {
     .map_err(|e| e.to_string())?;
     txn.commit().map_err(|e| e.to_string())?;
     Ok(built)
+}
+
+/// Fills the (new) list of pipelines by name from the entities.
+fn list_pipelines_by_name(txn: &redb::WriteTransaction) -> crate::error::Result<()> {
+    let keys = txn.open_table(tables::ENTITY_KEYS)?;
+    let entities = txn.open_table(tables::ENTITIES)?;
+    let mut names = txn.open_table(tables::PIPELINE_NAMES)?;
+    for entry in keys.iter()? {
+        let (scoped, key) = entry?;
+        let key = EntityKey::decode(key.value())?;
+        if key.kind != crate::model::EntityKind::Pipeline {
+            continue;
+        }
+        let uuid: [u8; 16] = scoped.value()[4..].try_into().expect("16 bytes");
+        let name = match entities.get(key.id.0)? {
+            Some(bytes) => EntityDetail::decode(bytes.value())?.name,
+            None => String::new(),
+        };
+        let name_key = tables::pipeline_name_key(key.org_index, &name, &uuid);
+        names.insert(name_key.as_slice(), key.id.0)?;
+    }
+    Ok(())
 }
