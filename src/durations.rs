@@ -133,7 +133,7 @@ impl Durations {
     }
 
     /// Adds another distribution (or a retraction): counts add, zero counts go, and the max is
-    /// the larger of the two.
+    /// the larger of the two (a delta whose counts cancel keeps the max of what it added).
     pub fn add(&mut self, other: &Durations) {
         self.max = self.max.max(other.max);
         if other.bins.is_empty() {
@@ -171,36 +171,129 @@ impl Durations {
 
     /// The percentiles, or `None` without runs.
     pub fn percentiles(&self) -> Option<Percentiles> {
-        let count = self.count();
-        if count == 0 {
-            return None;
-        }
-        let [p50, p90, p95, p99] = [50u128, 90, 95, 99].map(|p| {
-            // Nearest rank: the ceil(p/100 * N)-th smallest.
-            let rank = (p * u128::from(count)).div_ceil(100);
-            let mut seen = 0u128;
-            let at = self
-                .bins
-                .iter()
-                .position(|(_, c)| {
-                    seen += u128::from(*c);
-                    seen >= rank
-                })
-                .unwrap_or(0);
-            let (bin, in_bin) = self.bins[at];
-            if at == self.bins.len() - 1 && in_bin == 1 {
-                return self.max; // the only run of the top bin is the max
+        percentiles(self.bins.iter().copied(), self.count(), self.max)
+    }
+
+    /// The sum of several distributions (a part's maximum is exact, so the sum's is too).
+    pub fn sum<'a>(all: impl Iterator<Item = &'a Durations> + Clone) -> Durations {
+        let entries: usize = all.clone().map(|d| d.bins.len()).sum();
+        if entries <= 64 {
+            let mut bins: Vec<(Bin, u64)> =
+                all.clone().flat_map(|d| d.bins.iter().copied()).collect();
+            bins.sort_unstable_by_key(|(bin, _)| *bin);
+            let mut combined: Vec<(Bin, u64)> = Vec::with_capacity(bins.len());
+            for (bin, count) in bins {
+                match combined.last_mut() {
+                    Some(last) if last.0 == bin => last.1 = last.1.wrapping_add(count),
+                    _ => combined.push((bin, count)),
+                }
             }
-            // The max is exact and in the top bin, so never worse than the representative.
-            representative(bin).min(self.max)
-        });
-        Some(Percentiles {
-            p50,
-            p90,
-            p95,
-            p99,
+            combined.retain(|(_, count)| *count != 0);
+            let max = all.map(|d| d.max).max().unwrap_or(0);
+            return Durations {
+                bins: combined,
+                max,
+            };
+        }
+        let mut histogram = Histogram::default();
+        for durations in all {
+            histogram.add_durations(durations);
+        }
+        histogram.into_durations()
+    }
+}
+
+/// The nearest-rank percentiles of `count` runs whose bins and counts come in bin order.
+fn percentiles(
+    bins: impl Iterator<Item = (Bin, u64)>,
+    count: u64,
+    max: u64,
+) -> Option<Percentiles> {
+    if count == 0 {
+        return None;
+    }
+    // The ceil(p/100 * N)-th smallest, for each p.
+    let ranks = [50u128, 90, 95, 99].map(|p| (p * u128::from(count)).div_ceil(100));
+    let mut answers = [max; 4];
+    let (mut seen, mut next) = (0u128, 0);
+    let mut bins = bins.peekable();
+    while let Some((bin, in_bin)) = bins.next() {
+        seen += u128::from(in_bin);
+        while next < 4 && seen >= ranks[next] {
+            answers[next] = if bins.peek().is_none() && in_bin == 1 {
+                max // the only run of the top bin is the max
+            } else {
+                // The max is exact and in the top bin, so never worse than the representative.
+                representative(bin).min(max)
+            };
+            next += 1;
+        }
+        if next == 4 {
+            break;
+        }
+    }
+    let [p50, p90, p95, p99] = answers;
+    Some(Percentiles {
+        p50,
+        p90,
+        p95,
+        p99,
+        max,
+    })
+}
+
+/// A distribution being summed: a count per bin (wrapping, so parts can also be taken out),
+/// for answers that add many parts' distributions.
+#[derive(Clone, Debug)]
+pub struct Histogram {
+    counts: Vec<u64>,
+    max: u64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            counts: vec![0; starts().len()],
+            max: 0,
+        }
+    }
+}
+
+impl Histogram {
+    pub fn add(&mut self, bin: Bin, count: u64) {
+        let slot = &mut self.counts[usize::from(bin)];
+        *slot = slot.wrapping_add(count);
+    }
+
+    pub fn raise_max(&mut self, value: u64) {
+        self.max = self.max.max(value);
+    }
+
+    pub fn add_durations(&mut self, durations: &Durations) {
+        for &(bin, count) in &durations.bins {
+            self.add(bin, count);
+        }
+        self.raise_max(durations.max);
+    }
+
+    fn non_empty(&self) -> impl Iterator<Item = (Bin, u64)> + '_ {
+        self.counts
+            .iter()
+            .enumerate()
+            .filter(|(_, count)| **count != 0)
+            .map(|(bin, count)| (bin as Bin, *count))
+    }
+
+    pub fn percentiles(&self) -> Option<Percentiles> {
+        let count = self.counts.iter().fold(0u64, |sum, c| sum.wrapping_add(*c));
+        percentiles(self.non_empty(), count, self.max)
+    }
+
+    pub fn into_durations(self) -> Durations {
+        Durations {
+            bins: self.non_empty().collect(),
             max: self.max,
-        })
+        }
     }
 }
 

@@ -5,10 +5,10 @@
 use uuid::Uuid;
 
 use super::tables::{ENTITY_KEY_LEN, EntityId, LAST_RUN_LEN, OrgIndex, RunId};
-use crate::durations::{self, Durations};
+use crate::durations::{self, Bin, Durations, Histogram};
 use crate::error::Error;
 use crate::model::{
-    EntityKind, LastRun, OrgId, PipelineRunId, RunState, Summary, Tally, TaskError, TaskType,
+    EntityKind, LastRun, OrgId, PipelineRunId, RunState, Tally, TaskError, TaskType,
 };
 use crate::time::Timestamp;
 
@@ -617,18 +617,6 @@ impl BucketRecord {
             .map(|at| &self.parts[at])
     }
 
-    /// The summary of the whole bucket: its total and the sum of its parts' distributions.
-    pub fn summary(&self) -> Summary {
-        let mut durations = Durations::default();
-        for part in &self.parts {
-            durations.add(&part.durations);
-        }
-        Summary {
-            tally: self.total,
-            durations,
-        }
-    }
-
     /// `weighted` for a pipeline's records (which carry weights), not a task's.
     pub fn encode(&self, weighted: bool, out: &mut Vec<u8>) {
         out.push(u8::from(weighted) * RECORD_WEIGHTED);
@@ -636,6 +624,11 @@ impl BucketRecord {
         if weighted {
             put_varint(out, self.weight);
         }
+        if self.total.runs() > 0 {
+            let total = Durations::sum(self.parts.iter().map(|p| &p.durations));
+            encode_durations(&total, out);
+        }
+        let mut blob = Vec::new();
         for part in &self.parts {
             put_varint(out, u64::from(part.index));
             encode_tally(&part.tally, out);
@@ -643,7 +636,9 @@ impl BucketRecord {
                 put_varint(out, part.weight);
             }
             if part.tally.runs() > 0 {
-                encode_durations(&part.durations, out);
+                blob.clear();
+                encode_durations(&part.durations, &mut blob);
+                put_bytes(out, &blob);
             }
         }
     }
@@ -672,6 +667,9 @@ impl BucketRecord {
         } else {
             0
         };
+        if total.runs() > 0 {
+            for_each_bin(&mut input, total.runs(), |_, _| {}).ok_or_else(bad)?;
+        }
         Ok(((total, weight), Parts { input, weighted }))
     }
 
@@ -684,7 +682,7 @@ impl BucketRecord {
         let mut mine = std::mem::take(&mut self.parts).into_iter().peekable();
         let mut theirs = delta.parts.iter().peekable();
         loop {
-            let next = match (mine.peek(), theirs.peek()) {
+            let mut next = match (mine.peek(), theirs.peek()) {
                 (Some(a), Some(b)) if a.index == b.index => {
                     let mut sum = mine.next().expect("peeked");
                     sum.add(theirs.next().expect("peeked"));
@@ -695,6 +693,9 @@ impl BucketRecord {
                 (Some(_), None) => mine.next().expect("peeked"),
                 (None, None) => break,
             };
+            if next.durations.is_empty() {
+                next.durations.set_max(0); // a stored part without runs has no max
+            }
             if !next.is_empty() {
                 merged.push(next);
             }
@@ -718,24 +719,198 @@ fn encode_durations(durations: &Durations, out: &mut Vec<u8>) {
 }
 
 fn decode_durations_from(input: &mut Input<'_>, runs: u64) -> Option<Durations> {
+    let mut bins = Vec::new();
+    let max = for_each_bin(input, runs, |bin, count| bins.push((bin, count)))?;
+    Some(Durations::from_parts(bins, max))
+}
+
+/// Reads an encoded distribution of `runs` runs, showing each bin and count to `f` in bin order;
+/// returns the maximum, or `None` when the encoding is damaged.
+fn for_each_bin(input: &mut Input<'_>, runs: u64, mut f: impl FnMut(Bin, u64)) -> Option<u64> {
     let max = input.varint()?;
     let top = durations::bin_of(max);
     let others = input.varint()?;
-    let mut bins = Vec::with_capacity(usize::try_from(others).ok()?.min(4096) + 1);
     let (mut previous, mut counted) = (0u16, 0u64);
-    for _ in 0..others {
+    for at in 0..others {
         let bin = previous.checked_add(u16::try_from(input.varint()?).ok()?)?;
         let count = input.varint()?;
-        if bin >= top || count == 0 || (bin <= previous && !bins.is_empty()) {
+        if bin >= top || count == 0 || (bin <= previous && at > 0) {
             return None;
         }
         counted = counted.checked_add(count)?;
-        bins.push((bin, count));
+        f(bin, count);
         previous = bin;
     }
     let in_top = runs.checked_sub(counted).filter(|c| *c > 0)?;
-    bins.push((top, in_top));
-    Some(Durations::from_parts(bins, max))
+    f(top, in_top);
+    Some(max)
+}
+
+/// A rollup record as a question reads it: totals at once, and each part's durations only
+/// when asked (they are skipped by length until then).
+pub struct RecordView {
+    bytes: Vec<u8>,
+    pub total: Tally,
+    /// Where the total's durations are in `bytes`.
+    total_durations: std::ops::Range<usize>,
+    pub parts: Vec<PartView>,
+}
+
+/// A part of a [`RecordView`].
+#[derive(Clone, Debug)]
+pub struct PartView {
+    pub index: u16,
+    pub tally: Tally,
+    pub weight: u64,
+    durations: std::ops::Range<usize>,
+}
+
+impl RecordView {
+    pub fn decode(bytes: &[u8]) -> Result<RecordView, Error> {
+        let bad = || corrupt("rollup");
+        let mut input = Input(bytes);
+        let offset = |input: &Input<'_>| bytes.len() - input.0.len();
+        let weighted = match input.byte().ok_or_else(bad)? {
+            0 => false,
+            RECORD_WEIGHTED => true,
+            _ => return Err(bad()),
+        };
+        let total = decode_tally_from(&mut input).ok_or_else(bad)?;
+        if weighted {
+            input.varint().ok_or_else(bad)?; // the bucket's weight: only its parts' are asked
+        }
+        let start = offset(&input);
+        if total.runs() > 0 {
+            for_each_bin(&mut input, total.runs(), |_, _| {}).ok_or_else(bad)?;
+        }
+        let total_durations = start..offset(&input);
+        let mut parts = Vec::new();
+        while !input.0.is_empty() {
+            let index = input
+                .varint()
+                .and_then(|i| u16::try_from(i).ok())
+                .ok_or_else(bad)?;
+            let tally = decode_tally_from(&mut input).ok_or_else(bad)?;
+            let weight = if weighted {
+                input.varint().ok_or_else(bad)?
+            } else {
+                0
+            };
+            let durations = if tally.runs() > 0 {
+                let blob = input.bytes().ok_or_else(bad)?;
+                let end = offset(&input);
+                end - blob.len()..end
+            } else {
+                0..0
+            };
+            parts.push(PartView {
+                index,
+                tally,
+                weight,
+                durations,
+            });
+        }
+        Ok(RecordView {
+            bytes: bytes.to_vec(),
+            total,
+            total_durations,
+            parts,
+        })
+    }
+
+    /// The part with this index, if the record has it.
+    pub fn part(&self, index: u16) -> Option<&PartView> {
+        self.parts
+            .binary_search_by_key(&index, |p| p.index)
+            .ok()
+            .map(|at| &self.parts[at])
+    }
+
+    /// The exact maximum duration of a part (0 without runs).
+    pub fn part_max(&self, part: &PartView) -> Result<u64, Error> {
+        if part.durations.is_empty() {
+            return Ok(0);
+        }
+        Input(&self.bytes[part.durations.clone()])
+            .varint()
+            .ok_or_else(|| corrupt("rollup"))
+    }
+
+    /// A part's distribution.
+    pub fn part_durations(&self, part: &PartView) -> Result<Durations, Error> {
+        if part.durations.is_empty() {
+            return Ok(Durations::default());
+        }
+        decode_durations_from(
+            &mut Input(&self.bytes[part.durations.clone()]),
+            part.tally.runs(),
+        )
+        .ok_or_else(|| corrupt("rollup"))
+    }
+
+    /// Adds (or with `subtract`, takes out) a part's durations to a histogram, the max only
+    /// when adding.
+    pub fn add_part_to(
+        &self,
+        part: &PartView,
+        histogram: &mut Histogram,
+        subtract: bool,
+    ) -> Result<(), Error> {
+        let blob = &self.bytes[part.durations.clone()];
+        add_to(blob, part.tally.runs(), histogram, subtract, !subtract)
+    }
+
+    /// Adds the whole bucket's durations to a histogram, and its max when `with_max`.
+    pub fn add_total_to(&self, histogram: &mut Histogram, with_max: bool) -> Result<(), Error> {
+        let blob = &self.bytes[self.total_durations.clone()];
+        add_to(blob, self.total.runs(), histogram, false, with_max)
+    }
+
+    /// The whole bucket's distribution.
+    pub fn total_durations(&self) -> Result<Durations, Error> {
+        if self.total.runs() == 0 {
+            return Ok(Durations::default());
+        }
+        let blob = &self.bytes[self.total_durations.clone()];
+        decode_durations_from(&mut Input(blob), self.total.runs()).ok_or_else(|| corrupt("rollup"))
+    }
+
+    /// A record with nothing in it (what a missing record stands for).
+    pub fn empty() -> RecordView {
+        RecordView {
+            bytes: Vec::new(),
+            total: Tally::default(),
+            total_durations: 0..0,
+            parts: Vec::new(),
+        }
+    }
+}
+
+/// Adds (or takes out) an encoded distribution's counts, raising the max when `raise_max`.
+fn add_to(
+    blob: &[u8],
+    runs: u64,
+    histogram: &mut Histogram,
+    subtract: bool,
+    raise_max: bool,
+) -> Result<(), Error> {
+    if runs == 0 {
+        return Ok(());
+    }
+    let max = if subtract {
+        for_each_bin(&mut Input(blob), runs, |bin, count| {
+            histogram.add(bin, count.wrapping_neg())
+        })
+    } else {
+        for_each_bin(&mut Input(blob), runs, |bin, count| {
+            histogram.add(bin, count)
+        })
+    }
+    .ok_or_else(|| corrupt("rollup"))?;
+    if raise_max {
+        histogram.raise_max(max);
+    }
+    Ok(())
 }
 
 /// A tally as three varints.
@@ -789,7 +964,14 @@ impl Iterator for Parts<'_> {
                 let weight = if weighted { input.varint()? } else { 0 };
                 let durations = match tally.runs() {
                     0 => Durations::default(),
-                    runs => decode_durations_from(input, runs)?,
+                    runs => {
+                        let mut blob = Input(input.bytes()?);
+                        let durations = decode_durations_from(&mut blob, runs)?;
+                        if !blob.0.is_empty() {
+                            return None;
+                        }
+                        durations
+                    }
                 };
                 Some(Part {
                     index,

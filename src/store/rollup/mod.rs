@@ -25,7 +25,7 @@ use redb::ReadableTable;
 pub use read::{aggregated, last_run_at_or_before, range_summary};
 pub use write::{FlushTables, RollupDeltas, rebuild};
 
-use super::records::BucketRecord;
+use super::records::RecordView;
 use super::tables::{EntityId, ROLLUP_KEY_LEN, RUN_KEY_LEN, YEAR_KEY_LEN, rollup_key, year_key};
 use crate::error::Result;
 use crate::model::EntityKind;
@@ -63,18 +63,13 @@ pub struct Source<'a, Y, R, L, P> {
 
 impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R, L, P> {
     /// An entity's record of a stored level's bucket, if there is one.
-    pub fn record(
-        &self,
-        entity: EntityId,
-        level: Level,
-        start: i64,
-    ) -> Result<Option<BucketRecord>> {
+    pub fn record(&self, entity: EntityId, level: Level, start: i64) -> Result<Option<RecordView>> {
         let bytes = match level {
             Level::Year => self.years.get(&year_key(entity, start))?,
             _ => self.rollups.get(&rollup_key(level, start, entity))?,
         };
         bytes
-            .map(|bytes| BucketRecord::decode(bytes.value()))
+            .map(|bytes| RecordView::decode(bytes.value()))
             .transpose()
     }
 
@@ -86,9 +81,9 @@ impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R,
         level: Level,
         start: i64,
         index: u16,
-        own: &BucketRecord,
+        own: &RecordView,
     ) -> Result<u64> {
-        let part = |record: &BucketRecord| record.part(index).map_or(0, |p| p.weight);
+        let part = |record: &RecordView| record.part(index).map_or(0, |p| p.weight);
         if series.kind == EntityKind::Pipeline {
             return Ok(part(own));
         }

@@ -10,13 +10,35 @@ use uuid::Uuid;
 
 use super::scan::aggregate;
 use super::{DENSE, RollupTable, RunLogTable, RunTable, Series, Source, YearTable};
+use crate::durations::Histogram;
 use crate::error::Result;
-use crate::model::{EntityKind, Summary, TimeRange};
-use crate::store::records::{BucketRecord, LastRunRecord, Part, RunRecord, RunRef, corrupt};
+use crate::model::{EntityKind, Summary, Tally, TimeRange};
+use crate::store::records::{LastRunRecord, PartView, RecordView, RunRecord, RunRef, corrupt};
 use crate::store::tables::{
     EntityId, RUN_KEY_LEN, YEAR_KEY_LEN, run_key_bounds, split_run_key, year_key, year_key_start,
 };
 use crate::time::{Level, MICROS_PER_SECOND, MIN_SECOND, Period, Timestamp};
+
+/// What a range question adds up: the tally and the histogram of the runs counted.
+#[derive(Default)]
+struct Sum {
+    tally: Tally,
+    histogram: Histogram,
+}
+
+impl Sum {
+    fn add_summary(&mut self, summary: &Summary) {
+        self.tally = self.tally + summary.tally;
+        self.histogram.add_durations(&summary.durations);
+    }
+
+    fn into_summary(self) -> Summary {
+        Summary {
+            tally: self.tally,
+            durations: self.histogram.into_durations(),
+        }
+    }
+}
 
 impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R, L, P> {
     /// The entity's year records overlapping the seconds `[from, end)`, in order (or in
@@ -27,7 +49,7 @@ impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R,
         from: i64,
         end: i64,
         reverse: bool,
-    ) -> Result<Vec<(i64, BucketRecord)>> {
+    ) -> Result<Vec<(i64, RecordView)>> {
         let low = year_key(entity, Level::Year.bucket_start(from));
         let high = year_key(entity, end);
         let range = self.years.range::<&[u8; YEAR_KEY_LEN]>(&low..&high)?;
@@ -41,55 +63,81 @@ impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R,
             let (key, value) = entry?;
             years.push((
                 year_key_start(key.value()),
-                BucketRecord::decode(value.value())?,
+                RecordView::decode(value.value())?,
             ));
         }
         Ok(years)
     }
 
     /// The series' record of a dense bucket: absent means no run of the series there.
-    fn dense_record(&self, series: &Series, level: Level, start: i64) -> Result<BucketRecord> {
-        Ok(self.record(series.id, level, start)?.unwrap_or_default())
+    fn dense_record(&self, series: &Series, level: Level, start: i64) -> Result<RecordView> {
+        Ok(self
+            .record(series.id, level, start)?
+            .unwrap_or_else(RecordView::empty))
     }
 
-    /// The summary of the seconds `[from, end)` within the bucket of `level` at `start`, whose
-    /// record for the series is `record`.
+    /// Adds the runs of the seconds `[from, end)` within the bucket of `level` at `start`,
+    /// whose record for the series is `record`. Whole parts come from the record: added one by
+    /// one, or, when fewer parts lie outside the range, as the bucket's total less those (tallies
+    /// and histograms subtract exactly; the max is taken over the whole parts inside). Parts cut
+    /// by an edge come from their own records where the pipeline is dense, else from the log.
     fn sum_parts(
         &self,
         series: &Series,
-        level: Level,
-        start: i64,
-        record: &BucketRecord,
-        from: i64,
-        end: i64,
-    ) -> Result<Summary> {
+        (level, start): (Level, i64),
+        record: &RecordView,
+        (from, end): (i64, i64),
+        sum: &mut Sum,
+    ) -> Result<()> {
         let (first, last) = parts_touched(level, start, from, end);
-        let mut total = Summary::default();
+        let (mut whole, mut other, mut cut) = (Vec::new(), Vec::new(), Vec::new());
         // (A pipeline's part may carry only weight: task runs, but no pipeline run ending there.)
         for part in record.parts.iter().filter(|p| !p.tally.is_empty()) {
-            if part.index < first {
-                continue;
-            }
-            if part.index > last {
-                break;
-            }
             let (part_first, part_end) = level.part_span(start, part.index);
-            if from <= part_first && part_end <= end {
-                add_part(&mut total, part);
-                continue;
+            if part.index < first || part.index > last {
+                other.push(part);
+            } else if from <= part_first && part_end <= end {
+                whole.push(part);
+            } else {
+                other.push(part);
+                cut.push(part);
             }
-            // A part cut by the range's edge: its own record where the pipeline is dense, else
-            // the log (an hour's parts are whole seconds, so never cut).
+        }
+        if other.len() < whole.len() {
+            sum.tally = sum.tally + record.total;
+            record.add_total_to(&mut sum.histogram, false)?;
+            for part in other {
+                sum.tally = sum.tally - part.tally;
+                record.add_part_to(part, &mut sum.histogram, true)?;
+            }
+            for part in whole {
+                sum.histogram.raise_max(record.part_max(part)?);
+            }
+        } else {
+            for part in whole {
+                sum.tally = sum.tally + part.tally;
+                record.add_part_to(part, &mut sum.histogram, false)?;
+            }
+        }
+        for part in cut {
+            let (part_first, part_end) = level.part_span(start, part.index);
+            // An hour's parts are whole seconds, so never cut.
             let finer = level.part_level().ok_or_else(|| corrupt("rollup"))?;
             let (cut_from, cut_end) = (from.max(part_first), end.min(part_end));
             if self.weight(series, level, start, part.index, record)? >= DENSE {
                 let inner = self.dense_record(series, finer, part_first)?;
-                total.add(&self.sum_parts(series, finer, part_first, &inner, cut_from, cut_end)?);
+                self.sum_parts(
+                    series,
+                    (finer, part_first),
+                    &inner,
+                    (cut_from, cut_end),
+                    sum,
+                )?;
             } else {
-                total.add(&self.scan_summary(series, cut_from, cut_end)?);
+                sum.add_summary(&self.scan_summary(series, cut_from, cut_end)?);
             }
         }
-        Ok(total)
+        Ok(())
     }
 
     /// The latest second at or before `to` with a run, within the bucket of `level` at `start`.
@@ -98,7 +146,7 @@ impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R,
         series: &Series,
         level: Level,
         start: i64,
-        record: &BucketRecord,
+        record: &RecordView,
         to: i64,
     ) -> Result<Option<i64>> {
         let limit = if to < level.next_bucket(start) {
@@ -134,7 +182,7 @@ impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R,
     fn days(
         &self,
         series: &Series,
-        (year, record): (i64, &BucketRecord),
+        (year, record): (i64, &RecordView),
         (from, end): (i64, i64),
         bucket: &impl Fn(i64) -> i64,
         into: &mut BTreeMap<i64, Summary>,
@@ -146,10 +194,10 @@ impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R,
             }
             if self.weight(series, Level::Year, year, part.index, record)? >= DENSE {
                 let days = self.dense_record(series, Level::Month, month)?;
-                for day in &days.parts {
+                for day in days.parts.iter().filter(|p| !p.tally.is_empty()) {
                     let (first, _) = Level::Month.part_span(month, day.index);
                     if (from..end).contains(&first) {
-                        add_part(into.entry(bucket(first)).or_default(), day);
+                        add_part(into.entry(bucket(first)).or_default(), &days, day)?;
                     }
                 }
             } else {
@@ -177,10 +225,11 @@ fn parts_touched(level: Level, start: i64, from: i64, end: i64) -> (u16, u16) {
     )
 }
 
-/// Adds a whole part to a summary.
-fn add_part(summary: &mut Summary, part: &Part) {
+/// Adds a whole part of a record to a summary.
+fn add_part(summary: &mut Summary, record: &RecordView, part: &PartView) -> Result<()> {
     summary.tally = summary.tally + part.tally;
-    summary.durations.add(&part.durations);
+    summary.durations.add(&record.part_durations(part)?);
+    Ok(())
 }
 
 /// The summary of a series' runs in a range.
@@ -190,16 +239,17 @@ pub fn range_summary<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable>(
     range: TimeRange,
 ) -> Result<Summary> {
     let (from, end) = (range.from(), range.to() + 1);
-    let mut total = Summary::default();
+    let mut sum = Sum::default();
     for (start, record) in source.years(series.id, from, end, false)? {
         let next = Level::Year.next_bucket(start);
         if from <= start && next <= end {
-            total.add(&record.summary());
+            sum.tally = sum.tally + record.total;
+            record.add_total_to(&mut sum.histogram, true)?;
         } else {
-            total.add(&source.sum_parts(series, Level::Year, start, &record, from, end)?);
+            source.sum_parts(series, (Level::Year, start), &record, (from, end), &mut sum)?;
         }
     }
-    Ok(total)
+    Ok(sum.into_summary())
 }
 
 /// Stats of the buckets of `period` in the seconds `[start, end)` (bucket-aligned), by bucket
@@ -217,13 +267,19 @@ pub fn aggregated<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable>(
     for (year, record) in source.years(series.id, start, end, false)? {
         match period {
             Period::Year => {
-                buckets.insert(year, record.summary());
+                buckets.insert(
+                    year,
+                    Summary {
+                        tally: record.total,
+                        durations: record.total_durations()?,
+                    },
+                );
             }
             Period::Month | Period::Quarter => {
-                for part in &record.parts {
+                for part in record.parts.iter().filter(|p| !p.tally.is_empty()) {
                     let (first, _) = Level::Year.part_span(year, part.index);
                     if (start..end).contains(&first) {
-                        add_part(buckets.entry(bucket(first)).or_default(), part);
+                        add_part(buckets.entry(bucket(first)).or_default(), &record, part)?;
                     }
                 }
             }
