@@ -408,6 +408,9 @@ pub struct Stats {
     pub percentiles: Option<Percentiles>,
     /// The latest run at or before the range's end (it may lie before the range's start).
     pub last_run: Option<LastRun>,
+    /// The range reached before the retention cut at finer than a day and was answered at
+    /// whole days there (or the last run before the cut, which is not kept, was asked for).
+    pub approximate: bool,
 }
 
 /// An inclusive range of whole seconds, `from <= to`.

@@ -17,6 +17,8 @@ use crate::front::{ConnectionLimits, Protocols};
 const GRACE: Duration = Duration::from_secs(10);
 /// How often expired tokens are deleted.
 const PURGE_EVERY: Duration = Duration::from_secs(3_600);
+/// How often runs past the retention are pruned (the cut moves once a day).
+const RETAIN_EVERY: Duration = Duration::from_secs(3_600);
 
 /// Serves gRPC on `grpc_listener` and REST on `http_listener` until `shutdown` resolves, then
 /// stops accepting, lets in-flight requests finish (up to a grace period), and finishes every
@@ -57,6 +59,9 @@ pub async fn run_with(
     };
 
     tokio::spawn(purge_tokens(engine.clone(), signal(stopped.clone())));
+    if let Some(days) = engine.keep_runs_days() {
+        tokio::spawn(retain(engine.clone(), days, signal(stopped.clone())));
+    }
 
     let listener = |tcp| Limited::new(tcp, limits.max_connections, limits.max_per_peer);
     let routes = grpc::routes(engine.clone()).await.prepare();
@@ -103,6 +108,34 @@ async fn purge_tokens(engine: Arc<Engine>, stop: impl Future<Output = ()>) {
                 Ok(purged) => tracing::info!(purged, "deleted expired tokens"),
                 Err(error) => tracing::warn!(%error, "could not delete expired tokens"),
             },
+            () = &mut stop => return,
+        }
+    }
+}
+
+/// Prunes runs older than `days` whole days before today, at start and every hour, until
+/// `stop` resolves.
+async fn retain(engine: Arc<Engine>, days: u32, stop: impl Future<Output = ()>) {
+    let mut every = tokio::time::interval(RETAIN_EVERY);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {
+                let cut = crate::engine::cut_for(days, crate::time::Timestamp::now());
+                let started = std::time::Instant::now();
+                match engine.prune(cut).await {
+                    Ok(done) if done.task_runs == 0 && done.records == 0 => {}
+                    Ok(done) => tracing::info!(
+                        cut = %crate::time::format_datetime(cut),
+                        task_runs = done.task_runs,
+                        pipeline_runs = done.pipeline_runs,
+                        records = done.records,
+                        elapsed = ?started.elapsed(),
+                        "pruned runs before the retention cut"
+                    ),
+                    Err(error) => tracing::warn!(%error, "could not prune old runs"),
+                }
+            }
             () = &mut stop => return,
         }
     }

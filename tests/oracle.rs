@@ -18,7 +18,9 @@ use runledger::model::{
     TaskError, TaskId, TaskRun, TaskRunId, TaskType, TimeRange,
 };
 use runledger::store::{Store, StoreOptions, WriteOp, verify::verify};
-use runledger::time::{MAX_SECOND, MICROS_PER_SECOND, Period, Timestamp, parse_instant};
+use runledger::time::{
+    MAX_SECOND, MICROS_PER_SECOND, MIN_SECOND, Period, Timestamp, parse_instant,
+};
 use uuid::Uuid;
 
 /// A small deterministic generator, so a failing seed can be replayed.
@@ -292,6 +294,7 @@ impl Oracle {
             tally,
             percentiles,
             last_run,
+            approximate: false,
         }
     }
 
@@ -1336,5 +1339,188 @@ fn one_write_sequence_grouped_two_ways_gives_identical_tables() {
             "seed {seed}: repacking"
         );
         assert!(verify(&reopened).unwrap().is_consistent(), "seed {seed}");
+    }
+}
+
+/// Whole-day widening of a range's edges that fall before the cut, as the contract answers
+/// them, and whether it changed the range.
+fn widened(from: i64, to: i64, cut: i64) -> (i64, i64, bool) {
+    let day = |s: i64| s - s.rem_euclid(86_400);
+    let from2 = if from < cut { day(from) } else { from };
+    let to2 = if to < cut { day(to) + 86_399 } else { to };
+    (from2, to2, (from2, to2) != (from, to))
+}
+
+fn check_pruning(seed: u64) {
+    let mut rng = Rng(seed);
+    let (pipelines, reports) = generate(&mut rng, 2_000);
+    let (engine, _dir) = engine_with(&mut rng, &reports);
+    let mut oracle = Oracle::new(&reports);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    // A cut among the runs: a midnight near one of them.
+    let near = oracle.finished[rng.below(oracle.finished.len() as u64) as usize]
+        .executed_at
+        .unwrap()
+        .second();
+    let cut = near - near.rem_euclid(86_400) + 86_400 * rng.range(0, 2);
+    let context = |what: String| format!("seed {seed}, cut {cut}: {what}");
+    let summary = runtime.block_on(engine.prune(cut)).unwrap();
+    let kept = oracle
+        .finished
+        .iter()
+        .filter(|r| r.executed_at.unwrap().second() >= cut)
+        .count();
+    assert_eq!(
+        summary.task_runs as usize,
+        oracle.finished.len() - kept,
+        "{}",
+        context("task runs pruned".into())
+    );
+    let report = verify(engine.store()).unwrap();
+    assert!(
+        report.is_consistent(),
+        "{}",
+        context(format!("{:?}", report.differences))
+    );
+    assert_eq!(report.task_runs as usize, kept);
+
+    // A report before the cut is refused, nothing applied; one after it is taken.
+    let spec = &pipelines[0];
+    let mut late = reports
+        .iter()
+        .find(|r| r.pipeline == spec.id && r.finished_at().is_some())
+        .unwrap()
+        .clone();
+    late.task_run = TaskRunId(rng.uuid());
+    // (A new pipeline run: one whose task runs were all pruned would start afresh, as the
+    // README says, where the oracle would continue it.)
+    late.pipeline_run = PipelineRunId(rng.uuid());
+    late.executed_at = Timestamp::from_micros((cut - 1) * MICROS_PER_SECOND);
+    let refused = runtime
+        .block_on(engine.report(&Caller::OPERATOR, vec![late.clone()]))
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("retention cut"),
+        "{}",
+        context(refused.to_string())
+    );
+    late.executed_at = Timestamp::from_micros((cut + 3_600) * MICROS_PER_SECOND + 5);
+    runtime
+        .block_on(engine.report(&Caller::OPERATOR, vec![late.clone()]))
+        .unwrap();
+    let mut all = reports.clone();
+    all.push(late);
+    oracle = Oracle::new(&all);
+    assert!(verify(engine.store()).unwrap().is_consistent());
+
+    for pipeline in &pipelines {
+        let op = Caller::operator_in(pipeline.org);
+        let mut entities = vec![EntityRef {
+            kind: EntityKind::Pipeline,
+            uuid: pipeline.id.0,
+        }];
+        entities.extend(pipeline.tasks.iter().map(|(task, _)| EntityRef {
+            kind: EntityKind::Task,
+            uuid: task.0,
+        }));
+        for entity in entities {
+            if oracle.runs(entity).is_empty() {
+                continue;
+            }
+            // Aggregated stats by day and coarser stay exact for all time.
+            for _ in 0..10 {
+                let period = *rng.pick(&Period::ALL);
+                let n = rng.range(1, 60) as u32;
+                let date_from = if rng.chance(50) {
+                    cut - rng.range(0, 200 * 86_400)
+                } else {
+                    random_second(&mut rng)
+                };
+                let got: Vec<_> = engine
+                    .aggregated_stats(
+                        &op,
+                        entity,
+                        period,
+                        date_from,
+                        BucketCount::new(n).unwrap(),
+                        Fill::Sparse,
+                    )
+                    .unwrap()
+                    .iter()
+                    .map(|b| (b.start, b.last_second, b.tally, b.percentiles))
+                    .collect();
+                assert_buckets_match(
+                    &got,
+                    &oracle.aggregated(entity, period, date_from, n),
+                    &context(format!("aggregated {entity} {period:?} from {date_from}")),
+                );
+            }
+            // Range stats: exact, except edges before the cut, widened to whole days.
+            for _ in 0..20 {
+                let around = |rng: &mut Rng| cut + rng.range(-40 * 86_400, 10 * 86_400);
+                let (mut from, mut to) = (around(&mut rng), around(&mut rng));
+                if from > to {
+                    std::mem::swap(&mut from, &mut to);
+                }
+                let got = engine
+                    .stats(&op, entity, TimeRange::new(from, to).unwrap())
+                    .unwrap();
+                let (wide_from, wide_to, was_widened) = widened(from, to, cut);
+                let mut expected = oracle.stats(entity, wide_from, wide_to);
+                let what = context(format!("stats {entity} {from}..={to}"));
+                // The last run at or before `to` is the entity's latest (always kept) or one
+                // found among the runs kept since the cut; one before the cut is not kept.
+                let runs = oracle.runs(entity);
+                let latest = runs.iter().map(|r| (r.at, r.id)).max().unwrap();
+                let mut last_lost = false;
+                if latest.0.second() > wide_to
+                    && expected
+                        .last_run
+                        .is_some_and(|r| r.executed_at.second() < cut)
+                {
+                    expected.last_run = None;
+                    last_lost = true;
+                }
+                assert_stats_match(&got, &expected, &what);
+                assert_eq!(got.approximate, was_widened || last_lost, "{what}");
+            }
+        }
+        // Logs: nothing before the cut, everything after it.
+        let whole = TimeRange::new(MIN_SECOND, MAX_SECOND).unwrap();
+        let op = Caller::operator_in(pipeline.org);
+        let mut cursor = None;
+        let mut entries = Vec::new();
+        loop {
+            let page = engine.logs(&op, pipeline.id, whole, cursor, 1_000).unwrap();
+            entries.extend(page.entries);
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        let expected = oracle
+            .finished
+            .iter()
+            .filter(|r| r.pipeline == pipeline.id && r.executed_at.unwrap().second() >= cut)
+            .count();
+        assert_eq!(entries.len(), expected, "{}", context("logs".into()));
+        assert!(entries.iter().all(|e| e.executed_at.second() >= cut));
+    }
+
+    // Pruning again to the same cut finds nothing; a later cut prunes more.
+    let again = runtime.block_on(engine.prune(cut)).unwrap();
+    assert_eq!((again.task_runs, again.pipeline_runs), (0, 0));
+    let later = runtime.block_on(engine.prune(cut + 30 * 86_400)).unwrap();
+    assert_eq!(later.cut, cut + 30 * 86_400);
+    assert!(verify(engine.store()).unwrap().is_consistent());
+}
+
+#[test]
+fn pruning_keeps_day_answers_exact_and_answers_finer_edges_at_whole_days() {
+    for seed in 0..seeds_or(3) {
+        check_pruning(1_000 + seed);
     }
 }

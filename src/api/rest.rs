@@ -130,6 +130,9 @@ pub struct StatsBody {
     pub last_run_duration: u64,
     #[serde(flatten)]
     pub percentiles: PercentilesBody,
+    /// Present (true) only when the answer is at whole days before the retention cut.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub approximate: bool,
 }
 
 /// Duration percentiles and the maximum, `null` without runs (an addition to the reference's
@@ -167,6 +170,7 @@ impl From<Stats> for StatsBody {
                 .map(|r| format_datetime(r.executed_at.second())),
             last_run_duration: stats.last_run.map_or(0, |r| r.duration_ms),
             percentiles: stats.percentiles.into(),
+            approximate: stats.approximate,
         }
     }
 }

@@ -243,6 +243,7 @@ pub fn stats_response(stats: Stats) -> proto::StatsResponse {
         duration_p95_ms: stats.percentiles.map(|p| p.p95),
         duration_p99_ms: stats.percentiles.map(|p| p.p99),
         max_duration_ms: stats.percentiles.map(|p| p.max),
+        approximate: stats.approximate,
     }
 }
 

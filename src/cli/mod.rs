@@ -9,6 +9,7 @@ mod generate;
 pub mod import;
 mod info;
 mod keys;
+mod prune;
 mod serve;
 mod upgrade;
 mod verify;
@@ -40,6 +41,9 @@ pub enum Command {
     Verify(verify::VerifyArgs),
     /// Rewrite a database of an older format in this build's format (the old file is kept).
     Upgrade(upgrade::UpgradeArgs),
+    /// Delete task runs, pipeline runs and logs executed before a date (rollups by day and
+    /// coarser stay); for a data dir no server has open.
+    Prune(prune::PruneArgs),
     /// Write a synthetic workload as newline-delimited JSON task runs (for import).
     Generate(generate::GenerateArgs),
     /// Manage OAuth clients: create, list, revoke.
@@ -111,6 +115,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Upgrade(args) => upgrade::run(args),
+        Command::Prune(args) => prune::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Client(args) => client::run(args),
         Command::Key(args) => keys::key(args),

@@ -66,6 +66,11 @@ pub struct ServeArgs {
     /// Serve reads only (a restored backup, a read-only volume); writes get UNAVAILABLE / 503.
     #[arg(long)]
     pub read_only: bool,
+    /// Keep task runs, pipeline runs and logs of the last N whole days and today (UTC); older
+    /// ones are pruned in the background (at start, then hourly). Day and coarser rollups are
+    /// kept for ever; reports older than the cut are refused.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=3_650_000))]
+    pub keep_runs_days: Option<u32>,
 }
 
 pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
@@ -80,7 +85,8 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
         crate::store::Store::open(&args.data_dir.data_dir, options).map_err(|e| e.to_string())?;
     let engine = crate::engine::Engine::new(store)
         .map_err(|e| format!("cannot start: {e}"))?
-        .with_max_pending_runs(args.max_pending_runs);
+        .with_max_pending_runs(args.max_pending_runs)
+        .with_retention(args.keep_runs_days);
     let ms = Duration::from_millis;
     let limits = ConnectionLimits {
         max_connections: args.max_connections.max(1),

@@ -6,6 +6,7 @@
 mod access;
 mod dispatch;
 mod keys;
+mod retention;
 mod throttle;
 mod token_cache;
 
@@ -14,6 +15,7 @@ use std::sync::Arc;
 
 pub use access::{ClientInfo, NewClient, TokenGrant, TokenRequest};
 pub use dispatch::Subscription;
+pub use retention::{PRUNE_STEP, PruneSummary, cut_for};
 
 use crate::auth::{Caller, Scope};
 use crate::crypto::OutputKey;
@@ -67,6 +69,8 @@ pub struct Engine {
     tokens: TokenCache,
     throttle: FailureThrottle,
     max_pending_runs: usize,
+    /// `serve --keep-runs-days`: whole days of runs kept before today.
+    keep_runs_days: Option<u32>,
 }
 
 impl Engine {
@@ -90,6 +94,7 @@ impl Engine {
             tokens: TokenCache::default(),
             throttle: FailureThrottle::default(),
             max_pending_runs: DEFAULT_MAX_PENDING_RUNS,
+            keep_runs_days: None,
         })
     }
 
@@ -103,6 +108,17 @@ impl Engine {
     pub fn with_max_pending_runs(mut self, max: usize) -> Engine {
         self.max_pending_runs = max.max(1);
         self
+    }
+
+    /// Keeps runs of the last `days` whole days and today; older ones are pruned in the
+    /// background while serving.
+    pub fn with_retention(mut self, days: Option<u32>) -> Engine {
+        self.keep_runs_days = days;
+        self
+    }
+
+    pub fn keep_runs_days(&self) -> Option<u32> {
+        self.keep_runs_days
     }
 
     pub fn store(&self) -> &Store {

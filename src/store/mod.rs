@@ -30,7 +30,9 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 
 use handle::Handle;
 
-pub use batch::{IssueRequest, UnfinishedRun, WriteOp, WriteOutcome, derived_task_run};
+pub use batch::{
+    IssueRequest, PruneProgress, UnfinishedRun, WriteOp, WriteOutcome, derived_task_run,
+};
 pub use digest::Digests;
 pub use read::Reader;
 pub use records::{EntityDetail, EntityKey};

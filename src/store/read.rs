@@ -22,7 +22,7 @@ use crate::model::{
     BucketCount, BucketStats, Fill, LastRun, LogCursor, LogEntry, LogPage, OrgId, OverviewCursor,
     PendingTaskRun, PipelineId, Stats, Summary, TaskId, TaskRunId, TimeRange,
 };
-use crate::time::{Level, MAX_SECOND, MICROS_PER_SECOND, Period, Timestamp};
+use crate::time::{Level, MAX_SECOND, MICROS_PER_SECOND, MIN_SECOND, Period, Timestamp};
 
 /// A snapshot of the database to answer queries from.
 pub struct Reader<'a> {
@@ -132,7 +132,16 @@ impl<'a> Reader<'a> {
             rollups: &rollups,
             run_log: &run_log,
             runs: &runs,
+            cut: self.retention_cut()?,
         })
+    }
+
+    /// The retention cut: runs executed before this second were pruned (or are being).
+    pub fn retention_cut(&self) -> Result<Option<i64>> {
+        super::batch::read_cut(
+            &self.txn.open_table(tables::META)?,
+            tables::meta::RETENTION_CUT,
+        )
     }
 
     /// Tally of the runs in a range and the last run at or before its end.
@@ -140,17 +149,35 @@ impl<'a> Reader<'a> {
         let series = series(entity);
         let last = self.last_run_record(entity.id)?;
         self.with_rollups(|source| {
+            let (range, mut approximate) = match source.cut {
+                Some(cut) => whole_days_before(range, cut),
+                None => (range, false),
+            };
             let summary = range_summary(source, &series, range)?;
             let last_run = match last {
                 None => None,
                 Some(last) if last.executed_at.second() <= range.to() => Some(last.last_run()),
-                Some(_) => last_run_at_or_before(source, &series, range.to())?
-                    .map(|record| record.last_run()),
+                Some(_) => {
+                    let found = last_run_at_or_before(source, &series, range.to())?;
+                    if found.is_none()
+                        && let Some(cut) = source.cut
+                    {
+                        // The last run before the cut is not kept: there is one if any run
+                        // was counted before the cut.
+                        let before = TimeRange::new(MIN_SECOND, (cut - 1).min(range.to()));
+                        approximate |= match before {
+                            Some(before) => !range_summary(source, &series, before)?.is_empty(),
+                            None => false,
+                        };
+                    }
+                    found.map(|record| record.last_run())
+                }
             };
             Ok(Stats {
                 tally: summary.tally,
                 percentiles: summary.percentiles(),
                 last_run,
+                approximate,
             })
         })
     }
@@ -451,6 +478,20 @@ fn advance(level: Level, start: i64, n: u32) -> i64 {
         end = level.next_bucket(end);
     }
     end
+}
+
+/// A range with each edge that falls before the retention cut widened to its whole day (the
+/// finest resolution kept there), and whether that changed it.
+fn whole_days_before(range: TimeRange, cut: i64) -> (TimeRange, bool) {
+    let (mut from, mut to) = (range.from(), range.to());
+    if from < cut {
+        from = Level::Day.bucket_start(from);
+    }
+    if to < cut {
+        to = Level::Day.next_bucket(Level::Day.bucket_start(to)) - 1;
+    }
+    let widened = TimeRange::new(from, to).expect("widening keeps from <= to");
+    (widened, widened != range)
 }
 
 /// A pipeline as the overview lists it: UUID, name (empty without one), id.

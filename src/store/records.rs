@@ -947,6 +947,13 @@ pub struct Parts<'a> {
     weighted: bool,
 }
 
+impl Parts<'_> {
+    /// Whether the record carries weights (it is a pipeline's).
+    pub fn is_weighted(&self) -> bool {
+        self.weighted
+    }
+}
+
 impl Iterator for Parts<'_> {
     type Item = Result<Part, Error>;
 

@@ -326,11 +326,19 @@ pub mod meta {
     /// Each UUID index's current period and the entries it holds: two little-endian u32 and u64.
     pub const TASK_INDEX_PERIOD: &str = "task_index_period";
     pub const PIPELINE_INDEX_PERIOD: &str = "pipeline_index_period";
+    /// Retention: runs executed before this second (a UTC midnight, a little-endian i64) are
+    /// deleted or being deleted, and refused.
+    pub const RETENTION_CUT: &str = "retention_cut";
+    /// Every month before this second has its records (see `batch::prune`).
+    pub const MATERIALIZED_BEFORE: &str = "materialized_before";
+    /// The pipeline id the next step of pruning starts from, a little-endian u32.
+    pub const PRUNE_NEXT_PIPELINE: &str = "prune_next_pipeline";
 }
 
 /// The file format this build reads and writes. 5: rollup parts carry duration histograms and
-/// maxima; pipelines are listed by name. (4: UUID indexes by arrival period with Bloom filters, pipeline runs by id, rollups
-/// finer than a year only where dense; 3: UUIDs namespaced per organization; 2: rollups at six
+/// maxima; pipelines are listed by name; months before a retention cut always have records.
+/// (4: UUID indexes by arrival period with Bloom filters, pipeline runs by id, rollups finer
+/// than a year only where dense; 3: UUIDs namespaced per organization; 2: rollups at six
 /// levels with parts; 1: second and minute buckets.) `runledger upgrade` brings formats 2 and 4
 /// to this one.
 pub const FORMAT_VERSION: u32 = 5;

@@ -14,7 +14,7 @@ use super::index::Filters;
 use super::records::{
     BucketRecord, EntityKey, LastRunRecord, Part, PipelineRunAgg, RunRecord, RunRef, TaskRunHome,
 };
-use super::rollup::{DENSE, STORED};
+use super::rollup::{self, STORED};
 use super::tables::{
     self, EntityId, INDEX_KEY_LEN, IndexKind, LAST_RUN_LEN, MEMBER_KEY_LEN, ROLLUP_KEY_LEN, RunId,
     YEAR_KEY_LEN, member_key, member_key_micros, rollup_key, split_index_key, split_run_key,
@@ -68,6 +68,9 @@ struct Stored<'r> {
     pipeline_tasks: ReadOnlyTable<&'static [u8; 8], ()>,
     task_index: ReadOnlyTable<&'static [u8; INDEX_KEY_LEN], &'static [u8]>,
     filters: Filters,
+    /// The retention cut: what was executed before it is pruned, so only what follows it can
+    /// be recomputed (and what pruning kept is checked for shape, not recomputed).
+    cut: Option<i64>,
 }
 
 impl Stored<'_> {
@@ -111,6 +114,7 @@ pub fn verify(store: &Store) -> Result<VerifyReport> {
         pipeline_tasks: reader.table(tables::PIPELINE_TASKS)?,
         task_index: reader.table(tables::TASK_INDEX)?,
         filters: snapshot_filters,
+        cut: reader.retention_cut()?,
     };
     let mut report = VerifyReport::default();
     check_filters(&stored, &mut report)?;
@@ -202,13 +206,13 @@ pub fn verify(store: &Store) -> Result<VerifyReport> {
             "pipeline-run member entries",
         ),
         (
-            stored.years.len()? + stored.rollups.len()?,
+            rollups_after(&stored, &mut report)?,
             report.rollup_entries,
             "rollup records",
         ),
         (
             stored.last_runs.len()?,
-            report.last_runs,
+            report.last_runs + last_runs_before(&stored)?,
             "last-run records",
         ),
     ];
@@ -228,6 +232,58 @@ pub fn verify(store: &Store) -> Result<VerifyReport> {
         }
     }
     Ok(report)
+}
+
+/// The rollup records of buckets starting at or after the retention cut (all without one);
+/// day and hour records before it must be gone.
+fn rollups_after(stored: &Stored<'_>, report: &mut VerifyReport) -> Result<u64> {
+    let Some(cut) = stored.cut else {
+        return Ok(stored.years.len()? + stored.rollups.len()?);
+    };
+    let mut count = 0;
+    for entry in stored.years.iter()? {
+        count += u64::from(tables::year_key_start(entry?.0.value()) >= cut);
+    }
+    for entry in stored.rollups.iter()? {
+        let (key, _) = entry?;
+        let (tag, start, _) = tables::split_rollup_key(key.value());
+        if start >= cut {
+            count += 1;
+        } else if tag != Level::Month.tag() {
+            let bucket = format_datetime(start);
+            report.differ(|| {
+                format!("a day or hour record of {bucket} is kept before the retention cut")
+            });
+        }
+    }
+    Ok(count)
+}
+
+/// Last-run records of runs executed before the retention cut (kept, no longer recomputable).
+fn last_runs_before(stored: &Stored<'_>) -> Result<u64> {
+    let Some(cut) = stored.cut else {
+        return Ok(0);
+    };
+    let mut count = 0;
+    for entry in stored.last_runs.iter()? {
+        let record = LastRunRecord::decode(entry?.1.value())?;
+        count += u64::from(record.executed_at.second() < cut);
+    }
+    Ok(count)
+}
+
+/// Whether a stored pipeline run has task runs executed before the cut.
+fn spans_cut(stored: &Stored<'_>, run: RunId, agg: &PipelineRunAgg, cut: i64) -> Result<bool> {
+    let cut_micros = cut * crate::time::MICROS_PER_SECOND;
+    if let Some(inline) = &agg.members {
+        return Ok(inline.as_slice().iter().any(|m| *m < cut_micros));
+    }
+    let (low, high) = (member_key(run, i64::MIN), member_key(run, cut_micros));
+    Ok(stored
+        .run_members
+        .range::<&[u8; MEMBER_KEY_LEN]>(&low..&high)?
+        .next()
+        .is_some())
 }
 
 /// The list of pipelines by name holds exactly one entry per pipeline, under its current name.
@@ -395,6 +451,12 @@ impl PipelineWork {
                 .get(run.0)?
                 .map(|bytes| PipelineRunAgg::decode(bytes.value()))
                 .transpose()?;
+            // A pipeline run with task runs on both sides of the retention cut keeps what it
+            // summed before it: the stored aggregate is what counts.
+            let spanning = match (&found, stored.cut) {
+                (Some(found), Some(cut)) => spans_cut(stored, *run, found, cut)?,
+                _ => false,
+            };
             let totals = |a: &PipelineRunAgg| {
                 (
                     a.pipeline,
@@ -404,7 +466,7 @@ impl PipelineWork {
                     a.latest_micros,
                 )
             };
-            if found.as_ref().map(totals) != Some(totals(agg)) {
+            if !spanning && found.as_ref().map(totals) != Some(totals(agg)) {
                 report.differ(|| {
                     format!(
                         "pipeline run #{}: stored {found:?}, recomputed {agg:?}",
@@ -414,6 +476,7 @@ impl PipelineWork {
                 continue;
             }
             let found = found.expect("checked");
+            let agg = if spanning { &found } else { agg };
             let at = Timestamp::from_micros(agg.latest_micros).expect("from a valid timestamp");
             self.contribute(pipeline, at, agg.tally(), 0);
             self.offer_last(
@@ -444,6 +507,14 @@ impl PipelineWork {
                         found.uuid, run.0
                     )
                 });
+            }
+            if spanning {
+                let (low, high) = (member_key(*run, i64::MIN), member_key(*run, i64::MAX));
+                report.run_members += stored
+                    .run_members
+                    .range::<&[u8; MEMBER_KEY_LEN]>(&low..=&high)?
+                    .count() as u64;
+                continue;
             }
             // Its members, in the aggregate or (for a large pipeline run) in the index.
             let expected: Vec<i64> = self
@@ -490,13 +561,14 @@ impl PipelineWork {
             }
         }
 
-        // The records that must exist: years always; finer buckets where the pipeline is dense.
+        // The records that must exist: years always; finer buckets where the pipeline is dense
+        // (and months before the retention cut).
         let dense = |work: &PipelineWork, level: Level, start: i64| {
             level == Level::Year
                 || work
                     .rollups
                     .get(&(pipeline, level.tag(), start))
-                    .is_some_and(|(_, weight, _)| *weight >= DENSE)
+                    .is_some_and(|(_, weight, _)| rollup::kept(level, start, *weight, stored.cut))
         };
         let expected: Vec<((EntityId, u8, i64), BucketRecord)> = self
             .rollups
@@ -517,15 +589,26 @@ impl PipelineWork {
                 (*key, record)
             })
             .collect();
-        for ((entity, tag, start), record) in expected {
+        for ((entity, tag, start), mut record) in expected {
             let level = STORED.into_iter().find(|l| l.tag() == tag).expect("stored");
-            report.rollup_entries += 1;
-            let found = match level {
+            let mut found = match level {
                 Level::Year => stored.years.get(&year_key(entity, start))?,
                 _ => stored.rollups.get(&rollup_key(level, start, entity))?,
             }
             .map(|bytes| BucketRecord::decode(bytes.value()))
             .transpose()?;
+            match stored.cut {
+                Some(cut) if start < cut => {
+                    // Straddling the cut: only the parts after it can be recomputed.
+                    for record in found.iter_mut().chain(std::iter::once(&mut record)) {
+                        record
+                            .parts
+                            .retain(|p| level.part_span(start, p.index).0 >= cut);
+                        (record.total, record.weight) = (Tally::default(), 0);
+                    }
+                }
+                _ => report.rollup_entries += 1,
+            }
             if found.as_ref() != Some(&record) {
                 let name = stored
                     .reader
@@ -555,6 +638,14 @@ impl PipelineWork {
                 .transpose()?;
             let expected_last = self.last.get(&entity).copied();
             report.last_runs += u64::from(expected_last.is_some());
+            let pruned_away = |last: &LastRunRecord| {
+                stored
+                    .cut
+                    .is_some_and(|cut| last.executed_at.second() < cut)
+            };
+            if expected_last.is_none() && stored_last.as_ref().is_some_and(pruned_away) {
+                continue; // its runs were pruned; the last of them stays
+            }
             if stored_last != expected_last {
                 report.differ(|| {
                     format!(

@@ -173,11 +173,18 @@ fn run(
     filters: &Mutex<Filters>,
     mut receiver: mpsc::Receiver<Queued>,
 ) {
-    while let Some(first) = receiver.blocking_recv() {
+    // An exclusive write found while gathering a group waits for the next one.
+    let mut carried: Option<Queued> = None;
+    while let Some(first) = carried.take().or_else(|| receiver.blocking_recv()) {
         let mut weight = first.op.weight();
+        let exclusive = first.op.is_exclusive();
         let mut group = vec![first];
-        while weight < MAX_GROUP_WEIGHT {
+        while !exclusive && weight < MAX_GROUP_WEIGHT {
             match receiver.try_recv() {
+                Ok(request) if request.op.is_exclusive() => {
+                    carried = Some(request);
+                    break;
+                }
                 Ok(request) => {
                     weight += request.op.weight();
                     group.push(request);

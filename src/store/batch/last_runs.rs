@@ -82,6 +82,7 @@ impl Batch<'_> {
                     rollups: &self.t.rollups,
                     run_log: &self.t.run_log,
                     runs: &self.t.pipeline_runs,
+                    cut: self.retention_cut()?,
                 };
                 last_run_at_or_before(&source, &work.series, MAX_SECOND)?
             }

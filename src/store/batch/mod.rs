@@ -21,6 +21,7 @@ mod credentials;
 mod entities;
 mod last_runs;
 mod pipeline_runs;
+mod prune;
 mod reports;
 mod restore;
 
@@ -48,6 +49,8 @@ pub use credentials::IssueRequest;
 pub use entities::derived_task_run;
 use last_runs::LastRunWork;
 use pipeline_runs::AggSlot;
+pub use prune::PruneProgress;
+pub(super) use prune::read_cut;
 pub use restore::UnfinishedRun;
 
 /// A change to the database, applied atomically. Each carries what the writer must not decide
@@ -84,6 +87,9 @@ pub enum WriteOp {
         unfinished: Vec<UnfinishedRun>,
         next_serial: u64,
     },
+    /// One step of retention: deletes at most `limit` task runs executed before `before` (a
+    /// UTC midnight; the cut only moves forward), see [`PruneProgress`].
+    Prune { before: i64, limit: usize },
 }
 
 impl WriteOp {
@@ -107,11 +113,18 @@ impl WriteOp {
         }
     }
 
+    /// Whether the operation is applied in a transaction of its own: pruning deletes what
+    /// other operations in a shared transaction might have read.
+    pub fn is_exclusive(&self) -> bool {
+        matches!(self, WriteOp::Prune { .. })
+    }
+
     /// How much work the operation is, for sizing group commits.
     pub fn weight(&self) -> usize {
         match self {
             WriteOp::Report { runs, .. } => runs.len().max(1),
             WriteOp::Restore { unfinished, .. } => unfinished.len().max(1),
+            WriteOp::Prune { limit, .. } => (*limit).max(1),
             WriteOp::Register(definition) => definition.tasks.len().max(1),
             _ => 1,
         }
@@ -130,6 +143,7 @@ pub enum WriteOutcome {
     Tokens(IssueOutcome),
     TokensPurged(u64),
     Restored,
+    Pruned(PruneProgress),
 }
 
 /// The result of checking an operation: `Err` is a rejection of that operation alone.
@@ -242,6 +256,9 @@ impl<'txn> Batch<'txn> {
             } => Ok(self
                 .restore(unfinished, *next_serial)?
                 .map(|()| WriteOutcome::Restored)),
+            WriteOp::Prune { before, limit } => {
+                Ok(self.prune(*before, *limit)?.map(WriteOutcome::Pruned))
+            }
         }
     }
 
@@ -258,12 +275,14 @@ impl<'txn> Batch<'txn> {
             &mut self.t.run_log,
             new_log.iter().map(|(key, value)| (key, value.as_slice())),
         )?;
+        let cut = self.retention_cut()?;
         let mut tables = super::rollup::FlushTables {
             years: &mut self.t.year_rollups,
             rollups: &mut self.t.rollups,
             run_log: &self.t.run_log,
             runs: &self.t.pipeline_runs,
             pipeline_tasks: &self.t.pipeline_tasks,
+            cut,
         };
         std::mem::take(&mut self.deltas).flush(&mut tables)?;
         for (id, work) in std::mem::take(&mut self.last_run_work) {

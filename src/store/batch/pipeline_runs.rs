@@ -81,7 +81,7 @@ impl Batch<'_> {
         Ok(self.aggs.get_mut(&id).expect("inserted above"))
     }
 
-    fn stored_agg(&self, id: RunId) -> Result<Option<PipelineRunAgg>> {
+    pub(super) fn stored_agg(&self, id: RunId) -> Result<Option<PipelineRunAgg>> {
         self.t
             .pipeline_runs
             .get(id.0)?

@@ -64,8 +64,14 @@ impl Batch<'_> {
     fn check_report(&mut self, runs: &[(usize, &TaskRun)]) -> Result<Verdict> {
         let mut new_entities: HashMap<(OrgId, Uuid), NewEntity> = HashMap::default();
         let mut run_pipelines: HashMap<(OrgId, PipelineRunId), PipelineId> = HashMap::default();
+        let cut = self.retention_cut()?;
         for &(index, run) in runs {
             let field = |name: &str| format!("results[{index}].{name}");
+            if let Some(cut) = cut
+                && let Some(rejection) = self.check_retention(run, cut, &field("executed_at"))?
+            {
+                return Ok(Err(rejection));
+            }
             let org = run
                 .organization
                 .ok_or_else(|| Error::Internal("report without an organization".into()))?;
@@ -167,6 +173,42 @@ impl Batch<'_> {
             }
         }
         Ok(Ok(()))
+    }
+
+    /// Under retention, a run executed before the cut cannot be reported, nor a run stored
+    /// before it replaced: its old values may be gone.
+    fn check_retention(&mut self, run: &TaskRun, cut: i64, field: &str) -> Result<Option<Error>> {
+        let refuse = |second: i64, what: &str| {
+            Error::invalid(
+                field,
+                format!(
+                    "{what} {} is before the retention cut {}: runs before it are no longer kept, so none can be added or replaced",
+                    crate::time::format_datetime(second),
+                    crate::time::format_datetime(cut)
+                ),
+            )
+        };
+        if let Some(at) = run.finished_at()
+            && at.second() < cut
+        {
+            return Ok(Some(refuse(at.second(), "executed_at")));
+        }
+        let Some(org) = run.organization else {
+            return Ok(None);
+        };
+        let Some(org_index) = self.find_org_index(org)? else {
+            return Ok(None);
+        };
+        if let Some(key) = self.locate_task_run(org_index, &run.task_run)?
+            && let Some(TaskRunHome::Finished { executed_at, .. }) = self.home(&key)?
+            && executed_at.second() < cut
+        {
+            return Ok(Some(refuse(
+                executed_at.second(),
+                "the stored run's executed_at",
+            )));
+        }
+        Ok(None)
     }
 
     /// Applies one checked report.

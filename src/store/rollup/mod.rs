@@ -23,7 +23,7 @@ mod write;
 use redb::ReadableTable;
 
 pub use read::{aggregated, last_run_at_or_before, range_summary};
-pub use write::{FlushTables, RollupDeltas, rebuild};
+pub use write::{FlushTables, RollupDeltas, materialize, rebuild};
 
 use super::records::RecordView;
 use super::tables::{EntityId, ROLLUP_KEY_LEN, RUN_KEY_LEN, YEAR_KEY_LEN, rollup_key, year_key};
@@ -33,6 +33,13 @@ use crate::time::Level;
 
 /// A pipeline's bucket finer than a year keeps records only with at least this many task runs.
 pub const DENSE: u64 = 32;
+
+/// Whether the records of the bucket of `level` at `start`, where the pipeline had `weight` task
+/// runs, are kept: where the pipeline is dense, and for every month before the retention cut
+/// (whose days can no longer be read from the log).
+pub fn kept(level: Level, start: i64, weight: u64, cut: Option<i64>) -> bool {
+    weight >= DENSE || (level == Level::Month && cut.is_some_and(|cut| start < cut))
+}
 
 /// The entity a rollup question is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -59,6 +66,8 @@ pub struct Source<'a, Y, R, L, P> {
     pub rollups: &'a R,
     pub run_log: &'a L,
     pub runs: &'a P,
+    /// The retention cut, if runs before it were pruned.
+    pub cut: Option<i64>,
 }
 
 impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R, L, P> {
@@ -71,6 +80,27 @@ impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R,
         bytes
             .map(|bytes| RecordView::decode(bytes.value()))
             .transpose()
+    }
+
+    /// Whether part `index` of the bucket of `level` at `start` has records of its own (else
+    /// its runs are read from the log).
+    fn descends(
+        &self,
+        series: &Series,
+        (level, start): (Level, i64),
+        index: u16,
+        own: &RecordView,
+    ) -> Result<bool> {
+        let Some(finer) = level.part_level() else {
+            return Ok(false);
+        };
+        let weight = self.weight(series, level, start, index, own)?;
+        Ok(kept(
+            finer,
+            level.part_span(start, index).0,
+            weight,
+            self.cut,
+        ))
     }
 
     /// The weight of part `index` of the pipeline's record at `level`/`start`: how many task

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use uuid::Uuid;
 
 use super::scan::aggregate;
-use super::{DENSE, RollupTable, RunLogTable, RunTable, Series, Source, YearTable};
+use super::{RollupTable, RunLogTable, RunTable, Series, Source, YearTable};
 use crate::durations::Histogram;
 use crate::error::Result;
 use crate::model::{EntityKind, Summary, Tally, TimeRange};
@@ -124,7 +124,7 @@ impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R,
             // An hour's parts are whole seconds, so never cut.
             let finer = level.part_level().ok_or_else(|| corrupt("rollup"))?;
             let (cut_from, cut_end) = (from.max(part_first), end.min(part_end));
-            if self.weight(series, level, start, part.index, record)? >= DENSE {
+            if self.descends(series, (level, start), part.index, record)? {
                 let inner = self.dense_record(series, finer, part_first)?;
                 self.sum_parts(
                     series,
@@ -164,7 +164,7 @@ impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R,
             let Some(finer) = level.part_level() else {
                 return Ok(Some(first)); // a second of an hour
             };
-            let found = if self.weight(series, level, start, part.index, record)? >= DENSE {
+            let found = if self.descends(series, (level, start), part.index, record)? {
                 let inner = self.dense_record(series, finer, first)?;
                 self.latest_in(series, finer, first, &inner, to)?
             } else {
@@ -192,7 +192,7 @@ impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R,
             if month_end <= from || end <= month {
                 continue;
             }
-            if self.weight(series, Level::Year, year, part.index, record)? >= DENSE {
+            if self.descends(series, (Level::Year, year), part.index, record)? {
                 let days = self.dense_record(series, Level::Month, month)?;
                 for day in days.parts.iter().filter(|p| !p.tally.is_empty()) {
                     let (first, _) = Level::Month.part_span(month, day.index);

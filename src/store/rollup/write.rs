@@ -20,7 +20,7 @@ use redb::{ReadableTable, Table};
 use rustc_hash::FxHashMap;
 
 use super::scan::{Entry, entries, pipeline_runs_ending_in};
-use super::{DENSE, STORED, Series, parent};
+use super::{STORED, Series, kept, parent};
 use crate::durations::{self, Bin, Durations};
 use crate::error::Result;
 use crate::model::{EntityKind, Tally};
@@ -38,6 +38,8 @@ pub struct FlushTables<'a, 'txn> {
     pub run_log: &'a Table<'txn, &'static [u8; RUN_KEY_LEN], &'static [u8]>,
     pub runs: &'a Table<'txn, u64, &'static [u8]>,
     pub pipeline_tasks: &'a Table<'txn, &'static [u8; 8], ()>,
+    /// The retention cut, if any: months before it keep their records however sparse.
+    pub cut: Option<i64>,
 }
 
 /// A contribution to one bucket of one series.
@@ -297,7 +299,8 @@ fn flush_pipeline(
         let (weight_before, weight_after) = pipeline_records
             .get(&(parent_level.tag(), parent_start))
             .map_or((0, 0), |(before, after)| (weight(before), weight(after)));
-        let before_after = match (weight_before >= DENSE, weight_after >= DENSE) {
+        let kept = |weight| kept(level, start, weight, tables.cut);
+        let before_after = match (kept(weight_before), kept(weight_after)) {
             (true, true) => {
                 let mut pipeline_before_after = (None, None);
                 for delta in bucket {
@@ -391,10 +394,11 @@ fn fix_maxima(
             .and_then(|r| r.part(fix.index).map(|p| p.weight))
             .unwrap_or(0);
         let max = match fix.level.part_level() {
-            Some(finer) if weight >= DENSE => read(tables, fix.series.id, finer, first)?
-                .map_or(0, |r| {
+            Some(finer) if kept(finer, first, weight, tables.cut) => {
+                read(tables, fix.series.id, finer, first)?.map_or(0, |r| {
                     r.parts.iter().map(|p| p.durations.max()).max().unwrap_or(0)
-                }),
+                })
+            }
             _ => {
                 let entries = entries(tables.run_log, pipeline, first, end)?;
                 match fix.series.kind {
@@ -562,8 +566,11 @@ fn build(
         }
     }
     if let Some(finer) = level.part_level() {
-        for part in pipeline_record.parts.iter().filter(|p| p.weight >= DENSE) {
+        for part in &pipeline_record.parts {
             let (first, end) = level.part_span(start, part.index);
+            if !kept(finer, first, part.weight, tables.cut) {
+                continue;
+            }
             let within = |second: i64| (first..end).contains(&second);
             let entries: Vec<Entry> = entries
                 .iter()
@@ -579,6 +586,21 @@ fn build(
         }
     }
     Ok(pipeline_record)
+}
+
+/// Builds (from the log) the records of a pipeline's bucket that has none, and of its tasks.
+pub fn materialize(
+    tables: &mut FlushTables<'_, '_>,
+    pipeline: EntityId,
+    level: Level,
+    start: i64,
+) -> Result<()> {
+    let end = level.next_bucket(start);
+    let entries = entries(tables.run_log, pipeline, start, end)?;
+    let span = (start * MICROS_PER_SECOND, end * MICROS_PER_SECOND);
+    let runs = pipeline_runs_ending_in(tables.runs, &entries, span.0, span.1)?;
+    build(tables, pipeline, level, start, &entries, &runs)?;
+    Ok(())
 }
 
 /// Builds every rollup record from the run log and the pipeline-run aggregates, into empty

@@ -32,6 +32,7 @@ pub fn copy_and_rebuild(old: &Path, partial: &Path) -> Result<u64, String> {
             run_log: &run_log,
             runs: &runs,
             pipeline_tasks: &pipeline_tasks,
+            cut: None,
         })?;
         list_pipelines_by_name(&txn)?;
         let mut meta = txn.open_table(tables::META)?;
