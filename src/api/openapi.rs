@@ -213,6 +213,7 @@ pub fn document() -> Value {
                     "is_last_run_successful": {"type": "boolean"},
                     "last_run_executed_at": {"type": "string", "nullable": true, "description": "`Y-m-d H:i:s`; null with no run at or before `to`"},
                     "last_run_duration": {"type": "integer", "description": "ms; 0 with no last run"},
+                    "approximate": {"type": "boolean", "description": "Present (true) only when an edge before the retention cut was widened to its whole day, or the last run before the cut was asked for"},
                     "duration_p50": {"type": "integer", "nullable": true, "description": "Median duration, ms: the nearest-rank value within 1%; null with no runs"},
                     "duration_p90": {"type": "integer", "nullable": true, "description": "90th percentile, ms (nearest rank, within 1%); null with no runs"},
                     "duration_p95": {"type": "integer", "nullable": true, "description": "95th percentile, ms (nearest rank, within 1%); null with no runs"},

@@ -242,3 +242,33 @@ fn a_full_disk_refuses_writes_clearly_and_reads_keep_working() {
     });
     server.kill();
 }
+
+#[test]
+fn prune_on_a_stopped_data_dir_keeps_day_answers_and_verifies() {
+    let temp = tempfile::tempdir().unwrap();
+    let data_dir = temp.path().join("data");
+    let data_dir = data_dir.to_str().unwrap();
+    let (ok, output) = run_cli(&["demo", "--data-dir", data_dir]);
+    assert!(ok, "{output}");
+    let (ok, output) = run_cli(&["prune", "--data-dir", data_dir, "--before", "2025-13-01"]);
+    assert!(!ok && output.contains("--before"), "{output}");
+    let (ok, output) = run_cli(&[
+        "prune",
+        "--data-dir",
+        data_dir,
+        "--before",
+        "2025-03-01 12:00:00",
+    ]);
+    assert!(!ok && output.contains("not a date"), "{output}");
+    let year = chrono::Utc::now().format("%Y").to_string();
+    let (ok, output) = run_cli(&[
+        "prune",
+        "--data-dir",
+        data_dir,
+        "--before",
+        &format!("{year}-02-01"),
+    ]);
+    assert!(ok && output.contains("pruned before"), "{output}");
+    let (ok, output) = run_cli(&["verify", "--data-dir", data_dir]);
+    assert!(ok && output.contains("rollups agree"), "{output}");
+}

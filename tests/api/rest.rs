@@ -1730,3 +1730,96 @@ async fn the_overview_lists_every_pipeline_by_name_with_its_windows_paged() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn after_pruning_finer_edges_before_the_cut_are_answered_at_whole_days_and_old_reports_are_refused()
+ {
+    let app = seeded().await;
+    // Runs: 2024-01-31 23:59:59.5 (A), 2024-02-01 00:00:10 (B), 2024-02-29 12:00:00/01 (A, B).
+    let cut = runledger::time::parse_instant("2024-02-15 00:00:00")
+        .unwrap()
+        .second();
+    let pruned = app.engine.prune(cut).await.unwrap();
+    assert_eq!((pruned.task_runs, pruned.pipeline_runs), (2, 1));
+
+    // Day-aligned edges: exact, no flag; the pruned runs still count.
+    let exact = get_ok(
+        &app,
+        &format!("/v1/stats/pipelines/{PIPELINE}/stats/2024-01-01/2024-12-31"),
+    )
+    .await;
+    assert_eq!(
+        (&exact["num_of_successes"], &exact["num_of_failures"]),
+        (&json!(1), &json!(1))
+    );
+    assert!(exact.get("approximate").is_none(), "{exact}");
+    // An edge before the cut inside a day: that whole day counts, and the answer says so.
+    // (Exactly, 2024-02-01 00:00:11 onwards would leave out run 1, executed at 00:00:10.)
+    let widened = get_ok(
+        &app,
+        &format!("/v1/stats/pipelines/{PIPELINE}/stats/2024-02-01%2000:00:11/2024-12-31"),
+    )
+    .await;
+    assert_eq!(
+        (
+            &widened["num_of_failures"],
+            &widened["approximate"],
+            &widened["max_duration"]
+        ),
+        (&json!(1), &json!(true), &json!(400))
+    );
+    // After the cut, second precision is exact as ever.
+    let after = get_ok(
+        &app,
+        &format!(
+            "/v1/stats/pipelines/{PIPELINE}/stats/2024-02-29%2012:00:01/2024-02-29%2012:00:01"
+        ),
+    )
+    .await;
+    assert_eq!(after["num_of_successes"], 1);
+    assert!(after.get("approximate").is_none(), "{after}");
+    // Days and months keep their answers; logs before the cut are empty.
+    let months = get_ok(
+        &app,
+        &format!("/v1/stats/pipelines/{PIPELINE}/aggregated-stats/2024-01-15/month/3"),
+    )
+    .await;
+    assert_eq!(months[0]["num_of_failures"], 1);
+    let logs = get_ok(
+        &app,
+        &format!("/v1/stats/pipelines/{PIPELINE}/logs/2024-01-01/2024-02-14"),
+    )
+    .await;
+    assert_eq!(logs, json!([]));
+
+    // A report before the cut is refused over gRPC, naming the field; nothing applied.
+    let refused = app
+        .ingest()
+        .await
+        .report_task_run_batch(proto::ReportTaskRunsRequest {
+            results: vec![finished(
+                "30000000-0000-4000-8000-00000000000a",
+                "00000000-0000-4000-8000-000000000003",
+                PIPELINE,
+                TASK_A,
+                true,
+                10,
+                "2024-02-14 23:59:59",
+            )],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("executed_at") && refused.message().contains("retention cut"),
+        "{}",
+        refused.message()
+    );
+    let days = get_ok(
+        &app,
+        &format!("/v1/stats/tasks/{TASK_A}/aggregated-stats/2024-02-14/day/1"),
+    )
+    .await;
+    assert_eq!(days, json!([]));
+    app.stop().await;
+}
