@@ -77,11 +77,27 @@ pub fn subjects(workload: &Realistic) -> [Subject; 2] {
 
 /// The engine over the dataset of `size` reports, building it first if needed.
 pub fn dataset(size: u64) -> (Engine, Realistic) {
-    let workload = workload(size);
+    let name = format!("realistic-{size}");
+    dataset_of(workload(size), &name)
+}
+
+/// The dataset of `size` reports whose 2,000 pipelines belong to `organizations`
+/// organizations (2: 1,000 pipelines each), for questions about a whole organization.
+pub fn dataset_with_organizations(size: u64, organizations: u32) -> (Engine, Realistic) {
+    let workload = Realistic {
+        organizations,
+        ..workload(size)
+    };
+    let name = format!("realistic-{size}-{organizations}-organizations");
+    dataset_of(workload, &name)
+}
+
+fn dataset_of(workload: Realistic, name: &str) -> (Engine, Realistic) {
+    let size = workload.task_runs;
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("target/bench-data")
         .join(format!(
-            "realistic-{size}-format-{}",
+            "{name}-format-{}",
             runledger::store::tables::FORMAT_VERSION
         ));
     let complete = dir.join("complete");

@@ -248,6 +248,9 @@ fn percentiles(
 pub struct Histogram {
     counts: Vec<u64>,
     max: u64,
+    /// The bins touched so far lie in `low..high` (reads scan only those).
+    low: usize,
+    high: usize,
 }
 
 impl Default for Histogram {
@@ -255,13 +258,18 @@ impl Default for Histogram {
         Histogram {
             counts: vec![0; starts().len()],
             max: 0,
+            low: usize::MAX,
+            high: 0,
         }
     }
 }
 
 impl Histogram {
     pub fn add(&mut self, bin: Bin, count: u64) {
-        let slot = &mut self.counts[usize::from(bin)];
+        let at = usize::from(bin);
+        self.low = self.low.min(at);
+        self.high = self.high.max(at + 1);
+        let slot = &mut self.counts[at];
         *slot = slot.wrapping_add(count);
     }
 
@@ -276,16 +284,24 @@ impl Histogram {
         self.raise_max(durations.max);
     }
 
+    fn touched(&self) -> &[u64] {
+        self.counts.get(self.low..self.high).unwrap_or_default()
+    }
+
     fn non_empty(&self) -> impl Iterator<Item = (Bin, u64)> + '_ {
-        self.counts
+        let low = self.low.min(self.high);
+        self.touched()
             .iter()
             .enumerate()
             .filter(|(_, count)| **count != 0)
-            .map(|(bin, count)| (bin as Bin, *count))
+            .map(move |(at, count)| ((low + at) as Bin, *count))
     }
 
     pub fn percentiles(&self) -> Option<Percentiles> {
-        let count = self.counts.iter().fold(0u64, |sum, c| sum.wrapping_add(*c));
+        let count = self
+            .touched()
+            .iter()
+            .fold(0u64, |sum, c| sum.wrapping_add(*c));
         percentiles(self.non_empty(), count, self.max)
     }
 

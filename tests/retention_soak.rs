@@ -93,7 +93,7 @@ fn the_file_stops_growing_under_steady_ingest_with_retention() {
                 watched,
                 Period::Day,
                 start,
-                BucketCount::new(u32::from(days) * 2).unwrap(),
+                BucketCount::new(days * 2).unwrap(),
                 Fill::Sparse,
             )
             .unwrap()

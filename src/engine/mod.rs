@@ -407,10 +407,11 @@ impl Engine {
                 org_index,
                 pipeline: id,
             };
+            let ranges = OVERVIEW_WINDOWS.map(|seconds| {
+                TimeRange::new(now - seconds + 1, now).expect("a window ends at now")
+            });
             let mut windows = [WindowStats::default(); 3];
-            for (window, seconds) in windows.iter_mut().zip(OVERVIEW_WINDOWS) {
-                let range = TimeRange::new(now - seconds + 1, now).expect("a window ends at now");
-                let summary = reader.summary(&key, range)?;
+            for (window, summary) in windows.iter_mut().zip(reader.summaries(&key, &ranges)?) {
                 *window = WindowStats {
                     tally: summary.tally,
                     percentiles: summary.percentiles(),

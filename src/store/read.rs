@@ -133,6 +133,7 @@ impl<'a> Reader<'a> {
             run_log: &run_log,
             runs: &runs,
             cut: self.retention_cut()?,
+            memo: Default::default(),
         })
     }
 
@@ -182,10 +183,16 @@ impl<'a> Reader<'a> {
         })
     }
 
-    /// The summary of an entity's runs in a range.
-    pub fn summary(&self, entity: &EntityKey, range: TimeRange) -> Result<Summary> {
+    /// The summaries of an entity's runs in several ranges, asked of one source (so ranges
+    /// that end at the same second share what they read there).
+    pub fn summaries(&self, entity: &EntityKey, ranges: &[TimeRange]) -> Result<Vec<Summary>> {
         let series = series(entity);
-        self.with_rollups(|source| range_summary(source, &series, range))
+        self.with_rollups(|source| {
+            ranges
+                .iter()
+                .map(|range| range_summary(source, &series, *range))
+                .collect()
+        })
     }
 
     /// Up to `limit` pipelines of an organization in the overview's order (by name, unnamed

@@ -83,6 +83,7 @@ impl Batch<'_> {
                     run_log: &self.t.run_log,
                     runs: &self.t.pipeline_runs,
                     cut: self.retention_cut()?,
+                    memo: Default::default(),
                 };
                 last_run_at_or_before(&source, &work.series, MAX_SECOND)?
             }

@@ -20,7 +20,11 @@ mod read;
 mod scan;
 mod write;
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
 use redb::ReadableTable;
+use rustc_hash::FxHashMap;
 
 pub use read::{aggregated, last_run_at_or_before, range_summary};
 pub use write::{FlushTables, RollupDeltas, materialize, rebuild};
@@ -28,7 +32,7 @@ pub use write::{FlushTables, RollupDeltas, materialize, rebuild};
 use super::records::RecordView;
 use super::tables::{EntityId, ROLLUP_KEY_LEN, RUN_KEY_LEN, YEAR_KEY_LEN, rollup_key, year_key};
 use crate::error::Result;
-use crate::model::EntityKind;
+use crate::model::{EntityKind, Summary};
 use crate::time::Level;
 
 /// A pipeline's bucket finer than a year keeps records only with at least this many task runs.
@@ -68,18 +72,52 @@ pub struct Source<'a, Y, R, L, P> {
     pub runs: &'a P,
     /// The retention cut, if runs before it were pruned.
     pub cut: Option<i64>,
+    /// What this source has read so far.
+    pub memo: Memo,
+}
+
+/// What a source has already read: decoded records and log scans. Questions asked of one
+/// source share them (the overview's three windows end at the same second, so they descend
+/// through the same records at that end).
+#[derive(Default)]
+pub struct Memo {
+    records: RefCell<FxHashMap<(EntityId, u8, i64), Rc<RecordView>>>,
+    scans: RefCell<FxHashMap<(EntityId, i64, i64), Summary>>,
 }
 
 impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R, L, P> {
     /// An entity's record of a stored level's bucket, if there is one.
-    pub fn record(&self, entity: EntityId, level: Level, start: i64) -> Result<Option<RecordView>> {
+    pub fn record(
+        &self,
+        entity: EntityId,
+        level: Level,
+        start: i64,
+    ) -> Result<Option<Rc<RecordView>>> {
+        let key = (entity, level.tag(), start);
+        if let Some(record) = self.memo.records.borrow().get(&key) {
+            return Ok(Some(record.clone()));
+        }
         let bytes = match level {
             Level::Year => self.years.get(&year_key(entity, start))?,
             _ => self.rollups.get(&rollup_key(level, start, entity))?,
         };
-        bytes
-            .map(|bytes| RecordView::decode(bytes.value()))
-            .transpose()
+        let Some(bytes) = bytes else {
+            return Ok(None);
+        };
+        let record = Rc::new(RecordView::decode(bytes.value())?);
+        self.memo.records.borrow_mut().insert(key, record.clone());
+        Ok(Some(record))
+    }
+
+    /// A year record read by a range over the year table, through the memo.
+    fn year_record(&self, entity: EntityId, start: i64, bytes: &[u8]) -> Result<Rc<RecordView>> {
+        let key = (entity, Level::Year.tag(), start);
+        if let Some(record) = self.memo.records.borrow().get(&key) {
+            return Ok(record.clone());
+        }
+        let record = Rc::new(RecordView::decode(bytes)?);
+        self.memo.records.borrow_mut().insert(key, record.clone());
+        Ok(record)
     }
 
     /// Whether part `index` of the bucket of `level` at `start` has records of its own (else

@@ -5,6 +5,7 @@
 //! days and weeks from months' (or the log, for sparse months).
 
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
 use uuid::Uuid;
 
@@ -49,7 +50,7 @@ impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R,
         from: i64,
         end: i64,
         reverse: bool,
-    ) -> Result<Vec<(i64, RecordView)>> {
+    ) -> Result<Vec<(i64, Rc<RecordView>)>> {
         let low = year_key(entity, Level::Year.bucket_start(from));
         let high = year_key(entity, end);
         let range = self.years.range::<&[u8; YEAR_KEY_LEN]>(&low..&high)?;
@@ -61,19 +62,17 @@ impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R,
         let mut years = Vec::with_capacity(entries.len());
         for entry in entries {
             let (key, value) = entry?;
-            years.push((
-                year_key_start(key.value()),
-                RecordView::decode(value.value())?,
-            ));
+            let start = year_key_start(key.value());
+            years.push((start, self.year_record(entity, start, value.value())?));
         }
         Ok(years)
     }
 
     /// The series' record of a dense bucket: absent means no run of the series there.
-    fn dense_record(&self, series: &Series, level: Level, start: i64) -> Result<RecordView> {
+    fn dense_record(&self, series: &Series, level: Level, start: i64) -> Result<Rc<RecordView>> {
         Ok(self
             .record(series.id, level, start)?
-            .unwrap_or_else(RecordView::empty))
+            .unwrap_or_else(|| Rc::new(RecordView::empty())))
     }
 
     /// Adds the runs of the seconds `[from, end)` within the bucket of `level` at `start`,
@@ -93,10 +92,16 @@ impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R,
         let (mut whole, mut other, mut cut) = (Vec::new(), Vec::new(), Vec::new());
         // (A pipeline's part may carry only weight: task runs, but no pipeline run ending there.)
         for part in record.parts.iter().filter(|p| !p.tally.is_empty()) {
-            let (part_first, part_end) = level.part_span(start, part.index);
             if part.index < first || part.index > last {
                 other.push(part);
-            } else if from <= part_first && part_end <= end {
+                continue;
+            }
+            // Only the first and last parts touched can be cut by the range's edges.
+            let whole_part = (part.index != first && part.index != last) || {
+                let (part_first, part_end) = level.part_span(start, part.index);
+                from <= part_first && part_end <= end
+            };
+            if whole_part {
                 whole.push(part);
             } else {
                 other.push(part);

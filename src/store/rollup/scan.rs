@@ -128,10 +128,16 @@ impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R,
 
     /// The series' summary in the seconds `[from, end)`.
     pub fn scan_summary(&self, series: &Series, from: i64, end: i64) -> Result<Summary> {
-        Ok(self
+        let key = (series.id, from, end);
+        if let Some(summary) = self.memo.scans.borrow().get(&key) {
+            return Ok(summary.clone());
+        }
+        let summary = self
             .scan_buckets(series, from, end, |_| 0)?
             .remove(&0)
-            .unwrap_or_default())
+            .unwrap_or_default();
+        self.memo.scans.borrow_mut().insert(key, summary.clone());
+        Ok(summary)
     }
 
     /// The latest second in `[from, to]` in which the series has a run.
