@@ -15,6 +15,10 @@ pub struct PruneArgs {
     /// The first day kept (`YYYY-MM-DD`, UTC): everything executed before its midnight goes.
     #[arg(long)]
     pub before: String,
+    /// Leave the file as pruning left it (its freed pages are reused by later writes) instead
+    /// of repacking it into a smaller one afterwards.
+    #[arg(long)]
+    pub no_repack: bool,
 }
 
 pub fn run(args: PruneArgs) -> Result<ExitCode, String> {
@@ -60,5 +64,16 @@ pub fn run(args: PruneArgs) -> Result<ExitCode, String> {
         summary.records,
         summary.months_materialized
     );
+    drop(store);
+    if !args.no_repack {
+        let started = std::time::Instant::now();
+        let repacked = crate::store::repack::repack(&args.data_dir.data_dir)?;
+        println!(
+            "repacked the file from {} to {} bytes in {:.1} s",
+            repacked.before,
+            repacked.after,
+            started.elapsed().as_secs_f64()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
