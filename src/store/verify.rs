@@ -445,12 +445,21 @@ impl PipelineWork {
             std::mem::take(&mut self.aggs).into_iter().collect();
         aggs.sort_unstable_by_key(|(run, _)| *run);
         for (run, agg) in &aggs {
-            report.pipeline_runs += 1;
             let found = stored
                 .pipeline_runs
                 .get(run.0)?
                 .map(|bytes| PipelineRunAgg::decode(bytes.value()))
                 .transpose()?;
+            if found.is_none()
+                && stored
+                    .cut
+                    .is_some_and(|cut| agg.latest_micros < cut * crate::time::MICROS_PER_SECOND)
+            {
+                // Pruning stopped part way (a step deletes a pipeline run that ended before
+                // the cut with its first task runs; the next step deletes the rest).
+                continue;
+            }
+            report.pipeline_runs += 1;
             // A pipeline run with task runs on both sides of the retention cut keeps what it
             // summed before it: the stored aggregate is what counts.
             let spanning = match (&found, stored.cut) {
@@ -598,6 +607,9 @@ impl PipelineWork {
             .map(|bytes| BucketRecord::decode(bytes.value()))
             .transpose()?;
             match stored.cut {
+                // Pruning deletes day and hour records before the cut (their absence is
+                // checked on its own), even while their runs are still being deleted.
+                Some(cut) if start < cut && matches!(level, Level::Day | Level::Hour) => continue,
                 Some(cut) if start < cut => {
                     // Straddling the cut: only the parts after it can be recomputed.
                     for record in found.iter_mut().chain(std::iter::once(&mut record)) {
@@ -637,12 +649,15 @@ impl PipelineWork {
                 .map(|bytes| LastRunRecord::decode(bytes.value()))
                 .transpose()?;
             let expected_last = self.last.get(&entity).copied();
-            report.last_runs += u64::from(expected_last.is_some());
             let pruned_away = |last: &LastRunRecord| {
                 stored
                     .cut
                     .is_some_and(|cut| last.executed_at.second() < cut)
             };
+            // (Records of runs before the cut are counted apart, see `last_runs_before`.)
+            report.last_runs += u64::from(
+                expected_last.is_some() && !stored_last.as_ref().is_some_and(pruned_away),
+            );
             if expected_last.is_none() && stored_last.as_ref().is_some_and(pruned_away) {
                 continue; // its runs were pruned; the last of them stays
             }
