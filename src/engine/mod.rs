@@ -398,20 +398,23 @@ impl Engine {
             });
         };
         let (listed, more) = reader.pipelines_by_name(org_index, after.as_ref(), limit as usize)?;
-        let mut pipelines = Vec::with_capacity(listed.len());
-        for (pipeline, name, id) in listed {
-            let key = EntityKey {
-                id,
+        let keys: Vec<EntityKey> = listed
+            .iter()
+            .map(|(_, _, id)| EntityKey {
+                id: *id,
                 kind: EntityKind::Pipeline,
                 org,
                 org_index,
-                pipeline: id,
-            };
-            let ranges = OVERVIEW_WINDOWS.map(|seconds| {
-                TimeRange::new(now - seconds + 1, now).expect("a window ends at now")
-            });
+                pipeline: *id,
+            })
+            .collect();
+        let ranges = OVERVIEW_WINDOWS
+            .map(|seconds| TimeRange::new(now - seconds + 1, now).expect("a window ends at now"));
+        let answers = reader.summaries(&keys, &ranges)?;
+        let mut pipelines = Vec::with_capacity(listed.len());
+        for ((pipeline, name, _), (summaries, last_run)) in listed.into_iter().zip(answers) {
             let mut windows = [WindowStats::default(); 3];
-            for (window, summary) in windows.iter_mut().zip(reader.summaries(&key, &ranges)?) {
+            for (window, summary) in windows.iter_mut().zip(summaries) {
                 *window = WindowStats {
                     tally: summary.tally,
                     percentiles: summary.percentiles(),
@@ -420,7 +423,7 @@ impl Engine {
             pipelines.push(PipelineOverview {
                 pipeline,
                 name,
-                last_run: reader.last_run(&key)?,
+                last_run,
                 windows,
             });
         }

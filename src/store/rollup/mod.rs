@@ -32,7 +32,7 @@ pub use write::{FlushTables, RollupDeltas, materialize, rebuild};
 use super::records::RecordView;
 use super::tables::{EntityId, ROLLUP_KEY_LEN, RUN_KEY_LEN, YEAR_KEY_LEN, rollup_key, year_key};
 use crate::error::Result;
-use crate::model::{EntityKind, Summary};
+use crate::model::EntityKind;
 use crate::time::Level;
 
 /// A pipeline's bucket finer than a year keeps records only with at least this many task runs.
@@ -76,13 +76,13 @@ pub struct Source<'a, Y, R, L, P> {
     pub memo: Memo,
 }
 
-/// What a source has already read: decoded records and log scans. Questions asked of one
-/// source share them (the overview's three windows end at the same second, so they descend
-/// through the same records at that end).
+/// What a source has already read: decoded records and sparse buckets' runs. Questions asked
+/// of one source share them (the overview's three windows end at the same second, so they
+/// descend through the same records there, and often cut the same sparse month).
 #[derive(Default)]
 pub struct Memo {
     records: RefCell<FxHashMap<(EntityId, u8, i64), Rc<RecordView>>>,
-    scans: RefCell<FxHashMap<(EntityId, i64, i64), Summary>>,
+    scans: RefCell<FxHashMap<(EntityId, i64, i64), Rc<Vec<scan::BucketRun>>>>,
 }
 
 impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R, L, P> {

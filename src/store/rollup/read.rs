@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::scan::aggregate;
 use super::{RollupTable, RunLogTable, RunTable, Series, Source, YearTable};
-use crate::durations::Histogram;
+use crate::durations::{self, Histogram};
 use crate::error::Result;
 use crate::model::{EntityKind, Summary, Tally, TimeRange};
 use crate::store::records::{LastRunRecord, PartView, RecordView, RunRecord, RunRef, corrupt};
@@ -28,11 +28,6 @@ struct Sum {
 }
 
 impl Sum {
-    fn add_summary(&mut self, summary: &Summary) {
-        self.tally = self.tally + summary.tally;
-        self.histogram.add_durations(&summary.durations);
-    }
-
     fn into_summary(self) -> Summary {
         Summary {
             tally: self.tally,
@@ -139,7 +134,13 @@ impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R,
                     sum,
                 )?;
             } else {
-                sum.add_summary(&self.scan_summary(series, cut_from, cut_end)?);
+                let runs = self.bucket_runs(series, part_first, part_end)?;
+                for &(_, ok, duration) in runs.iter().filter(|r| (cut_from..cut_end).contains(&r.0))
+                {
+                    sum.tally = sum.tally + Tally::of_run(ok, duration);
+                    sum.histogram.add(durations::bin_of(duration), 1);
+                    sum.histogram.raise_max(duration);
+                }
             }
         }
         Ok(())

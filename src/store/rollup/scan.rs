@@ -7,6 +7,7 @@
 //! read from their aggregates.
 
 use std::collections::{BTreeMap, HashSet};
+use std::rc::Rc;
 
 use super::{RollupTable, RunLogTable, RunTable, Series, Source, YearTable};
 use crate::error::Result;
@@ -14,6 +15,9 @@ use crate::model::{EntityKind, Summary, Tally};
 use crate::store::records::{PipelineRunAgg, RunOutcome, RunRecord, RunRef, corrupt};
 use crate::store::tables::{RUN_KEY_LEN, RunId, run_key_bounds, split_run_key};
 use crate::time::MICROS_PER_SECOND;
+
+/// A run counted in a sparse bucket: its second, whether it succeeded, its duration.
+pub type BucketRun = (i64, bool, u64);
 
 /// One finished task run in the log.
 #[derive(Clone, Copy, Debug)]
@@ -126,18 +130,42 @@ impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R,
         Ok(buckets)
     }
 
-    /// The series' summary in the seconds `[from, end)`.
-    pub fn scan_summary(&self, series: &Series, from: i64, end: i64) -> Result<Summary> {
+    /// The series' runs in the seconds `[from, end)` (a whole sparse bucket), as second,
+    /// outcome and duration, oldest first. Remembered, so that ranges cutting the same bucket
+    /// at different seconds (the overview's windows) read it once.
+    pub fn bucket_runs(&self, series: &Series, from: i64, end: i64) -> Result<Rc<Vec<BucketRun>>> {
         let key = (series.id, from, end);
-        if let Some(summary) = self.memo.scans.borrow().get(&key) {
-            return Ok(summary.clone());
+        if let Some(runs) = self.memo.scans.borrow().get(&key) {
+            return Ok(runs.clone());
         }
-        let summary = self
-            .scan_buckets(series, from, end, |_| 0)?
-            .remove(&0)
-            .unwrap_or_default();
-        self.memo.scans.borrow_mut().insert(key, summary.clone());
-        Ok(summary)
+        let entries = entries(self.run_log, series.pipeline, from, end)?;
+        let mut runs: Vec<BucketRun> = match series.kind {
+            EntityKind::Task => entries
+                .iter()
+                .filter(|e| e.outcome.task == series.id)
+                .map(|e| {
+                    (
+                        e.second(),
+                        e.outcome.is_successful,
+                        u64::from(e.outcome.duration_ms),
+                    )
+                })
+                .collect(),
+            EntityKind::Pipeline => {
+                let span = (from * MICROS_PER_SECOND, end * MICROS_PER_SECOND);
+                pipeline_runs_ending_in(self.runs, &entries, span.0, span.1)?
+                    .iter()
+                    .map(|agg| {
+                        let second = agg.latest_micros.div_euclid(MICROS_PER_SECOND);
+                        (second, agg.failed == 0, agg.duration_ms)
+                    })
+                    .collect()
+            }
+        };
+        runs.sort_unstable_by_key(|run| run.0);
+        let runs = Rc::new(runs);
+        self.memo.scans.borrow_mut().insert(key, runs.clone());
+        Ok(runs)
     }
 
     /// The latest second in `[from, to]` in which the series has a run.
