@@ -82,8 +82,12 @@ pub struct Source<'a, Y, R, L, P> {
 #[derive(Default)]
 pub struct Memo {
     records: RefCell<FxHashMap<(EntityId, u8, i64), Rc<RecordView>>>,
-    scans: RefCell<FxHashMap<(EntityId, i64, i64), Rc<Vec<scan::BucketRun>>>>,
+    /// By series and the bucket's seconds `[from, end)`.
+    scans: RefCell<FxHashMap<(EntityId, i64, i64), BucketRuns>>,
 }
+
+/// A sparse bucket's runs of one series, shared.
+type BucketRuns = Rc<Vec<scan::BucketRun>>;
 
 impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R, L, P> {
     /// An entity's record of a stored level's bucket, if there is one.

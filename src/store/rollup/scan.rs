@@ -133,7 +133,7 @@ impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R,
     /// The series' runs in the seconds `[from, end)` (a whole sparse bucket), as second,
     /// outcome and duration, oldest first. Remembered, so that ranges cutting the same bucket
     /// at different seconds (the overview's windows) read it once.
-    pub fn bucket_runs(&self, series: &Series, from: i64, end: i64) -> Result<Rc<Vec<BucketRun>>> {
+    pub fn bucket_runs(&self, series: &Series, from: i64, end: i64) -> Result<super::BucketRuns> {
         let key = (series.id, from, end);
         if let Some(runs) = self.memo.scans.borrow().get(&key) {
             return Ok(runs.clone());
