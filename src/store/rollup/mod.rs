@@ -29,8 +29,10 @@ use rustc_hash::FxHashMap;
 pub use read::{aggregated, last_run_at_or_before, range_summary};
 pub use write::{FlushTables, RollupDeltas, materialize, rebuild};
 
-use super::records::RecordView;
-use super::tables::{EntityId, ROLLUP_KEY_LEN, RUN_KEY_LEN, YEAR_KEY_LEN, rollup_key, year_key};
+use super::records::{PipelineRunAgg, RecordView};
+use super::tables::{
+    EntityId, ROLLUP_KEY_LEN, RUN_KEY_LEN, RunId, YEAR_KEY_LEN, rollup_key, year_key,
+};
 use crate::error::Result;
 use crate::model::EntityKind;
 use crate::time::Level;
@@ -82,12 +84,10 @@ pub struct Source<'a, Y, R, L, P> {
 #[derive(Default)]
 pub struct Memo {
     records: RefCell<FxHashMap<(EntityId, u8, i64), Rc<RecordView>>>,
-    /// By series and the bucket's seconds `[from, end)`.
-    scans: RefCell<FxHashMap<(EntityId, i64, i64), BucketRuns>>,
+    /// A sparse bucket's log entries, by pipeline and the bucket's seconds `[from, end)`.
+    entries: RefCell<FxHashMap<(EntityId, i64, i64), Rc<Vec<scan::Entry>>>>,
+    aggs: RefCell<FxHashMap<RunId, PipelineRunAgg>>,
 }
-
-/// A sparse bucket's runs of one series, shared.
-type BucketRuns = Rc<Vec<scan::BucketRun>>;
 
 impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R, L, P> {
     /// An entity's record of a stored level's bucket, if there is one.

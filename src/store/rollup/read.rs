@@ -134,13 +134,12 @@ impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R,
                     sum,
                 )?;
             } else {
-                let runs = self.bucket_runs(series, part_first, part_end)?;
-                for &(_, ok, duration) in runs.iter().filter(|r| (cut_from..cut_end).contains(&r.0))
-                {
+                let bucket = (part_first, part_end);
+                self.cut_runs(series, bucket, (cut_from, cut_end), |ok, duration| {
                     sum.tally = sum.tally + Tally::of_run(ok, duration);
                     sum.histogram.add(durations::bin_of(duration), 1);
                     sum.histogram.raise_max(duration);
-                }
+                })?;
             }
         }
         Ok(())
@@ -234,7 +233,12 @@ fn parts_touched(level: Level, start: i64, from: i64, end: i64) -> (u16, u16) {
 /// Adds a whole part of a record to a summary.
 fn add_part(summary: &mut Summary, record: &RecordView, part: &PartView) -> Result<()> {
     summary.tally = summary.tally + part.tally;
-    summary.durations.add(&record.part_durations(part)?);
+    let durations = record.part_durations(part)?;
+    if summary.durations.is_empty() {
+        summary.durations = durations; // the common case: a bucket of one part
+    } else {
+        summary.durations.add(&durations);
+    }
     Ok(())
 }
 

@@ -16,9 +16,6 @@ use crate::store::records::{PipelineRunAgg, RunOutcome, RunRecord, RunRef, corru
 use crate::store::tables::{RUN_KEY_LEN, RunId, run_key_bounds, split_run_key};
 use crate::time::MICROS_PER_SECOND;
 
-/// A run counted in a sparse bucket: its second, whether it succeeded, its duration.
-pub type BucketRun = (i64, bool, u64);
-
 /// One finished task run in the log.
 #[derive(Clone, Copy, Debug)]
 pub struct Entry {
@@ -130,42 +127,64 @@ impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R,
         Ok(buckets)
     }
 
-    /// The series' runs in the seconds `[from, end)` (a whole sparse bucket), as second,
-    /// outcome and duration, oldest first. Remembered, so that ranges cutting the same bucket
-    /// at different seconds (the overview's windows) read it once.
-    pub fn bucket_runs(&self, series: &Series, from: i64, end: i64) -> Result<super::BucketRuns> {
-        let key = (series.id, from, end);
-        if let Some(runs) = self.memo.scans.borrow().get(&key) {
-            return Ok(runs.clone());
-        }
-        let entries = entries(self.run_log, series.pipeline, from, end)?;
-        let mut runs: Vec<BucketRun> = match series.kind {
-            EntityKind::Task => entries
-                .iter()
-                .filter(|e| e.outcome.task == series.id)
-                .map(|e| {
-                    (
-                        e.second(),
-                        e.outcome.is_successful,
-                        u64::from(e.outcome.duration_ms),
-                    )
-                })
-                .collect(),
-            EntityKind::Pipeline => {
-                let span = (from * MICROS_PER_SECOND, end * MICROS_PER_SECOND);
-                pipeline_runs_ending_in(self.runs, &entries, span.0, span.1)?
-                    .iter()
-                    .map(|agg| {
-                        let second = agg.latest_micros.div_euclid(MICROS_PER_SECOND);
-                        (second, agg.failed == 0, agg.duration_ms)
-                    })
-                    .collect()
+    /// Shows `add` the outcome and duration of each of the series' runs in the seconds
+    /// `[cut_from, cut_end)` of the sparse bucket `[from, end)`. The bucket's log entries (a few
+    /// dozen at most) and the pipeline-run aggregates read are remembered, so that ranges
+    /// cutting the same bucket at different seconds (the overview's windows) read them once.
+    pub fn cut_runs(
+        &self,
+        series: &Series,
+        (from, end): (i64, i64),
+        (cut_from, cut_end): (i64, i64),
+        mut add: impl FnMut(bool, u64),
+    ) -> Result<()> {
+        let key = (series.pipeline, from, end);
+        let cached = self.memo.entries.borrow().get(&key).cloned();
+        let entries = match cached {
+            Some(entries) => entries,
+            None => {
+                let read = Rc::new(entries(self.run_log, series.pipeline, from, end)?);
+                self.memo.entries.borrow_mut().insert(key, read.clone());
+                read
             }
         };
-        runs.sort_unstable_by_key(|run| run.0);
-        let runs = Rc::new(runs);
-        self.memo.scans.borrow_mut().insert(key, runs.clone());
-        Ok(runs)
+        let within = entries
+            .iter()
+            .filter(|e| (cut_from..cut_end).contains(&e.second()));
+        match series.kind {
+            EntityKind::Task => {
+                for entry in within.filter(|e| e.outcome.task == series.id) {
+                    add(
+                        entry.outcome.is_successful,
+                        u64::from(entry.outcome.duration_ms),
+                    );
+                }
+            }
+            EntityKind::Pipeline => {
+                // A pipeline run ending in the cut has its latest task run there.
+                let span = (cut_from * MICROS_PER_SECOND, cut_end * MICROS_PER_SECOND);
+                let mut seen = HashSet::new();
+                for entry in within {
+                    let run = entry.run()?;
+                    if !seen.insert(run) {
+                        continue;
+                    }
+                    let cached = self.memo.aggs.borrow().get(&run).copied();
+                    let agg = match cached {
+                        Some(agg) => agg,
+                        None => {
+                            let agg = aggregate(self.runs, run)?;
+                            self.memo.aggs.borrow_mut().insert(run, agg);
+                            agg
+                        }
+                    };
+                    if (span.0..span.1).contains(&agg.latest_micros) {
+                        add(agg.failed == 0, agg.duration_ms);
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The latest second in `[from, to]` in which the series has a run.
