@@ -78,6 +78,9 @@ pub struct Source<'a, Y, R, L, P> {
     pub memo: Memo,
 }
 
+/// A sparse bucket's log entries, shared.
+type BucketEntries = Rc<Vec<scan::Entry>>;
+
 /// What a source has already read: decoded records and sparse buckets' runs. Questions asked
 /// of one source share them (the overview's three windows end at the same second, so they
 /// descend through the same records there, and often cut the same sparse month).
@@ -85,7 +88,7 @@ pub struct Source<'a, Y, R, L, P> {
 pub struct Memo {
     records: RefCell<FxHashMap<(EntityId, u8, i64), Rc<RecordView>>>,
     /// A sparse bucket's log entries, by pipeline and the bucket's seconds `[from, end)`.
-    entries: RefCell<FxHashMap<(EntityId, i64, i64), Rc<Vec<scan::Entry>>>>,
+    entries: RefCell<FxHashMap<(EntityId, i64, i64), BucketEntries>>,
     aggs: RefCell<FxHashMap<RunId, PipelineRunAgg>>,
 }
 
