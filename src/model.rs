@@ -536,16 +536,8 @@ impl LogCursor {
     }
 
     pub fn decode(token: &str) -> Result<LogCursor, String> {
-        use base64::Engine;
-        let invalid = || {
-            format!(
-                "{} is not a cursor this server issued",
-                crate::error::quote(token)
-            )
-        };
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(token)
-            .map_err(|_| invalid())?;
+        let invalid = || not_a_cursor(token);
+        let bytes = cursor_bytes(token)?;
         let bytes: [u8; 24] = bytes.try_into().map_err(|_| invalid())?;
         let micros = i64::from_be_bytes(bytes[..8].try_into().expect("8 bytes"));
         let executed_at = Timestamp::from_micros(micros).ok_or_else(invalid)?;
@@ -563,6 +555,21 @@ pub struct LogPage {
     pub entries: Vec<LogEntry>,
     /// Where the next page starts, when there may be more entries in the range.
     pub next: Option<LogCursor>,
+}
+
+/// The bytes of a cursor token (URL-safe base64 without padding).
+fn cursor_bytes(token: &str) -> Result<Vec<u8>, String> {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| not_a_cursor(token))
+}
+
+fn not_a_cursor(token: &str) -> String {
+    format!(
+        "{} is not a cursor this server issued",
+        crate::error::quote(token)
+    )
 }
 
 /// The windows of the pipeline overview, in seconds: the last 24 hours, 7 days and 30 days
@@ -612,16 +619,8 @@ impl OverviewCursor {
     }
 
     pub fn decode(token: &str) -> Result<OverviewCursor, String> {
-        use base64::Engine;
-        let invalid = || {
-            format!(
-                "{} is not a cursor this server issued",
-                crate::error::quote(token)
-            )
-        };
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(token)
-            .map_err(|_| invalid())?;
+        let invalid = || not_a_cursor(token);
+        let bytes = cursor_bytes(token)?;
         if bytes.len() < 16 {
             return Err(invalid());
         }

@@ -16,35 +16,13 @@ use runledger::model::{
 };
 use runledger::store::{DATABASE_FILE, Store, StoreOptions, verify::verify};
 use runledger::time::{MICROS_PER_SECOND, Period, Timestamp, parse_instant};
-use uuid::Uuid;
+use runledger::workload::Rng;
 
 fn setting(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// A small deterministic generator.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn uuid(&mut self) -> Uuid {
-        uuid::Builder::from_random_bytes(
-            ((u128::from(self.next()) << 64) | u128::from(self.next())).to_be_bytes(),
-        )
-        .into_uuid()
-    }
 }
 
 struct Pipeline {
@@ -59,7 +37,7 @@ fn the_file_stops_growing_under_steady_ingest_with_retention() {
     let runs_per_day = setting("RUNLEDGER_SOAK_RUNS_PER_DAY", 3_000);
     let days = setting("RUNLEDGER_SOAK_DAYS", 3) as u32;
     let periods = 4;
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     let org = OrgId(rng.uuid());
     let pipelines: Vec<Pipeline> = (1..=300u64)
         .map(|rank| Pipeline {

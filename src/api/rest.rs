@@ -329,16 +329,7 @@ async fn logs(
         )));
     }
     let range = range(&from, &to)?;
-    let Query(query) =
-        query.map_err(|r| Error::InvalidArgument(format!("query: {}", r.body_text())))?;
-    let limit = page_limit(query.limit.as_deref())?;
-    let after = query
-        .cursor
-        .as_deref()
-        .filter(|c| !c.is_empty())
-        .map(LogCursor::decode)
-        .transpose()
-        .map_err(|r| Error::invalid("cursor", r))?;
+    let (limit, after) = page_request(query, LogCursor::decode)?;
     let page = engine.logs(&caller, PipelineId(path_uuid(&uuid)?), range, after, limit)?;
     let body: Vec<LogEntryBody> = page.entries.into_iter().map(LogEntryBody::from).collect();
     let mut response = Json(body).into_response();
@@ -348,15 +339,28 @@ async fn logs(
     Ok(response)
 }
 
-/// The `limit` of a paged query: a whole number (checked against its bounds by the engine), or
-/// the default.
-fn page_limit(limit: Option<&str>) -> Result<u32> {
-    match limit {
-        None => Ok(DEFAULT_LOG_PAGE),
-        Some(text) => text
-            .parse()
-            .map_err(|_| Error::invalid("limit", format!("{} is not a whole number", quote(text)))),
-    }
+/// The `limit` (a whole number, checked against its bounds by the engine; the default when
+/// absent) and `cursor` (decoded by `decode`; none when absent or empty) of a paged query.
+fn page_request<C>(
+    query: std::result::Result<Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
+    decode: fn(&str) -> std::result::Result<C, String>,
+) -> Result<(u32, Option<C>)> {
+    let Query(query) =
+        query.map_err(|r| Error::InvalidArgument(format!("query: {}", r.body_text())))?;
+    let limit = match query.limit.as_deref() {
+        None => DEFAULT_LOG_PAGE,
+        Some(text) => text.parse().map_err(|_| {
+            Error::invalid("limit", format!("{} is not a whole number", quote(text)))
+        })?,
+    };
+    let after = query
+        .cursor
+        .as_deref()
+        .filter(|c| !c.is_empty())
+        .map(decode)
+        .transpose()
+        .map_err(|r| Error::invalid("cursor", r))?;
+    Ok((limit, after))
 }
 
 /// Points a page's answer at the next page: a `Link` header (`rel="next"`) and the cursor in
@@ -429,16 +433,7 @@ async fn pipelines_overview(
     uri: OriginalUri,
     query: std::result::Result<Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response> {
-    let Query(query) =
-        query.map_err(|r| Error::InvalidArgument(format!("query: {}", r.body_text())))?;
-    let limit = page_limit(query.limit.as_deref())?;
-    let after = query
-        .cursor
-        .as_deref()
-        .filter(|c| !c.is_empty())
-        .map(OverviewCursor::decode)
-        .transpose()
-        .map_err(|r| Error::invalid("cursor", r))?;
+    let (limit, after) = page_request(query, OverviewCursor::decode)?;
     let now = crate::time::Timestamp::now().second();
     let page = engine.pipelines_overview(&caller, now, after, limit)?;
     let body: Vec<PipelineOverviewBody> = page.pipelines.iter().map(Into::into).collect();

@@ -201,7 +201,8 @@ fn definition(index: usize, sample: &Sample) -> PipelineDefinition {
 /// A year of runs of one pipeline ending at `end`: each run executes its tasks in order and
 /// stops at the first failure.
 fn generate(index: usize, sample: &Sample, end: i64) -> Vec<TaskRun> {
-    let mut rng = SplitMix(index as u64 + 1);
+    // Deterministic: the demo is the same every time.
+    let mut rng = crate::workload::Rng::new(index as u64 + 1);
     let start = end - 365 * 86_400;
     let org = OrgId(organization_uuid(sample.org));
     let mut runs = Vec::new();
@@ -217,11 +218,11 @@ fn generate(index: usize, sample: &Sample, end: i64) -> Vec<TaskRun> {
         number += 1;
         // Durations drift up over the year; one week in ten is a bad week.
         let progress = (at - start) as f64 / (end - start) as f64;
-        let bad_week = rng.next() % 10 == 0 && (day / 7) % 10 == index as i64 % 10;
+        let bad_week = rng.next_u64() % 10 == 0 && (day / 7) % 10 == index as i64 % 10;
         let pipeline_run = PipelineRunId(fixed_uuid(0x3000 + index as u128, number));
         let mut clock = at * MICROS_PER_SECOND;
         for (task, (task_type, typical)) in sample.tasks.iter().enumerate() {
-            let jitter = 0.6 + (rng.next() % 800) as f64 / 1_000.0;
+            let jitter = 0.6 + (rng.next_u64() % 800) as f64 / 1_000.0;
             let duration = (f64::from(*typical) * jitter * (1.0 + 0.3 * progress)) as u32;
             clock += i64::from(duration) * 1_000;
             let failure = if bad_week {
@@ -229,9 +230,9 @@ fn generate(index: usize, sample: &Sample, end: i64) -> Vec<TaskRun> {
             } else {
                 sample.failure_per_mille
             };
-            let ok = rng.next() % 1_000 >= failure;
+            let ok = rng.next_u64() % 1_000 >= failure;
             let output = match task_type {
-                TaskType::Query => format!(r#"{{"rows":{}}}"#, rng.next() % 5_000).into_bytes(),
+                TaskType::Query => format!(r#"{{"rows":{}}}"#, rng.next_u64() % 5_000).into_bytes(),
                 TaskType::Notification => b"sent".to_vec(),
                 _ => Vec::new(),
             };
@@ -252,7 +253,7 @@ fn generate(index: usize, sample: &Sample, end: i64) -> Vec<TaskRun> {
                 output,
                 errors: Vec::new(),
                 metric_value: (*task_type == TaskType::Aggregator)
-                    .then(|| (rng.next() % 100_000) as f64 / 100.0),
+                    .then(|| (rng.next_u64() % 100_000) as f64 / 100.0),
                 is_initial_task: task == 0,
                 is_final_task: task + 1 == sample.tasks.len(),
             });
@@ -263,17 +264,4 @@ fn generate(index: usize, sample: &Sample, end: i64) -> Vec<TaskRun> {
         at += sample.every;
     }
     runs
-}
-
-/// A small deterministic generator (SplitMix64): the demo is the same every time.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
 }

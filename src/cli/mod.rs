@@ -143,3 +143,16 @@ fn init_logging() {
         .with_writer(std::io::stderr)
         .try_init();
 }
+
+/// Repacks the data dir's file after a bulk change (import, prune) and says what it saved.
+fn repack_and_say(data_dir: &std::path::Path) -> Result<(), String> {
+    let started = std::time::Instant::now();
+    let repacked = crate::store::repack::repack(data_dir)?;
+    println!(
+        "repacked the file from {} to {} bytes in {:.1} s",
+        repacked.before,
+        repacked.after,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

@@ -66,14 +66,7 @@ pub fn run(args: PruneArgs) -> Result<ExitCode, String> {
     );
     drop(store);
     if !args.no_repack {
-        let started = std::time::Instant::now();
-        let repacked = crate::store::repack::repack(&args.data_dir.data_dir)?;
-        println!(
-            "repacked the file from {} to {} bytes in {:.1} s",
-            repacked.before,
-            repacked.after,
-            started.elapsed().as_secs_f64()
-        );
+        super::repack_and_say(&args.data_dir.data_dir)?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -61,33 +61,33 @@ pub(crate) fn splitmix(seed: u64) -> u64 {
 /// A small deterministic random generator (splitmix64), so that a workload is the same for the
 /// same seed on every machine.
 #[derive(Clone, Debug)]
-pub(crate) struct Rng(u64);
+pub struct Rng(u64);
 
 impl Rng {
-    pub(crate) fn new(seed: u64) -> Rng {
+    pub fn new(seed: u64) -> Rng {
         Rng(seed)
     }
 
-    pub(crate) fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         splitmix(self.0)
     }
 
     /// Uniform in `[0, 1)`.
-    pub(crate) fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    pub(crate) fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
     }
 
-    pub(crate) fn chance(&mut self, probability: f64) -> bool {
+    pub fn chance(&mut self, probability: f64) -> bool {
         self.unit() < probability
     }
 
     /// Log-normally distributed around `median`, with `sigma` the spread of its logarithm.
-    pub(crate) fn log_normal(&mut self, median: f64, sigma: f64) -> f64 {
+    pub fn log_normal(&mut self, median: f64, sigma: f64) -> f64 {
         // Box-Muller.
         let (u, v) = (self.unit().max(f64::MIN_POSITIVE), self.unit());
         let normal = (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos();
@@ -95,8 +95,8 @@ impl Rng {
     }
 
     /// A random (version 4) UUID.
-    pub(crate) fn uuid(&mut self) -> uuid::Uuid {
-        let bytes = (u128::from(self.next()) << 64 | u128::from(self.next())).to_be_bytes();
+    pub fn uuid(&mut self) -> uuid::Uuid {
+        let bytes = (u128::from(self.next_u64()) << 64 | u128::from(self.next_u64())).to_be_bytes();
         uuid::Builder::from_random_bytes(bytes).into_uuid()
     }
 }

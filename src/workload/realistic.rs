@@ -225,7 +225,7 @@ impl Runs {
                 let size = self.rng.log_normal(300.0, 1.0).clamp(1.0, 16_384.0) as usize;
                 let mut bytes = Vec::with_capacity(size + 8);
                 while bytes.len() < size {
-                    bytes.extend_from_slice(&self.rng.next().to_le_bytes());
+                    bytes.extend_from_slice(&self.rng.next_u64().to_le_bytes());
                 }
                 bytes.truncate(size);
                 bytes
