@@ -591,10 +591,12 @@ impl Part {
 /// day, the seconds of an hour); for a pipeline, also weights. Encoded as varints, so a record of
 /// a day with one run is a few bytes.
 ///
-/// A part with runs stores its exact maximum duration, then the number of other non-empty bins
-/// and those bins (bin number as the step from the previous one, count) in ascending order; the
-/// maximum's bin holds the runs not counted elsewhere, so a part of one run costs only its
-/// maximum.
+/// A distribution is stored as its exact maximum duration, then the number of other non-empty
+/// bins and those bins (bin number as the step from the previous one, count) in ascending order;
+/// the maximum's bin holds the runs not counted elsewhere, so that of one run costs only its
+/// maximum. The encoding: flags, total tally, (weight), the whole bucket's distribution (the sum
+/// of its parts', when it has runs), then each part: index, tally, (weight), and when it has
+/// runs its distribution behind its length (so [`RecordView`] skips the parts it does not count).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BucketRecord {
     pub total: Tally,
