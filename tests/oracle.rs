@@ -1355,7 +1355,7 @@ fn widened(from: i64, to: i64, cut: i64) -> (i64, i64, bool) {
 fn check_pruning(seed: u64) {
     let mut rng = Rng(seed);
     let (pipelines, reports) = generate(&mut rng, 2_000);
-    let (engine, _dir) = engine_with(&mut rng, &reports);
+    let (engine, dir) = engine_with(&mut rng, &reports);
     let mut oracle = Oracle::new(&reports);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -1534,6 +1534,47 @@ fn check_pruning(seed: u64) {
     let later = runtime.block_on(engine.prune(cut + 30 * 86_400)).unwrap();
     assert_eq!(later.cut, cut + 30 * 86_400);
     assert!(verify(engine.store()).unwrap().is_consistent());
+
+    // What pruning keeps cannot change unnoticed: lose one month record before the cut.
+    drop(engine);
+    {
+        use redb::ReadableTable;
+        use runledger::store::tables::{ROLLUP_KEY_LEN, ROLLUPS, rollup_key};
+        use runledger::time::Level;
+        let db = redb::Database::open(dir.path().join(runledger::store::DATABASE_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut rollups = txn.open_table(ROLLUPS).unwrap();
+            let low = rollup_key(Level::Month, MIN_SECOND, runledger::store::EntityId(0));
+            let high = rollup_key(
+                Level::Month,
+                later.cut - 31 * 86_400,
+                runledger::store::EntityId(0),
+            );
+            let key = rollups
+                .range::<&[u8; ROLLUP_KEY_LEN]>(&low..&high)
+                .unwrap()
+                .next()
+                .map(|entry| *entry.unwrap().0.value());
+            match key {
+                Some(key) => {
+                    rollups.remove(&key).unwrap();
+                }
+                None => return, // no whole month before the cut in this seed
+            }
+        }
+        txn.commit().unwrap();
+    }
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let report = verify(&store).unwrap();
+    assert!(
+        report
+            .differences
+            .iter()
+            .any(|d| d.contains("changed since it was made")),
+        "{}",
+        context(format!("{:?}", report.differences))
+    );
 }
 
 #[test]

@@ -11,6 +11,7 @@ pub mod credentials;
 mod digest;
 mod handle;
 mod index;
+mod kept;
 mod packed;
 mod read;
 mod records;

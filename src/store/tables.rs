@@ -333,6 +333,8 @@ pub mod meta {
     pub const MATERIALIZED_BEFORE: &str = "materialized_before";
     /// The pipeline id the next step of pruning starts from, a little-endian u32.
     pub const PRUNE_NEXT_PIPELINE: &str = "prune_next_pipeline";
+    /// The cut and the digest of the rollups kept before it, as the cut was made (see `kept`).
+    pub const KEPT_DIGEST: &str = "kept_digest";
 }
 
 /// The file format this build reads and writes. 5: rollup parts carry duration histograms and

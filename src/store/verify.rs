@@ -118,6 +118,7 @@ pub fn verify(store: &Store) -> Result<VerifyReport> {
     };
     let mut report = VerifyReport::default();
     check_filters(&stored, &mut report)?;
+    check_kept(&stored, &reader, &mut report)?;
     check_pipeline_names(&reader, &mut report)?;
 
     let mut current: Option<PipelineWork> = None;
@@ -284,6 +285,31 @@ fn spans_cut(stored: &Stored<'_>, run: RunId, agg: &PipelineRunAgg, cut: i64) ->
         .range::<&[u8; MEMBER_KEY_LEN]>(&low..&high)?
         .next()
         .is_some())
+}
+
+/// The rollups before the retention cut are as pruning left them (see `kept`).
+fn check_kept(
+    stored: &Stored<'_>,
+    reader: &super::Reader<'_>,
+    report: &mut VerifyReport,
+) -> Result<()> {
+    let recorded = reader
+        .table(tables::META)?
+        .get(tables::meta::KEPT_DIGEST)?
+        .and_then(|bytes| super::kept::decode(bytes.value()));
+    let Some((cut, digest)) = recorded else {
+        if stored.cut.is_some() {
+            report.differ(|| "a retention cut is recorded without its kept rollups' digest".into());
+        }
+        return Ok(());
+    };
+    if super::kept::digest(&stored.years, &stored.rollups, cut)? != digest {
+        let cut = format_datetime(cut);
+        report.differ(|| {
+            format!("the rollups kept before the retention cut {cut} changed since it was made")
+        });
+    }
+    Ok(())
 }
 
 /// The list of pipelines by name holds exactly one entry per pipeline, under its current name.

@@ -16,6 +16,7 @@ use rustc_hash::FxHashSet;
 use super::Batch;
 use crate::error::{Error, Result};
 use crate::model::TaskRunId;
+use crate::store::kept;
 use crate::store::records::{BucketRecord, EntityDetail, PipelineRunAgg, RunRecord, RunRef};
 use crate::store::rollup::{self, FlushTables};
 use crate::store::tables::{
@@ -64,17 +65,40 @@ impl Batch<'_> {
         };
         let materialized = read_cut(&self.t.meta, meta::MATERIALIZED_BEFORE)?;
         if materialized.is_none_or(|m| m < cut) {
+            self.check_kept()?;
             progress.months_materialized = self.materialize_months(cut)?;
             self.t
                 .meta
                 .insert(meta::MATERIALIZED_BEFORE, cut.to_le_bytes().as_slice())?;
             progress.records = self.delete_fine_records(cut)?;
+            let digest = kept::digest(&self.t.year_rollups, &self.t.rollups, cut)?;
+            self.t
+                .meta
+                .insert(meta::KEPT_DIGEST, kept::encode(cut, &digest).as_slice())?;
         }
         let (task_runs, pipeline_runs, done) = self.delete_runs(cut, limit)?;
         progress.task_runs = task_runs;
         progress.pipeline_runs = pipeline_runs;
         progress.done = done;
         Ok(Ok(progress))
+    }
+
+    /// Before a new cut: what the last one kept must be as it was.
+    fn check_kept(&self) -> Result<()> {
+        let recorded = self
+            .t
+            .meta
+            .get(meta::KEPT_DIGEST)?
+            .and_then(|bytes| kept::decode(bytes.value()));
+        if let Some((cut, digest)) = recorded
+            && kept::digest(&self.t.year_rollups, &self.t.rollups, cut)? != digest
+        {
+            return Err(Error::Internal(format!(
+                "the rollups kept before the retention cut {} changed since it was made",
+                crate::time::format_datetime(cut)
+            )));
+        }
+        Ok(())
     }
 
     /// Builds, from the log, the month records of every pipeline month before the cut that has
