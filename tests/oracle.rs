@@ -102,6 +102,21 @@ struct PipelineSpec {
     runs: Vec<(PipelineRunId, Timestamp)>,
 }
 
+impl PipelineSpec {
+    /// The pipeline and its tasks.
+    fn entities(&self) -> Vec<EntityRef> {
+        let mut entities = vec![EntityRef {
+            kind: EntityKind::Pipeline,
+            uuid: self.id.0,
+        }];
+        entities.extend(self.tasks.iter().map(|(task, _)| EntityRef {
+            kind: EntityKind::Task,
+            uuid: task.0,
+        }));
+        entities
+    }
+}
+
 /// Random reports in the order they are delivered.
 fn generate(rng: &mut Rng, task_runs: usize) -> (Vec<PipelineSpec>, Vec<TaskRun>) {
     let orgs: Vec<OrgId> = (0..2).map(|_| OrgId(rng.uuid())).collect();
@@ -935,15 +950,7 @@ fn assert_same_answers(
     let mut compared = 0;
     for pipeline in pipelines {
         let op = Caller::operator_in(pipeline.org);
-        let mut entities = vec![EntityRef {
-            kind: EntityKind::Pipeline,
-            uuid: pipeline.id.0,
-        }];
-        entities.extend(pipeline.tasks.iter().map(|(task, _)| EntityRef {
-            kind: EntityKind::Task,
-            uuid: task.0,
-        }));
-        for entity in entities {
+        for entity in pipeline.entities() {
             let context = format!("seed {seed}, {entity}");
             let last = |e: &Engine| e.last_run(&op, entity).map_err(|e| e.to_string());
             assert_eq!(last(messy), last(clean), "{context}");
@@ -1436,15 +1443,7 @@ fn check_pruning(seed: u64) {
 
     for pipeline in &pipelines {
         let op = Caller::operator_in(pipeline.org);
-        let mut entities = vec![EntityRef {
-            kind: EntityKind::Pipeline,
-            uuid: pipeline.id.0,
-        }];
-        entities.extend(pipeline.tasks.iter().map(|(task, _)| EntityRef {
-            kind: EntityKind::Task,
-            uuid: task.0,
-        }));
-        for entity in entities {
+        for entity in pipeline.entities() {
             if oracle.runs(entity).is_empty() {
                 continue;
             }

@@ -353,12 +353,7 @@ impl Engine {
         limit: u32,
     ) -> Result<LogPage> {
         caller.require(Scope::StatsRead)?;
-        if !(1..=MAX_LOG_PAGE).contains(&limit) {
-            return Err(Error::invalid(
-                "limit",
-                format!("must be between 1 and {MAX_LOG_PAGE}, got {limit}"),
-            ));
-        }
+        check_page_limit(limit)?;
         let reader = self.store.reader()?;
         let entity = EntityRef {
             kind: EntityKind::Pipeline,
@@ -378,12 +373,7 @@ impl Engine {
         limit: u32,
     ) -> Result<OverviewPage> {
         caller.require(Scope::StatsRead)?;
-        if !(1..=MAX_LOG_PAGE).contains(&limit) {
-            return Err(Error::invalid(
-                "limit",
-                format!("must be between 1 and {MAX_LOG_PAGE}, got {limit}"),
-            ));
-        }
+        check_page_limit(limit)?;
         let org = caller.organization().ok_or_else(|| {
             Error::invalid(
                 "organization",
@@ -523,6 +513,18 @@ fn visible(reader: &Reader<'_>, caller: &Caller, entity: EntityRef) -> Result<En
         .entity(org, entity.uuid)?
         .filter(|key| key.kind == entity.kind)
         .ok_or_else(|| Error::NotFound(format!("{entity} not found")))
+}
+
+/// A page size of logs or the overview: 1 to [`MAX_LOG_PAGE`].
+fn check_page_limit(limit: u32) -> Result<()> {
+    if (1..=MAX_LOG_PAGE).contains(&limit) {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "limit",
+            format!("must be between 1 and {MAX_LOG_PAGE}, got {limit}"),
+        ))
+    }
 }
 
 /// The organization a write is for: the caller's, which a report may repeat but not change.
