@@ -109,6 +109,12 @@ impl Durations {
         self.max = self.max.max(value);
     }
 
+    /// Counts one run of this duration.
+    pub fn add_value(&mut self, value: u64) {
+        self.add_count(bin_of(value), 1);
+        self.raise_max(value);
+    }
+
     pub fn bins(&self) -> &[(Bin, u64)] {
         &self.bins
     }
@@ -275,6 +281,12 @@ impl Histogram {
 
     pub fn raise_max(&mut self, value: u64) {
         self.max = self.max.max(value);
+    }
+
+    /// Counts one run of this duration.
+    pub fn add_value(&mut self, value: u64) {
+        self.add(bin_of(value), 1);
+        self.raise_max(value);
     }
 
     pub fn add_durations(&mut self, durations: &Durations) {

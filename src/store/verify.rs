@@ -20,7 +20,6 @@ use super::tables::{
     YEAR_KEY_LEN, member_key, member_key_micros, rollup_key, split_index_key, split_run_key,
     year_key,
 };
-use crate::durations;
 use crate::error::Result;
 use crate::model::{RunState, Tally};
 use crate::time::{Level, Timestamp, format_datetime};
@@ -420,9 +419,7 @@ impl PipelineWork {
             part.tally = part.tally + tally;
             part.weight += weight;
             if !tally.is_empty() {
-                part.durations
-                    .add_count(durations::bin_of(tally.duration_ms), 1);
-                part.durations.raise_max(tally.duration_ms);
+                part.durations.add_value(tally.duration_ms);
             }
         }
     }

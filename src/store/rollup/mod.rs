@@ -108,12 +108,9 @@ impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R,
             Level::Year => self.years.get(&year_key(entity, start))?,
             _ => self.rollups.get(&rollup_key(level, start, entity))?,
         };
-        let Some(bytes) = bytes else {
-            return Ok(None);
-        };
-        let record = Rc::new(RecordView::decode(bytes.value())?);
-        self.memo.records.borrow_mut().insert(key, record.clone());
-        Ok(Some(record))
+        bytes
+            .map(|bytes| self.remember(key, bytes.value()))
+            .transpose()
     }
 
     /// A year record read by a range over the year table, through the memo.
@@ -122,6 +119,11 @@ impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R,
         if let Some(record) = self.memo.records.borrow().get(&key) {
             return Ok(record.clone());
         }
+        self.remember(key, bytes)
+    }
+
+    /// Decodes a record and keeps it for the source's later questions.
+    fn remember(&self, key: (EntityId, u8, i64), bytes: &[u8]) -> Result<Rc<RecordView>> {
         let record = Rc::new(RecordView::decode(bytes)?);
         self.memo.records.borrow_mut().insert(key, record.clone());
         Ok(record)

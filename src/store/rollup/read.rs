@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::scan::aggregate;
 use super::{RollupTable, RunLogTable, RunTable, Series, Source, YearTable};
-use crate::durations::{self, Histogram};
+use crate::durations::Histogram;
 use crate::error::Result;
 use crate::model::{EntityKind, Summary, Tally, TimeRange};
 use crate::store::records::{LastRunRecord, PartView, RecordView, RunRecord, RunRef, corrupt};
@@ -137,8 +137,7 @@ impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R,
                 let bucket = (part_first, part_end);
                 self.cut_runs(series, bucket, (cut_from, cut_end), |ok, duration| {
                     sum.tally = sum.tally + Tally::of_run(ok, duration);
-                    sum.histogram.add(durations::bin_of(duration), 1);
-                    sum.histogram.raise_max(duration);
+                    sum.histogram.add_value(duration);
                 })?;
             }
         }

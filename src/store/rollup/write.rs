@@ -526,9 +526,7 @@ fn build(
         part.tally = part.tally + tally;
         part.weight += weight;
         if weight == 0 {
-            part.durations
-                .add_count(durations::bin_of(tally.duration_ms), 1);
-            part.durations.raise_max(tally.duration_ms);
+            part.durations.add_value(tally.duration_ms);
         }
     };
     for entry in entries {
