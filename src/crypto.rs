@@ -172,6 +172,22 @@ impl MasterKey {
         }
     }
 
+    /// The master key from `RUNLEDGER_MASTER_KEY` or else the key file `path`; `None` when
+    /// neither is given.
+    pub fn given(path: Option<&Path>) -> Result<Option<MasterKey>, String> {
+        if let Ok(text) = std::env::var(MASTER_KEY_ENV) {
+            return MasterKey::from_base64(&text)
+                .map(Some)
+                .map_err(|e| format!("{MASTER_KEY_ENV}: {e}"));
+        }
+        let Some(path) = path else { return Ok(None) };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the master key file {}: {e}", path.display()))?;
+        MasterKey::from_base64(&text)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", path.display()))
+    }
+
     pub fn from_base64(text: &str) -> Result<MasterKey, String> {
         let bytes = STANDARD
             .decode(text.trim())
@@ -186,6 +202,19 @@ impl MasterKey {
     /// data, so a sealed key cannot be moved to another organization).
     pub fn seal_org_key(&self, org: OrgId, key: &OutputKey) -> Vec<u8> {
         seal(&self.0, random_bytes(), key.as_bytes(), org.as_bytes())
+    }
+
+    /// Cluster mode: the organization's output key derived from the master key, so that every
+    /// node (and every command) that seals an output for a new organization uses the same key
+    /// whichever of them created the organization. SHA-256 over the secret master key, a label
+    /// and the organization's UUID.
+    pub fn derive_org_key(&self, org: OrgId) -> OutputKey {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        hasher.update(self.0);
+        hasher.update(b"runledger cluster output key v1");
+        hasher.update(org.as_bytes());
+        OutputKey::from_bytes(hasher.finalize().into())
     }
 
     pub fn open_org_key(&self, org: OrgId, sealed: &[u8]) -> Result<OutputKey, String> {

@@ -14,6 +14,7 @@ pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod cli;
+pub mod cluster;
 pub mod connections;
 pub mod crypto;
 pub mod durations;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::api::sequences::Sequences;
 use crate::api::{grpc, rest};
 use crate::connections::Limited;
 use crate::engine::Engine;
@@ -65,20 +66,52 @@ pub async fn run_with(
 
     let listener = |tcp| Limited::new(tcp, limits.max_connections, limits.max_per_peer);
     let routes = grpc::routes(engine.clone()).await.prepare();
-    let grpc_server = crate::front::serve(
-        listener(grpc_listener),
-        routes,
-        Protocols::Http2,
-        limits,
-        stopped.clone(),
-    );
-    let http_server = crate::front::serve(
-        listener(http_listener),
-        rest::router(engine.clone()),
-        Protocols::Http1And2,
-        limits,
-        stopped.clone(),
-    );
+    let router = rest::router(engine.clone());
+    let (grpc, http) = (listener(grpc_listener), listener(http_listener));
+    type Serving = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+    let (grpc_server, http_server): (Serving, Serving) = match engine.cluster() {
+        None => (
+            Box::pin(crate::front::serve(
+                grpc,
+                routes,
+                Protocols::Http2,
+                limits,
+                stopped.clone(),
+            )),
+            Box::pin(crate::front::serve(
+                http,
+                router,
+                Protocols::Http1And2,
+                limits,
+                stopped.clone(),
+            )),
+        ),
+        Some(cluster) => {
+            tokio::spawn(crate::cluster::apply::run(
+                engine.clone(),
+                cluster.clone(),
+                stopped.clone(),
+            ));
+            let routes = Sequences::new(routes, engine.clone(), true);
+            let router = Sequences::new(router, engine.clone(), false);
+            (
+                Box::pin(crate::front::serve(
+                    grpc,
+                    routes,
+                    Protocols::Http2,
+                    limits,
+                    stopped.clone(),
+                )),
+                Box::pin(crate::front::serve(
+                    http,
+                    router,
+                    Protocols::Http1And2,
+                    limits,
+                    stopped.clone(),
+                )),
+            )
+        }
+    };
 
     let servers = async { tokio::join!(grpc_server, http_server) };
     let grace_over = async {

@@ -4,5 +4,6 @@
 pub mod grpc;
 mod openapi;
 pub mod rest;
+pub mod sequences;
 mod status;
 pub mod wire;

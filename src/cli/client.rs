@@ -32,6 +32,12 @@ pub enum ClientCommand {
         /// runs:write); all of them when absent.
         #[arg(long, value_delimiter = ',')]
         scopes: Vec<Scope>,
+        /// Cluster mode: create the client clu::wide through the stream at these NATS URLs.
+        #[arg(long, env = "RUNLEDGER_NATS")]
+        nats: Option<String>,
+        /// Cluster mode: the master key file (or set RUNLEDGER_MASTER_KEY).
+        #[arg(long, env = "RUNLEDGER_MASTER_KEY_FILE", requires = "nats")]
+        master_key_file: Option<std::path::PathBuf>,
     },
     /// List every client as JSON lines, revoked ones included.
     List {
@@ -44,6 +50,9 @@ pub enum ClientCommand {
         data_dir: DataDir,
         /// The client id (`rlc_...`).
         client_id: String,
+        /// Cluster mode: revoke on every node through the stream at these NATS URLs.
+        #[arg(long, env = "RUNLEDGER_NATS")]
+        nats: Option<String>,
     },
 }
 
@@ -61,13 +70,30 @@ pub fn run(args: ClientArgs) -> Result<ExitCode, String> {
             data_dir,
             org,
             scopes,
+            nats,
+            master_key_file,
         } => {
-            let engine = data_dir.engine()?;
             let scopes = if scopes.is_empty() {
                 Scopes::all()
             } else {
                 scopes.into_iter().collect()
             };
+            if let Some(nats) = nats {
+                let nats = super::cluster::NatsArgs {
+                    nats,
+                    master_key_file,
+                };
+                let master = nats.master()?;
+                let client = cluster_runtime()?.block_on(async {
+                    let log = nats.connect().await?;
+                    crate::cluster::create_client(&log, &master, org.map(OrgId), scopes)
+                        .await
+                        .map_err(|e| format!("cannot create the client: {e}"))
+                })?;
+                println!("{}", credentials_json(&client.0));
+                return Ok(ExitCode::SUCCESS);
+            }
+            let engine = data_dir.engine()?;
             let client = engine
                 .create_client(org.map(OrgId), scopes)
                 .map_err(|e| format!("cannot create the client: {e}"))?;
@@ -86,8 +112,24 @@ pub fn run(args: ClientArgs) -> Result<ExitCode, String> {
             }
         }
         ClientCommand::Revoke {
+            client_id,
+            nats: Some(nats),
+            ..
+        } => {
+            cluster_runtime()?.block_on(async {
+                let log = crate::cluster::Log::connect(&nats, std::time::Duration::from_secs(30))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                crate::cluster::revoke_client(&log, &client_id)
+                    .await
+                    .map_err(|e| format!("cannot revoke {client_id}: {e}"))
+            })?;
+            println!("revoked {client_id} on every node");
+        }
+        ClientCommand::Revoke {
             data_dir,
             client_id,
+            nats: None,
         } => {
             // A running server holds the database: it revokes, and its token cache forgets.
             match data_dir.engine_unless_served()? {
@@ -105,6 +147,10 @@ pub fn run(args: ClientArgs) -> Result<ExitCode, String> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn cluster_runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Runtime::new().map_err(|e| format!("cannot start: {e}"))
 }
 
 /// New credentials as one JSON object: `client_id`, `client_secret`, `organization_uuid`,

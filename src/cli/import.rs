@@ -39,6 +39,13 @@ pub struct ImportArgs {
     /// every table in key order: full pages, no free space; about a third smaller).
     #[arg(long)]
     pub no_repack: bool,
+    /// Cluster mode: load through the cluster's stream at these NATS URLs (comma-separated)
+    /// instead of into --data-dir.
+    #[arg(long, env = "RUNLEDGER_NATS")]
+    pub nats: Option<String>,
+    /// Cluster mode: the master key file (or set RUNLEDGER_MASTER_KEY).
+    #[arg(long, env = "RUNLEDGER_MASTER_KEY_FILE", requires = "nats")]
+    pub master_key_file: Option<PathBuf>,
 }
 
 /// What an import did.
@@ -52,6 +59,13 @@ pub struct ImportSummary {
 }
 
 pub fn run(args: ImportArgs) -> Result<ExitCode, String> {
+    if let Some(nats) = args.nats {
+        let nats = super::cluster::NatsArgs {
+            nats,
+            master_key_file: args.master_key_file,
+        };
+        return super::import_stream::run(nats, args.files);
+    }
     let engine = args.data_dir.engine_with_cache(IMPORT_CACHE_BYTES)?;
     let started = Instant::now();
     let mut progress = Progress::new(std::io::stderr().is_terminal());

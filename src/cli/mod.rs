@@ -4,9 +4,11 @@
 mod backup;
 mod bench;
 pub mod client;
+pub mod cluster;
 mod demo;
 mod generate;
 pub mod import;
+mod import_stream;
 mod info;
 mod keys;
 mod prune;
@@ -58,6 +60,8 @@ pub enum Command {
     Info(info::InfoArgs),
     /// Load a running server over REST and gRPC; print throughput and latency percentiles.
     Bench(bench::BenchArgs),
+    /// Cluster mode on NATS JetStream: create the stream, see it, trim it.
+    Cluster(cluster::ClusterArgs),
 }
 
 /// The data dir option every command shares.
@@ -123,6 +127,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Info(args) => info::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Backup(args) => backup::run(args),
+        Command::Cluster(args) => cluster::run(args),
     };
     match result {
         Ok(code) => code,
@@ -135,8 +140,8 @@ pub fn main(cli: Cli) -> ExitCode {
 
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_env("RUNLEDGER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_env("RUNLEDGER_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -71,6 +71,22 @@ pub struct ServeArgs {
     /// kept for ever; reports older than the cut are refused.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=3_650_000))]
     pub keep_runs_days: Option<u32>,
+    /// Cluster mode: NATS server URLs, comma-separated. Writes go through the cluster's
+    /// stream (`runledger cluster init` creates it); this node applies it into --data-dir.
+    #[arg(long, env = "RUNLEDGER_NATS")]
+    pub nats: Option<String>,
+    /// Cluster mode: `node` applies the stream and serves reads; `gateway` accepts writes only
+    /// and needs no data dir.
+    #[arg(long, value_enum, default_value = "node", requires = "nats")]
+    pub role: crate::cluster::Role,
+    /// Cluster mode: a file holding the master key every node shares (or set
+    /// RUNLEDGER_MASTER_KEY).
+    #[arg(long, env = "RUNLEDGER_MASTER_KEY_FILE", requires = "nats")]
+    pub master_key_file: Option<std::path::PathBuf>,
+    /// Cluster mode: how long a request with x-runledger-min-seq waits for this node to apply
+    /// that sequence before 503 / UNAVAILABLE.
+    #[arg(long, default_value_t = millis(crate::cluster::DEFAULT_MIN_SEQ_WAIT))]
+    pub min_seq_wait_ms: u64,
 }
 
 pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
@@ -81,12 +97,43 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
         queue_wait: std::time::Duration::from_millis(args.queue_wait_ms),
         cache_bytes: args.cache_mib.max(1) << 20,
     };
-    let store =
-        crate::store::Store::open(&args.data_dir.data_dir, options).map_err(|e| e.to_string())?;
-    let engine = crate::engine::Engine::new(store)
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("cannot start: {e}"))?;
+    // A gateway keeps only the credentials it applies, in a scratch directory of its own.
+    let scratch = match (&args.nats, args.role) {
+        (Some(_), crate::cluster::Role::Gateway) => Some(Scratch::new()?),
+        _ => None,
+    };
+    let data_dir = scratch
+        .as_ref()
+        .map_or(args.data_dir.data_dir.as_path(), |s| s.0.as_path());
+    let store = crate::store::Store::open(data_dir, options).map_err(|e| e.to_string())?;
+    let master = match &args.nats {
+        Some(nats) => Some(
+            super::cluster::NatsArgs {
+                nats: nats.clone(),
+                master_key_file: args.master_key_file.clone(),
+            }
+            .master()?,
+        ),
+        None => None,
+    };
+    let mut engine = crate::engine::Engine::open(store, master)
         .map_err(|e| format!("cannot start: {e}"))?
         .with_max_pending_runs(args.max_pending_runs)
         .with_retention(args.keep_runs_days);
+    if let Some(urls) = &args.nats {
+        let log = runtime.block_on(crate::cluster::Log::connect(urls, Duration::from_secs(30)));
+        let applied = engine
+            .store()
+            .reader()
+            .and_then(|reader| reader.applied_seq())
+            .map_err(|e| format!("cannot start: {e}"))?;
+        let mut cluster =
+            crate::cluster::Cluster::new(log.map_err(|e| e.to_string())?, args.role, applied);
+        cluster.min_seq_wait = Duration::from_millis(args.min_seq_wait_ms);
+        tracing::info!(applied, role = ?args.role, "cluster mode: applying the stream from the next sequence");
+        engine = engine.with_cluster(Arc::new(cluster));
+    }
     let ms = Duration::from_millis;
     let limits = ConnectionLimits {
         max_connections: args.max_connections.max(1),
@@ -99,11 +146,12 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
         ..ConnectionLimits::default()
     };
     match engine.store().read_only_reason() {
-        None => super::client::first_client(&engine, None)?,
+        // In a cluster, `cluster init` makes the first client.
+        None if engine.cluster().is_none() => super::client::first_client(&engine, None)?,
+        None => {}
         Some(why) => tracing::warn!(why, "serving read-only: writes are refused"),
     }
     let engine = Arc::new(engine);
-    let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("cannot start: {e}"))?;
     runtime.block_on(async {
         let grpc = bind(args.grpc_addr, "gRPC").await?;
         let http = bind(args.http_addr, "HTTP").await?;
@@ -111,11 +159,11 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
         tracing::info!(
             grpc = %grpc_addr,
             http = %http_addr,
-            data_dir = %args.data_dir.data_dir.display(),
+            data_dir = %data_dir.display(),
             "runledger is serving"
         );
         // The admin socket is ready before the line below says the server is.
-        let admin = admin_channel(&engine, &args.data_dir.data_dir);
+        let admin = admin_channel(&engine, data_dir);
         // One stable line on stdout for scripts (and tests) that start a server on port 0.
         println!("runledger serving grpc={grpc_addr} http={http_addr}");
         use std::io::Write as _;
@@ -124,7 +172,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
             crate::server::run_with(engine, grpc, http, limits, crate::server::termination()).await;
         if let Some(admin) = admin {
             admin.abort();
-            let _ = std::fs::remove_file(crate::admin::socket_path(&args.data_dir.data_dir));
+            let _ = std::fs::remove_file(crate::admin::socket_path(data_dir));
         }
         served.map_err(|e| format!("server failed: {e}"))?;
         tracing::info!("stopped cleanly; every acknowledged write is on disk");
@@ -156,5 +204,27 @@ fn admin_channel(
             tracing::warn!(%error, "no admin socket: `runledger backup` and live `client revoke` will not reach this server");
             None
         }
+    }
+}
+
+/// A gateway's scratch data dir, removed when the gateway stops.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new() -> Result<Scratch, String> {
+        let path = std::env::temp_dir().join(format!(
+            "runledger-gateway-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        crate::private::create_dir(&path)
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        Ok(Scratch(path))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }

@@ -77,6 +77,23 @@ fn present<'a>(value: &'a Option<String>, name: &str) -> Result<&'a str> {
     Ok(value)
 }
 
+/// A new client's id, its secret (shown once) and the write that stores it.
+pub fn new_client(org: OrgId, scopes: Scopes) -> (String, String, WriteOp) {
+    let client_id = new_client_id();
+    let client_secret = new_secret(SECRET_PREFIX);
+    let op = WriteOp::CreateClient {
+        client_id: client_id.clone(),
+        record: ClientRecord {
+            org,
+            secret_hash: hash_secret(&client_secret),
+            scopes: scopes.bits(),
+            created_at: Timestamp::now(),
+            revoked_at: None,
+        },
+    };
+    (client_id, client_secret, op)
+}
+
 impl Engine {
     /// The token endpoint: checks the client's credentials and grants the asked scopes (all the
     /// client's scopes when none are asked), as a fresh access and refresh token pair. Failed
@@ -219,7 +236,7 @@ impl Engine {
             redeem,
             at: now,
         });
-        match self.store.write(op).await? {
+        match self.write(op).await? {
             WriteOutcome::Tokens(IssueOutcome::Issued) => Ok(TokenGrant {
                 access_token,
                 refresh_token,
@@ -334,7 +351,7 @@ impl Engine {
         // Kept a day past expiry, so that a late client hears "expired", not "unknown".
         let before = Timestamp::from_micros(Timestamp::now().micros() - 86_400 * MICROS_PER_SECOND)
             .unwrap_or_else(Timestamp::now);
-        match self.store.write(WriteOp::PurgeTokens { before }).await? {
+        match self.write(WriteOp::PurgeTokens { before }).await? {
             WriteOutcome::TokensPurged(count) => Ok(count),
             other => Err(unexpected(other)),
         }
@@ -357,19 +374,8 @@ impl Engine {
             .iter()
             .any(|(_, client)| client.org == org);
         let key = self.output_key_now(org)?;
-        let client_id = new_client_id();
-        let client_secret = new_secret(SECRET_PREFIX);
-        let op = WriteOp::CreateClient {
-            client_id: client_id.clone(),
-            record: ClientRecord {
-                org,
-                secret_hash: hash_secret(&client_secret),
-                scopes: scopes.bits(),
-                created_at: Timestamp::now(),
-                revoked_at: None,
-            },
-        };
-        match self.store.apply_now(std::slice::from_ref(&op))?.pop() {
+        let (client_id, client_secret, op) = new_client(org, scopes);
+        match self.apply_or_publish(op) {
             Some(Ok(WriteOutcome::ClientCreated)) => Ok(NewClient {
                 client_id,
                 client_secret,
@@ -407,7 +413,7 @@ impl Engine {
             client_id: client_id.to_string(),
             at: Timestamp::now(),
         };
-        let outcome = self.store.apply_now(std::slice::from_ref(&op))?.pop();
+        let outcome = self.apply_or_publish(op);
         self.tokens.invalidate();
         match outcome {
             Some(Ok(WriteOutcome::ClientRevoked(true))) => Ok(()),

@@ -27,6 +27,29 @@ impl Keyring {
         }
     }
 
+    /// A keyring with the master key given (cluster mode: the same key on every node).
+    pub fn with_master(data_dir: PathBuf, master: MasterKey) -> Keyring {
+        let keyring = Keyring::new(data_dir);
+        let _ = keyring.master.set(Ok(master));
+        keyring
+    }
+
+    /// Cluster mode: the organization's derived key (see [`MasterKey::derive_org_key`]),
+    /// kept, and its sealed record for the organization's creation.
+    pub fn derived(&self, org: OrgId) -> Result<(OutputKey, OrgRecord)> {
+        let master = self.master()?;
+        let key = master.derive_org_key(org);
+        let record = OrgRecord {
+            sealed_key: master.seal_org_key(org, &key),
+            created_at: Timestamp::now(),
+        };
+        self.keys
+            .write()
+            .expect("never poisoned")
+            .insert(org, key.clone());
+        Ok((key, record))
+    }
+
     /// The master key, loading or creating it on first use.
     pub fn master(&self) -> Result<&MasterKey> {
         self.master
@@ -56,7 +79,10 @@ impl Keyring {
     /// cannot: a data dir whose key file went missing must not silently get a new one.
     pub fn open_existing(&self, org: OrgId, record: &OrgRecord) -> Result<OutputKey> {
         let key_file = self.data_dir.join(crate::crypto::MASTER_KEY_FILE);
-        if std::env::var_os(crate::crypto::MASTER_KEY_ENV).is_none() && !key_file.exists() {
+        if self.master.get().is_none()
+            && std::env::var_os(crate::crypto::MASTER_KEY_ENV).is_none()
+            && !key_file.exists()
+        {
             return Err(Error::Unavailable(format!(
                 "the database holds organizations, but there is no master key: {} is missing and {} is not set; restore the key file this data dir was created with (backups carry it), or outputs cannot be read",
                 key_file.display(),

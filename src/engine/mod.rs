@@ -6,6 +6,7 @@
 mod access;
 mod dispatch;
 mod keys;
+mod replica;
 mod retention;
 mod throttle;
 mod token_cache;
@@ -13,8 +14,9 @@ mod token_cache;
 use std::future::Future;
 use std::sync::Arc;
 
-pub use access::{ClientInfo, NewClient, TokenGrant, TokenRequest};
+pub use access::{ClientInfo, NewClient, TokenGrant, TokenRequest, new_client};
 pub use dispatch::Subscription;
+pub use replica::Logged;
 pub use retention::{PRUNE_STEP, PruneSummary, cut_for};
 
 use crate::auth::{Caller, Scope};
@@ -71,6 +73,8 @@ pub struct Engine {
     max_pending_runs: usize,
     /// `serve --keep-runs-days`: whole days of runs kept before today.
     keep_runs_days: Option<u32>,
+    /// Cluster mode: writes go through the cluster's log (see [`crate::cluster`]).
+    cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl Engine {
@@ -79,9 +83,19 @@ impl Engine {
     /// cannot open (a missing or different key file: a new key would be created and every
     /// stored output left unreadable).
     pub fn new(store: Store) -> Result<Engine> {
+        Engine::open(store, None)
+    }
+
+    /// [`Engine::new`] with the master key given rather than found (environment or the data
+    /// dir's key file) on first need.
+    pub fn open(store: Store, master: Option<crate::crypto::MasterKey>) -> Result<Engine> {
         let reader = store.reader()?;
         let waiting = reader.pending_runs()?;
-        let keys = Keyring::new(store.data_dir().to_path_buf());
+        let data_dir = store.data_dir().to_path_buf();
+        let keys = match master {
+            Some(master) => Keyring::with_master(data_dir, master),
+            None => Keyring::new(data_dir),
+        };
         if let Some((org, record)) = reader.any_organization()? {
             keys.open_existing(org, &record)?;
         }
@@ -95,6 +109,7 @@ impl Engine {
             throttle: FailureThrottle::default(),
             max_pending_runs: DEFAULT_MAX_PENDING_RUNS,
             keep_runs_days: None,
+            cluster: None,
         })
     }
 
@@ -149,6 +164,21 @@ impl Engine {
             }
         }
         let taken_up = taken_up(&runs);
+        if let Some(cluster) = self.cluster.clone() {
+            let op = WriteOp::Report {
+                runs,
+                at: crate::time::Timestamp::now(),
+            };
+            return Ok(futures_util::future::Either::Left(async move {
+                if matches!(&op, WriteOp::Report { runs, .. } if runs.is_empty()) {
+                    return Ok(ReportCounts::default());
+                }
+                match cluster.write(op).await? {
+                    WriteOutcome::Report(counts) => Ok(counts),
+                    other => Err(unexpected(other)),
+                }
+            }));
+        }
         let pending = if runs.is_empty() {
             None
         } else {
@@ -162,7 +192,7 @@ impl Engine {
             )
         };
         let dispatcher = self.dispatcher.clone();
-        Ok(async move {
+        Ok(futures_util::future::Either::Right(async move {
             let Some(pending) = pending else {
                 return Ok(ReportCounts::default());
             };
@@ -175,7 +205,7 @@ impl Engine {
                 }
                 other => Err(unexpected(other)),
             }
-        })
+        }))
     }
 
     /// Reports a batch of task runs and waits until it is durable.
@@ -248,7 +278,7 @@ impl Engine {
             .validate()
             .map_err(|(field, reason)| Error::invalid(&field, reason))?;
         definition.organization = Some(organization_for(caller, definition.organization)?);
-        match self.store.write(WriteOp::Register(definition)).await? {
+        match self.write(WriteOp::Register(definition)).await? {
             WriteOutcome::Register(outcome) => Ok(outcome),
             other => Err(unexpected(other)),
         }
@@ -262,6 +292,7 @@ impl Engine {
         pipeline: PipelineId,
     ) -> Result<Vec<PendingTaskRun>> {
         caller.require(Scope::PipelinesRun)?;
+        self.check_readable()?;
         let entity = EntityRef {
             kind: EntityKind::Pipeline,
             uuid: pipeline.0,
@@ -277,7 +308,6 @@ impl Engine {
             });
         }
         match self
-            .store
             .write(WriteOp::StartPipelineRun {
                 pipeline,
                 org,
@@ -287,7 +317,10 @@ impl Engine {
             .await?
         {
             WriteOutcome::Started(runs) => {
-                self.dispatcher.enqueue(runs.clone());
+                // In a cluster, every node's applier queues them (see `replica`).
+                if self.cluster.is_none() {
+                    self.dispatcher.enqueue(runs.clone());
+                }
                 Ok(runs)
             }
             other => Err(unexpected(other)),
@@ -310,6 +343,7 @@ impl Engine {
     /// end.
     pub fn stats(&self, caller: &Caller, entity: EntityRef, range: TimeRange) -> Result<Stats> {
         caller.require(Scope::StatsRead)?;
+        self.check_readable()?;
         let reader = self.store.reader()?;
         let key = visible(&reader, caller, entity)?;
         reader.stats(&key, range)
@@ -327,6 +361,7 @@ impl Engine {
         fill: Fill,
     ) -> Result<Vec<BucketStats>> {
         caller.require(Scope::StatsRead)?;
+        self.check_readable()?;
         let reader = self.store.reader()?;
         let key = visible(&reader, caller, entity)?;
         reader.aggregated(&key, period, date_from, n, fill)
@@ -335,6 +370,7 @@ impl Engine {
     /// The latest finished run; `NotFound` when there is none.
     pub fn last_run(&self, caller: &Caller, entity: EntityRef) -> Result<LastRun> {
         caller.require(Scope::StatsRead)?;
+        self.check_readable()?;
         let reader = self.store.reader()?;
         let key = visible(&reader, caller, entity)?;
         reader
@@ -353,6 +389,7 @@ impl Engine {
         limit: u32,
     ) -> Result<LogPage> {
         caller.require(Scope::StatsRead)?;
+        self.check_readable()?;
         check_page_limit(limit)?;
         let reader = self.store.reader()?;
         let entity = EntityRef {
@@ -373,6 +410,7 @@ impl Engine {
         limit: u32,
     ) -> Result<OverviewPage> {
         caller.require(Scope::StatsRead)?;
+        self.check_readable()?;
         check_page_limit(limit)?;
         let org = caller.organization().ok_or_else(|| {
             Error::invalid(
@@ -460,6 +498,13 @@ impl Engine {
         if let Some(key) = self.keys.cached(org) {
             return Ok(key);
         }
+        if let Some(cluster) = &self.cluster {
+            let (key, op) = self.cluster_output_key(org)?;
+            if let Some(op) = op {
+                cluster.write(op).await?;
+            }
+            return Ok(key);
+        }
         if let Some(record) = self.store.reader()?.organization(org)? {
             return self.keys.open(org, &record);
         }
@@ -474,6 +519,13 @@ impl Engine {
     /// [`Self::output_key`] on the calling thread, for bulk loads.
     fn output_key_now(&self, org: OrgId) -> Result<OutputKey> {
         if let Some(key) = self.keys.cached(org) {
+            return Ok(key);
+        }
+        if self.cluster.is_some() {
+            let (key, op) = self.cluster_output_key(org)?;
+            if let Some(op) = op {
+                self.write_now(op)?;
+            }
             return Ok(key);
         }
         if let Some(record) = self.store.reader()?.organization(org)? {

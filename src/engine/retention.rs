@@ -46,7 +46,7 @@ impl Engine {
                 before,
                 limit: PRUNE_STEP,
             };
-            match self.store.write(op).await? {
+            match self.write(op).await? {
                 WriteOutcome::Pruned(step) => {
                     summary.add(&step);
                     if step.done {

@@ -291,7 +291,28 @@ impl Store {
     /// Applies writes in one transaction on the calling thread, bypassing the writer queue (for
     /// bulk loads). Each operation's result is its own; `Err` means nothing was applied.
     pub fn apply_now(&self, ops: &[WriteOp]) -> Result<Vec<Result<WriteOutcome>>> {
-        apply_batch(&*self.db.for_writing()?, &self.cache, &self.filters, ops)
+        apply_batch(
+            &*self.db.for_writing()?,
+            &self.cache,
+            &self.filters,
+            ops,
+            None,
+        )
+    }
+
+    /// Applies operations read from the cluster's stream in one durable transaction on the
+    /// calling thread, recording `through` as the last applied stream sequence in the same
+    /// transaction: after a crash the file says exactly which messages it holds. A failed
+    /// write reopens the file (as the writer does) before returning the error. Blocks.
+    pub fn apply_logged(&self, ops: &[WriteOp], through: u64) -> Result<Vec<Result<WriteOutcome>>> {
+        let result = self
+            .db
+            .for_writing()
+            .and_then(|db| apply_batch(&db, &self.cache, &self.filters, ops, Some(through)));
+        if result.is_err() && self.db.is_failed() {
+            self.db.reopen();
+        }
+        result
     }
 
     /// Entries and space of every table, from one snapshot.
@@ -341,6 +362,7 @@ fn apply_batch(
     cache: &EntityCache,
     filters: &Mutex<Filters>,
     ops: &[WriteOp],
+    through: Option<u64>,
 ) -> Result<Vec<Result<WriteOutcome>>> {
     let mut filters = filters.lock().unwrap_or_else(|e| e.into_inner());
     let started = std::time::Instant::now();
@@ -352,6 +374,9 @@ fn apply_batch(
             outcomes.push(batch.apply(op)?);
         }
         let applied = started.elapsed();
+        if let Some(seq) = through {
+            batch.record_applied_seq(seq)?;
+        }
         (batch.finish()?, applied, started.elapsed())
     };
     txn.commit()?;

@@ -145,6 +145,15 @@ impl<'a> Reader<'a> {
         )
     }
 
+    /// Cluster mode: the last stream sequence this database applied (0: none).
+    pub fn applied_seq(&self) -> Result<u64> {
+        Ok(super::batch::read_cut(
+            &self.txn.open_table(tables::META)?,
+            tables::meta::APPLIED_SEQ,
+        )?
+        .map_or(0, |seq| seq as u64))
+    }
+
     /// Tally of the runs in a range and the last run at or before its end.
     pub fn stats(&self, entity: &EntityKey, range: TimeRange) -> Result<Stats> {
         let series = series(entity);

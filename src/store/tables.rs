@@ -335,6 +335,9 @@ pub mod meta {
     pub const PRUNE_NEXT_PIPELINE: &str = "prune_next_pipeline";
     /// The cut and the digest of the rollups kept before it, as the cut was made (see `kept`).
     pub const KEPT_DIGEST: &str = "kept_digest";
+    /// Cluster mode: the last stream sequence applied, a little-endian u64, written in the
+    /// transaction that applied it (see `crate::cluster`).
+    pub const APPLIED_SEQ: &str = "applied_seq";
 }
 
 /// The file format this build reads and writes. 5: rollup parts carry duration histograms and

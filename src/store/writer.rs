@@ -215,7 +215,7 @@ fn commit_group(
         .unzip();
     let result = handle.for_writing().and_then(|db| {
         std::panic::catch_unwind(AssertUnwindSafe(|| {
-            super::apply_batch(&db, cache, filters, &ops)
+            super::apply_batch(&db, cache, filters, &ops, None)
         }))
         .unwrap_or_else(|_| {
             Err(Error::Internal(

@@ -119,6 +119,22 @@ impl WriteOp {
         matches!(self, WriteOp::Prune { .. })
     }
 
+    /// What the operation is, in a few words, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            WriteOp::Report { .. } => "a report of task runs",
+            WriteOp::Register(_) => "a pipeline registration",
+            WriteOp::StartPipelineRun { .. } => "a pipeline run",
+            WriteOp::CreateOrganization { .. } => "a new organization",
+            WriteOp::CreateClient { .. } => "a new client",
+            WriteOp::RevokeClient { .. } => "a revocation",
+            WriteOp::IssueTokens(_) => "a token grant",
+            WriteOp::PurgeTokens { .. } => "a purge of expired tokens",
+            WriteOp::Restore { .. } => "a restore of unfinished runs",
+            WriteOp::Prune { .. } => "a retention step",
+        }
+    }
+
     /// How much work the operation is, for sizing group commits.
     pub fn weight(&self) -> usize {
         match self {
@@ -342,6 +358,14 @@ impl<'txn> Batch<'txn> {
                 self.t.meta.insert(name, value.as_slice())?;
             }
         }
+        Ok(())
+    }
+
+    /// Cluster mode: the last stream sequence this transaction applies.
+    pub fn record_applied_seq(&mut self, seq: u64) -> Result<()> {
+        self.t
+            .meta
+            .insert(meta::APPLIED_SEQ, seq.to_le_bytes().as_slice())?;
         Ok(())
     }
 

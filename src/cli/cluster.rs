@@ -1,0 +1,211 @@
+//! `runledger cluster init|status|trim`: the cluster's log on NATS JetStream, and the
+//! connection options every cluster-mode command shares (`--nats`, the master key).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::cluster::Log;
+use crate::crypto::{MASTER_KEY_ENV, MasterKey};
+
+/// How long a command waits for the NATS servers to answer at first.
+const CONNECT_WAIT: Duration = Duration::from_secs(30);
+
+/// Where the cluster's NATS servers are, and the master key every node shares.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NatsArgs {
+    /// NATS server URLs, comma-separated (`nats://10.0.0.1:4222,nats://10.0.0.2:4222`).
+    #[arg(long, env = "RUNLEDGER_NATS")]
+    pub nats: String,
+    /// A file holding the master key (base64 of 32 bytes), the same on every node; or set
+    /// RUNLEDGER_MASTER_KEY.
+    #[arg(long, env = "RUNLEDGER_MASTER_KEY_FILE")]
+    pub master_key_file: Option<PathBuf>,
+}
+
+impl NatsArgs {
+    /// The shared master key; cluster mode has no per-node key file.
+    pub fn master(&self) -> Result<MasterKey, String> {
+        MasterKey::given(self.master_key_file.as_deref())?.ok_or_else(|| {
+            format!(
+                "cluster mode needs the master key every node shares: set {MASTER_KEY_ENV} or give --master-key-file (make one with `head -c 32 /dev/urandom | base64 > master.key`)"
+            )
+        })
+    }
+
+    pub async fn connect(&self) -> Result<Log, String> {
+        Log::connect(&self.nats, CONNECT_WAIT)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ClusterArgs {
+    #[command(subcommand)]
+    pub command: ClusterCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ClusterCommand {
+    /// Create the stream (replicas 3 on a NATS cluster of 3 or more servers, else 1) and print
+    /// the first OAuth client's credentials as JSON; does nothing when the stream exists.
+    Init {
+        #[command(flatten)]
+        nats: NatsArgs,
+        /// Stream replicas, instead of the default.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=5))]
+        replicas: Option<u8>,
+    },
+    /// Print the stream's first and last sequence, messages and bytes as JSON.
+    Status {
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
+    /// Delete the stream's messages that every node and the newest backup hold already: below
+    /// the lowest of the nodes' applied sequences and the backup's.
+    Trim {
+        #[command(flatten)]
+        nats: NatsArgs,
+        /// Every live node's REST address (`http://host:port`), repeated.
+        #[arg(long = "node", required = true)]
+        nodes: Vec<String>,
+        /// The newest backup (a directory `runledger backup` wrote), which a wiped node would be
+        /// rebuilt from.
+        #[arg(long)]
+        backup: PathBuf,
+    },
+}
+
+pub fn run(args: ClusterArgs) -> Result<ExitCode, String> {
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("cannot start: {e}"))?;
+    runtime.block_on(async {
+        match args.command {
+            ClusterCommand::Init { nats, replicas } => init(&nats, replicas).await,
+            ClusterCommand::Status { nats } => {
+                let state = nats
+                    .connect()
+                    .await?
+                    .state()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "first_seq": state.first_seq,
+                        "last_seq": state.last_seq,
+                        "messages": state.messages,
+                        "bytes": state.bytes,
+                    })
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            ClusterCommand::Trim {
+                nats,
+                nodes,
+                backup,
+            } => trim(&nats, &nodes, &backup).await,
+        }
+    })
+}
+
+async fn init(nats: &NatsArgs, replicas: Option<u8>) -> Result<ExitCode, String> {
+    let master = nats.master()?;
+    let log = nats.connect().await?;
+    let outcome = log
+        .init(replicas.map(usize::from))
+        .await
+        .map_err(|e| e.to_string())?;
+    if !outcome.created {
+        eprintln!(
+            "the stream {} exists already (replicas {}); nothing to do",
+            crate::cluster::log::STREAM,
+            outcome.replicas
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (client, _) =
+        crate::cluster::create_client(&log, &master, None, crate::auth::Scopes::all())
+            .await
+            .map_err(|e| format!("cannot create the first client: {e}"))?;
+    eprintln!(
+        "created the stream {} (replicas {}) and an OAuth client with every scope in organization {}; its secret is shown only now:",
+        crate::cluster::log::STREAM,
+        outcome.replicas,
+        client.organization
+    );
+    println!("{}", super::client::credentials_json(&client));
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn trim(nats: &NatsArgs, nodes: &[String], backup: &Path) -> Result<ExitCode, String> {
+    let backup_seq = {
+        let options = crate::store::StoreOptions {
+            read_only: true,
+            ..Default::default()
+        };
+        let store =
+            crate::store::Store::open(backup, options).map_err(|e| format!("the backup: {e}"))?;
+        let seq = store
+            .reader()
+            .and_then(|reader| reader.applied_seq())
+            .map_err(|e| format!("the backup: {e}"))?;
+        if seq == 0 {
+            return Err(format!(
+                "the backup in {} holds no stream sequence: it is not a backup of a cluster node",
+                backup.display()
+            ));
+        }
+        seq
+    };
+    let mut lowest = backup_seq;
+    for node in nodes {
+        let applied = applied_seq_of(node).await?;
+        println!("node {node} applied through {applied}");
+        lowest = lowest.min(applied);
+    }
+    println!("backup {} holds through {backup_seq}", backup.display());
+    let log = nats.connect().await?;
+    let trimmed = log.trim(lowest + 1).await.map_err(|e| e.to_string())?;
+    println!("trimmed {trimmed} messages below sequence {}", lowest + 1);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A node's applied sequence, from the `x-runledger-applied-seq` header of its `/healthz`.
+async fn applied_seq_of(node: &str) -> Result<u64, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = node
+        .strip_prefix("http://")
+        .unwrap_or(node)
+        .trim_end_matches('/');
+    let fail = |e: &dyn std::fmt::Display| format!("cannot ask node {node}: {e}");
+    let mut stream = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect(address),
+    )
+    .await
+    .map_err(|e| fail(&e))?
+    .map_err(|e| fail(&e))?;
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| fail(&e))?;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
+        .await
+        .map_err(|e| fail(&e))?
+        .map_err(|e| fail(&e))?;
+    let text = String::from_utf8_lossy(&response);
+    text.lines()
+        .take_while(|line| !line.is_empty())
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case(crate::api::sequences::APPLIED_SEQ)
+                .then(|| value.trim().parse().ok())
+                .flatten()
+        })
+        .ok_or_else(|| {
+            format!("node {node} did not say its applied sequence (is it a cluster node?)")
+        })
+}

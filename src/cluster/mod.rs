@@ -1,0 +1,193 @@
+//! Cluster mode: every write goes into one replicated, totally ordered NATS JetStream stream
+//! ([`log`]), and every node applies that stream, in order and exactly once, into its own
+//! database ([`apply`]): the last applied sequence is written in the same transaction as the
+//! changes. Reads are served from the local database. No consensus code of our own: JetStream
+//! orders and replicates, the engine's deterministic apply does the rest.
+//!
+//! - [`codec`]: operations as stream messages;
+//! - [`log`]: the stream: creating it, publishing with de-duplication, trimming;
+//! - [`apply`]: following the stream into the node's database;
+//! - [`progress`]: the applied sequence, writers waiting for their outcome, read-your-writes.
+
+pub mod apply;
+pub mod codec;
+pub mod log;
+pub mod progress;
+
+use std::time::Duration;
+
+use uuid::Uuid;
+
+pub use log::{InitOutcome, Log, StreamState};
+pub use progress::{Progress, note_written, noting_writes};
+
+use crate::error::{Error, Result};
+use crate::model::{RegisterOutcome, ReportCounts};
+use crate::store::{WriteOp, WriteOutcome};
+
+/// How long a writer waits for its node to apply its own write before answering that it is
+/// in the log but not applied here yet.
+const APPLY_WAIT: Duration = Duration::from_secs(30);
+/// How long a read with `x-runledger-min-seq` waits for the node to catch up by default.
+pub const DEFAULT_MIN_SEQ_WAIT: Duration = Duration::from_secs(2);
+
+/// What a node does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// Accepts writes, applies the whole stream into its data dir, serves reads.
+    Node,
+    /// Accepts writes only; applies just the credentials (to authenticate callers), in a
+    /// scratch database; refuses reads.
+    Gateway,
+}
+
+/// A node's view of the cluster: the log, how far it applied it, what it does.
+pub struct Cluster {
+    pub log: Log,
+    pub progress: Progress,
+    pub role: Role,
+    pub min_seq_wait: Duration,
+}
+
+impl Cluster {
+    pub fn new(log: Log, role: Role, applied: u64) -> Cluster {
+        Cluster {
+            log,
+            progress: Progress::new(applied),
+            role,
+            min_seq_wait: DEFAULT_MIN_SEQ_WAIT,
+        }
+    }
+
+    /// Whether this node applies messages of `subject`.
+    fn applies(&self, subject: &str) -> bool {
+        self.role == Role::Node || subject == log::CREDENTIALS_SUBJECT
+    }
+
+    /// Publishes a write and answers its outcome: once this node has applied it, or (on a
+    /// gateway, for what it does not apply) as soon as the log acknowledged it. The write's
+    /// sequence is noted for the answer's `x-runledger-seq`.
+    pub async fn write(&self, op: WriteOp) -> Result<WriteOutcome> {
+        let subject = if codec::is_credential(&op) {
+            log::CREDENTIALS_SUBJECT
+        } else {
+            log::DATA_SUBJECT
+        };
+        let body = codec::encode(std::slice::from_ref(&op))?;
+        let id = Uuid::new_v4().simple().to_string();
+        let waiter = self.applies(subject).then(|| self.progress.expect(&id));
+        let seq = match self.log.publish(subject, &id, body).await {
+            Ok(seq) => seq,
+            Err(error) => {
+                self.progress.forget(&id);
+                return Err(error);
+            }
+        };
+        note_written(seq);
+        let Some(waiter) = waiter else {
+            return acknowledged_only(&op);
+        };
+        match tokio::time::timeout(APPLY_WAIT, waiter).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(Error::Unavailable(format!(
+                "the write is in the cluster's log at sequence {seq}, but this node is stopping before applying it; the other nodes apply it"
+            ))),
+            Err(_) => {
+                self.progress.forget(&id);
+                Err(Error::Unavailable(format!(
+                    "the write is in the cluster's log at sequence {seq}, but this node has not applied it within {} s; it will be (read with x-runledger-min-seq: {seq})",
+                    APPLY_WAIT.as_secs()
+                )))
+            }
+        }
+    }
+
+    /// Waits until this node applied `seq`, at most the configured time.
+    pub async fn wait_applied(&self, seq: u64) -> Result<()> {
+        if self.role == Role::Gateway {
+            return Err(gateway_refuses_reads());
+        }
+        if self.progress.wait_for(seq, self.min_seq_wait).await {
+            Ok(())
+        } else {
+            Err(Error::Unavailable(format!(
+                "x-runledger-min-seq: this node has applied the cluster's log through sequence {}, not yet {seq}; retry, or ask another node",
+                self.progress.applied()
+            )))
+        }
+    }
+}
+
+/// The error a gateway answers reads with.
+pub fn gateway_refuses_reads() -> Error {
+    Error::Unavailable(
+        "this node is a write gateway (--role gateway): it holds no runs; ask a node that serves reads"
+            .into(),
+    )
+}
+
+/// A gateway's answer to a write it does not apply: it is in the log, and every node will
+/// apply it, but its counts are not known here.
+fn acknowledged_only(op: &WriteOp) -> Result<WriteOutcome> {
+    match op {
+        WriteOp::Report { .. } => Ok(WriteOutcome::Report(ReportCounts::default())),
+        WriteOp::Register(_) => Ok(WriteOutcome::Register(RegisterOutcome {
+            created: false,
+            tasks_created: 0,
+            tasks_updated: 0,
+        })),
+        other => Err(Error::Unavailable(format!(
+            "a write gateway cannot answer {}; send it to a node that serves reads",
+            other.name()
+        ))),
+    }
+}
+
+/// Creates an OAuth client cluster-wide (and its organization, with its derived output key,
+/// unless it exists): one message, each write its own unit. Returns the credentials (with the
+/// organization's output key: in a cluster it is derived, so showing it again reveals nothing
+/// new) and the message's sequence.
+pub async fn create_client(
+    log: &Log,
+    master: &crate::crypto::MasterKey,
+    org: Option<crate::model::OrgId>,
+    scopes: crate::auth::Scopes,
+) -> Result<(crate::engine::NewClient, u64)> {
+    if scopes == crate::auth::Scopes::default() {
+        return Err(Error::invalid(
+            "scopes",
+            "a client needs at least one scope",
+        ));
+    }
+    let org = org.unwrap_or_else(|| crate::model::OrgId(Uuid::new_v4()));
+    let key = master.derive_org_key(org);
+    let record = crate::store::credentials::OrgRecord {
+        sealed_key: master.seal_org_key(org, &key),
+        created_at: crate::time::Timestamp::now(),
+    };
+    let (client_id, client_secret, create) = crate::engine::new_client(org, scopes);
+    let body = codec::encode(&[WriteOp::CreateOrganization { org, record }, create])?;
+    let id = Uuid::new_v4().simple().to_string();
+    let seq = log.publish(log::CREDENTIALS_SUBJECT, &id, body).await?;
+    Ok((
+        crate::engine::NewClient {
+            client_id,
+            client_secret,
+            organization: org,
+            scopes,
+            output_key: Some(key.to_base64()),
+        },
+        seq,
+    ))
+}
+
+/// Revokes a client on every node: its tokens fail once each node applies the revocation.
+pub async fn revoke_client(log: &Log, client_id: &str) -> Result<u64> {
+    let op = WriteOp::RevokeClient {
+        client_id: client_id.to_string(),
+        at: crate::time::Timestamp::now(),
+    };
+    let id = Uuid::new_v4().simple().to_string();
+    log.publish(log::CREDENTIALS_SUBJECT, &id, codec::encode(&[op])?)
+        .await
+}
