@@ -150,12 +150,7 @@ async fn run(engine: Arc<Engine>, command: Command) -> Result<String, String> {
                 .await
                 .map_err(|e| format!("the backup stopped: {e}"))?
                 .map_err(|e| e.to_string())?;
-            Ok(format!(
-                "backed up {} entries ({} bytes) to {}",
-                report.entries,
-                report.bytes,
-                report.path.display()
-            ))
+            Ok(report.to_string())
         }
         Command::Revoke(client_id) => {
             let engine = engine.clone();

@@ -20,17 +20,10 @@ pub fn run(args: BackupArgs) -> Result<ExitCode, String> {
     let destination = std::path::absolute(&args.destination)
         .map_err(|e| format!("{}: {e}", args.destination.display()))?;
     let done = match args.data_dir.engine_unless_served()? {
-        Some(engine) => {
-            let report = engine
-                .backup(&destination)
-                .map_err(|e| format!("backup failed: {e}"))?;
-            format!(
-                "backed up {} entries ({} bytes) to {}",
-                report.entries,
-                report.bytes,
-                report.path.display()
-            )
-        }
+        Some(engine) => engine
+            .backup(&destination)
+            .map_err(|e| format!("backup failed: {e}"))?
+            .to_string(),
         None => crate::admin::request(
             &args.data_dir.data_dir,
             &crate::admin::Command::Backup(destination),

@@ -200,6 +200,24 @@ impl Log {
         })
     }
 
+    /// The sequence of the newest credentials message (0: none).
+    pub async fn last_credentials_seq(&self) -> Result<u64> {
+        let stream = self.stream().await?;
+        match stream
+            .get_last_raw_message_by_subject(CREDENTIALS_SUBJECT)
+            .await
+        {
+            Ok(message) => Ok(message.sequence),
+            Err(error)
+                if error.kind()
+                    == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+            {
+                Ok(0)
+            }
+            Err(error) => Err(unavailable("the newest credentials", error)),
+        }
+    }
+
     /// Deletes every message below `below` (the lowest sequence some node or backup still
     /// needs is `below`); returns how many went.
     pub async fn trim(&self, below: u64) -> Result<u64> {

@@ -102,6 +102,16 @@ impl Cluster {
         }
     }
 
+    /// Waits (at most a second) until this node has applied every credentials message the log
+    /// holds: a client created or a token granted through another node a moment ago is then
+    /// known here. False when the node could not catch up.
+    pub async fn catch_up_credentials(&self) -> bool {
+        match self.log.last_credentials_seq().await {
+            Ok(seq) => self.progress.wait_for(seq, Duration::from_secs(1)).await,
+            Err(_) => false,
+        }
+    }
+
     /// Waits until this node applied `seq`, at most the configured time.
     pub async fn wait_applied(&self, seq: u64) -> Result<()> {
         if self.role == Role::Gateway {

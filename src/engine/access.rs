@@ -110,7 +110,17 @@ impl Engine {
         }
         let client_id = present(&request.client_id, "client_id")?;
         let secret = present(&request.client_secret, "client_secret")?;
-        let granted = self.grant(grant_type, client_id, secret, &request).await;
+        let mut granted = self.grant(grant_type, client_id, secret, &request).await;
+        // In a cluster the client (or refresh token) may come from another node a moment ago.
+        if let (Some(cluster), Err(Error::OAuth(e))) = (&self.cluster, &granted)
+            && matches!(
+                e.kind,
+                OAuthErrorKind::InvalidClient | OAuthErrorKind::InvalidGrant
+            )
+            && cluster.catch_up_credentials().await
+        {
+            granted = self.grant(grant_type, client_id, secret, &request).await;
+        }
         match &granted {
             Err(Error::OAuth(e))
                 if matches!(

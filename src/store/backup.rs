@@ -22,6 +22,28 @@ pub struct BackupReport {
     pub entries: u64,
     /// The new file's size.
     pub bytes: u64,
+    /// Cluster mode: the last stream sequence the copy holds (0 outside a cluster).
+    pub applied_seq: u64,
+}
+
+impl std::fmt::Display for BackupReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "backed up {} entries ({} bytes) to {}",
+            self.entries,
+            self.bytes,
+            self.path.display()
+        )?;
+        if self.applied_seq > 0 {
+            write!(
+                f,
+                "; it holds the cluster's stream through sequence {}",
+                self.applied_seq
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// Copies the database as of now into `destination/runledger.redb`. The destination directory
@@ -47,6 +69,11 @@ pub fn backup(store: &Store, destination: &Path) -> Result<BackupReport> {
     let _ = std::fs::remove_file(&partial);
 
     let snapshot = store.snapshot()?;
+    let applied_seq = super::batch::read_cut(
+        &snapshot.open_table(tables::META)?,
+        tables::meta::APPLIED_SEQ,
+    )?
+    .map_or(0, |seq| seq as u64);
     let entries = {
         let copy = Database::create(&partial)
             .map_err(|e| Error::Unavailable(format!("cannot create {}: {e}", partial.display())))?;
@@ -68,6 +95,7 @@ pub fn backup(store: &Store, destination: &Path) -> Result<BackupReport> {
         path: target,
         entries,
         bytes,
+        applied_seq,
     })
 }
 

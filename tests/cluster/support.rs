@@ -1,0 +1,249 @@
+//! NATS servers and runledger nodes for the cluster tests: real `nats-server` processes (one,
+//! or a cluster of three with JetStream) on free loopback ports with temp stores, and
+//! `runledger serve --nats` children.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::helpers::ChildServer;
+
+/// The `nats-server` binary, or `None` (with the reason printed) outside CI; in CI a missing
+/// server fails the test.
+pub fn nats_server() -> Option<PathBuf> {
+    let candidates = [
+        std::env::var_os("RUNLEDGER_NATS_SERVER").map(PathBuf::from),
+        Some(PathBuf::from("/usr/sbin/nats-server")),
+        Some(PathBuf::from("/usr/bin/nats-server")),
+    ];
+    if let Some(found) = candidates.into_iter().flatten().find(|p| p.is_file()) {
+        return Some(found);
+    }
+    if let Ok(output) = Command::new("which").arg("nats-server").output()
+        && output.status.success()
+    {
+        return Some(PathBuf::from(
+            String::from_utf8_lossy(&output.stdout).trim().to_string(),
+        ));
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "nats-server is missing: .ci/run installs Debian's nats-server package"
+    );
+    eprintln!("skipped: nats-server is not installed (apt-get install nats-server)");
+    None
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One NATS server process.
+pub struct Nats {
+    pub name: String,
+    pub port: u16,
+    config: PathBuf,
+    binary: PathBuf,
+    child: Option<Child>,
+}
+
+impl Nats {
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.config.with_extension("log"))
+            .unwrap();
+        let child = Command::new(&self.binary)
+            .arg("-c")
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "{} did not start", self.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `count` NATS servers with JetStream, clustered when more than one, stores under `dir`.
+pub fn start_nats(binary: &Path, dir: &Path, count: usize) -> Vec<Nats> {
+    let ports: Vec<(u16, u16)> = (0..count).map(|_| (free_port(), free_port())).collect();
+    let routes: Vec<String> = ports
+        .iter()
+        .map(|(_, route)| format!("nats-route://127.0.0.1:{route}"))
+        .collect();
+    let mut servers = Vec::new();
+    for (index, (port, route)) in ports.iter().enumerate() {
+        let name = format!("n{}", index + 1);
+        let store = dir.join(format!("{name}-js"));
+        let cluster = if count > 1 {
+            format!(
+                "cluster {{\n  name: runledger\n  listen: 127.0.0.1:{route}\n  routes: [{}]\n}}\n",
+                routes.join(", ")
+            )
+        } else {
+            String::new()
+        };
+        let config = dir.join(format!("{name}.conf"));
+        let mut file = std::fs::File::create(&config).unwrap();
+        write!(
+            file,
+            "server_name: {name}\nlisten: 127.0.0.1:{port}\nmax_payload: 8MB\njetstream {{\n  store_dir: \"{}\"\n}}\n{cluster}",
+            store.display()
+        )
+        .unwrap();
+        let mut nats = Nats {
+            name,
+            port: *port,
+            config,
+            binary: binary.to_path_buf(),
+            child: None,
+        };
+        nats.spawn();
+        servers.push(nats);
+    }
+    servers
+}
+
+pub fn urls(servers: &[Nats]) -> String {
+    servers.iter().map(Nats::url).collect::<Vec<_>>().join(",")
+}
+
+/// A master key file shared by every node.
+pub fn master_key(dir: &Path) -> PathBuf {
+    let path = dir.join("master.key");
+    let key: [u8; 32] = std::array::from_fn(|i| (i * 7 + 3) as u8);
+    use base64::Engine as _;
+    std::fs::write(&path, base64::engine::general_purpose::STANDARD.encode(key)).unwrap();
+    path
+}
+
+/// `runledger ARGS` to completion: (success, stdout, stderr).
+pub fn cli(args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_runledger"))
+        .args(args)
+        .env_remove("RUNLEDGER_MASTER_KEY")
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// `runledger cluster init`: the first client's credentials.
+pub fn init(urls: &str, key: &Path) -> serde_json::Value {
+    let (ok, out, err) = cli(&[
+        "cluster",
+        "init",
+        "--nats",
+        urls,
+        "--master-key-file",
+        key.to_str().unwrap(),
+    ]);
+    assert!(ok, "cluster init failed: {err}");
+    serde_json::from_str(out.trim()).unwrap_or_else(|_| panic!("no credentials in {out:?}"))
+}
+
+/// A runledger node (or gateway) of the cluster.
+pub fn node(data_dir: &Path, urls: &str, key: &Path, gateway: bool) -> ChildServer {
+    let mut args = vec!["--nats", urls, "--master-key-file", key.to_str().unwrap()];
+    if gateway {
+        args.extend(["--role", "gateway"]);
+    }
+    ChildServer::start_with(data_dir, &args, None)
+}
+
+/// The applied sequence a node says on `/healthz`.
+pub async fn applied(http: &reqwest::Client, node: SocketAddr) -> u64 {
+    let response = http
+        .get(format!("http://{node}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    response.headers()["x-runledger-applied-seq"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Waits until `node` has applied `seq` (a minute at most).
+pub async fn await_applied(http: &reqwest::Client, node: SocketAddr, seq: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let response = http
+            .get(format!("http://{node}/healthz"))
+            .header("x-runledger-min-seq", seq.to_string())
+            .send()
+            .await;
+        if response.is_ok_and(|r| r.status().is_success()) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{node} did not apply sequence {seq} within a minute"
+        );
+    }
+}
+
+/// A token over REST; retried while the node is starting or catching up.
+pub async fn rest_token(
+    http: &reqwest::Client,
+    node: SocketAddr,
+    credentials: &serde_json::Value,
+) -> String {
+    let response = http
+        .post(format!("http://{node}/v1/oauth/token"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", credentials["client_id"].as_str().unwrap()),
+            (
+                "client_secret",
+                credentials["client_secret"].as_str().unwrap(),
+            ),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    let body: serde_json::Value = response.json().await.unwrap();
+    body["access_token"].as_str().unwrap().to_string()
+}
