@@ -200,6 +200,26 @@ impl Log {
         })
     }
 
+    /// The name of the NATS server leading the stream's replicas, when clustered.
+    pub async fn leader(&self) -> Result<Option<String>> {
+        let mut stream = self.stream().await?;
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| unavailable("stream info", e))?;
+        Ok(info.cluster.as_ref().and_then(|c| c.leader.clone()))
+    }
+
+    /// The stream's replicas.
+    pub async fn replicas(&self) -> Result<usize> {
+        let mut stream = self.stream().await?;
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| unavailable("stream info", e))?;
+        Ok(info.config.num_replicas)
+    }
+
     /// The sequence of the newest credentials message (0: none).
     pub async fn last_credentials_seq(&self) -> Result<u64> {
         let stream = self.stream().await?;
