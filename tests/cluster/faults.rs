@@ -414,20 +414,19 @@ async fn send(
     token: &str,
     request: proto::ReportTaskRunsRequest,
 ) -> Result<u64, String> {
-    if !channels.contains_key(&target) {
-        let channel = Endpoint::from_shared(format!("http://{target}"))
-            .unwrap()
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(30))
-            .connect()
-            .await
-            .map_err(|e| e.to_string())?;
-        channels.insert(
-            target,
-            IngestClient::with_interceptor(channel, Bearer::new(token)),
-        );
-    }
-    let client = channels.get_mut(&target).unwrap();
+    let client = match channels.entry(target) {
+        std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+        std::collections::hash_map::Entry::Vacant(entry) => {
+            let channel = Endpoint::from_shared(format!("http://{target}"))
+                .unwrap()
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(Duration::from_secs(30))
+                .connect()
+                .await
+                .map_err(|e| e.to_string())?;
+            entry.insert(IngestClient::with_interceptor(channel, Bearer::new(token)))
+        }
+    };
     let response = client
         .report_task_run_batch(request)
         .await
