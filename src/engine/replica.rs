@@ -110,34 +110,34 @@ impl Engine {
                 "applying a log outside cluster mode".into(),
             ));
         };
-        let mut rest = entries.as_slice();
-        while !rest.is_empty() {
-            let take = if rest[0].is_exclusive() {
-                1
-            } else {
-                rest.iter()
-                    .position(Logged::is_exclusive)
-                    .unwrap_or(rest.len())
-            };
-            let (group, after) = rest.split_at(take);
-            rest = after;
-            let ops: Vec<WriteOp> = group
-                .iter()
-                .flat_map(|entry| entry.ops.iter().cloned())
-                .collect();
+        let mut entries = entries.into_iter().peekable();
+        while let Some(first) = entries.next() {
+            let mut group = vec![first];
+            if !group[0].is_exclusive() {
+                while let Some(entry) = entries.next_if(|entry| !entry.is_exclusive()) {
+                    group.push(entry);
+                }
+            }
             let last = group.last().expect("a group is never empty").seq;
-            let mut outcomes = self.store.apply_logged(&ops, last)?.into_iter();
+            let mut messages = Vec::with_capacity(group.len());
+            let mut ops = Vec::new();
             for entry in group {
+                messages.push((entry.id, entry.ops.len()));
+                ops.extend(entry.ops);
+            }
+            let mut outcomes = self.store.apply_logged(&ops, last)?.into_iter();
+            let mut ops = ops.iter();
+            for (id, count) in messages {
                 let mut first = None;
-                for op in &entry.ops {
+                for op in ops.by_ref().take(count) {
                     let outcome = outcomes
                         .next()
                         .unwrap_or_else(|| Err(Error::Internal("an outcome is missing".into())));
                     self.after_apply(op, &outcome);
                     first.get_or_insert(outcome);
                 }
-                if let (Some(id), Some(outcome)) = (&entry.id, first) {
-                    cluster.progress.deliver(id, outcome);
+                if let (Some(id), Some(outcome)) = (id, first) {
+                    cluster.progress.deliver(&id, outcome);
                 }
             }
             cluster.progress.advance(last);
