@@ -132,7 +132,7 @@ pub async fn run_with(
 
 /// Deletes expired tokens every hour until `stop` resolves.
 async fn purge_tokens(engine: Arc<Engine>, stop: impl Future<Output = ()>) {
-    let mut every = tokio::time::interval(PURGE_EVERY);
+    let mut every = maintenance_interval(&engine, PURGE_EVERY);
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -149,7 +149,7 @@ async fn purge_tokens(engine: Arc<Engine>, stop: impl Future<Output = ()>) {
 /// Prunes runs older than `days` whole days before today, at start and every hour, until
 /// `stop` resolves.
 async fn retain(engine: Arc<Engine>, days: u32, stop: impl Future<Output = ()>) {
-    let mut every = tokio::time::interval(RETAIN_EVERY);
+    let mut every = maintenance_interval(&engine, RETAIN_EVERY);
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -172,6 +172,17 @@ async fn retain(engine: Arc<Engine>, days: u32, stop: impl Future<Output = ()>) 
             () = &mut stop => return,
         }
     }
+}
+
+/// Ticks every `period`: at once on a single node; after a first period on a cluster node, which
+/// may be catching up with the log at start (every node publishes these steps, and they are
+/// harmless repeated).
+fn maintenance_interval(engine: &Engine, period: Duration) -> tokio::time::Interval {
+    let first = match engine.cluster() {
+        None => tokio::time::Instant::now(),
+        Some(_) => tokio::time::Instant::now() + period,
+    };
+    tokio::time::interval_at(first, period)
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

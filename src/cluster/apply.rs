@@ -20,19 +20,30 @@ use crate::error::{Error, Result};
 const MAX_GROUP: usize = 512;
 /// Bytes of messages applied in one transaction at most.
 const MAX_GROUP_BYTES: usize = 16 << 20;
+/// Pauses before following the log again after a failure: the first, and the longest.
+const FIRST_PAUSE: Duration = Duration::from_millis(250);
+const MAX_PAUSE: Duration = Duration::from_secs(10);
 
 /// Applies the stream into `engine`'s database until `stop` turns true, resuming after every
 /// failure (a NATS server gone, a full disk) from what the database holds.
 pub async fn run(engine: Arc<Engine>, cluster: Arc<Cluster>, mut stop: watch::Receiver<bool>) {
+    let mut pause = FIRST_PAUSE;
+    let mut applied = cluster.progress.applied();
     loop {
         match follow(&engine, &cluster, &mut stop).await {
             Ok(()) => return,
             Err(error) => {
-                tracing::warn!(%error, applied = cluster.progress.applied(), "applying the cluster's log stopped; resuming");
+                // Retried at once after progress, else less and less often.
+                if cluster.progress.applied() > applied {
+                    applied = cluster.progress.applied();
+                    pause = FIRST_PAUSE;
+                }
+                tracing::warn!(%error, applied, retry_in = ?pause, "applying the cluster's log stopped; resuming");
                 tokio::select! {
-                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    () = tokio::time::sleep(pause) => {}
                     _ = stop.changed() => return,
                 }
+                pause = (pause * 2).min(MAX_PAUSE);
             }
         }
     }

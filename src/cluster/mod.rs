@@ -14,8 +14,10 @@ pub mod codec;
 pub mod log;
 pub mod progress;
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::oneshot::Receiver;
 use uuid::Uuid;
 
 pub use log::{InitOutcome, Log, StreamState};
@@ -67,7 +69,14 @@ impl Cluster {
     /// Publishes a write and answers its outcome: once this node has applied it, or (on a
     /// gateway, for what it does not apply) as soon as the log acknowledged it. The write's
     /// sequence is noted for the answer's `x-runledger-seq`.
-    pub async fn write(&self, op: WriteOp) -> Result<WriteOutcome> {
+    pub async fn write(self: &Arc<Self>, op: WriteOp) -> Result<WriteOutcome> {
+        self.publish(op).await?.outcome().await
+    }
+
+    /// Publishes a write and returns once the log acknowledged it; its outcome follows (see
+    /// [`Published::outcome`]). Writes published one after another are in the log in that
+    /// order, and the next can be published while this one is being applied.
+    pub async fn publish(self: &Arc<Self>, op: WriteOp) -> Result<Published> {
         let subject = if codec::is_credential(&op) {
             log::CREDENTIALS_SUBJECT
         } else {
@@ -84,24 +93,17 @@ impl Cluster {
             }
         };
         note_written(seq);
-        let Some(waiter) = waiter else {
-            return acknowledged_only(&op);
+        let waiter = match waiter {
+            Some(waiter) => Ok(waiter),
+            None => Err(acknowledged_only(&op)),
         };
-        match tokio::time::timeout(APPLY_WAIT, waiter).await {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(_)) => Err(Error::Unavailable(format!(
-                "the write is in the cluster's log at sequence {seq}, but this node is stopping before applying it; the other nodes apply it"
-            ))),
-            Err(_) => {
-                self.progress.forget(&id);
-                Err(Error::Unavailable(format!(
-                    "the write is in the cluster's log at sequence {seq}, but this node has not applied it within {} s; it will be (read with x-runledger-min-seq: {seq})",
-                    APPLY_WAIT.as_secs()
-                )))
-            }
-        }
+        Ok(Published {
+            cluster: self.clone(),
+            id,
+            seq,
+            waiter,
+        })
     }
-
     /// Waits (at most a second) until this node has applied every credentials message the log
     /// holds: a client created or a token granted through another node a moment ago is then
     /// known here. False when the node could not catch up.
@@ -124,6 +126,38 @@ impl Cluster {
                 "x-runledger-min-seq: this node has applied the cluster's log through sequence {}, not yet {seq}; retry, or ask another node",
                 self.progress.applied()
             )))
+        }
+    }
+}
+
+/// A write in the log, its outcome to come.
+pub struct Published {
+    cluster: Arc<Cluster>,
+    id: String,
+    seq: u64,
+    waiter: std::result::Result<Receiver<Result<WriteOutcome>>, Result<WriteOutcome>>,
+}
+
+impl Published {
+    /// The outcome once this node applied the write (or the gateway's answer at once).
+    pub async fn outcome(self) -> Result<WriteOutcome> {
+        let waiter = match self.waiter {
+            Ok(waiter) => waiter,
+            Err(answer) => return answer,
+        };
+        let seq = self.seq;
+        match tokio::time::timeout(APPLY_WAIT, waiter).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(Error::Unavailable(format!(
+                "the write is in the cluster's log at sequence {seq}, but this node is stopping before applying it; the other nodes apply it"
+            ))),
+            Err(_) => {
+                self.cluster.progress.forget(&self.id);
+                Err(Error::Unavailable(format!(
+                    "the write is in the cluster's log at sequence {seq}, but this node has not applied it within {} s; it will be (read with x-runledger-min-seq: {seq})",
+                    APPLY_WAIT.as_secs()
+                )))
+            }
         }
     }
 }

@@ -164,16 +164,22 @@ impl Engine {
             }
         }
         let taken_up = taken_up(&runs);
-        if let Some(cluster) = self.cluster.clone() {
-            let op = WriteOp::Report {
-                runs,
-                at: crate::time::Timestamp::now(),
+        if let Some(cluster) = &self.cluster {
+            // Published now (in order), applied while the caller sends its next batch.
+            let published = if runs.is_empty() {
+                None
+            } else {
+                let op = WriteOp::Report {
+                    runs,
+                    at: crate::time::Timestamp::now(),
+                };
+                Some(cluster.publish(op).await?)
             };
             return Ok(futures_util::future::Either::Left(async move {
-                if matches!(&op, WriteOp::Report { runs, .. } if runs.is_empty()) {
+                let Some(published) = published else {
                     return Ok(ReportCounts::default());
-                }
-                match cluster.write(op).await? {
+                };
+                match published.outcome().await? {
                     WriteOutcome::Report(counts) => Ok(counts),
                     other => Err(unexpected(other)),
                 }

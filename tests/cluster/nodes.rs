@@ -195,3 +195,167 @@ fn a_read_with_the_writes_sequence_sees_the_write_on_another_node() {
         );
     });
 }
+
+/// Reports `count` finished runs of one task through `node`; the last write's sequence.
+async fn report_some(
+    node: std::net::SocketAddr,
+    token: &str,
+    org: &str,
+    pipeline: &str,
+    task: &str,
+    count: u32,
+) -> (u64, proto::ReportTaskRunsResponse) {
+    let mut ingest = IngestClient::with_interceptor(grpc_channel(node).await, Bearer::new(token));
+    let results = (0..count)
+        .map(|i| {
+            let mut run = finished(
+                &uuid::Uuid::new_v4().to_string(),
+                &uuid::Uuid::new_v4().to_string(),
+                pipeline,
+                task,
+                i % 4 != 0,
+                1_000 + i,
+                "2025-06-01 12:00:00",
+            );
+            run.organization_uuid = org.into();
+            run
+        })
+        .collect();
+    let response = ingest
+        .report_task_run_batch(proto::ReportTaskRunsRequest { results })
+        .await
+        .unwrap();
+    let seq = response
+        .metadata()
+        .get("x-runledger-seq")
+        .expect("a write answer carries its sequence")
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    (seq, response.into_inner())
+}
+
+#[test]
+fn trimming_keeps_what_nodes_and_the_backup_need_and_a_gateway_only_writes() {
+    let Some(binary) = support::nats_server() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let nats = support::start_nats(&binary, dir.path(), 1);
+    let urls = support::urls(&nats);
+    let key = support::master_key(dir.path());
+    let client = init(&urls, &key);
+    let org = client["organization_uuid"].as_str().unwrap().to_string();
+    let data = |name: &str| dir.path().join(name);
+    let a = node(&data("a"), &urls, &key, false);
+    let b = node(&data("b"), &urls, &key, false);
+    let gateway = node(&data("g"), &urls, &key, true);
+    let http = reqwest::Client::new();
+    let (pipeline, task) = (
+        uuid::Uuid::new_v4().to_string(),
+        uuid::Uuid::new_v4().to_string(),
+    );
+    let stats_path = format!("/v1/stats/tasks/{task}/stats/2025-01-01/2025-12-31");
+    runtime().block_on(async {
+        let token = rest_token(&http, a.http_addr, &client).await;
+        report_some(a.grpc_addr, &token, &org, &pipeline, &task, 50).await;
+
+        // A gateway takes writes (acknowledged by the log, counts unknown) and refuses reads.
+        support::await_applied(
+            &http,
+            b.http_addr,
+            support::applied(&http, a.http_addr).await,
+        )
+        .await;
+        let (seq, counts) =
+            report_some(gateway.grpc_addr, &token, &org, &pipeline, &task, 30).await;
+        assert_eq!((counts.batches, counts.inserted), (1, 0));
+        let refused = http
+            .get(format!("http://{}{stats_path}", gateway.http_addr))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 503);
+        assert!(refused.text().await.unwrap().contains("gateway"));
+        support::await_applied(&http, a.http_addr, seq).await;
+
+        // A backup of A, then more writes: trimming keeps everything after the backup.
+        let backup = data("backup");
+        let (ok, out, err) = cli(&[
+            "backup",
+            "--data-dir",
+            data("a").to_str().unwrap(),
+            backup.to_str().unwrap(),
+        ]);
+        assert!(ok, "{err}");
+        let held: u64 = out
+            .trim()
+            .rsplit(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no sequence in {out:?}"));
+        assert!(held >= seq, "{out}");
+        let (last, _) = report_some(a.grpc_addr, &token, &org, &pipeline, &task, 20).await;
+        support::await_applied(&http, b.http_addr, last).await;
+        let (ok, out, err) = cli(&[
+            "cluster",
+            "trim",
+            "--nats",
+            &urls,
+            "--node",
+            &format!("http://{}", a.http_addr),
+            "--node",
+            &format!("http://{}", b.http_addr),
+            "--backup",
+            backup.to_str().unwrap(),
+        ]);
+        assert!(ok, "{err}");
+        assert!(
+            out.contains(&format!("below sequence {}", held + 1)),
+            "{out}"
+        );
+        let (ok, out, _) = cli(&["cluster", "status", "--nats", &urls]);
+        assert!(ok);
+        let status: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(status["first_seq"], held + 1);
+
+        // A node restored from the backup catches up from the stream's tail...
+        std::fs::create_dir(data("c")).unwrap();
+        std::fs::copy(
+            backup.join(runledger::store::DATABASE_FILE),
+            data("c").join(runledger::store::DATABASE_FILE),
+        )
+        .unwrap();
+        let c = node(&data("c"), &urls, &key, false);
+        support::await_applied(&http, c.http_addr, last).await;
+        let answer = |node: std::net::SocketAddr| {
+            let request = http
+                .get(format!("http://{node}{stats_path}"))
+                .bearer_auth(&token)
+                .send();
+            async move { request.await.unwrap().text().await.unwrap() }
+        };
+        let on_a = answer(a.http_addr).await;
+        assert!(on_a.contains("\"num_of_successes\":74"), "{on_a}");
+        assert_eq!(answer(c.http_addr).await, on_a);
+
+        // ...while an empty node cannot: what it would need first was trimmed.
+        let d = node(&data("d"), &urls, &key, false);
+        let behind = http
+            .get(format!("http://{}/healthz", d.http_addr))
+            .header("x-runledger-min-seq", "1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(behind.status(), 503);
+        assert_eq!(behind.headers()["x-runledger-applied-seq"], "0");
+        drop(d);
+        let log = std::fs::read_to_string(data("d").with_extension("server.log")).unwrap();
+        assert!(
+            log.contains("no longer holds sequence 1"),
+            "the node says why it cannot catch up: {log}"
+        );
+    });
+}
