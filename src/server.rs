@@ -68,23 +68,10 @@ pub async fn run_with(
     let routes = grpc::routes(engine.clone()).await.prepare();
     let router = rest::router(engine.clone());
     let (grpc, http) = (listener(grpc_listener), listener(http_listener));
-    type Serving = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
-    let (grpc_server, http_server): (Serving, Serving) = match engine.cluster() {
+    let (grpc_server, http_server) = match engine.cluster() {
         None => (
-            Box::pin(crate::front::serve(
-                grpc,
-                routes,
-                Protocols::Http2,
-                limits,
-                stopped.clone(),
-            )),
-            Box::pin(crate::front::serve(
-                http,
-                router,
-                Protocols::Http1And2,
-                limits,
-                stopped.clone(),
-            )),
+            serving(grpc, routes, Protocols::Http2, limits, &stopped),
+            serving(http, router, Protocols::Http1And2, limits, &stopped),
         ),
         Some(cluster) => {
             tokio::spawn(crate::cluster::apply::run(
@@ -95,20 +82,8 @@ pub async fn run_with(
             let routes = Sequences::new(routes, engine.clone(), true);
             let router = Sequences::new(router, engine.clone(), false);
             (
-                Box::pin(crate::front::serve(
-                    grpc,
-                    routes,
-                    Protocols::Http2,
-                    limits,
-                    stopped.clone(),
-                )),
-                Box::pin(crate::front::serve(
-                    http,
-                    router,
-                    Protocols::Http1And2,
-                    limits,
-                    stopped.clone(),
-                )),
+                serving(grpc, routes, Protocols::Http2, limits, &stopped),
+                serving(http, router, Protocols::Http1And2, limits, &stopped),
             )
         }
     };
@@ -128,6 +103,29 @@ pub async fn run_with(
     tokio::task::spawn_blocking(move || draining.shutdown())
         .await
         .map_err(std::io::Error::other)
+}
+
+type Serving = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// One front served until `stopped` (see [`crate::front::serve`]).
+fn serving<S, B>(
+    listener: Limited,
+    service: S,
+    protocols: Protocols,
+    limits: ConnectionLimits,
+    stopped: &watch::Receiver<bool>,
+) -> Serving
+where
+    S: crate::front::FrontService<B>,
+    B: crate::front::ResponseBody,
+{
+    Box::pin(crate::front::serve(
+        listener,
+        service,
+        protocols,
+        limits,
+        stopped.clone(),
+    ))
 }
 
 /// Deletes expired tokens every hour until `stop` resolves.

@@ -7,7 +7,7 @@ use runledger::proto;
 use runledger::proto::ingest_client::IngestClient;
 
 use crate::helpers::{Bearer, finished, grpc_channel, runtime};
-use crate::support::{self, cli, init, node, rest_token};
+use crate::support::{self, cli, node, rest_token};
 
 #[test]
 fn credentials_made_or_revoked_on_one_node_hold_on_every_node() {
@@ -15,19 +15,17 @@ fn credentials_made_or_revoked_on_one_node_hold_on_every_node() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let nats = support::start_nats(&binary, dir.path(), 1);
-    let urls = support::urls(&nats);
-    let key = support::master_key(dir.path());
-    init(&urls, &key);
-    let a = node(&dir.path().join("a"), &urls, &key, false);
-    let c = node(&dir.path().join("c"), &urls, &key, false);
+    let cluster = support::one_server(&binary, dir.path());
+    let (urls, key) = (&cluster.urls, &cluster.key);
+    let a = node(&dir.path().join("a"), urls, key, false);
+    let c = node(&dir.path().join("c"), urls, key, false);
 
     // Created cluster-wide (the CLI publishes to the stream), used on node C at once.
     let (ok, out, err) = cli(&[
         "client",
         "create",
         "--nats",
-        &urls,
+        urls,
         "--master-key-file",
         key.to_str().unwrap(),
         "--scopes",
@@ -105,15 +103,13 @@ fn a_read_with_the_writes_sequence_sees_the_write_on_another_node() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let nats = support::start_nats(&binary, dir.path(), 1);
-    let urls = support::urls(&nats);
-    let key = support::master_key(dir.path());
-    let client = init(&urls, &key);
-    let a = node(&dir.path().join("a"), &urls, &key, false);
-    let b = node(&dir.path().join("b"), &urls, &key, false);
+    let cluster = support::one_server(&binary, dir.path());
+    let (urls, key, client) = (&cluster.urls, &cluster.key, &cluster.client);
+    let a = node(&dir.path().join("a"), urls, key, false);
+    let b = node(&dir.path().join("b"), urls, key, false);
     let http = reqwest::Client::new();
     runtime().block_on(async {
-        let token = rest_token(&http, a.http_addr, &client).await;
+        let token = rest_token(&http, a.http_addr, client).await;
         let org = client["organization_uuid"].as_str().unwrap();
         let mut ingest =
             IngestClient::with_interceptor(grpc_channel(a.grpc_addr).await, Bearer::new(&token));
@@ -242,15 +238,13 @@ fn trimming_keeps_what_nodes_and_the_backup_need_and_a_gateway_only_writes() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let nats = support::start_nats(&binary, dir.path(), 1);
-    let urls = support::urls(&nats);
-    let key = support::master_key(dir.path());
-    let client = init(&urls, &key);
+    let cluster = support::one_server(&binary, dir.path());
+    let (urls, key, client) = (&cluster.urls, &cluster.key, &cluster.client);
     let org = client["organization_uuid"].as_str().unwrap().to_string();
     let data = |name: &str| dir.path().join(name);
-    let a = node(&data("a"), &urls, &key, false);
-    let b = node(&data("b"), &urls, &key, false);
-    let gateway = node(&data("g"), &urls, &key, true);
+    let a = node(&data("a"), urls, key, false);
+    let b = node(&data("b"), urls, key, false);
+    let gateway = node(&data("g"), urls, key, true);
     let http = reqwest::Client::new();
     let (pipeline, task) = (
         uuid::Uuid::new_v4().to_string(),
@@ -258,7 +252,7 @@ fn trimming_keeps_what_nodes_and_the_backup_need_and_a_gateway_only_writes() {
     );
     let stats_path = format!("/v1/stats/tasks/{task}/stats/2025-01-01/2025-12-31");
     runtime().block_on(async {
-        let token = rest_token(&http, a.http_addr, &client).await;
+        let token = rest_token(&http, a.http_addr, client).await;
         report_some(a.grpc_addr, &token, &org, &pipeline, &task, 50).await;
 
         // A gateway takes writes (acknowledged by the log, counts unknown) and refuses reads.
@@ -283,27 +277,15 @@ fn trimming_keeps_what_nodes_and_the_backup_need_and_a_gateway_only_writes() {
 
         // A backup of A, then more writes: trimming keeps everything after the backup.
         let backup = data("backup");
-        let (ok, out, err) = cli(&[
-            "backup",
-            "--data-dir",
-            data("a").to_str().unwrap(),
-            backup.to_str().unwrap(),
-        ]);
-        assert!(ok, "{err}");
-        let held: u64 = out
-            .trim()
-            .rsplit(' ')
-            .next()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no sequence in {out:?}"));
-        assert!(held >= seq, "{out}");
+        let held = support::backup(&data("a"), &backup);
+        assert!(held >= seq);
         let (last, _) = report_some(a.grpc_addr, &token, &org, &pipeline, &task, 20).await;
         support::await_applied(&http, b.http_addr, last).await;
         let (ok, out, err) = cli(&[
             "cluster",
             "trim",
             "--nats",
-            &urls,
+            urls,
             "--node",
             &format!("http://{}", a.http_addr),
             "--node",
@@ -316,19 +298,14 @@ fn trimming_keeps_what_nodes_and_the_backup_need_and_a_gateway_only_writes() {
             out.contains(&format!("below sequence {}", held + 1)),
             "{out}"
         );
-        let (ok, out, _) = cli(&["cluster", "status", "--nats", &urls]);
+        let (ok, out, _) = cli(&["cluster", "status", "--nats", urls]);
         assert!(ok);
         let status: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
         assert_eq!(status["first_seq"], held + 1);
 
         // A node restored from the backup catches up from the stream's tail...
-        std::fs::create_dir(data("c")).unwrap();
-        std::fs::copy(
-            backup.join(runledger::store::DATABASE_FILE),
-            data("c").join(runledger::store::DATABASE_FILE),
-        )
-        .unwrap();
-        let c = node(&data("c"), &urls, &key, false);
+        support::restore(&backup, &data("c"));
+        let c = node(&data("c"), urls, key, false);
         support::await_applied(&http, c.http_addr, last).await;
         let answer = |node: std::net::SocketAddr| {
             let request = http
@@ -342,7 +319,7 @@ fn trimming_keeps_what_nodes_and_the_backup_need_and_a_gateway_only_writes() {
         assert_eq!(answer(c.http_addr).await, on_a);
 
         // ...while an empty node cannot: what it would need first was trimmed.
-        let d = node(&data("d"), &urls, &key, false);
+        let d = node(&data("d"), urls, key, false);
         let behind = http
             .get(format!("http://{}/healthz", d.http_addr))
             .header("x-runledger-min-seq", "1")

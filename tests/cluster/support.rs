@@ -247,3 +247,51 @@ pub async fn rest_token(
     let body: serde_json::Value = response.json().await.unwrap();
     body["access_token"].as_str().unwrap().to_string()
 }
+
+/// One NATS server with the stream made: the server, its URL, the master key file and the
+/// first client's credentials.
+pub struct OneServer {
+    pub nats: Vec<Nats>,
+    pub urls: String,
+    pub key: PathBuf,
+    pub client: serde_json::Value,
+}
+
+pub fn one_server(binary: &Path, dir: &Path) -> OneServer {
+    let nats = start_nats(binary, dir, 1);
+    let urls = urls(&nats);
+    let key = master_key(dir);
+    let client = init(&urls, &key);
+    OneServer {
+        nats,
+        urls,
+        key,
+        client,
+    }
+}
+
+/// `runledger backup` of a node's data dir into `destination`: the stream sequence it holds.
+pub fn backup(data_dir: &Path, destination: &Path) -> u64 {
+    let (ok, out, err) = cli(&[
+        "backup",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        destination.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    out.trim()
+        .strip_prefix("backed up ")
+        .and_then(|text| text.rsplit_once("holds the cluster's stream through sequence "))
+        .and_then(|(_, seq)| seq.parse().ok())
+        .unwrap_or_else(|| panic!("no stream sequence in {out:?}"))
+}
+
+/// A data dir made of a backup's database file.
+pub fn restore(backup: &Path, data_dir: &Path) {
+    std::fs::create_dir_all(data_dir).unwrap();
+    std::fs::copy(
+        backup.join(runledger::store::DATABASE_FILE),
+        data_dir.join(runledger::store::DATABASE_FILE),
+    )
+    .unwrap();
+}
