@@ -20,6 +20,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// from one IP address.
 pub struct Limited {
     listener: TcpListener,
+    /// The front, as a metric label.
+    front: &'static str,
     slots: Arc<Semaphore>,
     max: usize,
     per_peer: usize,
@@ -35,14 +37,16 @@ pub struct Counted {
     _peer: PeerSlot,
 }
 
-/// A connection's place in its peer's count.
+/// A connection's place in its peer's count (and in its front's gauge).
 struct PeerSlot {
     peers: Arc<Mutex<HashMap<IpAddr, usize>>>,
     ip: IpAddr,
+    front: &'static str,
 }
 
 impl Drop for PeerSlot {
     fn drop(&mut self) {
+        metrics::gauge!(crate::metrics::CONNECTIONS, "front" => self.front).decrement(1);
         let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(count) = peers.get_mut(&self.ip) {
             *count -= 1;
@@ -54,9 +58,11 @@ impl Drop for PeerSlot {
 }
 
 impl Limited {
-    pub fn new(listener: TcpListener, max: usize, per_peer: usize) -> Limited {
+    /// `front` names the front in metrics (`rest`, `grpc`).
+    pub fn new(listener: TcpListener, front: &'static str, max: usize, per_peer: usize) -> Limited {
         Limited {
             listener,
+            front,
             slots: Arc::new(Semaphore::new(max.max(1))),
             max: max.max(1),
             per_peer: per_peer.max(1),
@@ -105,13 +111,16 @@ impl Limited {
             return None;
         }
         *count += 1;
+        metrics::gauge!(crate::metrics::CONNECTIONS, "front" => self.front).increment(1);
         Some(PeerSlot {
             peers: self.peers.clone(),
             ip,
+            front: self.front,
         })
     }
 
     fn refused(&self, addr: SocketAddr, why: &'static str) {
+        metrics::counter!(crate::metrics::CONNECTIONS_REFUSED, "front" => self.front).increment(1);
         let now = crate::time::Timestamp::now().second();
         if self.last_warning.swap(now, Ordering::Relaxed) != now {
             tracing::warn!(%addr, max = self.max, per_peer = self.per_peer, "{why}; closing new connections");

@@ -22,6 +22,7 @@ pub mod engine;
 pub mod error;
 pub mod front;
 pub mod load;
+pub mod metrics;
 pub mod model;
 pub mod private;
 pub mod server;

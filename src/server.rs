@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::api::observed::{MetricsAccess, Observed, metrics_router};
 use crate::api::sequences::Sequences;
 use crate::api::{grpc, rest};
 use crate::connections::Limited;
@@ -48,6 +49,35 @@ pub async fn run_with(
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let fronts = Fronts {
+        limits,
+        metrics_token: None,
+    };
+    run_fronts(engine, grpc_listener, http_listener, fronts, shutdown).await
+}
+
+/// How both fronts are served.
+#[derive(Clone, Debug, Default)]
+pub struct Fronts {
+    pub limits: ConnectionLimits,
+    /// The bearer token `/metrics` asks for (without it, `/metrics` is open on a loopback
+    /// bind only).
+    pub metrics_token: Option<String>,
+}
+
+/// [`run`], with every option of the fronts.
+pub async fn run_fronts(
+    engine: Arc<Engine>,
+    grpc_listener: TcpListener,
+    http_listener: TcpListener,
+    fronts: Fronts,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let limits = fronts.limits;
+    let access = MetricsAccess {
+        token: fronts.metrics_token,
+        loopback: http_listener.local_addr()?.ip().is_loopback(),
+    };
     let (stop, stopped) = watch::channel(false);
     let closing = engine.clone();
     tokio::spawn(async move {
@@ -64,10 +94,14 @@ pub async fn run_with(
         tokio::spawn(retain(engine.clone(), days, signal(stopped.clone())));
     }
 
-    let listener = |tcp| Limited::new(tcp, limits.max_connections, limits.max_per_peer);
-    let routes = grpc::routes(engine.clone()).await.prepare();
-    let router = rest::router(engine.clone());
-    let (grpc, http) = (listener(grpc_listener), listener(http_listener));
+    let listener =
+        |tcp, front| Limited::new(tcp, front, limits.max_connections, limits.max_per_peer);
+    let routes = Observed::new(grpc::routes(engine.clone()).await.prepare());
+    let router = rest::router(engine.clone()).merge(metrics_router(engine.clone(), access));
+    let (grpc, http) = (
+        listener(grpc_listener, "grpc"),
+        listener(http_listener, "rest"),
+    );
     let (grpc_server, http_server) = match engine.cluster() {
         None => (
             serving(grpc, routes, Protocols::Http2, limits, &stopped),

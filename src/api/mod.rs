@@ -2,6 +2,7 @@
 //! Both are thin: they validate and translate, then call the engine.
 
 pub mod grpc;
+pub mod observed;
 mod openapi;
 pub mod rest;
 pub mod sequences;

@@ -69,6 +69,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
             Error::MethodNotAllowed(format!("{method} is not allowed on {}", uri.path()))
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(super::observed::track_rest))
         .with_state(engine)
 }
 

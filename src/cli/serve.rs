@@ -17,59 +17,59 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub data_dir: DataDir,
     /// Where the gRPC API listens.
-    #[arg(long, default_value = "127.0.0.1:50051")]
+    #[arg(long, env = "RUNLEDGER_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,
     /// Where the REST gateway listens.
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "RUNLEDGER_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
     /// Connections each front (gRPC, REST) holds open; past it new connections are closed.
-    #[arg(long, default_value_t = ConnectionLimits::default().max_connections)]
+    #[arg(long, env = "RUNLEDGER_MAX_CONNECTIONS", default_value_t = ConnectionLimits::default().max_connections)]
     pub max_connections: usize,
     /// Connections each front holds open from one IP address; past it that address's new
     /// connections are closed.
-    #[arg(long, default_value_t = ConnectionLimits::default().max_per_peer)]
+    #[arg(long, env = "RUNLEDGER_MAX_CONNECTIONS_PER_PEER", default_value_t = ConnectionLimits::default().max_per_peer)]
     pub max_connections_per_peer: usize,
     /// A new connection must send its first request's headers within this time.
-    #[arg(long, default_value_t = millis(ConnectionLimits::default().handshake_timeout))]
+    #[arg(long, env = "RUNLEDGER_HANDSHAKE_TIMEOUT_MS", default_value_t = millis(ConnectionLimits::default().handshake_timeout))]
     pub handshake_timeout_ms: u64,
     /// A connection with no request in flight is closed after this time.
-    #[arg(long, default_value_t = millis(ConnectionLimits::default().idle_timeout))]
+    #[arg(long, env = "RUNLEDGER_IDLE_TIMEOUT_MS", default_value_t = millis(ConnectionLimits::default().idle_timeout))]
     pub idle_timeout_ms: u64,
     /// An HTTP/1 request's headers must arrive within this time.
-    #[arg(long, default_value_t = millis(ConnectionLimits::default().header_read_timeout))]
+    #[arg(long, env = "RUNLEDGER_HEADER_READ_TIMEOUT_MS", default_value_t = millis(ConnectionLimits::default().header_read_timeout))]
     pub header_read_timeout_ms: u64,
     /// How often HTTP/2 connections are pinged; a peer that does not answer within
     /// --keepalive-timeout-ms is disconnected.
-    #[arg(long, default_value_t = millis(ConnectionLimits::default().keepalive_interval))]
+    #[arg(long, env = "RUNLEDGER_KEEPALIVE_INTERVAL_MS", default_value_t = millis(ConnectionLimits::default().keepalive_interval))]
     pub keepalive_interval_ms: u64,
-    #[arg(long, default_value_t = millis(ConnectionLimits::default().keepalive_timeout))]
+    #[arg(long, env = "RUNLEDGER_KEEPALIVE_TIMEOUT_MS", default_value_t = millis(ConnectionLimits::default().keepalive_timeout))]
     pub keepalive_timeout_ms: u64,
     /// Task runs an organization may have waiting for an executor; past it, starting a
     /// pipeline gets 429 / RESOURCE_EXHAUSTED.
-    #[arg(long, default_value_t = crate::engine::DEFAULT_MAX_PENDING_RUNS)]
+    #[arg(long, env = "RUNLEDGER_MAX_PENDING_RUNS", default_value_t = crate::engine::DEFAULT_MAX_PENDING_RUNS)]
     pub max_pending_runs: usize,
     /// Report batches (and other writes) that may wait for the disk; past it, and past
     /// --write-queue-mib, writers wait up to 2 s and then get RESOURCE_EXHAUSTED / 429.
-    #[arg(long, default_value_t = crate::store::StoreOptions::default().write_queue)]
+    #[arg(long, env = "RUNLEDGER_WRITE_QUEUE", default_value_t = crate::store::StoreOptions::default().write_queue)]
     pub write_queue: usize,
     /// How long a write waits for room in a full queue before it is refused.
-    #[arg(long, default_value_t = crate::store::StoreOptions::default().queue_wait.as_millis() as u64)]
+    #[arg(long, env = "RUNLEDGER_QUEUE_WAIT_MS", default_value_t = crate::store::StoreOptions::default().queue_wait.as_millis() as u64)]
     pub queue_wait_ms: u64,
     /// MiB the waiting writes may hold between them.
-    #[arg(long, default_value_t = crate::store::StoreOptions::default().write_queue_bytes >> 20)]
+    #[arg(long, env = "RUNLEDGER_WRITE_QUEUE_MIB", default_value_t = crate::store::StoreOptions::default().write_queue_bytes >> 20)]
     pub write_queue_mib: usize,
     /// MiB of page cache: the pages that ingest touches (the newest UUID-index period, each
     /// pipeline's newest run-log leaf, its rollups) and the hot ones queries read. Filled as
     /// pages are read, so memory grows to it only with use.
-    #[arg(long, default_value_t = crate::store::StoreOptions::default().cache_bytes >> 20)]
+    #[arg(long, env = "RUNLEDGER_CACHE_MIB", default_value_t = crate::store::StoreOptions::default().cache_bytes >> 20)]
     pub cache_mib: usize,
     /// Serve reads only (a restored backup, a read-only volume); writes get UNAVAILABLE / 503.
-    #[arg(long)]
+    #[arg(long, env = "RUNLEDGER_READ_ONLY")]
     pub read_only: bool,
     /// Keep task runs, pipeline runs and logs of the last N whole days and today (UTC); older
     /// ones are pruned in the background (at start, then hourly). Day and coarser rollups are
     /// kept for ever; reports older than the cut are refused.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=3_650_000))]
+    #[arg(long, env = "RUNLEDGER_KEEP_RUNS_DAYS", value_parser = clap::value_parser!(u32).range(1..=3_650_000))]
     pub keep_runs_days: Option<u32>,
     /// Cluster mode: NATS server URLs, comma-separated. Writes go through the cluster's
     /// stream (`runledger cluster init` creates it); this node applies it into --data-dir.
@@ -77,7 +77,13 @@ pub struct ServeArgs {
     pub nats: Option<String>,
     /// Cluster mode: `node` applies the stream and serves reads; `gateway` accepts writes only
     /// and needs no data dir.
-    #[arg(long, value_enum, default_value = "node", requires = "nats")]
+    #[arg(
+        long,
+        env = "RUNLEDGER_ROLE",
+        value_enum,
+        default_value = "node",
+        requires = "nats"
+    )]
     pub role: crate::cluster::Role,
     /// Cluster mode: a file holding the master key every node shares (or set
     /// RUNLEDGER_MASTER_KEY).
@@ -85,11 +91,17 @@ pub struct ServeArgs {
     pub master_key_file: Option<std::path::PathBuf>,
     /// Cluster mode: how long a request with x-runledger-min-seq waits for this node to apply
     /// that sequence before 503 / UNAVAILABLE.
-    #[arg(long, default_value_t = millis(crate::cluster::DEFAULT_MIN_SEQ_WAIT))]
+    #[arg(long, env = "RUNLEDGER_MIN_SEQ_WAIT_MS", default_value_t = millis(crate::cluster::DEFAULT_MIN_SEQ_WAIT))]
     pub min_seq_wait_ms: u64,
+    /// The bearer token `GET /metrics` asks for. Without it, `/metrics` is served without
+    /// credentials on a loopback --http-addr only.
+    #[arg(long, env = "RUNLEDGER_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
 }
 
 pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
+    // Before anything is recorded (the first start's client, the cluster's catch-up).
+    crate::metrics::install();
     let options = crate::store::StoreOptions {
         read_only: args.read_only,
         write_queue: args.write_queue.max(1),
@@ -168,8 +180,13 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
         println!("runledger serving grpc={grpc_addr} http={http_addr}");
         use std::io::Write as _;
         let _ = std::io::stdout().flush();
+        let fronts = crate::server::Fronts {
+            limits,
+            metrics_token: args.metrics_token.clone(),
+        };
         let served =
-            crate::server::run_with(engine, grpc, http, limits, crate::server::termination()).await;
+            crate::server::run_fronts(engine, grpc, http, fronts, crate::server::termination())
+                .await;
         if let Some(admin) = admin {
             admin.abort();
             let _ = std::fs::remove_file(crate::admin::socket_path(data_dir));

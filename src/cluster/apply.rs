@@ -97,10 +97,11 @@ async fn follow(
         }
         let mut entries = Vec::with_capacity(group.len());
         for message in group {
-            let seq = message
+            let info = message
                 .info()
-                .map_err(|e| consumer_error("a message without its sequence", e))?
-                .stream_sequence;
+                .map_err(|e| consumer_error("a message without its sequence", e))?;
+            let seq = info.stream_sequence;
+            metrics::gauge!(crate::metrics::STREAM_SEQ).set((seq + info.pending) as f64);
             let id = message
                 .headers
                 .as_ref()

@@ -43,6 +43,7 @@ impl Progress {
 
     /// Announces that everything through `seq` is applied (and durable).
     pub fn advance(&self, seq: u64) {
+        metrics::gauge!(crate::metrics::APPLIED_SEQ).set(seq as f64);
         self.applied.send_if_modified(|applied| {
             let moved = seq > *applied;
             *applied = (*applied).max(seq);

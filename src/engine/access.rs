@@ -121,6 +121,12 @@ impl Engine {
         {
             granted = self.grant(grant_type, client_id, secret, &request).await;
         }
+        let outcome = if granted.is_ok() {
+            "granted"
+        } else {
+            "refused"
+        };
+        metrics::counter!(crate::metrics::TOKEN_REQUESTS, "outcome" => outcome).increment(1);
         match &granted {
             Err(Error::OAuth(e))
                 if matches!(

@@ -364,8 +364,21 @@ fn apply_batch(
     ops: &[WriteOp],
     through: Option<u64>,
 ) -> Result<Vec<Result<WriteOutcome>>> {
-    let mut filters = filters.lock().unwrap_or_else(|e| e.into_inner());
     let started = std::time::Instant::now();
+    let outcomes = apply_batch_timed(db, cache, filters, ops, through, started);
+    crate::metrics::record_transaction(ops, &outcomes, started.elapsed());
+    outcomes
+}
+
+fn apply_batch_timed(
+    db: &Database,
+    cache: &EntityCache,
+    filters: &Mutex<Filters>,
+    ops: &[WriteOp],
+    through: Option<u64>,
+    started: std::time::Instant,
+) -> Result<Vec<Result<WriteOutcome>>> {
+    let mut filters = filters.lock().unwrap_or_else(|e| e.into_inner());
     let txn = db.begin_write()?;
     let mut outcomes = Vec::with_capacity(ops.len());
     let (created, applied, finished) = {

@@ -29,7 +29,25 @@ type Reply = oneshot::Sender<Result<WriteOutcome>>;
 struct Queued {
     op: WriteOp,
     reply: Reply,
-    _room: OwnedSemaphorePermit,
+    _room: Room,
+}
+
+/// A queued write's share of the queue (and of its gauges), given back when dropped.
+struct Room(OwnedSemaphorePermit);
+
+impl Room {
+    fn new(permit: OwnedSemaphorePermit) -> Room {
+        metrics::gauge!(crate::metrics::QUEUE_DEPTH).increment(1);
+        metrics::gauge!(crate::metrics::QUEUE_BYTES).increment(permit.num_permits() as f64);
+        Room(permit)
+    }
+}
+
+impl Drop for Room {
+    fn drop(&mut self) {
+        metrics::gauge!(crate::metrics::QUEUE_DEPTH).decrement(1);
+        metrics::gauge!(crate::metrics::QUEUE_BYTES).decrement(self.0.num_permits() as f64);
+    }
 }
 
 /// A handle to the writer thread.
@@ -107,7 +125,7 @@ impl Writer {
         let queued = Queued {
             op,
             reply,
-            _room: room,
+            _room: Room::new(room),
         };
         let waiting = match sender.try_send(queued) {
             Ok(()) => return Ok(pending),
@@ -123,6 +141,12 @@ impl Writer {
     }
 
     fn overloaded(&self) -> Error {
+        let error = self.overloaded_now();
+        crate::metrics::record_refused(&error);
+        error
+    }
+
+    fn overloaded_now(&self) -> Error {
         let sender = self.sender.read().expect("never poisoned");
         let queued = sender
             .as_ref()

@@ -5,6 +5,7 @@ mod crash;
 mod flood;
 mod grpc;
 mod helpers;
+mod metrics;
 mod operations;
 mod rest;
 mod security;

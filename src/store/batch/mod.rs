@@ -119,6 +119,22 @@ impl WriteOp {
         matches!(self, WriteOp::Prune { .. })
     }
 
+    /// The operation's kind, as a metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            WriteOp::Report { .. } => "report",
+            WriteOp::Register(_) => "register",
+            WriteOp::StartPipelineRun { .. } => "start_pipeline_run",
+            WriteOp::CreateOrganization { .. } => "create_organization",
+            WriteOp::CreateClient { .. } => "create_client",
+            WriteOp::RevokeClient { .. } => "revoke_client",
+            WriteOp::IssueTokens(_) => "issue_tokens",
+            WriteOp::PurgeTokens { .. } => "purge_tokens",
+            WriteOp::Restore { .. } => "restore",
+            WriteOp::Prune { .. } => "prune",
+        }
+    }
+
     /// What the operation is, in a few words, for messages.
     pub fn name(&self) -> &'static str {
         match self {
