@@ -42,11 +42,10 @@ fn parse(text: &str) -> HashMap<String, f64> {
                 let labels = labels.strip_suffix('}').unwrap_or_else(|| panic!("{line}"));
                 let mut pairs: Vec<String> = split_labels(labels)
                     .into_iter()
-                    .map(|pair| {
+                    .inspect(|pair| {
                         let (key, value) = pair.split_once('=').unwrap_or_else(|| panic!("{line}"));
                         assert!(valid_name(key), "{line}");
                         assert!(value.starts_with('"') && value.ends_with('"'), "{line}");
-                        pair
                     })
                     .collect();
                 pairs.sort();
