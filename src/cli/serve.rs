@@ -229,6 +229,7 @@ struct Scratch(std::path::PathBuf);
 
 impl Scratch {
     fn new() -> Result<Scratch, String> {
+        Scratch::remove_stale();
         let path = std::env::temp_dir().join(format!(
             "runledger-gateway-{}-{}",
             std::process::id(),
@@ -237,6 +238,30 @@ impl Scratch {
         crate::private::create_dir(&path)
             .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
         Ok(Scratch(path))
+    }
+}
+
+impl Scratch {
+    /// Removes the scratch dirs of gateways that were killed (their process is gone).
+    fn remove_stale() {
+        let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .and_then(|name| name.strip_prefix("runledger-gateway-"))
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|pid| pid.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let alive = std::path::Path::new(&format!("/proc/{pid}")).exists();
+            if cfg!(target_os = "linux") && !alive {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
     }
 }
 

@@ -321,7 +321,7 @@ fn the_cluster_survives_killed_servers_and_a_wiped_node_and_agrees_with_one_node
         assert!(ok, "verify of node {name}: {out}{err}");
     }
     assert_eq!(digests.len(), 1, "{digests:?}");
-    drop(gateway);
+    assert!(gateway.stop());
     drop(nats);
 }
 

@@ -334,5 +334,16 @@ fn trimming_keeps_what_nodes_and_the_backup_need_and_a_gateway_only_writes() {
             log.contains("no longer holds sequence 1"),
             "the node says why it cannot catch up: {log}"
         );
+        // Stopped cleanly, a gateway leaves no scratch directory behind.
+        let scratch = |pid: u32| {
+            std::fs::read_dir(std::env::temp_dir())
+                .unwrap()
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(&format!("runledger-gateway-{pid}-")))
+        };
+        let pid = gateway.child.id();
+        assert!(scratch(pid));
+        assert!(gateway.stop());
+        assert!(!scratch(pid));
     });
 }
