@@ -55,6 +55,9 @@ pub fn router(engine: Arc<Engine>) -> Router {
     ];
     let mut router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/ui", get(super::dashboard::index))
+        .route("/ui/", get(super::dashboard::index))
+        .route("/ui/{*asset}", get(super::dashboard::asset))
         .route("/v1/openapi.json", get(openapi));
     for (path, method_router) in routes {
         router = router

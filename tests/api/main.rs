@@ -2,6 +2,7 @@
 //! One binary (modules below) so the crate links once.
 
 mod crash;
+mod dashboard;
 mod flood;
 mod grpc;
 mod helpers;

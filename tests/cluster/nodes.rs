@@ -339,7 +339,11 @@ fn trimming_keeps_what_nodes_and_the_backup_need_and_a_gateway_only_writes() {
             std::fs::read_dir(std::env::temp_dir())
                 .unwrap()
                 .flatten()
-                .any(|e| e.file_name().to_string_lossy().starts_with(&format!("runledger-gateway-{pid}-")))
+                .any(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with(&format!("runledger-gateway-{pid}-"))
+                })
         };
         let pid = gateway.child.id();
         assert!(scratch(pid));
