@@ -1,9 +1,10 @@
 //! The `runledger` command: parses the command line and hands it to the library.
 
-use clap::Parser;
-
 fn main() -> std::process::ExitCode {
-    runledger::cli::main(runledger::cli::Cli::parse())
+    match runledger::cli::config::parse(std::env::args_os().collect()) {
+        Ok(cli) => runledger::cli::main(cli),
+        Err(error) => error.exit(),
+    }
 }
 
 /// mimalloc: ingest and request handling make many small allocations, and it serves them

@@ -5,6 +5,7 @@ mod backup;
 mod bench;
 pub mod client;
 pub mod cluster;
+pub mod config;
 mod demo;
 mod generate;
 pub mod import;
@@ -112,7 +113,10 @@ impl DataDir {
 
 /// Runs a parsed command line.
 pub fn main(cli: Cli) -> ExitCode {
-    init_logging();
+    init_logging(match &cli.command {
+        Command::Serve(args) => args.log_format,
+        _ => LogFormat::Text,
+    });
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Import(args) => import::run(args),
@@ -138,15 +142,26 @@ pub fn main(cli: Cli) -> ExitCode {
     }
 }
 
-fn init_logging() {
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("RUNLEDGER_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
 }
 
 /// Repacks the data dir's file after a bulk change (import, prune) and says what it saved.

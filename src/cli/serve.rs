@@ -14,6 +14,10 @@ fn millis(duration: Duration) -> u64 {
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
+    /// Read settings from this TOML file (keys are these flags' names); flags and environment
+    /// variables beat it.
+    #[arg(long, env = "RUNLEDGER_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub data_dir: DataDir,
     /// Where the gRPC API listens.
@@ -97,6 +101,9 @@ pub struct ServeArgs {
     /// credentials on a loopback --http-addr only.
     #[arg(long, env = "RUNLEDGER_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
+    /// Log lines on stderr as text, or as one JSON object per line for log shippers.
+    #[arg(long, env = "RUNLEDGER_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: super::LogFormat,
 }
 
 pub fn run(args: ServeArgs) -> Result<ExitCode, String> {

@@ -197,6 +197,16 @@ impl ChildServer {
     /// Starts `runledger serve ARGS...`, with the data file unable to grow past `max_file_kib`
     /// when given (a full disk, as the server sees it: writes fail with EFBIG).
     pub fn start_with(data_dir: &Path, args: &[&str], max_file_kib: Option<u64>) -> ChildServer {
+        ChildServer::start_full(data_dir, args, max_file_kib, &[])
+    }
+
+    /// [`ChildServer::start_with`], with environment variables set for the server.
+    pub fn start_full(
+        data_dir: &Path,
+        args: &[&str],
+        max_file_kib: Option<u64>,
+        env: &[(&str, &str)],
+    ) -> ChildServer {
         // Beside the data dir, which the server creates itself (owner-only).
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -226,6 +236,7 @@ impl ChildServer {
             ])
             .arg(data_dir)
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
