@@ -127,11 +127,14 @@ const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Serves `service` on `listener` until `stop` turns true; then stops accepting, asks every
 /// connection to close gracefully, and returns once all have closed.
+/// With `tls`, every connection first completes a TLS handshake (within the handshake timeout)
+/// or is closed: the front speaks TLS only.
 pub async fn serve<S, B>(
     listener: Limited,
     service: S,
     protocols: Protocols,
     limits: ConnectionLimits,
+    tls: Option<Arc<crate::tls::Tls>>,
     mut stop: watch::Receiver<bool>,
 ) where
     S: FrontService<B>,
@@ -150,15 +153,20 @@ pub async fn serve<S, B>(
             limits,
             stop: stop.clone(),
         };
-        let (builder, service) = (builder.clone(), service.clone());
+        let (builder, service, tls) = (builder.clone(), service.clone(), tls.clone());
         tokio::spawn(async move {
-            match protocols {
-                Protocols::Http1And2 => {
-                    connection
-                        .run(&builder, JsonParseErrors::new(io), service)
-                        .await;
-                }
-                Protocols::Http2 => connection.run(&builder, io, service).await,
+            let Some(tls) = tls else {
+                return connection.start(&builder, protocols, io, service).await;
+            };
+            let front = match protocols {
+                Protocols::Http1And2 => crate::tls::Front::Rest,
+                Protocols::Http2 => crate::tls::Front::Grpc,
+            };
+            let handshake = tls.acceptor(front).accept(io);
+            match tokio::time::timeout(limits.handshake_timeout, handshake).await {
+                Ok(Ok(stream)) => connection.start(&builder, protocols, stream, service).await,
+                Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "no TLS handshake within the handshake timeout"),
             }
         });
     }
@@ -196,6 +204,24 @@ struct Connection {
 }
 
 impl Connection {
+    /// Serves the connection with the front's protocols.
+    async fn start<I, S, B>(
+        self,
+        builder: &hyper_util::server::conn::auto::Builder<TokioExecutor>,
+        protocols: Protocols,
+        io: I,
+        service: S,
+    ) where
+        I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+        S: FrontService<B>,
+        B: ResponseBody,
+    {
+        match protocols {
+            Protocols::Http1And2 => self.run(builder, JsonParseErrors::new(io), service).await,
+            Protocols::Http2 => self.run(builder, io, service).await,
+        }
+    }
+
     async fn run<I, S, B>(
         mut self,
         builder: &hyper_util::server::conn::auto::Builder<TokioExecutor>,

@@ -28,6 +28,7 @@ pub mod private;
 pub mod server;
 pub mod store;
 pub mod time;
+pub mod tls;
 pub mod workload;
 
 /// The gRPC API generated from `proto/runledger/v1/runledger.proto`.

@@ -52,6 +52,7 @@ pub async fn run_with(
     let fronts = Fronts {
         limits,
         metrics_token: None,
+        tls: None,
     };
     run_fronts(engine, grpc_listener, http_listener, fronts, shutdown).await
 }
@@ -63,6 +64,8 @@ pub struct Fronts {
     /// The bearer token `/metrics` asks for (without it, `/metrics` is open on a loopback
     /// bind only).
     pub metrics_token: Option<String>,
+    /// TLS on both fronts (only TLS when set).
+    pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
 /// [`run`], with every option of the fronts.
@@ -73,7 +76,7 @@ pub async fn run_fronts(
     fronts: Fronts,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let limits = fronts.limits;
+    let (limits, tls) = (fronts.limits, fronts.tls);
     let access = MetricsAccess {
         token: fronts.metrics_token,
         loopback: http_listener.local_addr()?.ip().is_loopback(),
@@ -104,8 +107,8 @@ pub async fn run_fronts(
     );
     let (grpc_server, http_server) = match engine.cluster() {
         None => (
-            serving(grpc, routes, Protocols::Http2, limits, &stopped),
-            serving(http, router, Protocols::Http1And2, limits, &stopped),
+            serving(grpc, routes, Protocols::Http2, limits, &tls, &stopped),
+            serving(http, router, Protocols::Http1And2, limits, &tls, &stopped),
         ),
         Some(cluster) => {
             tokio::spawn(crate::cluster::apply::run(
@@ -116,8 +119,8 @@ pub async fn run_fronts(
             let routes = Sequences::new(routes, engine.clone(), true);
             let router = Sequences::new(router, engine.clone(), false);
             (
-                serving(grpc, routes, Protocols::Http2, limits, &stopped),
-                serving(http, router, Protocols::Http1And2, limits, &stopped),
+                serving(grpc, routes, Protocols::Http2, limits, &tls, &stopped),
+                serving(http, router, Protocols::Http1And2, limits, &tls, &stopped),
             )
         }
     };
@@ -147,6 +150,7 @@ fn serving<S, B>(
     service: S,
     protocols: Protocols,
     limits: ConnectionLimits,
+    tls: &Option<Arc<crate::tls::Tls>>,
     stopped: &watch::Receiver<bool>,
 ) -> Serving
 where
@@ -158,6 +162,7 @@ where
         service,
         protocols,
         limits,
+        tls.clone(),
         stopped.clone(),
     ))
 }

@@ -101,6 +101,13 @@ pub struct ServeArgs {
     /// credentials on a loopback --http-addr only.
     #[arg(long, env = "RUNLEDGER_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
+    /// Serve both fronts over TLS only, with this certificate chain (PEM); reloaded with the
+    /// key on SIGHUP.
+    #[arg(long, env = "RUNLEDGER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The TLS private key (PEM).
+    #[arg(long, env = "RUNLEDGER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
     /// Log lines on stderr as text, or as one JSON object per line for log shippers.
     #[arg(long, env = "RUNLEDGER_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: super::LogFormat,
@@ -115,6 +122,10 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
         write_queue_bytes: args.write_queue_mib.max(1) << 20,
         queue_wait: std::time::Duration::from_millis(args.queue_wait_ms),
         cache_bytes: args.cache_mib.max(1) << 20,
+    };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::Tls::load(cert, key)?),
+        _ => None,
     };
     let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("cannot start: {e}"))?;
     // A gateway keeps only the credentials it applies, in a scratch directory of its own.
@@ -184,12 +195,17 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
         // The admin socket is ready before the line below says the server is.
         let admin = admin_channel(&engine, data_dir);
         // One stable line on stdout for scripts (and tests) that start a server on port 0.
-        println!("runledger serving grpc={grpc_addr} http={http_addr}");
+        let scheme = if tls.is_some() { " tls" } else { "" };
+        println!("runledger serving grpc={grpc_addr} http={http_addr}{scheme}");
         use std::io::Write as _;
         let _ = std::io::stdout().flush();
+        if let Some(tls) = &tls {
+            crate::tls::reload_on_hangup(tls.clone());
+        }
         let fronts = crate::server::Fronts {
             limits,
             metrics_token: args.metrics_token.clone(),
+            tls,
         };
         let served =
             crate::server::run_fronts(engine, grpc, http, fronts, crate::server::termination())

@@ -11,4 +11,5 @@ mod metrics;
 mod operations;
 mod rest;
 mod security;
+mod tls;
 mod upgrade;
