@@ -4,11 +4,11 @@
 //! reason; the import goes on.
 
 use std::borrow::Cow;
-use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
+use std::io::{BufRead, BufReader, IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use base64::Engine as _;
 use serde::Deserialize;
@@ -68,7 +68,7 @@ pub fn run(args: ImportArgs) -> Result<ExitCode, String> {
     }
     let engine = args.data_dir.engine_with_cache(IMPORT_CACHE_BYTES)?;
     let started = Instant::now();
-    let mut progress = Progress::new(std::io::stderr().is_terminal());
+    let mut progress = super::progress::Progress::new(std::io::stderr().is_terminal());
     let summary = import_files(&engine, &args.files, &mut progress)?;
     progress.clear();
     let seconds = started.elapsed().as_secs_f64();
@@ -416,67 +416,6 @@ pub fn parse_line(line: &str) -> Result<TaskRun, String> {
     run.validate()
         .map_err(|(field, reason)| format!("{field}: {reason}"))?;
     Ok(run)
-}
-
-impl ImportSink for Progress {
-    fn rejected(&mut self, line: String) {
-        self.clear();
-        eprintln!("{line}");
-    }
-
-    fn progress(&mut self, file: &str, offset: u64, size: Option<u64>, summary: &ImportSummary) {
-        self.show(file, offset, size, summary);
-    }
-}
-
-/// A progress line on a terminal (silent otherwise); rejected lines go to standard error.
-pub struct Progress {
-    enabled: bool,
-    started: Instant,
-    last: Option<Instant>,
-    shown: bool,
-}
-
-impl Progress {
-    pub fn new(enabled: bool) -> Progress {
-        Progress {
-            enabled,
-            started: Instant::now(),
-            last: None,
-            shown: false,
-        }
-    }
-
-    fn show(&mut self, name: &str, offset: u64, size: Option<u64>, summary: &ImportSummary) {
-        if !self.enabled
-            || self
-                .last
-                .is_some_and(|at| at.elapsed() < Duration::from_millis(200))
-        {
-            return;
-        }
-        self.last = Some(Instant::now());
-        let rate = summary.lines as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
-        let share = match size {
-            Some(size) if size > 0 => format!(" {:>3}%", offset * 100 / size),
-            _ => String::new(),
-        };
-        let mut err = std::io::stderr().lock();
-        let _ = write!(
-            err,
-            "\r\x1b[2Kimporting {name}{share}: {} lines, {} rejected, {rate:.0} lines/s",
-            summary.lines, summary.rejected
-        );
-        let _ = err.flush();
-        self.shown = true;
-    }
-
-    fn clear(&mut self) {
-        if self.shown {
-            eprint!("\r\x1b[2K");
-            self.shown = false;
-        }
-    }
 }
 
 #[cfg(test)]

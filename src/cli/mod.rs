@@ -12,6 +12,7 @@ pub mod import;
 mod import_stream;
 mod info;
 mod keys;
+mod progress;
 mod prune;
 mod serve;
 mod upgrade;
