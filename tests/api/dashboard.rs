@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::helpers::{ChildServer, run_cli, runtime};
+use crate::helpers::{ChildServer, rest_token, run_cli, runtime};
 
 fn chromium() -> Option<PathBuf> {
     let candidates = [
@@ -94,24 +94,7 @@ fn the_dashboard_shows_what_the_api_answers() {
     let profile = |name: &str| dir.path().join(format!("profile-{name}"));
 
     runtime().block_on(async {
-        let token: serde_json::Value = http
-            .post(format!("{base}/v1/oauth/token"))
-            .form(&[
-                ("grant_type", "client_credentials"),
-                ("client_id", credentials["client_id"].as_str().unwrap()),
-                (
-                    "client_secret",
-                    credentials["client_secret"].as_str().unwrap(),
-                ),
-                ("scope", "stats:read"),
-            ])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let token = token["access_token"].as_str().unwrap().to_string();
+        let token = rest_token(&http, server.http_addr, &credentials, Some("stats:read")).await;
         let get = |path: String| {
             let request = http.get(format!("{base}{path}")).bearer_auth(&token).send();
             async move {

@@ -300,20 +300,52 @@ impl Drop for ChildServer {
     }
 }
 
-/// An access token from a server's gRPC Auth service.
-pub async fn grpc_token(addr: SocketAddr, credentials: &serde_json::Value) -> String {
-    let mut auth = proto::auth_client::AuthClient::new(grpc_channel(addr).await);
-    auth.issue_token(proto::IssueTokenRequest {
+/// A client-credentials token request for `credentials` (as `client create` prints them).
+pub fn token_request(credentials: &serde_json::Value) -> proto::IssueTokenRequest {
+    proto::IssueTokenRequest {
         grant_type: "client_credentials".into(),
         client_id: credentials["client_id"].as_str().unwrap().into(),
         client_secret: credentials["client_secret"].as_str().unwrap().into(),
         scope: String::new(),
         refresh_token: String::new(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .access_token
+    }
+}
+
+/// An access token for `credentials` over REST (`scope` narrows it).
+pub async fn rest_token(
+    http: &reqwest::Client,
+    server: SocketAddr,
+    credentials: &serde_json::Value,
+    scope: Option<&str>,
+) -> String {
+    let mut form = vec![
+        ("grant_type", "client_credentials"),
+        ("client_id", credentials["client_id"].as_str().unwrap()),
+        (
+            "client_secret",
+            credentials["client_secret"].as_str().unwrap(),
+        ),
+    ];
+    form.extend(scope.map(|scope| ("scope", scope)));
+    let response = http
+        .post(format!("http://{server}/v1/oauth/token"))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    let body: serde_json::Value = response.json().await.unwrap();
+    body["access_token"].as_str().unwrap().to_string()
+}
+
+/// An access token from a server's gRPC Auth service.
+pub async fn grpc_token(addr: SocketAddr, credentials: &serde_json::Value) -> String {
+    let mut auth = proto::auth_client::AuthClient::new(grpc_channel(addr).await);
+    auth.issue_token(token_request(credentials))
+        .await
+        .unwrap()
+        .into_inner()
+        .access_token
 }
 
 /// The newest `limit` log entries (0: all) a server holds for `pipeline`, over all time.

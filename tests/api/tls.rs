@@ -12,7 +12,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
-use crate::helpers::{ChildServer, runtime};
+use crate::helpers::{ChildServer, runtime, token_request};
 
 /// A self-signed pair for `localhost` written to `dir`; the certificate's PEM.
 fn self_signed(dir: &Path) -> String {
@@ -114,16 +114,7 @@ fn both_fronts_speak_tls_only_and_reload_on_sighup() {
             .await
             .unwrap();
         let mut auth = proto::auth_client::AuthClient::new(channel);
-        let granted = auth
-            .issue_token(proto::IssueTokenRequest {
-                grant_type: "client_credentials".into(),
-                client_id: credentials["client_id"].as_str().unwrap().into(),
-                client_secret: credentials["client_secret"].as_str().unwrap().into(),
-                scope: String::new(),
-                refresh_token: String::new(),
-            })
-            .await
-            .unwrap();
+        let granted = auth.issue_token(token_request(&credentials)).await.unwrap();
         assert!(!granted.into_inner().access_token.is_empty());
 
         // Verification is on: a client that does not trust this certificate is refused.

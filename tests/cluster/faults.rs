@@ -21,8 +21,9 @@ use runledger::proto::ingest_client::IngestClient;
 use runledger::workload::{Realistic, to_json_line};
 use tonic::transport::Endpoint;
 
+use crate::helpers::rest_token;
 use crate::helpers::{Bearer, ChildServer, logged_entries, runtime};
-use crate::support::{self, await_applied, cli, init, node, rest_token};
+use crate::support::{self, await_applied, cli, init, node};
 
 const BATCH: usize = 100;
 
@@ -104,7 +105,7 @@ fn the_cluster_survives_killed_servers_and_a_wiped_node_and_agrees_with_one_node
     let tokens: Vec<String> = rt.block_on(async {
         let mut tokens = Vec::new();
         for client in &clients {
-            tokens.push(rest_token(&http, a.http_addr, client).await);
+            tokens.push(rest_token(&http, a.http_addr, client, None).await);
         }
         let granted = support::applied(&http, a.http_addr).await;
         for node in [&b, &c] {
@@ -243,7 +244,7 @@ fn the_cluster_survives_killed_servers_and_a_wiped_node_and_agrees_with_one_node
         let mut compared = 0;
         for (index, org) in orgs.iter().enumerate() {
             let reference_token =
-                rest_token(&http, reference.http_addr, &reference_clients[index]).await;
+                rest_token(&http, reference.http_addr, &reference_clients[index], None).await;
             let token = &tokens[index];
             for pipeline in catalog.iter().filter(|p| p.organization == *org) {
                 let mut questions = vec![("pipelines", pipeline.id.0)];

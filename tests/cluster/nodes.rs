@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 use runledger::proto;
 use runledger::proto::ingest_client::IngestClient;
 
+use crate::helpers::rest_token;
 use crate::helpers::{Bearer, finished, grpc_channel, runtime};
-use crate::support::{self, cli, node, rest_token};
+use crate::support::{self, cli, node};
 
 #[test]
 fn credentials_made_or_revoked_on_one_node_hold_on_every_node() {
@@ -35,8 +36,8 @@ fn credentials_made_or_revoked_on_one_node_hold_on_every_node() {
     let client: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     let http = reqwest::Client::new();
     runtime().block_on(async {
-        let on_c = rest_token(&http, c.http_addr, &client).await;
-        let on_a = rest_token(&http, a.http_addr, &client).await;
+        let on_c = rest_token(&http, c.http_addr, &client, None).await;
+        let on_a = rest_token(&http, a.http_addr, &client, None).await;
         // A token granted on C works on A once A has applied the grant (the grant's sequence).
         let overview = |node: std::net::SocketAddr, token: &str, min_seq: Option<u64>| {
             let mut request = http
@@ -109,7 +110,7 @@ fn a_read_with_the_writes_sequence_sees_the_write_on_another_node() {
     let b = node(&dir.path().join("b"), urls, key, false);
     let http = reqwest::Client::new();
     runtime().block_on(async {
-        let token = rest_token(&http, a.http_addr, client).await;
+        let token = rest_token(&http, a.http_addr, client, None).await;
         let org = client["organization_uuid"].as_str().unwrap();
         let mut ingest =
             IngestClient::with_interceptor(grpc_channel(a.grpc_addr).await, Bearer::new(&token));
@@ -252,7 +253,7 @@ fn trimming_keeps_what_nodes_and_the_backup_need_and_a_gateway_only_writes() {
     );
     let stats_path = format!("/v1/stats/tasks/{task}/stats/2025-01-01/2025-12-31");
     runtime().block_on(async {
-        let token = rest_token(&http, a.http_addr, client).await;
+        let token = rest_token(&http, a.http_addr, client, None).await;
         report_some(a.grpc_addr, &token, &org, &pipeline, &task, 50).await;
 
         // A gateway takes writes (acknowledged by the log, counts unknown) and refuses reads.

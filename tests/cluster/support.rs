@@ -224,30 +224,6 @@ pub async fn await_applied(http: &reqwest::Client, node: SocketAddr, seq: u64) {
     }
 }
 
-/// A token over REST; retried while the node is starting or catching up.
-pub async fn rest_token(
-    http: &reqwest::Client,
-    node: SocketAddr,
-    credentials: &serde_json::Value,
-) -> String {
-    let response = http
-        .post(format!("http://{node}/v1/oauth/token"))
-        .form(&[
-            ("grant_type", "client_credentials"),
-            ("client_id", credentials["client_id"].as_str().unwrap()),
-            (
-                "client_secret",
-                credentials["client_secret"].as_str().unwrap(),
-            ),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
-    let body: serde_json::Value = response.json().await.unwrap();
-    body["access_token"].as_str().unwrap().to_string()
-}
-
 /// One NATS server with the stream made: the server, its URL, the master key file and the
 /// first client's credentials.
 pub struct OneServer {
