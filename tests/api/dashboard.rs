@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::browser::Browser;
 use crate::helpers::{ChildServer, rest_token, run_cli, runtime};
 
 fn chromium() -> Option<PathBuf> {
@@ -201,6 +202,7 @@ fn the_dashboard_shows_what_the_api_answers() {
         }
         assert!(dom.contains("<canvas id=\"buckets\""));
         assert!(dom.contains("data-task-run="), "the newest runs are listed");
+        clicks(&browser, &profile("cdp"), &url, &get, pipeline).await;
         browse(
             &browser,
             &profile("p1"),
@@ -236,4 +238,55 @@ fn the_dashboard_shows_what_the_api_answers() {
             std::fs::copy(&shot, kept.join(name)).unwrap();
         }
     }
+}
+
+/// On a pipeline page (weekly buckets): clicking a bar lists that week's runs, newest first, as
+/// the logs API pages them; "More runs" appends the next page.
+async fn clicks<F, Fut>(browser: &Path, profile: &Path, url: &str, get: &F, pipeline: &str)
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = serde_json::Value>,
+{
+    let mut page = Browser::start(browser, profile, (1280, 800));
+    page.navigate(url);
+    page.wait_for("document.body.dataset.ready === 'pipeline'");
+    let week = page.eval(
+        "(() => { const chart = Chart.getChart('buckets'); const k = chart.data.labels.length - 2;
+           const bar = chart.getDatasetMeta(0).data[k]; const box = chart.canvas.getBoundingClientRect();
+           chart.canvas.dispatchEvent(new MouseEvent('click', { clientX: box.left + bar.x, clientY: box.top + bar.y + 1, bubbles: true }));
+           return chart.data.labels[k]; })()",
+    );
+    let week = week.as_str().unwrap().to_string();
+    page.wait_for(&format!(
+        "document.getElementById('logs-title').textContent === 'Runs of {week}' && document.querySelectorAll('#logs tr[data-task-run]').length > 0"
+    ));
+    let monday = chrono::NaiveDate::parse_from_str(&week, "%Y-%m-%d").unwrap();
+    let sunday = monday + chrono::Days::new(6);
+    let path = format!(
+        "/v1/stats/pipelines/{pipeline}/logs/{monday}T00:00:00/{sunday}T23:59:59?limit=100"
+    );
+    let expected: Vec<String> = get(path)
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| entry["task_run_uuid"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        expected.len(),
+        100,
+        "the week has more than two pages of runs"
+    );
+    let shown = |page: &mut Browser| -> Vec<String> {
+        serde_json::from_value(page.eval(
+            "[...document.querySelectorAll('#logs tr[data-task-run]')].map(row => row.dataset.taskRun)",
+        ))
+        .unwrap()
+    };
+    assert_eq!(shown(&mut page), expected[..50]);
+
+    // "More runs": the next page, by the cursor the first one gave.
+    page.eval("document.querySelector('button.more:not([hidden])').click()");
+    page.wait_for("document.querySelectorAll('#logs tr[data-task-run]').length > 50");
+    assert_eq!(shown(&mut page), expected);
 }
