@@ -72,7 +72,9 @@ impl Browser {
             let mut reader = BufReader::new(reader);
             let mut message = Vec::new();
             while reader.read_until(0, &mut message).is_ok_and(|n| n > 0) {
-                message.pop_if(|b| *b == 0);
+                if message.last() == Some(&0) {
+                    message.pop();
+                }
                 if let Ok(value) = serde_json::from_slice::<Value>(&message)
                     && sender.send(value).is_err()
                 {
