@@ -76,10 +76,29 @@ where
                     return Ok(with_applied(error_response(error, grpc), &engine, 0));
                 }
             }
+            catch_up_for_bearer(&engine, request.headers()).await;
             let (response, written) = crate::cluster::noting_writes(inner.oneshot(request)).await;
             let Ok(response) = response;
             Ok(with_applied(response.map(Body::new), &engine, written))
         })
+    }
+}
+
+/// A bearer token this node does not know may have been granted through another node a moment
+/// ago: before the request is authenticated, catch up with the log's newest credentials (at
+/// most a second; nothing to wait for when the node is up to date).
+async fn catch_up_for_bearer(engine: &Engine, headers: &axum::http::HeaderMap) {
+    let Some(cluster) = engine.cluster() else {
+        return;
+    };
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok());
+    let Ok(token) = crate::auth::bearer_token(bearer) else {
+        return;
+    };
+    if let Err(Error::Unauthenticated(_)) = engine.authenticate(token) {
+        cluster.catch_up_credentials().await;
     }
 }
 

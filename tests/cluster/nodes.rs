@@ -48,6 +48,12 @@ fn credentials_made_or_revoked_on_one_node_hold_on_every_node() {
             }
             request.send()
         };
+        // A token granted on C is honoured on A at once: A catches up on credentials first.
+        let fresh = rest_token(&http, c.http_addr, &client, None).await;
+        assert_eq!(
+            overview(a.http_addr, &fresh, None).await.unwrap().status(),
+            200
+        );
         let seq = support::applied(&http, c.http_addr).await;
         assert_eq!(
             overview(a.http_addr, &on_c, Some(seq))
