@@ -222,20 +222,26 @@ fn maintenance_interval(engine: &Engine, period: Duration) -> tokio::time::Inter
     tokio::time::interval_at(first, period)
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn termination() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Resolves on Ctrl-C or SIGTERM. The handlers are installed when this is called (not when
+/// first polled), so a signal arriving any time after it is caught. Call it in the runtime.
+pub fn termination() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("a SIGTERM handler can be installed");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("a SIGTERM handler can be installed");
+        let mut interrupt =
+            signal(SignalKind::interrupt()).expect("a SIGINT handler can be installed");
+        async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = interrupt.recv() => {}
+            }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = ctrl_c.await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -183,6 +183,8 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
     }
     let engine = Arc::new(engine);
     runtime.block_on(async {
+        // Caught from here on: a SIGTERM right after the line below still stops cleanly.
+        let shutdown = crate::server::termination();
         let grpc = bind(args.grpc_addr, "gRPC").await?;
         let http = bind(args.http_addr, "HTTP").await?;
         let (grpc_addr, http_addr) = (local_addr(&grpc)?, local_addr(&http)?);
@@ -207,9 +209,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
             metrics_token: args.metrics_token.clone(),
             tls,
         };
-        let served =
-            crate::server::run_fronts(engine, grpc, http, fronts, crate::server::termination())
-                .await;
+        let served = crate::server::run_fronts(engine, grpc, http, fronts, shutdown).await;
         if let Some(admin) = admin {
             admin.abort();
             let _ = std::fs::remove_file(crate::admin::socket_path(data_dir));
