@@ -143,9 +143,6 @@ pub fn record_transaction(
     elapsed: std::time::Duration,
 ) {
     use crate::store::{WriteOp, WriteOutcome};
-    let refused = |error: &crate::error::Error| {
-        metrics::counter!(WRITES_REFUSED, "reason" => error.code().as_str()).increment(1);
-    };
     match outcomes {
         Ok(outcomes) => {
             metrics::counter!(COMMITS).increment(1);
@@ -160,11 +157,11 @@ pub fn record_transaction(
                             metrics::counter!(RUNS_APPLIED).increment(runs.len() as u64);
                         }
                     }
-                    Err(error) => refused(error),
+                    Err(error) => record_refused(error),
                 }
             }
         }
-        Err(error) => ops.iter().for_each(|_| refused(error)),
+        Err(error) => ops.iter().for_each(|_| record_refused(error)),
     }
 }
 

@@ -165,21 +165,23 @@ pub fn import_files(
     Ok(summary)
 }
 
+/// A file to import, or standard input for `-`.
+pub fn open_input(path: &Path) -> Result<Box<dyn Read>, String> {
+    if path.to_str() == Some("-") {
+        return Ok(Box::new(std::io::stdin().lock()));
+    }
+    let file =
+        std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    Ok(Box::new(file))
+}
+
 fn read_file(
     engine: &Engine,
     source: usize,
     path: &Path,
     sender: &mpsc::SyncSender<Result<Chunk, String>>,
 ) -> Result<(), String> {
-    let input: Box<dyn Read> = if path.to_str() == Some("-") {
-        Box::new(std::io::stdin().lock())
-    } else {
-        Box::new(
-            std::fs::File::open(path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
-        )
-    };
-    let mut reader = BufReader::with_capacity(1 << 20, input);
+    let mut reader = BufReader::with_capacity(1 << 20, open_input(path)?);
     let mut line = String::new();
     let mut number = 0u64;
     let mut offset = 0u64;

@@ -4,18 +4,17 @@
 //! a local import) and published with many messages in flight. A line refused before publishing
 //! is reported with its number; every node applies the rest.
 
-use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Read};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
 use tokio::task::JoinSet;
-use uuid::Uuid;
 
 use super::cluster::NatsArgs;
-use crate::cluster::{Log, codec, log::DATA_SUBJECT};
-use crate::crypto::MasterKey;
+use crate::cluster::{Log, log::DATA_SUBJECT};
+use crate::crypto::OutputKey;
 use crate::model::{OrgId, TaskRun};
 use crate::store::WriteOp;
 use crate::time::Timestamp;
@@ -42,7 +41,8 @@ pub fn run(nats: NatsArgs, files: Vec<PathBuf>) -> Result<ExitCode, String> {
         let log = nats.connect().await?;
         let budget = log.max_payload() / 2;
         let mut summary = Summary::default();
-        let mut orgs = HashSet::new();
+        // Each organization's derived key, and its creation sent ahead of its first run.
+        let mut keys: HashMap<OrgId, OutputKey> = HashMap::new();
         let mut message: Vec<WriteOp> = Vec::new();
         let mut bytes = 0;
         let mut flights = JoinSet::new();
@@ -61,10 +61,15 @@ pub fn run(nats: NatsArgs, files: Vec<PathBuf>) -> Result<ExitCode, String> {
                 Line::Run(run) => run,
             };
             let org = run.organization.expect("checked by the reader");
-            if orgs.insert(org) {
-                message.push(organization(&master, org));
+            let key = keys.entry(org).or_insert_with(|| {
+                let (key, create) = crate::cluster::organization(&master, org);
+                message.push(create);
+                key
+            });
+            let mut run = *run;
+            if !run.output.is_empty() {
+                run.output = key.seal_output(&run.task_run, &run.output);
             }
-            let run = seal(&master, org, *run);
             bytes += 128 + run.output.len();
             message.push(WriteOp::Report {
                 runs: vec![run],
@@ -148,43 +153,15 @@ async fn send(
             summary.acknowledged(done)?;
         }
     }
-    let body = codec::encode(&ops).map_err(|e| e.to_string())?;
     let log = log.clone();
-    flights.spawn(async move {
-        let id = Uuid::new_v4().simple().to_string();
-        log.publish(DATA_SUBJECT, &id, body).await
-    });
+    flights.spawn(async move { log.publish_ops(DATA_SUBJECT, &ops).await });
     Ok(())
-}
-
-/// The organization's creation (a no-op where it exists), with its derived key.
-fn organization(master: &MasterKey, org: OrgId) -> WriteOp {
-    WriteOp::CreateOrganization {
-        org,
-        record: crate::store::credentials::OrgRecord {
-            sealed_key: master.seal_org_key(org, &master.derive_org_key(org)),
-            created_at: Timestamp::now(),
-        },
-    }
-}
-
-fn seal(master: &MasterKey, org: OrgId, mut run: TaskRun) -> TaskRun {
-    if !run.output.is_empty() {
-        run.output = master
-            .derive_org_key(org)
-            .seal_output(&run.task_run, &run.output);
-    }
-    run
 }
 
 fn read_lines(files: &[PathBuf], sender: &tokio::sync::mpsc::Sender<Line>) -> Result<(), String> {
     for path in files {
         let name = path.display().to_string();
-        let input: Box<dyn Read> = if path.to_str() == Some("-") {
-            Box::new(std::io::stdin().lock())
-        } else {
-            Box::new(std::fs::File::open(path).map_err(|e| format!("cannot read {name}: {e}"))?)
-        };
+        let input = super::import::open_input(path)?;
         for (index, line) in BufReader::with_capacity(1 << 20, input).lines().enumerate() {
             let number = index + 1;
             let line = match line {

@@ -177,6 +177,17 @@ impl Log {
         }
     }
 
+    /// Publishes `ops` as one message under a fresh message id (see [`Log::publish`]).
+    pub async fn publish_ops(
+        &self,
+        subject: &'static str,
+        ops: &[crate::store::WriteOp],
+    ) -> Result<u64> {
+        let body = super::codec::encode(ops)?;
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        self.publish(subject, &id, body).await
+    }
+
     /// The stream handle, for consumers.
     pub async fn stream(&self) -> Result<stream::Stream> {
         self.js

@@ -204,15 +204,11 @@ pub async fn create_client(
         ));
     }
     let org = org.unwrap_or_else(|| crate::model::OrgId(Uuid::new_v4()));
-    let key = master.derive_org_key(org);
-    let record = crate::store::credentials::OrgRecord {
-        sealed_key: master.seal_org_key(org, &key),
-        created_at: crate::time::Timestamp::now(),
-    };
+    let (key, organization) = organization(master, org);
     let (client_id, client_secret, create) = crate::engine::new_client(org, scopes);
-    let body = codec::encode(&[WriteOp::CreateOrganization { org, record }, create])?;
-    let id = Uuid::new_v4().simple().to_string();
-    let seq = log.publish(log::CREDENTIALS_SUBJECT, &id, body).await?;
+    let seq = log
+        .publish_ops(log::CREDENTIALS_SUBJECT, &[organization, create])
+        .await?;
     Ok((
         crate::engine::NewClient {
             client_id,
@@ -231,7 +227,20 @@ pub async fn revoke_client(log: &Log, client_id: &str) -> Result<u64> {
         client_id: client_id.to_string(),
         at: crate::time::Timestamp::now(),
     };
-    let id = Uuid::new_v4().simple().to_string();
-    log.publish(log::CREDENTIALS_SUBJECT, &id, codec::encode(&[op])?)
-        .await
+    log.publish_ops(log::CREDENTIALS_SUBJECT, &[op]).await
+}
+
+/// An organization's output key derived from the master key (the same on every node and
+/// command, see [`crate::crypto::MasterKey::derive_org_key`]), and the write creating the
+/// organization with it (a no-op where it exists).
+pub fn organization(
+    master: &crate::crypto::MasterKey,
+    org: crate::model::OrgId,
+) -> (crate::crypto::OutputKey, WriteOp) {
+    let key = master.derive_org_key(org);
+    let record = crate::store::credentials::OrgRecord {
+        sealed_key: master.seal_org_key(org, &key),
+        created_at: crate::time::Timestamp::now(),
+    };
+    (key, WriteOp::CreateOrganization { org, record })
 }

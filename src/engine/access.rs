@@ -391,17 +391,15 @@ impl Engine {
             .any(|(_, client)| client.org == org);
         let key = self.output_key_now(org)?;
         let (client_id, client_secret, op) = new_client(org, scopes);
-        match self.apply_or_publish(op) {
-            Some(Ok(WriteOutcome::ClientCreated)) => Ok(NewClient {
+        match self.write_now(op)? {
+            WriteOutcome::ClientCreated => Ok(NewClient {
                 client_id,
                 client_secret,
                 organization: org,
                 scopes,
                 output_key: first.then(|| key.to_base64()),
             }),
-            Some(Ok(other)) => Err(unexpected(other)),
-            Some(Err(error)) => Err(error),
-            None => Err(Error::Internal("no outcome for a new client".into())),
+            other => Err(unexpected(other)),
         }
     }
 
@@ -429,16 +427,14 @@ impl Engine {
             client_id: client_id.to_string(),
             at: Timestamp::now(),
         };
-        let outcome = self.apply_or_publish(op);
+        let outcome = self.write_now(op);
         self.tokens.invalidate();
-        match outcome {
-            Some(Ok(WriteOutcome::ClientRevoked(true))) => Ok(()),
-            Some(Ok(WriteOutcome::ClientRevoked(false))) => {
+        match outcome? {
+            WriteOutcome::ClientRevoked(true) => Ok(()),
+            WriteOutcome::ClientRevoked(false) => {
                 Err(Error::NotFound(format!("no client {client_id}")))
             }
-            Some(Ok(other)) => Err(unexpected(other)),
-            Some(Err(error)) => Err(error),
-            None => Err(Error::Internal("no outcome for a revocation".into())),
+            other => Err(unexpected(other)),
         }
     }
 

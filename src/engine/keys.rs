@@ -34,20 +34,15 @@ impl Keyring {
         keyring
     }
 
-    /// Cluster mode: the organization's derived key (see [`MasterKey::derive_org_key`]),
-    /// kept, and its sealed record for the organization's creation.
-    pub fn derived(&self, org: OrgId) -> Result<(OutputKey, OrgRecord)> {
-        let master = self.master()?;
-        let key = master.derive_org_key(org);
-        let record = OrgRecord {
-            sealed_key: master.seal_org_key(org, &key),
-            created_at: Timestamp::now(),
-        };
+    /// Cluster mode: the organization's derived key, kept, and the write creating the
+    /// organization with it (see [`crate::cluster::organization`]).
+    pub fn derived(&self, org: OrgId) -> Result<(OutputKey, crate::store::WriteOp)> {
+        let (key, create) = crate::cluster::organization(self.master()?, org);
         self.keys
             .write()
             .expect("never poisoned")
             .insert(org, key.clone());
-        Ok((key, record))
+        Ok((key, create))
     }
 
     /// The master key, loading or creating it on first use.

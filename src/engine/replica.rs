@@ -65,19 +65,14 @@ impl Engine {
         }
     }
 
-    /// An operator's write (a client created or revoked), on the calling thread.
-    pub(super) fn apply_or_publish(&self, op: WriteOp) -> Option<Result<WriteOutcome>> {
-        Some(self.write_now(op))
-    }
-
     /// Cluster mode: the organization's output key, and the write creating the organization
     /// when this node does not hold it yet.
     pub(super) fn cluster_output_key(&self, org: OrgId) -> Result<(OutputKey, Option<WriteOp>)> {
         if let Some(record) = self.store.reader()?.organization(org)? {
             return Ok((self.keys.open(org, &record)?, None));
         }
-        let (key, record) = self.keys.derived(org)?;
-        Ok((key, Some(WriteOp::CreateOrganization { org, record })))
+        let (key, create) = self.keys.derived(org)?;
+        Ok((key, Some(create)))
     }
 
     /// Refuses reads on a write gateway.

@@ -76,6 +76,18 @@ impl Handle {
         }
     }
 
+    /// Runs a write on the database. When it fails in a way that leaves redb refusing
+    /// everything (a full disk), the file is reopened (recovering the last durable commit)
+    /// before the error is returned, so that a caller told of the failure can read at once.
+    /// Blocks.
+    pub fn write<T>(&self, apply: impl FnOnce(&Database) -> Result<T>) -> Result<T> {
+        let result = self.for_writing().and_then(|db| apply(&db));
+        if result.is_err() && self.is_failed() {
+            self.reopen();
+        }
+        result
+    }
+
     /// Whether the last write failed in a way that leaves redb refusing everything (an I/O
     /// error): a write transaction can no longer begin.
     pub fn is_failed(&self) -> bool {

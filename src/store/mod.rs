@@ -289,30 +289,19 @@ impl Store {
     }
 
     /// Applies writes in one transaction on the calling thread, bypassing the writer queue (for
-    /// bulk loads). Each operation's result is its own; `Err` means nothing was applied.
+    /// bulk loads). Each operation's result is its own; `Err` means nothing was applied (and a
+    /// failed write was recovered from, see `Handle::write`).
     pub fn apply_now(&self, ops: &[WriteOp]) -> Result<Vec<Result<WriteOutcome>>> {
-        apply_batch(
-            &*self.db.for_writing()?,
-            &self.cache,
-            &self.filters,
-            ops,
-            None,
-        )
+        self.db
+            .write(|db| apply_batch(db, &self.cache, &self.filters, ops, None))
     }
 
     /// Applies operations read from the cluster's stream in one durable transaction on the
     /// calling thread, recording `through` as the last applied stream sequence in the same
-    /// transaction: after a crash the file says exactly which messages it holds. A failed
-    /// write reopens the file (as the writer does) before returning the error. Blocks.
+    /// transaction: after a crash the file says exactly which messages it holds. Blocks.
     pub fn apply_logged(&self, ops: &[WriteOp], through: u64) -> Result<Vec<Result<WriteOutcome>>> {
-        let result = self
-            .db
-            .for_writing()
-            .and_then(|db| apply_batch(&db, &self.cache, &self.filters, ops, Some(through)));
-        if result.is_err() && self.db.is_failed() {
-            self.db.reopen();
-        }
-        result
+        self.db
+            .write(|db| apply_batch(db, &self.cache, &self.filters, ops, Some(through)))
     }
 
     /// Entries and space of every table, from one snapshot.

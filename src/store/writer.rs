@@ -237,9 +237,11 @@ fn commit_group(
             (op, reply)
         })
         .unzip();
-    let result = handle.for_writing().and_then(|db| {
+    // A failed write (a full disk) is recovered from before the group is answered (see
+    // `Handle::write`); the failed group was not acknowledged.
+    let result = handle.write(|db| {
         std::panic::catch_unwind(AssertUnwindSafe(|| {
-            super::apply_batch(&db, cache, filters, &ops, None)
+            super::apply_batch(db, cache, filters, &ops, None)
         }))
         .unwrap_or_else(|_| {
             Err(Error::Internal(
@@ -247,12 +249,6 @@ fn commit_group(
             ))
         })
     });
-    // A failed write (a full disk) leaves redb refusing everything, reads included, until the
-    // file is reopened (which recovers the last durable commit; the failed group was not
-    // acknowledged). Reopen before answering, so a client told of the failure can read at once.
-    if result.is_err() && handle.is_failed() {
-        handle.reopen();
-    }
     match result {
         Ok(outcomes) => {
             for (reply, outcome) in replies.into_iter().zip(outcomes) {

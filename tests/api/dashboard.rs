@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::browser::Browser;
+use crate::browser::{Browser, HEADLESS};
 use crate::helpers::{ChildServer, rest_token, run_cli, runtime};
 
 fn chromium() -> Option<PathBuf> {
@@ -32,18 +32,8 @@ fn chromium() -> Option<PathBuf> {
 /// `--screenshot=FILE`); its standard output.
 fn browse(browser: &Path, profile: &Path, url: &str, size: (u32, u32), what: &str) -> String {
     let output = Command::new(browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--hide-scrollbars",
-            "--virtual-time-budget=15000",
-        ])
+        .args(HEADLESS)
+        .args(["--hide-scrollbars", "--virtual-time-budget=15000"])
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg(format!("--window-size={},{}", size.0, size.1))
         .arg(what)

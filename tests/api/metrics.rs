@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use runledger::proto;
 use runledger::proto::ingest_client::IngestClient;
 
-use crate::helpers::{Bearer, ChildServer, finished, grpc_channel, runtime};
+use crate::helpers::{Bearer, ChildServer, finished, grpc_channel, rest_token, runtime};
 
 /// Every sample of an exposition, `name{labels}` (labels sorted) to value; panics on a line
 /// that is not Prometheus text format.
@@ -133,15 +133,7 @@ fn counters_move_by_exactly_the_requests_made() {
                 credentials["client_id"].as_str().unwrap()
             )
         };
-        let granted: serde_json::Value = http
-            .post(token_url(credentials["client_secret"].as_str().unwrap()))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let token = granted["access_token"].as_str().unwrap().to_string();
+        let token = rest_token(&http, server.http_addr, &credentials, None).await;
         let refused = http.post(token_url("rls_wrong")).send().await.unwrap();
         assert_eq!(refused.status(), 401);
 
