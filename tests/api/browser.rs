@@ -27,19 +27,32 @@ pub const HEADLESS: [&str; 8] = [
 
 pub struct Browser {
     child: Child,
+    /// Chromium's stderr, quoted when it stops answering.
+    log: std::path::PathBuf,
     commands: std::fs::File,
     answers: mpsc::Receiver<Value>,
     next_id: u64,
     session: Option<String>,
 }
 
-/// A pipe whose both ends close on exec (the child gets dup2'ed copies).
+/// A pipe whose both ends close on exec (the child gets dup2'ed copies) and are numbered 10 or
+/// above, so that neither is already the child's fd 3 or 4: `dup2(3, 3)` would keep the
+/// close-on-exec flag, and a write end at 3 would be overwritten before it is moved to 4.
 fn pipe() -> (OwnedFd, OwnedFd) {
     let mut fds = [0; 2];
     // SAFETY: `fds` has room for the two descriptors pipe2 writes.
     assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    // SAFETY: pipe2 just opened both, and nothing else owns them.
-    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    let high = |fd: i32| {
+        // SAFETY: `fd` was just opened by pipe2 and is owned by no one else; the duplicate
+        // gets its own owner and the original is closed once.
+        unsafe {
+            let moved = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
+            assert!(moved >= 10, "{}", std::io::Error::last_os_error());
+            libc::close(fd);
+            OwnedFd::from_raw_fd(moved)
+        }
+    };
+    (high(fds[0]), high(fds[1]))
 }
 
 impl Browser {
@@ -49,6 +62,7 @@ impl Browser {
         let (chrome_reads, we_write) = pipe();
         let (we_read, chrome_writes) = pipe();
         let (read_fd, write_fd) = (chrome_reads.as_raw_fd(), chrome_writes.as_raw_fd());
+        std::fs::create_dir_all(profile).unwrap();
         let mut command = Command::new(browser);
         command
             .args(HEADLESS)
@@ -58,7 +72,7 @@ impl Browser {
             .arg("about:blank")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(std::fs::File::create(profile.join("chromium.log")).unwrap());
         // SAFETY: only async-signal-safe calls (dup2) between fork and exec.
         unsafe {
             command.pre_exec(move || {
@@ -69,6 +83,7 @@ impl Browser {
             });
         }
         let child = command.spawn().unwrap();
+        let log = profile.join("chromium.log");
         drop((chrome_reads, chrome_writes));
         let (sender, answers) = mpsc::channel();
         let reader = std::fs::File::from(we_read);
@@ -89,6 +104,7 @@ impl Browser {
         });
         let mut browser = Browser {
             child,
+            log,
             commands: std::fs::File::from(we_write),
             answers,
             next_id: 0,
@@ -115,19 +131,30 @@ impl Browser {
         }
         let mut bytes = serde_json::to_vec(&message).unwrap();
         bytes.push(0);
-        self.commands.write_all(&bytes).unwrap();
+        if let Err(error) = self.commands.write_all(&bytes) {
+            panic!("{method}: {error}; {}", self.gone());
+        }
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let answer = self
                 .answers
                 .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no answer to {method}"));
+                .unwrap_or_else(|_| panic!("no answer to {method}; {}", self.gone()));
             if answer["id"] == id {
                 assert!(answer.get("error").is_none(), "{method}: {answer}");
                 return answer["result"].clone();
             }
         }
+    }
+
+    /// What became of Chromium: its exit status, if it ended, and the end of its stderr.
+    fn gone(&mut self) -> String {
+        let status = self.child.try_wait().ok().flatten();
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+        format!("chromium exit status {status:?}, its stderr ends with:\n{tail}")
     }
 
     pub fn navigate(&mut self, url: &str) {
