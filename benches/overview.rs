@@ -24,7 +24,10 @@ fn overview(c: &mut Criterion) {
             .unwrap();
         // At 10K runs some of the 1,000 pipelines have not run yet, so are not listed.
         let listed = all.pipelines.len();
-        assert!(listed <= 1_000 && (size < 1_000_000 || listed == 1_000), "{listed} listed");
+        assert!(
+            listed <= 1_000 && (size < 1_000_000 || listed == 1_000),
+            "{listed} listed"
+        );
         assert!(all.pipelines.iter().any(|p| p.windows[0].tally.runs() > 0));
         let mut group = c.benchmark_group("overview");
         for limit in [100, 1_000] {

@@ -20,7 +20,7 @@ mod read;
 mod scan;
 mod write;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use redb::ReadableTable;
@@ -33,6 +33,7 @@ use super::records::{PipelineRunAgg, RecordView};
 use super::tables::{
     EntityId, ROLLUP_KEY_LEN, RUN_KEY_LEN, RunId, YEAR_KEY_LEN, rollup_key, year_key,
 };
+use crate::durations::Histogram;
 use crate::error::Result;
 use crate::model::EntityKind;
 use crate::time::Level;
@@ -81,15 +82,22 @@ pub struct Source<'a, Y, R, L, P> {
 /// A sparse bucket's log entries, shared.
 type BucketEntries = Rc<Vec<scan::Entry>>;
 
+/// An entity's year records in a span of years, by start, shared.
+type Years = Rc<Vec<(i64, Rc<RecordView>)>>;
+
 /// What a source has already read: decoded records and sparse buckets' runs. Questions asked
 /// of one source share them (the overview's three windows end at the same second, so they
 /// descend through the same records there, and often cut the same sparse month).
 #[derive(Default)]
 pub struct Memo {
     records: RefCell<FxHashMap<(EntityId, u8, i64), Rc<RecordView>>>,
+    /// Year records read by range: by entity, first year, end second and direction.
+    years: RefCell<FxHashMap<(EntityId, i64, i64, bool), Years>>,
     /// A sparse bucket's log entries, by pipeline and the bucket's seconds `[from, end)`.
     entries: RefCell<FxHashMap<(EntityId, i64, i64), BucketEntries>>,
     aggs: RefCell<FxHashMap<RunId, PipelineRunAgg>>,
+    /// A cleared histogram for the next range question's sum (a fresh one zeroes 16 KB).
+    histogram: Cell<Option<Histogram>>,
 }
 
 impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R, L, P> {

@@ -10,7 +10,7 @@ use std::rc::Rc;
 use uuid::Uuid;
 
 use super::scan::aggregate;
-use super::{RollupTable, RunLogTable, RunTable, Series, Source, YearTable};
+use super::{RollupTable, RunLogTable, RunTable, Series, Source, YearTable, Years};
 use crate::durations::Histogram;
 use crate::error::Result;
 use crate::model::{EntityKind, Summary, Tally, TimeRange};
@@ -27,26 +27,16 @@ struct Sum {
     histogram: Histogram,
 }
 
-impl Sum {
-    fn into_summary(self) -> Summary {
-        Summary {
-            tally: self.tally,
-            durations: self.histogram.into_durations(),
-        }
-    }
-}
-
 impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R, L, P> {
     /// The entity's year records overlapping the seconds `[from, end)`, in order (or in
     /// reverse).
-    fn years(
-        &self,
-        entity: EntityId,
-        from: i64,
-        end: i64,
-        reverse: bool,
-    ) -> Result<Vec<(i64, Rc<RecordView>)>> {
-        let low = year_key(entity, Level::Year.bucket_start(from));
+    fn years(&self, entity: EntityId, from: i64, end: i64, reverse: bool) -> Result<Years> {
+        let first = Level::Year.bucket_start(from);
+        let key = (entity, first, end, reverse);
+        if let Some(years) = self.memo.years.borrow().get(&key) {
+            return Ok(years.clone());
+        }
+        let low = year_key(entity, first);
         let high = year_key(entity, end);
         let range = self.years.range::<&[u8; YEAR_KEY_LEN]>(&low..&high)?;
         let entries: Vec<_> = if reverse {
@@ -60,6 +50,8 @@ impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R,
             let start = year_key_start(key.value());
             years.push((start, self.year_record(entity, start, value.value())?));
         }
+        let years = Rc::new(years);
+        self.memo.years.borrow_mut().insert(key, years.clone());
         Ok(years)
     }
 
@@ -248,17 +240,25 @@ pub fn range_summary<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable>(
     range: TimeRange,
 ) -> Result<Summary> {
     let (from, end) = (range.from(), range.to() + 1);
-    let mut sum = Sum::default();
-    for (start, record) in source.years(series.id, from, end, false)? {
-        let next = Level::Year.next_bucket(start);
-        if from <= start && next <= end {
+    let mut sum = Sum {
+        tally: Tally::default(),
+        histogram: source.memo.histogram.take().unwrap_or_default(),
+    };
+    for (start, record) in source.years(series.id, from, end, false)?.iter() {
+        let next = Level::Year.next_bucket(*start);
+        if from <= *start && next <= end {
             sum.tally = sum.tally + record.total;
             record.add_total_to(&mut sum.histogram, true)?;
         } else {
-            source.sum_parts(series, (Level::Year, start), &record, (from, end), &mut sum)?;
+            source.sum_parts(series, (Level::Year, *start), record, (from, end), &mut sum)?;
         }
     }
-    Ok(sum.into_summary())
+    let durations = sum.histogram.take_durations();
+    source.memo.histogram.set(Some(sum.histogram));
+    Ok(Summary {
+        tally: sum.tally,
+        durations,
+    })
 }
 
 /// Stats of the buckets of `period` in the seconds `[start, end)` (bucket-aligned), by bucket
@@ -273,7 +273,8 @@ pub fn aggregated<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable>(
     let level = period.level();
     let bucket = |second: i64| level.bucket_start(second);
     let mut buckets: BTreeMap<i64, Summary> = BTreeMap::new();
-    for (year, record) in source.years(series.id, start, end, false)? {
+    for (year, record) in source.years(series.id, start, end, false)?.iter() {
+        let year = *year;
         match period {
             Period::Year => {
                 buckets.insert(
@@ -288,12 +289,12 @@ pub fn aggregated<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable>(
                 for part in record.parts.iter().filter(|p| !p.tally.is_empty()) {
                     let (first, _) = Level::Year.part_span(year, part.index);
                     if (start..end).contains(&first) {
-                        add_part(buckets.entry(bucket(first)).or_default(), &record, part)?;
+                        add_part(buckets.entry(bucket(first)).or_default(), record, part)?;
                     }
                 }
             }
             Period::Day | Period::Week => {
-                source.days(series, (year, &record), (start, end), &bucket, &mut buckets)?;
+                source.days(series, (year, record), (start, end), &bucket, &mut buckets)?;
             }
         }
     }
@@ -309,8 +310,8 @@ fn latest_second<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable>(
     series: &Series,
     to: i64,
 ) -> Result<Option<i64>> {
-    for (start, record) in source.years(series.id, MIN_SECOND, to + 1, true)? {
-        if let Some(second) = source.latest_in(series, Level::Year, start, &record, to)? {
+    for (start, record) in source.years(series.id, MIN_SECOND, to + 1, true)?.iter() {
+        if let Some(second) = source.latest_in(series, Level::Year, *start, record, to)? {
             return Ok(Some(second));
         }
     }
