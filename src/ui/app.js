@@ -204,11 +204,12 @@ function sparkline(buckets) {
   return svg;
 }
 
-function windowCells(window, key) {
+// Each cell names itself (`data-label`), for the phone layout where a row becomes a card.
+function windowCells(window, key, label) {
   const runs = window.num_of_successes + window.num_of_failures;
   return [
-    el("td", { "data-field": `runs-${key}` }, runs),
-    el("td", { "data-field": `rate-${key}`, class: "hide-narrow" }, rate(window.num_of_successes, window.num_of_failures)),
+    el("td", { "data-field": `runs-${key}`, "data-label": `Runs ${label}` }, runs),
+    el("td", { "data-field": `rate-${key}`, "data-label": `Success ${label}` }, rate(window.num_of_successes, window.num_of_failures)),
   ];
 }
 
@@ -220,13 +221,13 @@ async function showOverview() {
   main.replaceChildren(
     el("h1", {}, "Pipelines"),
     el("div", { class: "scroll" },
-      el("table", {},
+      el("table", { class: "overview" },
         el("thead", {}, el("tr", {},
           el("th", {}, "Pipeline"), el("th", {}, "Last run"),
-          el("th", {}, "Runs 24 h"), el("th", { class: "hide-narrow" }, "Success 24 h"),
-          el("th", {}, "Runs 7 d"), el("th", { class: "hide-narrow" }, "Success 7 d"),
-          el("th", {}, "Runs 30 d"), el("th", { class: "hide-narrow" }, "Success 30 d"),
-          el("th", { class: "hide-narrow" }, "p50 / p95 (30 d)"), el("th", {}, "30 days"))),
+          el("th", {}, "Runs 24 h"), el("th", {}, "Success 24 h"),
+          el("th", {}, "Runs 7 d"), el("th", {}, "Success 7 d"),
+          el("th", {}, "Runs 30 d"), el("th", {}, "Success 30 d"),
+          el("th", {}, "p50 / p95 (30 d)"), el("th", {}, "30 days"))),
         body)),
     more, status);
 
@@ -239,19 +240,19 @@ async function showOverview() {
     rememberNames(pipelines);
     const sparks = [];
     for (const p of pipelines) {
-      const spark = el("td", { class: "spark" });
+      const spark = el("td", { class: "spark", "data-label": "Runs per day, 30 days" });
       sparks.push([p.pipeline_uuid, spark]);
       const last = p.last_run;
       body.append(el("tr", { "data-pipeline": p.pipeline_uuid },
         el("td", { class: "name" }, el("a", { href: `#/pipeline/${p.pipeline_uuid}` }, p.name || p.pipeline_uuid)),
-        el("td", { "data-field": "last-run" }, last
+        el("td", { "data-field": "last-run", "data-label": "Last run" }, last
           ? el("span", { class: last.is_successful ? "ok" : "fail", title: last.executed_at },
             `${last.is_successful ? "✓" : "✗"} ${ago(last.executed_at)}`)
           : el("span", { class: "muted" }, "none")),
-        ...windowCells(p.last_24h, "24h"),
-        ...windowCells(p.last_7d, "7d"),
-        ...windowCells(p.last_30d, "30d"),
-        el("td", { class: "hide-narrow", "data-field": "p50-p95-30d" },
+        ...windowCells(p.last_24h, "24h", "24 h"),
+        ...windowCells(p.last_7d, "7d", "7 d"),
+        ...windowCells(p.last_30d, "30d", "30 d"),
+        el("td", { "data-field": "p50-p95-30d", "data-label": "p50 / p95 (30 d)" },
           `${duration(p.last_30d.duration_p50)} / ${duration(p.last_30d.duration_p95)}`),
         spark));
     }

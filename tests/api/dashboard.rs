@@ -145,6 +145,8 @@ fn the_dashboard_shows_what_the_api_answers() {
             ),
         );
 
+        phone_overview_fits(&browser, &profile("phone"), &url);
+
         // A pipeline page over fixed dates: its cards and task table are the range stats.
         let pipeline = pipelines[1]["pipeline_uuid"].as_str().unwrap();
         let today = chrono::Utc::now().date_naive();
@@ -228,6 +230,36 @@ fn the_dashboard_shows_what_the_api_answers() {
             std::fs::copy(&shot, kept.join(name)).unwrap();
         }
     }
+}
+
+/// At a phone's width the overview's rows are cards: every figure of every pipeline is inside
+/// the window (nothing to scroll sideways for), each under its label.
+fn phone_overview_fits(browser: &Path, profile: &Path, url: &str) {
+    let mut page = Browser::start(browser, profile, (390, 844));
+    page.navigate(url);
+    page.wait_for("document.body.dataset.ready === 'overview'");
+    let outside = page.eval(
+        "[...document.querySelectorAll('#pipelines td')]
+           .filter(cell => { const box = cell.getBoundingClientRect();
+                             return box.width === 0 || box.left < 0 || box.right > window.innerWidth; })
+           .map(cell => cell.dataset.field || cell.className)",
+    );
+    assert_eq!(
+        outside,
+        serde_json::json!([]),
+        "cells outside a 390 px window"
+    );
+    let labels = page.eval(
+        "[...document.querySelectorAll('#pipelines tr:first-child td[data-field]')]
+           .map(cell => getComputedStyle(cell, '::before').content)",
+    );
+    let labels: Vec<String> = serde_json::from_value(labels).unwrap();
+    assert_eq!(labels.len(), 8, "{labels:?}");
+    assert!(labels.contains(&"\"Runs 24 h\"".to_string()), "{labels:?}");
+    assert_eq!(
+        page.eval("document.documentElement.scrollWidth <= window.innerWidth"),
+        serde_json::json!(true)
+    );
 }
 
 /// On a pipeline page (weekly buckets): clicking a bar lists that week's runs, newest first, as
