@@ -1,4 +1,4 @@
-//! `runledger cluster init|status|trim`: the cluster's log on NATS JetStream, and the
+//! `runledger cluster init|adopt|status|trim`: the cluster's log on NATS JetStream, and the
 //! connection options every cluster-mode command shares (`--nats`, the master key).
 
 use std::path::{Path, PathBuf};
@@ -57,6 +57,18 @@ pub enum ClusterCommand {
         #[arg(long, value_parser = clap::value_parser!(u8).range(1..=5))]
         replicas: Option<u8>,
     },
+    /// Make a single-node data dir the start of a new cluster: create the stream naming it and
+    /// publish its organizations and clients; then start every node from a copy of it (its
+    /// history, keys, clients and tokens carry over). Stop the single node first.
+    Adopt {
+        #[command(flatten)]
+        nats: NatsArgs,
+        #[command(flatten)]
+        data_dir: super::DataDir,
+        /// Stream replicas, instead of the default.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=5))]
+        replicas: Option<u8>,
+    },
     /// Print the stream's first and last sequence, messages and bytes as JSON.
     Status {
         #[command(flatten)]
@@ -82,6 +94,11 @@ pub fn run(args: ClusterArgs) -> Result<ExitCode, String> {
     runtime.block_on(async {
         match args.command {
             ClusterCommand::Init { nats, replicas } => init(&nats, replicas).await,
+            ClusterCommand::Adopt {
+                nats,
+                data_dir,
+                replicas,
+            } => super::adopt::adopt(&nats, &data_dir.data_dir, replicas).await,
             ClusterCommand::Status { nats } => {
                 let state = nats
                     .connect()
@@ -113,7 +130,7 @@ async fn init(nats: &NatsArgs, replicas: Option<u8>) -> Result<ExitCode, String>
     let master = nats.master()?;
     let log = nats.connect().await?;
     let outcome = log
-        .init(replicas.map(usize::from))
+        .init(replicas.map(usize::from), None)
         .await
         .map_err(|e| e.to_string())?;
     if !outcome.created {

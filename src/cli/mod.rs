@@ -1,6 +1,7 @@
 //! The command line: one file per command. Commands print what they did and exit non-zero with
 //! a plain sentence when they could not.
 
+mod adopt;
 mod backup;
 mod bench;
 pub mod client;
@@ -62,7 +63,7 @@ pub enum Command {
     Info(info::InfoArgs),
     /// Load a running server over REST and gRPC; print throughput and latency percentiles.
     Bench(bench::BenchArgs),
-    /// Cluster mode on NATS JetStream: create the stream, see it, trim it.
+    /// Cluster mode on NATS JetStream: create the stream (or adopt a single node), see it, trim it.
     Cluster(cluster::ClusterArgs),
 }
 

@@ -152,14 +152,23 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
         .with_max_pending_runs(args.max_pending_runs)
         .with_retention(args.keep_runs_days);
     if let Some(urls) = &args.nats {
-        let log = runtime.block_on(crate::cluster::Log::connect(urls, Duration::from_secs(30)));
-        let applied = engine
-            .store()
-            .reader()
-            .and_then(|reader| reader.applied_seq())
+        let log = runtime
+            .block_on(crate::cluster::Log::connect(urls, Duration::from_secs(30)))
+            .map_err(|e| e.to_string())?;
+        let start = crate::cluster::StartingPoint::of(engine.store())
             .map_err(|e| format!("cannot start: {e}"))?;
-        let mut cluster =
-            crate::cluster::Cluster::new(log.map_err(|e| e.to_string())?, args.role, applied);
+        // A gateway's scratch store starts empty on every start; a node's must fit the stream.
+        // (A stream not made yet names no adoption.)
+        if args.role == crate::cluster::Role::Node {
+            let stream_baseline = runtime
+                .block_on(log.baseline())
+                .map_err(|e| format!("cannot start: {e}"))?;
+            start
+                .check(stream_baseline.flatten())
+                .map_err(|e| format!("cannot start: {e}"))?;
+        }
+        let applied = start.applied;
+        let mut cluster = crate::cluster::Cluster::new(log, args.role, applied);
         cluster.min_seq_wait = Duration::from_millis(args.min_seq_wait_ms);
         tracing::info!(applied, role = ?args.role, "cluster mode: applying the stream from the next sequence");
         engine = engine.with_cluster(Arc::new(cluster));

@@ -15,6 +15,8 @@ pub const STREAM: &str = "RUNLEDGER";
 pub const DATA_SUBJECT: &str = "runledger.data";
 /// Subject of organizations, clients and tokens.
 pub const CREDENTIALS_SUBJECT: &str = "runledger.credentials";
+/// The stream's description when it continues an adopted store: then the adoption's id.
+const BASELINE_PREFIX: &str = "runledger: continues the single-node store adopted as ";
 /// How long JetStream remembers message ids to drop a retried publish.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(300);
 /// How long a write keeps retrying its publish (a leader election takes a few seconds).
@@ -84,8 +86,13 @@ impl Log {
     }
 
     /// Creates the stream unless it exists: file storage, replicas 3 when the NATS cluster has
-    /// at least 3 servers (else 1), unless `replicas` says otherwise.
-    pub async fn init(&self, replicas: Option<usize>) -> Result<InitOutcome> {
+    /// at least 3 servers (else 1), unless `replicas` says otherwise. A stream continuing an
+    /// adopted single-node store names its `baseline` in its description.
+    pub async fn init(
+        &self,
+        replicas: Option<usize>,
+        baseline: Option<uuid::Uuid>,
+    ) -> Result<InitOutcome> {
         if let Ok(mut existing) = self.js.get_stream(STREAM).await {
             let info = existing
                 .info()
@@ -105,6 +112,7 @@ impl Log {
             storage: stream::StorageType::File,
             num_replicas: replicas,
             duplicate_window: DUPLICATE_WINDOW,
+            description: baseline.map(|id| format!("{BASELINE_PREFIX}{id}")),
             ..Default::default()
         };
         // Servers of a cluster that just started may not have elected a meta leader yet.
@@ -129,6 +137,28 @@ impl Log {
             created: true,
             replicas,
         })
+    }
+
+    /// Whether the stream exists, and the adopted store it continues, if any (`None` when
+    /// it does not exist).
+    pub async fn baseline(&self) -> Result<Option<Option<uuid::Uuid>>> {
+        let Ok(mut stream) = self.js.get_stream(STREAM).await else {
+            return Ok(None);
+        };
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| unavailable("stream info", e))?;
+        let description = info.config.description.as_deref().unwrap_or_default();
+        let baseline = match description.strip_prefix(BASELINE_PREFIX) {
+            Some(id) => Some(id.parse().map_err(|_| {
+                Error::Internal(format!(
+                    "the stream's description {description:?} names no adoption"
+                ))
+            })?),
+            None => None,
+        };
+        Ok(Some(baseline))
     }
 
     /// The largest message the servers accept.

@@ -187,10 +187,54 @@ fn acknowledged_only(op: &WriteOp) -> Result<WriteOutcome> {
     }
 }
 
+/// What a node's data dir says about where it starts in the stream.
+#[derive(Clone, Copy, Debug)]
+pub struct StartingPoint {
+    /// The adoption it continues (`runledger cluster adopt`), if any.
+    pub baseline: Option<Uuid>,
+    /// The last stream sequence it applied.
+    pub applied: u64,
+    /// Whether it holds any organization.
+    pub has_organizations: bool,
+}
+
+impl StartingPoint {
+    pub fn of(store: &crate::store::Store) -> Result<StartingPoint> {
+        let reader = store.reader()?;
+        Ok(StartingPoint {
+            baseline: reader.baseline()?,
+            applied: reader.applied_seq()?,
+            has_organizations: reader.any_organization()?.is_some(),
+        })
+    }
+
+    /// Whether a node starting here may apply a stream that continues `stream_baseline` (the
+    /// adoption it names, if any): a stream made by `cluster adopt` holds only what came after
+    /// the adopted store, so only copies of that store may apply it; a stream made by `cluster
+    /// init` starts empty, so a single node's store (organizations, nothing applied, not
+    /// adopted) would keep history no other node has.
+    pub fn check(&self, stream_baseline: Option<Uuid>) -> Result<()> {
+        match (stream_baseline, self.baseline) {
+            (Some(stream), Some(own)) if stream == own => Ok(()),
+            (Some(stream), _) => Err(Error::Unavailable(format!(
+                "the cluster's stream continues the single-node store adopted as {stream} (`runledger cluster adopt`), and this data dir is not a copy of it: start this node from a backup of the adopted data dir or of another node"
+            ))),
+            (None, Some(own)) => Err(Error::Unavailable(format!(
+                "this data dir was adopted as {own} into a cluster whose stream is not this one: start this node from an empty data dir or a backup of a node of this cluster"
+            ))),
+            (None, None) if self.applied == 0 && self.has_organizations => {
+                Err(Error::Unavailable(
+                    "this data dir holds a single node's store, which the cluster's stream does not continue: make a new cluster from it with `runledger cluster adopt`, or start this node from an empty data dir".into(),
+                ))
+            }
+            (None, None) => Ok(()),
+        }
+    }
+}
+
 /// Creates an OAuth client cluster-wide (and its organization, with its derived output key,
-/// unless it exists): one message, each write its own unit. Returns the credentials (with the
-/// organization's output key: in a cluster it is derived, so showing it again reveals nothing
-/// new) and the message's sequence.
+/// unless it exists): one message, each write its own unit. Returns the credentials (with a new
+/// organization's output key) and the message's sequence.
 pub async fn create_client(
     log: &Log,
     master: &crate::crypto::MasterKey,
@@ -203,6 +247,7 @@ pub async fn create_client(
             "a client needs at least one scope",
         ));
     }
+    let new_org = org.is_none();
     let org = org.unwrap_or_else(|| crate::model::OrgId(Uuid::new_v4()));
     let (key, organization) = organization(master, org);
     let (client_id, client_secret, create) = crate::engine::new_client(org, scopes);
@@ -215,7 +260,9 @@ pub async fn create_client(
             client_secret,
             organization: org,
             scopes,
-            output_key: Some(key.to_base64()),
+            // Only for a new organization: an existing one may be adopted, with a key of its
+            // own (`runledger key` shows it).
+            output_key: new_org.then(|| key.to_base64()),
         },
         seq,
     ))
@@ -243,4 +290,43 @@ pub fn organization(
         created_at: crate::time::Timestamp::now(),
     };
     (key, WriteOp::CreateOrganization { org, record })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(baseline: Option<Uuid>, applied: u64, has_organizations: bool) -> StartingPoint {
+        StartingPoint {
+            baseline,
+            applied,
+            has_organizations,
+        }
+    }
+
+    #[test]
+    fn a_node_starts_only_where_the_stream_begins() {
+        let (adopted, other) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        // A stream made by `cluster adopt`: copies of the adopted store only.
+        assert!(at(Some(adopted), 0, true).check(Some(adopted)).is_ok());
+        assert!(at(Some(adopted), 900, true).check(Some(adopted)).is_ok());
+        for refused in [
+            at(None, 0, false),
+            at(Some(other), 0, true),
+            at(None, 0, true),
+        ] {
+            let error = refused.check(Some(adopted)).unwrap_err().to_string();
+            assert!(error.contains("not a copy of it"), "{error}");
+        }
+        // A stream made by `cluster init`: empty data dirs and its own nodes' backups.
+        assert!(at(None, 0, false).check(None).is_ok());
+        assert!(at(None, 42, true).check(None).is_ok());
+        let single = at(None, 0, true).check(None).unwrap_err().to_string();
+        assert!(single.contains("cluster adopt"), "{single}");
+        let foreign = at(Some(other), 0, true)
+            .check(None)
+            .unwrap_err()
+            .to_string();
+        assert!(foreign.contains("adopted as"), "{foreign}");
+    }
 }

@@ -304,6 +304,32 @@ impl Store {
             .write(|db| apply_batch(db, &self.cache, &self.filters, ops, Some(through)))
     }
 
+    /// Marks the database as the start of a cluster's stream (`runledger cluster adopt`): the
+    /// adoption's id, which nodes compare with the one the stream names before applying it.
+    /// A database adopted before keeps its id (so an interrupted adoption can be run again);
+    /// one that applied a stream already is refused.
+    pub fn adopt(&self) -> Result<uuid::Uuid> {
+        let reader = self.reader()?;
+        if let Some(existing) = reader.baseline()? {
+            return Ok(existing);
+        }
+        if reader.applied_seq()? > 0 {
+            return Err(crate::error::Error::Conflict(
+                "this data dir is a cluster node's: it applied a cluster's stream already".into(),
+            ));
+        }
+        drop(reader);
+        let baseline = uuid::Uuid::new_v4();
+        self.db.write(|db| {
+            let txn = db.begin_write()?;
+            txn.open_table(tables::META)?
+                .insert(tables::meta::BASELINE, baseline.as_bytes().as_slice())?;
+            txn.commit()?;
+            Ok(())
+        })?;
+        Ok(baseline)
+    }
+
     /// Entries and space of every table, from one snapshot.
     pub fn table_sizes(&self) -> Result<Vec<TableSize>> {
         struct Describe<'a>(&'a redb::ReadTransaction, Vec<TableSize>);

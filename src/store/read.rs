@@ -406,6 +406,34 @@ impl<'a> Reader<'a> {
             .transpose()
     }
 
+    /// The adoption into a cluster this database continues, if it was adopted (see
+    /// `runledger cluster adopt`).
+    pub fn baseline(&self) -> Result<Option<Uuid>> {
+        let meta = self.txn.open_table(tables::META)?;
+        let Some(bytes) = meta.get(tables::meta::BASELINE)? else {
+            return Ok(None);
+        };
+        let bytes: [u8; 16] = bytes
+            .value()
+            .try_into()
+            .map_err(|_| super::records::corrupt("meta"))?;
+        Ok(Some(Uuid::from_bytes(bytes)))
+    }
+
+    /// Every organization with its record, in UUID order.
+    pub fn organizations(&self) -> Result<Vec<(OrgId, OrgRecord)>> {
+        let table = self.txn.open_table(tables::ORGANIZATIONS)?;
+        let mut organizations = Vec::new();
+        for entry in table.iter()? {
+            let (org, record) = entry?;
+            organizations.push((
+                OrgId(Uuid::from_bytes(*org.value())),
+                OrgRecord::decode(record.value())?,
+            ));
+        }
+        Ok(organizations)
+    }
+
     /// Some organization with its record, if there is any.
     pub fn any_organization(&self) -> Result<Option<(OrgId, OrgRecord)>> {
         let table = self.txn.open_table(tables::ORGANIZATIONS)?;

@@ -338,6 +338,9 @@ pub mod meta {
     /// Cluster mode: the last stream sequence applied, a little-endian u64, written in the
     /// transaction that applied it (see `crate::cluster`).
     pub const APPLIED_SEQ: &str = "applied_seq";
+    /// Cluster mode: the adoption this database continues (`runledger cluster adopt`), 16
+    /// bytes; the stream names the same one.
+    pub const BASELINE: &str = "cluster_baseline";
 }
 
 /// The file format this build reads and writes. 5: rollup parts carry duration histograms and

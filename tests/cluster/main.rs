@@ -6,6 +6,7 @@
 #[path = "../api/helpers.rs"]
 mod helpers;
 
+mod adopt;
 mod faults;
 mod nodes;
 mod support;

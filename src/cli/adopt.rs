@@ -1,0 +1,110 @@
+//! `runledger cluster adopt`: a single-node data dir becomes the start of a cluster. The data
+//! dir records an adoption id, the stream is created naming the same id, and the data dir's
+//! organizations and clients are published on the credentials subject (so that gateways know
+//! them too). Every node then starts from a copy of the adopted data dir (`runledger backup`)
+//! and applies the stream on top of it: organizations keep their output keys (sealed under the
+//! master key every node shares), clients their secrets, and issued tokens stay valid.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use super::cluster::NatsArgs;
+use crate::cluster::log::CREDENTIALS_SUBJECT;
+use crate::crypto::{MASTER_KEY_FILE, MasterKey};
+use crate::store::{Store, StoreOptions, WriteOp};
+
+/// Credentials published in one message at most.
+const OPS_PER_MESSAGE: usize = 1_000;
+
+pub async fn adopt(
+    nats: &NatsArgs,
+    data_dir: &Path,
+    replicas: Option<u8>,
+) -> Result<ExitCode, String> {
+    // The single node's own key file is the default: its organizations' keys are sealed with it.
+    let own_key = data_dir.join(MASTER_KEY_FILE);
+    let key_file = nats
+        .master_key_file
+        .clone()
+        .or_else(|| own_key.exists().then_some(own_key));
+    let master = MasterKey::given(key_file.as_deref())?.ok_or_else(|| {
+        format!(
+            "give the master key the single node used: --master-key-file {} (or RUNLEDGER_MASTER_KEY)",
+            data_dir.join(MASTER_KEY_FILE).display()
+        )
+    })?;
+    let store = Store::open(data_dir, StoreOptions::default()).map_err(|e| match e {
+        crate::store::OpenError::InUse(_) => format!(
+            "{} is in use: stop the server that has it open, then adopt it",
+            data_dir.display()
+        ),
+        other => other.to_string(),
+    })?;
+    let (organizations, clients) = {
+        let reader = store.reader().map_err(|e| e.to_string())?;
+        let organizations = reader.organizations().map_err(|e| e.to_string())?;
+        (organizations, reader.clients().map_err(|e| e.to_string())?)
+    };
+    for (org, record) in &organizations {
+        master.open_org_key(*org, &record.sealed_key).map_err(|_| {
+            format!("organization {org}'s key does not open with this master key: give the one the single node used")
+        })?;
+    }
+    let log = nats.connect().await?;
+    let baseline = match log.baseline().await.map_err(|e| e.to_string())? {
+        Some(Some(named))
+            if store.reader().and_then(|r| r.baseline()).ok().flatten() == Some(named) =>
+        {
+            named // an adoption interrupted after creating the stream: finish it
+        }
+        Some(_) => {
+            return Err(format!(
+                "the stream {} exists already: a store is adopted into a new cluster only, before any node or `cluster init` made the stream",
+                crate::cluster::log::STREAM
+            ));
+        }
+        None => {
+            let baseline = store.adopt().map_err(|e| e.to_string())?;
+            log.init(replicas.map(usize::from), Some(baseline))
+                .await
+                .map_err(|e| e.to_string())?;
+            baseline
+        }
+    };
+    let ops: Vec<WriteOp> = organizations
+        .into_iter()
+        .map(|(org, record)| WriteOp::CreateOrganization { org, record })
+        .chain(
+            clients
+                .into_iter()
+                .map(|(client_id, record)| WriteOp::CreateClient { client_id, record }),
+        )
+        .collect();
+    let mut last_seq = 0;
+    for (chunk, ops) in ops.chunks(OPS_PER_MESSAGE).enumerate() {
+        let body = crate::cluster::codec::encode(ops).map_err(|e| e.to_string())?;
+        // Ids of their own: publishing them again (a rerun) stores them once.
+        let id = format!("adopt-{}-{chunk}", baseline.simple());
+        last_seq = log
+            .publish(CREDENTIALS_SUBJECT, &id, body)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let state = log.state().await.map_err(|e| e.to_string())?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "baseline": baseline.to_string(),
+            "stream": crate::cluster::log::STREAM,
+            "credentials_published": ops.len(),
+            "last_seq": last_seq.max(state.last_seq),
+        })
+    );
+    eprintln!(
+        "adopted {}: start every node from a copy of it (`runledger backup --data-dir {} NODE_DIR`, then NODE_DIR/{} into the node's data dir) with this master key; a node with an empty data dir refuses to start, since the stream does not hold this store's history",
+        data_dir.display(),
+        data_dir.display(),
+        crate::store::DATABASE_FILE,
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,238 @@
+//! A single node's data dir made the start of a cluster (`runledger cluster adopt`): nodes
+//! started from copies of it answer with its history, keep its organizations' output keys, its
+//! clients and its tokens, and apply what is written afterwards alike; a node that is not a
+//! copy of it refuses to start.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use runledger::proto;
+use runledger::proto::ingest_client::IngestClient;
+
+use crate::helpers::{Bearer, ChildServer, finished, grpc_channel, rest_token, runtime};
+use crate::support::{self, cli, node};
+
+/// Reports `count` finished runs of `task` with outputs, through `addr`: the sequence the
+/// answer names (0 from a single node). (A gateway answers zero counts, so none are checked
+/// here: the stats are.)
+async fn report(addr: std::net::SocketAddr, token: &str, org: &str, task: &str, count: u32) -> u64 {
+    let mut ingest = IngestClient::with_interceptor(grpc_channel(addr).await, Bearer::new(token));
+    let results = (0..count)
+        .map(|i| {
+            let mut run = finished(
+                &uuid::Uuid::new_v4().to_string(),
+                &uuid::Uuid::new_v4().to_string(),
+                PIPELINE,
+                task,
+                i % 5 != 0,
+                100 + i,
+                &format!("2025-06-{:02} 12:00:00", 1 + i % 28),
+            );
+            run.organization_uuid = org.into();
+            run.output = format!("output {task} {i}").into_bytes();
+            run
+        })
+        .collect();
+    let response = ingest
+        .report_task_run_batch(proto::ReportTaskRunsRequest { results })
+        .await
+        .unwrap();
+    response
+        .metadata()
+        .get("x-runledger-seq")
+        .map_or(0, |seq| seq.to_str().unwrap().parse().unwrap())
+}
+
+const PIPELINE: &str = "7a000000-0000-4000-8000-000000000001";
+const OLD_TASK: &str = "7a000000-0000-4000-8000-000000000002";
+const NEW_TASK: &str = "7a000000-0000-4000-8000-000000000003";
+
+/// `runledger serve` as a cluster node that must refuse to start: its standard error.
+fn refused_start(data_dir: &Path, urls: &str, key: &Path) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_runledger"))
+        .args([
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--nats", urls, "--master-key-file", key.to_str().unwrap()])
+        .env_remove("RUNLEDGER_MASTER_KEY")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("a node that is not a copy of the adopted store started");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
+    assert!(!output.status.success());
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn a_single_nodes_store_becomes_a_cluster_with_its_history_keys_clients_and_tokens() {
+    let Some(binary) = support::nats_server() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let single = dir.path().join("single");
+    let http = reqwest::Client::new();
+
+    // A single node with history: its first client's runs, with outputs, and a token.
+    let server = ChildServer::start(&single);
+    let client = server.first_client.clone().expect("a first client");
+    let org = client["organization_uuid"].as_str().unwrap().to_string();
+    let key = client["output_key"].as_str().unwrap().to_string();
+    let (old_token, stats_before) = runtime().block_on(async {
+        let token = rest_token(&http, server.http_addr, &client, None).await;
+        report(server.grpc_addr, &token, &org, OLD_TASK, 30).await;
+        let stats = stats_of(&http, server.http_addr, &token, OLD_TASK, None).await;
+        (token, stats)
+    });
+    assert_eq!(stats_before["num_of_successes"], 24);
+    assert!(server.stop());
+
+    // Adopted into a new cluster, twice (a rerun finishes an interrupted adoption, changing
+    // nothing): the data dir's own master key file is the default.
+    let nats = support::start_nats(&binary, dir.path(), 1);
+    let urls = support::urls(&nats);
+    let adopt = || {
+        let (ok, out, err) = cli(&[
+            "cluster",
+            "adopt",
+            "--nats",
+            &urls,
+            "--data-dir",
+            single.to_str().unwrap(),
+        ]);
+        assert!(ok, "cluster adopt failed: {err}");
+        serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()
+    };
+    let first = adopt();
+    let again = adopt();
+    assert_eq!(first["baseline"], again["baseline"]);
+    assert_eq!(
+        first["credentials_published"], 2,
+        "one organization, one client"
+    );
+    assert_eq!(
+        again["last_seq"], first["last_seq"],
+        "the rerun stored nothing twice"
+    );
+    let master = single.join("master.key");
+
+    // Nodes start from copies of the adopted data dir; an empty one and a single node's store
+    // that was not adopted are refused, saying why.
+    let a_dir = dir.path().join("a");
+    let b_dir = dir.path().join("b");
+    for (name, node_dir) in [("a-backup", &a_dir), ("b-backup", &b_dir)] {
+        let backup = dir.path().join(name);
+        let (ok, _, err) = cli(&[
+            "backup",
+            "--data-dir",
+            single.to_str().unwrap(),
+            backup.to_str().unwrap(),
+        ]);
+        assert!(ok, "{err}");
+        support::restore(&backup, node_dir);
+    }
+    let empty = refused_start(&dir.path().join("empty"), &urls, &master);
+    assert!(empty.contains("not a copy of it"), "{empty}");
+    let a = node(&a_dir, &urls, &master, false);
+    let b = node(&b_dir, &urls, &master, false);
+    let gateway = node(&dir.path().join("gateway"), &urls, &master, true);
+
+    runtime().block_on(async {
+        // The single node's token and history, on both nodes.
+        for addr in [a.http_addr, b.http_addr] {
+            let stats = stats_of(&http, addr, &old_token, OLD_TASK, None).await;
+            assert_eq!(stats, stats_before, "{addr}");
+        }
+        // Its client signs in anywhere, the gateway included (it learned the client from the
+        // stream), and writes through it.
+        let token = rest_token(&http, gateway.http_addr, &client, None).await;
+        let seq = report(gateway.grpc_addr, &token, &org, NEW_TASK, 10).await;
+        assert!(seq > 0);
+        let on_a = stats_of(&http, a.http_addr, &token, NEW_TASK, Some(seq)).await;
+        let on_b = stats_of(&http, b.http_addr, &token, NEW_TASK, Some(seq)).await;
+        assert_eq!(on_a, on_b);
+        assert_eq!(on_a["num_of_successes"], 8);
+        // Old and new outputs open with the organization's key from the single node.
+        let logs: serde_json::Value = http
+            .get(format!(
+                "http://{}/v1/stats/pipelines/{PIPELINE}/logs/2025-06-01/2025-06-30?limit=100",
+                b.http_addr
+            ))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let entries = logs.as_array().unwrap();
+        assert_eq!(entries.len(), 40);
+        for entry in entries {
+            let task = entry["task_uuid"].as_str().unwrap();
+            let plain = runledger::crypto::decrypt_base64(&key, entry["output"].as_str().unwrap())
+                .unwrap_or_else(|e| panic!("an output of {task} does not open: {e}"));
+            assert!(
+                String::from_utf8(plain)
+                    .unwrap()
+                    .starts_with(&format!("output {task} "))
+            );
+        }
+    });
+
+    // A second single node's store (under the same master key) cannot join this stream, nor
+    // can it be adopted into it.
+    let other = dir.path().join("other");
+    let same_master = std::fs::read_to_string(&master).unwrap();
+    let env = [("RUNLEDGER_MASTER_KEY", same_master.trim())];
+    assert!(ChildServer::start_full(&other, &[], None, &env).stop());
+    let refused = refused_start(&other, &urls, &master);
+    assert!(refused.contains("not a copy of it"), "{refused}");
+    let (ok, _, err) = cli(&[
+        "cluster",
+        "adopt",
+        "--nats",
+        &urls,
+        "--data-dir",
+        other.to_str().unwrap(),
+        "--master-key-file",
+        master.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("exists already"), "{err}");
+    drop(gateway);
+}
+
+/// A task's range stats over June 2025 on `addr`, after sequence `min_seq` when given.
+async fn stats_of(
+    http: &reqwest::Client,
+    addr: std::net::SocketAddr,
+    token: &str,
+    task: &str,
+    min_seq: Option<u64>,
+) -> serde_json::Value {
+    let mut request = http
+        .get(format!(
+            "http://{addr}/v1/stats/tasks/{task}/stats/2025-06-01/2025-06-30"
+        ))
+        .bearer_auth(token);
+    if let Some(seq) = min_seq {
+        request = request.header("x-runledger-min-seq", seq.to_string());
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
