@@ -225,17 +225,7 @@ impl ChildServer {
                 bash
             }
         };
-        let mut child = command
-            .args([
-                "serve",
-                "--grpc-addr",
-                "127.0.0.1:0",
-                "--http-addr",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
-            .arg(data_dir)
-            .args(args)
+        let mut child = serve_args(&mut command, data_dir, args)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(log)
@@ -288,6 +278,38 @@ impl ChildServer {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
     }
+}
+
+/// `serve` on free loopback ports and `data_dir`, then `args`.
+fn serve_args<'a>(command: &'a mut Command, data_dir: &Path, args: &[&str]) -> &'a mut Command {
+    command
+        .args(["serve", "--grpc-addr", "127.0.0.1:0"])
+        .args(["--http-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .args(args)
+}
+
+/// Runs `runledger serve ARGS...` on `data_dir` (without `RUNLEDGER_MASTER_KEY`), which must
+/// refuse to start: its standard error. Panics with `started` if it is still running after 60 s.
+pub fn refused_serve(data_dir: &Path, args: &[&str], started: &str) -> String {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_runledger"));
+    let mut serve = serve_args(&mut command, data_dir, args)
+        .env_remove("RUNLEDGER_MASTER_KEY")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while serve.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = serve.kill();
+            panic!("{started}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let output = serve.wait_with_output().unwrap();
+    assert!(!output.status.success());
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 /// A test that fails midway leaves no server behind.

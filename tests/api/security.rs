@@ -1298,35 +1298,8 @@ fn a_database_with_organizations_does_not_start_without_its_master_key() {
         crate::helpers::run_cli(&["client", "create", "--data-dir", data.to_str().unwrap()]);
     assert!(ok, "{output}");
     std::fs::remove_file(data.join("master.key")).unwrap();
-    let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_runledger"))
-        .args([
-            "serve",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(&data)
-        .env_remove("RUNLEDGER_MASTER_KEY")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = serve.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = serve.kill();
-            panic!("the server started without its master key");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut serve.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert!(!status.success());
+    let stderr =
+        crate::helpers::refused_serve(&data, &[], "the server started without its master key");
     assert!(stderr.contains("master.key is missing"), "{stderr}");
     assert!(
         !data.join("master.key").exists(),

@@ -199,46 +199,6 @@ fn a_read_with_the_writes_sequence_sees_the_write_on_another_node() {
     });
 }
 
-/// Reports `count` finished runs of one task through `node`; the last write's sequence.
-async fn report_some(
-    node: std::net::SocketAddr,
-    token: &str,
-    org: &str,
-    pipeline: &str,
-    task: &str,
-    count: u32,
-) -> (u64, proto::ReportTaskRunsResponse) {
-    let mut ingest = IngestClient::with_interceptor(grpc_channel(node).await, Bearer::new(token));
-    let results = (0..count)
-        .map(|i| {
-            let mut run = finished(
-                &uuid::Uuid::new_v4().to_string(),
-                &uuid::Uuid::new_v4().to_string(),
-                pipeline,
-                task,
-                i % 4 != 0,
-                1_000 + i,
-                "2025-06-01 12:00:00",
-            );
-            run.organization_uuid = org.into();
-            run
-        })
-        .collect();
-    let response = ingest
-        .report_task_run_batch(proto::ReportTaskRunsRequest { results })
-        .await
-        .unwrap();
-    let seq = response
-        .metadata()
-        .get("x-runledger-seq")
-        .expect("a write answer carries its sequence")
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    (seq, response.into_inner())
-}
-
 #[test]
 fn trimming_keeps_what_nodes_and_the_backup_need_and_a_gateway_only_writes() {
     let Some(binary) = support::nats_server() else {
@@ -260,7 +220,7 @@ fn trimming_keeps_what_nodes_and_the_backup_need_and_a_gateway_only_writes() {
     let stats_path = format!("/v1/stats/tasks/{task}/stats/2025-01-01/2025-12-31");
     runtime().block_on(async {
         let token = rest_token(&http, a.http_addr, client, None).await;
-        report_some(a.grpc_addr, &token, &org, &pipeline, &task, 50).await;
+        support::report(a.grpc_addr, &token, &org, &pipeline, &task, 50).await;
 
         // A gateway takes writes (acknowledged by the log, counts unknown) and refuses reads.
         support::await_applied(
@@ -270,7 +230,7 @@ fn trimming_keeps_what_nodes_and_the_backup_need_and_a_gateway_only_writes() {
         )
         .await;
         let (seq, counts) =
-            report_some(gateway.grpc_addr, &token, &org, &pipeline, &task, 30).await;
+            support::report(gateway.grpc_addr, &token, &org, &pipeline, &task, 30).await;
         assert_eq!((counts.batches, counts.inserted), (1, 0));
         let refused = http
             .get(format!("http://{}{stats_path}", gateway.http_addr))
@@ -286,7 +246,7 @@ fn trimming_keeps_what_nodes_and_the_backup_need_and_a_gateway_only_writes() {
         let backup = data("backup");
         let held = support::backup(&data("a"), &backup);
         assert!(held >= seq);
-        let (last, _) = report_some(a.grpc_addr, &token, &org, &pipeline, &task, 20).await;
+        let (last, _) = support::report(a.grpc_addr, &token, &org, &pipeline, &task, 20).await;
         support::await_applied(&http, b.http_addr, last).await;
         let (ok, out, err) = cli(&[
             "cluster",

@@ -271,3 +271,47 @@ pub fn restore(backup: &Path, data_dir: &Path) {
     )
     .unwrap();
 }
+
+/// Reports `count` finished runs of one task through `node` (the k-th executed on day 1 + k % 28
+/// of June 2025, with an output naming the task and k): the sequence the answer names (0 from
+/// a single node) and the answer.
+pub async fn report(
+    node: std::net::SocketAddr,
+    token: &str,
+    org: &str,
+    pipeline: &str,
+    task: &str,
+    count: u32,
+) -> (u64, runledger::proto::ReportTaskRunsResponse) {
+    use crate::helpers::{Bearer, finished, grpc_channel};
+    use runledger::proto;
+    let mut ingest = proto::ingest_client::IngestClient::with_interceptor(
+        grpc_channel(node).await,
+        Bearer::new(token),
+    );
+    let results = (0..count)
+        .map(|i| {
+            let mut run = finished(
+                &uuid::Uuid::new_v4().to_string(),
+                &uuid::Uuid::new_v4().to_string(),
+                pipeline,
+                task,
+                i % 4 != 0,
+                1_000 + i,
+                &format!("2025-06-{:02} 12:00:00", 1 + i % 28),
+            );
+            run.organization_uuid = org.into();
+            run.output = format!("output {task} {i}").into_bytes();
+            run
+        })
+        .collect();
+    let response = ingest
+        .report_task_run_batch(proto::ReportTaskRunsRequest { results })
+        .await
+        .unwrap();
+    let seq = response
+        .metadata()
+        .get("x-runledger-seq")
+        .map_or(0, |seq| seq.to_str().unwrap().parse().unwrap());
+    (seq, response.into_inner())
+}
