@@ -21,6 +21,10 @@ pub async fn adopt(
     data_dir: &Path,
     replicas: Option<u8>,
 ) -> Result<ExitCode, String> {
+    let database = data_dir.join(crate::store::DATABASE_FILE);
+    if !database.exists() {
+        return Err(format!("there is no database at {}", database.display()));
+    }
     // The single node's own key file is the default: its organizations' keys are sealed with it.
     let own_key = data_dir.join(MASTER_KEY_FILE);
     let key_file = nats
