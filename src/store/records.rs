@@ -721,7 +721,11 @@ fn encode_durations(durations: &Durations, out: &mut Vec<u8>) {
 }
 
 fn decode_durations_from(input: &mut Input<'_>, runs: u64) -> Option<Durations> {
-    let mut bins = Vec::new();
+    // Sized from the header (the max, then how many bins below the max's follow).
+    let mut header = Input(input.0);
+    header.varint()?;
+    let others = usize::try_from(header.varint()?).ok()?;
+    let mut bins = Vec::with_capacity(others.min(2_200) + 1);
     let max = for_each_bin(input, runs, |bin, count| bins.push((bin, count)))?;
     Some(Durations::from_parts(bins, max))
 }
