@@ -69,7 +69,8 @@ pub enum ClusterCommand {
         #[arg(long, value_parser = clap::value_parser!(u8).range(1..=5))]
         replicas: Option<u8>,
     },
-    /// Print the stream's first and last sequence, messages and bytes as JSON.
+    /// Print the stream's first and last sequence, messages and bytes, and the adoption it
+    /// continues (`null` for a stream `cluster init` made), as JSON.
     Status {
         #[command(flatten)]
         nats: NatsArgs,
@@ -100,12 +101,10 @@ pub fn run(args: ClusterArgs) -> Result<ExitCode, String> {
                 replicas,
             } => super::adopt::adopt(&nats, &data_dir.data_dir, replicas).await,
             ClusterCommand::Status { nats } => {
-                let state = nats
-                    .connect()
-                    .await?
-                    .state()
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let log = nats.connect().await?;
+                let state = log.state().await.map_err(|e| e.to_string())?;
+                // The adopted single-node store the stream continues, if any.
+                let adopted = log.baseline().await.map_err(|e| e.to_string())?.flatten();
                 println!(
                     "{}",
                     serde_json::json!({
@@ -113,6 +112,7 @@ pub fn run(args: ClusterArgs) -> Result<ExitCode, String> {
                         "last_seq": state.last_seq,
                         "messages": state.messages,
                         "bytes": state.bytes,
+                        "adopted": adopted.map(|id| id.to_string()),
                     })
                 );
                 Ok(ExitCode::SUCCESS)

@@ -73,6 +73,10 @@ fn a_single_nodes_store_becomes_a_cluster_with_its_history_keys_clients_and_toke
         "the rerun stored nothing twice"
     );
     let master = single.join("master.key");
+    let (ok, status, err) = cli(&["cluster", "status", "--nats", &urls]);
+    assert!(ok, "{err}");
+    let status: serde_json::Value = serde_json::from_str(status.trim()).unwrap();
+    assert_eq!(status["adopted"], first["baseline"]);
 
     // Nodes start from copies of the adopted data dir; an empty one and a single node's store
     // that was not adopted are refused, saying why.

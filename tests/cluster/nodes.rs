@@ -269,6 +269,11 @@ fn trimming_keeps_what_nodes_and_the_backup_need_and_a_gateway_only_writes() {
         assert!(ok);
         let status: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
         assert_eq!(status["first_seq"], held + 1);
+        assert_eq!(
+            status["adopted"],
+            serde_json::Value::Null,
+            "made by cluster init"
+        );
 
         // A node restored from the backup catches up from the stream's tail...
         support::restore(&backup, &data("c"));
