@@ -105,10 +105,9 @@ pub async fn adopt(
         })
     );
     eprintln!(
-        "adopted {}: start every node from a copy of it (`runledger backup --data-dir {} NODE_DIR`, then NODE_DIR/{} into the node's data dir) with this master key; a node with an empty data dir refuses to start, since the stream does not hold this store's history",
+        "adopted {}: start every node from a copy of it (`runledger backup --data-dir {} NODE_DIR` makes one; serve NODE_DIR) with this master key; a node whose data dir is not such a copy refuses to start, since the stream does not hold this store's history",
         data_dir.display(),
         data_dir.display(),
-        crate::store::DATABASE_FILE,
     );
     Ok(ExitCode::SUCCESS)
 }
