@@ -215,37 +215,65 @@ fn percentiles(
     count: u64,
     max: u64,
 ) -> Option<Percentiles> {
-    if count == 0 {
-        return None;
-    }
-    // The ceil(p/100 * N)-th smallest, for each p.
-    let ranks = [50u128, 90, 95, 99].map(|p| (p * u128::from(count)).div_ceil(100));
-    let mut answers = [max; 4];
-    let (mut seen, mut next) = (0u128, 0);
-    let mut bins = bins.peekable();
-    while let Some((bin, in_bin)) = bins.next() {
-        seen += u128::from(in_bin);
-        while next < 4 && seen >= ranks[next] {
-            answers[next] = if bins.peek().is_none() && in_bin == 1 {
-                max // the only run of the top bin is the max
-            } else {
-                // The max is exact and in the top bin, so never worse than the representative.
-                representative(bin).min(max)
-            };
-            next += 1;
-        }
-        if next == 4 {
+    let mut scan = PercentileScan::new(count, max)?;
+    for (bin, in_bin) in bins {
+        if scan.bin(bin, in_bin) {
             break;
         }
     }
-    let [p50, p90, p95, p99] = answers;
-    Some(Percentiles {
-        p50,
-        p90,
-        p95,
-        p99,
-        max,
-    })
+    Some(scan.finish())
+}
+
+/// Nearest-rank percentiles (the ceil(p/100 * N)-th smallest) of `N` runs with a known maximum,
+/// worked out as their bins go by in bin order, so that an encoded distribution needs no
+/// decoding first.
+pub struct PercentileScan {
+    ranks: [u128; 4],
+    answers: [u64; 4],
+    seen: u128,
+    next: usize,
+    max: u64,
+    top: Bin,
+}
+
+impl PercentileScan {
+    /// `None` without runs.
+    pub fn new(count: u64, max: u64) -> Option<PercentileScan> {
+        (count > 0).then(|| PercentileScan {
+            ranks: [50u128, 90, 95, 99].map(|p| (p * u128::from(count)).div_ceil(100)),
+            answers: [max; 4],
+            seen: 0,
+            next: 0,
+            max,
+            top: bin_of(max),
+        })
+    }
+
+    /// Counts the next bin's runs; true once every percentile is known.
+    pub fn bin(&mut self, bin: Bin, in_bin: u64) -> bool {
+        self.seen += u128::from(in_bin);
+        while self.next < 4 && self.seen >= self.ranks[self.next] {
+            self.answers[self.next] = if bin == self.top && in_bin == 1 {
+                self.max // the only run of the top bin is the max
+            } else {
+                // The max is exact and in the top bin, so never worse than the representative.
+                representative(bin).min(self.max)
+            };
+            self.next += 1;
+        }
+        self.next == 4
+    }
+
+    pub fn finish(self) -> Percentiles {
+        let [p50, p90, p95, p99] = self.answers;
+        Percentiles {
+            p50,
+            p90,
+            p95,
+            p99,
+            max: self.max,
+        }
+    }
 }
 
 /// A distribution being summed: a count per bin (wrapping, so parts can also be taken out),

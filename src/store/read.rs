@@ -280,15 +280,18 @@ impl<'a> Reader<'a> {
         let series = series(entity);
         let buckets =
             self.with_rollups(|source| aggregated(source, &series, period, start, end))?;
-        let starts: Vec<(i64, Summary)> = match fill {
+        let starts = match fill {
             Fill::Sparse => buckets,
             Fill::Zero => {
                 let mut stored = buckets.into_iter().peekable();
                 let mut all = Vec::with_capacity(n.get() as usize);
                 let mut bucket = start;
                 while bucket < end {
-                    let summary = stored.next_if(|(s, _)| *s == bucket).map(|(_, t)| t);
-                    all.push((bucket, summary.unwrap_or_default()));
+                    all.push(stored.next_if(|(s, ..)| *s == bucket).unwrap_or((
+                        bucket,
+                        crate::model::Tally::default(),
+                        None,
+                    )));
                     bucket = level.next_bucket(bucket);
                 }
                 all
@@ -296,12 +299,12 @@ impl<'a> Reader<'a> {
         };
         Ok(starts
             .into_iter()
-            .map(|(start, summary)| BucketStats {
+            .map(|(start, tally, percentiles)| BucketStats {
                 period,
                 start,
                 last_second: level.next_bucket(start) - 1,
-                tally: summary.tally,
-                percentiles: summary.percentiles(),
+                tally,
+                percentiles,
             })
             .collect())
     }

@@ -5,7 +5,7 @@
 use uuid::Uuid;
 
 use super::tables::{ENTITY_KEY_LEN, EntityId, LAST_RUN_LEN, OrgIndex, RunId};
-use crate::durations::{self, Bin, Durations, Histogram};
+use crate::durations::{self, Bin, Durations, Histogram, PercentileScan, Percentiles};
 use crate::error::Error;
 use crate::model::{
     EntityKind, LastRun, OrgId, PipelineRunId, RunState, Tally, TaskError, TaskType,
@@ -730,6 +730,23 @@ fn decode_durations_from(input: &mut Input<'_>, runs: u64) -> Option<Durations> 
     Some(Durations::from_parts(bins, max))
 }
 
+/// The percentiles of an encoded distribution of `runs` runs, in one pass over it.
+fn percentiles_of(blob: &[u8], runs: u64) -> Result<Option<Percentiles>, Error> {
+    if runs == 0 {
+        return Ok(None);
+    }
+    let mut input = Input(blob);
+    let max = Input(blob).varint().ok_or_else(|| corrupt("rollup"))?;
+    let mut scan = PercentileScan::new(runs, max).ok_or_else(|| corrupt("rollup"))?;
+    // The whole encoding is read (and so checked) even once every percentile is known.
+    let mut done = false;
+    for_each_bin(&mut input, runs, |bin, count| {
+        done = done || scan.bin(bin, count);
+    })
+    .ok_or_else(|| corrupt("rollup"))?;
+    Ok(Some(scan.finish()))
+}
+
 /// Reads an encoded distribution of `runs` runs, showing each bin and count to `f` in bin order;
 /// returns the maximum, or `None` when the encoding is damaged.
 fn for_each_bin(input: &mut Input<'_>, runs: u64, mut f: impl FnMut(Bin, u64)) -> Option<u64> {
@@ -852,6 +869,16 @@ impl RecordView {
             part.tally.runs(),
         )
         .ok_or_else(|| corrupt("rollup"))
+    }
+
+    /// A part's percentiles, read straight from its encoding (`None` without runs).
+    pub fn part_percentiles(&self, part: &PartView) -> Result<Option<Percentiles>, Error> {
+        percentiles_of(&self.bytes[part.durations.clone()], part.tally.runs())
+    }
+
+    /// The whole bucket's percentiles (`None` without runs).
+    pub fn total_percentiles(&self) -> Result<Option<Percentiles>, Error> {
+        percentiles_of(&self.bytes[self.total_durations.clone()], self.total.runs())
     }
 
     /// Adds (or with `subtract`, takes out) a part's durations to a histogram, the max only
@@ -1219,6 +1246,18 @@ mod tests {
             let mut bytes = Vec::new();
             a.encode(weighted, &mut bytes);
             prop_assert_eq!(BucketRecord::decode(&bytes).unwrap(), a.clone());
+            // Percentiles read straight from the encoding equal those of the decoded durations.
+            let view = RecordView::decode(&bytes).unwrap();
+            prop_assert_eq!(
+                view.total_percentiles().unwrap(),
+                view.total_durations().unwrap().percentiles()
+            );
+            for part in &view.parts {
+                prop_assert_eq!(
+                    view.part_percentiles(part).unwrap(),
+                    view.part_durations(part).unwrap().percentiles()
+                );
+            }
             let before = a.clone();
             a.merge(&b);
             prop_assert_eq!(a.total, before.total + b.total);
@@ -1243,6 +1282,12 @@ mod tests {
             let _ = TaskRunHome::decode(&bytes);
             let _ = EntityDetail::decode(&bytes);
             let _ = BucketRecord::decode(&bytes);
+            if let Ok(view) = RecordView::decode(&bytes) {
+                let _ = view.total_percentiles();
+                for part in &view.parts {
+                    let _ = view.part_percentiles(part);
+                }
+            }
         }
     }
 }

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::scan::aggregate;
 use super::{RollupTable, RunLogTable, RunTable, Series, Source, YearTable, Years};
-use crate::durations::Histogram;
+use crate::durations::{Histogram, Percentiles};
 use crate::error::Result;
 use crate::model::{EntityKind, Summary, Tally, TimeRange};
 use crate::store::records::{LastRunRecord, PartView, RecordView, RunRecord, RunRef, corrupt};
@@ -181,7 +181,7 @@ impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R,
         (year, record): (i64, &RecordView),
         (from, end): (i64, i64),
         bucket: &impl Fn(i64) -> i64,
-        into: &mut BTreeMap<i64, Summary>,
+        into: &mut BTreeMap<i64, Gathered>,
     ) -> Result<()> {
         for part in &record.parts {
             let (month, month_end) = Level::Year.part_span(year, part.index);
@@ -193,7 +193,9 @@ impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R,
                 for day in days.parts.iter().filter(|p| !p.tally.is_empty()) {
                     let (first, _) = Level::Month.part_span(month, day.index);
                     if (from..end).contains(&first) {
-                        add_part(into.entry(bucket(first)).or_default(), &days, day)?;
+                        into.entry(bucket(first))
+                            .or_default()
+                            .add_part(&days, day)?;
                     }
                 }
             } else {
@@ -202,7 +204,7 @@ impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R,
                         bucket(Level::Day.bucket_start(second))
                     })?;
                 for (start, summary) in scanned {
-                    into.entry(start).or_default().add(&summary);
+                    into.entry(start).or_default().add(&summary)?;
                 }
             }
         }
@@ -221,16 +223,77 @@ fn parts_touched(level: Level, start: i64, from: i64, end: i64) -> (u16, u16) {
     )
 }
 
-/// Adds a whole part of a record to a summary.
-fn add_part(summary: &mut Summary, record: &RecordView, part: &PartView) -> Result<()> {
-    summary.tally = summary.tally + part.tally;
-    let durations = record.part_durations(part)?;
-    if summary.durations.is_empty() {
-        summary.durations = durations; // the common case: a bucket of one part
-    } else {
-        summary.durations.add(&durations);
+/// A bucket of an aggregated answer as it is gathered: a year record's total or a single record
+/// part stays encoded until the answer reads its percentiles from it (most buckets are one part:
+/// a day, a month); a bucket of several parts, or of runs read from the log, is summed.
+enum Gathered {
+    Total(Rc<RecordView>),
+    Part(Rc<RecordView>, PartView),
+    Sum(Summary),
+}
+
+impl Default for Gathered {
+    fn default() -> Self {
+        Gathered::Sum(Summary::default())
     }
-    Ok(())
+}
+
+impl Gathered {
+    /// Adds a whole part of a record.
+    fn add_part(&mut self, record: &Rc<RecordView>, part: &PartView) -> Result<()> {
+        if let Gathered::Sum(sum) = self
+            && sum.is_empty()
+        {
+            *self = Gathered::Part(record.clone(), part.clone());
+            return Ok(());
+        }
+        let sum = self.summed()?;
+        sum.tally = sum.tally + part.tally;
+        sum.durations.add(&record.part_durations(part)?);
+        Ok(())
+    }
+
+    /// Adds runs read from the log.
+    fn add(&mut self, summary: &Summary) -> Result<()> {
+        self.summed()?.add(summary);
+        Ok(())
+    }
+
+    /// The bucket as a sum, decoding a single part first.
+    fn summed(&mut self) -> Result<&mut Summary> {
+        let decoded = match self {
+            Gathered::Total(record) => Summary {
+                tally: record.total,
+                durations: record.total_durations()?,
+            },
+            Gathered::Part(record, part) => Summary {
+                tally: part.tally,
+                durations: record.part_durations(part)?,
+            },
+            Gathered::Sum(sum) => return Ok(sum),
+        };
+        *self = Gathered::Sum(decoded);
+        match self {
+            Gathered::Sum(sum) => Ok(sum),
+            _ => unreachable!("summed just above"),
+        }
+    }
+
+    fn tally(&self) -> Tally {
+        match self {
+            Gathered::Total(record) => record.total,
+            Gathered::Part(_, part) => part.tally,
+            Gathered::Sum(sum) => sum.tally,
+        }
+    }
+
+    fn percentiles(&self) -> Result<Option<Percentiles>> {
+        match self {
+            Gathered::Total(record) => record.total_percentiles(),
+            Gathered::Part(record, part) => record.part_percentiles(part),
+            Gathered::Sum(sum) => Ok(sum.percentiles()),
+        }
+    }
 }
 
 /// The summary of a series' runs in a range.
@@ -262,34 +325,31 @@ pub fn range_summary<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable>(
 }
 
 /// Stats of the buckets of `period` in the seconds `[start, end)` (bucket-aligned), by bucket
-/// start; buckets without runs left out.
+/// start: each bucket's tally and percentiles; buckets without runs left out.
 pub fn aggregated<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable>(
     source: &Source<'_, Y, R, L, P>,
     series: &Series,
     period: Period,
     start: i64,
     end: i64,
-) -> Result<Vec<(i64, Summary)>> {
+) -> Result<Vec<(i64, Tally, Option<Percentiles>)>> {
     let level = period.level();
     let bucket = |second: i64| level.bucket_start(second);
-    let mut buckets: BTreeMap<i64, Summary> = BTreeMap::new();
+    let mut buckets: BTreeMap<i64, Gathered> = BTreeMap::new();
     for (year, record) in source.years(series.id, start, end, false)?.iter() {
         let year = *year;
         match period {
             Period::Year => {
-                buckets.insert(
-                    year,
-                    Summary {
-                        tally: record.total,
-                        durations: record.total_durations()?,
-                    },
-                );
+                buckets.insert(year, Gathered::Total(record.clone()));
             }
             Period::Month | Period::Quarter => {
                 for part in record.parts.iter().filter(|p| !p.tally.is_empty()) {
                     let (first, _) = Level::Year.part_span(year, part.index);
                     if (start..end).contains(&first) {
-                        add_part(buckets.entry(bucket(first)).or_default(), record, part)?;
+                        buckets
+                            .entry(bucket(first))
+                            .or_default()
+                            .add_part(record, part)?;
                     }
                 }
             }
@@ -298,10 +358,14 @@ pub fn aggregated<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable>(
             }
         }
     }
-    Ok(buckets
-        .into_iter()
-        .filter(|(_, summary)| !summary.is_empty())
-        .collect())
+    let mut answers = Vec::with_capacity(buckets.len());
+    for (start, gathered) in buckets {
+        let tally = gathered.tally();
+        if !tally.is_empty() {
+            answers.push((start, tally, gathered.percentiles()?));
+        }
+    }
+    Ok(answers)
 }
 
 /// The latest second at or before `to` in which the series has a run.
