@@ -352,17 +352,15 @@ impl Histogram {
         }
     }
 
-    /// The distribution summed so far, leaving the histogram empty for another sum (only the
-    /// bins touched are cleared, so reusing one costs far less than a fresh one).
-    pub fn take_durations(&mut self) -> Durations {
-        let durations = Durations {
-            bins: self.non_empty().collect(),
-            max: self.max,
-        };
+    /// The percentiles of the distribution summed so far, leaving the histogram empty for
+    /// another sum (only the bins touched are cleared, so reusing one costs far less than a
+    /// fresh one).
+    pub fn take_percentiles(&mut self) -> Option<Percentiles> {
+        let percentiles = self.percentiles();
         let low = self.low.min(self.high);
         self.counts[low..self.high].fill(0);
         (self.max, self.low, self.high) = (0, usize::MAX, 0);
-        durations
+        percentiles
     }
 }
 
@@ -448,13 +446,13 @@ mod tests {
         for v in [3, 70_000, 9] {
             reused.add_value(v);
         }
-        let first = reused.take_durations();
-        assert_eq!((first.count(), first.max()), (3, 70_000));
+        let first = reused.take_percentiles().expect("three runs");
+        assert_eq!((first.p50, first.max), (9, 70_000));
         reused.add_value(12);
         let mut fresh = Histogram::default();
         fresh.add_value(12);
         assert_eq!(reused.percentiles(), fresh.percentiles());
-        assert_eq!(reused.take_durations(), fresh.into_durations());
-        assert_eq!(reused.take_durations(), Durations::default());
+        assert_eq!(reused.take_percentiles(), fresh.percentiles());
+        assert_eq!(reused.take_percentiles(), None);
     }
 }

@@ -587,7 +587,7 @@ pub struct PipelineOverview {
     pub windows: [WindowStats; 3],
 }
 
-/// The runs of a pipeline in a window.
+/// The runs of a task or pipeline in a window of time: their tally and duration percentiles.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WindowStats {
     pub tally: Tally,

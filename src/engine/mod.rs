@@ -448,11 +448,8 @@ impl Engine {
         let mut pipelines = Vec::with_capacity(listed.len());
         for ((pipeline, name, _), (summaries, last_run)) in listed.into_iter().zip(answers) {
             let mut windows = [WindowStats::default(); 3];
-            for (window, summary) in windows.iter_mut().zip(summaries) {
-                *window = WindowStats {
-                    tally: summary.tally,
-                    percentiles: summary.percentiles(),
-                };
+            for (window, answer) in windows.iter_mut().zip(summaries) {
+                *window = answer;
             }
             pipelines.push(PipelineOverview {
                 pipeline,

@@ -20,7 +20,7 @@ use super::tables::{
 use crate::error::{Error, Result};
 use crate::model::{
     BucketCount, BucketStats, Fill, LastRun, LogCursor, LogEntry, LogPage, OrgId, OverviewCursor,
-    PendingTaskRun, PipelineId, Stats, Summary, TaskId, TaskRunId, TimeRange,
+    PendingTaskRun, PipelineId, Stats, TaskId, TaskRunId, TimeRange, WindowStats,
 };
 use crate::time::{Level, MAX_SECOND, MICROS_PER_SECOND, MIN_SECOND, Period, Timestamp};
 
@@ -176,7 +176,9 @@ impl<'a> Reader<'a> {
                         // was counted before the cut.
                         let before = TimeRange::new(MIN_SECOND, (cut - 1).min(range.to()));
                         approximate |= match before {
-                            Some(before) => !range_summary(source, &series, before)?.is_empty(),
+                            Some(before) => {
+                                !range_summary(source, &series, before)?.tally.is_empty()
+                            }
                             None => false,
                         };
                     }
@@ -185,21 +187,21 @@ impl<'a> Reader<'a> {
             };
             Ok(Stats {
                 tally: summary.tally,
-                percentiles: summary.percentiles(),
+                percentiles: summary.percentiles,
                 last_run,
                 approximate,
             })
         })
     }
 
-    /// For each entity, its summaries in the same ranges and its last run: all asked of one
+    /// For each entity, its runs in the same ranges and its last run: all asked of one
     /// source with its tables opened once (so ranges that end at the same second share what
     /// they read there), as the overview asks.
     pub fn summaries(
         &self,
         entities: &[EntityKey],
         ranges: &[TimeRange],
-    ) -> Result<Vec<(Vec<Summary>, Option<LastRun>)>> {
+    ) -> Result<Vec<(Vec<WindowStats>, Option<LastRun>)>> {
         let last_runs = self.txn.open_table(LAST_RUNS)?;
         self.with_rollups(|source| {
             entities

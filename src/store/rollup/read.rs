@@ -13,7 +13,7 @@ use super::scan::aggregate;
 use super::{RollupTable, RunLogTable, RunTable, Series, Source, YearTable, Years};
 use crate::durations::{Histogram, Percentiles};
 use crate::error::Result;
-use crate::model::{EntityKind, Summary, Tally, TimeRange};
+use crate::model::{EntityKind, Summary, Tally, TimeRange, WindowStats};
 use crate::store::records::{LastRunRecord, PartView, RecordView, RunRecord, RunRef, corrupt};
 use crate::store::tables::{
     EntityId, RUN_KEY_LEN, YEAR_KEY_LEN, run_key_bounds, split_run_key, year_key, year_key_start,
@@ -296,12 +296,12 @@ impl Gathered {
     }
 }
 
-/// The summary of a series' runs in a range.
+/// The tally and duration percentiles of a series' runs in a range.
 pub fn range_summary<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable>(
     source: &Source<'_, Y, R, L, P>,
     series: &Series,
     range: TimeRange,
-) -> Result<Summary> {
+) -> Result<WindowStats> {
     let (from, end) = (range.from(), range.to() + 1);
     let mut sum = Sum {
         tally: Tally::default(),
@@ -316,11 +316,11 @@ pub fn range_summary<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable>(
             source.sum_parts(series, (Level::Year, *start), record, (from, end), &mut sum)?;
         }
     }
-    let durations = sum.histogram.take_durations();
+    let percentiles = sum.histogram.take_percentiles();
     source.memo.histogram.set(Some(sum.histogram));
-    Ok(Summary {
+    Ok(WindowStats {
         tally: sum.tally,
-        durations,
+        percentiles,
     })
 }
 
