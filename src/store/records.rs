@@ -807,7 +807,8 @@ impl RecordView {
             for_each_bin(&mut input, total.runs(), |_, _| {}).ok_or_else(bad)?;
         }
         let total_durations = start..offset(&input);
-        let mut parts = Vec::new();
+        // Room for a month's days (a year has 12 parts, a day 24, an hour up to 3,600).
+        let mut parts = Vec::with_capacity(32);
         while !input.0.is_empty() {
             let index = input
                 .varint()

@@ -51,7 +51,8 @@ pub fn entries(
     end: i64,
 ) -> Result<Vec<Entry>> {
     let (low, high) = run_key_bounds(pipeline, from * MICROS_PER_SECOND, end * MICROS_PER_SECOND);
-    let mut entries = Vec::new();
+    // A sparse bucket holds fewer than `DENSE` runs.
+    let mut entries = Vec::with_capacity(super::DENSE as usize);
     for entry in run_log.range::<&[u8; RUN_KEY_LEN]>(&low..&high)? {
         let (key, value) = entry?;
         entries.push(Entry {
