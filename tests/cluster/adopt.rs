@@ -116,18 +116,9 @@ fn a_single_nodes_store_becomes_a_cluster_with_its_history_keys_clients_and_toke
         assert_eq!(on_a, on_b);
         assert_eq!(on_a["num_of_successes"], 7);
         // Old and new outputs open with the organization's key from the single node.
-        let logs: serde_json::Value = http
-            .get(format!(
-                "http://{}/v1/stats/pipelines/{PIPELINE}/logs/2025-06-01/2025-06-30?limit=100",
-                b.http_addr
-            ))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let logs_path =
+            format!("/v1/stats/pipelines/{PIPELINE}/logs/2025-06-01/2025-06-30?limit=100");
+        let logs = get(&http, b.http_addr, &token, &logs_path, None).await;
         let entries = logs.as_array().unwrap();
         assert_eq!(entries.len(), 40);
         for entry in entries {
@@ -172,15 +163,23 @@ async fn stats_of(
     task: &str,
     min_seq: Option<u64>,
 ) -> serde_json::Value {
-    let mut request = http
-        .get(format!(
-            "http://{addr}/v1/stats/tasks/{task}/stats/2025-06-01/2025-06-30"
-        ))
-        .bearer_auth(token);
+    let path = format!("/v1/stats/tasks/{task}/stats/2025-06-01/2025-06-30");
+    get(http, addr, token, &path, min_seq).await
+}
+
+/// A REST answer of `addr` (200 expected), after sequence `min_seq` when given.
+async fn get(
+    http: &reqwest::Client,
+    addr: std::net::SocketAddr,
+    token: &str,
+    path: &str,
+    min_seq: Option<u64>,
+) -> serde_json::Value {
+    let mut request = http.get(format!("http://{addr}{path}")).bearer_auth(token);
     if let Some(seq) = min_seq {
         request = request.header("x-runledger-min-seq", seq.to_string());
     }
     let response = request.send().await.unwrap();
-    assert_eq!(response.status(), 200);
+    assert_eq!(response.status(), 200, "{path}");
     response.json().await.unwrap()
 }
