@@ -1,5 +1,6 @@
-//! `runledger info`: what the data dir holds: entries and bytes per table, and the bytes on
-//! disk per stored task run; with `--digest`, a hash of every table's contents.
+//! `runledger info`: what the data dir holds: entries and bytes per table, the bytes on disk per
+//! stored task run and, for a cluster node's or an adopted data dir, where it stands in the
+//! stream; with `--digest`, a hash of every table's contents.
 
 use std::process::ExitCode;
 
@@ -57,6 +58,17 @@ pub fn run(args: InfoArgs) -> Result<ExitCode, String> {
             "{runs} finished task runs: {:.0} bytes per task run on disk ({:.0} in table pages)",
             file as f64 / runs as f64,
             total as f64 / runs as f64
+        );
+    }
+    let start = crate::cluster::StartingPoint::of(&store).map_err(|e| e.to_string())?;
+    if start.applied > 0 || start.baseline.is_some() {
+        let adopted = start
+            .baseline
+            .map(|id| format!("; it continues the single-node store adopted as {id}"))
+            .unwrap_or_default();
+        println!(
+            "cluster: applied the stream through sequence {}{adopted}",
+            start.applied
         );
     }
     Ok(ExitCode::SUCCESS)

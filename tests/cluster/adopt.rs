@@ -73,6 +73,15 @@ fn a_single_nodes_store_becomes_a_cluster_with_its_history_keys_clients_and_toke
         "the rerun stored nothing twice"
     );
     let master = single.join("master.key");
+    let (ok, info, err) = cli(&["info", "--data-dir", single.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let adopted = first["baseline"].as_str().unwrap();
+    assert!(
+        info.contains(&format!(
+            "through sequence 0; it continues the single-node store adopted as {adopted}"
+        )),
+        "{info}"
+    );
     let (ok, status, err) = cli(&["cluster", "status", "--nats", &urls]);
     assert!(ok, "{err}");
     let status: serde_json::Value = serde_json::from_str(status.trim()).unwrap();
