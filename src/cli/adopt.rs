@@ -54,11 +54,12 @@ pub async fn adopt(
             format!("organization {org}'s key does not open with this master key: give the one the single node used")
         })?;
     }
+    let own = crate::cluster::StartingPoint::of(&store)
+        .map_err(|e| e.to_string())?
+        .baseline;
     let log = nats.connect().await?;
     let baseline = match log.baseline().await.map_err(|e| e.to_string())? {
-        Some(Some(named))
-            if store.reader().and_then(|r| r.baseline()).ok().flatten() == Some(named) =>
-        {
+        Some(Some(named)) if own == Some(named) => {
             named // an adoption interrupted after creating the stream: finish it
         }
         Some(_) => {
