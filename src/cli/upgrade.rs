@@ -34,7 +34,7 @@ pub fn run(args: UpgradeArgs) -> Result<ExitCode, String> {
         );
     } else {
         println!(
-            "upgraded from format {} to format {} in {:.1} s: {} organizations, {} clients, {} live tokens, {} pipelines, {} finished and {} unfinished task runs",
+            "upgraded from format {} to format {} in {:.1} s: {} organizations, {} clients, {} tokens of live clients, {} pipelines, {} finished and {} unfinished task runs",
             report.from,
             crate::store::tables::FORMAT_VERSION,
             started.elapsed().as_secs_f64(),

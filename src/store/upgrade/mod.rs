@@ -207,9 +207,11 @@ fn copy_format2(
         apply(store, WriteOp::CreateClient { client_id, record }, &what)?;
         report.clients += 1;
     }
+    // Tokens carry over as they are, expired ones too: the server's hourly purge removes those,
+    // so the upgraded tables do not depend on when the upgrade ran.
     let mut tokens: BTreeMap<String, Vec<([u8; 32], TokenRecord)>> = BTreeMap::new();
     for (hash, token) in source.tokens()? {
-        if token.expires_at > now && live_clients.contains(&token.client_id) {
+        if live_clients.contains(&token.client_id) {
             tokens
                 .entry(token.client_id.clone())
                 .or_default()
