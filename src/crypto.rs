@@ -143,6 +143,7 @@ pub fn decrypt_base64(key: &str, value: &str) -> Result<Vec<u8>, String> {
 }
 
 /// The key that seals organization keys at rest.
+#[derive(Clone)]
 pub struct MasterKey([u8; 32]);
 
 /// The environment variable that may hold the master key (base64 of 32 bytes).
@@ -215,6 +216,16 @@ impl MasterKey {
         hasher.update(b"runledger cluster output key v1");
         hasher.update(org.as_bytes());
         OutputKey::from_bytes(hasher.finalize().into())
+    }
+
+    /// A 256-bit key for one purpose, named by `label`: HMAC-SHA256 of the label under the
+    /// master key, so keys for different purposes say nothing about each other or the master.
+    pub fn derive(&self, label: &[u8]) -> [u8; 32] {
+        use hmac::{KeyInit, Mac};
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.0)
+            .expect("HMAC takes a key of any length");
+        mac.update(label);
+        mac.finalize().into_bytes().into()
     }
 
     pub fn open_org_key(&self, org: OrgId, sealed: &[u8]) -> Result<OutputKey, String> {

@@ -39,6 +39,16 @@ pub const CONNECTIONS_REFUSED: &str = "runledger_connections_refused_total";
 /// this node last saw it.
 pub const APPLIED_SEQ: &str = "runledger_cluster_applied_seq";
 pub const STREAM_SEQ: &str = "runledger_cluster_stream_seq";
+/// Cluster mode: times a publisher sent its unconfirmed messages again (a failed or lost
+/// acknowledgement, or a copy stored out of order).
+pub const PUBLISH_RETRIES: &str = "runledger_cluster_publish_retries_total";
+/// Cluster mode: stream messages this node did not apply, by reason (`unauthentic`,
+/// `malformed`, `duplicate`, `out_of_order`, `passed_over`).
+pub const MESSAGES_SKIPPED: &str = "runledger_cluster_messages_skipped_total";
+/// Cluster mode: 1 while the applier is stalled (a message it cannot apply, a missing sequence).
+pub const APPLIER_STALLED: &str = "runledger_cluster_applier_stalled";
+/// Cluster mode: 1 while this node reaches a quorum of the stream's replicas.
+pub const QUORUM: &str = "runledger_cluster_quorum";
 
 /// Latency buckets, in seconds: 100 µs to 10 s.
 const LATENCY_BUCKETS: [f64; 16] = [
@@ -133,35 +143,54 @@ fn describe() {
         STREAM_SEQ,
         "cluster mode: the stream's last sequence as last seen here"
     );
+    describe_counter!(
+        PUBLISH_RETRIES,
+        "cluster mode: unconfirmed messages sent again, in order"
+    );
+    describe_counter!(
+        MESSAGES_SKIPPED,
+        "cluster mode: stream messages not applied, by reason"
+    );
+    describe_gauge!(
+        APPLIER_STALLED,
+        "cluster mode: 1 while the applier is stalled"
+    );
+    describe_gauge!(
+        QUORUM,
+        "cluster mode: 1 while a quorum of the stream's replicas answers"
+    );
 }
 
 /// Counts one write transaction: its latency, and each operation acknowledged or refused (all
 /// refused when the transaction failed).
-pub fn record_transaction(
-    ops: &[crate::store::WriteOp],
-    outcomes: &crate::error::Result<Vec<crate::error::Result<crate::store::WriteOutcome>>>,
+pub fn record_transaction<'a>(
+    applied: impl Iterator<
+        Item = (
+            &'a crate::store::WriteOp,
+            Option<&'a crate::error::Result<crate::store::WriteOutcome>>,
+        ),
+    >,
+    failed: Option<&crate::error::Error>,
     elapsed: std::time::Duration,
 ) {
     use crate::store::{WriteOp, WriteOutcome};
-    match outcomes {
-        Ok(outcomes) => {
-            metrics::counter!(COMMITS).increment(1);
-            metrics::histogram!(COMMIT_SECONDS).record(elapsed.as_secs_f64());
-            for (op, outcome) in ops.iter().zip(outcomes) {
-                match outcome {
-                    Ok(outcome) => {
-                        metrics::counter!(WRITES_ACKNOWLEDGED, "kind" => op.kind()).increment(1);
-                        if let (WriteOp::Report { runs, .. }, WriteOutcome::Report(_)) =
-                            (op, outcome)
-                        {
-                            metrics::counter!(RUNS_APPLIED).increment(runs.len() as u64);
-                        }
-                    }
-                    Err(error) => record_refused(error),
+    if let Some(error) = failed {
+        applied.for_each(|_| record_refused(error));
+        return;
+    }
+    metrics::counter!(COMMITS).increment(1);
+    metrics::histogram!(COMMIT_SECONDS).record(elapsed.as_secs_f64());
+    for (op, outcome) in applied {
+        match outcome {
+            Some(Ok(outcome)) => {
+                metrics::counter!(WRITES_ACKNOWLEDGED, "kind" => op.kind()).increment(1);
+                if let (WriteOp::Report { runs, .. }, WriteOutcome::Report(_)) = (op, outcome) {
+                    metrics::counter!(RUNS_APPLIED).increment(runs.len() as u64);
                 }
             }
+            Some(Err(error)) => record_refused(error),
+            None => {}
         }
-        Err(error) => ops.iter().for_each(|_| record_refused(error)),
     }
 }
 

@@ -9,12 +9,16 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use super::cluster::NatsArgs;
+use crate::cluster::Publisher;
+use crate::cluster::envelope::{Kind, WriterId};
 use crate::cluster::log::CREDENTIALS_SUBJECT;
 use crate::crypto::{MASTER_KEY_FILE, MasterKey};
 use crate::store::{Store, StoreOptions, WriteOp};
 
 /// Credentials published in one message at most.
 const OPS_PER_MESSAGE: usize = 1_000;
+/// How long each message may take to be confirmed.
+const PUBLISH_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub async fn adopt(
     nats: &NatsArgs,
@@ -58,9 +62,10 @@ pub async fn adopt(
         .map_err(|e| e.to_string())?
         .baseline;
     let log = nats.connect().await?;
-    let baseline = match log.baseline().await.map_err(|e| e.to_string())? {
-        Some(Some(named)) if own == Some(named) => {
-            named // an adoption interrupted after creating the stream: finish it
+    let (baseline, identity) = match log.identity().await.map_err(|e| e.to_string())? {
+        Some(identity) if own.is_some() && identity.adopted == own => {
+            // An adoption interrupted after creating the stream: finish it.
+            (identity.adopted.expect("checked"), identity)
         }
         Some(_) => {
             return Err(format!(
@@ -70,12 +75,15 @@ pub async fn adopt(
         }
         None => {
             let baseline = store.adopt().map_err(|e| e.to_string())?;
-            log.init(replicas.map(usize::from), Some(baseline))
+            let identity = crate::cluster::StreamIdentity::new(&master, Some(baseline));
+            let (_, identity) = log
+                .init(replicas.map(usize::from), &identity)
                 .await
                 .map_err(|e| e.to_string())?;
-            baseline
+            (baseline, identity)
         }
     };
+    let key = identity.key(&master).map_err(|e| e.to_string())?;
     let ops: Vec<WriteOp> = organizations
         .into_iter()
         .map(|(org, record)| WriteOp::CreateOrganization { org, record })
@@ -85,13 +93,20 @@ pub async fn adopt(
                 .map(|(client_id, record)| WriteOp::CreateClient { client_id, record }),
         )
         .collect();
+    // A writer of its own, named by the adoption: a rerun sends the same numbered messages,
+    // which every node applies once.
+    let publisher = Publisher::spawn_as(
+        WriterId(*baseline.as_bytes()),
+        log.clone(),
+        key,
+        CREDENTIALS_SUBJECT,
+        None,
+    );
     let mut last_seq = 0;
-    for (chunk, ops) in ops.chunks(OPS_PER_MESSAGE).enumerate() {
+    for ops in ops.chunks(OPS_PER_MESSAGE) {
         let body = crate::cluster::codec::encode(ops).map_err(|e| e.to_string())?;
-        // Ids of their own: publishing them again (a rerun) stores them once.
-        let id = format!("adopt-{}-{chunk}", baseline.simple());
-        last_seq = log
-            .publish(CREDENTIALS_SUBJECT, &id, body)
+        last_seq = publisher
+            .publish(Kind::Operations, body, PUBLISH_WAIT)
             .await
             .map_err(|e| e.to_string())?;
     }

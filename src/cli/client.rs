@@ -53,6 +53,9 @@ pub enum ClientCommand {
         /// Cluster mode: revoke on every node through the stream at these NATS URLs.
         #[arg(long, env = "RUNLEDGER_NATS")]
         nats: Option<String>,
+        /// Cluster mode: the master key file (or set RUNLEDGER_MASTER_KEY).
+        #[arg(long, env = "RUNLEDGER_MASTER_KEY_FILE", requires = "nats")]
+        master_key_file: Option<std::path::PathBuf>,
     },
 }
 
@@ -83,10 +86,10 @@ pub fn run(args: ClientArgs) -> Result<ExitCode, String> {
                     nats,
                     master_key_file,
                 };
-                let master = nats.master()?;
                 let client = cluster_runtime()?.block_on(async {
-                    let log = nats.connect().await?;
-                    crate::cluster::create_client(&log, &master, org.map(OrgId), scopes)
+                    let cluster = nats.join().await?;
+                    let (log, key) = (&cluster.log, &cluster.key);
+                    crate::cluster::create_client(log, key, &cluster.master, org.map(OrgId), scopes)
                         .await
                         .map_err(|e| format!("cannot create the client: {e}"))
                 })?;
@@ -114,13 +117,16 @@ pub fn run(args: ClientArgs) -> Result<ExitCode, String> {
         ClientCommand::Revoke {
             client_id,
             nats: Some(nats),
+            master_key_file,
             ..
         } => {
+            let nats = super::cluster::NatsArgs {
+                nats,
+                master_key_file,
+            };
             cluster_runtime()?.block_on(async {
-                let log = crate::cluster::Log::connect(&nats, std::time::Duration::from_secs(30))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                crate::cluster::revoke_client(&log, &client_id)
+                let cluster = nats.join().await?;
+                crate::cluster::revoke_client(&cluster.log, &cluster.key, &client_id)
                     .await
                     .map_err(|e| format!("cannot revoke {client_id}: {e}"))
             })?;
@@ -130,6 +136,7 @@ pub fn run(args: ClientArgs) -> Result<ExitCode, String> {
             data_dir,
             client_id,
             nats: None,
+            ..
         } => {
             // A running server holds the database: it revokes, and its token cache forgets.
             match data_dir.engine_unless_served()? {

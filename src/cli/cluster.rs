@@ -38,6 +38,28 @@ impl NatsArgs {
             .await
             .map_err(|e| e.to_string())
     }
+
+    /// Connects and proves the master key is the cluster's (every command does before it
+    /// publishes anything): the log, the stream's identity and the key of its messages.
+    pub async fn join(&self) -> Result<Joined, String> {
+        let master = self.master()?;
+        let log = self.connect().await?;
+        let (identity, key) = log.join(&master).await.map_err(|e| e.to_string())?;
+        Ok(Joined {
+            log,
+            identity,
+            key,
+            master,
+        })
+    }
+}
+
+/// A command's connection to a cluster whose key it holds.
+pub struct Joined {
+    pub log: Log,
+    pub identity: crate::cluster::StreamIdentity,
+    pub key: crate::cluster::StreamKey,
+    pub master: MasterKey,
 }
 
 #[derive(Debug, clap::Args)]
@@ -69,11 +91,20 @@ pub enum ClusterCommand {
         #[arg(long, value_parser = clap::value_parser!(u8).range(1..=5))]
         replicas: Option<u8>,
     },
-    /// Print the stream's first and last sequence, messages and bytes, and the adoption it
-    /// continues (`null` for a stream `cluster init` made), as JSON.
+    /// Print the stream's first and last sequence, messages and bytes, the cluster's id and
+    /// the adoption it continues (`null` for a stream `cluster init` made), as JSON.
     Status {
         #[command(flatten)]
         nats: NatsArgs,
+    },
+    /// Let every node pass over stream sequences it cannot apply or that are missing (deleted
+    /// from the stream, or trimmed below it): what they held is lost on the nodes that had not
+    /// applied them yet. A node stalled there goes on at once.
+    Skip {
+        #[command(flatten)]
+        nats: NatsArgs,
+        /// The sequence, or an inclusive range `FIRST..LAST`.
+        sequences: String,
     },
     /// Delete the stream's messages that every node and the newest backup hold already: below
     /// the lowest of the nodes' applied sequences and the backup's.
@@ -103,8 +134,11 @@ pub fn run(args: ClusterArgs) -> Result<ExitCode, String> {
             ClusterCommand::Status { nats } => {
                 let log = nats.connect().await?;
                 let state = log.state().await.map_err(|e| e.to_string())?;
-                // The adopted single-node store the stream continues, if any.
-                let adopted = log.baseline().await.map_err(|e| e.to_string())?.flatten();
+                let identity = log
+                    .identity()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .ok_or("there is no stream: make it with `runledger cluster init`")?;
                 println!(
                     "{}",
                     serde_json::json!({
@@ -112,11 +146,13 @@ pub fn run(args: ClusterArgs) -> Result<ExitCode, String> {
                         "last_seq": state.last_seq,
                         "messages": state.messages,
                         "bytes": state.bytes,
-                        "adopted": adopted.map(|id| id.to_string()),
+                        "cluster": identity.cluster.to_string(),
+                        "adopted": identity.adopted.map(|id| id.to_string()),
                     })
                 );
                 Ok(ExitCode::SUCCESS)
             }
+            ClusterCommand::Skip { nats, sequences } => skip(&nats, &sequences).await,
             ClusterCommand::Trim {
                 nats,
                 nodes,
@@ -129,8 +165,9 @@ pub fn run(args: ClusterArgs) -> Result<ExitCode, String> {
 async fn init(nats: &NatsArgs, replicas: Option<u8>) -> Result<ExitCode, String> {
     let master = nats.master()?;
     let log = nats.connect().await?;
-    let outcome = log
-        .init(replicas.map(usize::from), None)
+    let identity = crate::cluster::StreamIdentity::new(&master, None);
+    let (outcome, identity) = log
+        .init(replicas.map(usize::from), &identity)
         .await
         .map_err(|e| e.to_string())?;
     if !outcome.created {
@@ -141,8 +178,9 @@ async fn init(nats: &NatsArgs, replicas: Option<u8>) -> Result<ExitCode, String>
         );
         return Ok(ExitCode::SUCCESS);
     }
+    let key = identity.key(&master).map_err(|e| e.to_string())?;
     let (client, _) =
-        crate::cluster::create_client(&log, &master, None, crate::auth::Scopes::all())
+        crate::cluster::create_client(&log, &key, &master, None, crate::auth::Scopes::all())
             .await
             .map_err(|e| format!("cannot create the first client: {e}"))?;
     eprintln!(
@@ -152,6 +190,47 @@ async fn init(nats: &NatsArgs, replicas: Option<u8>) -> Result<ExitCode, String>
         client.organization
     );
     println!("{}", super::client::credentials_json(&client));
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn skip(nats: &NatsArgs, sequences: &str) -> Result<ExitCode, String> {
+    let bad = || format!("{sequences:?}: give a stream sequence or a range FIRST..LAST");
+    let parse = |text: &str| text.trim().parse::<u64>().ok().filter(|seq| *seq > 0);
+    let (first, last) = match sequences.split_once("..") {
+        Some((first, last)) => (parse(first).ok_or_else(bad)?, parse(last).ok_or_else(bad)?),
+        None => {
+            let seq = parse(sequences).ok_or_else(bad)?;
+            (seq, seq)
+        }
+    };
+    if last < first {
+        return Err(bad());
+    }
+    let cluster = nats.join().await?;
+    let state = cluster.log.state().await.map_err(|e| e.to_string())?;
+    if last > state.last_seq {
+        return Err(format!(
+            "the stream ends at sequence {}: there is nothing to pass over after it",
+            state.last_seq
+        ));
+    }
+    let body = crate::cluster::envelope::pass_over_body(first, last);
+    let seq = crate::cluster::Publisher::spawn(
+        cluster.log.clone(),
+        cluster.key.clone(),
+        crate::cluster::log::CONTROL_SUBJECT,
+        None,
+    )
+    .publish(
+        crate::cluster::envelope::Kind::PassOver,
+        body,
+        Duration::from_secs(60),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    println!(
+        "nodes may pass over sequences {first} to {last} (permission at sequence {seq}): a node stalled there records them as skipped and goes on; what they held is lost where it was not applied yet"
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,8 +1,10 @@
 //! `runledger import --nats`: bulk-loads newline-delimited JSON task runs through the
 //! cluster's stream. A thread reads and checks lines; here they are sealed (with the
 //! organization's derived output key), packed many to a message (each run its own unit, as in
-//! a local import) and published with many messages in flight. A line refused before publishing
-//! is reported with its number; every node applies the rest.
+//! a local import) and published by one writer with many messages in flight, which every node
+//! applies in the file's order whatever publishes fail and are retried (see
+//! [`crate::cluster::publisher`]). A line refused before publishing is reported with its
+//! number; every node applies the rest.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -10,10 +12,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use tokio::task::JoinSet;
+use std::collections::VecDeque;
 
 use super::cluster::NatsArgs;
-use crate::cluster::{Log, log::DATA_SUBJECT};
+use crate::cluster::envelope::Kind;
+use crate::cluster::publisher::{Pending, WINDOW};
+use crate::cluster::{Publisher, log::DATA_SUBJECT};
 use crate::crypto::OutputKey;
 use crate::model::{OrgId, TaskRun};
 use crate::store::WriteOp;
@@ -21,8 +25,11 @@ use crate::time::Timestamp;
 
 /// Task runs packed into one message at most.
 const RUNS_PER_MESSAGE: usize = 1_000;
-/// Messages awaiting their acknowledgement at once.
-const IN_FLIGHT: usize = 32;
+/// Messages queued and not yet confirmed, at most (the publisher sends [`WINDOW`] at once).
+const IN_FLIGHT: usize = 2 * WINDOW;
+/// How long a message may take to be confirmed before the import gives up: long enough to
+/// ride out a NATS server's restart or a leader election.
+const CONFIRM_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// What the reading thread hands over: a line's run, or why it was refused.
 enum Line {
@@ -32,20 +39,22 @@ enum Line {
 }
 
 pub fn run(nats: NatsArgs, files: Vec<PathBuf>) -> Result<ExitCode, String> {
-    let master = nats.master()?;
     let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("cannot start: {e}"))?;
     let started = Instant::now();
     let (sender, mut lines) = tokio::sync::mpsc::channel::<Line>(8_192);
     let reader = std::thread::spawn(move || read_lines(&files, &sender));
     let summary = runtime.block_on(async {
-        let log = nats.connect().await?;
-        let budget = log.max_payload() / 2;
+        let cluster = nats.join().await?;
+        let master = cluster.master.clone();
+        let budget = cluster.log.max_payload() / 2;
+        let publisher =
+            Publisher::spawn(cluster.log.clone(), cluster.key.clone(), DATA_SUBJECT, None);
         let mut summary = Summary::default();
         // Each organization's derived key, and its creation sent ahead of its first run.
         let mut keys: HashMap<OrgId, OutputKey> = HashMap::new();
         let mut message: Vec<WriteOp> = Vec::new();
         let mut bytes = 0;
-        let mut flights = JoinSet::new();
+        let mut flights = VecDeque::new();
         while let Some(line) = lines.recv().await {
             summary.lines += 1;
             let run = match line {
@@ -78,7 +87,7 @@ pub fn run(nats: NatsArgs, files: Vec<PathBuf>) -> Result<ExitCode, String> {
             summary.runs += 1;
             if message.len() >= RUNS_PER_MESSAGE || bytes >= budget {
                 send(
-                    &log,
+                    &publisher,
                     std::mem::take(&mut message),
                     &mut flights,
                     &mut summary,
@@ -88,10 +97,10 @@ pub fn run(nats: NatsArgs, files: Vec<PathBuf>) -> Result<ExitCode, String> {
             }
         }
         if !message.is_empty() {
-            send(&log, message, &mut flights, &mut summary).await?;
+            send(&publisher, message, &mut flights, &mut summary).await?;
         }
-        while let Some(done) = flights.join_next().await {
-            summary.acknowledged(done)?;
+        while let Some(pending) = flights.pop_front() {
+            summary.confirmed(pending).await?;
         }
         Ok::<_, String>(summary)
     })?;
@@ -128,12 +137,11 @@ struct Summary {
 }
 
 impl Summary {
-    fn acknowledged(
-        &mut self,
-        done: Result<crate::error::Result<u64>, tokio::task::JoinError>,
-    ) -> Result<(), String> {
-        let seq = done
-            .map_err(|e| format!("a publish failed: {e}"))?
+    /// Waits until the oldest message in flight is confirmed.
+    async fn confirmed(&mut self, pending: Pending) -> Result<(), String> {
+        let seq = pending
+            .confirmed(CONFIRM_WAIT)
+            .await
             .map_err(|e| format!("import stopped: {e}"))?;
         self.messages += 1;
         self.last_seq = self.last_seq.max(seq);
@@ -141,20 +149,23 @@ impl Summary {
     }
 }
 
-/// Publishes one message, first waiting for room among those in flight.
+/// Queues one message for publishing, first waiting for room among those in flight.
 async fn send(
-    log: &Log,
+    publisher: &Publisher,
     ops: Vec<WriteOp>,
-    flights: &mut JoinSet<crate::error::Result<u64>>,
+    flights: &mut VecDeque<Pending>,
     summary: &mut Summary,
 ) -> Result<(), String> {
     while flights.len() >= IN_FLIGHT {
-        if let Some(done) = flights.join_next().await {
-            summary.acknowledged(done)?;
-        }
+        let oldest = flights.pop_front().expect("not empty");
+        summary.confirmed(oldest).await?;
     }
-    let log = log.clone();
-    flights.spawn(async move { log.publish_ops(DATA_SUBJECT, &ops).await });
+    let body = crate::cluster::codec::encode(&ops).map_err(|e| e.to_string())?;
+    let pending = publisher
+        .submit(Kind::Operations, body, None)
+        .await
+        .map_err(|e| e.to_string())?;
+    flights.push_back(pending);
     Ok(())
 }
 

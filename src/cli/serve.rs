@@ -147,30 +147,37 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
         ),
         None => None,
     };
-    let mut engine = crate::engine::Engine::open(store, master)
+    let mut engine = crate::engine::Engine::open(store, master.clone())
         .map_err(|e| format!("cannot start: {e}"))?
         .with_max_pending_runs(args.max_pending_runs)
         .with_retention(args.keep_runs_days);
-    if let Some(urls) = &args.nats {
+    if let (Some(urls), Some(master)) = (&args.nats, &master) {
         let log = runtime
             .block_on(crate::cluster::Log::connect(urls, Duration::from_secs(30)))
             .map_err(|e| e.to_string())?;
+        // The stream's identity, with the proof that this node holds the cluster's key.
+        let (identity, key) = runtime
+            .block_on(log.join(master))
+            .map_err(|e| format!("cannot start: {e}"))?;
         let start = crate::cluster::StartingPoint::of(engine.store())
             .map_err(|e| format!("cannot start: {e}"))?;
         // A gateway's scratch store starts empty on every start; a node's must fit the stream.
-        // (A stream not made yet names no adoption.)
         if args.role == crate::cluster::Role::Node {
-            let stream_baseline = runtime
-                .block_on(log.baseline())
-                .map_err(|e| format!("cannot start: {e}"))?;
             start
-                .check(stream_baseline.flatten())
+                .check(&identity)
+                .map_err(|e| format!("cannot start: {e}"))?;
+        }
+        if start.cluster.is_none() && engine.store().read_only_reason().is_none() {
+            engine
+                .store()
+                .set_cluster_id(identity.cluster)
                 .map_err(|e| format!("cannot start: {e}"))?;
         }
         let applied = start.applied;
-        let mut cluster = crate::cluster::Cluster::new(log, args.role, applied);
+        let _runtime = runtime.enter();
+        let mut cluster = crate::cluster::Cluster::new(log, key, args.role, applied);
         cluster.min_seq_wait = Duration::from_millis(args.min_seq_wait_ms);
-        tracing::info!(applied, role = ?args.role, "cluster mode: applying the stream from the next sequence");
+        tracing::info!(applied, cluster = %identity.cluster, role = ?args.role, "cluster mode: applying the stream from the next sequence");
         engine = engine.with_cluster(Arc::new(cluster));
     }
     let ms = Duration::from_millis;

@@ -1,9 +1,16 @@
 //! Following the stream into the node's database: an ordered consumer from the sequence after
 //! the last applied one, messages taken in groups as they arrive, each group applied in one
 //! transaction that also records its last sequence. A crash between two groups loses nothing
-//! and applies nothing twice: the next start resumes after the recorded sequence. A message
-//! missing from the stream (trimmed below this node) stops the node from applying, with the
-//! way out in the log: restore a newer backup.
+//! and applies nothing twice: the next start resumes after the recorded sequence.
+//!
+//! What the stream holds decides everything, so every node decides alike: a message whose tag
+//! does not verify, or that does not decode, is skipped and recorded (the `skipped` table); a
+//! writer's message that is not that writer's next is not applied (see
+//! [`super::publisher`]). Two things stop the applier, reported on `/healthz` and in the log
+//! with the way out: a sequence missing from the stream (deleted, or trimmed below this node),
+//! and a message whose transaction fails (a full disk; or a bug). Both wait for the cause to go
+//! away, or for the operator's permission to pass over those sequences (`runledger cluster
+//! skip`, a message of its own that a stalled node looks up).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,8 +19,9 @@ use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
 
+use super::envelope::{self, Kind};
 use super::{Cluster, Role, codec, log};
-use crate::engine::{Engine, Logged};
+use crate::engine::{Content, Engine, Logged};
 use crate::error::{Error, Result};
 
 /// Messages applied in one transaction at most.
@@ -24,39 +32,71 @@ const MAX_GROUP_BYTES: usize = 16 << 20;
 const FIRST_PAUSE: Duration = Duration::from_millis(250);
 const MAX_PAUSE: Duration = Duration::from_secs(10);
 
+/// Why following the log stopped.
+enum Stop {
+    /// Asked to.
+    Asked,
+    /// The log cannot be read now (NATS unreachable, no quorum): try again.
+    Log(Error),
+    /// Sequence `seq` cannot be applied, or is missing: the applier is stalled there.
+    Stuck { seq: u64, error: Error },
+}
+
 /// Applies the stream into `engine`'s database until `stop` turns true, resuming after every
 /// failure (a NATS server gone, a full disk) from what the database holds.
 pub async fn run(engine: Arc<Engine>, cluster: Arc<Cluster>, mut stop: watch::Receiver<bool>) {
     let mut pause = FIRST_PAUSE;
     let mut applied = cluster.progress.applied();
+    // The sequence the applier is stuck at: applied alone, once the operator allows passing it.
+    let mut stuck_at = None;
     loop {
-        match follow(&engine, &cluster, &mut stop).await {
-            Ok(()) => return,
-            Err(error) => {
-                // Retried at once after progress, else less and less often.
-                if cluster.progress.applied() > applied {
-                    applied = cluster.progress.applied();
-                    pause = FIRST_PAUSE;
-                }
-                tracing::warn!(%error, applied, retry_in = ?pause, "applying the cluster's log stopped; resuming");
-                tokio::select! {
-                    () = tokio::time::sleep(pause) => {}
-                    _ = stop.changed() => return,
-                }
-                pause = (pause * 2).min(MAX_PAUSE);
+        let error = match follow(&engine, &cluster, &mut stop, &mut stuck_at).await {
+            Stop::Asked => return,
+            Stop::Log(error) => error,
+            Stop::Stuck { seq, error } => {
+                stuck_at = Some(seq);
+                let why = format!("stuck at stream sequence {seq}: {error}");
+                cluster.progress.set_stalled(Some(why));
+                metrics::gauge!(crate::metrics::APPLIER_STALLED).set(1.0);
+                error
             }
+        };
+        // Retried at once after progress, else less and less often.
+        if cluster.progress.applied() > applied {
+            applied = cluster.progress.applied();
+            pause = FIRST_PAUSE;
         }
+        tracing::warn!(%error, applied, retry_in = ?pause, "applying the cluster's log stopped; resuming");
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            _ = stop.changed() => return,
+        }
+        pause = (pause * 2).min(MAX_PAUSE);
     }
 }
 
-/// One consumer's life: `Ok` when stopped, `Err` when the consumer or the database failed.
+/// Clears the stall once the node got past the sequence it was stuck at.
+fn unstick(cluster: &Cluster, stuck_at: &mut Option<u64>) {
+    if stuck_at.is_some_and(|seq| cluster.progress.applied() >= seq) {
+        *stuck_at = None;
+        cluster.progress.set_stalled(None);
+        metrics::gauge!(crate::metrics::APPLIER_STALLED).set(0.0);
+    }
+}
+
+/// One consumer's life. While `stuck_at` names a sequence, messages up to it are applied one
+/// per transaction, so the one that fails is known and can be passed over.
 async fn follow(
     engine: &Arc<Engine>,
     cluster: &Cluster,
     stop: &mut watch::Receiver<bool>,
-) -> Result<()> {
+    stuck_at: &mut Option<u64>,
+) -> Stop {
     let start = cluster.progress.applied() + 1;
-    let stream = cluster.log.stream().await?;
+    let stream = match cluster.log.stream().await {
+        Ok(stream) => stream,
+        Err(error) => return Stop::Log(error),
+    };
     let filter = match cluster.role {
         Role::Node => String::new(),
         Role::Gateway => log::CREDENTIALS_SUBJECT.to_string(),
@@ -69,59 +109,216 @@ async fn follow(
             filter_subject: filter,
             ..Default::default()
         })
-        .await
-        .map_err(|e| consumer_error("cannot create a consumer", e))?;
-    let mut messages = consumer
-        .messages()
-        .await
-        .map_err(|e| consumer_error("cannot read the stream", e))?;
+        .await;
+    let consumer = match consumer {
+        Ok(consumer) => consumer,
+        Err(error) => return Stop::Log(consumer_error("cannot create a consumer", error)),
+    };
+    let mut messages = match consumer.messages().await {
+        Ok(messages) => messages,
+        Err(error) => return Stop::Log(consumer_error("cannot read the stream", error)),
+    };
     loop {
         let first = tokio::select! {
             next = messages.next() => next,
-            _ = stop.changed() => return Ok(()),
+            _ = stop.changed() => return Stop::Asked,
         };
-        let first =
-            first.ok_or_else(|| consumer_error("the consumer ended", "no more messages"))?;
-        let mut group = vec![first.map_err(|e| consumer_error("reading", e))?];
+        let first = match first {
+            Some(Ok(message)) => message,
+            Some(Err(error)) => return Stop::Log(consumer_error("reading", error)),
+            None => return Stop::Log(consumer_error("the consumer ended", "no more messages")),
+        };
+        let careful = stuck_at.is_some_and(|seq| cluster.progress.applied() < seq);
+        let mut group = vec![first];
         let mut bytes = group[0].payload.len();
-        while group.len() < MAX_GROUP && bytes < MAX_GROUP_BYTES {
+        while !careful && group.len() < MAX_GROUP && bytes < MAX_GROUP_BYTES {
             // Only what has arrived already: the group never waits for more.
             match tokio::time::timeout(Duration::ZERO, messages.next()).await {
                 Ok(Some(Ok(message))) => {
                     bytes += message.payload.len();
                     group.push(message);
                 }
-                Ok(Some(Err(error))) => return Err(consumer_error("reading", error)),
+                Ok(Some(Err(error))) => return Stop::Log(consumer_error("reading", error)),
                 Ok(None) | Err(_) => break,
             }
         }
-        let mut entries = Vec::with_capacity(group.len());
+        let mut entries = Vec::with_capacity(group.len() + 1);
+        let mut expected = cluster.progress.applied() + 1;
         for message in group {
-            let info = message
-                .info()
-                .map_err(|e| consumer_error("a message without its sequence", e))?;
-            let seq = info.stream_sequence;
-            metrics::gauge!(crate::metrics::STREAM_SEQ).set((seq + info.pending) as f64);
-            let id = message
-                .headers
-                .as_ref()
-                .and_then(|headers| headers.get(async_nats::header::NATS_MESSAGE_ID))
-                .map(|id| id.as_str().to_string());
-            let ops = codec::decode(&message.payload)
-                .map_err(|e| e.prefixed(&format!("stream sequence {seq}")))?;
-            entries.push(Logged { seq, id, ops });
+            let seq = match message.info() {
+                Ok(info) => {
+                    metrics::gauge!(crate::metrics::STREAM_SEQ)
+                        .set((info.stream_sequence + info.pending) as f64);
+                    info.stream_sequence
+                }
+                Err(error) => {
+                    return Stop::Log(consumer_error("a message without its sequence", error));
+                }
+            };
+            // A node applies every sequence; a gateway only those of its subject.
+            if cluster.role == Role::Node && seq != expected {
+                match pass_over(cluster, expected, seq - 1, "missing from the stream").await {
+                    Ok(Some(skip)) => entries.push(skip),
+                    Ok(None) => {
+                        let error = Error::Unavailable(format!(
+                            "the cluster's log no longer holds {} (deleted, or trimmed below this node): restore a backup of another node taken after that point into this data dir, or pass over them, losing what they held, with `runledger cluster skip {}`",
+                            range_text(expected, seq - 1),
+                            range_arg(expected, seq - 1),
+                        ));
+                        return Stop::Stuck {
+                            seq: expected,
+                            error,
+                        };
+                    }
+                    Err(error) => return Stop::Log(error),
+                }
+            }
+            expected = seq + 1;
+            entries.push(read(
+                cluster,
+                seq,
+                message.subject.as_str(),
+                &message.payload,
+            ));
         }
-        let expected = cluster.progress.applied() + 1;
-        if cluster.role == Role::Node && entries[0].seq != expected {
-            return Err(Error::Unavailable(format!(
-                "the cluster's log no longer holds sequence {expected} (it starts at {}): this node cannot catch up from it; restore a backup of another node taken after that point into this data dir",
-                entries[0].seq
-            )));
-        }
+        let first_seq = entries[0].seq;
         let applying = engine.clone();
-        tokio::task::spawn_blocking(move || applying.apply_logged(entries))
-            .await
-            .map_err(|e| Error::Internal(format!("the applier panicked: {e}")))??;
+        let applied = tokio::task::spawn_blocking(move || applying.apply_logged(entries)).await;
+        let error = match applied {
+            Ok(Ok(())) => {
+                unstick(cluster, stuck_at);
+                continue;
+            }
+            Ok(Err(error)) => error,
+            Err(panic) => Error::Internal(format!("the applier panicked: {panic}")),
+        };
+        if !careful {
+            // Which message fails is found by applying one at a time.
+            return Stop::Stuck {
+                seq: first_seq,
+                error,
+            };
+        }
+        match pass_over(
+            cluster,
+            first_seq,
+            first_seq,
+            &format!("could not be applied ({error})"),
+        )
+        .await
+        {
+            Ok(Some(skip)) => {
+                let applying = engine.clone();
+                let skipped =
+                    tokio::task::spawn_blocking(move || applying.apply_logged(vec![skip])).await;
+                match skipped {
+                    Ok(Ok(())) => unstick(cluster, stuck_at),
+                    Ok(Err(error)) => {
+                        return Stop::Stuck {
+                            seq: first_seq,
+                            error,
+                        };
+                    }
+                    Err(panic) => {
+                        let error = Error::Internal(format!("the applier panicked: {panic}"));
+                        return Stop::Stuck {
+                            seq: first_seq,
+                            error,
+                        };
+                    }
+                }
+            }
+            Ok(None) => {
+                let error = Error::Unavailable(format!(
+                    "{error}; once its cause is gone it is applied, or pass over it, losing what it held, with `runledger cluster skip {first_seq}`"
+                ));
+                return Stop::Stuck {
+                    seq: first_seq,
+                    error,
+                };
+            }
+            Err(error) => return Stop::Log(error),
+        }
+    }
+}
+
+/// A message as the engine applies it: authenticated and decoded, or refused and why.
+fn read(cluster: &Cluster, seq: u64, subject: &str, payload: &[u8]) -> Logged {
+    let frame = match cluster.key.open(subject, payload) {
+        Ok(frame) => frame,
+        Err(refusal) => {
+            let why = format!("sequence {seq} on {subject}: {refusal}");
+            return Logged {
+                seq,
+                content: Content::Refused {
+                    label: refusal.label(),
+                    why,
+                },
+            };
+        }
+    };
+    let ops = match frame.kind {
+        Kind::Operations => codec::decode_from(subject, frame.body),
+        Kind::PassOver if subject == log::CONTROL_SUBJECT => {
+            envelope::read_pass_over(frame.body).map(|_| Vec::new())
+        }
+        Kind::PassOver => Err(format!("a pass-over permission on {subject}")),
+    };
+    Logged {
+        seq,
+        content: Content::Numbered {
+            origin: frame.origin,
+            ops: ops.map_err(|why| format!("sequence {seq} on {subject}: {why}")),
+        },
+    }
+}
+
+/// The skip of sequences `first..=last` when the operator allowed passing over them (an
+/// authentic permission in the stream covering them all), else `None`.
+async fn pass_over(cluster: &Cluster, first: u64, last: u64, what: &str) -> Result<Option<Logged>> {
+    for (seq, payload) in cluster.log.permissions(first).await? {
+        let Ok(frame) = cluster.key.open(log::CONTROL_SUBJECT, &payload) else {
+            continue;
+        };
+        let Ok((from, to)) = envelope::read_pass_over(frame.body) else {
+            continue;
+        };
+        if frame.kind == Kind::PassOver && from <= first && last <= to {
+            let why = format!(
+                "{} {what}; passed over as the operator allowed (`runledger cluster skip`, sequence {seq})",
+                range_text(first, last)
+            );
+            tracing::warn!(
+                first,
+                last,
+                permission = seq,
+                "passing over sequences of the cluster's log"
+            );
+            return Ok(Some(Logged {
+                seq: first,
+                content: Content::Refused {
+                    label: "passed_over",
+                    why,
+                },
+            }));
+        }
+    }
+    Ok(None)
+}
+
+fn range_text(first: u64, last: u64) -> String {
+    if first == last {
+        format!("sequence {first}")
+    } else {
+        format!("sequences {first} to {last}")
+    }
+}
+
+fn range_arg(first: u64, last: u64) -> String {
+    if first == last {
+        first.to_string()
+    } else {
+        format!("{first}..{last}")
     }
 }
 

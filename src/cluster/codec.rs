@@ -138,6 +138,35 @@ fn encode_op(op: &WriteOp, out: &mut Out) -> Result<()> {
     Ok(())
 }
 
+/// The operations in a message body read from `subject`, checked as a writer would have
+/// checked them before publishing; the error says why the message cannot be applied (every
+/// node decides alike, so every node skips it alike).
+pub fn decode_from(subject: &str, bytes: &[u8]) -> std::result::Result<Vec<WriteOp>, String> {
+    let ops = decode(bytes).map_err(|e| e.to_string())?;
+    for (index, op) in ops.iter().enumerate() {
+        // An organization may come ahead of its runs (`import --nats`) or of its clients.
+        let expected = match op {
+            WriteOp::CreateOrganization { .. } => subject,
+            op if is_credential(op) => super::log::CREDENTIALS_SUBJECT,
+            _ => super::log::DATA_SUBJECT,
+        };
+        if subject != expected {
+            return Err(format!(
+                "operation {index} ({}) belongs on {expected}, not {subject}",
+                op.name()
+            ));
+        }
+        if let WriteOp::Report { runs, .. } = op
+            && let Some(run) = runs.iter().position(|run| run.organization.is_none())
+        {
+            return Err(format!(
+                "operation {index}: results[{run}].organization_uuid is missing"
+            ));
+        }
+    }
+    Ok(ops)
+}
+
 /// The operations in a message body; an error names what is malformed.
 pub fn decode(bytes: &[u8]) -> Result<Vec<WriteOp>> {
     let mut input = In(bytes);
@@ -247,9 +276,7 @@ impl In<'_> {
 }
 
 fn malformed(reason: String) -> Error {
-    Error::Internal(format!(
-        "a message in the cluster's stream is malformed: {reason}"
-    ))
+    Error::InvalidArgument(format!("malformed operations: {reason}"))
 }
 
 struct Out(Vec<u8>);

@@ -1,12 +1,18 @@
 //! The cluster's write log: one JetStream stream, `RUNLEDGER`, holding every write in the order
 //! every node applies it. Writes about credentials go to their own subject, which gateways
-//! (nodes without runs) apply too. Publishing carries a message id, so a publish retried after
-//! a lost acknowledgement or a leader election is stored once.
+//! (nodes without runs) apply too; the operator's permissions to pass over a damaged or missing
+//! sequence go to a third. The stream's description holds its identity ([`StreamIdentity`]):
+//! the cluster's id, which every node records in its file and every message's tag covers, and
+//! a check value of the master key, so that nothing with another key publishes or applies.
+//! Publishing is done by [`super::publisher`], which keeps each writer's messages in order.
 
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, message::PublishMessage, stream};
+use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage, stream};
+use uuid::Uuid;
 
+use super::envelope::StreamKey;
+use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
 
 /// The stream's name.
@@ -15,18 +21,79 @@ pub const STREAM: &str = "RUNLEDGER";
 pub const DATA_SUBJECT: &str = "runledger.data";
 /// Subject of organizations, clients and tokens.
 pub const CREDENTIALS_SUBJECT: &str = "runledger.credentials";
-/// The stream's description when it continues an adopted store: then the adoption's id.
-const BASELINE_PREFIX: &str = "runledger: continues the single-node store adopted as ";
-/// How long JetStream remembers message ids to drop a retried publish.
+/// Subject of the operator's permissions to pass over sequences (`runledger cluster skip`).
+pub const CONTROL_SUBJECT: &str = "runledger.control";
+/// How the stream's description starts; the identity follows as JSON.
+const IDENTITY_PREFIX: &str = "runledger cluster ";
+/// How long JetStream remembers message ids to drop a duplicate publish.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(300);
-/// How long a write keeps retrying its publish (a leader election takes a few seconds).
-const PUBLISH_DEADLINE: Duration = Duration::from_secs(15);
+/// How long `cluster init` retries creating the stream (a new NATS cluster elects its leader).
+const CREATE_DEADLINE: Duration = Duration::from_secs(15);
+/// How long joining retries looking the stream up.
+const JOIN_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a JetStream request, or a publish's acknowledgement, is waited for.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Who the stream belongs to, as its description says.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StreamIdentity {
+    /// The cluster's id: every node records it, every message's tag covers it.
+    pub cluster: Uuid,
+    /// [`StreamKey::key_check`] of the master key the cluster was made with.
+    pub key_check: String,
+    /// The single-node store the stream continues (`runledger cluster adopt`), if any.
+    pub adopted: Option<Uuid>,
+}
+
+impl StreamIdentity {
+    /// A new cluster's identity under `master`.
+    pub fn new(master: &MasterKey, adopted: Option<Uuid>) -> StreamIdentity {
+        let cluster = Uuid::new_v4();
+        StreamIdentity {
+            cluster,
+            key_check: StreamKey::new(master, cluster).key_check(),
+            adopted,
+        }
+    }
+
+    fn description(&self) -> String {
+        format!(
+            "{IDENTITY_PREFIX}{}",
+            serde_json::to_string(self).expect("plain fields")
+        )
+    }
+
+    fn parse(description: Option<&str>) -> Result<StreamIdentity> {
+        description
+            .and_then(|text| text.strip_prefix(IDENTITY_PREFIX))
+            .and_then(|json| serde_json::from_str(json).ok())
+            .ok_or_else(|| {
+                Error::Unavailable(format!(
+                    "the stream {STREAM} has no runledger identity in its description (made by an earlier runledger, whose messages carry no authentication, or by something else): make a new cluster (`runledger cluster init`, or `cluster adopt` of a node's backup) on a NATS cluster without that stream"
+                ))
+            })
+    }
+
+    /// The key of this cluster's messages, once `master` is shown to be the cluster's.
+    pub fn key(&self, master: &MasterKey) -> Result<StreamKey> {
+        let key = StreamKey::new(master, self.cluster);
+        if key.key_check() != self.key_check {
+            return Err(Error::Unavailable(format!(
+                "the master key given is not the one cluster {} was made with (its check value differs): give the cluster's key (RUNLEDGER_MASTER_KEY or --master-key-file); nothing was published",
+                self.cluster
+            )));
+        }
+        Ok(key)
+    }
+}
 
 /// A connection to the NATS servers of a cluster, with its JetStream context.
 #[derive(Clone)]
 pub struct Log {
     client: async_nats::Client,
     js: jetstream::Context,
+    /// How many server URLs the operator gave.
+    urls: usize,
 }
 
 /// What `cluster init` found or made.
@@ -81,84 +148,123 @@ impl Log {
                 Err(error) => return Err(unavailable(&format!("cannot connect to {urls}"), error)),
             }
         };
-        let js = jetstream::new(client.clone());
-        Ok(Log { client, js })
+        let js = jetstream::context::ContextBuilder::new()
+            .timeout(REQUEST_TIMEOUT)
+            .build(client.clone());
+        Ok(Log {
+            client,
+            js,
+            urls: addresses.len(),
+        })
     }
 
-    /// Creates the stream unless it exists: file storage, replicas 3 when the NATS cluster has
-    /// at least 3 servers (else 1), unless `replicas` says otherwise. A stream continuing an
-    /// adopted single-node store names its `baseline` in its description.
+    /// Creates the stream with `identity` unless it exists: file storage, replicas 3 when the
+    /// NATS cluster has at least 3 servers (else 1), unless `replicas` says otherwise. An
+    /// existing stream is left as it is (its identity is returned).
     pub async fn init(
         &self,
         replicas: Option<usize>,
-        baseline: Option<uuid::Uuid>,
-    ) -> Result<InitOutcome> {
-        if let Ok(mut existing) = self.js.get_stream(STREAM).await {
-            let info = existing
-                .info()
-                .await
-                .map_err(|e| unavailable("stream info", e))?;
-            return Ok(InitOutcome {
-                created: false,
-                replicas: info.config.num_replicas,
-            });
-        }
-        let info = self.client.server_info();
-        let servers = info.connect_urls.len().max(1);
-        let replicas = replicas.unwrap_or(if servers >= 3 { 3 } else { 1 });
+        identity: &StreamIdentity,
+    ) -> Result<(InitOutcome, StreamIdentity)> {
+        // The servers this one knows of (none when they do not advertise), or those given.
+        let servers = self.client.server_info().connect_urls.len().max(self.urls);
+        let wanted = replicas.unwrap_or(if servers >= 3 { 3 } else { 1 });
         let config = stream::Config {
             name: STREAM.to_string(),
-            subjects: vec![DATA_SUBJECT.to_string(), CREDENTIALS_SUBJECT.to_string()],
+            subjects: vec![
+                DATA_SUBJECT.to_string(),
+                CREDENTIALS_SUBJECT.to_string(),
+                CONTROL_SUBJECT.to_string(),
+            ],
             storage: stream::StorageType::File,
-            num_replicas: replicas,
+            num_replicas: wanted,
             duplicate_window: DUPLICATE_WINDOW,
-            description: baseline.map(|id| format!("{BASELINE_PREFIX}{id}")),
+            description: Some(identity.description()),
             ..Default::default()
         };
         // Servers of a cluster that just started may not have elected a meta leader yet.
         let started = Instant::now();
         loop {
-            match self.js.create_stream(config.clone()).await {
-                Ok(_) => break,
-                Err(error) if started.elapsed() < PUBLISH_DEADLINE => {
-                    tracing::debug!(%error, "creating the stream, retrying");
-                    if self.js.get_stream(STREAM).await.is_ok() {
-                        return Ok(InitOutcome {
-                            created: false,
-                            replicas,
-                        });
-                    }
-                    tokio::time::sleep(Duration::from_millis(250)).await;
+            let failed = match self.existing().await {
+                Ok(Some(existing)) => {
+                    let found = StreamIdentity::parse(existing.config.description.as_deref())?;
+                    // Ours when an earlier attempt made it and its answer was lost.
+                    let outcome = InitOutcome {
+                        created: found == *identity,
+                        replicas: existing.config.num_replicas,
+                    };
+                    return Ok((outcome, found));
                 }
-                Err(error) => return Err(unavailable("cannot create the stream", error)),
+                Ok(None) => match self.js.create_stream(config.clone()).await {
+                    Ok(_) => {
+                        let outcome = InitOutcome {
+                            created: true,
+                            replicas: wanted,
+                        };
+                        return Ok((outcome, identity.clone()));
+                    }
+                    Err(error) => unavailable("cannot create the stream", error),
+                },
+                Err(error) => error,
+            };
+            if started.elapsed() >= CREATE_DEADLINE {
+                return Err(failed);
             }
+            tracing::debug!(error = %failed, "making the stream, retrying");
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        Ok(InitOutcome {
-            created: true,
-            replicas,
-        })
     }
 
-    /// Whether the stream exists, and the adopted store it continues, if any (`None` when
-    /// it does not exist).
-    pub async fn baseline(&self) -> Result<Option<Option<uuid::Uuid>>> {
-        let Ok(mut stream) = self.js.get_stream(STREAM).await else {
-            return Ok(None);
+    /// The stream's info, or `None` when there is no stream.
+    async fn existing(&self) -> Result<Option<stream::Info>> {
+        match self.js.get_stream(STREAM).await {
+            Ok(mut stream) => Ok(Some(
+                stream
+                    .info()
+                    .await
+                    .map_err(|e| unavailable("stream info", e))?
+                    .clone(),
+            )),
+            Err(error)
+                if matches!(error.kind(), jetstream::context::GetStreamErrorKind::JetStream(e)
+                    if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                Ok(None)
+            }
+            Err(error) => Err(unavailable("cannot look the stream up", error)),
+        }
+    }
+
+    /// The stream's identity, or `None` when there is no stream yet.
+    pub async fn identity(&self) -> Result<Option<StreamIdentity>> {
+        match self.existing().await? {
+            Some(info) => StreamIdentity::parse(info.config.description.as_deref()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The key of the stream's messages: the stream must exist and `master` must be the
+    /// cluster's key. Every command and node calls this before it publishes or applies.
+    pub async fn join(&self, master: &MasterKey) -> Result<(StreamIdentity, StreamKey)> {
+        let started = Instant::now();
+        let found = loop {
+            match self.identity().await {
+                Ok(found) => break found,
+                // No answer is not an answer: a leader election, a connection lost.
+                Err(error) if started.elapsed() < JOIN_DEADLINE => {
+                    tracing::debug!(%error, "looking the stream up, retrying");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(error) => return Err(error),
+            }
         };
-        let info = stream
-            .info()
-            .await
-            .map_err(|e| unavailable("stream info", e))?;
-        let description = info.config.description.as_deref().unwrap_or_default();
-        let baseline = match description.strip_prefix(BASELINE_PREFIX) {
-            Some(id) => Some(id.parse().map_err(|_| {
-                Error::Internal(format!(
-                    "the stream's description {description:?} names no adoption"
-                ))
-            })?),
-            None => None,
-        };
-        Ok(Some(baseline))
+        let identity = found.ok_or_else(|| {
+            Error::Unavailable(format!(
+                "there is no stream {STREAM} on these NATS servers: make it with `runledger cluster init` (or `cluster adopt`)"
+            ))
+        })?;
+        let key = identity.key(master)?;
+        Ok((identity, key))
     }
 
     /// The largest message the servers accept.
@@ -166,56 +272,24 @@ impl Log {
         self.client.server_info().max_payload
     }
 
-    /// Publishes `body` with message id `id` and returns its stream sequence once JetStream
-    /// has stored it (on a quorum of replicas). Retries with the same id through leader
-    /// elections and lost acknowledgements, so the message is stored once.
-    pub async fn publish(&self, subject: &'static str, id: &str, body: Vec<u8>) -> Result<u64> {
-        let max = self.max_payload();
-        if body.len() > max {
-            return Err(Error::TooLarge(format!(
-                "the write is {} bytes encoded, over the {max} bytes the NATS servers accept in one message (raise max_payload, or send smaller batches)",
-                body.len()
-            )));
-        }
-        let body = bytes::Bytes::from(body);
-        let started = Instant::now();
-        let mut pause = Duration::from_millis(20);
-        loop {
-            let attempt = async {
-                let publish = PublishMessage::build().payload(body.clone()).message_id(id);
-                self.js
-                    .send_publish(subject, publish)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .await
-                    .map_err(|e| e.to_string())
-            };
-            match attempt.await {
-                Ok(ack) => return Ok(ack.sequence),
-                Err(error) if started.elapsed() < PUBLISH_DEADLINE => {
-                    tracing::debug!(%error, id, "publish failed, retrying with the same id");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(500));
-                }
-                Err(error) => {
-                    return Err(unavailable(
-                        "the write was not acknowledged (it may still be applied; retrying it is safe within 5 minutes)",
-                        error,
-                    ));
-                }
-            }
-        }
-    }
-
-    /// Publishes `ops` as one message under a fresh message id (see [`Log::publish`]).
-    pub async fn publish_ops(
+    /// Sends one message with message id `id` (one attempt); the future resolves with its
+    /// acknowledgement (the stream sequence once a quorum of replicas stored it) or fails.
+    pub async fn send(
         &self,
         subject: &'static str,
-        ops: &[crate::store::WriteOp],
-    ) -> Result<u64> {
-        let body = super::codec::encode(ops)?;
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        self.publish(subject, &id, body).await
+        id: &str,
+        frame: bytes::Bytes,
+    ) -> Result<PublishAckFuture> {
+        let publish = PublishMessage::build().payload(frame).message_id(id);
+        self.js
+            .send_publish(subject, publish)
+            .await
+            .map_err(|e| unavailable("cannot publish", e))
+    }
+
+    /// Whether the client is connected to a NATS server now.
+    pub fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
     }
 
     /// The stream handle, for consumers.
@@ -276,6 +350,34 @@ impl Log {
                 Ok(0)
             }
             Err(error) => Err(unavailable("the newest credentials", error)),
+        }
+    }
+
+    /// The operator's pass-over permissions published at or after sequence `from`: each one's
+    /// sequence and payload, oldest first.
+    pub async fn permissions(&self, from: u64) -> Result<Vec<(u64, bytes::Bytes)>> {
+        let stream = self.stream().await?;
+        let mut found = Vec::new();
+        let mut next = from.max(1);
+        loop {
+            let message = stream
+                .raw_message_builder()
+                .sequence(next)
+                .next_by_subject(CONTROL_SUBJECT.to_string())
+                .send()
+                .await;
+            match message {
+                Ok(message) => {
+                    next = message.sequence + 1;
+                    found.push((message.sequence, message.payload));
+                }
+                Err(error)
+                    if error.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound =>
+                {
+                    return Ok(found);
+                }
+                Err(error) => return Err(unavailable("the operator's permissions", error)),
+            }
         }
     }
 

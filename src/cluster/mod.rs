@@ -4,34 +4,47 @@
 //! changes. Reads are served from the local database. No consensus code of our own: JetStream
 //! orders and replicates, the engine's deterministic apply does the rest.
 //!
-//! - [`codec`]: operations as stream messages;
-//! - [`log`]: the stream: creating it, publishing with de-duplication, trimming;
+//! - [`envelope`]: the authenticated frame of every message (its writer and number);
+//! - [`codec`]: operations as message bodies;
+//! - [`log`]: the stream: its identity, creating it, sending, trimming;
+//! - [`publisher`]: one writer's messages, confirmed in order whatever is retried;
 //! - [`apply`]: following the stream into the node's database;
 //! - [`progress`]: the applied sequence, writers waiting for their outcome, read-your-writes.
 
 pub mod apply;
 pub mod codec;
+pub mod envelope;
 pub mod log;
 pub mod progress;
+pub mod publisher;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use tokio::sync::oneshot::Receiver;
+use tokio::sync::oneshot;
 use uuid::Uuid;
 
-pub use log::{InitOutcome, Log, StreamState};
+pub use envelope::StreamKey;
+pub use log::{InitOutcome, Log, StreamIdentity, StreamState};
 pub use progress::{Progress, note_written, noting_writes};
+pub use publisher::Publisher;
 
 use crate::error::{Error, Result};
 use crate::model::{RegisterOutcome, ReportCounts};
 use crate::store::{WriteOp, WriteOutcome};
+use envelope::Kind;
 
-/// How long a writer waits for its node to apply its own write before answering that it is
-/// in the log but not applied here yet.
-const APPLY_WAIT: Duration = Duration::from_secs(30);
+/// How long a write (a token grant included) may wait for the cluster's log to store it before
+/// it is answered 503 / UNAVAILABLE with Retry-After.
+pub const PUBLISH_WAIT: Duration = Duration::from_secs(5);
+/// How long a writer waits for its node to apply its own write, once stored, before answering
+/// that it is in the log but not applied here yet.
+const APPLY_WAIT: Duration = Duration::from_secs(10);
 /// How long a read with `x-runledger-min-seq` waits for the node to catch up by default.
 pub const DEFAULT_MIN_SEQ_WAIT: Duration = Duration::from_secs(2);
+/// How often a node asks whether a quorum of the stream's replicas answers.
+const QUORUM_PROBE: Duration = Duration::from_secs(2);
 
 /// What a node does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -43,22 +56,43 @@ pub enum Role {
     Gateway,
 }
 
-/// A node's view of the cluster: the log, how far it applied it, what it does.
+/// A node's view of the cluster: the log, its key, how far it applied it, what it does.
 pub struct Cluster {
     pub log: Log,
-    pub progress: Progress,
+    pub key: StreamKey,
+    pub progress: Arc<Progress>,
     pub role: Role,
     pub min_seq_wait: Duration,
+    data: Publisher,
+    credentials: Publisher,
+    /// Whether the last probe reached a quorum of the stream's replicas.
+    quorum: Arc<AtomicBool>,
 }
 
 impl Cluster {
-    pub fn new(log: Log, role: Role, applied: u64) -> Cluster {
+    /// The node's cluster, starting at `applied`; starts its publishers and its quorum probe
+    /// (call within the runtime).
+    pub fn new(log: Log, key: StreamKey, role: Role, applied: u64) -> Cluster {
+        let progress = Arc::new(Progress::new(applied));
+        let publisher =
+            |subject| Publisher::spawn(log.clone(), key.clone(), subject, Some(progress.clone()));
+        let quorum = Arc::new(AtomicBool::new(true));
+        tokio::spawn(probe_quorum(log.clone(), Arc::downgrade(&quorum)));
         Cluster {
+            data: publisher(log::DATA_SUBJECT),
+            credentials: publisher(log::CREDENTIALS_SUBJECT),
             log,
-            progress: Progress::new(applied),
+            key,
+            progress,
             role,
             min_seq_wait: DEFAULT_MIN_SEQ_WAIT,
+            quorum,
         }
+    }
+
+    /// Whether the last probe (every 2 s) reached a quorum of the stream's replicas.
+    pub fn has_quorum(&self) -> bool {
+        self.quorum.load(Ordering::Acquire)
     }
 
     /// Whether this node applies messages of `subject`.
@@ -67,50 +101,47 @@ impl Cluster {
     }
 
     /// Publishes a write and answers its outcome: once this node has applied it, or (on a
-    /// gateway, for what it does not apply) as soon as the log acknowledged it. The write's
+    /// gateway, for what it does not apply) as soon as the log confirmed it. The write's
     /// sequence is noted for the answer's `x-runledger-seq`.
     pub async fn write(self: &Arc<Self>, op: WriteOp) -> Result<WriteOutcome> {
         self.publish(op).await?.outcome().await
     }
 
-    /// Publishes a write and returns once the log acknowledged it; its outcome follows (see
-    /// [`Published::outcome`]). Writes published one after another are in the log in that
-    /// order, and the next can be published while this one is being applied.
+    /// Publishes a write and returns once the log confirmed it (at most [`PUBLISH_WAIT`]); its
+    /// outcome follows (see [`Published::outcome`]). Writes published one after another are
+    /// applied in that order on every node.
     pub async fn publish(self: &Arc<Self>, op: WriteOp) -> Result<Published> {
-        let subject = if codec::is_credential(&op) {
-            log::CREDENTIALS_SUBJECT
+        let credential = codec::is_credential(&op);
+        let (publisher, subject) = if credential {
+            (&self.credentials, log::CREDENTIALS_SUBJECT)
         } else {
-            log::DATA_SUBJECT
+            (&self.data, log::DATA_SUBJECT)
         };
         let body = codec::encode(std::slice::from_ref(&op))?;
-        let id = Uuid::new_v4().simple().to_string();
-        let waiter = self.applies(subject).then(|| self.progress.expect(&id));
-        let seq = match self.log.publish(subject, &id, body).await {
-            Ok(seq) => seq,
-            Err(error) => {
-                self.progress.forget(&id);
-                return Err(error);
-            }
+        check_size(&self.log, body.len())?;
+        let (waiter, outcome) = if self.applies(subject) {
+            let (sender, receiver) = oneshot::channel();
+            (Some(sender), Ok(receiver))
+        } else {
+            (None, Err(acknowledged_only(&op)))
         };
+        let seq = publisher
+            .submit(Kind::Operations, body, waiter)
+            .await?
+            .confirmed(PUBLISH_WAIT)
+            .await?;
         note_written(seq);
-        let waiter = match waiter {
-            Some(waiter) => Ok(waiter),
-            None => Err(acknowledged_only(&op)),
-        };
-        Ok(Published {
-            cluster: self.clone(),
-            id,
-            seq,
-            waiter,
-        })
+        Ok(Published { seq, outcome })
     }
+
     /// Waits (at most a second) until this node has applied every credentials message the log
     /// holds: a client created or a token granted through another node a moment ago is then
     /// known here. False when the node could not catch up.
     pub async fn catch_up_credentials(&self) -> bool {
-        match self.log.last_credentials_seq().await {
-            Ok(seq) => self.progress.wait_for(seq, Duration::from_secs(1)).await,
-            Err(_) => false,
+        let lookup = tokio::time::timeout(Duration::from_secs(1), self.log.last_credentials_seq());
+        match lookup.await {
+            Ok(Ok(seq)) => self.progress.wait_for(seq, Duration::from_secs(1)).await,
+            _ => false,
         }
     }
 
@@ -130,18 +161,47 @@ impl Cluster {
     }
 }
 
+/// Refuses a body the NATS servers would refuse.
+fn check_size(log: &Log, body: usize) -> Result<()> {
+    let max = log.max_payload();
+    // The frame adds its head and tag.
+    if body + 64 > max {
+        return Err(Error::TooLarge(format!(
+            "the write is {body} bytes encoded, over the {max} bytes the NATS servers accept in one message (raise max_payload, or send smaller batches)"
+        )));
+    }
+    Ok(())
+}
+
+/// Asks every [`QUORUM_PROBE`] for the stream's state, which only the stream's leader answers
+/// (and a leader needs a quorum of replicas), until the cluster is gone.
+async fn probe_quorum(log: Log, quorum: std::sync::Weak<AtomicBool>) {
+    loop {
+        let reached = tokio::time::timeout(QUORUM_PROBE, log.state())
+            .await
+            .is_ok_and(|state| state.is_ok());
+        let Some(quorum) = quorum.upgrade() else {
+            return;
+        };
+        if quorum.swap(reached, Ordering::AcqRel) != reached {
+            tracing::warn!(reached, "the cluster's quorum");
+        }
+        metrics::gauge!(crate::metrics::QUORUM).set(f64::from(u8::from(reached)));
+        drop(quorum);
+        tokio::time::sleep(QUORUM_PROBE).await;
+    }
+}
+
 /// A write in the log, its outcome to come.
 pub struct Published {
-    cluster: Arc<Cluster>,
-    id: String,
     seq: u64,
-    waiter: std::result::Result<Receiver<Result<WriteOutcome>>, Result<WriteOutcome>>,
+    outcome: std::result::Result<oneshot::Receiver<Result<WriteOutcome>>, Result<WriteOutcome>>,
 }
 
 impl Published {
     /// The outcome once this node applied the write (or the gateway's answer at once).
     pub async fn outcome(self) -> Result<WriteOutcome> {
-        let waiter = match self.waiter {
+        let waiter = match self.outcome {
             Ok(waiter) => waiter,
             Err(answer) => return answer,
         };
@@ -151,13 +211,10 @@ impl Published {
             Ok(Err(_)) => Err(Error::Unavailable(format!(
                 "the write is in the cluster's log at sequence {seq}, but this node is stopping before applying it; the other nodes apply it"
             ))),
-            Err(_) => {
-                self.cluster.progress.forget(&self.id);
-                Err(Error::Unavailable(format!(
-                    "the write is in the cluster's log at sequence {seq}, but this node has not applied it within {} s; it will be (read with x-runledger-min-seq: {seq})",
-                    APPLY_WAIT.as_secs()
-                )))
-            }
+            Err(_) => Err(Error::Unavailable(format!(
+                "the write is in the cluster's log at sequence {seq}, but this node has not applied it within {} s; it will be (read with x-runledger-min-seq: {seq})",
+                APPLY_WAIT.as_secs()
+            ))),
         }
     }
 }
@@ -190,6 +247,8 @@ fn acknowledged_only(op: &WriteOp) -> Result<WriteOutcome> {
 /// What a node's data dir says about where it starts in the stream.
 #[derive(Clone, Copy, Debug)]
 pub struct StartingPoint {
+    /// The cluster whose stream it applied, if any.
+    pub cluster: Option<Uuid>,
     /// The adoption it continues (`runledger cluster adopt`), if any.
     pub baseline: Option<Uuid>,
     /// The last stream sequence it applied.
@@ -202,19 +261,35 @@ impl StartingPoint {
     pub fn of(store: &crate::store::Store) -> Result<StartingPoint> {
         let reader = store.reader()?;
         Ok(StartingPoint {
+            cluster: reader.cluster_id()?,
             baseline: reader.baseline()?,
             applied: reader.applied_seq()?,
             has_organizations: reader.any_organization()?.is_some(),
         })
     }
 
-    /// Whether a node starting here may apply a stream that continues `stream_baseline` (the
-    /// adoption it names, if any): a stream made by `cluster adopt` holds only what came after
-    /// the adopted store, so only copies of that store may apply it; a stream made by `cluster
-    /// init` starts empty, so a single node's store (organizations, nothing applied, not
-    /// adopted) would keep history no other node has.
-    pub fn check(&self, stream_baseline: Option<Uuid>) -> Result<()> {
-        match (stream_baseline, self.baseline) {
+    /// Whether a node starting here may apply the stream `stream`: a node of another cluster
+    /// never may; a stream made by `cluster adopt` holds only what came after the adopted
+    /// store, so only copies of that store may apply it; a stream made by `cluster init`
+    /// starts empty, so a single node's store (organizations, nothing applied, not adopted)
+    /// would keep history no other node has.
+    pub fn check(&self, stream: &StreamIdentity) -> Result<()> {
+        match self.cluster {
+            Some(own) if own != stream.cluster => {
+                return Err(Error::Unavailable(format!(
+                    "this data dir belongs to cluster {own}, and the stream on these NATS servers to cluster {}: start this node from an empty data dir or a backup of a node of this cluster",
+                    stream.cluster
+                )));
+            }
+            None if self.applied > 0 => {
+                return Err(Error::Unavailable(format!(
+                    "this data dir applied a cluster's stream (through sequence {}) that names no cluster, so not this one (cluster {}): start this node from an empty data dir or a backup of a node of this cluster",
+                    self.applied, stream.cluster
+                )));
+            }
+            _ => {}
+        }
+        match (stream.adopted, self.baseline) {
             (Some(stream), Some(own)) if stream == own => Ok(()),
             (Some(stream), _) => Err(Error::Unavailable(format!(
                 "the cluster's stream continues the single-node store adopted as {stream} (`runledger cluster adopt`), and this data dir is not a copy of it: start this node from a backup of the adopted data dir or of another node"
@@ -232,11 +307,30 @@ impl StartingPoint {
     }
 }
 
+/// How long a command waits for its message to be confirmed.
+const COMMAND_WAIT: Duration = Duration::from_secs(60);
+
+/// Publishes `ops` as one message of a new writer (a command's) on `subject`; its sequence once
+/// confirmed.
+pub async fn publish_once(
+    log: &Log,
+    key: &StreamKey,
+    subject: &'static str,
+    ops: &[WriteOp],
+) -> Result<u64> {
+    let body = codec::encode(ops)?;
+    check_size(log, body.len())?;
+    Publisher::spawn(log.clone(), key.clone(), subject, None)
+        .publish(Kind::Operations, body, COMMAND_WAIT)
+        .await
+}
+
 /// Creates an OAuth client cluster-wide (and its organization, with its derived output key,
 /// unless it exists): one message, each write its own unit. Returns the credentials (with a new
 /// organization's output key) and the message's sequence.
 pub async fn create_client(
     log: &Log,
+    key: &StreamKey,
     master: &crate::crypto::MasterKey,
     org: Option<crate::model::OrgId>,
     scopes: crate::auth::Scopes,
@@ -249,11 +343,9 @@ pub async fn create_client(
     }
     let new_org = org.is_none();
     let org = org.unwrap_or_else(|| crate::model::OrgId(Uuid::new_v4()));
-    let (key, organization) = organization(master, org);
+    let (output_key, organization) = organization(master, org);
     let (client_id, client_secret, create) = crate::engine::new_client(org, scopes);
-    let seq = log
-        .publish_ops(log::CREDENTIALS_SUBJECT, &[organization, create])
-        .await?;
+    let seq = publish_once(log, key, log::CREDENTIALS_SUBJECT, &[organization, create]).await?;
     Ok((
         crate::engine::NewClient {
             client_id,
@@ -262,19 +354,19 @@ pub async fn create_client(
             scopes,
             // Only for a new organization: an existing one may be adopted, with a key of its
             // own (`runledger key` shows it).
-            output_key: new_org.then(|| key.to_base64()),
+            output_key: new_org.then(|| output_key.to_base64()),
         },
         seq,
     ))
 }
 
 /// Revokes a client on every node: its tokens fail once each node applies the revocation.
-pub async fn revoke_client(log: &Log, client_id: &str) -> Result<u64> {
+pub async fn revoke_client(log: &Log, key: &StreamKey, client_id: &str) -> Result<u64> {
     let op = WriteOp::RevokeClient {
         client_id: client_id.to_string(),
         at: crate::time::Timestamp::now(),
     };
-    log.publish_ops(log::CREDENTIALS_SUBJECT, &[op]).await
+    publish_once(log, key, log::CREDENTIALS_SUBJECT, &[op]).await
 }
 
 /// An organization's output key derived from the master key (the same on every node and
@@ -296,11 +388,21 @@ pub fn organization(
 mod tests {
     use super::*;
 
+    /// A data dir; one that applied a stream records the cluster (7) it belongs to.
     fn at(baseline: Option<Uuid>, applied: u64, has_organizations: bool) -> StartingPoint {
         StartingPoint {
+            cluster: (applied > 0).then_some(Uuid::from_u128(7)),
             baseline,
             applied,
             has_organizations,
+        }
+    }
+
+    fn stream(adopted: Option<Uuid>) -> StreamIdentity {
+        StreamIdentity {
+            cluster: Uuid::from_u128(7),
+            key_check: String::new(),
+            adopted,
         }
     }
 
@@ -308,25 +410,56 @@ mod tests {
     fn a_node_starts_only_where_the_stream_begins() {
         let (adopted, other) = (Uuid::from_u128(1), Uuid::from_u128(2));
         // A stream made by `cluster adopt`: copies of the adopted store only.
-        assert!(at(Some(adopted), 0, true).check(Some(adopted)).is_ok());
-        assert!(at(Some(adopted), 900, true).check(Some(adopted)).is_ok());
+        assert!(
+            at(Some(adopted), 0, true)
+                .check(&stream(Some(adopted)))
+                .is_ok()
+        );
+        assert!(
+            at(Some(adopted), 900, true)
+                .check(&stream(Some(adopted)))
+                .is_ok()
+        );
         for refused in [
             at(None, 0, false),
             at(Some(other), 0, true),
             at(None, 0, true),
         ] {
-            let error = refused.check(Some(adopted)).unwrap_err().to_string();
+            let error = refused
+                .check(&stream(Some(adopted)))
+                .unwrap_err()
+                .to_string();
             assert!(error.contains("not a copy of it"), "{error}");
         }
         // A stream made by `cluster init`: empty data dirs and its own nodes' backups.
-        assert!(at(None, 0, false).check(None).is_ok());
-        assert!(at(None, 42, true).check(None).is_ok());
-        let single = at(None, 0, true).check(None).unwrap_err().to_string();
+        assert!(at(None, 0, false).check(&stream(None)).is_ok());
+        let single = at(None, 0, true)
+            .check(&stream(None))
+            .unwrap_err()
+            .to_string();
         assert!(single.contains("cluster adopt"), "{single}");
         let foreign = at(Some(other), 0, true)
-            .check(None)
+            .check(&stream(None))
             .unwrap_err()
             .to_string();
         assert!(foreign.contains("adopted as"), "{foreign}");
+        // Another cluster's node, or one whose file names no cluster but applied a stream.
+        let other_cluster = StartingPoint {
+            cluster: Some(Uuid::from_u128(8)),
+            ..at(None, 42, true)
+        };
+        let error = other_cluster.check(&stream(None)).unwrap_err().to_string();
+        assert!(error.contains("belongs to cluster"), "{error}");
+        let unnamed = StartingPoint {
+            cluster: None,
+            ..at(None, 42, true)
+        };
+        let unnamed = unnamed.check(&stream(None)).unwrap_err().to_string();
+        assert!(unnamed.contains("names no cluster"), "{unnamed}");
+        let own = StartingPoint {
+            cluster: Some(Uuid::from_u128(7)),
+            ..at(None, 42, true)
+        };
+        assert!(own.check(&stream(None)).is_ok());
     }
 }

@@ -1,6 +1,6 @@
 //! How far this node has applied the stream: the applied sequence (watched by reads that must
-//! see a write), the writers waiting for their own write's outcome, and the sequence a request
-//! wrote (noted for its answer's `x-runledger-seq`).
+//! see a write), the writers waiting for their own write's outcome, why the applier is stuck
+//! if it is, and the sequence a request wrote (noted for its answer's `x-runledger-seq`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,14 +10,18 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 
+use super::envelope::Origin;
 use crate::error::Result;
 use crate::store::WriteOutcome;
 
-type Waiter = oneshot::Sender<Result<WriteOutcome>>;
+/// Where a writer's outcome goes once this node applied its message.
+pub type Waiter = oneshot::Sender<Result<WriteOutcome>>;
 
 pub struct Progress {
     applied: watch::Sender<u64>,
-    waiters: Mutex<HashMap<String, Waiter>>,
+    waiters: Mutex<HashMap<Origin, Waiter>>,
+    /// Why the applier cannot go on, while it cannot.
+    stalled: Mutex<Option<String>>,
 }
 
 impl Progress {
@@ -26,6 +30,7 @@ impl Progress {
         Progress {
             applied: watch::Sender::new(applied),
             waiters: Mutex::default(),
+            stalled: Mutex::default(),
         }
     }
 
@@ -51,26 +56,37 @@ impl Progress {
         });
     }
 
-    /// Registers a writer waiting for the outcome of the message with id `id`.
-    pub fn expect(&self, id: &str) -> oneshot::Receiver<Result<WriteOutcome>> {
-        let (sender, receiver) = oneshot::channel();
-        self.lock().insert(id.to_string(), sender);
-        receiver
+    /// Registers a writer waiting for the outcome of the message from `origin`.
+    pub fn expect(&self, origin: Origin, waiter: Waiter) {
+        let mut waiters = self.lock();
+        // A waiter whose writer went away is dropped when its message is applied; these
+        // only linger for messages never applied here (a gateway's data writes).
+        waiters.retain(|_, waiter| !waiter.is_closed());
+        waiters.insert(origin, waiter);
     }
 
-    pub fn forget(&self, id: &str) {
-        self.lock().remove(id);
-    }
-
-    /// Hands the outcome of message `id` to its writer, if one waits here.
-    pub fn deliver(&self, id: &str, outcome: Result<WriteOutcome>) {
-        if let Some(waiter) = self.lock().remove(id) {
+    /// Hands the outcome of the message from `origin` to its writer, if one waits here.
+    pub fn deliver(&self, origin: &Origin, outcome: Result<WriteOutcome>) {
+        if let Some(waiter) = self.lock().remove(origin) {
             let _ = waiter.send(outcome);
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Waiter>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Origin, Waiter>> {
         self.waiters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records why the applier cannot go on (`None`: it goes on).
+    pub fn set_stalled(&self, why: Option<String>) {
+        *self.stalled.lock().unwrap_or_else(|e| e.into_inner()) = why;
+    }
+
+    /// Why the applier cannot go on, if it cannot.
+    pub fn stalled(&self) -> Option<String> {
+        self.stalled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 

@@ -5,24 +5,50 @@
 use std::sync::Arc;
 
 use super::{Engine, OutputKey};
+use crate::cluster::envelope::Origin;
 use crate::cluster::{Cluster, Role};
 use crate::error::{Error, Result};
 use crate::model::{OrgId, RunState};
 use crate::store::credentials::IssueOutcome;
-use crate::store::{WriteOp, WriteOutcome};
+use crate::store::{Admission, LoggedContent, LoggedMessage, LoggedOutcome, WriteOp, WriteOutcome};
 
-/// A message of the log, decoded: its sequence, its id (for the writer waiting on it) and its
-/// operations.
+/// A message of the log, read: its sequence and what it holds.
 #[derive(Debug)]
 pub struct Logged {
     pub seq: u64,
-    pub id: Option<String>,
-    pub ops: Vec<WriteOp>,
+    pub content: Content,
+}
+
+#[derive(Debug)]
+pub enum Content {
+    /// An authentic message of a writer: its operations (none for a pass-over permission), or
+    /// why they cannot be read.
+    Numbered {
+        origin: Origin,
+        ops: std::result::Result<Vec<WriteOp>, String>,
+    },
+    /// Skipped for good: the metric's label and why.
+    Refused { label: &'static str, why: String },
 }
 
 impl Logged {
     fn is_exclusive(&self) -> bool {
-        self.ops.iter().any(WriteOp::is_exclusive)
+        matches!(&self.content, Content::Numbered { ops: Ok(ops), .. } if ops.iter().any(WriteOp::is_exclusive))
+    }
+
+    fn message(&self) -> LoggedMessage<'_> {
+        let content = match &self.content {
+            Content::Numbered { origin, ops } => LoggedContent::Numbered {
+                writer: origin.writer.0,
+                number: origin.number,
+                ops: ops.as_deref().map_err(Clone::clone),
+            },
+            Content::Refused { why, .. } => LoggedContent::Skip(why.clone()),
+        };
+        LoggedMessage {
+            seq: self.seq,
+            content,
+        }
     }
 }
 
@@ -94,7 +120,7 @@ impl Engine {
         }
     }
 
-    /// Applies messages of the log, in order: runs of ordinary operations share a transaction,
+    /// Applies messages of the log, in order: runs of ordinary messages share a transaction,
     /// an exclusive one (a retention step) has its own; each transaction records its last
     /// sequence. Then the in-memory state follows and waiting writers get their outcomes.
     /// `Err` leaves the rest for the next attempt (nothing after the last commit is lost or
@@ -114,30 +140,49 @@ impl Engine {
                 }
             }
             let last = group.last().expect("a group is never empty").seq;
-            let mut messages = Vec::with_capacity(group.len());
-            let mut ops = Vec::new();
-            for entry in group {
-                messages.push((entry.id, entry.ops.len()));
-                ops.extend(entry.ops);
-            }
-            let mut outcomes = self.store.apply_logged(&ops, last)?.into_iter();
-            let mut ops = ops.iter();
-            for (id, count) in messages {
-                let mut first = None;
-                for op in ops.by_ref().take(count) {
-                    let outcome = outcomes
-                        .next()
-                        .unwrap_or_else(|| Err(Error::Internal("an outcome is missing".into())));
-                    self.after_apply(op, &outcome);
-                    first.get_or_insert(outcome);
-                }
-                if let (Some(id), Some(outcome)) = (id, first) {
-                    cluster.progress.deliver(&id, outcome);
-                }
+            let messages: Vec<LoggedMessage<'_>> = group.iter().map(Logged::message).collect();
+            let outcomes = self.store.apply_logged(&messages, last)?;
+            drop(messages);
+            for (entry, outcome) in group.into_iter().zip(outcomes) {
+                self.after_message(&cluster, entry, outcome);
             }
             cluster.progress.advance(last);
         }
         Ok(())
+    }
+
+    /// What follows an applied (or skipped) message: the in-memory state, its writer's
+    /// outcome, the metrics and the log.
+    fn after_message(&self, cluster: &Cluster, entry: Logged, outcome: LoggedOutcome) {
+        let seq = entry.seq;
+        match (entry.content, outcome) {
+            (Content::Numbered { origin, ops }, LoggedOutcome::Applied(outcomes)) => {
+                let mut first = None;
+                for (op, outcome) in ops.iter().flatten().zip(outcomes) {
+                    self.after_apply(op, &outcome);
+                    first.get_or_insert(outcome);
+                }
+                if let Some(outcome) = first {
+                    cluster.progress.deliver(&origin, outcome);
+                }
+            }
+            (Content::Numbered { origin, .. }, LoggedOutcome::NotApplied(admission)) => {
+                let label = match admission {
+                    Admission::Duplicate => "duplicate",
+                    _ => "out_of_order",
+                };
+                tracing::debug!(seq, writer = %origin.writer, number = origin.number, ?admission, "a copy not applied");
+                metrics::counter!(crate::metrics::MESSAGES_SKIPPED, "reason" => label).increment(1);
+            }
+            (content, _) => {
+                let (label, why) = match content {
+                    Content::Refused { label, why } => (label, why),
+                    Content::Numbered { ops, .. } => ("malformed", ops.err().unwrap_or_default()),
+                };
+                tracing::warn!(seq, reason = %why, "a message of the cluster's log was skipped on every node (recorded in the skipped table)");
+                metrics::counter!(crate::metrics::MESSAGES_SKIPPED, "reason" => label).increment(1);
+            }
+        }
     }
 
     /// What follows an applied operation outside the database, on every node alike.

@@ -32,7 +32,7 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 use handle::Handle;
 
 pub use batch::{
-    IssueRequest, PruneProgress, UnfinishedRun, WriteOp, WriteOutcome, derived_task_run,
+    Admission, IssueRequest, PruneProgress, UnfinishedRun, WriteOp, WriteOutcome, derived_task_run,
 };
 pub use digest::Digests;
 pub use read::Reader;
@@ -296,12 +296,77 @@ impl Store {
             .write(|db| apply_batch(db, &self.cache, &self.filters, ops, None))
     }
 
-    /// Applies operations read from the cluster's stream in one durable transaction on the
+    /// Applies messages read from the cluster's stream in one durable transaction on the
     /// calling thread, recording `through` as the last applied stream sequence in the same
-    /// transaction: after a crash the file says exactly which messages it holds. Blocks.
-    pub fn apply_logged(&self, ops: &[WriteOp], through: u64) -> Result<Vec<Result<WriteOutcome>>> {
-        self.db
-            .write(|db| apply_batch(db, &self.cache, &self.filters, ops, Some(through)))
+    /// transaction. A writer's message is applied only when it is that writer's next
+    /// ([`Admission`]); a message that cannot be applied for good is recorded as skipped. `Err`
+    /// means nothing was applied.
+    pub fn apply_logged(
+        &self,
+        messages: &[LoggedMessage<'_>],
+        through: u64,
+    ) -> Result<Vec<LoggedOutcome>> {
+        self.db.write(|db| {
+            let started = std::time::Instant::now();
+            let result = in_transaction(db, &self.cache, &self.filters, Some(through), |batch| {
+                let mut outcomes = Vec::with_capacity(messages.len());
+                for message in messages {
+                    outcomes.push(match &message.content {
+                        LoggedContent::Skip(why) => {
+                            batch.record_skipped(message.seq, why)?;
+                            LoggedOutcome::Skipped
+                        }
+                        LoggedContent::Numbered {
+                            writer,
+                            number,
+                            ops,
+                        } => match (batch.admit(writer, *number)?, ops) {
+                            (Admission::Next, Ok(ops)) => {
+                                let mut applied = Vec::with_capacity(ops.len());
+                                for op in *ops {
+                                    applied.push(batch.apply(op)?);
+                                }
+                                LoggedOutcome::Applied(applied)
+                            }
+                            // Authentic but unreadable: its place in the writer's order is
+                            // taken, so the writer's next messages still apply.
+                            (Admission::Next, Err(why)) => {
+                                batch.record_skipped(message.seq, why)?;
+                                LoggedOutcome::Skipped
+                            }
+                            (other, _) => LoggedOutcome::NotApplied(other),
+                        },
+                    });
+                }
+                Ok(outcomes)
+            });
+            let applied = messages.iter().zip(result.as_deref().unwrap_or_default());
+            let pairs = applied.flat_map(|(message, outcome)| {
+                let ops = match &message.content {
+                    LoggedContent::Numbered { ops: Ok(ops), .. } => *ops,
+                    _ => &[],
+                };
+                let outcomes = match outcome {
+                    LoggedOutcome::Applied(outcomes) => outcomes.as_slice(),
+                    _ => &[],
+                };
+                ops.iter().zip(outcomes.iter().map(Some))
+            });
+            crate::metrics::record_transaction(pairs, result.as_ref().err(), started.elapsed());
+            result
+        })
+    }
+
+    /// Records the id of the cluster whose stream this database applies (once: a database
+    /// that holds another is refused by [`crate::cluster::StartingPoint::check`] first).
+    pub fn set_cluster_id(&self, cluster: uuid::Uuid) -> Result<()> {
+        self.db.write(|db| {
+            let txn = db.begin_write()?;
+            txn.open_table(tables::META)?
+                .insert(tables::meta::CLUSTER_ID, cluster.as_bytes().as_slice())?;
+            txn.commit()?;
+            Ok(())
+        })
     }
 
     /// Marks the database as the start of a cluster's stream (`runledger cluster adopt`): the
@@ -380,35 +445,48 @@ fn apply_batch(
     through: Option<u64>,
 ) -> Result<Vec<Result<WriteOutcome>>> {
     let started = std::time::Instant::now();
-    let outcomes = apply_batch_timed(db, cache, filters, ops, through, started);
-    crate::metrics::record_transaction(ops, &outcomes, started.elapsed());
-    outcomes
-}
-
-fn apply_batch_timed(
-    db: &Database,
-    cache: &EntityCache,
-    filters: &Mutex<Filters>,
-    ops: &[WriteOp],
-    through: Option<u64>,
-    started: std::time::Instant,
-) -> Result<Vec<Result<WriteOutcome>>> {
-    let mut filters = filters.lock().unwrap_or_else(|e| e.into_inner());
-    let txn = db.begin_write()?;
-    let mut outcomes = Vec::with_capacity(ops.len());
-    let (created, applied, finished) = {
-        let mut batch = batch::Batch::open(&txn, cache, &filters)?;
+    let outcomes = in_transaction(db, cache, filters, through, |batch| {
+        let mut outcomes = Vec::with_capacity(ops.len());
         for op in ops {
             outcomes.push(batch.apply(op)?);
         }
+        Ok(outcomes)
+    });
+    let applied = ops.iter().zip(
+        outcomes
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .map(Some)
+            .chain(std::iter::repeat(None)),
+    );
+    crate::metrics::record_transaction(applied, outcomes.as_ref().err(), started.elapsed());
+    outcomes
+}
+
+/// Runs `work` in one write transaction and commits it (recording `through` as the last
+/// applied stream sequence); then the caches learn what it created.
+fn in_transaction<R>(
+    db: &Database,
+    cache: &EntityCache,
+    filters: &Mutex<Filters>,
+    through: Option<u64>,
+    work: impl FnOnce(&mut batch::Batch<'_>) -> Result<R>,
+) -> Result<R> {
+    let started = std::time::Instant::now();
+    let mut filters = filters.lock().unwrap_or_else(|e| e.into_inner());
+    let txn = db.begin_write()?;
+    let (done, created, applied, finished) = {
+        let mut batch = batch::Batch::open(&txn, cache, &filters)?;
+        let done = work(&mut batch)?;
         let applied = started.elapsed();
         if let Some(seq) = through {
             batch.record_applied_seq(seq)?;
         }
-        (batch.finish()?, applied, started.elapsed())
+        (done, batch.finish()?, applied, started.elapsed())
     };
     txn.commit()?;
-    tracing::debug!(ops = ops.len(), ?applied, ?finished, committed = ?started.elapsed(), "transaction");
+    tracing::debug!(?applied, ?finished, committed = ?started.elapsed(), "transaction");
     for (org, index) in created.orgs {
         cache.insert_org(org, index);
     }
@@ -418,7 +496,36 @@ fn apply_batch_timed(
     for work in created.indexes {
         filters.learn(work);
     }
-    Ok(outcomes)
+    Ok(done)
+}
+
+/// A message of the cluster's stream as the applier hands it over.
+pub struct LoggedMessage<'a> {
+    pub seq: u64,
+    pub content: LoggedContent<'a>,
+}
+
+pub enum LoggedContent<'a> {
+    /// A writer's numbered message and its operations (none for a pass-over permission), or
+    /// why they cannot be read.
+    Numbered {
+        writer: [u8; 16],
+        number: u64,
+        ops: std::result::Result<&'a [WriteOp], String>,
+    },
+    /// A message skipped for good, and why (recorded in `skipped`).
+    Skip(String),
+}
+
+/// What became of a message of the stream.
+#[derive(Debug)]
+pub enum LoggedOutcome {
+    /// Applied: each operation's outcome.
+    Applied(Vec<Result<WriteOutcome>>),
+    /// Not applied: a duplicate, or a copy that came before its writer's previous message.
+    NotApplied(Admission),
+    /// Skipped for good (recorded).
+    Skipped,
 }
 
 /// The UUID indexes' filters as the file holds them.

@@ -414,8 +414,28 @@ impl<'a> Reader<'a> {
     /// The adoption into a cluster this database continues, if it was adopted (see
     /// `runledger cluster adopt`).
     pub fn baseline(&self) -> Result<Option<Uuid>> {
+        self.meta_uuid(tables::meta::BASELINE)
+    }
+
+    /// Cluster mode: the cluster whose stream this database applies, once it applied one.
+    pub fn cluster_id(&self) -> Result<Option<Uuid>> {
+        self.meta_uuid(tables::meta::CLUSTER_ID)
+    }
+
+    /// Cluster mode: the stream sequences skipped for good, with why, oldest first.
+    pub fn skipped(&self) -> Result<Vec<(u64, String)>> {
+        let table = self.txn.open_table(tables::SKIPPED)?;
+        let mut skipped = Vec::new();
+        for entry in table.iter()? {
+            let (seq, why) = entry?;
+            skipped.push((seq.value(), why.value().to_string()));
+        }
+        Ok(skipped)
+    }
+
+    fn meta_uuid(&self, name: &str) -> Result<Option<Uuid>> {
         let meta = self.txn.open_table(tables::META)?;
-        let Some(bytes) = meta.get(tables::meta::BASELINE)? else {
+        let Some(bytes) = meta.get(name)? else {
             return Ok(None);
         };
         let bytes: [u8; 16] = bytes

@@ -34,6 +34,8 @@
 //! | `token_expiry`   | expiry, token hash                           | -                          |
 //! | `token_family`   | grant family, token hash                     | -                          |
 //! | `pending`        | serial                                       | index key, org UUID        |
+//! | `writers`        | stream writer id                             | its last applied number    |
+//! | `skipped`        | stream sequence                              | why it was skipped         |
 //!
 //! [`EntityKey`]: super::records::EntityKey
 
@@ -126,6 +128,12 @@ tables! {
     /// Task runs created by running a pipeline that wait for an executor, in creation order:
     /// serial -> their `task_index` key and organization UUID.
     pending / PENDING: u64 => &'static [u8; PENDING_LEN];
+    /// Cluster mode: each writer of the stream -> the number of its last message applied
+    /// (a writer's messages are applied in number order only, see `crate::cluster::publisher`).
+    writers / WRITERS: &'static [u8; 16] => u64;
+    /// Cluster mode: stream sequences skipped for good -> why (a message that could not be
+    /// authenticated or decoded, or sequences the operator passed over; `last..` for a range).
+    skipped / SKIPPED: u64 => &'static str;
 }
 
 /// The interned id of a pipeline or task: four bytes instead of sixteen in every key.
@@ -341,6 +349,9 @@ pub mod meta {
     /// Cluster mode: the adoption this database continues (`runledger cluster adopt`), 16
     /// bytes; the stream names the same one.
     pub const BASELINE: &str = "cluster_baseline";
+    /// Cluster mode: the id of the cluster whose stream this database applies, 16 bytes; a
+    /// node refuses a stream of another cluster.
+    pub const CLUSTER_ID: &str = "cluster_id";
 }
 
 /// The file format this build reads and writes. 5: rollup parts carry duration histograms and

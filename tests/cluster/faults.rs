@@ -78,23 +78,10 @@ fn the_cluster_survives_killed_servers_and_a_wiped_node_and_agrees_with_one_node
             .unwrap();
         per_org[index].push(run);
     }
-    let clients: Vec<serde_json::Value> = orgs
-        .iter()
-        .map(|org| {
-            let (ok, out, err) = cli(&[
-                "client",
-                "create",
-                "--nats",
-                &urls,
-                "--master-key-file",
-                key.to_str().unwrap(),
-                "--org",
-                &org.to_string(),
-            ]);
-            assert!(ok, "{err}");
-            serde_json::from_str(out.trim()).unwrap()
-        })
-        .collect();
+    let clients = support::clients(
+        &orgs,
+        &["--nats", &urls, "--master-key-file", key.to_str().unwrap()],
+    );
 
     let data = |name: &str| dir.path().join(name);
     let a = node(&data("a"), &urls, &key, false);
@@ -223,21 +210,8 @@ fn the_cluster_survives_killed_servers_and_a_wiped_node_and_agrees_with_one_node
         file.to_str().unwrap(),
     ]);
     assert!(ok, "{err}");
-    let reference_clients: Vec<serde_json::Value> = orgs
-        .iter()
-        .map(|org| {
-            let (ok, out, err) = cli(&[
-                "client",
-                "create",
-                "--data-dir",
-                reference_dir.to_str().unwrap(),
-                "--org",
-                &org.to_string(),
-            ]);
-            assert!(ok, "{err}");
-            serde_json::from_str(out.trim()).unwrap()
-        })
-        .collect();
+    let reference_clients =
+        support::clients(&orgs, &["--data-dir", reference_dir.to_str().unwrap()]);
     let reference = ChildServer::start(&reference_dir);
 
     rt.block_on(async {
@@ -262,9 +236,10 @@ fn the_cluster_survives_killed_servers_and_a_wiped_node_and_agrees_with_one_node
                         format!("/v1/stats/{kind}/{uuid}/last-run/stats"),
                     ] {
                         let expected =
-                            answer(&http, reference.http_addr, &reference_token, &path).await;
+                            support::answer(&http, reference.http_addr, &reference_token, &path)
+                                .await;
                         for node in nodes {
-                            let got = answer(&http, node.http_addr, token, &path).await;
+                            let got = support::answer(&http, node.http_addr, token, &path).await;
                             assert_eq!(got, expected, "{path} on {}", node.http_addr);
                         }
                         compared += 1;
@@ -310,36 +285,13 @@ fn the_cluster_survives_killed_servers_and_a_wiped_node_and_agrees_with_one_node
     let mut digests = HashSet::new();
     for (name, server) in [("a", a), ("b", b), ("c", c)] {
         assert!(server.stop());
-        let (ok, out, err) = cli(&[
-            "info",
-            "--data-dir",
-            data(name).to_str().unwrap(),
-            "--digest",
-        ]);
-        assert!(ok, "{err}");
-        digests.insert(out.lines().next().unwrap().to_string());
+        digests.insert(support::digest(&data(name)));
         let (ok, out, err) = cli(&["verify", "--data-dir", data(name).to_str().unwrap()]);
         assert!(ok, "verify of node {name}: {out}{err}");
     }
     assert_eq!(digests.len(), 1, "{digests:?}");
     assert!(gateway.stop());
     drop(nats);
-}
-
-/// A REST answer: status and body.
-async fn answer(
-    http: &reqwest::Client,
-    node: SocketAddr,
-    token: &str,
-    path: &str,
-) -> (u16, String) {
-    let response = http
-        .get(format!("http://{node}{path}"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    (response.status().as_u16(), response.text().await.unwrap())
 }
 
 /// One writer: every batch in order, each until acknowledged (at least once), moving to the

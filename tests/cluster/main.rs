@@ -7,6 +7,8 @@
 mod helpers;
 
 mod adopt;
+mod chaos;
 mod faults;
 mod nodes;
+mod order;
 mod support;

@@ -114,7 +114,7 @@ pub fn start_nats(binary: &Path, dir: &Path, count: usize) -> Vec<Nats> {
         let store = dir.join(format!("{name}-js"));
         let cluster = if count > 1 {
             format!(
-                "cluster {{\n  name: runledger\n  listen: 127.0.0.1:{route}\n  routes: [{}]\n}}\n",
+                "cluster {{\n  name: runledger\n  listen: 127.0.0.1:{route}\n  no_advertise: true\n  routes: [{}]\n}}\n",
                 routes.join(", ")
             )
         } else {
@@ -205,9 +205,10 @@ pub async fn applied(http: &reqwest::Client, node: SocketAddr) -> u64 {
         .unwrap()
 }
 
-/// Waits until `node` has applied `seq` (a minute at most).
+/// Waits until `node` has applied `seq` (two minutes at most: a debug build catching up while
+/// other tests load both cores).
 pub async fn await_applied(http: &reqwest::Client, node: SocketAddr, seq: u64) {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let response = http
             .get(format!("http://{node}/healthz"))
@@ -219,7 +220,7 @@ pub async fn await_applied(http: &reqwest::Client, node: SocketAddr, seq: u64) {
         }
         assert!(
             Instant::now() < deadline,
-            "{node} did not apply sequence {seq} within a minute"
+            "{node} did not apply sequence {seq} within two minutes"
         );
     }
 }
@@ -314,4 +315,42 @@ pub async fn report(
         .get("x-runledger-seq")
         .map_or(0, |seq| seq.to_str().unwrap().parse().unwrap());
     (seq, response.into_inner())
+}
+
+/// One client per organization (`client create --org` with `target`, `--data-dir DIR` or
+/// `--nats URLS --master-key-file F`): their credentials, in the order of `orgs`.
+pub fn clients(orgs: &[runledger::model::OrgId], target: &[&str]) -> Vec<serde_json::Value> {
+    orgs.iter()
+        .map(|org| {
+            let org = org.to_string();
+            let mut args = vec!["client", "create", "--org", &org];
+            args.extend_from_slice(target);
+            let (ok, out, err) = cli(&args);
+            assert!(ok, "{err}");
+            serde_json::from_str(out.trim()).unwrap()
+        })
+        .collect()
+}
+
+/// A REST answer: status and body.
+pub async fn answer(
+    http: &reqwest::Client,
+    node: SocketAddr,
+    token: &str,
+    path: &str,
+) -> (u16, String) {
+    let response = http
+        .get(format!("http://{node}{path}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+/// `runledger info --digest` of a stopped node's data dir.
+pub fn digest(data_dir: &Path) -> String {
+    let (ok, out, err) = cli(&["info", "--data-dir", data_dir.to_str().unwrap(), "--digest"]);
+    assert!(ok, "{err}");
+    out.lines().next().unwrap().to_string()
 }

@@ -24,6 +24,7 @@ mod pipeline_runs;
 mod prune;
 mod reports;
 mod restore;
+mod stream;
 
 use std::collections::BTreeMap;
 
@@ -52,6 +53,7 @@ use pipeline_runs::AggSlot;
 pub use prune::PruneProgress;
 pub(super) use prune::read_cut;
 pub use restore::UnfinishedRun;
+pub use stream::Admission;
 
 /// A change to the database, applied atomically. Each carries what the writer must not decide
 /// itself (times, new UUIDs), so that the same operations always give the same tables.
@@ -374,14 +376,6 @@ impl<'txn> Batch<'txn> {
                 self.t.meta.insert(name, value.as_slice())?;
             }
         }
-        Ok(())
-    }
-
-    /// Cluster mode: the last stream sequence this transaction applies.
-    pub fn record_applied_seq(&mut self, seq: u64) -> Result<()> {
-        self.t
-            .meta
-            .insert(meta::APPLIED_SEQ, seq.to_le_bytes().as_slice())?;
         Ok(())
     }
 

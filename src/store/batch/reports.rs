@@ -72,9 +72,12 @@ impl Batch<'_> {
             {
                 return Ok(Err(rejection));
             }
-            let org = run
-                .organization
-                .ok_or_else(|| Error::Internal("report without an organization".into()))?;
+            let Some(org) = run.organization else {
+                return Ok(Err(Error::invalid(
+                    &field("organization_uuid"),
+                    "is required",
+                )));
+            };
             let org_index = self.find_org_index(org)?;
             let pipeline = match self.entity(org_index, run.pipeline.0)? {
                 Some(key) if key.kind != EntityKind::Pipeline => {
