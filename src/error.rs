@@ -37,6 +37,11 @@ pub enum Error {
     /// still work.
     #[error("{0}")]
     Unavailable(String),
+    /// Cluster mode: the cluster's log did not store a write in time (no quorum reachable).
+    /// Such a write is never applied once [`NO_QUORUM_RETRY_SECS`] have passed, so the caller
+    /// may retry then, through any node, and keep its order.
+    #[error("{0}")]
+    NoQuorum(String),
     /// A token-endpoint failure, reported as RFC 6749 says.
     #[error("{0}")]
     OAuth(OAuthError),
@@ -135,6 +140,10 @@ pub struct OAuthErrorBody {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The Retry-After of [`Error::NoQuorum`]: past it, the refused write cannot be applied any
+/// more (see `crate::cluster::publisher`).
+pub const NO_QUORUM_RETRY_SECS: u32 = 4;
+
 /// How many characters of an offending input an error message quotes at most.
 pub const QUOTED_CHARS: usize = 100;
 
@@ -199,7 +208,7 @@ impl Error {
             Error::MethodNotAllowed(_) => ErrorCode::MethodNotAllowed,
             Error::Overloaded { .. } => ErrorCode::TooManyRequests,
             Error::TooLarge(_) => ErrorCode::PayloadTooLarge,
-            Error::Unavailable(_) => ErrorCode::Unavailable,
+            Error::Unavailable(_) | Error::NoQuorum(_) => ErrorCode::Unavailable,
             Error::OAuth(e) if e.kind == OAuthErrorKind::InvalidClient => {
                 ErrorCode::Unauthenticated
             }
@@ -233,6 +242,7 @@ impl Error {
             },
             Error::TooLarge(m) => Error::TooLarge(wrap(m)),
             Error::Unavailable(m) => Error::Unavailable(wrap(m)),
+            Error::NoQuorum(m) => Error::NoQuorum(wrap(m)),
             Error::OAuth(e) => Error::OAuth(e),
             Error::Internal(m) => Error::Internal(m),
         }
@@ -257,6 +267,7 @@ impl Error {
                 retry_after_secs, ..
             } => Some(*retry_after_secs),
             Error::Unavailable(_) => Some(1),
+            Error::NoQuorum(_) => Some(NO_QUORUM_RETRY_SECS),
             Error::OAuth(e) => e.retry_after_secs,
             _ => None,
         }

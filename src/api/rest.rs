@@ -54,7 +54,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         ("/v1/stats/{kind}/{uuid}/last-run/stats", get(last_run)),
     ];
     let mut router = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(health))
         .route("/ui", get(super::dashboard::index))
         .route("/ui/", get(super::dashboard::index))
         .route("/ui/{*asset}", get(super::dashboard::asset))
@@ -654,6 +654,22 @@ fn form_decode(text: &str) -> Option<String> {
         });
     }
     String::from_utf8(bytes).ok()
+}
+
+/// `ok` on a single node; a cluster node's [`crate::engine::Health`] as JSON, answered 503
+/// while its applier is stalled.
+async fn health(State(engine): State<AppState>) -> Response {
+    match engine.health() {
+        None => "ok".into_response(),
+        Some(health) => {
+            let status = if health.stalled.is_some() {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::OK
+            };
+            (status, axum::Json(health)).into_response()
+        }
+    }
 }
 
 async fn openapi() -> impl IntoResponse {

@@ -110,6 +110,10 @@ pub async fn adopt(
             .await
             .map_err(|e| e.to_string())?;
     }
+    publisher
+        .finish(PUBLISH_WAIT)
+        .await
+        .map_err(|e| e.to_string())?;
     let state = log.state().await.map_err(|e| e.to_string())?;
     println!(
         "{}",

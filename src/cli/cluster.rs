@@ -215,19 +215,18 @@ async fn skip(nats: &NatsArgs, sequences: &str) -> Result<ExitCode, String> {
         ));
     }
     let body = crate::cluster::envelope::pass_over_body(first, last);
-    let seq = crate::cluster::Publisher::spawn(
+    let publisher = crate::cluster::Publisher::spawn(
         cluster.log.clone(),
         cluster.key.clone(),
         crate::cluster::log::CONTROL_SUBJECT,
         None,
-    )
-    .publish(
-        crate::cluster::envelope::Kind::PassOver,
-        body,
-        Duration::from_secs(60),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    );
+    let wait = Duration::from_secs(60);
+    let seq = publisher
+        .publish(crate::cluster::envelope::Kind::PassOver, body, wait)
+        .await
+        .map_err(|e| e.to_string())?;
+    publisher.finish(wait).await.map_err(|e| e.to_string())?;
     println!(
         "nodes may pass over sequences {first} to {last} (permission at sequence {seq}): a node stalled there records them as skipped and goes on; what they held is lost where it was not applied yet"
     );

@@ -102,6 +102,10 @@ pub fn run(nats: NatsArgs, files: Vec<PathBuf>) -> Result<ExitCode, String> {
         while let Some(pending) = flights.pop_front() {
             summary.confirmed(pending).await?;
         }
+        publisher
+            .finish(CONFIRM_WAIT)
+            .await
+            .map_err(|e| format!("import stopped: {e}"))?;
         Ok::<_, String>(summary)
     })?;
     reader
@@ -162,7 +166,7 @@ async fn send(
     }
     let body = crate::cluster::codec::encode(&ops).map_err(|e| e.to_string())?;
     let pending = publisher
-        .submit(Kind::Operations, body, None)
+        .submit(Kind::Operations, body, None, None)
         .await
         .map_err(|e| e.to_string())?;
     flights.push_back(pending);

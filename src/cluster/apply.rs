@@ -23,6 +23,7 @@ use super::envelope::{self, Kind};
 use super::{Cluster, Role, codec, log};
 use crate::engine::{Content, Engine, Logged};
 use crate::error::{Error, Result};
+use crate::store::Skip;
 
 /// Messages applied in one transaction at most.
 const MAX_GROUP: usize = 512;
@@ -145,11 +146,12 @@ async fn follow(
         let mut entries = Vec::with_capacity(group.len() + 1);
         let mut expected = cluster.progress.applied() + 1;
         for message in group {
-            let seq = match message.info() {
+            let (seq, stored_at) = match message.info() {
                 Ok(info) => {
                     metrics::gauge!(crate::metrics::STREAM_SEQ)
                         .set((info.stream_sequence + info.pending) as f64);
-                    info.stream_sequence
+                    let stored_at = (info.published.unix_timestamp_nanos() / 1_000) as i64;
+                    (info.stream_sequence, stored_at)
                 }
                 Err(error) => {
                     return Stop::Log(consumer_error("a message without its sequence", error));
@@ -177,11 +179,19 @@ async fn follow(
             entries.push(read(
                 cluster,
                 seq,
+                stored_at,
                 message.subject.as_str(),
-                &message.payload,
+                message.payload.clone(),
             ));
         }
         let first_seq = entries[0].seq;
+        // Should it fail and be passed over, a writer's message still takes its turn.
+        let first_origin = match &entries[0].content {
+            Content::Numbered {
+                origin, confirmed, ..
+            } => Some((*origin, *confirmed)),
+            Content::Refused(_) => None,
+        };
         let applying = engine.clone();
         let applied = tokio::task::spawn_blocking(move || applying.apply_logged(entries)).await;
         let error = match applied {
@@ -207,7 +217,16 @@ async fn follow(
         )
         .await
         {
-            Ok(Some(skip)) => {
+            Ok(Some(mut skip)) => {
+                if let (Some((origin, confirmed)), Content::Refused(why)) =
+                    (first_origin, &skip.content)
+                {
+                    skip.content = Content::Numbered {
+                        origin,
+                        confirmed,
+                        ops: Err(why.clone()),
+                    };
+                }
                 let applying = engine.clone();
                 let skipped =
                     tokio::task::spawn_blocking(move || applying.apply_logged(vec![skip])).await;
@@ -243,34 +262,61 @@ async fn follow(
 }
 
 /// A message as the engine applies it: authenticated and decoded, or refused and why.
-fn read(cluster: &Cluster, seq: u64, subject: &str, payload: &[u8]) -> Logged {
-    let frame = match cluster.key.open(subject, payload) {
-        Ok(frame) => frame,
-        Err(refusal) => {
-            let why = format!("sequence {seq} on {subject}: {refusal}");
-            return Logged {
-                seq,
-                content: Content::Refused {
-                    label: refusal.label(),
-                    why,
-                },
+/// `stored_at` is the stream's timestamp of the message (Unix microseconds), the same on every
+/// node, against which its deadline is checked.
+pub(crate) fn read(
+    cluster: &Cluster,
+    seq: u64,
+    stored_at: i64,
+    subject: &str,
+    payload: bytes::Bytes,
+) -> Logged {
+    let content = match cluster.key.open(subject, &payload) {
+        Err(refusal) => Content::Refused(Skip {
+            label: refusal.label(),
+            why: format!("sequence {seq} on {subject}: {refusal}"),
+        }),
+        Ok(frame) => {
+            let malformed = |why: String| Skip {
+                label: "malformed",
+                why: format!("sequence {seq} on {subject}: {why}"),
             };
+            let ops = match frame.kind {
+                _ if frame.deadline.is_some_and(|deadline| stored_at > deadline) => Err(Skip {
+                    label: "expired",
+                    why: format!(
+                        "sequence {seq} on {subject}: stored at {}, after its deadline {} (its writer had been told it failed)",
+                        micros_text(stored_at),
+                        micros_text(frame.deadline.unwrap_or_default())
+                    ),
+                }),
+                Kind::Operations => codec::decode_from(subject, frame.body).map_err(malformed),
+                Kind::PassOver if subject == log::CONTROL_SUBJECT => {
+                    envelope::read_pass_over(frame.body)
+                        .map(|_| Vec::new())
+                        .map_err(malformed)
+                }
+                Kind::PassOver => Err(malformed(format!("a pass-over permission on {subject}"))),
+            };
+            Content::Numbered {
+                origin: frame.origin,
+                confirmed: frame.confirmed,
+                ops,
+            }
         }
-    };
-    let ops = match frame.kind {
-        Kind::Operations => codec::decode_from(subject, frame.body),
-        Kind::PassOver if subject == log::CONTROL_SUBJECT => {
-            envelope::read_pass_over(frame.body).map(|_| Vec::new())
-        }
-        Kind::PassOver => Err(format!("a pass-over permission on {subject}")),
     };
     Logged {
         seq,
-        content: Content::Numbered {
-            origin: frame.origin,
-            ops: ops.map_err(|why| format!("sequence {seq} on {subject}: {why}")),
-        },
+        stored_at,
+        subject: subject.to_string(),
+        payload,
+        content,
     }
+}
+
+fn micros_text(micros: i64) -> String {
+    crate::time::Timestamp::from_micros(micros)
+        .map_or_else(|| micros.to_string(), crate::time::format_rfc3339)
 }
 
 /// The skip of sequences `first..=last` when the operator allowed passing over them (an
@@ -296,10 +342,13 @@ async fn pass_over(cluster: &Cluster, first: u64, last: u64, what: &str) -> Resu
             );
             return Ok(Some(Logged {
                 seq: first,
-                content: Content::Refused {
+                stored_at: 0,
+                subject: String::new(),
+                payload: bytes::Bytes::new(),
+                content: Content::Refused(Skip {
                     label: "passed_over",
                     why,
-                },
+                }),
             }));
         }
     }

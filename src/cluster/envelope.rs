@@ -6,12 +6,16 @@
 //! (and skipped the same way on every node).
 //!
 //! The frame also says who wrote the message and where it stands in that writer's sequence
-//! ([`Origin`]): the applier applies a writer's messages only in that order, one number after
-//! the other (see [`crate::cluster::publisher`] for why), so a message replayed within the
-//! cluster is a duplicate and changes nothing.
+//! ([`Origin`]), and how far that writer had its messages confirmed when it sent this one: the
+//! applier applies a writer's messages only in number order (see [`crate::cluster::publisher`]
+//! for why), so a message replayed within the cluster is a duplicate and changes nothing.
+//!
+//! A node's write also carries a deadline: a copy the stream stored after it is not applied
+//! (every node compares it with the stream's own timestamp of the copy), so a write its sender
+//! was told failed cannot land after what the sender does next.
 //!
 //! ```text
-//! version (1) | writer (16) | number (8, big-endian) | kind (1) | body | tag (32)
+//! version (1) | writer (16) | number (8, big-endian) | confirmed (8) | kind (1) | deadline (8: Unix µs, 0 none) | body | tag (32)
 //! tag = HMAC-SHA256(stream key, "runledger frame v2" | cluster id (16) | subject length (1) | subject | everything before the tag)
 //! ```
 
@@ -24,7 +28,7 @@ use crate::crypto::MasterKey;
 
 /// The frame's version byte.
 const VERSION: u8 = 2;
-const HEAD_LEN: usize = 1 + 16 + 8 + 1;
+const HEAD_LEN: usize = 1 + 16 + 8 + 8 + 1 + 8;
 const TAG_LEN: usize = 32;
 
 type Hmac = hmac::Hmac<sha2::Sha256>;
@@ -74,11 +78,16 @@ impl Kind {
     }
 }
 
-/// An opened frame: its origin, kind and body.
+/// An opened frame: its origin, kind, deadline and body.
 #[derive(Debug)]
 pub struct Frame<'a> {
     pub origin: Origin,
+    /// Every message of its writer numbered up to this was confirmed (stored) before this one
+    /// was sent.
+    pub confirmed: u64,
     pub kind: Kind,
+    /// A copy stored after this instant (Unix microseconds) is not applied.
+    pub deadline: Option<i64>,
     pub body: &'a [u8],
 }
 
@@ -103,6 +112,16 @@ impl Refusal {
             Refusal::Malformed(_) => "malformed",
         }
     }
+}
+
+/// What a frame carries, to seal.
+#[derive(Clone, Copy, Debug)]
+pub struct Sealed<'a> {
+    pub origin: Origin,
+    pub confirmed: u64,
+    pub kind: Kind,
+    pub deadline: Option<i64>,
+    pub body: &'a [u8],
 }
 
 /// The key that seals and opens the frames of one cluster's stream.
@@ -151,12 +170,21 @@ impl StreamKey {
     }
 
     /// The frame of `body` from `origin`, to publish on `subject`.
-    pub fn seal(&self, subject: &str, origin: Origin, kind: Kind, body: &[u8]) -> Vec<u8> {
+    pub fn seal(&self, subject: &str, message: &Sealed<'_>) -> Vec<u8> {
+        let Sealed {
+            origin,
+            confirmed,
+            kind,
+            deadline,
+            body,
+        } = *message;
         let mut frame = Vec::with_capacity(HEAD_LEN + body.len() + TAG_LEN);
         frame.push(VERSION);
         frame.extend_from_slice(&origin.writer.0);
         frame.extend_from_slice(&origin.number.to_be_bytes());
+        frame.extend_from_slice(&confirmed.to_be_bytes());
         frame.push(kind.code());
+        frame.extend_from_slice(&deadline.unwrap_or(0).to_be_bytes());
         frame.extend_from_slice(body);
         let tag = self.frame_mac(subject, &frame).finalize().into_bytes();
         frame.extend_from_slice(&tag);
@@ -185,17 +213,23 @@ impl StreamKey {
         }
         let writer = WriterId(signed[1..17].try_into().expect("16 bytes"));
         let number = u64::from_be_bytes(signed[17..25].try_into().expect("8 bytes"));
-        let kind = match signed[25] {
+        let confirmed = u64::from_be_bytes(signed[25..33].try_into().expect("8 bytes"));
+        let kind = match signed[33] {
             1 => Kind::Operations,
             2 => Kind::PassOver,
             other => return malformed(format!("unknown message kind {other}")),
         };
-        if number == 0 {
-            return malformed("writer sequence number 0".into());
+        if number == 0 || confirmed >= number {
+            return malformed(format!(
+                "writer sequence number {number}, confirmed through {confirmed}"
+            ));
         }
+        let deadline = i64::from_be_bytes(signed[34..42].try_into().expect("8 bytes"));
         Ok(Frame {
             origin: Origin { writer, number },
+            confirmed,
             kind,
+            deadline: (deadline != 0).then_some(deadline),
             body: &signed[HEAD_LEN..],
         })
     }
@@ -244,11 +278,24 @@ mod tests {
             number: 42,
         };
         let sealing = key(1, 7);
-        let frame = sealing.seal("runledger.data", origin, Kind::Operations, b"body");
+        let message = Sealed {
+            origin,
+            confirmed: 40,
+            kind: Kind::Operations,
+            deadline: Some(1_800_000_000_000_000),
+            body: b"body",
+        };
+        let frame = sealing.seal("runledger.data", &message);
         let opened = sealing.open("runledger.data", &frame).unwrap();
         assert_eq!(
-            (opened.origin, opened.kind, opened.body),
-            (origin, Kind::Operations, &b"body"[..])
+            (
+                opened.origin,
+                opened.confirmed,
+                opened.kind,
+                opened.deadline,
+                opened.body
+            ),
+            (origin, 40, Kind::Operations, message.deadline, &b"body"[..])
         );
         for (other, subject) in [
             (key(1, 8), "runledger.data"),        // another master key

@@ -38,6 +38,9 @@ use envelope::Kind;
 /// How long a write (a token grant included) may wait for the cluster's log to store it before
 /// it is answered 503 / UNAVAILABLE with Retry-After.
 pub const PUBLISH_WAIT: Duration = Duration::from_secs(5);
+/// How far apart the clocks of nodes and NATS servers may be: a node's write carries the
+/// deadline [`PUBLISH_WAIT`] plus this, after which a copy stored is not applied.
+const CLOCK_MARGIN: Duration = Duration::from_secs(2);
 /// How long a writer waits for its node to apply its own write, once stored, before answering
 /// that it is in the log but not applied here yet.
 const APPLY_WAIT: Duration = Duration::from_secs(10);
@@ -125,8 +128,10 @@ impl Cluster {
         } else {
             (None, Err(acknowledged_only(&op)))
         };
+        let deadline = crate::time::Timestamp::now().micros()
+            + (PUBLISH_WAIT + CLOCK_MARGIN).as_micros() as i64;
         let seq = publisher
-            .submit(Kind::Operations, body, waiter)
+            .submit(Kind::Operations, body, Some(deadline), waiter)
             .await?
             .confirmed(PUBLISH_WAIT)
             .await?;
@@ -320,9 +325,12 @@ pub async fn publish_once(
 ) -> Result<u64> {
     let body = codec::encode(ops)?;
     check_size(log, body.len())?;
-    Publisher::spawn(log.clone(), key.clone(), subject, None)
+    let publisher = Publisher::spawn(log.clone(), key.clone(), subject, None);
+    let seq = publisher
         .publish(Kind::Operations, body, COMMAND_WAIT)
-        .await
+        .await?;
+    publisher.finish(COMMAND_WAIT).await?;
+    Ok(seq)
 }
 
 /// Creates an OAuth client cluster-wide (and its organization, with its derived output key,

@@ -2,37 +2,42 @@
 //! written, whatever fails on the way.
 //!
 //! A writer (a node's writes of one subject, one `import --nats`, one command) numbers its
-//! messages 1, 2, 3, ... inside their authenticated frame, and the applier applies a writer's
-//! message only when its number is the next one it expects: a copy that lands early (its
-//! predecessor was lost and is being sent again) or again (a retried publish) is skipped, the
-//! same way on every node. So order is decided by the numbers, not by which publish happened to
-//! be stored first.
+//! messages 1, 2, 3, ... inside their authenticated frame, and every node applies a writer's
+//! messages in number order only (`store::batch::stream`): a copy stored before an earlier
+//! number's is kept and applied right after it, a copy of a number applied already is a
+//! duplicate. So the order is decided by the numbers, not by which publish happened to be
+//! stored first.
 //!
-//! That alone would lose the early copies, so the publisher keeps up to [`WINDOW`] messages in
-//! flight and confirms them strictly in number order: a message is confirmed when it and every
-//! earlier one were acknowledged by JetStream at increasing stream sequences. When an
-//! acknowledgement fails or times out, or comes back at a sequence below the previous one's
-//! (an early copy), every message not yet confirmed is sent again, in order, under fresh
-//! message ids: their new copies are stored after the old ones, in number order, and the
-//! applier takes each number from its first copy that is next in line. A confirmed message is
-//! therefore always applied, in its place. Messages in flight are retried until confirmed,
-//! even after their senders stopped waiting (a later message of the same writer depends on
-//! them); a message still queued when its sender gives up is never sent.
+//! The publisher keeps up to [`WINDOW`] messages in flight and confirms them strictly in number
+//! order, each once JetStream acknowledged it: a confirmed message will be applied in its
+//! place. When an acknowledgement fails or times out, every message not yet confirmed is sent
+//! again, in order, under fresh message ids (so that JetStream stores the new copies rather
+//! than answering with a lost one's place). Messages in flight are retried until confirmed, even
+//! after their senders stopped waiting, since later messages depend on them; a message still
+//! queued when its sender gives up is never sent.
+//!
+//! Every frame also says through which number the writer had confirmed when it was sent. A
+//! node that meets a number whose predecessors were all confirmed, but that it never saw (they
+//! were deleted from the stream, or trimmed, and the operator let it pass over them), applies it
+//! at once rather than waiting for them for ever; and a writer that falls idle after a burst
+//! sends one empty message (a fence) carrying its final count, so that no copy waits for a
+//! next write that may never come.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::publish::PublishAck;
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 
-use super::envelope::{Kind, Origin, StreamKey, WriterId};
+use super::envelope::{Kind, Origin, Sealed, StreamKey, WriterId};
 use super::log::Log;
 use super::progress::{Progress, Waiter};
-use crate::error::{Error, Result};
+use crate::error::{Error, NO_QUORUM_RETRY_SECS, Result};
 
 /// Messages sent and not yet confirmed, at most.
 pub const WINDOW: usize = 32;
@@ -41,6 +46,8 @@ const QUEUE: usize = 1_024;
 /// Pauses before sending the unconfirmed messages again: the first and the longest.
 const FIRST_PAUSE: Duration = Duration::from_millis(50);
 const MAX_PAUSE: Duration = Duration::from_secs(1);
+/// How long a writer is idle before it sends its fence.
+const FENCE_AFTER: Duration = Duration::from_secs(1);
 
 /// Where a queued message stands, decided once by whichever side gets there first: the
 /// publisher taking it to send, or its sender giving up.
@@ -53,13 +60,15 @@ const ABANDONED: u8 = 2;
 pub struct Publisher {
     queue: mpsc::Sender<Submission>,
     writer: WriterId,
+    task: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
 
 struct Submission {
     kind: Kind,
     body: Vec<u8>,
+    deadline: Option<i64>,
     claim: Arc<AtomicU8>,
-    confirmed: oneshot::Sender<u64>,
+    confirmed: Option<oneshot::Sender<u64>>,
     /// Who waits for the message's outcome once this node applies it.
     outcome: Option<Waiter>,
 }
@@ -99,8 +108,12 @@ impl Publisher {
             writer,
             progress,
         };
-        tokio::spawn(task.run(submissions));
-        Publisher { queue, writer }
+        let task = tokio::spawn(task.run(submissions));
+        Publisher {
+            queue,
+            writer,
+            task: Arc::new(Mutex::new(Some(task))),
+        }
     }
 
     pub fn writer(&self) -> WriterId {
@@ -108,11 +121,13 @@ impl Publisher {
     }
 
     /// Queues a message (after those queued before it); `outcome` receives its outcome when this
-    /// node applies it. Errs when the publisher has stopped.
+    /// node applies it; a copy stored after `deadline` (Unix microseconds) is not applied. Errs
+    /// when the publisher has stopped.
     pub async fn submit(
         &self,
         kind: Kind,
         body: Vec<u8>,
+        deadline: Option<i64>,
         outcome: Option<Waiter>,
     ) -> Result<Pending> {
         let claim = Arc::new(AtomicU8::new(QUEUED));
@@ -121,8 +136,9 @@ impl Publisher {
             .send(Submission {
                 kind,
                 body,
+                deadline,
                 claim: claim.clone(),
-                confirmed,
+                confirmed: Some(confirmed),
                 outcome,
             })
             .await
@@ -133,9 +149,31 @@ impl Publisher {
         })
     }
 
-    /// Queues a message and waits (at most `wait`) until it is confirmed: its stream sequence.
+    /// Queues a message without a deadline and waits (at most `wait`) until it is confirmed:
+    /// its stream sequence.
     pub async fn publish(&self, kind: Kind, body: Vec<u8>, wait: Duration) -> Result<u64> {
-        self.submit(kind, body, None).await?.confirmed(wait).await
+        self.submit(kind, body, None, None)
+            .await?
+            .confirmed(wait)
+            .await
+    }
+
+    /// For a command about to exit: waits (at most `wait`) until everything sent is confirmed
+    /// and the writer's fence is stored.
+    pub async fn finish(self, wait: Duration) -> Result<()> {
+        let Publisher { queue, task, .. } = self;
+        drop(queue);
+        let task = task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(task) = task else {
+            return Ok(());
+        };
+        match tokio::time::timeout(wait, task).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(Error::NoQuorum(format!(
+                "the cluster's log did not confirm the last messages within {} s",
+                wait.as_secs()
+            ))),
+        }
     }
 }
 
@@ -148,12 +186,12 @@ impl Pending {
             Ok(Err(_)) => Err(Error::Unavailable(
                 "the cluster's publisher stopped before the write was stored".into(),
             )),
-            Err(_) if self.abandon() => Err(Error::Unavailable(format!(
+            Err(_) if self.abandon() => Err(Error::NoQuorum(format!(
                 "the cluster's log did not take the write within {} s (are a quorum of the NATS servers reachable?); nothing was written: retry",
                 wait.as_secs_f64()
             ))),
-            Err(_) => Err(Error::Unavailable(format!(
-                "the write was sent to the cluster's log but not acknowledged within {} s (are a quorum of the NATS servers reachable?); it will be applied once they are: retrying it is safe",
+            Err(_) => Err(Error::NoQuorum(format!(
+                "the write was sent to the cluster's log but not acknowledged within {} s (are a quorum of the NATS servers reachable?); retry after {NO_QUORUM_RETRY_SECS} s (Retry-After), by when it is either applied or never will be",
                 wait.as_secs_f64()
             ))),
         }
@@ -180,7 +218,7 @@ type AckFuture = Pin<Box<dyn Future<Output = std::result::Result<PublishAck, Str
 struct Flight {
     number: u64,
     frame: bytes::Bytes,
-    confirmed: oneshot::Sender<u64>,
+    confirmed: Option<oneshot::Sender<u64>>,
     ack: AckFuture,
 }
 
@@ -192,46 +230,58 @@ struct Task {
     progress: Option<Arc<Progress>>,
 }
 
+/// The publisher's counts.
+#[derive(Default)]
+struct Counts {
+    /// The next number to hand out.
+    next: u64,
+    /// Every number through this one is confirmed.
+    confirmed: u64,
+    /// The confirmed count the last frame sent carried.
+    told: u64,
+    /// Rounds of sending again, for fresh message ids.
+    round: u64,
+}
+
 impl Task {
     async fn run(self, mut submissions: mpsc::Receiver<Submission>) {
         let mut flights: VecDeque<Flight> = VecDeque::new();
-        let mut next_number = 1;
-        let mut confirmed_seq = 0;
-        let mut round = 0u64;
+        let mut counts = Counts {
+            next: 1,
+            ..Counts::default()
+        };
         let mut pause = FIRST_PAUSE;
         let mut open = true;
         loop {
-            if !open && flights.is_empty() {
+            // Idle, with numbers confirmed beyond what the last frame told: the fence tells
+            // them (at once when the writer is closing).
+            let fence_due = flights.is_empty() && counts.told + 1 < counts.confirmed;
+            if !open && flights.is_empty() && !fence_due {
                 return;
             }
             tokio::select! {
                 biased;
-                ack = front_ack(&mut flights), if !flights.is_empty() => {
-                    match ack {
-                        // Stored after everything confirmed before it: confirmed.
-                        Ok(ack) if ack.sequence > confirmed_seq => {
-                            confirmed_seq = ack.sequence;
-                            let flight = flights.pop_front().expect("not empty");
-                            let _ = flight.confirmed.send(ack.sequence);
-                            pause = FIRST_PAUSE;
+                ack = front_ack(&mut flights), if !flights.is_empty() => match ack {
+                    Ok(ack) => {
+                        let flight = flights.pop_front().expect("not empty");
+                        counts.confirmed = flight.number;
+                        if let Some(confirmed) = flight.confirmed {
+                            let _ = confirmed.send(ack.sequence);
                         }
-                        outcome => {
-                            let why = match outcome {
-                                Ok(ack) => format!("stored at sequence {} before sequence {confirmed_seq} of an earlier message", ack.sequence),
-                                Err(error) => error,
-                            };
-                            round += 1;
-                            tracing::debug!(writer = %self.writer, number = flights[0].number, %why, round, unconfirmed = flights.len(), "sending the unconfirmed messages again, in order");
-                            metrics::counter!(crate::metrics::PUBLISH_RETRIES).increment(1);
-                            tokio::time::sleep(pause).await;
-                            pause = (pause * 2).min(MAX_PAUSE);
-                            self.wait_connected().await;
-                            for flight in &mut flights {
-                                flight.ack = self.send(flight.number, round, flight.frame.clone()).await;
-                            }
+                        pause = FIRST_PAUSE;
+                    }
+                    Err(why) => {
+                        counts.round += 1;
+                        tracing::debug!(writer = %self.writer, number = flights[0].number, %why, round = counts.round, unconfirmed = flights.len(), "sending the unconfirmed messages again, in order");
+                        metrics::counter!(crate::metrics::PUBLISH_RETRIES).increment(1);
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(MAX_PAUSE);
+                        self.wait_connected().await;
+                        for flight in &mut flights {
+                            flight.ack = self.send(flight.number, counts.round, flight.frame.clone()).await;
                         }
                     }
-                }
+                },
                 submission = submissions.recv(), if open && flights.len() < WINDOW => {
                     let Some(submission) = submission else {
                         open = false;
@@ -241,24 +291,52 @@ impl Task {
                         .claim
                         .compare_exchange(QUEUED, TAKEN, Ordering::AcqRel, Ordering::Acquire)
                         .is_ok();
-                    if !taken {
-                        continue;
+                    if taken {
+                        let flight = self.take(submission, &mut counts).await;
+                        flights.push_back(flight);
                     }
-                    let origin = Origin { writer: self.writer, number: next_number };
-                    next_number += 1;
-                    if let (Some(progress), Some(waiter)) = (&self.progress, submission.outcome) {
-                        progress.expect(origin, waiter);
-                    }
-                    let frame = bytes::Bytes::from(self.key.seal(self.subject, origin, submission.kind, &submission.body));
-                    let ack = self.send(origin.number, round, frame.clone()).await;
-                    flights.push_back(Flight {
-                        number: origin.number,
-                        frame,
-                        confirmed: submission.confirmed,
-                        ack,
-                    });
-                }
+                },
+                () = tokio::time::sleep(if open { FENCE_AFTER } else { Duration::ZERO }), if fence_due => {
+                    let fence = Submission {
+                        kind: Kind::Operations,
+                        body: super::codec::encode(&[]).expect("no operations to encode"),
+                        deadline: None,
+                        claim: Arc::new(AtomicU8::new(TAKEN)),
+                        confirmed: None,
+                        outcome: None,
+                    };
+                    let flight = self.take(fence, &mut counts).await;
+                    flights.push_back(flight);
+                },
             }
+        }
+    }
+
+    /// Numbers a message taken from the queue and sends its first copy.
+    async fn take(&self, submission: Submission, counts: &mut Counts) -> Flight {
+        let origin = Origin {
+            writer: self.writer,
+            number: counts.next,
+        };
+        counts.next += 1;
+        if let (Some(progress), Some(waiter)) = (&self.progress, submission.outcome) {
+            progress.expect(origin, waiter);
+        }
+        let message = Sealed {
+            origin,
+            confirmed: counts.confirmed,
+            kind: submission.kind,
+            deadline: submission.deadline,
+            body: &submission.body,
+        };
+        counts.told = counts.confirmed;
+        let frame = bytes::Bytes::from(self.key.seal(self.subject, &message));
+        let ack = self.send(origin.number, counts.round, frame.clone()).await;
+        Flight {
+            number: origin.number,
+            frame,
+            confirmed: submission.confirmed,
+            ack,
         }
     }
 

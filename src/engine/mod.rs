@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 pub use access::{ClientInfo, NewClient, TokenGrant, TokenRequest, new_client};
 pub use dispatch::Subscription;
-pub use replica::{Content, Logged};
+pub use replica::{Content, Health, Logged};
 pub use retention::{PRUNE_STEP, PruneSummary, cut_for};
 
 use crate::auth::{Caller, Scope};

@@ -10,25 +10,35 @@ use crate::cluster::{Cluster, Role};
 use crate::error::{Error, Result};
 use crate::model::{OrgId, RunState};
 use crate::store::credentials::IssueOutcome;
-use crate::store::{Admission, LoggedContent, LoggedMessage, LoggedOutcome, WriteOp, WriteOutcome};
+use crate::store::{
+    Admission, LoggedContent, LoggedMessage, LoggedOutcome, Replayed, Skip, Taken, WriteOp,
+    WriteOutcome,
+};
 
-/// A message of the log, read: its sequence and what it holds.
+/// A message of the log, read: its sequence, where and when the stream stored it, its bytes
+/// (to keep a copy that comes before its turn) and what it holds.
 #[derive(Debug)]
 pub struct Logged {
     pub seq: u64,
+    /// The stream's timestamp of the message, Unix microseconds.
+    pub stored_at: i64,
+    pub subject: String,
+    pub payload: bytes::Bytes,
     pub content: Content,
 }
 
 #[derive(Debug)]
 pub enum Content {
-    /// An authentic message of a writer: its operations (none for a pass-over permission), or
-    /// why they cannot be read.
+    /// An authentic message of a writer, sent when the writer had confirmed its messages
+    /// through `confirmed`: its operations (none for a pass-over permission), or why they are
+    /// not applied (it still takes its place in the writer's order).
     Numbered {
         origin: Origin,
-        ops: std::result::Result<Vec<WriteOp>, String>,
+        confirmed: u64,
+        ops: std::result::Result<Vec<WriteOp>, Skip>,
     },
-    /// Skipped for good: the metric's label and why.
-    Refused { label: &'static str, why: String },
+    /// Skipped for good.
+    Refused(Skip),
 }
 
 impl Logged {
@@ -36,23 +46,80 @@ impl Logged {
         matches!(&self.content, Content::Numbered { ops: Ok(ops), .. } if ops.iter().any(WriteOp::is_exclusive))
     }
 
-    fn message(&self) -> LoggedMessage<'_> {
-        let content = match &self.content {
-            Content::Numbered { origin, ops } => LoggedContent::Numbered {
-                writer: origin.writer.0,
-                number: origin.number,
-                ops: ops.as_deref().map_err(Clone::clone),
-            },
-            Content::Refused { why, .. } => LoggedContent::Skip(why.clone()),
+    /// The message as kept for later: read again by [`Logged::from_copy`].
+    fn copy(&self) -> Vec<u8> {
+        let subject = self.subject.as_bytes();
+        let subject = &subject[..subject.len().min(255)];
+        let mut copy = Vec::with_capacity(17 + subject.len() + self.payload.len());
+        copy.extend_from_slice(&self.seq.to_be_bytes());
+        copy.extend_from_slice(&self.stored_at.to_be_bytes());
+        copy.push(subject.len() as u8);
+        copy.extend_from_slice(subject);
+        copy.extend_from_slice(&self.payload);
+        copy
+    }
+
+    /// A kept copy read again, as it was first read.
+    fn from_copy(cluster: &Cluster, copy: &[u8]) -> Replayed {
+        let damaged = |seq| Replayed {
+            seq,
+            ops: Err(Skip {
+                label: "malformed",
+                why: "a kept copy is damaged".into(),
+            }),
         };
-        LoggedMessage {
-            seq: self.seq,
-            content,
+        if copy.len() < 17 {
+            return damaged(0);
         }
+        let seq = u64::from_be_bytes(copy[..8].try_into().expect("8 bytes"));
+        let stored_at = i64::from_be_bytes(copy[8..16].try_into().expect("8 bytes"));
+        let end = 17 + usize::from(copy[16]);
+        let Some(Ok(subject)) = copy.get(17..end).map(std::str::from_utf8) else {
+            return damaged(seq);
+        };
+        let payload = bytes::Bytes::copy_from_slice(&copy[end..]);
+        let logged = crate::cluster::apply::read(cluster, seq, stored_at, subject, payload);
+        let ops = match logged.content {
+            Content::Numbered { ops, .. } => ops,
+            Content::Refused(skip) => Err(skip),
+        };
+        Replayed { seq, ops }
     }
 }
 
+/// How a cluster node is doing, as `/healthz` says.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Health {
+    /// `ok`, or `stalled` while the applier cannot go on (then reads grow stale).
+    pub status: &'static str,
+    pub role: &'static str,
+    pub cluster: String,
+    pub applied_seq: u64,
+    /// Whether a quorum of the stream's replicas answered the last probe (every 2 s): without
+    /// one, writes and token grants are refused after 5 s, reads are served.
+    pub quorum: bool,
+    /// Why the applier is stalled, and what to do about it.
+    pub stalled: Option<String>,
+}
+
 impl Engine {
+    /// How this node is doing, in cluster mode.
+    pub fn health(&self) -> Option<Health> {
+        let cluster = self.cluster.as_ref()?;
+        let stalled = cluster.progress.stalled();
+        Some(Health {
+            status: if stalled.is_some() { "stalled" } else { "ok" },
+            role: match cluster.role {
+                Role::Node => "node",
+                Role::Gateway => "gateway",
+            },
+            cluster: cluster.key.cluster().to_string(),
+            applied_seq: cluster.progress.applied(),
+            quorum: cluster.has_quorum(),
+            stalled,
+        })
+    }
+
     /// The engine as a node of `cluster`: writes are published to its log. Start
     /// [`crate::cluster::apply::run`] to apply the log.
     pub fn with_cluster(mut self, cluster: Arc<Cluster>) -> Engine {
@@ -131,6 +198,7 @@ impl Engine {
                 "applying a log outside cluster mode".into(),
             ));
         };
+        let replay = |copy: &[u8]| Logged::from_copy(&cluster, copy);
         let mut entries = entries.into_iter().peekable();
         while let Some(first) = entries.next() {
             let mut group = vec![first];
@@ -140,9 +208,34 @@ impl Engine {
                 }
             }
             let last = group.last().expect("a group is never empty").seq;
-            let messages: Vec<LoggedMessage<'_>> = group.iter().map(Logged::message).collect();
-            let outcomes = self.store.apply_logged(&messages, last)?;
-            drop(messages);
+            let outcomes = {
+                let copies: Vec<Box<dyn Fn() -> Vec<u8> + '_>> = group
+                    .iter()
+                    .map(|entry| Box::new(move || entry.copy()) as Box<dyn Fn() -> Vec<u8>>)
+                    .collect();
+                let messages: Vec<LoggedMessage<'_>> = group
+                    .iter()
+                    .zip(&copies)
+                    .map(|(entry, copy)| LoggedMessage {
+                        seq: entry.seq,
+                        content: match &entry.content {
+                            Content::Numbered {
+                                origin,
+                                confirmed,
+                                ops,
+                            } => LoggedContent::Numbered {
+                                writer: origin.writer.0,
+                                number: origin.number,
+                                confirmed: *confirmed,
+                                ops: ops.as_deref().map_err(Clone::clone),
+                                copy: copy.as_ref(),
+                            },
+                            Content::Refused(skip) => LoggedContent::Skip(skip.clone()),
+                        },
+                    })
+                    .collect();
+                self.store.apply_logged(&messages, last, &replay)?
+            };
             for (entry, outcome) in group.into_iter().zip(outcomes) {
                 self.after_message(&cluster, entry, outcome);
             }
@@ -151,37 +244,60 @@ impl Engine {
         Ok(())
     }
 
-    /// What follows an applied (or skipped) message: the in-memory state, its writer's
-    /// outcome, the metrics and the log.
+    /// What follows a message of the log: the in-memory state, its writer's outcome, the
+    /// metrics and the log.
     fn after_message(&self, cluster: &Cluster, entry: Logged, outcome: LoggedOutcome) {
         let seq = entry.seq;
         match (entry.content, outcome) {
-            (Content::Numbered { origin, ops }, LoggedOutcome::Applied(outcomes)) => {
-                let mut first = None;
-                for (op, outcome) in ops.iter().flatten().zip(outcomes) {
-                    self.after_apply(op, &outcome);
-                    first.get_or_insert(outcome);
-                }
-                if let Some(outcome) = first {
-                    cluster.progress.deliver(&origin, outcome);
+            (Content::Numbered { origin, ops, .. }, LoggedOutcome::Taken(taken)) => {
+                let mut own = ops.ok();
+                for Taken {
+                    number,
+                    seq,
+                    kept_ops,
+                    outcome,
+                } in taken
+                {
+                    let ops = match kept_ops {
+                        Some(ops) => Some(ops),
+                        None if number == origin.number => own.take(),
+                        None => None,
+                    };
+                    let origin = Origin {
+                        writer: origin.writer,
+                        number,
+                    };
+                    match outcome {
+                        Ok(outcomes) => {
+                            let mut first = None;
+                            for (op, outcome) in ops.iter().flatten().zip(outcomes) {
+                                self.after_apply(op, &outcome);
+                                first.get_or_insert(outcome);
+                            }
+                            if let Some(outcome) = first {
+                                cluster.progress.deliver(&origin, outcome);
+                            }
+                        }
+                        Err(skip) => {
+                            let refused =
+                                Error::NoQuorum(format!("the write was not applied: {}", skip.why));
+                            cluster.progress.deliver(&origin, Err(refused));
+                            skipped(seq, &skip);
+                        }
+                    }
                 }
             }
             (Content::Numbered { origin, .. }, LoggedOutcome::NotApplied(admission)) => {
                 let label = match admission {
                     Admission::Duplicate => "duplicate",
-                    _ => "out_of_order",
+                    Admission::Early { kept: true, .. } => "early",
+                    _ => "dropped",
                 };
-                tracing::debug!(seq, writer = %origin.writer, number = origin.number, ?admission, "a copy not applied");
+                tracing::debug!(seq, writer = %origin.writer, number = origin.number, ?admission, "a copy not applied in its place");
                 metrics::counter!(crate::metrics::MESSAGES_SKIPPED, "reason" => label).increment(1);
             }
-            (content, _) => {
-                let (label, why) = match content {
-                    Content::Refused { label, why } => (label, why),
-                    Content::Numbered { ops, .. } => ("malformed", ops.err().unwrap_or_default()),
-                };
-                tracing::warn!(seq, reason = %why, "a message of the cluster's log was skipped on every node (recorded in the skipped table)");
-                metrics::counter!(crate::metrics::MESSAGES_SKIPPED, "reason" => label).increment(1);
-            }
+            (Content::Refused(skip), _) => skipped(seq, &skip),
+            (Content::Numbered { .. }, LoggedOutcome::Skipped) => {}
         }
     }
 
@@ -203,4 +319,10 @@ impl Engine {
             _ => {}
         }
     }
+}
+
+/// Logs and counts a message skipped for good (the same on every node).
+fn skipped(seq: u64, skip: &Skip) {
+    tracing::warn!(seq, reason = %skip.why, "a message of the cluster's log was skipped on every node (recorded in the skipped table)");
+    metrics::counter!(crate::metrics::MESSAGES_SKIPPED, "reason" => skip.label).increment(1);
 }

@@ -298,61 +298,46 @@ impl Store {
 
     /// Applies messages read from the cluster's stream in one durable transaction on the
     /// calling thread, recording `through` as the last applied stream sequence in the same
-    /// transaction. A writer's message is applied only when it is that writer's next
-    /// ([`Admission`]); a message that cannot be applied for good is recorded as skipped. `Err`
+    /// transaction. A writer's message is applied in its turn only ([`Admission`]): a copy
+    /// that comes early is kept, and applied (read again with `replay`) right after its
+    /// predecessor. A message that cannot be applied for good is recorded as skipped. `Err`
     /// means nothing was applied.
     pub fn apply_logged(
         &self,
         messages: &[LoggedMessage<'_>],
         through: u64,
+        replay: &dyn Fn(&[u8]) -> Replayed,
     ) -> Result<Vec<LoggedOutcome>> {
         self.db.write(|db| {
             let started = std::time::Instant::now();
             let result = in_transaction(db, &self.cache, &self.filters, Some(through), |batch| {
-                let mut outcomes = Vec::with_capacity(messages.len());
-                for message in messages {
-                    outcomes.push(match &message.content {
-                        LoggedContent::Skip(why) => {
-                            batch.record_skipped(message.seq, why)?;
-                            LoggedOutcome::Skipped
-                        }
-                        LoggedContent::Numbered {
-                            writer,
-                            number,
-                            ops,
-                        } => match (batch.admit(writer, *number)?, ops) {
-                            (Admission::Next, Ok(ops)) => {
-                                let mut applied = Vec::with_capacity(ops.len());
-                                for op in *ops {
-                                    applied.push(batch.apply(op)?);
-                                }
-                                LoggedOutcome::Applied(applied)
-                            }
-                            // Authentic but unreadable: its place in the writer's order is
-                            // taken, so the writer's next messages still apply.
-                            (Admission::Next, Err(why)) => {
-                                batch.record_skipped(message.seq, why)?;
-                                LoggedOutcome::Skipped
-                            }
-                            (other, _) => LoggedOutcome::NotApplied(other),
-                        },
-                    });
+                messages
+                    .iter()
+                    .map(|message| apply_message(batch, message, replay))
+                    .collect::<Result<Vec<_>>>()
+            });
+            let outcomes = result.as_deref().unwrap_or_default();
+            let mut pairs = Vec::new();
+            for (message, outcome) in messages.iter().zip(outcomes) {
+                let LoggedOutcome::Taken(taken) = outcome else {
+                    continue;
+                };
+                for taken in taken {
+                    let ops = match (&taken.kept_ops, &message.content) {
+                        (Some(ops), _) => ops.as_slice(),
+                        (None, LoggedContent::Numbered { ops: Ok(ops), .. }) => ops,
+                        _ => &[],
+                    };
+                    if let Ok(outcomes) = &taken.outcome {
+                        pairs.extend(ops.iter().zip(outcomes.iter().map(Some)));
+                    }
                 }
-                Ok(outcomes)
-            });
-            let applied = messages.iter().zip(result.as_deref().unwrap_or_default());
-            let pairs = applied.flat_map(|(message, outcome)| {
-                let ops = match &message.content {
-                    LoggedContent::Numbered { ops: Ok(ops), .. } => *ops,
-                    _ => &[],
-                };
-                let outcomes = match outcome {
-                    LoggedOutcome::Applied(outcomes) => outcomes.as_slice(),
-                    _ => &[],
-                };
-                ops.iter().zip(outcomes.iter().map(Some))
-            });
-            crate::metrics::record_transaction(pairs, result.as_ref().err(), started.elapsed());
+            }
+            crate::metrics::record_transaction(
+                pairs.into_iter(),
+                result.as_ref().err(),
+                started.elapsed(),
+            );
             result
         })
     }
@@ -506,26 +491,144 @@ pub struct LoggedMessage<'a> {
 }
 
 pub enum LoggedContent<'a> {
-    /// A writer's numbered message and its operations (none for a pass-over permission), or
-    /// why they cannot be read.
+    /// A writer's numbered message, sent when its writer had confirmed every number through
+    /// `confirmed`: its operations (none for a pass-over permission), or why they are not
+    /// applied (it still takes its turn); `copy` is the message as `replay` reads it again,
+    /// should it be kept for later.
     Numbered {
         writer: [u8; 16],
         number: u64,
-        ops: std::result::Result<&'a [WriteOp], String>,
+        confirmed: u64,
+        ops: std::result::Result<&'a [WriteOp], Skip>,
+        copy: &'a dyn Fn() -> Vec<u8>,
     },
     /// A message skipped for good, and why (recorded in `skipped`).
-    Skip(String),
+    Skip(Skip),
+}
+
+/// Why a message is skipped for good: the label of the skipped-messages metric, and the
+/// sentence recorded in the `skipped` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Skip {
+    pub label: &'static str,
+    pub why: String,
+}
+
+/// A kept copy read again: its stream sequence and operations (or why they are not applied).
+pub struct Replayed {
+    pub seq: u64,
+    pub ops: std::result::Result<Vec<WriteOp>, Skip>,
+}
+
+/// A writer's message that took its turn.
+#[derive(Debug)]
+pub struct Taken {
+    pub number: u64,
+    pub seq: u64,
+    /// The operations of a copy that was kept (the caller has the others').
+    pub kept_ops: Option<Vec<WriteOp>>,
+    /// Each operation's outcome, or why none was applied (recorded as skipped).
+    pub outcome: std::result::Result<Vec<Result<WriteOutcome>>, Skip>,
 }
 
 /// What became of a message of the stream.
 #[derive(Debug)]
 pub enum LoggedOutcome {
-    /// Applied: each operation's outcome.
-    Applied(Vec<Result<WriteOutcome>>),
+    /// Its turn: applied with the kept copies that were waiting for it, in number order.
+    Taken(Vec<Taken>),
     /// Not applied: a duplicate, or a copy that came before its writer's previous message.
     NotApplied(Admission),
     /// Skipped for good (recorded).
     Skipped,
+}
+
+/// One message inside the transaction.
+fn apply_message(
+    batch: &mut batch::Batch<'_>,
+    message: &LoggedMessage<'_>,
+    replay: &dyn Fn(&[u8]) -> Replayed,
+) -> Result<LoggedOutcome> {
+    let (writer, number, confirmed, ops, copy) = match &message.content {
+        LoggedContent::Skip(skip) => {
+            batch.record_skipped(message.seq, &skip.why)?;
+            return Ok(LoggedOutcome::Skipped);
+        }
+        LoggedContent::Numbered {
+            writer,
+            number,
+            confirmed,
+            ops,
+            copy,
+        } => (writer, *number, *confirmed, ops, copy),
+    };
+    let from = match batch.admit(writer, number, confirmed)? {
+        Admission::Turn { from } => from,
+        Admission::Early { expected, .. } => {
+            let kept = batch.keep_early(writer, number, &copy())?;
+            return Ok(LoggedOutcome::NotApplied(Admission::Early {
+                expected,
+                kept,
+            }));
+        }
+        other => return Ok(LoggedOutcome::NotApplied(other)),
+    };
+    // Kept copies below it (the numbers not kept are gone from the stream), it, and the kept
+    // copies that follow it without a gap.
+    let mut taken = Vec::new();
+    for (kept, copy) in batch.take_early(writer, from, number)? {
+        taken.push(apply_kept(batch, kept, &copy, replay)?);
+    }
+    let outcome = apply_ops(batch, message.seq, ops.as_deref().map_err(Clone::clone))?;
+    taken.push(Taken {
+        number,
+        seq: message.seq,
+        kept_ops: None,
+        outcome,
+    });
+    let mut last = number;
+    while let Some((kept, copy)) = batch.take_early(writer, last + 1, last + 2)?.pop() {
+        taken.push(apply_kept(batch, kept, &copy, replay)?);
+        last = kept;
+    }
+    batch.set_last_number(writer, last)?;
+    Ok(LoggedOutcome::Taken(taken))
+}
+
+fn apply_kept(
+    batch: &mut batch::Batch<'_>,
+    number: u64,
+    copy: &[u8],
+    replay: &dyn Fn(&[u8]) -> Replayed,
+) -> Result<Taken> {
+    let Replayed { seq, ops } = replay(copy);
+    let outcome = apply_ops(batch, seq, ops.as_deref().map_err(Clone::clone))?;
+    Ok(Taken {
+        number,
+        seq,
+        kept_ops: ops.ok(),
+        outcome,
+    })
+}
+
+/// Applies a message's operations, or records why it is skipped.
+fn apply_ops(
+    batch: &mut batch::Batch<'_>,
+    seq: u64,
+    ops: std::result::Result<&[WriteOp], Skip>,
+) -> Result<std::result::Result<Vec<Result<WriteOutcome>>, Skip>> {
+    match ops {
+        Ok(ops) => {
+            let mut outcomes = Vec::with_capacity(ops.len());
+            for op in ops {
+                outcomes.push(batch.apply(op)?);
+            }
+            Ok(Ok(outcomes))
+        }
+        Err(skip) => {
+            batch.record_skipped(seq, &skip.why)?;
+            Ok(Err(skip))
+        }
+    }
 }
 
 /// The UUID indexes' filters as the file holds them.

@@ -35,6 +35,7 @@
 //! | `token_family`   | grant family, token hash                     | -                          |
 //! | `pending`        | serial                                       | index key, org UUID        |
 //! | `writers`        | stream writer id                             | its last applied number    |
+//! | `early`          | stream writer id, number                     | a copy kept for its turn   |
 //! | `skipped`        | stream sequence                              | why it was skipped         |
 //!
 //! [`EntityKey`]: super::records::EntityKey
@@ -131,6 +132,10 @@ tables! {
     /// Cluster mode: each writer of the stream -> the number of its last message applied
     /// (a writer's messages are applied in number order only, see `crate::cluster::publisher`).
     writers / WRITERS: &'static [u8; 16] => u64;
+    /// Cluster mode: copies of writers' messages that came before an earlier message of their
+    /// writer (writer id, number -> the message as the applier reads it again), applied as
+    /// soon as that one is.
+    early / EARLY: &'static [u8; 24] => &'static [u8];
     /// Cluster mode: stream sequences skipped for good -> why (a message that could not be
     /// authenticated or decoded, or sequences the operator passed over; `last..` for a range).
     skipped / SKIPPED: u64 => &'static str;

@@ -9,6 +9,7 @@ mod helpers;
 mod adopt;
 mod chaos;
 mod faults;
+mod hostile;
 mod nodes;
 mod order;
 mod support;
