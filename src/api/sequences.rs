@@ -60,6 +60,11 @@ where
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let (inner, engine, grpc) = (self.inner.clone(), self.engine.clone(), self.grpc);
         Box::pin(async move {
+            let peer = request
+                .extensions()
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|info| info.0.ip());
+            let authenticated = catch_up_for_bearer(&engine, request.headers(), peer).await;
             if let Some(value) = request.headers().get(MIN_SEQ) {
                 let wanted = value
                     .to_str()
@@ -68,15 +73,22 @@ where
                     .ok_or_else(|| {
                         Error::invalid(MIN_SEQ, "must be a stream sequence (a whole number)")
                     });
+                let path = request.uri().path();
                 let ready = match wanted {
-                    Ok(seq) => engine.wait_applied(seq).await,
                     Err(error) => Err(error),
+                    // A token request never waits: it is not a read.
+                    Ok(_) if is_token_request(path) => Ok(()),
+                    // Only an authenticated caller, or the operator's probe, may hold a request
+                    // open waiting; others get their 401 at once.
+                    Ok(seq) if authenticated || path == "/healthz" => {
+                        engine.wait_applied(seq).await
+                    }
+                    Ok(_) => Ok(()),
                 };
                 if let Err(error) = ready {
                     return Ok(with_applied(error_response(error, grpc), &engine, 0));
                 }
             }
-            catch_up_for_bearer(&engine, request.headers()).await;
             let (response, written) = crate::cluster::noting_writes(inner.oneshot(request)).await;
             let Ok(response) = response;
             Ok(with_applied(response.map(Body::new), &engine, written))
@@ -84,21 +96,32 @@ where
     }
 }
 
+/// Whether a path asks for a token (REST or gRPC).
+fn is_token_request(path: &str) -> bool {
+    path.trim_end_matches('/') == "/v1/oauth/token" || path == "/runledger.v1.Auth/IssueToken"
+}
+
 /// A bearer token this node does not know may have been granted through another node a moment
-/// ago: before the request is authenticated, catch up with the log's newest credentials (at
-/// most a second; nothing to wait for when the node is up to date).
-async fn catch_up_for_bearer(engine: &Engine, headers: &axum::http::HeaderMap) {
-    let Some(cluster) = engine.cluster() else {
-        return;
-    };
+/// ago: before the request is authenticated, catch up with the log's newest credentials (about
+/// a second at most; nothing to wait for when the node is up to date), unless `peer` used up
+/// its lookups. Whether the request carries a token this node honours.
+async fn catch_up_for_bearer(
+    engine: &Engine,
+    headers: &axum::http::HeaderMap,
+    peer: Option<std::net::IpAddr>,
+) -> bool {
     let bearer = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok());
     let Ok(token) = crate::auth::bearer_token(bearer) else {
-        return;
+        return false;
     };
-    if let Err(Error::Unauthenticated(_)) = engine.authenticate(token) {
-        cluster.catch_up_credentials().await;
+    match (engine.authenticate(token), engine.cluster()) {
+        (Ok(_), _) => true,
+        (Err(Error::Unauthenticated(_)), Some(cluster)) if engine.may_look_up(peer) => {
+            cluster.catch_up_credentials().await && engine.authenticate(token).is_ok()
+        }
+        _ => false,
     }
 }
 

@@ -15,7 +15,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::stream::RawMessageErrorKind;
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
 
@@ -29,6 +30,10 @@ use crate::store::Skip;
 const MAX_GROUP: usize = 512;
 /// Bytes of messages applied in one transaction at most.
 const MAX_GROUP_BYTES: usize = 16 << 20;
+/// The consumer's idle heartbeat: two missed ones end it.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long JetStream keeps a consumer whose node stopped asking (it died).
+const CONSUMER_INACTIVE: Duration = Duration::from_secs(30);
 /// Pauses before following the log again after a failure: the first, and the longest.
 const FIRST_PAUSE: Duration = Duration::from_millis(250);
 const MAX_PAUSE: Duration = Duration::from_secs(10);
@@ -102,12 +107,19 @@ async fn follow(
         Role::Node => String::new(),
         Role::Gateway => log::CREDENTIALS_SUBJECT.to_string(),
     };
+    // An ephemeral consumer of our own rather than JetStream's "ordered" one, whose idle
+    // heartbeat is fixed at 15 s: with a 1 s heartbeat a consumer lost with its server is noticed
+    // in two, and the applier starts another from what the database holds.
     let consumer = stream
-        .create_consumer(pull::OrderedConfig {
+        .create_consumer(pull::Config {
             deliver_policy: DeliverPolicy::ByStartSequence {
                 start_sequence: start,
             },
+            ack_policy: AckPolicy::None,
             filter_subject: filter,
+            inactive_threshold: CONSUMER_INACTIVE,
+            num_replicas: 1,
+            memory_storage: true,
             ..Default::default()
         })
         .await;
@@ -115,10 +127,21 @@ async fn follow(
         Ok(consumer) => consumer,
         Err(error) => return Stop::Log(consumer_error("cannot create a consumer", error)),
     };
-    let mut messages = match consumer.messages().await {
+    let messages = consumer
+        .stream()
+        .heartbeat(HEARTBEAT)
+        .expires(HEARTBEAT * 5)
+        .max_messages_per_batch(MAX_GROUP)
+        .max_bytes_per_batch(MAX_GROUP_BYTES)
+        .messages()
+        .await;
+    let mut messages = match messages {
         Ok(messages) => messages,
         Err(error) => return Stop::Log(consumer_error("cannot read the stream", error)),
     };
+    // The consumer's own count: a jump is a delivery lost on the way, not a message missing
+    // from the stream.
+    let mut delivered = 0;
     loop {
         let first = tokio::select! {
             next = messages.next() => next,
@@ -150,6 +173,16 @@ async fn follow(
                 Ok(info) => {
                     metrics::gauge!(crate::metrics::STREAM_SEQ)
                         .set((info.stream_sequence + info.pending) as f64);
+                    if info.consumer_sequence != delivered + 1 {
+                        return Stop::Log(consumer_error(
+                            "a delivery was lost",
+                            format!(
+                                "message {} of the consumer after {delivered}",
+                                info.consumer_sequence
+                            ),
+                        ));
+                    }
+                    delivered = info.consumer_sequence;
                     let stored_at = (info.published.unix_timestamp_nanos() / 1_000) as i64;
                     (info.stream_sequence, stored_at)
                 }
@@ -159,6 +192,19 @@ async fn follow(
             };
             // A node applies every sequence; a gateway only those of its subject.
             if cluster.role == Role::Node && seq != expected {
+                // Missing from the stream, or only from this delivery?
+                match stream.get_raw_message(expected).await {
+                    Ok(_) => {
+                        return Stop::Log(consumer_error(
+                            "a delivery was lost",
+                            format!("sequence {expected} came as {seq}"),
+                        ));
+                    }
+                    Err(error) if error.kind() != RawMessageErrorKind::NoMessageFound => {
+                        return Stop::Log(consumer_error("cannot look a sequence up", error));
+                    }
+                    Err(_) => {}
+                }
                 match pass_over(cluster, expected, seq - 1, "missing from the stream").await {
                     Ok(Some(skip)) => entries.push(skip),
                     Ok(None) => {

@@ -29,6 +29,8 @@ const IDENTITY_PREFIX: &str = "runledger cluster ";
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(300);
 /// How long `cluster init` retries creating the stream (a new NATS cluster elects its leader).
 const CREATE_DEADLINE: Duration = Duration::from_secs(15);
+/// A replica silent for longer than this is not counted in the quorum.
+const QUORUM_SILENCE: Duration = Duration::from_secs(4);
 /// How long joining retries looking the stream up.
 const JOIN_DEADLINE: Duration = Duration::from_secs(30);
 /// How long a JetStream request, or a publish's acknowledgement, is waited for.
@@ -323,6 +325,31 @@ impl Log {
             .await
             .map_err(|e| unavailable("stream info", e))?;
         Ok(info.cluster.as_ref().and_then(|c| c.leader.clone()))
+    }
+
+    /// Whether a quorum of the stream's replicas is up, as its leader sees it: the leader and
+    /// the replicas it heard from lately and that are current make a majority. (A leader that
+    /// lost its followers still answers stream info for a while, so being answered is not
+    /// enough.)
+    pub async fn quorum(&self) -> Result<bool> {
+        let mut stream = self.stream().await?;
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| unavailable("stream info", e))?;
+        let replicas = info.config.num_replicas.max(1);
+        let Some(cluster) = info.cluster.as_ref() else {
+            return Ok(true);
+        };
+        if cluster.leader.is_none() {
+            return Ok(false);
+        }
+        let followers = cluster
+            .replicas
+            .iter()
+            .filter(|peer| peer.current && !peer.offline && peer.active < QUORUM_SILENCE)
+            .count();
+        Ok(1 + followers > replicas / 2)
     }
 
     /// The stream's replicas.

@@ -46,6 +46,8 @@ const CLOCK_MARGIN: Duration = Duration::from_secs(2);
 const APPLY_WAIT: Duration = Duration::from_secs(10);
 /// How long a read with `x-runledger-min-seq` waits for the node to catch up by default.
 pub const DEFAULT_MIN_SEQ_WAIT: Duration = Duration::from_secs(2);
+/// How long catching up on credentials may wait for the log, and then for this node.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(1);
 /// How often a node asks whether a quorum of the stream's replicas answers.
 const QUORUM_PROBE: Duration = Duration::from_secs(2);
 
@@ -70,6 +72,8 @@ pub struct Cluster {
     credentials: Publisher,
     /// Whether the last probe reached a quorum of the stream's replicas.
     quorum: Arc<AtomicBool>,
+    /// The last credentials lookup: when it began and what it found.
+    lookups: tokio::sync::Mutex<Option<(std::time::Instant, u64)>>,
 }
 
 impl Cluster {
@@ -90,6 +94,7 @@ impl Cluster {
             role,
             min_seq_wait: DEFAULT_MIN_SEQ_WAIT,
             quorum,
+            lookups: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -139,15 +144,36 @@ impl Cluster {
         Ok(Published { seq, outcome })
     }
 
-    /// Waits (at most a second) until this node has applied every credentials message the log
-    /// holds: a client created or a token granted through another node a moment ago is then
-    /// known here. False when the node could not catch up.
+    /// Waits (about a second at most) until this node has applied every credentials message
+    /// the log held when this call began: a client created or a token granted through another
+    /// node a moment ago is then known here. False when the node could not catch up.
+    ///
+    /// One lookup of the log at a time, whatever the number of callers: a caller takes the
+    /// answer of a lookup that began after it arrived, so a flood of unknown tokens costs the
+    /// log a lookup per round trip, not one each.
     pub async fn catch_up_credentials(&self) -> bool {
-        let lookup = tokio::time::timeout(Duration::from_secs(1), self.log.last_credentials_seq());
-        match lookup.await {
-            Ok(Ok(seq)) => self.progress.wait_for(seq, Duration::from_secs(1)).await,
-            _ => false,
-        }
+        let arrived = std::time::Instant::now();
+        let seq = {
+            let Ok(mut last) = tokio::time::timeout(CATCH_UP_WAIT, self.lookups.lock()).await
+            else {
+                return false;
+            };
+            match *last {
+                Some((began, seq)) if began >= arrived => seq,
+                _ => {
+                    let began = std::time::Instant::now();
+                    let lookup = self.log.last_credentials_seq();
+                    match tokio::time::timeout(CATCH_UP_WAIT, lookup).await {
+                        Ok(Ok(seq)) => {
+                            *last = Some((began, seq));
+                            seq
+                        }
+                        _ => return false,
+                    }
+                }
+            }
+        };
+        self.progress.wait_for(seq, CATCH_UP_WAIT).await
     }
 
     /// Waits until this node applied `seq`, at most the configured time.
@@ -178,13 +204,13 @@ fn check_size(log: &Log, body: usize) -> Result<()> {
     Ok(())
 }
 
-/// Asks every [`QUORUM_PROBE`] for the stream's state, which only the stream's leader answers
-/// (and a leader needs a quorum of replicas), until the cluster is gone.
+/// Asks every [`QUORUM_PROBE`] whether a quorum of the stream's replicas is up (see
+/// [`Log::quorum`]), until the cluster is gone.
 async fn probe_quorum(log: Log, quorum: std::sync::Weak<AtomicBool>) {
     loop {
-        let reached = tokio::time::timeout(QUORUM_PROBE, log.state())
+        let reached = tokio::time::timeout(QUORUM_PROBE, log.quorum())
             .await
-            .is_ok_and(|state| state.is_ok());
+            .is_ok_and(|quorum| quorum.is_ok_and(|up| up));
         let Some(quorum) = quorum.upgrade() else {
             return;
         };

@@ -117,6 +117,7 @@ impl Engine {
                 e.kind,
                 OAuthErrorKind::InvalidClient | OAuthErrorKind::InvalidGrant
             )
+            && self.may_look_up(request.peer)
             && cluster.catch_up_credentials().await
         {
             granted = self.grant(grant_type, client_id, secret, &request).await;

@@ -178,6 +178,12 @@ impl Engine {
         }
     }
 
+    /// Whether `peer` may make this node look the cluster's log up for a token it does not
+    /// know (see [`super::throttle`]).
+    pub fn may_look_up(&self, peer: Option<std::net::IpAddr>) -> bool {
+        self.throttle.lookup(peer, std::time::Instant::now())
+    }
+
     /// Waits (bounded) until this node has applied stream sequence `seq`; without a cluster
     /// there is nothing to wait for.
     pub async fn wait_applied(&self, seq: u64) -> Result<()> {

@@ -5,6 +5,10 @@
 //! knows a client id can lock that client out. (Secrets carry 256 random bits: guessing cannot
 //! succeed anyway; the throttle makes misconfigured clients back off and bounds the work a
 //! flood of bad attempts costs.) The state is a small in-memory token bucket per key.
+//!
+//! In cluster mode the same buckets bound what bearer tokens a node does not know cost the
+//! cluster's log: each peer address may make the node look the log up for them a burst of
+//! times, then once a second; past it the token is refused without a lookup.
 
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -18,6 +22,10 @@ pub const CLIENT_BURST: f64 = 10.0;
 pub const PEER_BURST: f64 = 30.0;
 /// Seconds for one more failed attempt to be allowed after a burst.
 pub const REFILL_SECS: f64 = 6.0;
+/// Lookups of the cluster's log for unknown tokens a peer address may cause at once, and
+/// seconds for one more after them.
+pub const LOOKUP_BURST: f64 = 30.0;
+pub const LOOKUP_REFILL_SECS: f64 = 1.0;
 /// Keys tracked at most (keys with a full allowance are dropped first).
 const MAX_TRACKED: usize = 65_536;
 
@@ -25,6 +33,7 @@ const MAX_TRACKED: usize = 65_536;
 enum Subject {
     Client(String),
     Peer(IpAddr),
+    Lookups(IpAddr),
 }
 
 impl Subject {
@@ -32,6 +41,14 @@ impl Subject {
         match self {
             Subject::Client(_) => CLIENT_BURST,
             Subject::Peer(_) => PEER_BURST,
+            Subject::Lookups(_) => LOOKUP_BURST,
+        }
+    }
+
+    fn refill_secs(&self) -> f64 {
+        match self {
+            Subject::Lookups(_) => LOOKUP_REFILL_SECS,
+            _ => REFILL_SECS,
         }
     }
 }
@@ -48,9 +65,9 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn refilled(self, now: Instant, burst: f64) -> f64 {
-        let earned = now.saturating_duration_since(self.at).as_secs_f64() / REFILL_SECS;
-        (self.allowance + earned).min(burst)
+    fn refilled(self, now: Instant, subject: &Subject) -> f64 {
+        let earned = now.saturating_duration_since(self.at).as_secs_f64() / subject.refill_secs();
+        (self.allowance + earned).min(subject.burst())
     }
 }
 
@@ -58,27 +75,42 @@ impl FailureThrottle {
     /// Counts a failed attempt against `client_id` and `peer`. `Err(seconds to wait)` when
     /// either had no failed attempt left: the caller should be told to slow down.
     pub fn failed(&self, client_id: &str, peer: Option<IpAddr>, now: Instant) -> Result<(), u32> {
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if buckets.len() >= MAX_TRACKED {
-            buckets.retain(|subject, b| b.refilled(now, subject.burst()) < subject.burst());
-            if buckets.len() >= MAX_TRACKED {
-                buckets.clear();
-            }
-        }
         let subjects = [
             Some(Subject::Client(key(client_id))),
             peer.map(Subject::Peer),
         ];
+        self.take(subjects.into_iter().flatten(), now)
+    }
+
+    /// Counts a lookup of the cluster's log for a token unknown here, asked by `peer`: false
+    /// when the peer has none left (the token is refused without one).
+    pub fn lookup(&self, peer: Option<IpAddr>, now: Instant) -> bool {
+        match peer {
+            Some(peer) => self.take([Subject::Lookups(peer)].into_iter(), now).is_ok(),
+            None => true,
+        }
+    }
+
+    /// Takes one from each subject's allowance; `Err(seconds to wait)` when one had none.
+    fn take(&self, subjects: impl Iterator<Item = Subject>, now: Instant) -> Result<(), u32> {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if buckets.len() >= MAX_TRACKED {
+            buckets.retain(|subject, b| b.refilled(now, subject) < subject.burst());
+            if buckets.len() >= MAX_TRACKED {
+                buckets.clear();
+            }
+        }
         let mut wait = 0u32;
-        for subject in subjects.into_iter().flatten() {
+        for subject in subjects {
+            let refill = subject.refill_secs();
             let burst = subject.burst();
-            let bucket = buckets.entry(subject).or_insert(Bucket {
+            let bucket = buckets.entry(subject.clone()).or_insert(Bucket {
                 allowance: burst,
                 at: now,
             });
-            let allowance = bucket.refilled(now, burst);
+            let allowance = bucket.refilled(now, &subject);
             if allowance < 1.0 {
-                wait = wait.max(((1.0 - allowance) * REFILL_SECS).ceil().max(1.0) as u32);
+                wait = wait.max(((1.0 - allowance) * refill).ceil().max(1.0) as u32);
             }
             *bucket = Bucket {
                 allowance: (allowance - 1.0).max(0.0),
@@ -131,5 +163,22 @@ mod tests {
             .collect();
         assert!(outcomes[..PEER_BURST as usize].iter().all(|ok| *ok));
         assert!(!outcomes[PEER_BURST as usize]);
+    }
+
+    #[test]
+    fn lookups_for_unknown_tokens_are_a_burst_then_one_a_second_per_peer() {
+        let throttle = FailureThrottle::default();
+        let start = Instant::now();
+        let peer: IpAddr = "192.0.2.9".parse().unwrap();
+        let granted = (0..100)
+            .filter(|_| throttle.lookup(Some(peer), start))
+            .count();
+        assert_eq!(granted, LOOKUP_BURST as usize);
+        let later = start + Duration::from_secs_f64(LOOKUP_REFILL_SECS);
+        assert!(throttle.lookup(Some(peer), later));
+        assert!(!throttle.lookup(Some(peer), later));
+        // Another peer, and the token endpoint's failures, are not affected.
+        assert!(throttle.lookup(Some("192.0.2.10".parse().unwrap()), start));
+        assert_eq!(throttle.failed("c", Some(peer), start), Ok(()));
     }
 }

@@ -7,6 +7,7 @@
 mod helpers;
 
 mod adopt;
+mod availability;
 mod chaos;
 mod faults;
 mod hostile;

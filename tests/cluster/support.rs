@@ -50,6 +50,8 @@ fn free_port() -> u16 {
 pub struct Nats {
     pub name: String,
     pub port: u16,
+    /// The monitoring endpoint's port (`/varz`).
+    pub monitor: u16,
     config: PathBuf,
     binary: PathBuf,
     child: Option<Child>,
@@ -103,13 +105,15 @@ impl Drop for Nats {
 
 /// `count` NATS servers with JetStream, clustered when more than one, stores under `dir`.
 pub fn start_nats(binary: &Path, dir: &Path, count: usize) -> Vec<Nats> {
-    let ports: Vec<(u16, u16)> = (0..count).map(|_| (free_port(), free_port())).collect();
+    let ports: Vec<(u16, u16, u16)> = (0..count)
+        .map(|_| (free_port(), free_port(), free_port()))
+        .collect();
     let routes: Vec<String> = ports
         .iter()
-        .map(|(_, route)| format!("nats-route://127.0.0.1:{route}"))
+        .map(|(_, route, _)| format!("nats-route://127.0.0.1:{route}"))
         .collect();
     let mut servers = Vec::new();
-    for (index, (port, route)) in ports.iter().enumerate() {
+    for (index, (port, route, monitor)) in ports.iter().enumerate() {
         let name = format!("n{}", index + 1);
         let store = dir.join(format!("{name}-js"));
         let cluster = if count > 1 {
@@ -124,13 +128,14 @@ pub fn start_nats(binary: &Path, dir: &Path, count: usize) -> Vec<Nats> {
         let mut file = std::fs::File::create(&config).unwrap();
         write!(
             file,
-            "server_name: {name}\nlisten: 127.0.0.1:{port}\nmax_payload: 8MB\njetstream {{\n  store_dir: \"{}\"\n}}\n{cluster}",
+            "server_name: {name}\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor}\nmax_payload: 8MB\njetstream {{\n  store_dir: \"{}\"\n}}\n{cluster}",
             store.display()
         )
         .unwrap();
         let mut nats = Nats {
             name,
             port: *port,
+            monitor: *monitor,
             config,
             binary: binary.to_path_buf(),
             child: None,
