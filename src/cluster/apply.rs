@@ -36,7 +36,7 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 const CONSUMER_INACTIVE: Duration = Duration::from_secs(30);
 /// Pauses before following the log again after a failure: the first, and the longest.
 const FIRST_PAUSE: Duration = Duration::from_millis(250);
-const MAX_PAUSE: Duration = Duration::from_secs(10);
+const MAX_PAUSE: Duration = Duration::from_secs(2);
 
 /// Why following the log stopped.
 enum Stop {

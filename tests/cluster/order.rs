@@ -1,15 +1,19 @@
 //! What one writer sends in order is applied in that order on every node, whatever publishes
 //! fail and are retried: three NATS servers (stream replicas 3) behind proxies that cut
-//! connections at random moments, two nodes, and `runledger import --nats` of a file in which
-//! 5% of the task runs are reported again a little later with another outcome and duration
-//! (so any reordering shows as a changed answer). Half the file is imported; a node and the
-//! stream's leader NATS server are killed with SIGKILL; the other half is imported; both come
-//! back. The nodes must answer exactly as a single node that imported the file in its order
-//! (what the writer sent, in send order), and have equal digests.
+//! connections at random moments, two nodes, and two writers of a workload in which 5% of the
+//! task runs are reported again a little later with another outcome and duration (so any
+//! reordering shows as a changed answer): `runledger import --nats` of four organizations'
+//! runs, and a gRPC client reporting a fifth's in batches, one call after the other, through
+//! node A (whose connections to NATS go through the proxies too), sending a batch again after
+//! a failure. Half the file is imported; node B and the stream's leader NATS server are killed
+//! with SIGKILL; the other half is imported; both come back. The nodes must answer exactly as a
+//! single node fed what each writer sent, in send order (the gRPC writer's failed attempts
+//! included), and have equal digests; no call waited longer than its bound.
 //!
 //! `RUNLEDGER_ORDER_RUNS` sets the number of reports (CI: 120,000).
 
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use runledger::model::{OrgId, TaskRun};
 use runledger::workload::{Realistic, Rng, to_json_line};
@@ -45,6 +49,11 @@ fn each_writers_reports_are_applied_in_send_order_whatever_is_retried() {
         .join(",");
 
     let (runs, orgs, catalog) = re_reported_workload(total);
+    // The last organization's runs go through the gRPC writer, the others' through the import.
+    let streamed_org = *orgs.last().unwrap();
+    let (streamed, runs): (Vec<TaskRun>, Vec<TaskRun>) = runs
+        .into_iter()
+        .partition(|run| run.organization == Some(streamed_org));
     let half = runs.len() / 2;
     let file = |name: &str, runs: &[TaskRun]| {
         let path = dir.path().join(name);
@@ -73,49 +82,6 @@ fn each_writers_reports_are_applied_in_send_order_whatever_is_retried() {
     let data = |name: &str| dir.path().join(name);
     let a = node(&data("a"), &flaky, &key, false);
     let b = node(&data("b"), &flaky, &key, false);
-    import(&first);
-    // SIGKILL of node B and of the stream's leader NATS server, then the second half.
-    let rt = runtime();
-    let log = rt
-        .block_on(runledger::cluster::Log::connect(
-            &direct,
-            Duration::from_secs(30),
-        ))
-        .unwrap();
-    let leader = rt.block_on(log.leader()).unwrap().expect("a leader");
-    let leader_index = nats.iter().position(|n| n.name == leader).unwrap();
-    b.kill();
-    nats[leader_index].kill();
-    import(&second);
-    nats[leader_index].restart();
-    let b = node(&data("b"), &flaky, &key, false);
-    let cuts: u64 = proxies
-        .iter()
-        .map(|p| p.cuts.load(std::sync::atomic::Ordering::Acquire))
-        .sum();
-    for proxy in &proxies {
-        proxy.set_cutting(false);
-    }
-    let last = rt.block_on(log.state()).unwrap().last_seq;
-    let http = reqwest::Client::new();
-    rt.block_on(async {
-        for node in [&a, &b] {
-            await_applied(&http, node.http_addr, last).await;
-        }
-    });
-
-    // The single node fed what the writer sent, in send order.
-    let reference_dir = data("reference");
-    let (ok, out, err) = cli(&[
-        "import",
-        "--data-dir",
-        reference_dir.to_str().unwrap(),
-        first.to_str().unwrap(),
-        second.to_str().unwrap(),
-    ]);
-    assert!(ok, "{out}{err}");
-    let reference_clients =
-        support::clients(&orgs, &["--data-dir", reference_dir.to_str().unwrap()]);
     let clients = support::clients(
         &orgs,
         &[
@@ -125,6 +91,58 @@ fn each_writers_reports_are_applied_in_send_order_whatever_is_retried() {
             key.to_str().unwrap(),
         ],
     );
+    let rt = runtime();
+    let http = reqwest::Client::new();
+    let log = rt
+        .block_on(runledger::cluster::Log::connect(
+            &direct,
+            Duration::from_secs(30),
+        ))
+        .unwrap();
+    let streamed_token = rt.block_on(async {
+        let created = log.state().await.unwrap().last_seq;
+        await_applied(&http, a.http_addr, created).await;
+        rest_token(&http, a.http_addr, clients.last().unwrap(), None).await
+    });
+    let writer = rt.spawn(write_in_order(a.grpc_addr, streamed_token, streamed));
+    import(&first);
+    // SIGKILL of node B and of the stream's leader NATS server, then the second half.
+    let leader = rt.block_on(log.leader()).unwrap().expect("a leader");
+    let leader_index = nats.iter().position(|n| n.name == leader).unwrap();
+    b.kill();
+    nats[leader_index].kill();
+    import(&second);
+    nats[leader_index].restart();
+    let b = node(&data("b"), &flaky, &key, false);
+    let (sent, calls, slowest) = rt.block_on(writer).unwrap();
+    let cuts: u64 = proxies
+        .iter()
+        .map(|p| p.cuts.load(std::sync::atomic::Ordering::Acquire))
+        .sum();
+    for proxy in &proxies {
+        proxy.set_cutting(false);
+    }
+    let last = rt.block_on(log.state()).unwrap().last_seq;
+    rt.block_on(async {
+        for node in [&a, &b] {
+            await_applied(&http, node.http_addr, last).await;
+        }
+    });
+
+    // The single node fed what each writer sent, in send order.
+    let streamed = file("streamed.ndjson", &sent);
+    let reference_dir = data("reference");
+    let (ok, out, err) = cli(&[
+        "import",
+        "--data-dir",
+        reference_dir.to_str().unwrap(),
+        first.to_str().unwrap(),
+        second.to_str().unwrap(),
+        streamed.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}{err}");
+    let reference_clients =
+        support::clients(&orgs, &["--data-dir", reference_dir.to_str().unwrap()]);
     let reference = ChildServer::start(&reference_dir);
 
     let mut differing = Vec::new();
@@ -162,9 +180,9 @@ fn each_writers_reports_are_applied_in_send_order_whatever_is_retried() {
         }
     });
     println!(
-        "{} reports in {} lines, {cuts} connections cut, {compared} answers compared on 2 nodes, {} differ",
-        total,
+        "{total} reports: {} lines imported, {} runs reported over gRPC in {calls} calls (slowest {slowest:?}); {cuts} connections cut, {compared} answers compared on 2 nodes, {} differ",
         runs.len(),
+        sent.len(),
         differing.len()
     );
     assert!(
@@ -185,7 +203,7 @@ fn each_writers_reports_are_applied_in_send_order_whatever_is_retried() {
     drop(nats);
 }
 
-/// A realistic workload of four organizations in which 5% of the task runs are reported again
+/// A realistic workload of five organizations in which 5% of the task runs are reported again
 /// 200 to 3,000 lines later, with the other outcome and another duration: the runs in send
 /// order, the organizations and the catalog.
 fn re_reported_workload(
@@ -196,7 +214,7 @@ fn re_reported_workload(
     Vec<runledger::workload::PipelineSpec>,
 ) {
     let shape = Realistic {
-        organizations: 4,
+        organizations: 5,
         pipelines: 200,
         outputs: false,
         ..Realistic::new(total)
@@ -227,4 +245,52 @@ fn re_reported_workload(
     }
     runs.extend(later.into_values().flatten());
     (runs, orgs, catalog)
+}
+
+/// A node's bound for a write: 5 s to be stored in the log, at most 10 s more until the node
+/// applied it; plus what a debug build on a loaded machine adds.
+const CALL_BOUND: Duration = Duration::from_secs(17);
+
+/// One client reporting `runs` through `node` in batches of 100, one call after the other; a
+/// failed call is made again (after its Retry-After, when it says one). Everything it sent, in
+/// order (a batch sent twice is there twice), the calls made and the slowest one's time.
+async fn write_in_order(
+    node: SocketAddr,
+    token: String,
+    runs: Vec<TaskRun>,
+) -> (Vec<TaskRun>, usize, Duration) {
+    use crate::helpers::{Bearer, grpc_channel};
+    use runledger::api::wire::to_proto_task_run;
+    use runledger::proto;
+    let mut ingest = proto::ingest_client::IngestClient::with_interceptor(
+        grpc_channel(node).await,
+        Bearer::new(&token),
+    );
+    let (mut sent, mut calls, mut slowest) = (Vec::new(), 0, Duration::ZERO);
+    for batch in runs.chunks(100) {
+        loop {
+            let request = proto::ReportTaskRunsRequest {
+                results: batch.iter().map(to_proto_task_run).collect(),
+            };
+            sent.extend_from_slice(batch);
+            calls += 1;
+            let started = Instant::now();
+            let outcome = ingest.report_task_run_batch(request).await;
+            let took = started.elapsed();
+            assert!(took < CALL_BOUND, "a report took {took:?}: {outcome:?}");
+            slowest = slowest.max(took);
+            match outcome {
+                Ok(_) => break,
+                Err(status) => {
+                    let wait = status
+                        .metadata()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok()?.parse().ok())
+                        .map_or(Duration::from_millis(100), Duration::from_secs);
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+    (sent, calls, slowest)
 }
