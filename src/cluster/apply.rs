@@ -32,6 +32,8 @@ const MAX_GROUP: usize = 512;
 const MAX_GROUP_BYTES: usize = 16 << 20;
 /// The consumer's idle heartbeat: two missed ones end it.
 const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long without a message before the node checks that its consumer is not stuck.
+const WATCHDOG: Duration = Duration::from_secs(10);
 /// How long JetStream keeps a consumer whose node stopped asking (it died).
 const CONSUMER_INACTIVE: Duration = Duration::from_secs(30);
 /// Pauses before following the log again after a failure: the first, and the longest.
@@ -146,6 +148,23 @@ async fn follow(
         let first = tokio::select! {
             next = messages.next() => next,
             _ = stop.changed() => return Stop::Asked,
+            () = tokio::time::sleep(WATCHDOG) => {
+                // Nothing for a while: fine if there is nothing to apply, else this consumer
+                // stopped delivering without saying so.
+                let newest = match cluster.role {
+                    Role::Node => cluster.log.state().await.map(|state| state.last_seq),
+                    Role::Gateway => cluster.log.last_credentials_seq().await,
+                };
+                match newest {
+                    Ok(newest) if newest > cluster.progress.applied() => {
+                        return Stop::Log(consumer_error(
+                            "the consumer stopped delivering",
+                            format!("the stream holds sequence {newest}, this node applied {}", cluster.progress.applied()),
+                        ));
+                    }
+                    _ => continue,
+                }
+            }
         };
         let first = match first {
             Some(Ok(message)) => message,

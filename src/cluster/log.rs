@@ -134,20 +134,44 @@ impl Log {
         if addresses.is_empty() {
             return Err(Error::invalid("nats", "give at least one URL"));
         }
+        // `nats://user:password@host:port` (the same user on every URL); kept out of logs.
+        let login = addresses
+            .iter()
+            .find(|address| address.has_user_pass())
+            .map(|address| {
+                let user = address.username().unwrap_or_default().to_string();
+                (user, address.password().unwrap_or_default().to_string())
+            });
         let started = Instant::now();
         let client = loop {
-            let options = async_nats::ConnectOptions::new()
+            let mut options = async_nats::ConnectOptions::new()
                 .name("runledger")
                 .connection_timeout(Duration::from_secs(2))
                 .request_timeout(Some(Duration::from_secs(5)))
                 .max_reconnects(None);
+            if let Some((user, password)) = login.clone() {
+                options = options.user_and_password(user, password);
+            }
             match options.connect(addresses.as_slice()).await {
                 Ok(client) => break client,
+                Err(error)
+                    if error.kind() == async_nats::ConnectErrorKind::AuthorizationViolation =>
+                {
+                    return Err(unavailable(
+                        "the NATS servers refused this user (check the user and password in the URL, and the servers' authorization)",
+                        error,
+                    ));
+                }
                 Err(error) if started.elapsed() < wait => {
                     tracing::debug!(%error, "NATS not reachable yet");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                Err(error) => return Err(unavailable(&format!("cannot connect to {urls}"), error)),
+                Err(error) => {
+                    return Err(unavailable(
+                        &format!("cannot connect to {}", without_passwords(urls)),
+                        error,
+                    ));
+                }
             }
         };
         let js = jetstream::context::ContextBuilder::new()
@@ -418,5 +442,31 @@ impl Log {
             .await
             .map_err(|e| unavailable("cannot trim the stream", e))?;
         Ok(purged.purged)
+    }
+}
+
+/// `urls` as they may be shown: passwords replaced.
+pub fn without_passwords(urls: &str) -> String {
+    urls.split(',')
+        .map(|url| match (url.split_once("://"), url.rfind('@')) {
+            (Some((scheme, rest)), Some(at)) => match rest[..at - scheme.len() - 3].split_once(':')
+            {
+                Some((user, _)) => format!("{scheme}://{user}:***@{}", &url[at + 1..]),
+                None => url.to_string(),
+            },
+            _ => url.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_in_urls_are_never_shown() {
+        assert_eq!(
+            super::without_passwords("nats://node:s3cret@10.0.0.1:4222,nats://10.0.0.2:4222"),
+            "nats://node:***@10.0.0.1:4222,nats://10.0.0.2:4222"
+        );
     }
 }

@@ -54,7 +54,7 @@ fn a_single_nodes_store_becomes_a_cluster_with_its_history_keys_clients_and_toke
             "cluster",
             "adopt",
             "--nats",
-            &urls,
+            &support::admin(&urls),
             "--data-dir",
             single.to_str().unwrap(),
         ]);
@@ -154,7 +154,7 @@ fn a_single_nodes_store_becomes_a_cluster_with_its_history_keys_clients_and_toke
         "cluster",
         "adopt",
         "--nats",
-        &urls,
+        &support::admin(&urls),
         "--data-dir",
         other.to_str().unwrap(),
         "--master-key-file",

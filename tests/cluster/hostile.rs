@@ -18,9 +18,10 @@ use crate::support::{self, await_applied, cli, node};
 const PIPELINE: &str = "7a000000-0000-4000-8000-000000000001";
 const TASK: &str = "7a000000-0000-4000-8000-000000000002";
 
-/// A JetStream context of a plain NATS client: what anyone allowed to publish holds.
+/// A JetStream context of a plain NATS client with the login in `urls`: what anyone holding
+/// that user's password can do (the `node` user may publish on the stream's subjects).
 async fn raw(urls: &str) -> async_nats::jetstream::Context {
-    async_nats::jetstream::new(async_nats::connect(urls).await.unwrap())
+    async_nats::jetstream::new(support::raw_client(urls).await)
 }
 
 /// Publishes `payload` on `subject` as it is; its stream sequence.
@@ -201,7 +202,12 @@ fn a_missing_sequence_stalls_a_node_until_the_operator_passes_over_it() {
     let last = rt.block_on(async {
         let (lost, _) = support::report(a.grpc_addr, &token, org, PIPELINE, TASK, 4).await;
         let (last, _) = support::report(a.grpc_addr, &token, org, PIPELINE, TASK, 4).await;
-        let stream = raw(urls).await.get_stream(log::STREAM).await.unwrap();
+        // The operator deletes one (the node user may not).
+        let stream = raw(&support::admin(urls))
+            .await
+            .get_stream(log::STREAM)
+            .await
+            .unwrap();
         assert!(stream.delete_message(lost).await.unwrap());
         last
     });
@@ -235,7 +241,7 @@ fn a_missing_sequence_stalls_a_node_until_the_operator_passes_over_it() {
             "cluster",
             "skip",
             "--nats",
-            urls,
+            &support::admin(urls),
             "--master-key-file",
             key.to_str().unwrap(),
             &lost.to_string(),
@@ -271,7 +277,7 @@ fn a_missing_sequence_stalls_a_node_until_the_operator_passes_over_it() {
             "cluster",
             "skip",
             "--nats",
-            urls,
+            &support::admin(urls),
             "--master-key-file",
             key.to_str().unwrap(),
             bad,

@@ -252,7 +252,7 @@ fn trimming_keeps_what_nodes_and_the_backup_need_and_a_gateway_only_writes() {
             "cluster",
             "trim",
             "--nats",
-            urls,
+            &support::admin(urls),
             "--node",
             &format!("http://{}", a.http_addr),
             "--node",

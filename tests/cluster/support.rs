@@ -1,6 +1,8 @@
 //! NATS servers and runledger nodes for the cluster tests: real `nats-server` processes (one,
-//! or a cluster of three with JetStream) on free loopback ports with temp stores, and
-//! `runledger serve --nats` children.
+//! or a cluster of three with JetStream) on free loopback ports with temp stores, set up with
+//! the README's least-privilege users (nodes and commands connect as `node`; `cluster init`,
+//! `adopt`, `trim`, `skip` and message deletions as `admin`), and `runledger serve --nats`
+//! children.
 
 #![allow(dead_code)]
 
@@ -57,9 +59,32 @@ pub struct Nats {
     child: Option<Child>,
 }
 
+/// The users of the README's NATS setup: nodes and their commands, and the operator.
+pub const NODE_LOGIN: &str = "node:node-secret";
+pub const ADMIN_LOGIN: &str = "admin:admin-secret";
+
+/// The authorization block of the README's NATS setup (see "NATS users and permissions").
+const AUTHORIZATION: &str = r#"authorization {
+  users = [
+    { user: admin, password: admin-secret }
+    { user: node, password: node-secret, permissions: {
+        publish: { allow: [
+          "runledger.data", "runledger.credentials",
+          "$JS.API.INFO", "$JS.API.STREAM.INFO.RUNLEDGER", "$JS.API.STREAM.MSG.GET.RUNLEDGER",
+          "$JS.API.CONSUMER.CREATE.RUNLEDGER", "$JS.API.CONSUMER.CREATE.RUNLEDGER.>",
+          "$JS.API.CONSUMER.MSG.NEXT.RUNLEDGER.>", "$JS.API.CONSUMER.INFO.RUNLEDGER.>",
+          "$JS.API.CONSUMER.DELETE.RUNLEDGER.>"
+        ] }
+        subscribe: { allow: ["_INBOX.>"] }
+    } }
+  ]
+}
+"#;
+
 impl Nats {
+    /// The URL nodes and their commands use (the `node` user).
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://{NODE_LOGIN}@127.0.0.1:{}", self.port)
     }
 
     fn spawn(&mut self) {
@@ -76,9 +101,18 @@ impl Nats {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(60);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "{} did not start", self.name);
+            if Instant::now() > deadline {
+                let log =
+                    std::fs::read_to_string(self.config.with_extension("log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                panic!(
+                    "{} did not start within a minute; its log ends:\n{}",
+                    self.name,
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -128,7 +162,7 @@ pub fn start_nats(binary: &Path, dir: &Path, count: usize) -> Vec<Nats> {
         let mut file = std::fs::File::create(&config).unwrap();
         write!(
             file,
-            "server_name: {name}\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor}\nmax_payload: 8MB\njetstream {{\n  store_dir: \"{}\"\n}}\n{cluster}",
+            "server_name: {name}\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor}\nmax_payload: 8MB\njetstream {{\n  store_dir: \"{}\"\n}}\n{cluster}{AUTHORIZATION}",
             store.display()
         )
         .unwrap();
@@ -148,6 +182,26 @@ pub fn start_nats(binary: &Path, dir: &Path, count: usize) -> Vec<Nats> {
 
 pub fn urls(servers: &[Nats]) -> String {
     servers.iter().map(Nats::url).collect::<Vec<_>>().join(",")
+}
+
+/// The same URLs as the operator (the `admin` user).
+pub fn admin(urls: &str) -> String {
+    urls.replace(NODE_LOGIN, ADMIN_LOGIN)
+}
+
+/// A plain NATS client with the login of the first of `urls`: what anyone holding that
+/// user's password can do.
+pub async fn raw_client(urls: &str) -> async_nats::Client {
+    let first = urls.split(',').next().unwrap();
+    let (scheme_login, address) = first.rsplit_once('@').unwrap();
+    let (user, password) = scheme_login
+        .trim_start_matches("nats://")
+        .split_once(':')
+        .unwrap();
+    async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
+        .connect(format!("nats://{address}"))
+        .await
+        .unwrap()
 }
 
 /// A master key file shared by every node.
@@ -179,7 +233,7 @@ pub fn init(urls: &str, key: &Path) -> serde_json::Value {
         "cluster",
         "init",
         "--nats",
-        urls,
+        &admin(urls),
         "--master-key-file",
         key.to_str().unwrap(),
     ]);
