@@ -165,6 +165,56 @@ pub fn import_files(
     Ok(summary)
 }
 
+/// The lines of an import file, one at a time: each decoded on its own (a line that is not
+/// UTF-8 is reported as such, and the next one read as usual), with a UTF-8 byte order mark at
+/// the start of the file dropped.
+pub struct Lines<R> {
+    reader: R,
+    buffer: Vec<u8>,
+    number: u64,
+}
+
+/// One line of an import file.
+pub struct Line<'a> {
+    /// Its number, from 1.
+    pub number: u64,
+    /// The bytes it took in the file, newline included.
+    pub bytes: usize,
+    /// Its text without the newline, or why it has none.
+    pub text: Result<&'a str, &'static str>,
+}
+
+impl<R: BufRead> Lines<R> {
+    pub fn new(reader: R) -> Lines<R> {
+        Lines {
+            reader,
+            buffer: Vec::new(),
+            number: 0,
+        }
+    }
+
+    /// The next line, or `None` at the end.
+    pub fn next_line(&mut self) -> std::io::Result<Option<Line<'_>>> {
+        self.buffer.clear();
+        let bytes = self.reader.read_until(b'\n', &mut self.buffer)?;
+        if bytes == 0 {
+            return Ok(None);
+        }
+        self.number += 1;
+        let mut line = self.buffer.as_slice();
+        if self.number == 1 {
+            line = line.strip_prefix(b"\xef\xbb\xbf").unwrap_or(line);
+        }
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        Ok(Some(Line {
+            number: self.number,
+            bytes,
+            text: std::str::from_utf8(line).map_err(|_| "the line is not valid UTF-8"),
+        }))
+    }
+}
+
 /// A file to import, or standard input for `-`.
 pub fn open_input(path: &Path) -> Result<Box<dyn Read>, String> {
     if path.to_str() == Some("-") {
@@ -181,9 +231,7 @@ fn read_file(
     path: &Path,
     sender: &mpsc::SyncSender<Result<Chunk, String>>,
 ) -> Result<(), String> {
-    let mut reader = BufReader::with_capacity(1 << 20, open_input(path)?);
-    let mut line = String::new();
-    let mut number = 0u64;
+    let mut lines = Lines::new(BufReader::with_capacity(1 << 20, open_input(path)?));
     let mut offset = 0u64;
     let mut chunk = Chunk {
         source,
@@ -193,36 +241,22 @@ fn read_file(
         last_line: 0,
     };
     loop {
-        line.clear();
-        let read = match reader.read_line(&mut line) {
-            Ok(read) => read,
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                // Not UTF-8: skip to the next newline and reject the line.
-                number += 1;
-                let mut bytes = Vec::new();
-                let skipped = reader
-                    .read_until(b'\n', &mut bytes)
-                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-                offset += skipped as u64;
-                chunk
-                    .lines
-                    .push((number, Err("the line is not valid UTF-8".into())));
-                continue;
-            }
-            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
-        };
-        if read == 0 {
+        let line = lines
+            .next_line()
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let Some(line) = line else {
             break;
-        }
-        number += 1;
-        offset += read as u64;
-        let text = line.trim();
-        if text.is_empty() {
-            chunk.blank += 1;
-        } else {
-            let prepared = parse_line(text)
-                .and_then(|run| engine.prepare_import(run).map_err(|e| e.to_string()));
-            chunk.lines.push((number, prepared));
+        };
+        let number = line.number;
+        offset += line.bytes as u64;
+        match line.text {
+            Err(not_utf8) => chunk.lines.push((number, Err(not_utf8.into()))),
+            Ok(text) if text.trim().is_empty() => chunk.blank += 1,
+            Ok(text) => {
+                let prepared = parse_line(text.trim())
+                    .and_then(|run| engine.prepare_import(run).map_err(|e| e.to_string()));
+                chunk.lines.push((number, prepared));
+            }
         }
         chunk.last_line = number;
         if chunk.lines.len() >= CHUNK_LINES {

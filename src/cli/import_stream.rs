@@ -7,7 +7,7 @@
 //! number; every node applies the rest.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -177,21 +177,22 @@ fn read_lines(files: &[PathBuf], sender: &tokio::sync::mpsc::Sender<Line>) -> Re
     for path in files {
         let name = path.display().to_string();
         let input = super::import::open_input(path)?;
-        for (index, line) in BufReader::with_capacity(1 << 20, input).lines().enumerate() {
-            let number = index + 1;
-            let line = match line {
-                Ok(line) if line.trim().is_empty() => Line::Blank,
-                Ok(line) => match super::import::parse_line(line.trim()) {
+        let mut lines = super::import::Lines::new(BufReader::with_capacity(1 << 20, input));
+        while let Some(line) = lines
+            .next_line()
+            .map_err(|e| format!("cannot read {name}: {e}"))?
+        {
+            let number = line.number;
+            let line = match line.text {
+                Err(not_utf8) => Line::Refused(format!("{name}:{number}: {not_utf8}")),
+                Ok(text) if text.trim().is_empty() => Line::Blank,
+                Ok(text) => match super::import::parse_line(text.trim()) {
                     Ok(run) if run.organization.is_none() => {
                         Line::Refused(format!("{name}:{number}: organization_uuid: is required"))
                     }
                     Ok(run) => Line::Run(Box::new(run)),
                     Err(reason) => Line::Refused(format!("{name}:{number}: {reason}")),
                 },
-                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                    Line::Refused(format!("{name}:{number}: the line is not valid UTF-8"))
-                }
-                Err(e) => return Err(format!("cannot read {name}: {e}")),
             };
             if sender.blocking_send(line).is_err() {
                 return Ok(());

@@ -10,6 +10,7 @@ mod grpc;
 mod helpers;
 mod metrics;
 mod operations;
+mod probing;
 mod rest;
 mod security;
 mod tls;

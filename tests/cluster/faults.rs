@@ -327,7 +327,11 @@ async fn write_all(
             let at = Instant::now();
             sent.push(batch.clone());
             let outcome = send(&mut channels, target, &token, request.clone()).await;
-            assert!(at.elapsed() < CALL_BOUND, "writer {index}: a call took {:?}", at.elapsed());
+            assert!(
+                at.elapsed() < CALL_BOUND,
+                "writer {index}: a call took {:?}",
+                at.elapsed()
+            );
             match outcome {
                 Ok(seq) => {
                     acks.lock().unwrap().push(Ack {
@@ -380,14 +384,17 @@ async fn send(
             entry.insert(IngestClient::with_interceptor(channel, Bearer::new(token)))
         }
     };
-    let response = client.report_task_run_batch(request).await.map_err(|status| {
-        let retry_after = status
-            .metadata()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok()?.parse().ok())
-            .map(Duration::from_secs);
-        (status.to_string(), retry_after)
-    })?;
+    let response = client
+        .report_task_run_batch(request)
+        .await
+        .map_err(|status| {
+            let retry_after = status
+                .metadata()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .map(Duration::from_secs);
+            (status.to_string(), retry_after)
+        })?;
     response
         .metadata()
         .get("x-runledger-seq")
