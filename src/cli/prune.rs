@@ -19,6 +19,10 @@ pub struct PruneArgs {
     /// of repacking it into a smaller one afterwards.
     #[arg(long)]
     pub no_repack: bool,
+    /// Prune even with a cut after today or after the newest stored run (which deletes every
+    /// run, and refuses every report before the cut from then on).
+    #[arg(long)]
+    pub force: bool,
 }
 
 pub fn run(args: PruneArgs) -> Result<ExitCode, String> {
@@ -31,6 +35,34 @@ pub fn run(args: PruneArgs) -> Result<ExitCode, String> {
         ));
     }
     let store = args.data_dir.open()?;
+    let preview = store
+        .reader()
+        .and_then(|reader| reader.prune_preview(before))
+        .map_err(|e| format!("cannot read the data dir: {e}"))?;
+    let today = Level::Day.bucket_start(crate::time::Timestamp::now().second());
+    let newest = preview.newest.map(|at| at.second());
+    if !args.force {
+        if before > today {
+            return Err(format!(
+                "--before: {} is after today ({}): it would delete today's runs and refuse every report until then; give --force if that is meant",
+                format_datetime(before),
+                format_datetime(today)
+            ));
+        }
+        if newest.is_some_and(|newest| before > newest) {
+            return Err(format!(
+                "--before: {} is after the newest stored run ({}): it would delete every run; give --force if that is meant",
+                format_datetime(before),
+                format_datetime(newest.unwrap_or_default())
+            ));
+        }
+    }
+    // Said before anything is deleted (the cut is recorded first, and only moves forward).
+    eprintln!(
+        "pruning before {}: {} finished task runs go, with their pipeline runs and logs; day and coarser rollups stay",
+        format_datetime(before),
+        preview.task_runs
+    );
     let started = std::time::Instant::now();
     let mut summary = PruneSummary::default();
     loop {

@@ -35,7 +35,7 @@ pub use batch::{
     Admission, IssueRequest, PruneProgress, UnfinishedRun, WriteOp, WriteOutcome, derived_task_run,
 };
 pub use digest::Digests;
-pub use read::Reader;
+pub use read::{PrunePreview, Reader};
 pub use records::{EntityDetail, EntityKey};
 pub use tables::EntityId;
 pub use writer::{PendingWrite, outcome};

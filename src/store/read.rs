@@ -19,10 +19,17 @@ use super::tables::{
 };
 use crate::error::{Error, Result};
 use crate::model::{
-    BucketCount, BucketStats, Fill, LastRun, LogCursor, LogEntry, LogPage, OrgId, OverviewCursor,
-    PendingTaskRun, PipelineId, Stats, TaskId, TaskRunId, TimeRange, WindowStats,
+    BucketCount, BucketStats, EntityKind, Fill, LastRun, LogCursor, LogEntry, LogPage, OrgId,
+    OverviewCursor, PendingTaskRun, PipelineId, Stats, TaskId, TaskRunId, TimeRange, WindowStats,
 };
 use crate::time::{Level, MAX_SECOND, MICROS_PER_SECOND, MIN_SECOND, Period, Timestamp};
+
+/// See [`Reader::prune_preview`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrunePreview {
+    pub task_runs: u64,
+    pub newest: Option<Timestamp>,
+}
 
 /// A snapshot of the database to answer queries from.
 pub struct Reader<'a> {
@@ -309,6 +316,28 @@ impl<'a> Reader<'a> {
                 percentiles,
             })
             .collect())
+    }
+
+    /// What pruning before `cut` (a second) would delete, counted before it does: the finished
+    /// task runs executed between the current retention cut and it (from every task's rollups,
+    /// a few lookups each), and when the newest stored run was executed.
+    pub fn prune_preview(&self, cut: i64) -> Result<PrunePreview> {
+        let from = self.retention_cut()?.unwrap_or(MIN_SECOND);
+        let mut preview = PrunePreview::default();
+        if let Some(range) = TimeRange::new(from, cut - 1) {
+            for entry in self.txn.open_table(ENTITY_KEYS)?.iter()? {
+                let key = EntityKey::decode(entry?.1.value())?;
+                if key.kind == EntityKind::Task {
+                    let tally = self.stats(&key, range)?.tally;
+                    preview.task_runs += tally.successes + tally.failures;
+                }
+            }
+        }
+        for entry in self.txn.open_table(LAST_RUNS)?.iter()? {
+            let last = LastRunRecord::decode(entry?.1.value())?.last_run();
+            preview.newest = preview.newest.max(Some(last.executed_at));
+        }
+        Ok(preview)
     }
 
     /// The latest finished run, if any.

@@ -42,3 +42,46 @@ fn import_rejects_a_line_that_is_not_utf8_and_imports_the_next_one() {
     );
     assert!(!output.contains("runs.ndjson:3:"), "{output}");
 }
+
+#[test]
+fn prune_refuses_a_cut_after_today_or_after_the_newest_run_and_says_what_it_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("runs.ndjson");
+    std::fs::write(
+        &file,
+        format!("{}\n{}\n", import_line(1, 10), import_line(2, 20)),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let (ok, output) = run_cli(&["import", "--data-dir", data, file.to_str().unwrap()]);
+    assert!(ok, "{output}");
+    let prune = |before: &str, force: bool| {
+        let mut args = vec!["prune", "--data-dir", data, "--before", before];
+        if force {
+            args.push("--force");
+        }
+        run_cli(&args)
+    };
+    let future = (chrono::Utc::now() + chrono::Days::new(3))
+        .format("%Y-%m-%d")
+        .to_string();
+    let (ok, output) = prune(&future, false);
+    assert!(!ok && output.contains("is after today"), "{output}");
+    // Before today, but after the newest run (2024-01-01): it would delete everything.
+    let (ok, output) = prune("2024-06-01", false);
+    assert!(
+        !ok && output.contains("after the newest stored run"),
+        "{output}"
+    );
+    let (ok, output) = run_cli(&["verify", "--data-dir", data]);
+    assert!(
+        ok && output.contains(" 2 task runs,"),
+        "nothing was deleted: {output}"
+    );
+    // What a cut deletes is said before it does.
+    let (ok, output) = prune("2024-01-01", false);
+    assert!(ok && output.contains("0 finished task runs go"), "{output}");
+    let (ok, output) = prune("2024-01-02", true);
+    assert!(ok && output.contains("2 finished task runs go"), "{output}");
+}
