@@ -166,6 +166,9 @@ impl<'a> Reader<'a> {
         let series = series(entity);
         let last = self.last_run_record(entity.id)?;
         self.with_rollups(|source| {
+            // The last run is the latest at or before the asked `to`, never after it, even
+            // when the tally is counted over whole days.
+            let to = range.to();
             let (range, mut approximate) = match source.cut {
                 Some(cut) => whole_days_before(range, cut),
                 None => (range, false),
@@ -173,15 +176,16 @@ impl<'a> Reader<'a> {
             let summary = range_summary(source, &series, range)?;
             let last_run = match last {
                 None => None,
-                Some(last) if last.executed_at.second() <= range.to() => Some(last.last_run()),
+                Some(last) if last.executed_at.second() <= to => Some(last.last_run()),
                 Some(_) => {
-                    let found = last_run_at_or_before(source, &series, range.to())?;
+                    let found = last_run_at_or_before(source, &series, to)?
+                        .filter(|record| record.executed_at.second() <= to);
                     if found.is_none()
                         && let Some(cut) = source.cut
                     {
                         // The last run before the cut is not kept: there is one if any run
                         // was counted before the cut.
-                        let before = TimeRange::new(MIN_SECOND, (cut - 1).min(range.to()));
+                        let before = TimeRange::new(MIN_SECOND, (cut - 1).min(to));
                         approximate |= match before {
                             Some(before) => {
                                 !range_summary(source, &series, before)?.tally.is_empty()

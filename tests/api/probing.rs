@@ -1,15 +1,23 @@
 //! Regressions of hostile probing of the fronts and commands (issue 20's list): each test
 //! failed before its fix.
 
-use crate::helpers::{ORG, run_cli};
+use crate::helpers::{ChildServer, ORG, rest_token, run_cli, runtime};
 
-/// An import line of one finished task run.
-fn import_line(task_run: u128, duration: u32) -> String {
+const PIPELINE: &str = "0c000000-0000-4000-8000-000000000001";
+const TASK: &str = "0c000000-0000-4000-8000-000000000002";
+
+/// An import line of one finished task run of `task`, executed at `at`.
+fn line_at(task_run: u128, task: &str, duration: u32, at: &str) -> String {
     format!(
-        r#"{{"task_run_uuid":"{}","pipeline_run_uuid":"{}","pipeline_uuid":"0c000000-0000-4000-8000-000000000001","task_uuid":"0c000000-0000-4000-8000-000000000002","task_type":"query","organization_uuid":"{ORG}","is_successful":true,"duration":{duration},"executed_at":"2024-01-01 00:00:00"}}"#,
+        r#"{{"task_run_uuid":"{}","pipeline_run_uuid":"{}","pipeline_uuid":"{PIPELINE}","task_uuid":"{task}","task_type":"query","organization_uuid":"{ORG}","is_successful":true,"duration":{duration},"executed_at":"{at}"}}"#,
         uuid::Uuid::from_u128(task_run),
         uuid::Uuid::from_u128(task_run + 1000),
     )
+}
+
+/// An import line of one finished task run of [`TASK`] at 2024-01-01 00:00:00.
+fn import_line(task_run: u128, duration: u32) -> String {
+    line_at(task_run, TASK, duration, "2024-01-01 00:00:00")
 }
 
 #[test]
@@ -84,4 +92,46 @@ fn prune_refuses_a_cut_after_today_or_after_the_newest_run_and_says_what_it_dele
     assert!(ok && output.contains("0 finished task runs go"), "{output}");
     let (ok, output) = prune("2024-01-02", true);
     assert!(ok && output.contains("2 finished task runs go"), "{output}");
+}
+
+#[test]
+fn an_approximate_answer_never_names_a_last_run_after_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("runs.ndjson");
+    // The task's only run at 18:00 on a day the cut prunes; another task's run after the cut.
+    let late = "0c000000-0000-4000-8000-000000000003";
+    let lines = [
+        line_at(1, TASK, 10, "2024-01-10 18:00:00"),
+        line_at(2, late, 10, "2024-03-01 00:00:00"),
+    ];
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let data = dir.path().join("data");
+    let d = data.to_str().unwrap();
+    assert!(run_cli(&["import", "--data-dir", d, file.to_str().unwrap()]).0);
+    assert!(run_cli(&["prune", "--data-dir", d, "--before", "2024-02-01"]).0);
+    let (ok, output) = run_cli(&["client", "create", "--data-dir", d, "--org", ORG]);
+    assert!(ok, "{output}");
+    let client: serde_json::Value = serde_json::from_str(output.lines().last().unwrap()).unwrap();
+    let server = ChildServer::start(&data);
+    let http = reqwest::Client::new();
+    runtime().block_on(async {
+        let token = rest_token(&http, server.http_addr, &client, None).await;
+        let answer: serde_json::Value = http
+            .get(format!(
+                "http://{}/v1/stats/tasks/{TASK}/stats/2024-01-01/2024-01-10%2012:00:00",
+                server.http_addr
+            ))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        // Counted over the whole day (the run at 18:00 is in it, as the answer says), but the
+        // last run at or before 12:00 is not that one.
+        assert_eq!(answer["approximate"], true, "{answer}");
+        assert_eq!(answer["num_of_successes"], 1, "{answer}");
+        assert!(answer["last_run_executed_at"].is_null(), "{answer}");
+    });
 }
