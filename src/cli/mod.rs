@@ -78,7 +78,22 @@ pub struct DataDir {
 impl DataDir {
     /// Opens the store, or says plainly why not.
     pub fn open(&self) -> Result<Store, String> {
+        self.database()?;
         Store::open(&self.data_dir, StoreOptions::default()).map_err(|e| e.to_string())
+    }
+
+    /// The database file, which must exist: a command that reads or changes a store never
+    /// makes an empty one in a mistyped directory.
+    fn database(&self) -> Result<std::path::PathBuf, String> {
+        let path = self.data_dir.join(crate::store::DATABASE_FILE);
+        if path.exists() {
+            Ok(path)
+        } else {
+            Err(format!(
+                "there is no database at {} (is --data-dir the right directory?)",
+                path.display()
+            ))
+        }
     }
 
     /// Opens the engine over the store.
@@ -89,10 +104,7 @@ impl DataDir {
     /// Opens the engine, or `None` when a running server holds the data dir (reach it through
     /// its admin socket then). A data dir without a database is an error, not created.
     pub fn engine_unless_served(&self) -> Result<Option<crate::engine::Engine>, String> {
-        let path = self.data_dir.join(crate::store::DATABASE_FILE);
-        if !path.exists() {
-            return Err(format!("there is no database at {}", path.display()));
-        }
+        self.database()?;
         match Store::open(&self.data_dir, StoreOptions::default()) {
             Ok(store) => crate::engine::Engine::new(store)
                 .map(Some)

@@ -47,25 +47,27 @@ impl std::fmt::Display for BackupReport {
 }
 
 /// Copies the database as of now into `destination/runledger.redb`. The destination directory
-/// is created if needed and must not hold a database already.
+/// is created if needed and must be empty (but for what an interrupted backup left), so that
+/// a copy never ends up beside another store's files (a foreign master key).
 pub fn backup(store: &Store, destination: &Path) -> Result<BackupReport> {
     let io = |what: &str, path: &Path, e: std::io::Error| {
         Error::Unavailable(format!("cannot {what} {}: {e}", path.display()))
     };
     crate::private::create_dir(destination).map_err(|e| io("create", destination, e))?;
     let target = destination.join(DATABASE_FILE);
-    if target.exists() {
-        return Err(Error::InvalidArgument(format!(
-            "{} already holds a database; back up into an empty directory",
-            destination.display()
-        )));
+    let partial_name = format!("{DATABASE_FILE}.partial");
+    let entries = std::fs::read_dir(destination).map_err(|e| io("read", destination, e))?;
+    for entry in entries {
+        let name = entry.map_err(|e| io("read", destination, e))?.file_name();
+        if name.to_str() != Some(partial_name.as_str()) {
+            return Err(Error::InvalidArgument(format!(
+                "{} is not empty (it holds {}); back up into an empty or new directory",
+                destination.display(),
+                crate::error::quote(&name.to_string_lossy())
+            )));
+        }
     }
-    if same_file(store.path(), &target) {
-        return Err(Error::InvalidArgument(
-            "the backup directory is the data dir itself".into(),
-        ));
-    }
-    let partial = destination.join(format!("{DATABASE_FILE}.partial"));
+    let partial = destination.join(partial_name);
     let _ = std::fs::remove_file(&partial);
 
     let snapshot = store.snapshot()?;
@@ -97,16 +99,6 @@ pub fn backup(store: &Store, destination: &Path) -> Result<BackupReport> {
         bytes,
         applied_seq,
     })
-}
-
-fn same_file(a: &Path, b: &Path) -> bool {
-    match (
-        a.canonicalize(),
-        b.parent().and_then(|p| p.canonicalize().ok()),
-    ) {
-        (Ok(a), Some(b_dir)) => a.parent() == Some(b_dir.as_path()),
-        _ => false,
-    }
 }
 
 /// Copies every table of `snapshot` into `copy` in key order (appends only, so leaves come out

@@ -135,3 +135,44 @@ fn an_approximate_answer_never_names_a_last_run_after_its_end() {
         assert!(answer["last_run_executed_at"].is_null(), "{answer}");
     });
 }
+
+#[test]
+fn commands_on_a_missing_data_dir_refuse_instead_of_making_an_empty_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let mistyped = dir.path().join("dtaa");
+    let d = mistyped.to_str().unwrap();
+    for args in [
+        vec!["verify", "--data-dir", d],
+        vec!["prune", "--data-dir", d, "--before", "2024-01-01"],
+        vec!["info", "--data-dir", d],
+    ] {
+        let (ok, output) = run_cli(&args);
+        assert!(
+            !ok && output.contains("there is no database"),
+            "{args:?}: {output}"
+        );
+    }
+    assert!(!mistyped.exists(), "nothing was created");
+}
+
+#[test]
+fn a_backup_goes_into_an_empty_or_new_directory_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("runs.ndjson");
+    std::fs::write(&file, import_line(1, 10)).unwrap();
+    let data = dir.path().join("data");
+    let d = data.to_str().unwrap();
+    assert!(run_cli(&["import", "--data-dir", d, file.to_str().unwrap()]).0);
+    // A directory holding another store's key: refused, left as it was.
+    let taken = dir.path().join("taken");
+    std::fs::create_dir(&taken).unwrap();
+    std::fs::write(taken.join("master.key"), "someone else's key").unwrap();
+    let (ok, output) = run_cli(&["backup", "--data-dir", d, taken.to_str().unwrap()]);
+    assert!(!ok && output.contains("is not empty"), "{output}");
+    assert_eq!(std::fs::read_dir(&taken).unwrap().count(), 1);
+    // A new one.
+    let fresh = dir.path().join("fresh");
+    let (ok, output) = run_cli(&["backup", "--data-dir", d, fresh.to_str().unwrap()]);
+    assert!(ok, "{output}");
+    assert!(fresh.join("runledger.redb").exists());
+}
