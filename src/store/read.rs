@@ -289,7 +289,7 @@ impl<'a> Reader<'a> {
     ) -> Result<Vec<BucketStats>> {
         let level = period.level();
         let start = level.bucket_start(date_from);
-        let end = advance(level, start, n.get());
+        let end = advance(level, start, n.get())?;
         let series = series(entity);
         let buckets =
             self.with_rollups(|source| aggregated(source, &series, period, start, end))?;
@@ -588,15 +588,32 @@ impl<'a> Reader<'a> {
 }
 
 /// The start of the bucket `n` buckets after `start`, capped just past the year 9999.
-fn advance(level: Level, start: i64, n: u32) -> i64 {
+/// The end of `n` buckets from `start`: refused when they run past the last second there is
+/// (9999-12-31 23:59:59), naming the field at fault.
+fn advance(level: Level, start: i64, n: u32) -> Result<i64> {
     let mut end = start;
-    for _ in 0..n {
-        if end > MAX_SECOND {
-            break;
-        }
+    for done in 0..n {
         end = level.next_bucket(end);
+        if end - 1 > MAX_SECOND {
+            return Err(match done {
+                0 => Error::invalid(
+                    "date_from",
+                    format!(
+                        "the bucket holding {} ends after 9999-12-31 23:59:59, the last instant answered",
+                        crate::time::format_datetime(start)
+                    ),
+                ),
+                _ => Error::invalid(
+                    "n",
+                    format!(
+                        "{n} buckets from {} run past 9999-12-31 23:59:59, the last instant answered; at most {done} fit",
+                        crate::time::format_datetime(start)
+                    ),
+                ),
+            });
+        }
     }
-    end
+    Ok(end)
 }
 
 /// A range with each edge that falls before the retention cut widened to its whole day (the

@@ -176,3 +176,47 @@ fn a_backup_goes_into_an_empty_or_new_directory_only() {
     assert!(ok, "{output}");
     assert!(fresh.join("runledger.redb").exists());
 }
+
+#[test]
+fn buckets_past_the_year_9999_are_refused_naming_the_field() {
+    runtime().block_on(async {
+        let app = crate::helpers::spawn_app().await;
+        let run = runledger::cli::import::parse_line(&line_at(1, TASK, 10, "9999-06-01 00:00:00"))
+            .unwrap();
+        app.engine
+            .import_now(vec![run])
+            .unwrap()
+            .pop()
+            .unwrap()
+            .unwrap();
+        let http = reqwest::Client::new();
+        let get = |path: String| {
+            let request = http.get(app.url(&path)).bearer_auth(&app.token).send();
+            async move {
+                let response = request.await.unwrap();
+                let status = response.status().as_u16();
+                (status, response.json::<serde_json::Value>().await.unwrap())
+            }
+        };
+        let base = format!("/v1/stats/pipelines/{PIPELINE}/aggregated-stats");
+        // Twelve months fit exactly, the last ending at the last second answered.
+        let (status, months) = get(format!("{base}/9999-01-01/month/12?fill=zero")).await;
+        assert_eq!(status, 200, "{months}");
+        assert_eq!(months.as_array().unwrap().len(), 12);
+        assert_eq!(months[11]["date_to"], "9999-12-31 23:59:59");
+        // Thirteen do not, with or without filling; nor does the week holding 9999-12-31.
+        for (path, field) in [
+            (format!("{base}/9999-01-01/month/13?fill=zero"), "n:"),
+            (format!("{base}/9999-01-01/month/13"), "n:"),
+            (format!("{base}/9999-12-30/week/1?fill=zero"), "date_from:"),
+        ] {
+            let (status, body) = get(path.clone()).await;
+            assert_eq!(status, 400, "{path}: {body}");
+            assert!(
+                body["errors"][0].as_str().unwrap().starts_with(field),
+                "{path}: {body}"
+            );
+        }
+        app.stop().await;
+    });
+}
