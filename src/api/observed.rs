@@ -96,19 +96,47 @@ where
     }
 }
 
-/// The method as a label: runledger's, health and reflection methods by name; anything else
-/// `unknown` (so random paths cannot grow the label set).
+/// The method as a label: a method this server implements (runledger's, health, reflection)
+/// by its path, anything else `other`, decided from the path alone before anything else is
+/// looked at, so that no request can add a label.
 fn grpc_method(path: &str) -> String {
-    let known = ["/runledger.v1.", "/grpc.health.v1.", "/grpc.reflection.v1."];
-    let plausible = path.len() <= 80
-        && path
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"/._".contains(&b));
-    if plausible && known.iter().any(|prefix| path.starts_with(prefix)) {
+    if served_methods().contains(path) {
         path.to_string()
     } else {
-        "unknown".to_string()
+        "other".to_string()
     }
+}
+
+/// The paths of every method served: those of the embedded descriptor sets (runledger's API
+/// and the health service) and server reflection's.
+fn served_methods() -> &'static std::collections::HashSet<String> {
+    static METHODS: std::sync::LazyLock<std::collections::HashSet<String>> =
+        std::sync::LazyLock::new(|| {
+            use prost::Message;
+            let mut methods = std::collections::HashSet::new();
+            for encoded in [
+                crate::proto::FILE_DESCRIPTOR_SET,
+                tonic_health::pb::FILE_DESCRIPTOR_SET,
+            ] {
+                let set = prost_types::FileDescriptorSet::decode(encoded)
+                    .expect("the embedded descriptor sets are valid");
+                for file in set.file {
+                    for service in &file.service {
+                        for method in &service.method {
+                            methods.insert(format!(
+                                "/{}.{}/{}",
+                                file.package(),
+                                service.name(),
+                                method.name()
+                            ));
+                        }
+                    }
+                }
+            }
+            methods.insert("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo".into());
+            methods
+        });
+    &METHODS
 }
 
 /// The call's status as its headers say (errors answered at once carry it there); a call whose
@@ -202,4 +230,28 @@ async fn scrape(State(scrape): State<Scrape>, headers: HeaderMap) -> Response<Bo
         body,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_methods_served_are_labels() {
+        for served in [
+            "/runledger.v1.Stats/GetStats",
+            "/runledger.v1.Ingest/ReportTaskRuns",
+            "/runledger.v1.Auth/IssueToken",
+            "/grpc.health.v1.Health/Check",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        ] {
+            assert_eq!(super::grpc_method(served), served);
+        }
+        for other in [
+            "/runledger.v1.Stats/Made_up_1",
+            "/runledger.v1.Nope/GetStats",
+            "/x",
+            "",
+        ] {
+            assert_eq!(super::grpc_method(other), "other");
+        }
+    }
 }

@@ -220,3 +220,59 @@ fn buckets_past_the_year_9999_are_refused_naming_the_field() {
         app.stop().await;
     });
 }
+
+#[test]
+fn calls_to_methods_that_do_not_exist_add_no_metrics_series() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ChildServer::start(&dir.path().join("data"));
+    runtime().block_on(async {
+        let grpc = reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .build()
+            .unwrap();
+        let http = reqwest::Client::new();
+        let series = || async {
+            let text = http
+                .get(format!("http://{}/metrics", server.http_addr))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            text.lines()
+                .filter(|line| line.starts_with("runledger_grpc_"))
+                .count()
+        };
+        let call = |method: String| {
+            grpc.post(format!(
+                "http://{}/runledger.v1.Stats/{method}",
+                server.grpc_addr
+            ))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(vec![0u8, 0, 0, 0, 0])
+            .send()
+        };
+        call("Warmup".into()).await.unwrap();
+        let before = series().await;
+        for i in 0..2_000 {
+            call(format!("Made_up_{i}")).await.unwrap();
+        }
+        let after = series().await;
+        assert_eq!(after, before, "2,000 unknown methods added metrics series");
+        let text = http
+            .get(format!("http://{}/metrics", server.http_addr))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            !text.contains("Made_up"),
+            "an unknown method became a label"
+        );
+        assert!(text.contains(r#"method="other""#));
+    });
+}
