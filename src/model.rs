@@ -273,10 +273,32 @@ pub struct PipelineDefinition {
     pub tasks: Vec<TaskDefinition>,
 }
 
+/// The longest pipeline or task name accepted, in bytes.
+pub const MAX_NAME_BYTES: usize = 256;
+
+/// Why a name is refused, if it is: too long, or holding control characters (which would
+/// break the overview's order and forge log lines).
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.len() > MAX_NAME_BYTES {
+        return Err(format!(
+            "is {} bytes long; at most {MAX_NAME_BYTES} are accepted",
+            name.len()
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(
+            "holds a control character (a newline, NUL, ...); names are one line of text".into(),
+        );
+    }
+    Ok(())
+}
+
 impl PipelineDefinition {
     /// The rules every registration obeys: the field that breaks one and why.
     pub fn validate(&self) -> Result<(), (String, String)> {
+        check_name(&self.name).map_err(|why| ("name".to_string(), why))?;
         for (index, task) in self.tasks.iter().enumerate() {
+            check_name(&task.name).map_err(|why| (format!("tasks[{index}].name"), why))?;
             let field = format!("tasks[{index}].task_uuid");
             if task.task.0 == self.pipeline.0 {
                 return Err((
@@ -602,32 +624,26 @@ pub struct OverviewPage {
     pub next: Option<OverviewCursor>,
 }
 
-/// Where a page of the overview ends: the last pipeline's name and UUID.
+/// Where a page of the overview ends: the last pipeline listed. Its place in the order (by
+/// name) is looked up when the next page is asked for, so the cursor is 16 bytes whatever the
+/// name; a pipeline renamed in between moves the next page with it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OverviewCursor {
-    pub name: String,
     pub pipeline: PipelineId,
 }
 
 impl OverviewCursor {
-    /// The cursor as an opaque token: the UUID then the name, URL-safe base64 without padding.
+    /// The cursor as an opaque token: the UUID, URL-safe base64 without padding.
     pub fn encode(&self) -> String {
         use base64::Engine;
-        let mut bytes = self.pipeline.0.as_bytes().to_vec();
-        bytes.extend_from_slice(self.name.as_bytes());
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.pipeline.0.as_bytes())
     }
 
     pub fn decode(token: &str) -> Result<OverviewCursor, String> {
-        let invalid = || not_a_cursor(token);
         let bytes = cursor_bytes(token)?;
-        if bytes.len() < 16 {
-            return Err(invalid());
-        }
-        let (uuid, name) = bytes.split_at(16);
+        let uuid: [u8; 16] = bytes.try_into().map_err(|_| not_a_cursor(token))?;
         Ok(OverviewCursor {
-            name: String::from_utf8(name.to_vec()).map_err(|_| invalid())?,
-            pipeline: PipelineId(Uuid::from_bytes(uuid.try_into().expect("16 bytes"))),
+            pipeline: PipelineId(Uuid::from_bytes(uuid)),
         })
     }
 }

@@ -431,6 +431,19 @@ impl Engine {
                 next: None,
             });
         };
+        // Resume after the cursor's pipeline, at its place by its current name.
+        let after = match after {
+            None => None,
+            Some(cursor) => {
+                let key = reader
+                    .entity(org, cursor.pipeline.0)?
+                    .filter(|key| key.kind == EntityKind::Pipeline)
+                    .ok_or_else(|| {
+                        Error::invalid("cursor", "does not name a pipeline of this list")
+                    })?;
+                Some((reader.detail(key.id)?.name, cursor.pipeline))
+            }
+        };
         let (listed, more) = reader.pipelines_by_name(org_index, after.as_ref(), limit as usize)?;
         let keys: Vec<EntityKey> = listed
             .iter()
@@ -462,7 +475,6 @@ impl Engine {
             .then(|| pipelines.last())
             .flatten()
             .map(|last| OverviewCursor {
-                name: last.name.clone(),
                 pipeline: last.pipeline,
             });
         Ok(OverviewPage { pipelines, next })

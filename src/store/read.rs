@@ -20,9 +20,14 @@ use super::tables::{
 use crate::error::{Error, Result};
 use crate::model::{
     BucketCount, BucketStats, EntityKind, Fill, LastRun, LogCursor, LogEntry, LogPage, OrgId,
-    OverviewCursor, PendingTaskRun, PipelineId, Stats, TaskId, TaskRunId, TimeRange, WindowStats,
+    PendingTaskRun, PipelineId, Stats, TaskId, TaskRunId, TimeRange, WindowStats,
 };
 use crate::time::{Level, MAX_SECOND, MICROS_PER_SECOND, MIN_SECOND, Period, Timestamp};
+
+/// The stored bytes of the task runs one page of logs holds at most (past one entry): outputs
+/// are sealed as they came, up to a gRPC message's 16 MiB, so a page of a hundred large ones
+/// would otherwise be gigabytes.
+pub const MAX_LOG_PAGE_BYTES: usize = 4 << 20;
 
 /// See [`Reader::prune_preview`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -235,18 +240,20 @@ impl<'a> Reader<'a> {
     }
 
     /// Up to `limit` pipelines of an organization in the overview's order (by name, unnamed
-    /// last, then UUID), after `after` when given; and whether more follow.
+    /// last, then UUID), strictly after the pipeline `after` (its name and UUID) when given;
+    /// and whether more follow.
     pub fn pipelines_by_name(
         &self,
         org: OrgIndex,
-        after: Option<&OverviewCursor>,
+        after: Option<&(String, PipelineId)>,
         limit: usize,
     ) -> Result<(Vec<ListedPipeline>, bool)> {
         let table = self.txn.open_table(tables::PIPELINE_NAMES)?;
         use std::ops::Bound;
         let first = org.0.to_be_bytes();
         let next_org = org.0.checked_add(1).map(u32::to_be_bytes);
-        let from = after.map(|c| pipeline_name_key(org, &c.name, c.pipeline.0.as_bytes()));
+        let from =
+            after.map(|(name, pipeline)| pipeline_name_key(org, name, pipeline.0.as_bytes()));
         let low = match &from {
             Some(key) => Bound::Excluded(key.as_slice()),
             None => Bound::Included(first.as_slice()),
@@ -378,17 +385,21 @@ impl<'a> Reader<'a> {
             ));
         }
         let mut entries = Vec::with_capacity(limit.min(1_024));
+        let mut bytes = 0;
         let mut more = false;
         if low < high {
             for entry in run_log
                 .range::<&[u8; tables::RUN_KEY_LEN]>(&low..&high)?
                 .rev()
             {
-                if entries.len() == limit {
+                // A page holds `limit` entries, or fewer when their outputs and errors already
+                // fill [`MAX_LOG_PAGE_BYTES`] (it always holds one).
+                if entries.len() == limit || bytes >= MAX_LOG_PAGE_BYTES {
                     more = true;
                     break;
                 }
                 let (key, value) = entry?;
+                bytes += value.value().len();
                 entries.push(self.log_entry(&runs, key.value(), value.value())?);
             }
         }

@@ -276,3 +276,151 @@ fn calls_to_methods_that_do_not_exist_add_no_metrics_series() {
         assert!(text.contains(r#"method="other""#));
     });
 }
+
+/// Registers pipeline `uuid` named `name` with one task through gRPC.
+async fn register(
+    app: &crate::helpers::TestApp,
+    uuid: &str,
+    name: &str,
+    task_name: &str,
+) -> Result<(), tonic::Status> {
+    use crate::helpers::{Bearer, grpc_channel};
+    use runledger::proto;
+    let mut pipelines = proto::pipelines_client::PipelinesClient::with_interceptor(
+        grpc_channel(app.grpc_addr).await,
+        Bearer::new(&app.token),
+    );
+    pipelines
+        .register_pipeline(proto::RegisterPipelineRequest {
+            pipeline_uuid: uuid.into(),
+            organization_uuid: String::new(),
+            name: name.into(),
+            tasks: vec![proto::TaskDefinition {
+                task_uuid: uuid::Uuid::new_v4().to_string(),
+                task_type: proto::TaskType::Query as i32,
+                name: task_name.into(),
+                is_initial: true,
+            }],
+        })
+        .await
+        .map(|_| ())
+}
+
+#[test]
+fn names_are_short_single_lines_and_the_overview_cursor_does_not_carry_them() {
+    runtime().block_on(async {
+        let app = crate::helpers::spawn_app().await;
+        let long = "x".repeat(257);
+        for (name, task_name, field) in [
+            (long.as_str(), "t", "name:"),
+            ("a\0b", "t", "name:"),
+            ("line\nforged", "t", "name:"),
+            ("fine", long.as_str(), "tasks[0].name:"),
+        ] {
+            let refused = register(&app, &uuid::Uuid::new_v4().to_string(), name, task_name)
+                .await
+                .unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+            assert!(
+                refused.message().starts_with(field),
+                "{}",
+                refused.message()
+            );
+        }
+        // Three pipelines with names of the longest kind, listed a page of one at a time.
+        let mut uuids = Vec::new();
+        for letter in ["a", "b", "c"] {
+            let uuid = uuid::Uuid::new_v4().to_string();
+            register(&app, &uuid, &letter.repeat(256), "t")
+                .await
+                .unwrap();
+            uuids.push(uuid);
+        }
+        let http = reqwest::Client::new();
+        let mut listed = Vec::new();
+        let mut path = "/v1/stats/pipelines?limit=1".to_string();
+        loop {
+            let response = http
+                .get(app.url(&path))
+                .bearer_auth(&app.token)
+                .send()
+                .await
+                .unwrap();
+            let cursor = response
+                .headers()
+                .get("x-next-cursor")
+                .map(|v| v.to_str().unwrap().to_string());
+            let page: serde_json::Value = response.json().await.unwrap();
+            listed.push(page[0]["pipeline_uuid"].as_str().unwrap().to_string());
+            let Some(cursor) = cursor else { break };
+            assert!(cursor.len() <= 24, "a cursor of {} bytes", cursor.len());
+            path = format!("/v1/stats/pipelines?limit=1&cursor={cursor}");
+        }
+        assert_eq!(
+            listed, uuids,
+            "every pipeline once, in the order of their names"
+        );
+        app.stop().await;
+    });
+}
+
+#[test]
+fn a_log_page_is_capped_in_bytes_and_the_next_pages_hold_the_rest() {
+    use crate::helpers::{Bearer, finished, grpc_channel};
+    use runledger::proto;
+    runtime().block_on(async {
+        let app = crate::helpers::spawn_app().await;
+        let mut ingest = proto::ingest_client::IngestClient::with_interceptor(
+            grpc_channel(app.grpc_addr).await,
+            Bearer::new(&app.token),
+        )
+        .max_encoding_message_size(32 << 20);
+        // Six runs with 2 MiB outputs each.
+        let results = (0..6)
+            .map(|i| {
+                let mut run = finished(
+                    &uuid::Uuid::new_v4().to_string(),
+                    &uuid::Uuid::new_v4().to_string(),
+                    PIPELINE,
+                    TASK,
+                    true,
+                    10,
+                    &format!("2024-01-0{} 00:00:00", i + 1),
+                );
+                run.output = vec![b'o'; 2 << 20];
+                run
+            })
+            .collect();
+        ingest
+            .report_task_run_batch(proto::ReportTaskRunsRequest { results })
+            .await
+            .unwrap();
+        let http = reqwest::Client::new();
+        let mut seen = 0;
+        let mut path = format!("/v1/stats/pipelines/{PIPELINE}/logs/2024-01-01/2024-01-31?limit=100");
+        loop {
+            let response = http
+                .get(app.url(&path))
+                .bearer_auth(&app.token)
+                .send()
+                .await
+                .unwrap();
+            let cursor = response
+                .headers()
+                .get("x-next-cursor")
+                .map(|v| v.to_str().unwrap().to_string());
+            let body = response.bytes().await.unwrap();
+            assert!(body.len() < 8 << 20, "a page of {} bytes", body.len());
+            let page: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let entries = page.as_array().unwrap().len();
+            assert!((1..=3).contains(&entries), "{entries} entries of 2 MiB in a page");
+            seen += entries;
+            let Some(cursor) = cursor else { break };
+            path = format!(
+                "/v1/stats/pipelines/{PIPELINE}/logs/2024-01-01/2024-01-31?limit=100&cursor={cursor}"
+            );
+        }
+        assert_eq!(seen, 6);
+        app.stop().await;
+    });
+}
