@@ -8,7 +8,13 @@
 //!   HTTP/2 connection without open streams) is closed gracefully after it (a GOAWAY for
 //!   HTTP/2; clients reconnect on their next call);
 //! - HTTP/2 **keepalive pings**, so that a peer that vanished is noticed even while a stream
-//!   (an executor's watch) stays open.
+//!   (an executor's watch) stays open;
+//! - a **body read timeout with a minimum rate** ([`Paced`]): once a request's headers are in,
+//!   its body must follow, within the timeout plus a second per [`MIN_BODY_RATE`] bytes (a
+//!   REST body whole; a gRPC call's first message, and each later message once begun: an open
+//!   stream may wait between messages, as an executor's report stream does), or the request
+//!   fails; and at most [`MAX_WAITING_STREAMS`] streams of one connection may be waiting for the
+//!   rest of a message at once.
 //!
 //! Each request carries the peer's address (tonic's `TcpConnectInfo`, axum's `ConnectInfo`).
 //! A malformed HTTP/1 request, which hyper answers itself with an empty 400, gets the contract's
@@ -51,7 +57,15 @@ pub struct ConnectionLimits {
     /// Concurrent requests (streams) one HTTP/2 connection may have open; a client past it
     /// waits for one to end (HTTP/2 flow control), so one client cannot pile up unbounded work.
     pub max_streams: u32,
+    /// Time a request's body (or a gRPC message) may take to arrive, plus a second per
+    /// [`MIN_BODY_RATE`] bytes of it.
+    pub body_read_timeout: Duration,
 }
+
+/// The slowest a body may arrive once its read timeout has passed: bytes per second.
+pub const MIN_BODY_RATE: u64 = 64 << 10;
+/// Streams of one connection that may wait at once for the rest of a message.
+pub const MAX_WAITING_STREAMS: usize = 128;
 
 impl Default for ConnectionLimits {
     fn default() -> Self {
@@ -64,6 +78,7 @@ impl Default for ConnectionLimits {
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(20),
             max_streams: 256,
+            body_read_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -151,6 +166,10 @@ pub async fn serve<S, B>(
             peer,
             local,
             limits,
+            framing: match protocols {
+                Protocols::Http1And2 => Framing::Whole,
+                Protocols::Http2 => Framing::Grpc,
+            },
             stop: stop.clone(),
         };
         let (builder, service, tls) = (builder.clone(), service.clone(), tls.clone());
@@ -200,6 +219,7 @@ struct Connection {
     peer: SocketAddr,
     local: Option<SocketAddr>,
     limits: ConnectionLimits,
+    framing: Framing,
     stop: watch::Receiver<bool>,
 }
 
@@ -233,8 +253,9 @@ impl Connection {
         B: ResponseBody,
     {
         let activity = Arc::new(Activity::new());
-        let (peer, local) = (self.peer, self.local);
+        let (peer, local, limits) = (self.peer, self.local, self.limits);
         let counter = activity.clone();
+        let framing = self.framing;
         let hyper_service =
             hyper::service::service_fn(move |mut request: Request<hyper::body::Incoming>| {
                 let extensions = request.extensions_mut();
@@ -244,7 +265,15 @@ impl Connection {
                 });
                 extensions.insert(axum::extract::ConnectInfo(peer));
                 let in_flight = InFlight::start(&counter);
-                let call = service.clone().oneshot(request.map(Body::new));
+                let body = request.map(|body| {
+                    Body::new(Paced::new(
+                        body,
+                        framing,
+                        limits.body_read_timeout,
+                        &counter,
+                    ))
+                });
+                let call = service.clone().oneshot(body);
                 async move {
                     let response = call.await?;
                     Ok::<_, Infallible>(response.map(|body| Tracked {
@@ -291,6 +320,8 @@ fn log_end(peer: SocketAddr, result: Result<(), Box<dyn std::error::Error + Send
 struct Activity {
     opened: tokio::time::Instant,
     in_flight: AtomicUsize,
+    /// Requests waiting for the rest of a body or message.
+    waiting: AtomicUsize,
     started: AtomicU64,
     /// Milliseconds from `opened` to the end of the last request.
     last_end_ms: AtomicU64,
@@ -301,6 +332,7 @@ impl Activity {
         Activity {
             opened: tokio::time::Instant::now(),
             in_flight: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
             started: AtomicU64::new(0),
             last_end_ms: AtomicU64::new(0),
         }
@@ -391,6 +423,189 @@ impl<B: http_body::Body> http_body::Body for Tracked<B> {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// How a front's request bodies are paced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    /// A REST body: all of it within the read timeout (and rate).
+    Whole,
+    /// gRPC messages (a flag byte, a 4-byte big-endian length, the message): the first one, and
+    /// each later one once begun, within the read timeout (and rate); between messages a
+    /// stream may wait.
+    Grpc,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pin_project_lite::pin_project! {
+    /// A request body that must keep arriving (see the module's documentation).
+    struct Paced<B> {
+        #[pin]
+        body: B,
+        framing: Framing,
+        timeout: Duration,
+        activity: Arc<Activity>,
+        // When the part that must arrive now (the body, or the current message) began, and
+        // its bytes so far.
+        began: tokio::time::Instant,
+        received: u64,
+        // gRPC: bytes of the current message's 5-byte header seen, and of its payload still to
+        // come; `None` between messages (after the first).
+        header: usize,
+        length: [u8; 4],
+        remaining: Option<u64>,
+        waiting: bool,
+        #[pin]
+        deadline: Option<tokio::time::Sleep>,
+    }
+
+    impl<B> PinnedDrop for Paced<B> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if *this.waiting {
+                this.activity.waiting.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
+impl<B> Paced<B> {
+    fn new(body: B, framing: Framing, timeout: Duration, activity: &Arc<Activity>) -> Paced<B> {
+        Paced {
+            body,
+            framing,
+            timeout,
+            activity: activity.clone(),
+            began: tokio::time::Instant::now(),
+            received: 0,
+            header: 0,
+            length: [0; 4],
+            remaining: Some(0),
+            waiting: false,
+            deadline: None,
+        }
+    }
+}
+
+impl<B> http_body::Body for Paced<B>
+where
+    B: http_body::Body<Data = axum::body::Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = axum::body::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        match this.body.as_mut().poll_frame(cx) {
+            Poll::Ready(frame) => {
+                if std::mem::take(this.waiting) {
+                    this.activity.waiting.fetch_sub(1, Ordering::AcqRel);
+                }
+                this.deadline.set(None);
+                if let Some(Ok(frame)) = &frame
+                    && let Some(data) = frame.data_ref()
+                {
+                    *this.received += data.len() as u64;
+                    if *this.framing == Framing::Grpc {
+                        grpc_progress(
+                            data,
+                            this.header,
+                            this.length,
+                            this.remaining,
+                            this.began,
+                            this.received,
+                        );
+                    }
+                }
+                Poll::Ready(frame.map(|frame| frame.map_err(Into::into)))
+            }
+            // Waiting between gRPC messages is allowed.
+            Poll::Pending if this.remaining.is_none() => Poll::Pending,
+            Poll::Pending => {
+                if !*this.waiting {
+                    let waiting = this.activity.waiting.fetch_add(1, Ordering::AcqRel) + 1;
+                    *this.waiting = true;
+                    if waiting > MAX_WAITING_STREAMS {
+                        return Poll::Ready(Some(Err(format!(
+                            "more than {MAX_WAITING_STREAMS} requests of this connection are waiting for their data"
+                        )
+                        .into())));
+                    }
+                }
+                if this.deadline.is_none() {
+                    let allowed = *this.timeout
+                        + Duration::from_secs_f64(*this.received as f64 / MIN_BODY_RATE as f64);
+                    this.deadline
+                        .set(Some(tokio::time::sleep_until(*this.began + allowed)));
+                }
+                match this.deadline.as_pin_mut().map(|deadline| deadline.poll(cx)) {
+                    Some(Poll::Ready(())) => Poll::Ready(Some(Err(format!(
+                        "the request's data did not arrive within {} s (plus a second per {} KiB)",
+                        this.timeout.as_secs_f64(),
+                        MIN_BODY_RATE >> 10
+                    )
+                    .into()))),
+                    _ => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Follows gRPC's message framing through `data`: which message the bytes belong to, and
+/// where the next one begins (its clock starts with its first byte).
+fn grpc_progress(
+    mut data: &[u8],
+    header: &mut usize,
+    length: &mut [u8; 4],
+    remaining: &mut Option<u64>,
+    began: &mut tokio::time::Instant,
+    received: &mut u64,
+) {
+    while !data.is_empty() {
+        match remaining {
+            // Between messages: this byte begins the next one.
+            None => {
+                *remaining = Some(0);
+                *header = 0;
+                *began = tokio::time::Instant::now();
+                *received = data.len() as u64;
+            }
+            // In the 5-byte header.
+            Some(0) if *header < 5 => {
+                if *header > 0 {
+                    length[*header - 1] = data[0];
+                }
+                *header += 1;
+                data = &data[1..];
+                if *header == 5 {
+                    let payload = u64::from(u32::from_be_bytes(*length));
+                    *remaining = if payload == 0 { None } else { Some(payload) };
+                }
+            }
+            Some(left) => {
+                let taken = (*left).min(data.len() as u64);
+                *left -= taken;
+                data = &data[taken as usize..];
+                if *left == 0 {
+                    *remaining = None;
+                }
+            }
+        }
     }
 }
 

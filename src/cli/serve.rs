@@ -48,6 +48,11 @@ pub struct ServeArgs {
     pub keepalive_interval_ms: u64,
     #[arg(long, env = "RUNLEDGER_KEEPALIVE_TIMEOUT_MS", default_value_t = millis(ConnectionLimits::default().keepalive_timeout))]
     pub keepalive_timeout_ms: u64,
+    /// Once a request's headers are in, its body (a gRPC call's first message, and each later
+    /// one once begun) must arrive within this time plus a second per 64 KiB, or the request
+    /// fails.
+    #[arg(long, env = "RUNLEDGER_BODY_READ_TIMEOUT_MS", default_value_t = millis(ConnectionLimits::default().body_read_timeout))]
+    pub body_read_timeout_ms: u64,
     /// Task runs an organization may have waiting for an executor; past it, starting a
     /// pipeline gets 429 / RESOURCE_EXHAUSTED.
     #[arg(long, env = "RUNLEDGER_MAX_PENDING_RUNS", default_value_t = crate::engine::DEFAULT_MAX_PENDING_RUNS)]
@@ -189,6 +194,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
         header_read_timeout: ms(args.header_read_timeout_ms.max(1)),
         keepalive_interval: ms(args.keepalive_interval_ms.max(1)),
         keepalive_timeout: ms(args.keepalive_timeout_ms.max(1)),
+        body_read_timeout: ms(args.body_read_timeout_ms.max(1)),
         ..ConnectionLimits::default()
     };
     match engine.store().read_only_reason() {

@@ -926,6 +926,7 @@ fn short_limits(max: usize, per_peer: usize) -> runledger::front::ConnectionLimi
         handshake_timeout: Duration::from_millis(300),
         idle_timeout: Duration::from_millis(600),
         header_read_timeout: Duration::from_millis(300),
+        body_read_timeout: Duration::from_millis(500),
         ..Default::default()
     }
 }
@@ -1305,4 +1306,82 @@ fn a_database_with_organizations_does_not_start_without_its_master_key() {
         !data.join("master.key").exists(),
         "no second key was created"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn trickled_bodies_and_silent_streams_are_cut_off_but_open_streams_may_pause() {
+    use runledger::proto;
+    use tokio::io::AsyncWriteExt;
+    let app = crate::helpers::spawn_configured(
+        tempfile::tempdir().unwrap(),
+        |engine| engine,
+        short_limits(16, 16),
+    )
+    .await;
+    // A REST body trickled a byte at a time: the request fails and the connection closes,
+    // well before the 100 bytes it announced could arrive at this pace (20 s).
+    let mut slow = tokio::net::TcpStream::connect(app.http_addr).await.unwrap();
+    slow.write_all(
+        b"POST /v1/oauth/token HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: 100\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let trickle = async {
+        for _ in 0..100 {
+            if slow.write_all(b"a").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), trickle).await;
+    assert!(closed_by_server(&mut slow, Duration::from_secs(5)).await);
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A gRPC report stream that never sends its first message ends with an error.
+    let mut ingest = proto::ingest_client::IngestClient::with_interceptor(
+        crate::helpers::grpc_channel(app.grpc_addr).await,
+        crate::helpers::Bearer::new(&app.token),
+    );
+    let started = Instant::now();
+    let silent = ingest
+        .report_task_runs(tokio_stream::pending::<proto::ReportTaskRunsRequest>())
+        .await;
+    assert!(silent.is_err(), "{silent:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // One that sends a batch, pauses longer than the timeout, and sends another is served.
+    let (send, batches) = tokio::sync::mpsc::channel(2);
+    let batch = |n: u32| proto::ReportTaskRunsRequest {
+        results: vec![crate::helpers::finished(
+            &uuid::Uuid::from_u128(u128::from(n)).to_string(),
+            &uuid::Uuid::from_u128(u128::from(n) + 100).to_string(),
+            PIPELINE,
+            TASK,
+            true,
+            5,
+            "2024-01-01 00:00:00",
+        )],
+    };
+    let call = tokio::spawn(async move {
+        ingest
+            .report_task_runs(tokio_stream::wrappers::ReceiverStream::new(batches))
+            .await
+    });
+    send.send(batch(1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    send.send(batch(2)).await.unwrap();
+    drop(send);
+    let counts = call.await.unwrap().unwrap().into_inner();
+    assert_eq!((counts.batches, counts.inserted), (2, 2));
+    app.stop().await;
 }
