@@ -1,8 +1,15 @@
 //! The single writer: one thread owns every write transaction. Requests queue on a channel
-//! bounded both in requests and in the bytes they hold; the thread takes everything queued (up to a weight limit) into one transaction,
-//! commits it durably (one fsync for the whole group), then answers each request. Many small
-//! concurrent reports therefore cost few fsyncs, and nothing is acknowledged before it is durable.
+//! bounded both in requests and in the bytes they hold; the thread takes everything queued (up
+//! to a weight limit) into one transaction, commits it durably (one fsync for the whole group),
+//! then answers each request. Many small concurrent reports therefore cost few fsyncs, and
+//! nothing is acknowledged before it is durable.
+//!
+//! Each organization has a share of a group ([`ORG_SHARE`]): past it, its further writes wait
+//! for the next group (in their order), while other organizations' writes queued behind them
+//! join this one. So one tenant's flood of large batches delays another's small write by a
+//! group of at most one batch of its own, not by everything it queued.
 
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -10,14 +17,20 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, oneshot};
 
+use rustc_hash::{FxHashMap, FxHashSet};
+
 use super::batch::{WriteOp, WriteOutcome};
 use super::cache::EntityCache;
 use super::handle::Handle;
 use super::index::Filters;
 use crate::error::{Error, Result};
+use crate::model::OrgId;
 
 /// The most work (task runs, roughly) one group commit takes on.
 const MAX_GROUP_WEIGHT: usize = 50_000;
+/// The most work of one organization a group takes on (a largest batch); past it, the
+/// organization's further writes wait for the next group.
+const ORG_SHARE: usize = crate::engine::MAX_REPORT_BATCH;
 
 /// Submitters that may wait for room at once; past them a write is refused at once, so that
 /// waiting writes (each holding its decoded batch) cannot pile up either.
@@ -197,29 +210,81 @@ fn run(
     filters: &Mutex<Filters>,
     mut receiver: mpsc::Receiver<Queued>,
 ) {
-    // An exclusive write found while gathering a group waits for the next one.
-    let mut carried: Option<Queued> = None;
-    while let Some(first) = carried.take().or_else(|| receiver.blocking_recv()) {
-        let mut weight = first.op.weight();
-        let exclusive = first.op.is_exclusive();
-        let mut group = vec![first];
-        while !exclusive && weight < MAX_GROUP_WEIGHT {
-            match receiver.try_recv() {
-                Ok(request) if request.op.is_exclusive() => {
-                    carried = Some(request);
-                    break;
-                }
-                Ok(request) => {
-                    weight += request.op.weight();
-                    group.push(request);
-                }
-                Err(_) => break,
-            }
-        }
+    // Writes held back for a later group, oldest first.
+    let mut held: VecDeque<Queued> = VecDeque::new();
+    loop {
+        let first = match held.pop_front() {
+            Some(first) => first,
+            None => match receiver.blocking_recv() {
+                Some(first) => first,
+                None => return,
+            },
+        };
+        let group = gather(first, &mut held, || receiver.try_recv().ok());
         let (requests, started) = (group.len(), std::time::Instant::now());
         commit_group(db, cache, filters, group);
-        tracing::debug!(requests, weight, elapsed = ?started.elapsed(), "group committed");
+        tracing::debug!(requests, held = held.len(), elapsed = ?started.elapsed(), "group committed");
     }
+}
+
+/// What gathering a group needs to know of a write.
+trait Work {
+    fn organization(&self) -> Option<OrgId>;
+    fn weight(&self) -> usize;
+    fn is_exclusive(&self) -> bool;
+}
+
+impl Work for Queued {
+    fn organization(&self) -> Option<OrgId> {
+        self.op.organization()
+    }
+    fn weight(&self) -> usize {
+        self.op.weight()
+    }
+    fn is_exclusive(&self) -> bool {
+        self.op.is_exclusive()
+    }
+}
+
+/// A group starting with `first`: the writes held back before, then those queued (`next`),
+/// up to [`MAX_GROUP_WEIGHT`], each organization up to its [`ORG_SHARE`]. Held back for a
+/// later group, in their order: an organization's writes past its share (and its later ones),
+/// an exclusive write (and everything after it). An exclusive write is a group of its own.
+fn gather<T: Work>(
+    first: T,
+    held: &mut VecDeque<T>,
+    mut next: impl FnMut() -> Option<T>,
+) -> Vec<T> {
+    let mut weight = first.weight();
+    let mut shares: FxHashMap<Option<OrgId>, usize> = FxHashMap::default();
+    shares.insert(first.organization(), weight);
+    let exclusive = first.is_exclusive();
+    let mut group = vec![first];
+    // Organizations with a write held back in this pass: their later writes wait too.
+    let mut waiting: FxHashSet<Option<OrgId>> = FxHashSet::default();
+    let mut later: VecDeque<T> = VecDeque::new();
+    while !exclusive && weight < MAX_GROUP_WEIGHT {
+        let Some(write) = held.pop_front().or_else(&mut next) else {
+            break;
+        };
+        if write.is_exclusive() {
+            later.push_back(write);
+            break;
+        }
+        let org = write.organization();
+        let share = shares.get(&org).copied().unwrap_or(0);
+        if waiting.contains(&org) || (org.is_some() && share + write.weight() > ORG_SHARE) {
+            waiting.insert(org);
+            later.push_back(write);
+            continue;
+        }
+        weight += write.weight();
+        shares.insert(org, share + write.weight());
+        group.push(write);
+    }
+    later.append(held);
+    *held = later;
+    group
 }
 
 /// Applies a group and answers it; the group's room in the queue is given back on return.
@@ -261,5 +326,68 @@ fn commit_group(
                 let _ = reply.send(Err(error.clone()));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq)]
+    struct Write(&'static str, Option<u128>, usize);
+
+    impl Work for Write {
+        fn organization(&self) -> Option<OrgId> {
+            self.1.map(|org| OrgId(uuid::Uuid::from_u128(org)))
+        }
+        fn weight(&self) -> usize {
+            self.2
+        }
+        fn is_exclusive(&self) -> bool {
+            self.0 == "prune"
+        }
+    }
+
+    /// The groups `queue` makes, by their writes' names.
+    fn groups(queue: Vec<Write>) -> Vec<Vec<&'static str>> {
+        let mut queue: VecDeque<Write> = queue.into();
+        let mut held = VecDeque::new();
+        let mut groups = Vec::new();
+        while let Some(first) = held.pop_front().or_else(|| queue.pop_front()) {
+            let group = gather(first, &mut held, || queue.pop_front());
+            groups.push(group.into_iter().map(|w| w.0).collect());
+        }
+        groups
+    }
+
+    #[test]
+    fn a_flood_of_one_organization_takes_a_share_of_each_group_and_keeps_its_order() {
+        let big = ORG_SHARE;
+        let queue = vec![
+            Write("a1", Some(1), big),
+            Write("a2", Some(1), big),
+            Write("a3", Some(1), big),
+            Write("b1", Some(2), 1),
+            Write("a4", Some(1), 1),
+            Write("b2", Some(2), 1),
+        ];
+        assert_eq!(
+            groups(queue),
+            vec![vec!["a1", "b1", "b2"], vec!["a2"], vec!["a3"], vec!["a4"]]
+        );
+    }
+
+    #[test]
+    fn small_writes_share_a_group_and_an_exclusive_one_stands_alone_in_its_place() {
+        let queue = vec![
+            Write("a1", Some(1), 10),
+            Write("b1", Some(2), 10),
+            Write("prune", None, 1),
+            Write("a2", Some(1), 10),
+        ];
+        assert_eq!(
+            groups(queue),
+            vec![vec!["a1", "b1"], vec!["prune"], vec!["a2"]]
+        );
     }
 }

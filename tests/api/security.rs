@@ -741,6 +741,109 @@ async fn a_storm_of_re_reports_costs_no_more_than_fresh_runs_and_stalls_no_one()
     app.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn re_reporting_a_dense_hour_with_other_durations_costs_its_size_and_stalls_no_one() {
+    let app = spawn_app().await;
+    let (hostile, token) = stranger(&app).await;
+    let org = hostile.organization.to_string();
+    let pipeline = "44444444-4444-4444-8444-444444444444";
+    let mut theirs = app.ingest_as(&token).await;
+    // A run in every second of one hour (so the hour has a record of 3,600 second parts), with
+    // durations that the re-reports lower (each part loses its maximum) and raise again.
+    const SECONDS: u128 = 3_600;
+    let hour = ts("2024-03-03 03:00:00").seconds;
+    let reports = move |duration: &dyn Fn(u128) -> u32| -> Vec<proto::TaskRunResult> {
+        (0..SECONDS)
+            .map(|i| {
+                let mut result = reports_of(
+                    &org,
+                    pipeline,
+                    [(50_000_000 + i, 60_000_000 + i, true, "2024-03-03 03:00:00")],
+                )
+                .remove(0);
+                result.executed_at = Some(prost_types::Timestamp {
+                    seconds: hour + i as i64,
+                    nanos: 0,
+                });
+                result.duration_ms = duration(i);
+                result
+            })
+            .collect()
+    };
+    let started = Instant::now();
+    theirs
+        .report_task_run_batch(batch(reports(&|i| 100_000 + i as u32)))
+        .await
+        .unwrap();
+    let fresh_cost = started.elapsed();
+    let (done, mut finished_storm) = tokio::sync::oneshot::channel();
+    let storm = tokio::spawn(async move {
+        let mut costs = Vec::new();
+        for round in 0..6u32 {
+            let batch_of = batch(reports(&|i| {
+                if round % 2 == 0 {
+                    100 + (i as u32 % 7)
+                } else {
+                    200_000 + i as u32
+                }
+            }));
+            let started = Instant::now();
+            let counts = theirs
+                .report_task_run_batch(batch_of)
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(counts.replaced, SECONDS as u64);
+            costs.push(started.elapsed());
+        }
+        let _ = done.send(());
+        costs
+    });
+    let mut ours = app.ingest().await;
+    let mut latencies = Vec::new();
+    let mut over = false;
+    for n in 0u128.. {
+        let started = Instant::now();
+        ours.report_task_run_batch(batch(vec![run(n, "2024-05-05 05:05:05")]))
+            .await
+            .unwrap();
+        latencies.push(started.elapsed());
+        over |= finished_storm.try_recv().is_ok();
+        if over && n >= 3 {
+            break;
+        }
+    }
+    let costs = storm.await.unwrap();
+    latencies.sort();
+    let worst_batch = costs.iter().max().unwrap();
+    println!(
+        "3,600 fresh runs in one hour: {fresh_cost:?}; 6 batches re-reporting them with lower, then higher durations: {costs:?}; the other organization's {} one-run writes meanwhile: p50 {:?}, worst {:?}",
+        latencies.len(),
+        latencies[latencies.len() / 2],
+        latencies.last().unwrap()
+    );
+    assert!(
+        *worst_batch < fresh_cost * 3 + Duration::from_millis(300),
+        "a re-report batch cost {worst_batch:?}, the fresh one {fresh_cost:?}"
+    );
+    // Exact: the hour's maximum is the last round's largest, its p50 from the last round.
+    let stats = app
+        .stats_as(&token)
+        .await
+        .get_stats(proto::GetStatsRequest {
+            entity: entity(EntityKind::Task, TASK),
+            from: Some(ts("2024-03-03 03:00:00")),
+            to: Some(ts("2024-03-03 03:59:59")),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.max_duration_ms, Some(200_000 + 3_599));
+    let report = runledger::store::verify::verify(app.engine.store()).unwrap();
+    assert!(report.is_consistent(), "{:?}", report.differences);
+    app.stop().await;
+}
+
 /// What one organization sees of a pipeline and its task: range stats, months, last runs and
 /// logs, as comparable text.
 async fn answers(app: &TestApp, token: &str, pipeline: &str, task: &str) -> Vec<String> {

@@ -121,6 +121,20 @@ impl WriteOp {
         matches!(self, WriteOp::Prune { .. })
     }
 
+    /// The organization whose share of the writer this write draws on, when it has one.
+    pub fn organization(&self) -> Option<OrgId> {
+        match self {
+            WriteOp::Report { runs, .. } => runs.first().and_then(|run| run.organization),
+            WriteOp::Register(definition) => definition.organization,
+            WriteOp::StartPipelineRun { org, .. } | WriteOp::CreateOrganization { org, .. } => {
+                Some(*org)
+            }
+            WriteOp::CreateClient { record, .. } => Some(record.org),
+            WriteOp::IssueTokens(request) => request.tokens.first().map(|(_, token)| token.org),
+            _ => None,
+        }
+    }
+
     /// The operation's kind, as a metric label.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -373,7 +373,10 @@ fn merge_into(
 }
 
 /// Recomputes the maximum of each part in `fixes`, finest level first, so that a part's finer
-/// record is exact when it is read.
+/// record is exact when it is read. Each record is read and written once however many of its
+/// parts lost their maximum, and the log is scanned once per record for the parts that have
+/// no finer record, so a batch costs what its own size does (not its parts times the
+/// record's).
 fn fix_maxima(
     tables: &mut FlushTables<'_, '_>,
     pipeline: EntityId,
@@ -388,43 +391,69 @@ fn fix_maxima(
         )
     });
     fixes.dedup_by_key(|f| (f.level, f.start, f.series.id, f.index));
-    for fix in fixes {
-        let (first, end) = fix.level.part_span(fix.start, fix.index);
-        let weight = read(tables, pipeline, fix.level, fix.start)?
-            .and_then(|r| r.part(fix.index).map(|p| p.weight))
-            .unwrap_or(0);
-        let max = match fix.level.part_level() {
-            Some(finer) if kept(finer, first, weight, tables.cut) => {
-                read(tables, fix.series.id, finer, first)?.map_or(0, |r| {
-                    r.parts.iter().map(|p| p.durations.max()).max().unwrap_or(0)
-                })
+    let same_record =
+        |a: &Fix, b: &Fix| a.level == b.level && a.start == b.start && a.series.id == b.series.id;
+    for group in fixes.chunk_by(same_record) {
+        let (series, level, start) = (group[0].series, group[0].level, group[0].start);
+        let Some(mut record) = read(tables, series.id, level, start)? else {
+            continue;
+        };
+        let weights = if series.id == pipeline {
+            Some(record.clone())
+        } else {
+            read(tables, pipeline, level, start)?
+        };
+        let weight = |index| {
+            weights
+                .as_ref()
+                .and_then(|r| r.part(index).map(|p| p.weight))
+                .unwrap_or(0)
+        };
+        // Parts with a finer record take its maximum; the others are read from the log.
+        let mut from_log: Vec<(u16, i64, i64)> = Vec::new();
+        let mut maxima: Vec<(u16, u64)> = Vec::with_capacity(group.len());
+        for fix in group {
+            let (first, end) = level.part_span(start, fix.index);
+            match level.part_level() {
+                Some(finer) if kept(finer, first, weight(fix.index), tables.cut) => {
+                    let max = read(tables, series.id, finer, first)?.map_or(0, |r| {
+                        r.parts.iter().map(|p| p.durations.max()).max().unwrap_or(0)
+                    });
+                    maxima.push((fix.index, max));
+                }
+                _ => from_log.push((fix.index, first, end)),
             }
-            _ => {
-                let entries = entries(tables.run_log, pipeline, first, end)?;
-                match fix.series.kind {
-                    EntityKind::Task => entries
+        }
+        if let (Some(&(_, from, _)), Some(&(_, _, end))) = (from_log.first(), from_log.last()) {
+            let entries = entries(tables.run_log, pipeline, from, end)?;
+            for &(index, first, end) in &from_log {
+                // The log is in time order: the part's entries are one slice of it.
+                let low = entries.partition_point(|e| e.second() < first);
+                let high = entries.partition_point(|e| e.second() < end);
+                let part = &entries[low..high];
+                let max = match series.kind {
+                    EntityKind::Task => part
                         .iter()
-                        .filter(|e| e.outcome.task == fix.series.id)
+                        .filter(|e| e.outcome.task == series.id)
                         .map(|e| u64::from(e.outcome.duration_ms))
                         .max(),
                     EntityKind::Pipeline => {
                         let span = (first * MICROS_PER_SECOND, end * MICROS_PER_SECOND);
-                        pipeline_runs_ending_in(tables.runs, &entries, span.0, span.1)?
+                        pipeline_runs_ending_in(tables.runs, part, span.0, span.1)?
                             .iter()
                             .map(|run| run.duration_ms)
                             .max()
                     }
-                }
-                .unwrap_or(0)
+                };
+                maxima.push((index, max.unwrap_or(0)));
             }
-        };
-        let Some(mut record) = read(tables, fix.series.id, fix.level, fix.start)? else {
-            continue;
-        };
-        if let Ok(at) = record.parts.binary_search_by_key(&fix.index, |p| p.index) {
-            record.parts[at].durations.set_max(max);
-            write(tables, &fix.series, fix.level, fix.start, record)?;
         }
+        for (index, max) in maxima {
+            if let Ok(at) = record.parts.binary_search_by_key(&index, |p| p.index) {
+                record.parts[at].durations.set_max(max);
+            }
+        }
+        write(tables, &series, level, start, record)?;
     }
     Ok(())
 }
