@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use super::cluster::NatsArgs;
+use super::NatsArgs;
 use crate::cluster::Publisher;
 use crate::cluster::envelope::{Kind, WriterId};
 use crate::cluster::log::CREDENTIALS_SUBJECT;

@@ -82,7 +82,7 @@ pub fn run(args: ClientArgs) -> Result<ExitCode, String> {
                 scopes.into_iter().collect()
             };
             if let Some(nats) = nats {
-                let nats = super::cluster::NatsArgs {
+                let nats = super::NatsArgs {
                     nats,
                     master_key_file,
                 };
@@ -120,7 +120,7 @@ pub fn run(args: ClientArgs) -> Result<ExitCode, String> {
             master_key_file,
             ..
         } => {
-            let nats = super::cluster::NatsArgs {
+            let nats = super::NatsArgs {
                 nats,
                 master_key_file,
             };

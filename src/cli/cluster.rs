@@ -1,66 +1,10 @@
-//! `runledger cluster init|adopt|status|trim`: the cluster's log on NATS JetStream, and the
-//! connection options every cluster-mode command shares (`--nats`, the master key).
+//! `runledger cluster init|adopt|status|trim|skip`: the cluster's log on NATS JetStream.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::cluster::Log;
-use crate::crypto::{MASTER_KEY_ENV, MasterKey};
-
-/// How long a command waits for the NATS servers to answer at first.
-const CONNECT_WAIT: Duration = Duration::from_secs(30);
-
-/// Where the cluster's NATS servers are, and the master key every node shares.
-#[derive(Debug, Clone, clap::Args)]
-pub struct NatsArgs {
-    /// NATS server URLs, comma-separated (`nats://10.0.0.1:4222,nats://10.0.0.2:4222`).
-    #[arg(long, env = "RUNLEDGER_NATS")]
-    pub nats: String,
-    /// A file holding the master key (base64 of 32 bytes), the same on every node; or set
-    /// RUNLEDGER_MASTER_KEY.
-    #[arg(long, env = "RUNLEDGER_MASTER_KEY_FILE")]
-    pub master_key_file: Option<PathBuf>,
-}
-
-impl NatsArgs {
-    /// The shared master key; cluster mode has no per-node key file.
-    pub fn master(&self) -> Result<MasterKey, String> {
-        MasterKey::given(self.master_key_file.as_deref())?.ok_or_else(|| {
-            format!(
-                "cluster mode needs the master key every node shares: set {MASTER_KEY_ENV} or give --master-key-file (make one with `head -c 32 /dev/urandom | base64 > master.key`)"
-            )
-        })
-    }
-
-    pub async fn connect(&self) -> Result<Log, String> {
-        Log::connect(&self.nats, CONNECT_WAIT)
-            .await
-            .map_err(|e| e.to_string())
-    }
-
-    /// Connects and proves the master key is the cluster's (every command does before it
-    /// publishes anything): the log, the stream's identity and the key of its messages.
-    pub async fn join(&self) -> Result<Joined, String> {
-        let master = self.master()?;
-        let log = self.connect().await?;
-        let (identity, key) = log.join(&master).await.map_err(|e| e.to_string())?;
-        Ok(Joined {
-            log,
-            identity,
-            key,
-            master,
-        })
-    }
-}
-
-/// A command's connection to a cluster whose key it holds.
-pub struct Joined {
-    pub log: Log,
-    pub identity: crate::cluster::StreamIdentity,
-    pub key: crate::cluster::StreamKey,
-    pub master: MasterKey,
-}
+use super::NatsArgs;
 
 #[derive(Debug, clap::Args)]
 pub struct ClusterArgs {

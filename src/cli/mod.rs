@@ -10,21 +10,19 @@ pub mod config;
 mod demo;
 mod generate;
 pub mod import;
-mod import_stream;
 mod info;
 mod keys;
-mod progress;
+mod options;
 mod prune;
 mod serve;
 mod upgrade;
 mod verify;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::store::{Store, StoreOptions};
+pub use options::{DataDir, Joined, NatsArgs};
 
 /// Records every run of every data pipeline and answers run statistics from live rollups.
 #[derive(Debug, Parser)]
@@ -65,64 +63,6 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Cluster mode on NATS JetStream: create the stream (or adopt a single node), see it, trim it.
     Cluster(cluster::ClusterArgs),
-}
-
-/// The data dir option every command shares.
-#[derive(Debug, Clone, clap::Args)]
-pub struct DataDir {
-    /// Where the database lives.
-    #[arg(long, default_value = "./data", env = "RUNLEDGER_DATA_DIR")]
-    pub data_dir: PathBuf,
-}
-
-impl DataDir {
-    /// Opens the store, or says plainly why not.
-    pub fn open(&self) -> Result<Store, String> {
-        self.database()?;
-        Store::open(&self.data_dir, StoreOptions::default()).map_err(|e| e.to_string())
-    }
-
-    /// The database file, which must exist: a command that reads or changes a store never
-    /// makes an empty one in a mistyped directory.
-    fn database(&self) -> Result<std::path::PathBuf, String> {
-        let path = self.data_dir.join(crate::store::DATABASE_FILE);
-        if path.exists() {
-            Ok(path)
-        } else {
-            Err(format!(
-                "there is no database at {} (is --data-dir the right directory?)",
-                path.display()
-            ))
-        }
-    }
-
-    /// Opens the engine over the store.
-    pub fn engine(&self) -> Result<crate::engine::Engine, String> {
-        self.engine_with_cache(StoreOptions::default().cache_bytes)
-    }
-
-    /// Opens the engine, or `None` when a running server holds the data dir (reach it through
-    /// its admin socket then). A data dir without a database is an error, not created.
-    pub fn engine_unless_served(&self) -> Result<Option<crate::engine::Engine>, String> {
-        self.database()?;
-        match Store::open(&self.data_dir, StoreOptions::default()) {
-            Ok(store) => crate::engine::Engine::new(store)
-                .map(Some)
-                .map_err(|e| format!("cannot start: {e}")),
-            Err(crate::store::OpenError::InUse(_)) => Ok(None),
-            Err(error) => Err(error.to_string()),
-        }
-    }
-
-    /// Opens the engine with a page cache of `cache_bytes`.
-    pub fn engine_with_cache(&self, cache_bytes: usize) -> Result<crate::engine::Engine, String> {
-        let options = StoreOptions {
-            cache_bytes,
-            ..StoreOptions::default()
-        };
-        let store = Store::open(&self.data_dir, options).map_err(|e| e.to_string())?;
-        crate::engine::Engine::new(store).map_err(|e| format!("cannot start: {e}"))
-    }
 }
 
 /// Runs a parsed command line.

@@ -144,7 +144,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
     let store = crate::store::Store::open(data_dir, options).map_err(|e| e.to_string())?;
     let master = match &args.nats {
         Some(nats) => Some(
-            super::cluster::NatsArgs {
+            super::NatsArgs {
                 nats: nats.clone(),
                 master_key_file: args.master_key_file.clone(),
             }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::import::{ImportSink, ImportSummary};
+use super::{ImportSink, ImportSummary};
 
 /// How often a plain progress line is printed when standard error is not a terminal.
 const PLAIN_EVERY: Duration = Duration::from_secs(10);

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use std::collections::VecDeque;
 
-use super::cluster::NatsArgs;
+use crate::cli::NatsArgs;
 use crate::cluster::envelope::Kind;
 use crate::cluster::publisher::{Pending, WINDOW};
 use crate::cluster::{Publisher, log::DATA_SUBJECT};
@@ -176,8 +176,8 @@ async fn send(
 fn read_lines(files: &[PathBuf], sender: &tokio::sync::mpsc::Sender<Line>) -> Result<(), String> {
     for path in files {
         let name = path.display().to_string();
-        let input = super::import::open_input(path)?;
-        let mut lines = super::import::Lines::new(BufReader::with_capacity(1 << 20, input));
+        let input = super::open_input(path)?;
+        let mut lines = super::Lines::new(BufReader::with_capacity(1 << 20, input));
         while let Some(line) = lines
             .next_line()
             .map_err(|e| format!("cannot read {name}: {e}"))?
@@ -186,7 +186,7 @@ fn read_lines(files: &[PathBuf], sender: &tokio::sync::mpsc::Sender<Line>) -> Re
             let line = match line.text {
                 Err(not_utf8) => Line::Refused(format!("{name}:{number}: {not_utf8}")),
                 Ok(text) if text.trim().is_empty() => Line::Blank,
-                Ok(text) => match super::import::parse_line(text.trim()) {
+                Ok(text) => match super::parse_line(text.trim()) {
                     Ok(run) if run.organization.is_none() => {
                         Line::Refused(format!("{name}:{number}: organization_uuid: is required"))
                     }

@@ -1,0 +1,263 @@
+//! `runledger import`: bulk-loads newline-delimited JSON task runs. One thread reads and parses
+//! while the calling thread applies large batches (each line its own atomic unit, so a rejected
+//! line costs nothing to its neighbours). Rejected lines are reported with their line number and
+//! reason; the import goes on.
+
+mod lines;
+mod ndjson;
+mod progress;
+mod stream;
+
+use std::io::{BufReader, IsTerminal};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::time::Instant;
+
+use super::DataDir;
+use crate::engine::Engine;
+use crate::model::ReportCounts;
+use crate::store::WriteOp;
+
+pub use lines::{Line, Lines, open_input};
+pub use ndjson::parse_line;
+
+/// Lines parsed and applied together in one transaction.
+const CHUNK_LINES: usize = 200_000;
+/// The page cache of a bulk load: it runs alone, and a large cache saves rereading pages.
+const IMPORT_CACHE_BYTES: usize = 1 << 28;
+
+#[derive(Debug, clap::Args)]
+pub struct ImportArgs {
+    #[command(flatten)]
+    pub data_dir: DataDir,
+    /// Files of newline-delimited JSON task runs; `-` reads standard input.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Leave the file as the import grew it, instead of repacking it afterwards (a copy of
+    /// every table in key order: full pages, no free space; about a third smaller).
+    #[arg(long)]
+    pub no_repack: bool,
+    /// Cluster mode: load through the cluster's stream at these NATS URLs (comma-separated)
+    /// instead of into --data-dir.
+    #[arg(long, env = "RUNLEDGER_NATS")]
+    pub nats: Option<String>,
+    /// Cluster mode: the master key file (or set RUNLEDGER_MASTER_KEY).
+    #[arg(long, env = "RUNLEDGER_MASTER_KEY_FILE", requires = "nats")]
+    pub master_key_file: Option<PathBuf>,
+}
+
+/// What an import did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ImportSummary {
+    /// Lines read, blank ones included.
+    pub lines: u64,
+    pub blank: u64,
+    pub counts: ReportCounts,
+    pub rejected: u64,
+}
+
+pub fn run(args: ImportArgs) -> Result<ExitCode, String> {
+    if let Some(nats) = args.nats {
+        let nats = crate::cli::NatsArgs {
+            nats,
+            master_key_file: args.master_key_file,
+        };
+        return stream::run(nats, args.files);
+    }
+    let engine = args.data_dir.engine_with_cache(IMPORT_CACHE_BYTES)?;
+    let started = Instant::now();
+    let mut progress = progress::Progress::new(std::io::stderr().is_terminal());
+    let summary = import_files(&engine, &args.files, &mut progress)?;
+    progress.clear();
+    let seconds = started.elapsed().as_secs_f64();
+    let applied = summary.counts.inserted + summary.counts.replaced + summary.counts.unchanged;
+    println!(
+        "read {} lines in {:.1} s: {} imported, {} replaced, {} unchanged, {} rejected, {} blank ({:.0} runs/s)",
+        summary.lines,
+        seconds,
+        summary.counts.inserted,
+        summary.counts.replaced,
+        summary.counts.unchanged,
+        summary.rejected,
+        summary.blank,
+        applied as f64 / seconds.max(1e-9),
+    );
+    drop(engine);
+    if !args.no_repack {
+        super::repack_and_say(&args.data_dir.data_dir)?;
+    }
+    Ok(if summary.rejected == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// A parsed slice of one file.
+struct Chunk {
+    source: usize,
+    /// Bytes of the file read so far, for progress.
+    offset: u64,
+    /// Each line's prepared operation, or why it was rejected.
+    lines: Vec<(u64, Result<WriteOp, String>)>,
+    blank: u64,
+    last_line: u64,
+}
+
+/// Where an import reports as it goes.
+pub trait ImportSink {
+    /// A rejected line: `file:line: reason`.
+    fn rejected(&mut self, line: String);
+    /// Progress after each chunk: the file, bytes of it read, its size if known, totals so far.
+    fn progress(
+        &mut self,
+        _file: &str,
+        _offset: u64,
+        _size: Option<u64>,
+        _summary: &ImportSummary,
+    ) {
+    }
+}
+
+/// Imports every file in order, telling `sink` about each rejected line.
+pub fn import_files(
+    engine: &Engine,
+    files: &[PathBuf],
+    sink: &mut dyn ImportSink,
+) -> Result<ImportSummary, String> {
+    let names: Vec<String> = files
+        .iter()
+        .map(|f| match f.to_str() {
+            Some("-") => "standard input".to_string(),
+            _ => f.display().to_string(),
+        })
+        .collect();
+    let sizes: Vec<Option<u64>> = files
+        .iter()
+        .map(|f| {
+            std::fs::metadata(f)
+                .ok()
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+        })
+        .collect();
+    let mut summary = ImportSummary::default();
+    std::thread::scope(|scope| {
+        let (sender, receiver) = mpsc::sync_channel::<Result<Chunk, String>>(2);
+        scope.spawn(move || {
+            for (source, path) in files.iter().enumerate() {
+                if let Err(e) = read_file(engine, source, path, &sender) {
+                    let _ = sender.send(Err(e));
+                    return;
+                }
+            }
+        });
+        for chunk in receiver {
+            let chunk = chunk?;
+            let (source, offset) = (chunk.source, chunk.offset);
+            apply_chunk(engine, chunk, &names[source], &mut summary, sink)?;
+            sink.progress(&names[source], offset, sizes[source], &summary);
+        }
+        Ok::<(), String>(())
+    })?;
+    Ok(summary)
+}
+
+fn read_file(
+    engine: &Engine,
+    source: usize,
+    path: &Path,
+    sender: &mpsc::SyncSender<Result<Chunk, String>>,
+) -> Result<(), String> {
+    let mut lines = Lines::new(BufReader::with_capacity(1 << 20, open_input(path)?));
+    let mut offset = 0u64;
+    let mut chunk = Chunk {
+        source,
+        offset: 0,
+        lines: Vec::with_capacity(CHUNK_LINES),
+        blank: 0,
+        last_line: 0,
+    };
+    loop {
+        let line = lines
+            .next_line()
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let Some(line) = line else {
+            break;
+        };
+        let number = line.number;
+        offset += line.bytes as u64;
+        match line.text {
+            Err(not_utf8) => chunk.lines.push((number, Err(not_utf8.into()))),
+            Ok(text) if text.trim().is_empty() => chunk.blank += 1,
+            Ok(text) => {
+                let prepared = parse_line(text.trim())
+                    .and_then(|run| engine.prepare_import(run).map_err(|e| e.to_string()));
+                chunk.lines.push((number, prepared));
+            }
+        }
+        chunk.last_line = number;
+        if chunk.lines.len() >= CHUNK_LINES {
+            chunk.offset = offset;
+            let full = std::mem::replace(
+                &mut chunk,
+                Chunk {
+                    source,
+                    offset,
+                    lines: Vec::with_capacity(CHUNK_LINES),
+                    blank: 0,
+                    last_line: number,
+                },
+            );
+            if sender.send(Ok(full)).is_err() {
+                return Ok(());
+            }
+        }
+    }
+    chunk.offset = offset;
+    let _ = sender.send(Ok(chunk));
+    Ok(())
+}
+
+fn apply_chunk(
+    engine: &Engine,
+    chunk: Chunk,
+    name: &str,
+    summary: &mut ImportSummary,
+    sink: &mut dyn ImportSink,
+) -> Result<(), String> {
+    let mut ops = Vec::with_capacity(chunk.lines.len());
+    let mut numbers = Vec::with_capacity(chunk.lines.len());
+    let read = chunk.lines.len() as u64 + chunk.blank;
+    for (number, parsed) in chunk.lines {
+        match parsed {
+            Ok(op) => {
+                ops.push(op);
+                numbers.push(number);
+            }
+            Err(reason) => {
+                summary.rejected += 1;
+                sink.rejected(format!("{name}:{number}: {reason}"));
+            }
+        }
+    }
+    let outcomes = engine.apply_imports(&ops).map_err(|e| {
+        format!(
+            "import stopped at {name} line {}: {e}",
+            numbers.first().copied().unwrap_or(chunk.last_line)
+        )
+    })?;
+    for (number, outcome) in numbers.into_iter().zip(outcomes) {
+        match outcome {
+            Ok(counts) => summary.counts.add(counts),
+            Err(reason) => {
+                summary.rejected += 1;
+                sink.rejected(format!("{name}:{number}: {reason}"));
+            }
+        }
+    }
+    summary.lines += read;
+    summary.blank += chunk.blank;
+    Ok(())
+}
