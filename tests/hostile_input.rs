@@ -18,7 +18,7 @@ use tower::ServiceExt;
 
 use runledger::api::{rest, wire};
 use runledger::auth::Scopes;
-use runledger::cli::import::parse_line;
+use runledger::cli::import::{parse_line, parse_row};
 use runledger::engine::{Engine, TokenRequest};
 use runledger::model::RunState;
 use runledger::proto;
@@ -201,8 +201,55 @@ fn mutated_line() -> impl Strategy<Value = String> {
     })
 }
 
+/// A row of the committed sample of the reference platform's export with one byte changed,
+/// removed or doubled.
+fn mutated_row() -> impl Strategy<Value = Vec<u8>> {
+    let sample = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/ylem/task_runs.ndjson"
+    ))
+    .unwrap();
+    let rows: Vec<Vec<u8>> = sample
+        .split(|b| *b == b'\n')
+        .filter(|r| !r.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect();
+    (
+        prop::sample::select(rows),
+        any::<prop::sample::Index>(),
+        any::<u8>(),
+        0u8..3,
+    )
+        .prop_map(|(mut row, at, byte, how)| {
+            let i = at.index(row.len());
+            match how {
+                0 => row[i] = byte,
+                1 => {
+                    row.remove(i);
+                }
+                _ => row.insert(i, row[i]),
+            }
+            row
+        })
+}
+
 proptest! {
     #![proptest_config(config())]
+
+    #[test]
+    fn any_bytes_as_an_exported_row_are_an_error_or_a_task_run(bytes in any::<Vec<u8>>()) {
+        if let Err(reason) = parse_row(&bytes) {
+            prop_assert!(!reason.is_empty());
+        }
+    }
+
+    #[test]
+    fn damaged_exported_rows_are_refused_or_read_as_finished_runs(row in mutated_row()) {
+        match parse_row(&row) {
+            Err(reason) => prop_assert!(!reason.is_empty()),
+            Ok(run) => prop_assert!(run.state == RunState::Finished && run.executed_at.is_some()),
+        }
+    }
 
     #[test]
     fn any_text_as_an_import_line_is_an_error_or_a_task_run(text in any::<String>()) {

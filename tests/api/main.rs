@@ -9,6 +9,7 @@ mod flood;
 mod grpc;
 mod helpers;
 mod metrics;
+mod migration;
 mod operations;
 mod probing;
 mod rest;

@@ -19,8 +19,20 @@ pub struct Line<'a> {
     pub number: u64,
     /// The bytes it took in the file, newline included.
     pub bytes: usize,
+    /// Its bytes without the newline.
+    pub raw: &'a [u8],
+}
+
+impl<'a> Line<'a> {
     /// Its text without the newline, or why it has none.
-    pub text: Result<&'a str, &'static str>,
+    pub fn text(&self) -> Result<&'a str, &'static str> {
+        std::str::from_utf8(self.raw).map_err(|_| "the line is not valid UTF-8")
+    }
+
+    /// Whether it holds nothing but white space.
+    pub fn is_blank(&self) -> bool {
+        self.raw.iter().all(u8::is_ascii_whitespace)
+    }
 }
 
 impl<R: BufRead> Lines<R> {
@@ -49,7 +61,7 @@ impl<R: BufRead> Lines<R> {
         Ok(Some(Line {
             number: self.number,
             bytes,
-            text: std::str::from_utf8(line).map_err(|_| "the line is not valid UTF-8"),
+            raw: line,
         }))
     }
 }

@@ -7,6 +7,7 @@ mod lines;
 mod ndjson;
 mod progress;
 mod stream;
+mod ylem;
 
 use std::io::{BufReader, IsTerminal};
 use std::path::{Path, PathBuf};
@@ -16,11 +17,39 @@ use std::time::Instant;
 
 use super::DataDir;
 use crate::engine::Engine;
-use crate::model::ReportCounts;
+use crate::model::{ReportCounts, TaskRun};
 use crate::store::WriteOp;
 
 pub use lines::{Line, Lines, open_input};
 pub use ndjson::parse_line;
+pub use ylem::parse_row;
+
+/// How the lines of an import file are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ImportFormat {
+    /// runledger's import lines (see the README), envelopes included.
+    #[default]
+    Runledger,
+    /// The reference platform's export as is: ClickHouse `FORMAT JSONEachRow` of its task-run
+    /// statistics table.
+    Ylem,
+}
+
+impl ImportFormat {
+    /// A line's task run, or why it is not one; `None` for a blank line.
+    pub fn parse(self, line: &Line<'_>) -> Option<Result<TaskRun, String>> {
+        if line.is_blank() {
+            return None;
+        }
+        Some(match self {
+            ImportFormat::Runledger => line
+                .text()
+                .map_err(String::from)
+                .and_then(|text| parse_line(text.trim())),
+            ImportFormat::Ylem => parse_row(line.raw.trim_ascii()),
+        })
+    }
+}
 
 /// Lines parsed and applied together in one transaction.
 const CHUNK_LINES: usize = 200_000;
@@ -34,6 +63,10 @@ pub struct ImportArgs {
     /// Files of newline-delimited JSON task runs; `-` reads standard input.
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
+    /// How the lines are written: runledger's import lines, or `ylem`, a ClickHouse
+    /// `FORMAT JSONEachRow` export of the reference platform's task-run statistics table.
+    #[arg(long, value_enum, default_value_t)]
+    pub format: ImportFormat,
     /// Leave the file as the import grew it, instead of repacking it afterwards (a copy of
     /// every table in key order: full pages, no free space; about a third smaller).
     #[arg(long)]
@@ -63,12 +96,12 @@ pub fn run(args: ImportArgs) -> Result<ExitCode, String> {
             nats,
             master_key_file: args.master_key_file,
         };
-        return stream::run(nats, args.files);
+        return stream::run(nats, args.format, args.files);
     }
     let engine = args.data_dir.engine_with_cache(IMPORT_CACHE_BYTES)?;
     let started = Instant::now();
     let mut progress = progress::Progress::new(std::io::stderr().is_terminal());
-    let summary = import_files(&engine, &args.files, &mut progress)?;
+    let summary = import_files(&engine, args.format, &args.files, &mut progress)?;
     progress.clear();
     let seconds = started.elapsed().as_secs_f64();
     let applied = summary.counts.inserted + summary.counts.replaced + summary.counts.unchanged;
@@ -123,6 +156,7 @@ pub trait ImportSink {
 /// Imports every file in order, telling `sink` about each rejected line.
 pub fn import_files(
     engine: &Engine,
+    format: ImportFormat,
     files: &[PathBuf],
     sink: &mut dyn ImportSink,
 ) -> Result<ImportSummary, String> {
@@ -147,7 +181,7 @@ pub fn import_files(
         let (sender, receiver) = mpsc::sync_channel::<Result<Chunk, String>>(2);
         scope.spawn(move || {
             for (source, path) in files.iter().enumerate() {
-                if let Err(e) = read_file(engine, source, path, &sender) {
+                if let Err(e) = read_file(engine, format, source, path, &sender) {
                     let _ = sender.send(Err(e));
                     return;
                 }
@@ -166,6 +200,7 @@ pub fn import_files(
 
 fn read_file(
     engine: &Engine,
+    format: ImportFormat,
     source: usize,
     path: &Path,
     sender: &mpsc::SyncSender<Result<Chunk, String>>,
@@ -188,12 +223,11 @@ fn read_file(
         };
         let number = line.number;
         offset += line.bytes as u64;
-        match line.text {
-            Err(not_utf8) => chunk.lines.push((number, Err(not_utf8.into()))),
-            Ok(text) if text.trim().is_empty() => chunk.blank += 1,
-            Ok(text) => {
-                let prepared = parse_line(text.trim())
-                    .and_then(|run| engine.prepare_import(run).map_err(|e| e.to_string()));
+        match format.parse(&line) {
+            None => chunk.blank += 1,
+            Some(parsed) => {
+                let prepared =
+                    parsed.and_then(|run| engine.prepare_import(run).map_err(|e| e.to_string()));
                 chunk.lines.push((number, prepared));
             }
         }

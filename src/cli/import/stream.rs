@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use std::collections::VecDeque;
 
+use super::ImportFormat;
 use crate::cli::NatsArgs;
 use crate::cluster::envelope::Kind;
 use crate::cluster::publisher::{Pending, WINDOW};
@@ -38,11 +39,11 @@ enum Line {
     Blank,
 }
 
-pub fn run(nats: NatsArgs, files: Vec<PathBuf>) -> Result<ExitCode, String> {
+pub fn run(nats: NatsArgs, format: ImportFormat, files: Vec<PathBuf>) -> Result<ExitCode, String> {
     let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("cannot start: {e}"))?;
     let started = Instant::now();
     let (sender, mut lines) = tokio::sync::mpsc::channel::<Line>(8_192);
-    let reader = std::thread::spawn(move || read_lines(&files, &sender));
+    let reader = std::thread::spawn(move || read_lines(format, &files, &sender));
     let summary = runtime.block_on(async {
         let cluster = nats.join().await?;
         let master = cluster.master.clone();
@@ -173,7 +174,11 @@ async fn send(
     Ok(())
 }
 
-fn read_lines(files: &[PathBuf], sender: &tokio::sync::mpsc::Sender<Line>) -> Result<(), String> {
+fn read_lines(
+    format: ImportFormat,
+    files: &[PathBuf],
+    sender: &tokio::sync::mpsc::Sender<Line>,
+) -> Result<(), String> {
     for path in files {
         let name = path.display().to_string();
         let input = super::open_input(path)?;
@@ -183,10 +188,9 @@ fn read_lines(files: &[PathBuf], sender: &tokio::sync::mpsc::Sender<Line>) -> Re
             .map_err(|e| format!("cannot read {name}: {e}"))?
         {
             let number = line.number;
-            let line = match line.text {
-                Err(not_utf8) => Line::Refused(format!("{name}:{number}: {not_utf8}")),
-                Ok(text) if text.trim().is_empty() => Line::Blank,
-                Ok(text) => match super::parse_line(text.trim()) {
+            let line = match format.parse(&line) {
+                None => Line::Blank,
+                Some(parsed) => match parsed {
                     Ok(run) if run.organization.is_none() => {
                         Line::Refused(format!("{name}:{number}: organization_uuid: is required"))
                     }
