@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """DuckDB beside runledger, on the same import file, for the README's Performance section.
 
-usage: pip install duckdb && python3 benches/duckdb_compare.py RUNS.ndjson [--threads N]
+usage: pip install duckdb && python3 benches/duckdb_compare.py RUNS.ndjson [--threads N] [--load-only]
 
 Loads the file (`runledger generate --no-outputs` output) into a DuckDB database file, prints
 the load rate and the file's bytes per run, then keeps the last report of each task run (as
@@ -36,6 +36,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("runs")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--load-only", action="store_true",
+                        help="only load the file (benches/import_table.sh)")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="duckdb-compare-")
     path = os.path.join(work, "runs.duckdb")
@@ -57,7 +59,9 @@ def main():
     rows = con.execute("SELECT count(*) FROM raw").fetchone()[0]
     size = os.path.getsize(path)
     print(f"load: {rows} rows in {load:.1f} s ({rows / load:,.0f} rows/s), "
-          f"{size / rows:.0f} bytes per run on disk")
+          f"{size / rows:.0f} bytes per run on disk", flush=True)
+    if args.load_only:
+        return
 
     started = time.perf_counter()
     con.execute(

@@ -7,6 +7,8 @@ use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::error::Error;
+
 /// REST requests by `method`, `route` (the route template) and `status` (`2xx`, `4xx`...).
 pub const HTTP_REQUESTS: &str = "runledger_http_requests_total";
 /// REST request latency in seconds, by `route`.
@@ -161,31 +163,35 @@ fn describe() {
     );
 }
 
+/// One write of a transaction as the metrics count it.
+pub struct Counted<'a> {
+    /// The operation's kind, as a label.
+    pub kind: &'static str,
+    /// Task runs it applied, when acknowledged.
+    pub runs: u64,
+    /// Acknowledged, refused, or not reached (`None`).
+    pub outcome: Option<Result<(), &'a Error>>,
+}
+
 /// Counts one write transaction: its latency, and each operation acknowledged or refused (all
 /// refused when the transaction failed).
 pub fn record_transaction<'a>(
-    applied: impl Iterator<
-        Item = (
-            &'a crate::store::WriteOp,
-            Option<&'a crate::error::Result<crate::store::WriteOutcome>>,
-        ),
-    >,
-    failed: Option<&crate::error::Error>,
+    writes: impl Iterator<Item = Counted<'a>>,
+    failed: Option<&Error>,
     elapsed: std::time::Duration,
 ) {
-    use crate::store::{WriteOp, WriteOutcome};
     if let Some(error) = failed {
-        applied.for_each(|_| record_refused(error));
+        writes.for_each(|_| record_refused(error));
         return;
     }
     metrics::counter!(COMMITS).increment(1);
     metrics::histogram!(COMMIT_SECONDS).record(elapsed.as_secs_f64());
-    for (op, outcome) in applied {
-        match outcome {
-            Some(Ok(outcome)) => {
-                metrics::counter!(WRITES_ACKNOWLEDGED, "kind" => op.kind()).increment(1);
-                if let (WriteOp::Report { runs, .. }, WriteOutcome::Report(_)) = (op, outcome) {
-                    metrics::counter!(RUNS_APPLIED).increment(runs.len() as u64);
+    for write in writes {
+        match write.outcome {
+            Some(Ok(())) => {
+                metrics::counter!(WRITES_ACKNOWLEDGED, "kind" => write.kind).increment(1);
+                if write.runs > 0 {
+                    metrics::counter!(RUNS_APPLIED).increment(write.runs);
                 }
             }
             Some(Err(error)) => record_refused(error),
@@ -195,6 +201,6 @@ pub fn record_transaction<'a>(
 }
 
 /// Counts a write refused before it reached a transaction.
-pub fn record_refused(error: &crate::error::Error) {
+pub fn record_refused(error: &Error) {
     metrics::counter!(WRITES_REFUSED, "reason" => error.code().as_str()).increment(1);
 }
