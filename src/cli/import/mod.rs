@@ -1,10 +1,12 @@
-//! `runledger import`: bulk-loads newline-delimited JSON task runs. One thread reads and parses
-//! while the calling thread applies large batches (each line its own atomic unit, so a rejected
-//! line costs nothing to its neighbours). Rejected lines are reported with their line number and
-//! reason; the import goes on.
+//! `runledger import`: bulk-loads newline-delimited JSON task runs. One thread reads, parses and
+//! orders chunks (see [`order`]) while the calling thread applies them, a chunk per
+//! transaction (each line its own atomic unit, so a rejected line costs nothing to its
+//! neighbours). Rejected lines are reported with their line number and reason, in the file's
+//! order; the import goes on.
 
 mod lines;
 mod ndjson;
+mod order;
 mod progress;
 mod stream;
 mod ylem;
@@ -234,6 +236,7 @@ fn read_file(
         chunk.last_line = number;
         if chunk.lines.len() >= CHUNK_LINES {
             chunk.offset = offset;
+            order::arrange(&mut chunk.lines);
             let full = std::mem::replace(
                 &mut chunk,
                 Chunk {
@@ -250,6 +253,7 @@ fn read_file(
         }
     }
     chunk.offset = offset;
+    order::arrange(&mut chunk.lines);
     let _ = sender.send(Ok(chunk));
     Ok(())
 }
@@ -263,6 +267,7 @@ fn apply_chunk(
 ) -> Result<(), String> {
     let mut ops = Vec::with_capacity(chunk.lines.len());
     let mut numbers = Vec::with_capacity(chunk.lines.len());
+    let mut rejected = Vec::new();
     let read = chunk.lines.len() as u64 + chunk.blank;
     for (number, parsed) in chunk.lines {
         match parsed {
@@ -270,26 +275,26 @@ fn apply_chunk(
                 ops.push(op);
                 numbers.push(number);
             }
-            Err(reason) => {
-                summary.rejected += 1;
-                sink.rejected(format!("{name}:{number}: {reason}"));
-            }
+            Err(reason) => rejected.push((number, reason)),
         }
     }
     let outcomes = engine.apply_imports(&ops).map_err(|e| {
         format!(
             "import stopped at {name} line {}: {e}",
-            numbers.first().copied().unwrap_or(chunk.last_line)
+            numbers.iter().min().copied().unwrap_or(chunk.last_line)
         )
     })?;
     for (number, outcome) in numbers.into_iter().zip(outcomes) {
         match outcome {
             Ok(counts) => summary.counts.add(counts),
-            Err(reason) => {
-                summary.rejected += 1;
-                sink.rejected(format!("{name}:{number}: {reason}"));
-            }
+            Err(reason) => rejected.push((number, reason.to_string())),
         }
+    }
+    // Written in the order of `order`, reported in the file's.
+    rejected.sort_by_key(|(number, _)| *number);
+    summary.rejected += rejected.len() as u64;
+    for (number, reason) in rejected {
+        sink.rejected(format!("{name}:{number}: {reason}"));
     }
     summary.lines += read;
     summary.blank += chunk.blank;
