@@ -695,20 +695,7 @@ async fn a_storm_of_re_reports_costs_no_more_than_fresh_runs_and_stalls_no_one()
         let _ = done.send(());
         (counts, started.elapsed())
     });
-    let mut ours = app.ingest().await;
-    let mut latencies = Vec::new();
-    let mut storm_over = false;
-    for n in 0u128.. {
-        let started = Instant::now();
-        ours.report_task_run_batch(batch(vec![run(n, "2024-05-05 05:05:05")]))
-            .await
-            .unwrap();
-        latencies.push(started.elapsed());
-        storm_over |= finished_storm.try_recv().is_ok();
-        if storm_over && n >= 3 {
-            break;
-        }
-    }
+    let latencies = writes_meanwhile(&app, &mut finished_storm).await;
     let (counts, storm_cost) = storm_task.await.unwrap();
     assert_eq!((counts.replaced, counts.inserted), (10_000, 0));
     let worst = latencies.iter().max().unwrap();
@@ -799,20 +786,7 @@ async fn re_reporting_a_dense_hour_with_other_durations_costs_its_size_and_stall
         let _ = done.send(());
         costs
     });
-    let mut ours = app.ingest().await;
-    let mut latencies = Vec::new();
-    let mut over = false;
-    for n in 0u128.. {
-        let started = Instant::now();
-        ours.report_task_run_batch(batch(vec![run(n, "2024-05-05 05:05:05")]))
-            .await
-            .unwrap();
-        latencies.push(started.elapsed());
-        over |= finished_storm.try_recv().is_ok();
-        if over && n >= 3 {
-            break;
-        }
-    }
+    let mut latencies = writes_meanwhile(&app, &mut finished_storm).await;
     let costs = storm.await.unwrap();
     latencies.sort();
     let worst_batch = costs.iter().max().unwrap();
@@ -842,6 +816,29 @@ async fn re_reporting_a_dense_hour_with_other_durations_costs_its_size_and_stall
     let report = runledger::store::verify::verify(app.engine.store()).unwrap();
     assert!(report.is_consistent(), "{:?}", report.differences);
     app.stop().await;
+}
+
+/// The test organization's one-run writes, one after the other, until `storm` ends (at least
+/// four): how long each took to be acknowledged.
+async fn writes_meanwhile(
+    app: &TestApp,
+    storm: &mut tokio::sync::oneshot::Receiver<()>,
+) -> Vec<Duration> {
+    let mut ours = app.ingest().await;
+    let mut latencies = Vec::new();
+    let mut over = false;
+    for n in 0u128.. {
+        let started = Instant::now();
+        ours.report_task_run_batch(batch(vec![run(n, "2024-05-05 05:05:05")]))
+            .await
+            .unwrap();
+        latencies.push(started.elapsed());
+        over |= storm.try_recv().is_ok();
+        if over && n >= 3 {
+            break;
+        }
+    }
+    latencies
 }
 
 /// What one organization sees of a pipeline and its task: range stats, months, last runs and
