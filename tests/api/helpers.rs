@@ -429,6 +429,27 @@ pub fn run_cli(args: &[&str]) -> (bool, String) {
     (output.status.success(), text)
 }
 
+/// The JSON object a command printed on a line of its own (credentials, a key), among
+/// whatever else it wrote.
+pub fn printed_json(output: &str) -> serde_json::Value {
+    output
+        .lines()
+        .find_map(|line| serde_json::from_str(line).ok())
+        .expect(output)
+}
+
+/// The JSON body of a GET of `url` with a bearer `token`, whatever its status.
+pub async fn get_json(http: &reqwest::Client, url: String, token: &str) -> serde_json::Value {
+    http.get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// A timestamp from `Y-m-d`, `Y-m-d H:i:s` or RFC 3339.
 pub fn ts(text: &str) -> prost_types::Timestamp {
     let text = if text.len() == 10 {

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::helpers::{ChildServer, ORG, logged_entries, rest_token, run_cli, runtime};
+use crate::helpers::{
+    ChildServer, ORG, get_json, logged_entries, printed_json, rest_token, run_cli, runtime,
+};
 
 const EXPORT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -106,10 +108,7 @@ fn a_ylem_export_imports_as_is_and_answers_as_its_rows() {
 
     let (ok, output) = run_cli(&["client", "create", "--data-dir", data, "--org", ORG]);
     assert!(ok, "{output}");
-    let client: Value = output
-        .lines()
-        .find_map(|line| serde_json::from_str(line).ok())
-        .expect(&output);
+    let client = printed_json(&output);
     let (ok, key) = run_cli(&["key", "--data-dir", data, "--org", ORG]);
     assert!(ok, "{key}");
     let key = runledger::crypto::OutputKey::from_base64(key.trim()).unwrap();
@@ -149,16 +148,7 @@ fn a_ylem_export_imports_as_is_and_answers_as_its_rows() {
                     "http://{}/v1/stats/{kind}/{uuid}/stats/2023-12-01/2024-03-31%2023:59:59",
                     server.http_addr
                 );
-                let answer: Value = http
-                    .get(url)
-                    .bearer_auth(&token)
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                answer
+                get_json(&http, url, &token).await
             }
         };
         let counted: [(_, _, Counting); 2] = [

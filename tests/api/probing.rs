@@ -1,7 +1,7 @@
 //! Regressions of hostile probing of the fronts and commands (issue 20's list): each test
 //! failed before its fix.
 
-use crate::helpers::{ChildServer, ORG, rest_token, run_cli, runtime};
+use crate::helpers::{ChildServer, ORG, get_json, rest_token, run_cli, runtime};
 
 const PIPELINE: &str = "0c000000-0000-4000-8000-000000000001";
 const TASK: &str = "0c000000-0000-4000-8000-000000000002";
@@ -116,18 +116,11 @@ fn an_approximate_answer_never_names_a_last_run_after_its_end() {
     let http = reqwest::Client::new();
     runtime().block_on(async {
         let token = rest_token(&http, server.http_addr, &client, None).await;
-        let answer: serde_json::Value = http
-            .get(format!(
-                "http://{}/v1/stats/tasks/{TASK}/stats/2024-01-01/2024-01-10%2012:00:00",
-                server.http_addr
-            ))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let url = format!(
+            "http://{}/v1/stats/tasks/{TASK}/stats/2024-01-01/2024-01-10%2012:00:00",
+            server.http_addr
+        );
+        let answer = get_json(&http, url, &token).await;
         // Counted over the whole day (the run at 18:00 is in it, as the answer says), but the
         // last run at or before 12:00 is not that one.
         assert_eq!(answer["approximate"], true, "{answer}");

@@ -1353,10 +1353,7 @@ fn a_logged_output_decrypts_with_the_key_from_client_create() {
     ]);
     assert!(ok, "{output}");
     // Standard output holds the credentials; warnings (a loose temp dir) go to standard error.
-    let credentials: Value = output
-        .lines()
-        .find_map(|line| serde_json::from_str(line).ok())
-        .expect(&output);
+    let credentials = crate::helpers::printed_json(&output);
     assert_eq!(credentials["organization_uuid"], org);
     assert_eq!(credentials["scopes"], "stats:read runs:write");
     let key = credentials["output_key"]
