@@ -27,8 +27,10 @@ pub const CONTROL_SUBJECT: &str = "runledger.control";
 const IDENTITY_PREFIX: &str = "runledger cluster ";
 /// How long JetStream remembers message ids to drop a duplicate publish.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(300);
-/// How long `cluster init` retries creating the stream (a new NATS cluster elects its leader).
-const CREATE_DEADLINE: Duration = Duration::from_secs(15);
+/// How long `cluster init` retries creating the stream: servers of a NATS cluster that just
+/// started elect a meta leader and learn their peers first ("no suitable peers for placement"
+/// until they have), which took over 15 s with three clusters starting at once on 2 cores.
+const CREATE_DEADLINE: Duration = Duration::from_secs(60);
 /// A replica silent for longer than this is not counted in the quorum.
 const QUORUM_SILENCE: Duration = Duration::from_secs(4);
 /// How long joining retries looking the stream up.
