@@ -1289,15 +1289,20 @@ fn write_sequence(rng: &mut Rng, pipelines: &[PipelineSpec], reports: &[TaskRun]
     ops
 }
 
-/// `ops` applied to a new store in commits of random sizes up to `largest` operations; the
-/// outcome of each operation, in order, as text.
+/// `ops` applied to a new store whose transactions may use `threads` threads, in commits of
+/// random sizes up to `largest` operations; the outcome of each operation, in order, as text.
 fn apply_grouped(
     rng: &mut Rng,
     ops: &[WriteOp],
     largest: i64,
+    threads: usize,
 ) -> (Store, Vec<String>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let options = StoreOptions {
+        writer_threads: threads,
+        ..StoreOptions::default()
+    };
+    let store = Store::open(dir.path(), options).unwrap();
     let mut outcomes = Vec::new();
     let mut rest = ops;
     while !rest.is_empty() {
@@ -1317,9 +1322,15 @@ fn one_write_sequence_grouped_two_ways_gives_identical_tables() {
         let mut rng = Rng(seed);
         let (pipelines, reports) = generate(&mut rng, 2_000);
         let ops = write_sequence(&mut rng, &pipelines, &reports);
-        let (one_by_one, outcomes_a, _a) = apply_grouped(&mut rng, &ops, 1);
-        let (grouped, outcomes_b, dir_b) = apply_grouped(&mut rng, &ops, 40);
+        let (one_by_one, outcomes_a, _a) = apply_grouped(&mut rng, &ops, 1, 1);
+        let (grouped, outcomes_b, dir_b) = apply_grouped(&mut rng, &ops, 40, 2);
         assert_eq!(outcomes_a, outcomes_b, "seed {seed}: outcomes differ");
+        // Commits large enough for a transaction to use its helper threads.
+        let (large, outcomes_c, _c) = apply_grouped(&mut rng, &ops, 800, 4);
+        assert_eq!(
+            outcomes_a, outcomes_c,
+            "seed {seed}: outcomes differ with 4 threads"
+        );
         assert!(
             outcomes_a.iter().any(|o| o.starts_with("Err")),
             "seed {seed}: the sequence should include refused writes"
@@ -1337,13 +1348,15 @@ fn one_write_sequence_grouped_two_ways_gives_identical_tables() {
             rollups(&grouped) > 0,
             "seed {seed}: no pipeline was dense enough for finer rollups"
         );
-        let digests = [&one_by_one, &grouped].map(|store| store.digest().unwrap());
-        assert_eq!(
-            digests[0].tables, digests[1].tables,
-            "seed {seed}: the same writes grouped differently left different tables"
-        );
-        assert_eq!(digests[0].whole(), digests[1].whole());
-        for store in [&one_by_one, &grouped] {
+        let digests = [&one_by_one, &grouped, &large].map(|store| store.digest().unwrap());
+        for other in &digests[1..] {
+            assert_eq!(
+                digests[0].tables, other.tables,
+                "seed {seed}: the same writes grouped differently, or applied by more threads, left different tables"
+            );
+            assert_eq!(digests[0].whole(), other.whole());
+        }
+        for store in [&one_by_one, &grouped, &large] {
             assert!(verify(store).unwrap().is_consistent(), "seed {seed}");
         }
 

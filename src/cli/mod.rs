@@ -22,7 +22,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-pub use options::{DataDir, Joined, NatsArgs};
+pub use options::{DataDir, Joined, NatsArgs, WriterThreads};
 
 /// Records every run of every data pipeline and answers run statistics from live rollups.
 #[derive(Debug, Parser)]

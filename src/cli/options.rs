@@ -39,7 +39,7 @@ impl DataDir {
 
     /// Opens the engine over the store.
     pub fn engine(&self) -> Result<crate::engine::Engine, String> {
-        self.engine_with_cache(StoreOptions::default().cache_bytes)
+        self.engine_with(StoreOptions::default())
     }
 
     /// Opens the engine, or `None` when a running server holds the data dir (reach it through
@@ -55,14 +55,28 @@ impl DataDir {
         }
     }
 
-    /// Opens the engine with a page cache of `cache_bytes`.
-    pub fn engine_with_cache(&self, cache_bytes: usize) -> Result<crate::engine::Engine, String> {
-        let options = StoreOptions {
-            cache_bytes,
-            ..StoreOptions::default()
-        };
+    /// Opens the engine with these options.
+    pub fn engine_with(&self, options: StoreOptions) -> Result<crate::engine::Engine, String> {
         let store = Store::open(&self.data_dir, options).map_err(|e| e.to_string())?;
         crate::engine::Engine::new(store).map_err(|e| format!("cannot start: {e}"))
+    }
+}
+
+/// How many threads a write transaction may use, for the commands that write.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WriterThreads {
+    /// Threads one write transaction may use: a large one gathers its rollups and writes its
+    /// task index beside the rest; 1 writes on the writer thread alone. The database comes
+    /// out the same for any number. Default: the cores, at most 4.
+    #[arg(long, env = "RUNLEDGER_WRITER_THREADS")]
+    pub writer_threads: Option<usize>,
+}
+
+impl WriterThreads {
+    /// The number to use: the one given (at least 1), or the default.
+    pub fn get(&self) -> usize {
+        self.writer_threads
+            .map_or(StoreOptions::default().writer_threads, |n| n.max(1))
     }
 }
 

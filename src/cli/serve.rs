@@ -72,6 +72,8 @@ pub struct ServeArgs {
     /// pages are read, so memory grows to it only with use.
     #[arg(long, env = "RUNLEDGER_CACHE_MIB", default_value_t = crate::store::StoreOptions::default().cache_bytes >> 20)]
     pub cache_mib: usize,
+    #[command(flatten)]
+    pub writer_threads: super::WriterThreads,
     /// Serve reads only (a restored backup, a read-only volume); writes get UNAVAILABLE / 503.
     #[arg(long, env = "RUNLEDGER_READ_ONLY")]
     pub read_only: bool,
@@ -127,6 +129,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
         write_queue_bytes: args.write_queue_mib.max(1) << 20,
         queue_wait: std::time::Duration::from_millis(args.queue_wait_ms),
         cache_bytes: args.cache_mib.max(1) << 20,
+        writer_threads: args.writer_threads.get(),
     };
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(crate::tls::Tls::load(cert, key)?),

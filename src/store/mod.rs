@@ -76,6 +76,10 @@ pub struct StoreOptions {
     /// Open the file read-only: reads work, writes are refused (a backup being inspected, a
     /// read-only volume). A file the process may not write is opened read-only regardless.
     pub read_only: bool,
+    /// Threads one write transaction may use: above 1, a large transaction gathers its rollups
+    /// on a helper thread and writes separate tables from separate threads. The tables come
+    /// out the same for any number. Default: the machine's cores, at most 4.
+    pub writer_threads: usize,
 }
 
 impl Default for StoreOptions {
@@ -86,17 +90,27 @@ impl Default for StoreOptions {
             write_queue_bytes: 256 << 20,
             queue_wait: std::time::Duration::from_secs(2),
             read_only: false,
+            writer_threads: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
         }
     }
+}
+
+/// What every write transaction works with besides the database.
+pub(crate) struct WriteContext {
+    cache: EntityCache,
+    /// The UUID indexes' committed Bloom filters; a write transaction holds the lock until it
+    /// commits or fails (writes are serialized anyway).
+    filters: Mutex<Filters>,
+    /// With [`StoreOptions::writer_threads`] above 1: the thread gathering large transactions'
+    /// rollups.
+    rollups: Option<rollup::RollupWorker>,
 }
 
 /// The open database: snapshots for reads, the writer for writes.
 pub struct Store {
     db: Arc<Handle>,
-    cache: Arc<EntityCache>,
-    /// The UUID indexes' committed Bloom filters; a write transaction holds the lock until it
-    /// commits or fails (writes are serialized anyway).
-    filters: Arc<Mutex<Filters>>,
+    /// The caches every transaction works with (the readers' entity cache too).
+    context: Arc<WriteContext>,
     /// `None` when the database is open read-only.
     writer: Option<Writer>,
     path: PathBuf,
@@ -120,7 +134,7 @@ impl Store {
 
     /// A consistent snapshot to read from.
     pub fn reader(&self) -> Result<Reader<'_>> {
-        Ok(Reader::new(self.db.begin_read()?, &self.cache))
+        Ok(Reader::new(self.db.begin_read()?, &self.context.cache))
     }
 
     /// The raw snapshot behind [`Store::reader`], for whole-database work such as backups.
@@ -149,7 +163,7 @@ impl Store {
     /// failed write was recovered from, see `Handle::write`).
     pub fn apply_now(&self, ops: &[WriteOp]) -> Result<Vec<Result<WriteOutcome>>> {
         self.db
-            .write(|db| apply_batch(db, &self.cache, &self.filters, ops, None))
+            .write(|db| apply_batch(db, &self.context, ops, None))
     }
 
     /// Applies messages read from the cluster's stream in one durable transaction on the
@@ -166,7 +180,7 @@ impl Store {
     ) -> Result<Vec<LoggedOutcome>> {
         self.db.write(|db| {
             let started = std::time::Instant::now();
-            let result = in_transaction(db, &self.cache, &self.filters, Some(through), |batch| {
+            let result = in_transaction(db, &self.context, Some(through), |batch| {
                 messages
                     .iter()
                     .map(|message| apply_message(batch, message, replay))
@@ -280,13 +294,12 @@ impl Store {
 /// Applies `ops` in one durable transaction.
 fn apply_batch(
     db: &Database,
-    cache: &EntityCache,
-    filters: &Mutex<Filters>,
+    context: &WriteContext,
     ops: &[WriteOp],
     through: Option<u64>,
 ) -> Result<Vec<Result<WriteOutcome>>> {
     let started = std::time::Instant::now();
-    let outcomes = in_transaction(db, cache, filters, through, |batch| {
+    let outcomes = in_transaction(db, context, through, |batch| {
         let mut outcomes = Vec::with_capacity(ops.len());
         for op in ops {
             outcomes.push(batch.apply(op)?);
@@ -329,16 +342,16 @@ fn counted<'a>(
 /// applied stream sequence); then the caches learn what it created.
 fn in_transaction<R>(
     db: &Database,
-    cache: &EntityCache,
-    filters: &Mutex<Filters>,
+    context: &WriteContext,
     through: Option<u64>,
     work: impl FnOnce(&mut batch::Batch<'_>) -> Result<R>,
 ) -> Result<R> {
     let started = std::time::Instant::now();
-    let mut filters = filters.lock().unwrap_or_else(|e| e.into_inner());
+    let cache = &context.cache;
+    let mut filters = context.filters.lock().unwrap_or_else(|e| e.into_inner());
     let txn = db.begin_write()?;
     let (done, created, applied, finished) = {
-        let mut batch = batch::Batch::open(&txn, cache, &filters)?;
+        let mut batch = batch::Batch::open(&txn, cache, &filters, context.rollups.as_ref())?;
         let done = work(&mut batch)?;
         let applied = started.elapsed();
         if let Some(seq) = through {

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use redb::{Database, ReadableDatabase, ReadableTable};
 
+use super::WriteContext;
 use super::cache::EntityCache;
 use super::handle::Handle;
 use super::index::Filters;
@@ -110,21 +111,24 @@ impl Store {
             tracing::warn!(%error, path = %path.display(), "cannot make the database file owner-only");
         }
         let filters = load_filters(&db).map_err(|e| failed(e.to_string()))?;
-        let filters = Arc::new(Mutex::new(filters));
+        let context = Arc::new(WriteContext {
+            cache: EntityCache::default(),
+            filters: Mutex::new(filters),
+            rollups: (options.writer_threads > 1)
+                .then(super::rollup::RollupWorker::start)
+                .flatten(),
+        });
         let db = Arc::new(Handle::writable(db, &path, options.cache_bytes));
-        let cache = Arc::new(EntityCache::default());
         let writer = Writer::spawn(
             db.clone(),
-            cache.clone(),
-            filters.clone(),
+            context.clone(),
             options.write_queue,
             options.write_queue_bytes,
             options.queue_wait,
         );
         Ok(Store {
             db,
-            cache,
-            filters,
+            context,
             writer: Some(writer),
             path,
         })
@@ -153,8 +157,11 @@ impl Store {
         let filters = load_filters(&db).map_err(|e| failed(e.to_string()))?;
         Ok(Store {
             db: Arc::new(Handle::read_only(db, why, path, options.cache_bytes)),
-            cache: Arc::new(EntityCache::default()),
-            filters: Arc::new(Mutex::new(filters)),
+            context: Arc::new(WriteContext {
+                cache: EntityCache::default(),
+                filters: Mutex::new(filters),
+                rollups: None,
+            }),
             writer: None,
             path: path.to_path_buf(),
         })

@@ -19,10 +19,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, onesho
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
+use super::WriteContext;
 use super::batch::{WriteOp, WriteOutcome};
-use super::cache::EntityCache;
 use super::handle::Handle;
-use super::index::Filters;
 use crate::error::{Error, Result};
 use crate::model::OrgId;
 
@@ -84,8 +83,7 @@ impl Writer {
     /// `queue_bytes` between them.
     pub fn spawn(
         db: Arc<Handle>,
-        cache: Arc<EntityCache>,
-        filters: Arc<Mutex<Filters>>,
+        context: Arc<WriteContext>,
         queue: usize,
         queue_bytes: usize,
         queue_wait: Duration,
@@ -94,7 +92,7 @@ impl Writer {
         let (sender, receiver) = mpsc::channel(queue);
         let thread = std::thread::Builder::new()
             .name("runledger-writer".into())
-            .spawn(move || run(&db, &cache, &filters, receiver))
+            .spawn(move || run(&db, &context, receiver))
             .expect("the writer thread can be started");
         Writer {
             sender: RwLock::new(Some(sender)),
@@ -204,12 +202,7 @@ fn stopped() -> Error {
     Error::Unavailable("the server is shutting down; the write was not applied".into())
 }
 
-fn run(
-    db: &Handle,
-    cache: &EntityCache,
-    filters: &Mutex<Filters>,
-    mut receiver: mpsc::Receiver<Queued>,
-) {
+fn run(db: &Handle, context: &WriteContext, mut receiver: mpsc::Receiver<Queued>) {
     // Writes held back for a later group, oldest first.
     let mut held: VecDeque<Queued> = VecDeque::new();
     loop {
@@ -222,7 +215,7 @@ fn run(
         };
         let group = gather(first, &mut held, || receiver.try_recv().ok());
         let (requests, started) = (group.len(), std::time::Instant::now());
-        commit_group(db, cache, filters, group);
+        commit_group(db, context, group);
         tracing::debug!(requests, held = held.len(), elapsed = ?started.elapsed(), "group committed");
     }
 }
@@ -288,12 +281,7 @@ fn gather<T: Work>(
 }
 
 /// Applies a group and answers it; the group's room in the queue is given back on return.
-fn commit_group(
-    handle: &Handle,
-    cache: &EntityCache,
-    filters: &Mutex<Filters>,
-    group: Vec<Queued>,
-) {
+fn commit_group(handle: &Handle, context: &WriteContext, group: Vec<Queued>) {
     let mut rooms = Vec::with_capacity(group.len());
     let (ops, replies): (Vec<WriteOp>, Vec<Reply>) = group
         .into_iter()
@@ -306,7 +294,7 @@ fn commit_group(
     // `Handle::write`); the failed group was not acknowledged.
     let result = handle.write(|db| {
         std::panic::catch_unwind(AssertUnwindSafe(|| {
-            super::apply_batch(db, cache, filters, &ops, None)
+            super::apply_batch(db, context, &ops, None)
         }))
         .unwrap_or_else(|_| {
             Err(Error::Internal(

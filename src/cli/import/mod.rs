@@ -62,6 +62,8 @@ const IMPORT_CACHE_BYTES: usize = 1 << 28;
 pub struct ImportArgs {
     #[command(flatten)]
     pub data_dir: DataDir,
+    #[command(flatten)]
+    pub writer_threads: super::WriterThreads,
     /// Files of newline-delimited JSON task runs; `-` reads standard input.
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
@@ -100,7 +102,11 @@ pub fn run(args: ImportArgs) -> Result<ExitCode, String> {
         };
         return stream::run(nats, args.format, args.files);
     }
-    let engine = args.data_dir.engine_with_cache(IMPORT_CACHE_BYTES)?;
+    let engine = args.data_dir.engine_with(crate::store::StoreOptions {
+        cache_bytes: IMPORT_CACHE_BYTES,
+        writer_threads: args.writer_threads.get(),
+        ..crate::store::StoreOptions::default()
+    })?;
     let started = Instant::now();
     let mut progress = progress::Progress::new(std::io::stderr().is_terminal());
     let summary = import_files(&engine, args.format, &args.files, &mut progress)?;

@@ -37,7 +37,7 @@ use super::cache::EntityCache;
 use super::credentials::{ClientRecord, IssueOutcome, OrgRecord};
 use super::index::{Filters, IndexWork};
 use super::records::{EntityKey, TaskRunHome};
-use super::rollup::RollupDeltas;
+use super::rollup::{Contributions, RollupWorker};
 use super::tables::{EntityId, INDEX_KEY_LEN, OrgIndex, RUN_KEY_LEN, RunId, WriteTables, meta};
 use crate::error::{Error, Result};
 use crate::model::{
@@ -194,6 +194,10 @@ pub enum WriteOutcome {
     Pruned(PruneProgress),
 }
 
+/// Index entries from which [`Batch::finish`] writes tables from several threads (when allowed):
+/// below, a thread costs more than it saves.
+const PARALLEL_FROM: usize = 1_024;
+
 /// The result of checking an operation: `Err` is a rejection of that operation alone.
 type Verdict = std::result::Result<(), Error>;
 
@@ -224,7 +228,9 @@ pub struct Batch<'txn> {
     pipeline_index: IndexWork,
     created: Created,
     counters: Counters,
-    deltas: RollupDeltas,
+    deltas: Contributions<'txn>,
+    /// Whether the transaction may write tables from several threads (see [`Batch::open`]).
+    parallel: bool,
     /// Finished runs new in this transaction, written in key order at [`Batch::finish`]; reads
     /// of `run_log` during the transaction look here first.
     new_log: BTreeMap<[u8; RUN_KEY_LEN], Vec<u8>>,
@@ -240,11 +246,15 @@ pub struct Batch<'txn> {
 
 impl<'txn> Batch<'txn> {
     /// A batch over `txn`; `filters` are the committed UUID-index filters, which the caller
-    /// holds unchanged until the transaction commits or fails.
+    /// holds unchanged until the transaction commits or fails. With a rollup worker, a large
+    /// transaction gathers its rollups on the worker's thread and writes the task index on
+    /// another at [`Batch::finish`]; every table gets the same writes in the same order either
+    /// way.
     pub fn open(
         txn: &'txn WriteTransaction,
         cache: &'txn EntityCache,
         filters: &'txn Filters,
+        rollups: Option<&'txn RollupWorker>,
     ) -> Result<Batch<'txn>> {
         Ok(Batch {
             t: WriteTables::open(txn)?,
@@ -254,7 +264,8 @@ impl<'txn> Batch<'txn> {
             pipeline_index: IndexWork::new(&filters.pipeline_runs),
             created: Created::default(),
             counters: Counters::default(),
-            deltas: RollupDeltas::default(),
+            deltas: Contributions::new(rollups),
+            parallel: rollups.is_some(),
             new_log: BTreeMap::new(),
             new_homes: BTreeMap::new(),
             aggs: HashMap::default(),
@@ -315,24 +326,48 @@ impl<'txn> Batch<'txn> {
     pub fn finish(mut self) -> Result<Created> {
         self.flush_pipeline_runs()?;
         self.gather_new_runs()?;
-        for (key, home) in std::mem::take(&mut self.new_homes) {
-            self.t.task_index.insert(&key, home.as_slice())?;
-        }
+        let new_homes = std::mem::take(&mut self.new_homes);
         let new_log = std::mem::take(&mut self.new_log);
-        super::packed::insert_new(
-            &mut self.t.run_log,
-            new_log.iter().map(|(key, value)| (key, value.as_slice())),
-        )?;
+        let parallel = self.parallel && new_homes.len() + new_log.len() >= PARALLEL_FROM;
+        let deltas = std::mem::replace(&mut self.deltas, Contributions::new(None));
         let cut = self.retention_cut()?;
-        let mut tables = super::rollup::FlushTables {
-            years: &mut self.t.year_rollups,
-            rollups: &mut self.t.rollups,
-            run_log: &self.t.run_log,
-            runs: &self.t.pipeline_runs,
-            pipeline_tasks: &self.t.pipeline_tasks,
-            cut,
+        let task_index = &mut self.t.task_index;
+        let insert_homes = move || -> Result<()> {
+            for (key, home) in new_homes {
+                task_index.insert(&key, home.as_slice())?;
+            }
+            Ok(())
         };
-        std::mem::take(&mut self.deltas).flush(&mut tables)?;
+        // The rollups read the run log (a bucket's runs), so it is written first, on this
+        // thread, and the rollups flushed after it; the task index is written meanwhile.
+        let run_log = &mut self.t.run_log;
+        let (years, rollups) = (&mut self.t.year_rollups, &mut self.t.rollups);
+        let (runs, pipeline_tasks) = (&self.t.pipeline_runs, &self.t.pipeline_tasks);
+        let write_rest = move || -> Result<()> {
+            super::packed::insert_new(
+                run_log,
+                new_log.iter().map(|(key, value)| (key, value.as_slice())),
+            )?;
+            let deltas = deltas.finish()?;
+            deltas.flush(&mut super::rollup::FlushTables {
+                years,
+                rollups,
+                run_log,
+                runs,
+                pipeline_tasks,
+                cut,
+            })
+        };
+        if parallel {
+            std::thread::scope(|scope| {
+                let homes = scope.spawn(insert_homes);
+                let rest = write_rest();
+                join(homes).and(rest)
+            })?;
+        } else {
+            insert_homes()?;
+            write_rest()?;
+        }
         for (id, work) in std::mem::take(&mut self.last_run_work) {
             self.update_last_run(id, work)?;
         }
@@ -403,6 +438,13 @@ impl<'txn> Batch<'txn> {
             None => Ok(default),
         }
     }
+}
+
+/// The outcome of a thread writing a table: a panic there fails the transaction.
+fn join(handle: std::thread::ScopedJoinHandle<'_, Result<()>>) -> Result<()> {
+    handle
+        .join()
+        .map_err(|_| Error::Internal("a thread writing a table failed".into()))?
 }
 
 fn timestamp(micros: i64) -> Result<Timestamp> {

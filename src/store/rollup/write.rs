@@ -1,5 +1,5 @@
 //! Rollup writes. Contributions are gathered per transaction ([`RollupDeltas`]), one delta record
-//! per touched bucket, and [`RollupDeltas::flush`] rewrites each touched record once, pipeline by
+//! per touched bucket, and [`PreparedDeltas::flush`] rewrites each touched record once, pipeline by
 //! pipeline, coarsest level first, so that each finer bucket's density is known from its
 //! parent's weights before and after the transaction:
 //!
@@ -61,7 +61,7 @@ struct Delta {
 type HourSlots = [(usize, u16); 4];
 
 /// Contributions gathered during a write transaction, one delta record per touched bucket.
-/// Parts are collected unsorted and combined at [`RollupDeltas::flush`].
+/// Parts are collected unsorted and combined at [`RollupDeltas::prepare`].
 #[derive(Default)]
 pub struct RollupDeltas {
     deltas: Vec<Delta>,
@@ -164,8 +164,9 @@ impl RollupDeltas {
         }
     }
 
-    /// Rewrites every touched record (see the module docs).
-    pub fn flush(self, tables: &mut FlushTables<'_, '_>) -> Result<()> {
+    /// The deltas with their parts combined, in flush order (no table needed, so this may run
+    /// on another thread than the flush).
+    pub fn prepare(self) -> PreparedDeltas {
         let mut deltas = self.deltas;
         for delta in &mut deltas {
             combine_parts(&mut delta.record.parts);
@@ -173,6 +174,17 @@ impl RollupDeltas {
             delta.record.parts.retain(|p| !p.is_empty());
         }
         deltas.sort_unstable_by_key(|d| (d.series.pipeline, rank(d.level), d.start, d.series.id));
+        PreparedDeltas(deltas)
+    }
+}
+
+/// A transaction's deltas ready to flush (see [`RollupDeltas::prepare`]).
+pub struct PreparedDeltas(Vec<Delta>);
+
+impl PreparedDeltas {
+    /// Rewrites every touched record (see the module docs).
+    pub fn flush(self, tables: &mut FlushTables<'_, '_>) -> Result<()> {
+        let deltas = self.0;
         let mut rest = deltas.as_slice();
         while let Some(first) = rest.first() {
             let count = rest
