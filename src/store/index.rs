@@ -16,9 +16,8 @@
 //! inserts (the n-th new UUID goes to the same period everywhere), so two stores that applied
 //! the same writes hold the same bits.
 
-use std::collections::HashMap;
-
 use redb::{ReadableTable, Table};
+use rustc_hash::FxHashMap as HashMap;
 
 use super::bloom::{Bloom, Probe, key_hash};
 use super::tables::{
@@ -197,6 +196,8 @@ pub struct IndexWork {
     kind: IndexKind,
     current: u32,
     entries: u64,
+    /// The current period and its entries when the transaction began.
+    began: (u32, u64),
     /// The UUIDs this transaction inserted, with their period.
     inserted: HashMap<(OrgIndex, [u8; 16]), u32>,
     probes: Vec<(u32, Probe)>,
@@ -208,7 +209,8 @@ impl IndexWork {
             kind: committed.kind,
             current: committed.current,
             entries: committed.entries,
-            inserted: HashMap::new(),
+            began: (committed.current, committed.entries),
+            inserted: HashMap::default(),
             probes: Vec::new(),
         }
     }
@@ -236,6 +238,16 @@ impl IndexWork {
             }
         }
         Ok(None)
+    }
+
+    /// Whether `key` was handed out by [`IndexWork::allocate`] in this transaction into a
+    /// period that was empty when the transaction began: such keys are new and have no stored
+    /// neighbours, so they go in as one ordered run (a random UUID among stored ones is cheaper
+    /// to insert alone).
+    pub fn fresh(&self, key: &[u8; INDEX_KEY_LEN]) -> bool {
+        let (period, org, uuid) = split_index_key(key);
+        (period > self.began.0 || self.began.1 == 0)
+            && self.inserted.get(&(org, uuid)) == Some(&period)
     }
 
     /// The key for a UUID that is in no period: the current period's, which it counts against.

@@ -76,9 +76,9 @@ pub struct StoreOptions {
     /// Open the file read-only: reads work, writes are refused (a backup being inspected, a
     /// read-only volume). A file the process may not write is opened read-only regardless.
     pub read_only: bool,
-    /// Threads one write transaction may use: above 1, a large transaction gathers its rollups
-    /// on a helper thread and writes separate tables from separate threads. The tables come
-    /// out the same for any number. Default: the machine's cores, at most 4.
+    /// Threads one write transaction may use: above 1, a large transaction adds up its rollups
+    /// and writes separate tables from separate threads. The tables come out the same for any
+    /// number. Default: the machine's cores, at most 4.
     pub writer_threads: usize,
 }
 
@@ -101,9 +101,8 @@ pub(crate) struct WriteContext {
     /// The UUID indexes' committed Bloom filters; a write transaction holds the lock until it
     /// commits or fails (writes are serialized anyway).
     filters: Mutex<Filters>,
-    /// With [`StoreOptions::writer_threads`] above 1: the thread gathering large transactions'
-    /// rollups.
-    rollups: Option<rollup::RollupWorker>,
+    /// Threads a write transaction may use (see [`StoreOptions::writer_threads`]).
+    threads: usize,
 }
 
 /// The open database: snapshots for reads, the writer for writes.
@@ -351,7 +350,7 @@ fn in_transaction<R>(
     let mut filters = context.filters.lock().unwrap_or_else(|e| e.into_inner());
     let txn = db.begin_write()?;
     let (done, created, applied, finished) = {
-        let mut batch = batch::Batch::open(&txn, cache, &filters, context.rollups.as_ref())?;
+        let mut batch = batch::Batch::open(&txn, cache, &filters, context.threads)?;
         let done = work(&mut batch)?;
         let applied = started.elapsed();
         if let Some(seq) = through {

@@ -114,9 +114,7 @@ impl Store {
         let context = Arc::new(WriteContext {
             cache: EntityCache::default(),
             filters: Mutex::new(filters),
-            rollups: (options.writer_threads > 1)
-                .then(super::rollup::RollupWorker::start)
-                .flatten(),
+            threads: options.writer_threads.max(1),
         });
         let db = Arc::new(Handle::writable(db, &path, options.cache_bytes));
         let writer = Writer::spawn(
@@ -160,7 +158,7 @@ impl Store {
             context: Arc::new(WriteContext {
                 cache: EntityCache::default(),
                 filters: Mutex::new(filters),
-                rollups: None,
+                threads: 1,
             }),
             writer: None,
             path: path.to_path_buf(),

@@ -19,10 +19,16 @@ type Key = (Option<OrgId>, PipelineId, TaskId, Option<Timestamp>);
 /// write order, when that changes no outcome; lines without a write go first.
 pub fn arrange<E>(lines: &mut Vec<(u64, Result<WriteOp, E>)>) {
     if let Some(keys) = keys(lines) {
-        let mut keyed: Vec<_> = keys.into_iter().zip(lines.drain(..)).collect();
-        // Stable: equal keys (the reports of one task run) keep the file's order.
-        keyed.sort_by_key(|(key, _)| *key);
-        lines.extend(keyed.into_iter().map(|(_, line)| line));
+        // Sorted by key, then by position: equal keys (the reports of one task run) keep the
+        // file's order. The lines themselves are large: they move once, into their place.
+        let mut order: Vec<(Option<Key>, u32)> = keys.into_iter().zip(0u32..).collect();
+        order.sort_unstable();
+        let mut slots: Vec<Option<(u64, Result<WriteOp, E>)>> = lines.drain(..).map(Some).collect();
+        lines.extend(
+            order
+                .into_iter()
+                .map(|(_, at)| slots[at as usize].take().expect("each line is placed once")),
+        );
     }
 }
 

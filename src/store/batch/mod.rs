@@ -26,8 +26,6 @@ mod reports;
 mod restore;
 mod stream;
 
-use std::collections::BTreeMap;
-
 use rustc_hash::FxHashMap as HashMap;
 
 use redb::{ReadableTable, WriteTransaction};
@@ -37,7 +35,7 @@ use super::cache::EntityCache;
 use super::credentials::{ClientRecord, IssueOutcome, OrgRecord};
 use super::index::{Filters, IndexWork};
 use super::records::{EntityKey, TaskRunHome};
-use super::rollup::{Contributions, RollupWorker};
+use super::rollup::{PreparedDeltas, RollupDeltas};
 use super::tables::{EntityId, INDEX_KEY_LEN, OrgIndex, RUN_KEY_LEN, RunId, WriteTables, meta};
 use crate::error::{Error, Result};
 use crate::model::{
@@ -228,16 +226,18 @@ pub struct Batch<'txn> {
     pipeline_index: IndexWork,
     created: Created,
     counters: Counters,
-    deltas: Contributions<'txn>,
-    /// Whether the transaction may write tables from several threads (see [`Batch::open`]).
-    parallel: bool,
+    deltas: RollupDeltas,
+    /// Threads the transaction may use (see [`Batch::open`]).
+    threads: usize,
     /// Finished runs new in this transaction, written in key order at [`Batch::finish`]; reads
     /// of `run_log` during the transaction look here first.
-    new_log: BTreeMap<[u8; RUN_KEY_LEN], Vec<u8>>,
+    new_log: HashMap<[u8; RUN_KEY_LEN], Vec<u8>>,
     /// Task-index entries written in this transaction, inserted in key order at
     /// [`Batch::finish`] (ordered inserts touch each leaf once, in turn); reads of `task_index`
     /// during the transaction look here first.
-    new_homes: BTreeMap<[u8; INDEX_KEY_LEN], Vec<u8>>,
+    new_homes: HashMap<[u8; INDEX_KEY_LEN], Vec<u8>>,
+    /// The retention cut once read (`None` until then); only pruning moves it.
+    cut: std::cell::Cell<Option<Option<i64>>>,
     aggs: HashMap<RunId, AggSlot>,
     last_run_work: HashMap<EntityId, LastRunWork>,
     /// Pipeline runs' ids found or handed out in this transaction.
@@ -246,15 +246,14 @@ pub struct Batch<'txn> {
 
 impl<'txn> Batch<'txn> {
     /// A batch over `txn`; `filters` are the committed UUID-index filters, which the caller
-    /// holds unchanged until the transaction commits or fails. With a rollup worker, a large
-    /// transaction gathers its rollups on the worker's thread and writes the task index on
-    /// another at [`Batch::finish`]; every table gets the same writes in the same order either
-    /// way.
+    /// holds unchanged until the transaction commits or fails. With `threads` above 1, a large
+    /// transaction adds up its rollups and writes the task index on other threads than the
+    /// run log at [`Batch::finish`]; every table gets the same writes either way.
     pub fn open(
         txn: &'txn WriteTransaction,
         cache: &'txn EntityCache,
         filters: &'txn Filters,
-        rollups: Option<&'txn RollupWorker>,
+        threads: usize,
     ) -> Result<Batch<'txn>> {
         Ok(Batch {
             t: WriteTables::open(txn)?,
@@ -264,10 +263,11 @@ impl<'txn> Batch<'txn> {
             pipeline_index: IndexWork::new(&filters.pipeline_runs),
             created: Created::default(),
             counters: Counters::default(),
-            deltas: Contributions::new(rollups),
-            parallel: rollups.is_some(),
-            new_log: BTreeMap::new(),
-            new_homes: BTreeMap::new(),
+            deltas: RollupDeltas::default(),
+            threads,
+            new_log: HashMap::default(),
+            new_homes: HashMap::default(),
+            cut: std::cell::Cell::new(None),
             aggs: HashMap::default(),
             last_run_work: HashMap::default(),
             run_ids: HashMap::default(),
@@ -326,30 +326,37 @@ impl<'txn> Batch<'txn> {
     pub fn finish(mut self) -> Result<Created> {
         self.flush_pipeline_runs()?;
         self.gather_new_runs()?;
-        let new_homes = std::mem::take(&mut self.new_homes);
-        let new_log = std::mem::take(&mut self.new_log);
-        let parallel = self.parallel && new_homes.len() + new_log.len() >= PARALLEL_FROM;
-        let deltas = std::mem::replace(&mut self.deltas, Contributions::new(None));
+        // Entries of a fresh period go in through cursors, as one run; others one by one.
+        let (mut added, mut changed): (Vec<_>, Vec<_>) = std::mem::take(&mut self.new_homes)
+            .into_iter()
+            .partition(|(key, _)| self.task_index.fresh(key));
+        added.sort_unstable_by_key(|(key, _)| *key);
+        changed.sort_unstable_by_key(|(key, _)| *key);
+        let mut new_log: Vec<_> = std::mem::take(&mut self.new_log).into_iter().collect();
+        new_log.sort_unstable_by_key(|(key, _)| *key);
+        let work = added.len() + changed.len() + new_log.len();
+        let threads = if work >= PARALLEL_FROM {
+            self.threads
+        } else {
+            1
+        };
+        let deltas = std::mem::take(&mut self.deltas);
         let cut = self.retention_cut()?;
         let task_index = &mut self.t.task_index;
         let insert_homes = move || -> Result<()> {
-            for (key, home) in new_homes {
+            super::packed::insert_new(task_index, &added)?;
+            for (key, home) in changed {
                 task_index.insert(&key, home.as_slice())?;
             }
             Ok(())
         };
-        // The rollups read the run log (a bucket's runs), so it is written first, on this
-        // thread, and the rollups flushed after it; the task index is written meanwhile.
+        // The rollups read the run log (a bucket's runs): it is written first, here, and the
+        // rollups flushed after it, once added up.
         let run_log = &mut self.t.run_log;
         let (years, rollups) = (&mut self.t.year_rollups, &mut self.t.rollups);
         let (runs, pipeline_tasks) = (&self.t.pipeline_runs, &self.t.pipeline_tasks);
-        let write_rest = move || -> Result<()> {
-            super::packed::insert_new(
-                run_log,
-                new_log.iter().map(|(key, value)| (key, value.as_slice())),
-            )?;
-            let deltas = deltas.finish()?;
-            deltas.flush(&mut super::rollup::FlushTables {
+        let mut write_rollups = move |prepared: PreparedDeltas, run_log: &RunLog<'txn>| {
+            prepared.flush(&mut super::rollup::FlushTables {
                 years,
                 rollups,
                 run_log,
@@ -358,15 +365,36 @@ impl<'txn> Batch<'txn> {
                 cut,
             })
         };
-        if parallel {
-            std::thread::scope(|scope| {
+        match threads {
+            1 => {
+                insert_homes()?;
+                super::packed::insert_new(run_log, &new_log)?;
+                write_rollups(deltas.prepare(), &*run_log)?;
+            }
+            2 => std::thread::scope(|scope| {
+                // One helper adds up the rollups, hands them over, then writes the task index.
+                let (send, receive) = std::sync::mpsc::sync_channel(1);
+                let helper = scope.spawn(move || {
+                    let _ = send.send(deltas.prepare());
+                    insert_homes()
+                });
+                let log = super::packed::insert_new(run_log, &new_log);
+                let rollups = match receive.recv() {
+                    Ok(prepared) => log.and_then(|()| write_rollups(prepared, &*run_log)),
+                    Err(_) => Err(helper_failed()),
+                };
+                join(helper).and(rollups)
+            })?,
+            _ => std::thread::scope(|scope| {
+                let prepared = scope.spawn(move || deltas.prepare());
                 let homes = scope.spawn(insert_homes);
-                let rest = write_rest();
-                join(homes).and(rest)
-            })?;
-        } else {
-            insert_homes()?;
-            write_rest()?;
+                let log = super::packed::insert_new(run_log, &new_log);
+                let rollups = match prepared.join() {
+                    Ok(prepared) => log.and_then(|()| write_rollups(prepared, &*run_log)),
+                    Err(_) => Err(helper_failed()),
+                };
+                join(homes).and(rollups)
+            })?,
         }
         for (id, work) in std::mem::take(&mut self.last_run_work) {
             self.update_last_run(id, work)?;
@@ -440,11 +468,15 @@ impl<'txn> Batch<'txn> {
     }
 }
 
-/// The outcome of a thread writing a table: a panic there fails the transaction.
+type RunLog<'txn> = redb::Table<'txn, &'static [u8; RUN_KEY_LEN], &'static [u8]>;
+
+/// The outcome of a helper thread: a panic there fails the transaction.
 fn join(handle: std::thread::ScopedJoinHandle<'_, Result<()>>) -> Result<()> {
-    handle
-        .join()
-        .map_err(|_| Error::Internal("a thread writing a table failed".into()))?
+    handle.join().map_err(|_| helper_failed())?
+}
+
+fn helper_failed() -> Error {
+    Error::Internal("a thread of the write transaction failed".into())
 }
 
 fn timestamp(micros: i64) -> Result<Timestamp> {

@@ -261,7 +261,8 @@ impl Batch<'_> {
                     self.deltas.pipeline_run(
                         pipeline_series(before.pipeline),
                         at,
-                        before.tally(),
+                        before.failed == 0,
+                        before.duration_ms,
                         true,
                     );
                     self.last_run_work(pipeline_series(before.pipeline))
@@ -270,8 +271,13 @@ impl Batch<'_> {
                 }
                 if let Some(now) = slot.now {
                     let at = timestamp(now.latest_micros)?;
-                    self.deltas
-                        .pipeline_run(pipeline_series(now.pipeline), at, now.tally(), false);
+                    self.deltas.pipeline_run(
+                        pipeline_series(now.pipeline),
+                        at,
+                        now.failed == 0,
+                        now.duration_ms,
+                        false,
+                    );
                     self.last_run_work(pipeline_series(now.pipeline))
                         .add(LastRunRecord {
                             executed_at: at,

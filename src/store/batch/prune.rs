@@ -43,7 +43,12 @@ pub struct PruneProgress {
 impl Batch<'_> {
     /// The retention cut in force, if any.
     pub(super) fn retention_cut(&self) -> Result<Option<i64>> {
-        read_cut(&self.t.meta, meta::RETENTION_CUT)
+        if let Some(cut) = self.cut.get() {
+            return Ok(cut);
+        }
+        let cut = read_cut(&self.t.meta, meta::RETENTION_CUT)?;
+        self.cut.set(Some(cut));
+        Ok(cut)
     }
 
     /// One step of pruning to the cut `before` (a UTC midnight): at most `limit` task runs.
@@ -59,6 +64,7 @@ impl Batch<'_> {
         self.t
             .meta
             .insert(meta::RETENTION_CUT, cut.to_le_bytes().as_slice())?;
+        self.cut.set(Some(Some(cut)));
         let mut progress = PruneProgress {
             cut,
             ..PruneProgress::default()

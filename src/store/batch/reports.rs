@@ -12,7 +12,7 @@ use super::pipeline_runs::pipeline_series;
 use super::{Batch, Verdict};
 use crate::error::{Error, Result};
 use crate::model::{
-    EntityKind, OrgId, PipelineId, PipelineRunId, ReportCounts, RunState, Tally, TaskRun, TaskRunId,
+    EntityKind, OrgId, PipelineId, PipelineRunId, ReportCounts, RunState, TaskRun, TaskRunId,
 };
 use crate::store::records::{EntityKey, RunRecord, RunRef, TaskRunHome};
 use crate::store::rollup::Series;
@@ -377,8 +377,9 @@ impl Batch<'_> {
             kind: EntityKind::Task,
             pipeline,
         };
-        let tally = Tally::of_run(record.is_successful, u64::from(record.duration_ms));
-        self.deltas.task_run(series, executed_at, tally, true);
+        let duration = u64::from(record.duration_ms);
+        self.deltas
+            .task_run(series, executed_at, record.is_successful, duration, true);
         self.last_run_work(series)
             .retracted
             .push((executed_at, Uuid::from_bytes(*uuid)));
@@ -404,8 +405,9 @@ impl Batch<'_> {
             kind: EntityKind::Task,
             pipeline: task.pipeline,
         };
-        let tally = Tally::of_run(record.is_successful, u64::from(record.duration_ms));
-        self.deltas.task_run(series, executed_at, tally, false);
+        let duration = u64::from(record.duration_ms);
+        self.deltas
+            .task_run(series, executed_at, record.is_successful, duration, false);
         // The added run itself is offered as the task's latest at finish, from `new_log`.
         self.last_run_work(series);
         self.last_run_work(pipeline_series(task.pipeline));

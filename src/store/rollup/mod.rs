@@ -12,12 +12,11 @@
 //! range's edges, a read of at most a few dozen log entries. Whether a record exists depends only
 //! on what is stored, never on how writes were grouped.
 //!
-//! Writes gather contributions ([`Contributions`], on the [`RollupWorker`]'s thread in large transactions) in
-//! [`RollupDeltas`] and rewrite each touched record once per
-//! transaction ([`write`]); reads descend from years to the edges ([`read`]), falling back to the
-//! run log for sparse buckets ([`scan`]).
+//! Writes note each run's contribution and add them up per touched bucket at the end of the
+//! transaction ([`gather`]), then rewrite each touched record once ([`write`]); reads descend from
+//! years to the edges ([`read`]), falling back to the run log for sparse buckets ([`scan`]).
 
-mod contributions;
+mod gather;
 mod read;
 mod scan;
 mod write;
@@ -28,9 +27,9 @@ use std::rc::Rc;
 use redb::ReadableTable;
 use rustc_hash::FxHashMap;
 
-pub use contributions::{Contributions, RollupWorker};
+pub use gather::RollupDeltas;
 pub use read::{aggregated, last_run_at_or_before, range_summary};
-pub use write::{FlushTables, materialize, rebuild};
+pub use write::{FlushTables, PreparedDeltas, materialize, rebuild};
 
 use super::records::{PipelineRunAgg, RecordView};
 use super::tables::{

@@ -1,5 +1,5 @@
-//! Rollup writes. Contributions are gathered per transaction ([`RollupDeltas`]), one delta record
-//! per touched bucket, and [`PreparedDeltas::flush`] rewrites each touched record once, pipeline by
+//! Rollup writes. A transaction's contributions come as one delta record per touched bucket
+//! ([`super::gather`]), and [`PreparedDeltas::flush`] rewrites each touched record once, pipeline by
 //! pipeline, coarsest level first, so that each finer bucket's density is known from its
 //! parent's weights before and after the transaction:
 //!
@@ -17,11 +17,11 @@
 use std::collections::{BTreeMap, HashMap};
 
 use redb::{ReadableTable, Table};
-use rustc_hash::FxHashMap;
 
+use super::gather::rank;
 use super::scan::{Entry, entries, pipeline_runs_ending_in};
-use super::{STORED, Series, kept, parent};
-use crate::durations::{self, Bin, Durations};
+use super::{Series, kept, parent};
+use crate::durations;
 use crate::error::Result;
 use crate::model::{EntityKind, Tally};
 use crate::store::records::{BucketRecord, Part, PipelineRunAgg};
@@ -29,7 +29,7 @@ use crate::store::tables::{
     EntityId, ROLLUP_KEY_LEN, RUN_KEY_LEN, YEAR_KEY_LEN, pipeline_task_key, rollup_key,
     run_key_bounds, split_run_key, year_key,
 };
-use crate::time::{Level, MICROS_PER_SECOND, Timestamp};
+use crate::time::{Level, MICROS_PER_SECOND};
 
 /// The tables a flush writes, and those it reads to build dense buckets.
 pub struct FlushTables<'a, 'txn> {
@@ -42,146 +42,25 @@ pub struct FlushTables<'a, 'txn> {
     pub cut: Option<i64>,
 }
 
-/// A contribution to one bucket of one series.
-struct Delta {
-    series: Series,
-    level: Level,
-    start: i64,
-    record: BucketRecord,
+/// The contributions of one transaction to one bucket of one series (see [`super::gather`]).
+pub(super) struct Delta {
+    pub series: Series,
+    pub level: Level,
+    pub start: i64,
+    pub record: BucketRecord,
     /// Durations taken back out, by part index (unsorted; the largest per part counts).
-    retracted: Vec<(u16, u64)>,
-    /// Durations added (count 1) or taken out (count `u64::MAX`): part index, bin, count and
-    /// value, unsorted; gathered into the parts' histograms at flush (one push per run, where
-    /// a histogram per part would allocate for every part touched).
-    durations: Vec<(u16, Bin, u64, u64)>,
+    pub retracted: Vec<(u16, u64)>,
 }
 
-/// For each stored level (in [`STORED`] order), the delta's position and the part a second of
-/// the current hour falls in (the hour level's part is the second itself).
-type HourSlots = [(usize, u16); 4];
-
-/// Contributions gathered during a write transaction, one delta record per touched bucket.
-/// Parts are collected unsorted and combined at [`RollupDeltas::prepare`].
-#[derive(Default)]
-pub struct RollupDeltas {
-    deltas: Vec<Delta>,
-    index: FxHashMap<(EntityId, u8, i64), usize>,
-    /// Per series, the hour last contributed to and its slots: consecutive runs of a series
-    /// mostly share an hour, and then cost no hashing and no calendar arithmetic.
-    current: FxHashMap<EntityId, (i64, HourSlots)>,
-}
-
-impl RollupDeltas {
-    /// A finished task run counts for its task (or, with `retract`, stops counting) and weighs
-    /// for its pipeline.
-    pub fn task_run(&mut self, task: Series, at: Timestamp, tally: Tally, retract: bool) {
-        let duration = Some((tally.duration_ms, retract));
-        let (tally, weight) = signed(tally, 1, retract);
-        self.apply(task, at, tally, 0, duration);
-        let pipeline = Series {
-            id: task.pipeline,
-            kind: EntityKind::Pipeline,
-            pipeline: task.pipeline,
-        };
-        self.apply(pipeline, at, Tally::default(), weight, None);
-    }
-
-    /// A pipeline run counts for its pipeline at its latest task run (or stops counting).
-    pub fn pipeline_run(&mut self, pipeline: Series, at: Timestamp, tally: Tally, retract: bool) {
-        let duration = Some((tally.duration_ms, retract));
-        let (tally, _) = signed(tally, 0, retract);
-        self.apply(pipeline, at, tally, 0, duration);
-    }
-
-    /// Adds a contribution to the series' bucket at every stored level; `duration` is the run's
-    /// duration and whether it is taken out.
-    fn apply(
-        &mut self,
-        series: Series,
-        at: Timestamp,
-        tally: Tally,
-        weight: u64,
-        duration: Option<(u64, bool)>,
-    ) {
-        let second = at.second();
-        let hour = Level::Hour.bucket_start(second);
-        let slots = match self.current.get(&series.id) {
-            Some((cached, slots)) if *cached == hour => *slots,
-            _ => {
-                let starts = Level::bucket_starts(second);
-                // Level::ALL order: hour, day, week, month, quarter, year.
-                let stored_starts = [starts[5], starts[3], starts[1], starts[0]];
-                let mut slots = [(0, 0); 4];
-                for ((slot, level), start) in slots.iter_mut().zip(STORED).zip(stored_starts) {
-                    let key = (series.id, level.tag(), start);
-                    let next = self.deltas.len();
-                    let position = *self.index.entry(key).or_insert(next);
-                    if position == next {
-                        self.deltas.push(Delta {
-                            series,
-                            level,
-                            start,
-                            record: BucketRecord::default(),
-                            retracted: Vec::new(),
-                            durations: Vec::new(),
-                        });
-                    }
-                    *slot = (position, level.part_index(start, second).unwrap_or(0));
-                }
-                self.current.insert(series.id, (hour, slots));
-                slots
-            }
-        };
-        let bin = duration.map(|(value, _)| durations::bin_of(value));
-        for (level, (position, part)) in STORED.into_iter().zip(slots) {
-            let delta = &mut self.deltas[position];
-            let record = &mut delta.record;
-            record.total = record.total + tally;
-            record.weight = record.weight.wrapping_add(weight);
-            let index = if level == Level::Hour {
-                (second - hour) as u16
-            } else {
-                part
-            };
-            // Runs mostly arrive in time order: add to the part just touched.
-            if record.parts.last().is_none_or(|last| last.index != index) {
-                record.parts.push(Part {
-                    index,
-                    ..Part::default()
-                });
-            }
-            let last = record.parts.last_mut().expect("pushed");
-            last.tally = last.tally + tally;
-            last.weight = last.weight.wrapping_add(weight);
-            if let (Some((value, retract)), Some(bin)) = (duration, bin) {
-                if retract {
-                    delta.durations.push((index, bin, u64::MAX, value));
-                    delta.retracted.push((index, value));
-                } else {
-                    delta.durations.push((index, bin, 1, value));
-                }
-            }
-        }
-    }
-
-    /// The deltas with their parts combined, in flush order (no table needed, so this may run
-    /// on another thread than the flush).
-    pub fn prepare(self) -> PreparedDeltas {
-        let mut deltas = self.deltas;
-        for delta in &mut deltas {
-            combine_parts(&mut delta.record.parts);
-            gather_durations(&mut delta.record.parts, &mut delta.durations);
-            delta.record.parts.retain(|p| !p.is_empty());
-        }
-        deltas.sort_unstable_by_key(|d| (d.series.pipeline, rank(d.level), d.start, d.series.id));
-        PreparedDeltas(deltas)
-    }
-}
-
-/// A transaction's deltas ready to flush (see [`RollupDeltas::prepare`]).
+/// A transaction's deltas ready to flush: sorted by pipeline, then level (coarsest first), bucket
+/// and series.
 pub struct PreparedDeltas(Vec<Delta>);
 
 impl PreparedDeltas {
+    pub(super) fn new(deltas: Vec<Delta>) -> PreparedDeltas {
+        PreparedDeltas(deltas)
+    }
+
     /// Rewrites every touched record (see the module docs).
     pub fn flush(self, tables: &mut FlushTables<'_, '_>) -> Result<()> {
         let deltas = self.0;
@@ -197,59 +76,32 @@ impl PreparedDeltas {
         }
         Ok(())
     }
-}
 
-/// A stored level's position in [`STORED`]: 0 for years, 3 for hours.
-fn rank(level: Level) -> usize {
-    STORED.iter().position(|l| *l == level).expect("stored")
-}
-
-/// A tally and weight as added, or as taken back out.
-fn signed(tally: Tally, weight: u64, retract: bool) -> (Tally, u64) {
-    if retract {
-        (Tally::default() - tally, 0u64.wrapping_sub(weight))
-    } else {
-        (tally, weight)
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.0.len()
     }
-}
 
-/// Sorts parts by index and sums those with the same index (keeping empty sums, whose
-/// durations may not cancel).
-fn combine_parts(parts: &mut Vec<Part>) {
-    parts.sort_unstable_by_key(|p| p.index);
-    let mut combined: Vec<Part> = Vec::with_capacity(parts.len());
-    for part in parts.drain(..) {
-        match combined.last_mut() {
-            Some(last) if last.index == part.index => last.add(&part),
-            _ => combined.push(part),
-        }
+    #[cfg(test)]
+    pub(super) fn records(&self) -> impl Iterator<Item = (Series, &BucketRecord)> {
+        self.0.iter().map(|d| (d.series, &d.record))
     }
-    *parts = combined;
-}
 
-/// Adds gathered durations (part index, bin, count, value) to the histograms of `parts`
-/// (combined, so one per index); an added value raises its part's max.
-fn gather_durations(parts: &mut [Part], gathered: &mut Vec<(u16, Bin, u64, u64)>) {
-    gathered.sort_unstable_by_key(|&(index, bin, ..)| (index, bin));
-    for group in gathered.chunk_by(|a, b| a.0 == b.0) {
-        let Ok(at) = parts.binary_search_by_key(&group[0].0, |p| p.index) else {
-            continue; // every contribution with a duration also made its part
-        };
-        let mut bins: Vec<(Bin, u64)> = Vec::with_capacity(group.len());
-        let mut max = 0;
-        for &(_, bin, count, value) in group {
-            if count == 1 {
-                max = max.max(value);
-            }
-            match bins.last_mut() {
-                Some(last) if last.0 == bin => last.1 = last.1.wrapping_add(count),
-                _ => bins.push((bin, count)),
-            }
-        }
-        bins.retain(|(_, count)| *count != 0);
-        parts[at].durations.add(&Durations::from_parts(bins, max));
+    /// Every delta, for comparisons in tests.
+    #[cfg(test)]
+    pub(super) fn debug_text(&self) -> String {
+        self.0
+            .iter()
+            .map(|d| {
+                let mut retracted = d.retracted.clone();
+                retracted.sort_unstable();
+                format!(
+                    "{:?} {:?} {} {:?} {:?}\n",
+                    d.series, d.level, d.start, d.record, retracted
+                )
+            })
+            .collect()
     }
-    gathered.clear();
 }
 
 /// A part whose maximum duration must be recomputed after the merge.
@@ -667,59 +519,5 @@ pub fn rebuild(tables: &mut FlushTables<'_, '_>) -> Result<u64> {
         build(tables, pipeline, Level::Year, year, &entries, &runs)?;
         built += 1;
         low = run_key_bounds(pipeline, span.1, span.1).0;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parts_combine_by_index_and_cancel() {
-        let one = Tally::of_run(true, 5);
-        let part = |index, tally, weight| Part {
-            index,
-            tally,
-            weight,
-            ..Part::default()
-        };
-        let mut parts = vec![
-            part(7, one, 1),
-            part(3, one, 0),
-            part(7, one, 1),
-            part(3, Tally::default() - one, 0),
-            part(9, Tally::default(), 2),
-        ];
-        combine_parts(&mut parts);
-        parts.retain(|p| !p.is_empty());
-        assert_eq!(
-            parts,
-            vec![part(7, one + one, 2), part(9, Tally::default(), 2)]
-        );
-    }
-
-    #[test]
-    fn durations_that_move_between_bins_keep_a_part_whose_tally_cancels() {
-        // Two runs of 1 and 9 ms taken out, two of 5 ms added: the tally cancels, the
-        // histogram does not.
-        let mut parts = vec![Part {
-            index: 4,
-            ..Part::default()
-        }];
-        let bin = durations::bin_of;
-        let mut gathered = vec![
-            (4, bin(1), u64::MAX, 1),
-            (4, bin(5), 1, 5),
-            (4, bin(9), u64::MAX, 9),
-            (4, bin(5), 1, 5),
-        ];
-        gather_durations(&mut parts, &mut gathered);
-        assert!(gathered.is_empty());
-        assert!(!parts[0].is_empty());
-        assert_eq!(
-            parts[0].durations.bins(),
-            &[(bin(1), u64::MAX), (bin(5), 2), (bin(9), u64::MAX)]
-        );
-        assert_eq!(parts[0].durations.max(), 5);
     }
 }
