@@ -176,7 +176,7 @@ impl Filters {
     }
 
     /// Applies a committed transaction's inserts.
-    pub fn learn(&mut self, work: IndexWork) {
+    pub fn learn(&mut self, work: Learned) {
         let index = self.of_mut(work.kind);
         while index.filters.len() <= work.current as usize {
             let period = index.filters.len() as u32;
@@ -190,82 +190,173 @@ impl Filters {
     }
 }
 
-/// One index's changes in a write transaction.
+/// One index's changes in a write transaction: its entries written (or read) so far, with a
+/// value of the caller's (`V`) that the caller writes to the table at the end, and the Bloom
+/// probes of the UUIDs new to the index.
 #[derive(Debug)]
-pub struct IndexWork {
+pub struct IndexWork<V> {
     kind: IndexKind,
     current: u32,
     entries: u64,
     /// The current period and its entries when the transaction began.
     began: (u32, u64),
-    /// The UUIDs this transaction inserted, with their period.
-    inserted: HashMap<(OrgIndex, [u8; 16]), u32>,
+    /// Entries this transaction inserted, changed or looked up, by organization and UUID.
+    pending: HashMap<(OrgIndex, [u8; 16]), Pending<V>>,
     probes: Vec<(u32, Probe)>,
 }
 
-impl IndexWork {
-    pub fn new(committed: &PeriodFilters) -> IndexWork {
+/// An index entry as a transaction has it.
+#[derive(Clone, Debug)]
+pub struct Pending<V> {
+    pub period: u32,
+    pub value: V,
+    pub state: PendingState,
+}
+
+/// Whether an entry must be written at the end of the transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PendingState {
+    /// New to the index: inserted by this transaction.
+    New,
+    /// Stored, with a value this transaction changed.
+    Changed,
+    /// Stored and unchanged: kept only to save a second look-up.
+    Read,
+}
+
+/// An entry to write at the end of a transaction.
+pub struct Write<V> {
+    pub key: [u8; INDEX_KEY_LEN],
+    pub value: V,
+    /// New, in a period that was empty when the transaction began: such keys have no stored
+    /// neighbours, so they go in as one ordered run (a random UUID among stored ones is cheaper
+    /// to insert alone).
+    pub fresh: bool,
+}
+
+/// What a committed transaction did to an index, for its filters.
+#[derive(Debug)]
+pub struct Learned {
+    kind: IndexKind,
+    current: u32,
+    entries: u64,
+    probes: Vec<(u32, Probe)>,
+}
+
+impl<V> IndexWork<V> {
+    pub fn new(committed: &PeriodFilters) -> IndexWork<V> {
         IndexWork {
             kind: committed.kind,
             current: committed.current,
             entries: committed.entries,
             began: (committed.current, committed.entries),
-            inserted: HashMap::default(),
+            pending: HashMap::default(),
             probes: Vec::new(),
         }
     }
 
-    /// The index key of a UUID that is in the index, as the transaction sees it.
-    pub fn locate<V: redb::Value + 'static>(
+    /// The entry of a UUID as this transaction has it, if it wrote or read it.
+    pub fn pending(&self, org: OrgIndex, uuid: &[u8; 16]) -> Option<&Pending<V>> {
+        self.pending.get(&(org, *uuid))
+    }
+
+    /// The periods that may hold a UUID's stored entry, newest first (each period's filter is
+    /// asked; see [`IndexWork::pending`] first for what this transaction has).
+    pub fn candidates<'a>(
         &self,
-        committed: &PeriodFilters,
-        table: &impl ReadableTable<&'static [u8; INDEX_KEY_LEN], V>,
+        committed: &'a PeriodFilters,
         org: OrgIndex,
         uuid: &[u8; 16],
-    ) -> Result<Option<[u8; INDEX_KEY_LEN]>> {
-        // A UUID this transaction inserted is there (index entries are never removed), though
-        // its entry may still wait in the batch to be written in key order.
-        if let Some(period) = self.inserted.get(&(org, *uuid)) {
-            return Ok(Some(index_key(*period, org, uuid)));
-        }
+    ) -> impl Iterator<Item = u32> + use<'a, V> {
         let hash = key_hash(self.kind.tag(), org.0, uuid);
-        for period in (0..committed.periods()).rev() {
-            if committed.contains(period, hash) {
-                let key = index_key(period, org, uuid);
-                if table.get(&key)?.is_some() {
-                    return Ok(Some(key));
-                }
-            }
-        }
-        Ok(None)
+        (0..committed.periods())
+            .rev()
+            .filter(move |period| committed.contains(*period, hash))
     }
 
-    /// Whether `key` was handed out by [`IndexWork::allocate`] in this transaction into a
-    /// period that was empty when the transaction began: such keys are new and have no stored
-    /// neighbours, so they go in as one ordered run (a random UUID among stored ones is cheaper
-    /// to insert alone).
-    pub fn fresh(&self, key: &[u8; INDEX_KEY_LEN]) -> bool {
-        let (period, org, uuid) = split_index_key(key);
-        (period > self.began.0 || self.began.1 == 0)
-            && self.inserted.get(&(org, uuid)) == Some(&period)
-    }
-
-    /// The key for a UUID that is in no period: the current period's, which it counts against.
-    pub fn allocate(&mut self, org: OrgIndex, uuid: &[u8; 16]) -> [u8; INDEX_KEY_LEN] {
+    /// Inserts a UUID that is in no period into the current period, which it counts against;
+    /// returns that period.
+    pub fn allocate(&mut self, org: OrgIndex, uuid: &[u8; 16], value: V) -> u32 {
         if self.entries >= period_capacity(self.current) {
             self.current += 1;
             self.entries = 0;
         }
         self.entries += 1;
-        self.inserted.insert((org, *uuid), self.current);
         let hash = key_hash(self.kind.tag(), org.0, uuid);
         self.probes.push((
             self.current,
             Bloom::probe(hash, period_blocks(self.current)),
         ));
-        index_key(self.current, org, uuid)
+        self.pending.insert(
+            (org, *uuid),
+            Pending {
+                period: self.current,
+                value,
+                state: PendingState::New,
+            },
+        );
+        self.current
     }
 
+    /// Sets the value of an entry in `period`: one this transaction has, or a stored one
+    /// (`state` says whether the stored value changes).
+    pub fn put(
+        &mut self,
+        org: OrgIndex,
+        uuid: &[u8; 16],
+        period: u32,
+        value: V,
+        state: PendingState,
+    ) {
+        match self.pending.get_mut(&(org, *uuid)) {
+            Some(pending) => {
+                pending.value = value;
+                if pending.state == PendingState::Read {
+                    pending.state = state;
+                }
+            }
+            None => {
+                self.pending.insert(
+                    (org, *uuid),
+                    Pending {
+                        period,
+                        value,
+                        state,
+                    },
+                );
+            }
+        }
+    }
+
+    /// The entries to write, in key order (those only read are left out), and what the
+    /// filters learn once the transaction commits.
+    pub fn finish(self) -> (Vec<Write<V>>, Learned) {
+        let began = self.began;
+        let mut writes: Vec<Write<V>> = self
+            .pending
+            .into_iter()
+            .filter(|(_, pending)| pending.state != PendingState::Read)
+            .map(|((org, uuid), pending)| {
+                let new = pending.state == PendingState::New;
+                Write {
+                    key: index_key(pending.period, org, &uuid),
+                    value: pending.value,
+                    fresh: new && (pending.period > began.0 || began.1 == 0),
+                }
+            })
+            .collect();
+        writes.sort_unstable_by_key(|write| write.key);
+        let learned = Learned {
+            kind: self.kind,
+            current: self.current,
+            entries: self.entries,
+            probes: self.probes,
+        };
+        (writes, learned)
+    }
+}
+
+impl Learned {
     /// Stores the filter of every period this transaction filled, and where inserts go next.
     pub fn store(
         &self,
@@ -324,15 +415,23 @@ mod tests {
         let mut committed = PeriodFilters::empty(IndexKind::TaskRuns);
         committed.entries = period_capacity(0) - 1;
         let mut work = IndexWork::new(&committed);
-        let first = work.allocate(OrgIndex(1), &[1; 16]);
-        let second = work.allocate(OrgIndex(1), &[2; 16]);
-        assert_eq!(&first[..4], &0u32.to_be_bytes());
-        assert_eq!(&second[..4], &1u32.to_be_bytes(), "the full period is left");
+        let first = work.allocate(OrgIndex(1), &[1; 16], ());
+        let second = work.allocate(OrgIndex(1), &[2; 16], ());
+        assert_eq!(first, 0);
+        assert_eq!(second, 1, "the full period is left");
+        assert_eq!(
+            work.pending(OrgIndex(1), &[2; 16]).map(|p| p.period),
+            Some(1)
+        );
+        let (writes, learned) = work.finish();
+        assert_eq!(writes.len(), 2);
+        assert!(!writes[0].fresh, "the first period held entries already");
+        assert!(writes[1].fresh);
         let mut filters = Filters {
             task_runs: committed,
             pipeline_runs: PeriodFilters::empty(IndexKind::PipelineRuns),
         };
-        filters.learn(work);
+        filters.learn(learned);
         assert_eq!(filters.task_runs.periods(), 2);
         let hash = key_hash(IndexKind::TaskRuns.tag(), 1, &[2; 16]);
         assert!(filters.task_runs.contains(1, hash));

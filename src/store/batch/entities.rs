@@ -14,8 +14,8 @@ use crate::model::{
 };
 use crate::store::records::{EntityDetail, EntityKey, RunRecord, RunRef, TaskRunHome};
 use crate::store::tables::{
-    EntityId, INDEX_KEY_LEN, OrgIndex, PENDING_LEN, meta, pipeline_name_key, pipeline_task_key,
-    scoped_key,
+    EntityId, INDEX_KEY_LEN, OrgIndex, PENDING_LEN, index_key, meta, pipeline_name_key,
+    pipeline_task_key, scoped_key,
 };
 use crate::time::Timestamp;
 
@@ -368,11 +368,11 @@ impl Batch<'_> {
                     errors: Vec::new(),
                 },
             };
-            let index_key = match self.locate_task_run(key.org_index, &task_run)? {
-                Some(existing) => existing,
-                None => self.task_index.allocate(key.org_index, task_run.as_bytes()),
-            };
-            self.put_home(index_key, &home);
+            let period = self
+                .find_task_run(key.org_index, &task_run)?
+                .map(|(period, _)| period);
+            let period = self.put_home(key.org_index, &task_run, period, home, None);
+            let index_key = index_key(period, key.org_index, task_run.as_bytes());
             self.queue(serial, &index_key, org)?;
             started.push(PendingTaskRun {
                 serial,

@@ -46,6 +46,9 @@ impl Batch<'_> {
     /// Offers every task run new in this transaction (and still there) as its task's latest.
     pub(super) fn gather_new_runs(&mut self) -> Result<()> {
         for (key, value) in &self.new_log {
+            let Some(value) = value else {
+                continue; // replaced again later in the transaction
+            };
             let (_, micros, task_run) = split_run_key(key);
             let outcome = RunRecord::decode_outcome(value)?;
             let added = LastRunRecord {

@@ -33,14 +33,14 @@ use uuid::Uuid;
 
 use super::cache::EntityCache;
 use super::credentials::{ClientRecord, IssueOutcome, OrgRecord};
-use super::index::{Filters, IndexWork};
+use super::index::{Filters, IndexWork, Learned, PendingState};
 use super::records::{EntityKey, TaskRunHome};
 use super::rollup::{PreparedDeltas, RollupDeltas};
-use super::tables::{EntityId, INDEX_KEY_LEN, OrgIndex, RUN_KEY_LEN, RunId, WriteTables, meta};
+use super::tables::{EntityId, OrgIndex, RUN_KEY_LEN, RunId, WriteTables, index_key, meta};
 use crate::error::{Error, Result};
 use crate::model::{
     OrgId, PendingTaskRun, PipelineDefinition, PipelineId, PipelineRunId, RegisterOutcome,
-    ReportCounts, TaskRun,
+    ReportCounts, TaskRun, TaskRunId,
 };
 use crate::time::Timestamp;
 
@@ -205,7 +205,7 @@ pub struct Created {
     pub entities: HashMap<(OrgIndex, Uuid), EntityKey>,
     pub orgs: HashMap<OrgId, OrgIndex>,
     /// The UUID indexes' inserts, for the committed filters.
-    pub indexes: Vec<IndexWork>,
+    pub indexes: Vec<Learned>,
 }
 
 /// Counters handed out in this transaction, written back at [`Batch::finish`].
@@ -215,6 +215,8 @@ struct Counters {
     next_org_index: Option<u32>,
     next_serial: Option<u64>,
     next_run_id: Option<u64>,
+    /// The first pipeline-run id handed out in this transaction.
+    first_run_id: Option<u64>,
 }
 
 /// The open tables and gathered changes of one write transaction.
@@ -222,26 +224,31 @@ pub struct Batch<'txn> {
     pub(super) t: WriteTables<'txn>,
     cache: &'txn EntityCache,
     filters: &'txn Filters,
-    task_index: IndexWork,
-    pipeline_index: IndexWork,
+    /// Task runs' homes written in this transaction (inserted in key order at
+    /// [`Batch::finish`]); reads of `task_index` look here first.
+    task_index: IndexWork<PendingHome>,
+    /// Pipeline runs' ids handed out (or found) in this transaction.
+    pipeline_index: IndexWork<RunId>,
     created: Created,
     counters: Counters,
     deltas: RollupDeltas,
     /// Threads the transaction may use (see [`Batch::open`]).
     threads: usize,
-    /// Finished runs new in this transaction, written in key order at [`Batch::finish`]; reads
-    /// of `run_log` during the transaction look here first.
-    new_log: HashMap<[u8; RUN_KEY_LEN], Vec<u8>>,
-    /// Task-index entries written in this transaction, inserted in key order at
-    /// [`Batch::finish`] (ordered inserts touch each leaf once, in turn); reads of `task_index`
-    /// during the transaction look here first.
-    new_homes: HashMap<[u8; INDEX_KEY_LEN], Vec<u8>>,
+    /// Finished runs new in this transaction, in the order they came (`None` once replaced
+    /// again), written in key order at [`Batch::finish`]; a pending home says which is its run.
+    new_log: Vec<([u8; RUN_KEY_LEN], Option<Vec<u8>>)>,
     /// The retention cut once read (`None` until then); only pruning moves it.
     cut: std::cell::Cell<Option<Option<i64>>>,
     aggs: HashMap<RunId, AggSlot>,
     last_run_work: HashMap<EntityId, LastRunWork>,
-    /// Pipeline runs' ids found or handed out in this transaction.
-    run_ids: HashMap<(OrgIndex, PipelineRunId), RunId>,
+}
+
+/// A task run's home as a transaction wrote it, and which of its new runs in `new_log` is the
+/// task run's (a finished home's run is always there).
+#[derive(Clone, Debug)]
+pub(super) struct PendingHome {
+    home: TaskRunHome,
+    log: Option<usize>,
 }
 
 impl<'txn> Batch<'txn> {
@@ -265,12 +272,10 @@ impl<'txn> Batch<'txn> {
             counters: Counters::default(),
             deltas: RollupDeltas::default(),
             threads,
-            new_log: HashMap::default(),
-            new_homes: HashMap::default(),
+            new_log: Vec::new(),
             cut: std::cell::Cell::new(None),
             aggs: HashMap::default(),
             last_run_work: HashMap::default(),
-            run_ids: HashMap::default(),
         })
     }
 
@@ -326,13 +331,33 @@ impl<'txn> Batch<'txn> {
     pub fn finish(mut self) -> Result<Created> {
         self.flush_pipeline_runs()?;
         self.gather_new_runs()?;
-        // Entries of a fresh period go in through cursors, as one run; others one by one.
-        let (mut added, mut changed): (Vec<_>, Vec<_>) = std::mem::take(&mut self.new_homes)
+        let task_index = std::mem::replace(
+            &mut self.task_index,
+            IndexWork::new(&self.filters.task_runs),
+        );
+        let (homes, task_runs_learned) = task_index.finish();
+        let pipeline_index = std::mem::replace(
+            &mut self.pipeline_index,
+            IndexWork::new(&self.filters.pipeline_runs),
+        );
+        let (run_ids, pipeline_runs_learned) = pipeline_index.finish();
+        for write in run_ids {
+            self.t.pipeline_index.insert(&write.key, write.value.0)?;
+        }
+        // Homes new in a fresh period go in through cursors, as one run; others one by one.
+        let (mut added, mut changed) = (Vec::new(), Vec::new());
+        for write in homes {
+            let home = write.value.home.encode();
+            if write.fresh {
+                added.push((write.key, home));
+            } else {
+                changed.push((write.key, home));
+            }
+        }
+        let mut new_log: Vec<([u8; RUN_KEY_LEN], Vec<u8>)> = std::mem::take(&mut self.new_log)
             .into_iter()
-            .partition(|(key, _)| self.task_index.fresh(key));
-        added.sort_unstable_by_key(|(key, _)| *key);
-        changed.sort_unstable_by_key(|(key, _)| *key);
-        let mut new_log: Vec<_> = std::mem::take(&mut self.new_log).into_iter().collect();
+            .filter_map(|(key, record)| Some((key, record?)))
+            .collect();
         new_log.sort_unstable_by_key(|(key, _)| *key);
         let work = added.len() + changed.len() + new_log.len();
         let threads = if work >= PARALLEL_FROM {
@@ -399,33 +424,68 @@ impl<'txn> Batch<'txn> {
         for (id, work) in std::mem::take(&mut self.last_run_work) {
             self.update_last_run(id, work)?;
         }
-        for (work, committed) in [
-            (&self.task_index, &self.filters.task_runs),
-            (&self.pipeline_index, &self.filters.pipeline_runs),
+        for (learned, committed) in [
+            (&task_runs_learned, &self.filters.task_runs),
+            (&pipeline_runs_learned, &self.filters.pipeline_runs),
         ] {
-            work.store(committed, &mut self.t.meta, &mut self.t.index_filters)?;
+            learned.store(committed, &mut self.t.meta, &mut self.t.index_filters)?;
         }
         self.store_counters()?;
         let mut created = self.created;
-        created.indexes = vec![self.task_index, self.pipeline_index];
+        created.indexes = vec![task_runs_learned, pipeline_runs_learned];
         Ok(created)
     }
 
-    /// Where a task run lives, as this transaction sees it.
-    pub(super) fn home(&self, key: &[u8; INDEX_KEY_LEN]) -> Result<Option<TaskRunHome>> {
-        if let Some(bytes) = self.new_homes.get(key) {
-            return TaskRunHome::decode(bytes).map(Some);
+    /// The period of a task run's index entry and where the run lives, as this transaction
+    /// sees them.
+    pub(super) fn find_task_run(
+        &self,
+        org: OrgIndex,
+        task_run: &TaskRunId,
+    ) -> Result<Option<(u32, TaskRunHome)>> {
+        let uuid = task_run.as_bytes();
+        if let Some(pending) = self.task_index.pending(org, uuid) {
+            return Ok(Some((pending.period, pending.value.home.clone())));
         }
-        self.t
+        for period in self
             .task_index
-            .get(key)?
-            .map(|bytes| TaskRunHome::decode(bytes.value()))
-            .transpose()
+            .candidates(&self.filters.task_runs, org, uuid)
+        {
+            if let Some(bytes) = self.t.task_index.get(&index_key(period, org, uuid))? {
+                return Ok(Some((period, TaskRunHome::decode(bytes.value())?)));
+            }
+        }
+        Ok(None)
     }
 
-    /// Records where a task run lives (written at [`Batch::finish`]).
-    pub(super) fn put_home(&mut self, key: [u8; INDEX_KEY_LEN], home: &TaskRunHome) {
-        self.new_homes.insert(key, home.encode());
+    /// Records where a task run lives (written at [`Batch::finish`]): in `period` where it has
+    /// an entry, else in a new one. `log` is the new run's place in `new_log`. Returns the
+    /// entry's period.
+    pub(super) fn put_home(
+        &mut self,
+        org: OrgIndex,
+        task_run: &TaskRunId,
+        period: Option<u32>,
+        home: TaskRunHome,
+        log: Option<usize>,
+    ) -> u32 {
+        let uuid = task_run.as_bytes();
+        let value = PendingHome { home, log };
+        match period {
+            Some(period) => {
+                self.task_index
+                    .put(org, uuid, period, value, PendingState::Changed);
+                period
+            }
+            None => self.task_index.allocate(org, uuid, value),
+        }
+    }
+
+    /// Where this transaction put the new run of a task run it wrote, if it did.
+    pub(super) fn pending_log(&self, org: OrgIndex, task_run: &TaskRunId) -> Option<usize> {
+        self.task_index
+            .pending(org, task_run.as_bytes())
+            .and_then(|pending| pending.value.log)
     }
 
     fn store_counters(&mut self) -> Result<()> {

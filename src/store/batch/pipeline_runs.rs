@@ -9,10 +9,11 @@ use super::Batch;
 use super::timestamp;
 use crate::error::{Error, Result};
 use crate::model::{EntityKind, PipelineRunId};
+use crate::store::index::PendingState;
 use crate::store::records::{InlineMembers, LastRunRecord, PipelineRunAgg};
 use crate::store::rollup::Series;
 use crate::store::tables::{
-    EntityId, MEMBER_KEY_LEN, OrgIndex, RunId, member_key, member_key_micros, meta,
+    EntityId, MEMBER_KEY_LEN, OrgIndex, RunId, index_key, member_key, member_key_micros, meta,
 };
 
 /// A pipeline run's aggregate as it was when the transaction first touched it, and as it is now.
@@ -25,28 +26,23 @@ pub(super) struct AggSlot {
 impl Batch<'_> {
     /// The id of a pipeline run that has finished task runs.
     pub(super) fn run_id(&mut self, org: OrgIndex, uuid: PipelineRunId) -> Result<Option<RunId>> {
-        if let Some(id) = self.run_ids.get(&(org, uuid)) {
-            return Ok(Some(*id));
+        let bytes = uuid.as_bytes();
+        if let Some(pending) = self.pipeline_index.pending(org, bytes) {
+            return Ok(Some(pending.value));
         }
-        let located = self.pipeline_index.locate(
-            &self.filters.pipeline_runs,
-            &self.t.pipeline_index,
-            org,
-            uuid.as_bytes(),
-        )?;
-        match located {
-            Some(key) => {
-                let id = self
-                    .t
-                    .pipeline_index
-                    .get(&key)?
-                    .map(|id| RunId(id.value()))
-                    .ok_or_else(|| Error::Internal("a located pipeline run vanished".into()))?;
-                self.run_ids.insert((org, uuid), id);
-                Ok(Some(id))
+        let filters = self.filters;
+        for period in self
+            .pipeline_index
+            .candidates(&filters.pipeline_runs, org, bytes)
+        {
+            if let Some(id) = self.t.pipeline_index.get(&index_key(period, org, bytes))? {
+                let id = RunId(id.value());
+                self.pipeline_index
+                    .put(org, bytes, period, id, PendingState::Read);
+                return Ok(Some(id));
             }
-            None => Ok(None),
         }
+        Ok(None)
     }
 
     /// The id of a pipeline run, handing out a new one (with its index entry) to a pipeline run
@@ -57,18 +53,27 @@ impl Batch<'_> {
         }
         let next = match self.counters.next_run_id {
             Some(next) => next,
-            None => u64::from_le_bytes(self.counter(meta::NEXT_RUN_ID, 1u64.to_le_bytes())?),
+            None => {
+                let first =
+                    u64::from_le_bytes(self.counter(meta::NEXT_RUN_ID, 1u64.to_le_bytes())?);
+                self.counters.first_run_id = Some(first);
+                first
+            }
         };
         self.counters.next_run_id = Some(next + 1);
-        let key = self.pipeline_index.allocate(org, uuid.as_bytes());
-        self.t.pipeline_index.insert(&key, next)?;
-        self.run_ids.insert((org, uuid), RunId(next));
+        self.pipeline_index
+            .allocate(org, uuid.as_bytes(), RunId(next));
         Ok(RunId(next))
     }
 
     fn agg_slot(&mut self, id: RunId, uuid: PipelineRunId) -> Result<&mut AggSlot> {
         if !self.aggs.contains_key(&id) {
-            let stored = self.stored_agg(id)?;
+            // An id handed out by this transaction has nothing stored yet.
+            let new = self
+                .counters
+                .first_run_id
+                .is_some_and(|first| id.0 >= first);
+            let stored = if new { None } else { self.stored_agg(id)? };
             self.aggs.insert(
                 id,
                 AggSlot {

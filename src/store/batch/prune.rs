@@ -20,8 +20,8 @@ use crate::store::kept;
 use crate::store::records::{BucketRecord, EntityDetail, PipelineRunAgg, RunRecord, RunRef};
 use crate::store::rollup::{self, FlushTables};
 use crate::store::tables::{
-    EntityId, MEMBER_KEY_LEN, OrgIndex, ROLLUP_KEY_LEN, RUN_KEY_LEN, RunId, member_key, meta,
-    rollup_key, run_key, split_run_key, year_key_start,
+    EntityId, MEMBER_KEY_LEN, OrgIndex, ROLLUP_KEY_LEN, RUN_KEY_LEN, RunId, index_key, member_key,
+    meta, rollup_key, run_key, split_run_key, year_key_start,
 };
 use crate::time::{Level, MAX_SECOND, MICROS_PER_SECOND, MIN_SECOND};
 
@@ -223,8 +223,10 @@ impl Batch<'_> {
                 self.t.run_log.remove(&key)?;
                 let (_, _, task_run) = split_run_key(&key);
                 let task_run = TaskRunId(uuid::Uuid::from_bytes(task_run));
-                if let Some(index_key) = self.locate_task_run(org, &task_run)? {
-                    self.t.task_index.remove(&index_key)?;
+                if let Some((period, _)) = self.find_task_run(org, &task_run)? {
+                    self.t
+                        .task_index
+                        .remove(&index_key(period, org, task_run.as_bytes()))?;
                 }
                 if let RunRef::Id(run) = run {
                     touched.insert((run, org));
@@ -259,14 +261,21 @@ impl Batch<'_> {
         agg: &PipelineRunAgg,
     ) -> Result<()> {
         self.t.pipeline_runs.remove(run.0)?;
-        let located = self.pipeline_index.locate(
-            &self.filters.pipeline_runs,
-            &self.t.pipeline_index,
-            org,
-            agg.uuid.as_bytes(),
-        )?;
-        if let Some(key) = located {
-            self.t.pipeline_index.remove(&key)?;
+        // Pruning is a transaction of its own: nothing of the index is pending.
+        let uuid = agg.uuid.as_bytes();
+        let filters = self.filters;
+        for period in self
+            .pipeline_index
+            .candidates(&filters.pipeline_runs, org, uuid)
+        {
+            if self
+                .t
+                .pipeline_index
+                .remove(&index_key(period, org, uuid))?
+                .is_some()
+            {
+                break;
+            }
         }
         if agg.members.is_none() {
             let low = member_key(run, i64::MIN);

@@ -16,7 +16,7 @@ use crate::model::{
 };
 use crate::store::records::{EntityKey, RunRecord, RunRef, TaskRunHome};
 use crate::store::rollup::Series;
-use crate::store::tables::{INDEX_KEY_LEN, OrgIndex, RunId, run_key};
+use crate::store::tables::{RunId, run_key};
 use crate::time::Timestamp;
 
 /// What a batch will create, so that later reports of the same batch agree with earlier ones.
@@ -45,20 +45,6 @@ impl Batch<'_> {
             counts.add(self.apply_run(run, at)?);
         }
         Ok(Ok(counts))
-    }
-
-    /// Where a task run's entry is in the task-run index, if it has one.
-    pub(super) fn locate_task_run(
-        &self,
-        org: OrgIndex,
-        task_run: &TaskRunId,
-    ) -> Result<Option<[u8; INDEX_KEY_LEN]>> {
-        self.task_index.locate(
-            &self.filters.task_runs,
-            &self.t.task_index,
-            org,
-            task_run.as_bytes(),
-        )
     }
 
     fn check_report(&mut self, runs: &[(usize, &TaskRun)]) -> Result<Verdict> {
@@ -202,8 +188,8 @@ impl Batch<'_> {
         let Some(org_index) = self.find_org_index(org)? else {
             return Ok(None);
         };
-        if let Some(key) = self.locate_task_run(org_index, &run.task_run)?
-            && let Some(TaskRunHome::Finished { executed_at, .. }) = self.home(&key)?
+        if let Some((_, TaskRunHome::Finished { executed_at, .. })) =
+            self.find_task_run(org_index, &run.task_run)?
             && executed_at.second() < cut
         {
             return Ok(Some(refuse(
@@ -253,15 +239,14 @@ impl Batch<'_> {
                 record: record.clone(),
             },
         };
-        let (index_key, previous) = match self.locate_task_run(org_index, &run.task_run)? {
-            Some(key) => (key, self.home(&key)?),
-            None => (self.task_index.allocate(org_index, uuid), None),
-        };
+        let found = self.find_task_run(org_index, &run.task_run)?;
+        let period = found.as_ref().map(|(period, _)| *period);
         let mut counts = ReportCounts::default();
-        match previous {
+        match found {
             None => counts.inserted = 1,
-            Some(old) => {
-                if self.is_unchanged(&old, &home, &record, uuid)? {
+            Some((_, old)) => {
+                let old_log = self.pending_log(org_index, &run.task_run);
+                if self.is_unchanged(&old, old_log, &home, &record, uuid)? {
                     counts.unchanged = 1;
                     return Ok(counts);
                 }
@@ -287,18 +272,23 @@ impl Batch<'_> {
                     // An executor took it up: it no longer waits in the queue.
                     self.t.pending.remove(serial)?;
                 }
-                self.retract_run(&old, uuid)?;
+                self.retract_run(&old, old_log, uuid)?;
                 counts.replaced = 1;
             }
         }
-        self.put_home(index_key, &home);
-        if let (TaskRunHome::Finished { executed_at, .. }, RunRef::Id(id)) = (&home, pipeline_run) {
-            self.new_log.insert(
-                run_key(pipeline.id, executed_at.micros(), uuid),
-                record.to_bytes(),
-            );
-            self.contribute(&task, &record, *executed_at, (id, run.pipeline_run))?;
-        }
+        let log = match (&home, pipeline_run) {
+            (TaskRunHome::Finished { executed_at, .. }, RunRef::Id(id)) => {
+                let executed_at = *executed_at;
+                self.new_log.push((
+                    run_key(pipeline.id, executed_at.micros(), uuid),
+                    Some(record.to_bytes()),
+                ));
+                self.contribute(&task, &record, executed_at, (id, run.pipeline_run))?;
+                Some(self.new_log.len() - 1)
+            }
+            _ => None,
+        };
+        self.put_home(org_index, &run.task_run, period, home, log);
         Ok(counts)
     }
 
@@ -306,6 +296,7 @@ impl Batch<'_> {
     fn is_unchanged(
         &self,
         old: &TaskRunHome,
+        old_log: Option<usize>,
         new: &TaskRunHome,
         record: &RunRecord,
         uuid: &[u8; 16],
@@ -322,7 +313,7 @@ impl Batch<'_> {
                 },
             ) if pipeline == new_pipeline && executed_at == new_executed_at => {
                 let key = run_key(*pipeline, executed_at.micros(), uuid);
-                if let Some(pending) = self.new_log.get(&key) {
+                if let Some(pending) = old_log.and_then(|at| self.new_log[at].1.as_ref()) {
                     RunRecord::decode(pending)? == *record
                 } else {
                     match self.t.run_log.get(&key)? {
@@ -349,7 +340,12 @@ impl Batch<'_> {
     }
 
     /// Takes a stored run's contribution back out, before its replacement goes in.
-    fn retract_run(&mut self, old: &TaskRunHome, uuid: &[u8; 16]) -> Result<()> {
+    fn retract_run(
+        &mut self,
+        old: &TaskRunHome,
+        old_log: Option<usize>,
+        uuid: &[u8; 16],
+    ) -> Result<()> {
         let TaskRunHome::Finished {
             pipeline,
             executed_at,
@@ -358,7 +354,8 @@ impl Batch<'_> {
             return Ok(()); // an unfinished run never counted
         };
         let key = run_key(pipeline, executed_at.micros(), uuid);
-        let record = match self.new_log.remove(&key) {
+        let pending = old_log.and_then(|at| self.new_log[at].1.take());
+        let record = match pending {
             Some(bytes) => RunRecord::decode(&bytes)?,
             None => match self.t.run_log.remove(&key)? {
                 Some(bytes) => RunRecord::decode(bytes.value())?,

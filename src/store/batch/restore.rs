@@ -6,6 +6,7 @@ use super::Batch;
 use crate::error::{Error, Result};
 use crate::model::TaskRun;
 use crate::store::records::TaskRunHome;
+use crate::store::tables::index_key;
 use crate::time::Timestamp;
 
 /// An unfinished task run as an older database held it.
@@ -37,10 +38,8 @@ impl Batch<'_> {
             let lost = || Error::Internal("a restored task run vanished".into());
             let org = restored.run.organization.ok_or_else(lost)?;
             let org_index = self.find_org_index(org)?.ok_or_else(lost)?;
-            let key = self
-                .locate_task_run(org_index, &restored.run.task_run)?
-                .ok_or_else(lost)?;
-            let mut home = self.home(&key)?.ok_or_else(lost)?;
+            let task_run = &restored.run.task_run;
+            let (period, mut home) = self.find_task_run(org_index, task_run)?.ok_or_else(lost)?;
             if let TaskRunHome::Unfinished {
                 serial, updated_at, ..
             } = &mut home
@@ -48,8 +47,10 @@ impl Batch<'_> {
                 *serial = restored.serial;
                 *updated_at = restored.updated_at;
             }
-            self.put_home(key, &home);
+            let log = self.pending_log(org_index, task_run);
+            self.put_home(org_index, task_run, Some(period), home, log);
             if restored.queued {
+                let key = index_key(period, org_index, task_run.as_bytes());
                 self.queue(restored.serial, &key, org)?;
             }
         }
