@@ -1608,15 +1608,30 @@ fn pruning_keeps_day_answers_exact_and_answers_finer_edges_at_whole_days() {
     }
 }
 
-/// An engine that imported `reports` as an import file, with `runledger import`'s own reader
-/// (which orders each chunk before writing it).
-fn engine_importing(reports: &[TaskRun]) -> (Engine, tempfile::TempDir) {
-    struct Quiet;
-    impl runledger::cli::import::ImportSink for Quiet {
-        fn rejected(&mut self, line: String) {
-            panic!("rejected: {line}");
-        }
+/// What an import told its sink.
+#[derive(Default)]
+struct Told {
+    rejected: Vec<String>,
+    notes: Vec<String>,
+}
+
+impl runledger::cli::import::ImportSink for Told {
+    fn rejected(&mut self, line: String) {
+        self.rejected.push(line);
     }
+
+    fn note(&mut self, message: String) {
+        self.notes.push(message);
+    }
+}
+
+/// The import's memory budgets tried: the default, and one so small that the runs are sorted in
+/// many parts on disk and merged.
+const BUDGETS: [usize; 2] = [384 << 20, 24 << 10];
+
+/// An engine that imported `reports` as an import file, with `runledger import`'s own reader,
+/// holding at most `budget` bytes of runs in memory; and what the import told.
+fn engine_importing(reports: &[TaskRun], budget: usize) -> (Engine, Told, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("runs.ndjson");
     let lines: Vec<String> = reports
@@ -1626,14 +1641,27 @@ fn engine_importing(reports: &[TaskRun]) -> (Engine, tempfile::TempDir) {
     std::fs::write(&file, lines.join("\n")).unwrap();
     let data = dir.path().join("data");
     let engine = Engine::new(Store::open(&data, StoreOptions::default()).unwrap()).unwrap();
-    runledger::cli::import::import_files(
+    let mut told = Told::default();
+    runledger::cli::import::import_files_holding(
         &engine,
         runledger::cli::import::ImportFormat::Runledger,
         &[file],
-        &mut Quiet,
+        &mut told,
+        budget,
     )
     .unwrap();
-    (engine, dir)
+    assert!(
+        !data.join("import.sort").exists(),
+        "the sorted parts are removed"
+    );
+    (engine, told, dir)
+}
+
+/// A report as an export holds it: no errors (`to_json_line` writes none), and a task's reports
+/// agree on whether it is initial (the generator draws that per report).
+fn as_exported(run: &mut TaskRun) {
+    run.errors.clear();
+    run.is_initial_task = run.task.0.as_bytes()[0] % 3 == 0;
 }
 
 #[test]
@@ -1644,18 +1672,7 @@ fn an_import_answers_alike_whatever_order_its_file_is_in() {
         let mut delivered = at_least_once(&mut rng, &stream);
         // An import file holds finished runs (and `to_json_line` writes no errors).
         delivered.retain(|run| run.state == runledger::model::RunState::Finished);
-        delivered.iter_mut().for_each(|run| run.errors.clear());
-        if seed % 2 == 0 {
-            // A file the import may reorder: no task run re-reported under another pipeline
-            // run or task (odd seeds keep them, and the import keeps the file's order).
-            let mut first: HashMap<TaskRunId, (PipelineRunId, TaskId)> = HashMap::new();
-            delivered.retain(|run| {
-                *first
-                    .entry(run.task_run)
-                    .or_insert((run.pipeline_run, run.task))
-                    == (run.pipeline_run, run.task)
-            });
-        }
+        delivered.iter_mut().for_each(as_exported);
         // In time order, shuffled, and by task-run UUID (the platform's export), the reports
         // of each task run in their order.
         let mut by_uuid = delivered.clone();
@@ -1663,16 +1680,116 @@ fn an_import_answers_alike_whatever_order_its_file_is_in() {
         let shapes = [delivered.clone(), reordered(&mut rng, &delivered), by_uuid];
         let (clean, _c) = engine_with(&mut rng, &final_reports(&delivered));
         for (shape, reports) in shapes.iter().enumerate() {
-            let (imported, _i) = engine_importing(reports);
-            let compared = assert_same_answers(&mut rng, seed, &imported, &clean, &pipelines);
-            assert!(
-                compared > 50,
-                "seed {seed}, shape {shape}: {compared} ranges held runs"
-            );
-            assert!(
-                verify(imported.store()).unwrap().is_consistent(),
-                "seed {seed}"
-            );
+            for budget in BUDGETS {
+                let (imported, told, _i) = engine_importing(reports, budget);
+                assert!(told.rejected.is_empty(), "{:?}", told.rejected);
+                let compared = assert_same_answers(&mut rng, seed, &imported, &clean, &pipelines);
+                assert!(
+                    compared > 50,
+                    "seed {seed}, shape {shape}: {compared} ranges held runs"
+                );
+                assert!(
+                    verify(imported.store()).unwrap().is_consistent(),
+                    "seed {seed}"
+                );
+            }
         }
+    }
+}
+
+#[test]
+fn an_import_sorts_its_runs_and_keeps_the_order_of_a_task_runs_reports() {
+    for seed in 500..500 + seeds_or(2) {
+        let mut rng = Rng(seed);
+        let (pipelines, stream) = generate(&mut rng, 2_000);
+        let mut reports: Vec<TaskRun> = final_reports(&stream)
+            .into_iter()
+            .filter(|run| run.state == runledger::model::RunState::Finished)
+            .collect();
+        reports.iter_mut().for_each(as_exported);
+        // A few task runs corrected later in the file (another outcome, another time).
+        let mut corrected = Vec::new();
+        for run in &reports {
+            if !rng.chance(3) {
+                continue;
+            }
+            let mut later = run.clone();
+            later.is_successful = !later.is_successful;
+            later.duration_ms = rng.below(100_000) as u32;
+            later.executed_at = Some(instant(&mut rng));
+            corrected.push(later);
+        }
+        assert!(corrected.len() > 20, "seed {seed}");
+        let mut file = reports.clone();
+        file.extend(corrected);
+        let (clean, _c) = engine_with(&mut rng, &final_reports(&file));
+        let mut by_uuid = file.clone();
+        by_uuid.sort_by_key(|run| run.task_run); // stable: a run's correction stays after it
+        for reports in [reordered(&mut rng, &file), by_uuid] {
+            for budget in BUDGETS {
+                let (imported, told, _i) = engine_importing(&reports, budget);
+                assert!(told.rejected.is_empty(), "{:?}", told.rejected);
+                assert!(
+                    told.notes.is_empty(),
+                    "seed {seed}: the runs are sorted, not kept in order: {:?}",
+                    told.notes
+                );
+                assert_same_answers(&mut rng, seed, &imported, &clean, &pipelines);
+                assert!(verify(imported.store()).unwrap().is_consistent());
+            }
+        }
+    }
+}
+
+#[test]
+fn an_import_whose_order_decides_an_outcome_is_written_as_it_is() {
+    let mut rng = Rng(77);
+    let (pipelines, stream) = generate(&mut rng, 1_500);
+    let mut reports: Vec<TaskRun> = final_reports(&stream)
+        .into_iter()
+        .filter(|run| run.state == runledger::model::RunState::Finished)
+        .collect();
+    reports.iter_mut().for_each(|run| run.errors.clear());
+    // Late in the file, a task reported under another pipeline than its own: refused, since
+    // the first pipeline to report it owns it. Sorted by pipeline, it could come first.
+    let other = pipelines
+        .iter()
+        .find(|p| p.org == pipelines[0].org && p.id != pipelines[0].id)
+        .expect("two pipelines of one organization");
+    let mut stray = reports
+        .iter()
+        .find(|run| run.pipeline == pipelines[0].id)
+        .unwrap()
+        .clone();
+    stray.pipeline = other.id;
+    stray.task_run = TaskRunId(rng.uuid());
+    stray.pipeline_run = PipelineRunId(rng.uuid());
+    let mut reports = reordered(&mut rng, &reports);
+    // The other pipeline read first, so that sorting by pipeline would put the stray report
+    // ahead of its task's own.
+    let first_of_other = reports.iter().position(|r| r.pipeline == other.id).unwrap();
+    let first = reports.remove(first_of_other);
+    reports.insert(0, first);
+    reports.push(stray);
+    // The same lines applied one by one, in the file's order.
+    let one_by_one = tempfile::tempdir().unwrap();
+    let expected =
+        Engine::new(Store::open(one_by_one.path(), StoreOptions::default()).unwrap()).unwrap();
+    let refused = expected
+        .import_now(reports.clone())
+        .unwrap()
+        .iter()
+        .filter(|outcome| outcome.is_err())
+        .count();
+    assert_eq!(refused, 1);
+    for budget in BUDGETS {
+        let (imported, told, _i) = engine_importing(&reports, budget);
+        assert_eq!(told.rejected.len(), 1, "{:?}", told.rejected);
+        assert!(
+            told.notes.iter().any(|n| n.contains("input's order")),
+            "{:?}",
+            told.notes
+        );
+        assert_same_answers(&mut rng, 77, &imported, &expected, &pipelines);
     }
 }

@@ -138,6 +138,20 @@ fn encode_op(op: &WriteOp, out: &mut Out) -> Result<()> {
     Ok(())
 }
 
+/// A task run in the stream's form, appended to `out` (an import's sorted runs use it too).
+pub fn encode_task_run(run: &TaskRun, out: &mut Vec<u8>) {
+    let mut writer = Out(std::mem::take(out));
+    writer.task_run(run);
+    *out = writer.0;
+}
+
+/// The task run [`encode_task_run`] wrote at the start of `bytes`, and the bytes after it.
+pub fn decode_task_run(bytes: &[u8]) -> Result<(TaskRun, &[u8])> {
+    let mut input = In(bytes);
+    let run = input.task_run()?;
+    Ok((run, input.0))
+}
+
 /// The operations in a message body read from `subject`, checked as a writer would have
 /// checked them before publishing; the error says why the message cannot be applied (every
 /// node decides alike, so every node skips it alike).

@@ -222,17 +222,23 @@ impl Engine {
     /// Prepares one operator-imported task run for [`Engine::apply_imports`]: fills in and
     /// checks its organization and seals its output. Any thread may prepare while another
     /// applies.
-    pub fn prepare_import(&self, mut run: TaskRun) -> Result<WriteOp> {
+    pub fn prepare_import(&self, run: TaskRun) -> Result<WriteOp> {
+        Ok(WriteOp::Report {
+            runs: vec![self.prepare_import_run(run)?],
+            at: crate::time::Timestamp::now(),
+        })
+    }
+
+    /// One operator-imported task run with its organization filled in and its output sealed
+    /// (see [`Engine::prepare_import`]).
+    pub fn prepare_import_run(&self, mut run: TaskRun) -> Result<TaskRun> {
         let org = organization_for(&Caller::OPERATOR, run.organization)?;
         run.organization = Some(org);
         if !run.output.is_empty() {
             let key = self.output_key_now(org)?;
             run.output = key.seal_output(&run.task_run, &run.output);
         }
-        Ok(WriteOp::Report {
-            runs: vec![run],
-            at: crate::time::Timestamp::now(),
-        })
+        Ok(run)
     }
 
     /// Applies prepared imports in one transaction on the calling thread, each its own atomic

@@ -5,7 +5,7 @@
 
 pub mod backup;
 mod batch;
-mod bloom;
+pub(crate) mod bloom;
 mod cache;
 pub mod credentials;
 mod digest;

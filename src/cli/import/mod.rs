@@ -1,20 +1,21 @@
-//! `runledger import`: bulk-loads newline-delimited JSON task runs. One thread reads, parses and
-//! orders chunks (see [`order`]) while the calling thread applies them, a chunk per
-//! transaction (each line its own atomic unit, so a rejected line costs nothing to its
-//! neighbours). Rejected lines are reported with their line number and reason, in the file's
-//! order; the import goes on.
+//! `runledger import`: bulk-loads newline-delimited JSON task runs. The files are read and parsed
+//! on every core ([`read`]), their runs sorted by pipeline and time whatever order they come in
+//! ([`order`]), then written a chunk per transaction (each line its own atomic unit, so a
+//! rejected line costs nothing to its neighbours). Lines that cannot be parsed are reported as
+//! they are read, lines the store refuses once all are written; each with its line number and
+//! reason, in the files' order. The import goes on past them.
 
 mod lines;
 mod ndjson;
 mod order;
 mod progress;
+mod read;
 mod stream;
 mod ylem;
 
-use std::io::{BufReader, IsTerminal};
-use std::path::{Path, PathBuf};
+use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::mpsc;
 use std::time::Instant;
 
 use super::DataDir;
@@ -53,8 +54,12 @@ impl ImportFormat {
     }
 }
 
-/// Lines parsed and applied together in one transaction.
-const CHUNK_LINES: usize = 200_000;
+/// Runs written together in one transaction.
+const CHUNK_RUNS: usize = 200_000;
+/// The runs held in memory before the sort goes on in parts on disk, in bytes.
+const SORT_BUDGET: usize = 384 << 20;
+/// Where the sorted parts go, inside the data dir (removed when the import ends).
+const SORT_DIR: &str = "import.sort";
 /// The page cache of a bulk load: it runs alone, and a large cache saves rereading pages.
 const IMPORT_CACHE_BYTES: usize = 1 << 28;
 
@@ -135,22 +140,14 @@ pub fn run(args: ImportArgs) -> Result<ExitCode, String> {
     })
 }
 
-/// A parsed slice of one file.
-struct Chunk {
-    source: usize,
-    /// Bytes of the file read so far, for progress.
-    offset: u64,
-    /// Each line's prepared operation, or why it was rejected.
-    lines: Vec<(u64, Result<WriteOp, String>)>,
-    blank: u64,
-    last_line: u64,
-}
-
 /// Where an import reports as it goes.
 pub trait ImportSink {
     /// A rejected line: `file:line: reason`.
     fn rejected(&mut self, line: String);
-    /// Progress after each chunk: the file, bytes of it read, its size if known, totals so far.
+    /// Something worth knowing about how the import goes.
+    fn note(&mut self, _message: String) {}
+    /// Reading progress after each block: the file, bytes of it read, its size if known,
+    /// totals so far.
     fn progress(
         &mut self,
         _file: &str,
@@ -159,14 +156,28 @@ pub trait ImportSink {
         _summary: &ImportSummary,
     ) {
     }
+    /// Writing progress after each transaction: runs written of all runs read.
+    fn writing(&mut self, _written: u64, _total: u64) {}
 }
 
-/// Imports every file in order, telling `sink` about each rejected line.
+/// Imports every file (see the module docs), telling `sink` about each rejected line.
 pub fn import_files(
     engine: &Engine,
     format: ImportFormat,
     files: &[PathBuf],
     sink: &mut dyn ImportSink,
+) -> Result<ImportSummary, String> {
+    import_files_holding(engine, format, files, sink, SORT_BUDGET)
+}
+
+/// [`import_files`] holding at most about `budget` bytes of runs in memory while sorting them
+/// (the rest goes to sorted parts on disk).
+pub fn import_files_holding(
+    engine: &Engine,
+    format: ImportFormat,
+    files: &[PathBuf],
+    sink: &mut dyn ImportSink,
+    budget: usize,
 ) -> Result<ImportSummary, String> {
     let names: Vec<String> = files
         .iter()
@@ -185,124 +196,92 @@ pub fn import_files(
         })
         .collect();
     let mut summary = ImportSummary::default();
-    std::thread::scope(|scope| {
-        let (sender, receiver) = mpsc::sync_channel::<Result<Chunk, String>>(2);
-        scope.spawn(move || {
-            for (source, path) in files.iter().enumerate() {
-                if let Err(e) = read_file(engine, format, source, path, &sender) {
-                    let _ = sender.send(Err(e));
-                    return;
+    let dir = engine.store().data_dir().join(SORT_DIR);
+    // What an import stopped midway left behind.
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut sorter = order::Sorter::new(dir, budget);
+    let mut runs = 0u64;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let started = Instant::now();
+    read::read(engine, format, files, threads, |block| {
+        summary.lines += block.lines.len() as u64 + block.blank;
+        summary.blank += block.blank;
+        for (number, prepared) in block.lines {
+            match prepared {
+                Ok(prepared) => {
+                    sorter.push(order::Position::new(block.source, number), prepared)?;
+                    runs += 1;
+                }
+                Err(reason) => {
+                    summary.rejected += 1;
+                    sink.rejected(format!("{}:{number}: {reason}", names[block.source]));
                 }
             }
-        });
-        for chunk in receiver {
-            let chunk = chunk?;
-            let (source, offset) = (chunk.source, chunk.offset);
-            apply_chunk(engine, chunk, &names[source], &mut summary, sink)?;
-            sink.progress(&names[source], offset, sizes[source], &summary);
         }
-        Ok::<(), String>(())
+        sink.progress(
+            &names[block.source],
+            block.offset,
+            sizes[block.source],
+            &summary,
+        );
+        Ok(())
     })?;
+    if let Some(why) = sorter.kept_order() {
+        sink.note(format!("writing the runs in the input's order: {why}"));
+    }
+    let read = started.elapsed();
+    let mut sorted = sorter.finish()?;
+    tracing::debug!(?read, sorted = ?started.elapsed() - read, runs, "import read");
+    let mut refused: Vec<(order::Position, String)> = Vec::new();
+    let mut written = 0u64;
+    while let Some(chunk) = sorted.next_chunk(CHUNK_RUNS)? {
+        written += chunk.len() as u64;
+        apply_chunk(engine, chunk, &names, &mut summary, &mut refused)?;
+        sink.writing(written, runs);
+    }
+    tracing::debug!(written = ?started.elapsed(), "import written");
+    refused.sort_by_key(|(position, _)| *position);
+    summary.rejected += refused.len() as u64;
+    for (position, reason) in refused {
+        let name = &names[position.source()];
+        sink.rejected(format!("{name}:{}: {reason}", position.line()));
+    }
     Ok(summary)
 }
 
-fn read_file(
-    engine: &Engine,
-    format: ImportFormat,
-    source: usize,
-    path: &Path,
-    sender: &mpsc::SyncSender<Result<Chunk, String>>,
-) -> Result<(), String> {
-    let mut lines = Lines::new(BufReader::with_capacity(1 << 20, open_input(path)?));
-    let mut offset = 0u64;
-    let mut chunk = Chunk {
-        source,
-        offset: 0,
-        lines: Vec::with_capacity(CHUNK_LINES),
-        blank: 0,
-        last_line: 0,
-    };
-    loop {
-        let line = lines
-            .next_line()
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let Some(line) = line else {
-            break;
-        };
-        let number = line.number;
-        offset += line.bytes as u64;
-        match format.parse(&line) {
-            None => chunk.blank += 1,
-            Some(parsed) => {
-                let prepared =
-                    parsed.and_then(|run| engine.prepare_import(run).map_err(|e| e.to_string()));
-                chunk.lines.push((number, prepared));
-            }
-        }
-        chunk.last_line = number;
-        if chunk.lines.len() >= CHUNK_LINES {
-            chunk.offset = offset;
-            order::arrange(&mut chunk.lines);
-            let full = std::mem::replace(
-                &mut chunk,
-                Chunk {
-                    source,
-                    offset,
-                    lines: Vec::with_capacity(CHUNK_LINES),
-                    blank: 0,
-                    last_line: number,
-                },
-            );
-            if sender.send(Ok(full)).is_err() {
-                return Ok(());
-            }
-        }
-    }
-    chunk.offset = offset;
-    order::arrange(&mut chunk.lines);
-    let _ = sender.send(Ok(chunk));
-    Ok(())
-}
-
+/// Writes a chunk of runs in one transaction, each its own atomic unit; notes the refused.
 fn apply_chunk(
     engine: &Engine,
-    chunk: Chunk,
-    name: &str,
+    chunk: Vec<order::Item>,
+    names: &[String],
     summary: &mut ImportSummary,
-    sink: &mut dyn ImportSink,
+    refused: &mut Vec<(order::Position, String)>,
 ) -> Result<(), String> {
-    let mut ops = Vec::with_capacity(chunk.lines.len());
-    let mut numbers = Vec::with_capacity(chunk.lines.len());
-    let mut rejected = Vec::new();
-    let read = chunk.lines.len() as u64 + chunk.blank;
-    for (number, parsed) in chunk.lines {
-        match parsed {
-            Ok(op) => {
-                ops.push(op);
-                numbers.push(number);
-            }
-            Err(reason) => rejected.push((number, reason)),
-        }
-    }
+    let positions: Vec<order::Position> = chunk.iter().map(order::Item::position).collect();
+    let ops: Vec<WriteOp> = chunk
+        .into_iter()
+        .map(|item| WriteOp::Report {
+            runs: vec![item.run],
+            at: item.at,
+        })
+        .collect();
     let outcomes = engine.apply_imports(&ops).map_err(|e| {
+        let first = positions
+            .iter()
+            .min()
+            .copied()
+            .unwrap_or(order::Position::new(0, 0));
         format!(
-            "import stopped at {name} line {}: {e}",
-            numbers.iter().min().copied().unwrap_or(chunk.last_line)
+            "import stopped at {} line {}: {e}",
+            names[first.source()],
+            first.line()
         )
     })?;
-    for (number, outcome) in numbers.into_iter().zip(outcomes) {
+    for (position, outcome) in positions.into_iter().zip(outcomes) {
         match outcome {
             Ok(counts) => summary.counts.add(counts),
-            Err(reason) => rejected.push((number, reason.to_string())),
+            Err(reason) => refused.push((position, reason.to_string())),
         }
     }
-    // Written in the order of `order`, reported in the file's.
-    rejected.sort_by_key(|(number, _)| *number);
-    summary.rejected += rejected.len() as u64;
-    for (number, reason) in rejected {
-        sink.rejected(format!("{name}:{number}: {reason}"));
-    }
-    summary.lines += read;
-    summary.blank += chunk.blank;
     Ok(())
 }

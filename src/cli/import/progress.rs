@@ -1,6 +1,6 @@
 //! How a long import shows its progress: on a terminal, a bar per file with the share read, the
-//! rate and the time left (indicatif); otherwise (a log, a pipe) a plain line every ten
-//! seconds. Rejected lines are printed above the bar.
+//! rate and the time left, then one for the runs written (indicatif); otherwise (a log, a pipe)
+//! a plain line every ten seconds. Rejected lines are printed above the bar.
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,8 @@ pub struct Progress {
     file: String,
     started: Instant,
     last_plain: Instant,
+    /// Whether the bar shows the writing (after the reading).
+    writing: bool,
 }
 
 impl Progress {
@@ -37,6 +39,7 @@ impl Progress {
             file: String::new(),
             started: Instant::now(),
             last_plain: Instant::now(),
+            writing: false,
         }
     }
 
@@ -53,6 +56,37 @@ impl ImportSink for Progress {
         match &self.bar {
             Some(bar) => bar.suspend(|| eprintln!("{line}")),
             None => eprintln!("{line}"),
+        }
+    }
+
+    fn note(&mut self, message: String) {
+        self.rejected(message);
+    }
+
+    fn writing(&mut self, written: u64, total: u64) {
+        let message = format!("writing: {written} of {total} runs");
+        match &self.bar {
+            Some(bar) => {
+                if !self.writing {
+                    self.writing = true;
+                    bar.reset();
+                    bar.set_style(
+                        ProgressStyle::with_template(
+                            "{msg} [{wide_bar}] {percent:>3}%, {eta} left",
+                        )
+                        .expect("the template is valid")
+                        .progress_chars("=> "),
+                    );
+                    bar.set_length(total);
+                }
+                bar.set_position(written);
+                bar.set_message(message);
+            }
+            None if self.last_plain.elapsed() >= PLAIN_EVERY => {
+                self.last_plain = Instant::now();
+                eprintln!("importing, {message}");
+            }
+            None => {}
         }
     }
 
