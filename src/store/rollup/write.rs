@@ -4,8 +4,9 @@
 //! parent's weights before and after the transaction:
 //!
 //! - dense before and after: the deltas are merged into the records;
-//! - dense only after: the bucket's records (and those of its dense parts) are built from the
-//!   run log, which holds what the transaction wrote;
+//! - dense only after, empty before: the deltas are the records;
+//! - dense only after, sparse before: the bucket's records (and those of its dense parts) are
+//!   built from the run log, which holds what the transaction wrote;
 //! - dense only before: the records of the pipeline and all its tasks there are deleted;
 //! - neither: nothing is stored.
 //!
@@ -164,7 +165,10 @@ fn flush_pipeline(
             .get(&(parent_level.tag(), parent_start))
             .map_or((0, 0), |(before, after)| (weight(before), weight(after)));
         let kept = |weight| kept(level, start, weight, tables.cut);
-        let before_after = match (kept(weight_before), kept(weight_after)) {
+        // Empty before, the deltas are the whole bucket (a pipeline run ending in it would have
+        // had a task run there): merged into nothing, they are what the log would build.
+        let (before, after) = (kept(weight_before), kept(weight_after));
+        let before_after = match (before || weight_before == 0, after) {
             (true, true) => {
                 let mut pipeline_before_after = (None, None);
                 for delta in bucket {
@@ -184,12 +188,12 @@ fn flush_pipeline(
                 let record = build(tables, pipeline, level, start, &entries, &runs)?;
                 (None, Some(record))
             }
-            (true, false) => {
+            (_, false) if before => {
                 let before = read(tables, pipeline, level, start)?;
                 delete_bucket(tables, pipeline, level, start)?;
                 (before, None)
             }
-            (false, false) => (None, None),
+            (_, false) => (None, None),
         };
         pipeline_records.insert((level.tag(), start), before_after);
     }
