@@ -255,6 +255,12 @@ impl<V> IndexWork<V> {
         }
     }
 
+    /// Makes room for about `entries` more entries.
+    pub fn reserve(&mut self, entries: usize) {
+        self.pending.reserve(entries);
+        self.probes.reserve(entries);
+    }
+
     /// The entry of a UUID as this transaction has it, if it wrote or read it.
     pub fn pending(&self, org: OrgIndex, uuid: &[u8; 16]) -> Option<&Pending<V>> {
         self.pending.get(&(org, *uuid))

@@ -299,6 +299,7 @@ fn apply_batch(
 ) -> Result<Vec<Result<WriteOutcome>>> {
     let started = std::time::Instant::now();
     let outcomes = in_transaction(db, context, through, |batch| {
+        batch.reserve(ops.iter().map(WriteOp::weight).sum());
         let mut outcomes = Vec::with_capacity(ops.len());
         for op in ops {
             outcomes.push(batch.apply(op)?);

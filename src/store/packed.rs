@@ -52,3 +52,29 @@ pub fn insert_new<const N: usize, V: AsRef<[u8]>>(
     }
     Ok(())
 }
+
+/// Appends `entries`, whose ids must be ascending and above every id in the table (new
+/// pipeline runs' aggregates), through one cursor.
+pub fn append<V: AsRef<[u8]>>(
+    table: &mut Table<'_, u64, &'static [u8]>,
+    entries: &[(u64, V)],
+) -> Result<()> {
+    let Some((first, _)) = entries.first() else {
+        return Ok(());
+    };
+    let mut end = table.lower_bound_mut(Bound::Included(*first))?;
+    for (id, value) in entries {
+        match end.insert_before(*id, value.as_ref()) {
+            Ok(()) => {}
+            Err(CursorError::UnorderedKey) => {
+                return Err(Error::Internal(format!(
+                    "id {id} appended below a stored one"
+                )));
+            }
+            Err(CursorError::Storage(error)) => return Err(error.into()),
+            Err(other) => return Err(Error::Internal(format!("cursor insert: {other}"))),
+        }
+    }
+    end.close()?;
+    Ok(())
+}

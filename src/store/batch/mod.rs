@@ -47,7 +47,7 @@ use crate::time::Timestamp;
 pub use credentials::IssueRequest;
 pub use entities::derived_task_run;
 use last_runs::LastRunWork;
-use pipeline_runs::AggSlot;
+use pipeline_runs::Aggs;
 pub use prune::PruneProgress;
 pub(super) use prune::read_cut;
 pub use restore::UnfinishedRun;
@@ -239,16 +239,60 @@ pub struct Batch<'txn> {
     new_log: Vec<([u8; RUN_KEY_LEN], Option<Vec<u8>>)>,
     /// The retention cut once read (`None` until then); only pruning moves it.
     cut: std::cell::Cell<Option<Option<i64>>>,
-    aggs: HashMap<RunId, AggSlot>,
+    aggs: Aggs,
     last_run_work: HashMap<EntityId, LastRunWork>,
 }
 
-/// A task run's home as a transaction wrote it, and which of its new runs in `new_log` is the
-/// task run's (a finished home's run is always there).
+/// A task run's home as a transaction wrote it: a finished run with its place in `new_log`
+/// (kept small: a large import holds one per run), or an unfinished one.
 #[derive(Clone, Debug)]
-pub(super) struct PendingHome {
-    home: TaskRunHome,
-    log: Option<usize>,
+pub(super) enum PendingHome {
+    Finished {
+        pipeline: EntityId,
+        executed_at: Timestamp,
+        log: usize,
+    },
+    Unfinished(Box<TaskRunHome>),
+}
+
+impl PendingHome {
+    fn new(home: TaskRunHome, log: Option<usize>) -> PendingHome {
+        match (home, log) {
+            (
+                TaskRunHome::Finished {
+                    pipeline,
+                    executed_at,
+                },
+                Some(log),
+            ) => PendingHome::Finished {
+                pipeline,
+                executed_at,
+                log,
+            },
+            (home, _) => PendingHome::Unfinished(Box::new(home)),
+        }
+    }
+
+    fn home(&self) -> TaskRunHome {
+        match self {
+            PendingHome::Finished {
+                pipeline,
+                executed_at,
+                ..
+            } => TaskRunHome::Finished {
+                pipeline: *pipeline,
+                executed_at: *executed_at,
+            },
+            PendingHome::Unfinished(home) => (**home).clone(),
+        }
+    }
+
+    fn log(&self) -> Option<usize> {
+        match self {
+            PendingHome::Finished { log, .. } => Some(*log),
+            PendingHome::Unfinished(_) => None,
+        }
+    }
 }
 
 impl<'txn> Batch<'txn> {
@@ -274,9 +318,18 @@ impl<'txn> Batch<'txn> {
             threads,
             new_log: Vec::new(),
             cut: std::cell::Cell::new(None),
-            aggs: HashMap::default(),
+            aggs: Aggs::default(),
             last_run_work: HashMap::default(),
         })
+    }
+
+    /// Makes room for about `runs` task runs, so that a large transaction's maps do not grow
+    /// (and move) step by step.
+    pub fn reserve(&mut self, runs: usize) {
+        self.new_log.reserve(runs);
+        self.task_index.reserve(runs);
+        self.pipeline_index.reserve(runs / 2);
+        self.aggs.reserve(runs / 2);
     }
 
     /// Checks and applies one operation. `Ok(Err(_))` is a rejection that changed nothing;
@@ -347,7 +400,7 @@ impl<'txn> Batch<'txn> {
         // Homes new in a fresh period go in through cursors, as one run; others one by one.
         let (mut added, mut changed) = (Vec::new(), Vec::new());
         for write in homes {
-            let home = write.value.home.encode();
+            let home = write.value.home().encode();
             if write.fresh {
                 added.push((write.key, home));
             } else {
@@ -445,7 +498,7 @@ impl<'txn> Batch<'txn> {
     ) -> Result<Option<(u32, TaskRunHome)>> {
         let uuid = task_run.as_bytes();
         if let Some(pending) = self.task_index.pending(org, uuid) {
-            return Ok(Some((pending.period, pending.value.home.clone())));
+            return Ok(Some((pending.period, pending.value.home())));
         }
         for period in self
             .task_index
@@ -470,7 +523,7 @@ impl<'txn> Batch<'txn> {
         log: Option<usize>,
     ) -> u32 {
         let uuid = task_run.as_bytes();
-        let value = PendingHome { home, log };
+        let value = PendingHome::new(home, log);
         match period {
             Some(period) => {
                 self.task_index
@@ -485,7 +538,7 @@ impl<'txn> Batch<'txn> {
     pub(super) fn pending_log(&self, org: OrgIndex, task_run: &TaskRunId) -> Option<usize> {
         self.task_index
             .pending(org, task_run.as_bytes())
-            .and_then(|pending| pending.value.log)
+            .and_then(|pending| pending.value.log())
     }
 
     fn store_counters(&mut self) -> Result<()> {

@@ -4,6 +4,7 @@
 //! [`Batch::finish`], when their contribution also moves from where it was to where it is now.
 
 use redb::ReadableTable;
+use rustc_hash::FxHashMap as HashMap;
 
 use super::Batch;
 use super::timestamp;
@@ -21,6 +22,47 @@ pub(super) struct AggSlot {
     uuid: PipelineRunId,
     before: Option<PipelineRunAgg>,
     now: Option<PipelineRunAgg>,
+}
+
+/// The aggregates a transaction touched: slots in the order they were first touched (large, so
+/// they stay where they are), found by id.
+#[derive(Default)]
+pub(super) struct Aggs {
+    places: HashMap<RunId, u32>,
+    slots: Vec<(RunId, AggSlot)>,
+}
+
+impl Aggs {
+    pub fn reserve(&mut self, slots: usize) {
+        self.places.reserve(slots);
+        self.slots.reserve(slots);
+    }
+
+    fn get(&self, id: &RunId) -> Option<&AggSlot> {
+        let place = *self.places.get(id)?;
+        Some(&self.slots[place as usize].1)
+    }
+
+    fn get_mut(&mut self, id: &RunId) -> Option<&mut AggSlot> {
+        let place = *self.places.get(id)?;
+        Some(&mut self.slots[place as usize].1)
+    }
+
+    fn insert(&mut self, id: RunId, slot: AggSlot) -> &mut AggSlot {
+        self.places.insert(id, self.slots.len() as u32);
+        self.slots.push((id, slot));
+        &mut self.slots.last_mut().expect("pushed").1
+    }
+
+    /// Every slot, by id, leaving none.
+    fn take_sorted(&mut self) -> Vec<(RunId, AggSlot)> {
+        self.places = HashMap::default();
+        let mut slots = std::mem::take(&mut self.slots);
+        if !slots.is_sorted_by_key(|(id, _)| *id) {
+            slots.sort_unstable_by_key(|(id, _)| *id);
+        }
+        slots
+    }
 }
 
 impl Batch<'_> {
@@ -67,23 +109,29 @@ impl Batch<'_> {
     }
 
     fn agg_slot(&mut self, id: RunId, uuid: PipelineRunId) -> Result<&mut AggSlot> {
-        if !self.aggs.contains_key(&id) {
-            // An id handed out by this transaction has nothing stored yet.
-            let new = self
-                .counters
-                .first_run_id
-                .is_some_and(|first| id.0 >= first);
-            let stored = if new { None } else { self.stored_agg(id)? };
-            self.aggs.insert(
+        if self.aggs.get(&id).is_none() {
+            let stored = if self.is_new_run(id) {
+                None
+            } else {
+                self.stored_agg(id)?
+            };
+            return Ok(self.aggs.insert(
                 id,
                 AggSlot {
                     uuid,
                     before: stored,
                     now: stored,
                 },
-            );
+            ));
         }
-        Ok(self.aggs.get_mut(&id).expect("inserted above"))
+        Ok(self.aggs.get_mut(&id).expect("found above"))
+    }
+
+    /// Whether this transaction handed out the id (so nothing is stored under it yet).
+    fn is_new_run(&self, id: RunId) -> bool {
+        self.counters
+            .first_run_id
+            .is_some_and(|first| id.0 >= first)
     }
 
     pub(super) fn stored_agg(&self, id: RunId) -> Result<Option<PipelineRunAgg>> {
@@ -252,8 +300,9 @@ impl Batch<'_> {
     /// aggregate but keeps its id and index entry: ids are handed out at a pipeline run's first
     /// finished task run in the write sequence, however the writes are grouped into commits.
     pub(super) fn flush_pipeline_runs(&mut self) -> Result<()> {
-        let mut slots: Vec<(RunId, AggSlot)> = std::mem::take(&mut self.aggs).into_iter().collect();
-        slots.sort_unstable_by_key(|(id, _)| *id);
+        let slots = self.aggs.take_sorted();
+        // New aggregates go in after every stored one, through a cursor; others one by one.
+        let mut appended: Vec<(u64, Vec<u8>)> = Vec::new();
         for (id, slot) in slots {
             if slot.before == slot.now && slot.now.is_some() {
                 continue;
@@ -293,6 +342,7 @@ impl Batch<'_> {
                 }
             }
             match slot.now {
+                Some(agg) if self.is_new_run(id) => appended.push((id.0, agg.encode())),
                 Some(agg) => {
                     self.t.pipeline_runs.insert(id.0, agg.encode().as_slice())?;
                 }
@@ -301,7 +351,7 @@ impl Batch<'_> {
                 }
             }
         }
-        Ok(())
+        crate::store::packed::append(&mut self.t.pipeline_runs, &appended)
     }
 }
 
