@@ -1315,6 +1315,37 @@ fn apply_grouped(
     (store, outcomes, dir)
 }
 
+/// `ops` applied to a new store in one transaction written out in chunks of random sizes (a
+/// bulk load); the outcome of each operation, in order, as text.
+fn apply_bulk(
+    rng: &mut Rng,
+    ops: &[WriteOp],
+    threads: usize,
+) -> (Store, Vec<String>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StoreOptions {
+        writer_threads: threads,
+        ..StoreOptions::default()
+    };
+    let store = Store::open(dir.path(), options).unwrap();
+    let mut outcomes = Vec::new();
+    let mut rest = ops;
+    store
+        .apply_chunks(
+            || {
+                let (chunk, tail) = rest.split_at((rng.range(1, 60) as usize).min(rest.len()));
+                rest = tail;
+                Ok((!chunk.is_empty()).then(|| chunk.to_vec()))
+            },
+            |_, done| {
+                outcomes.extend(done.iter().map(|outcome| format!("{outcome:?}")));
+                Ok(())
+            },
+        )
+        .unwrap();
+    (store, outcomes, dir)
+}
+
 #[test]
 fn one_write_sequence_grouped_two_ways_gives_identical_tables() {
     let seeds = seeds_or(3);
@@ -1330,6 +1361,11 @@ fn one_write_sequence_grouped_two_ways_gives_identical_tables() {
         assert_eq!(
             outcomes_a, outcomes_c,
             "seed {seed}: outcomes differ with 4 threads"
+        );
+        let (bulk, outcomes_d, _d) = apply_bulk(&mut rng, &ops, 2);
+        assert_eq!(
+            outcomes_a, outcomes_d,
+            "seed {seed}: outcomes differ in bulk"
         );
         assert!(
             outcomes_a.iter().any(|o| o.starts_with("Err")),
@@ -1348,7 +1384,7 @@ fn one_write_sequence_grouped_two_ways_gives_identical_tables() {
             rollups(&grouped) > 0,
             "seed {seed}: no pipeline was dense enough for finer rollups"
         );
-        let digests = [&one_by_one, &grouped, &large].map(|store| store.digest().unwrap());
+        let digests = [&one_by_one, &grouped, &large, &bulk].map(|store| store.digest().unwrap());
         for other in &digests[1..] {
             assert_eq!(
                 digests[0].tables, other.tables,
@@ -1356,7 +1392,7 @@ fn one_write_sequence_grouped_two_ways_gives_identical_tables() {
             );
             assert_eq!(digests[0].whole(), other.whole());
         }
-        for store in [&one_by_one, &grouped, &large] {
+        for store in [&one_by_one, &grouped, &large, &bulk] {
             assert!(verify(store).unwrap().is_consistent(), "seed {seed}");
         }
 
@@ -1642,12 +1678,16 @@ fn engine_importing(reports: &[TaskRun], budget: usize) -> (Engine, Told, tempfi
     let data = dir.path().join("data");
     let engine = Engine::new(Store::open(&data, StoreOptions::default()).unwrap()).unwrap();
     let mut told = Told::default();
-    runledger::cli::import::import_files_holding(
+    let settings = runledger::cli::import::ImportSettings {
+        sort_budget: budget,
+        chunk_runs: 500,
+    };
+    runledger::cli::import::import_files_with(
         &engine,
         runledger::cli::import::ImportFormat::Runledger,
         &[file],
         &mut told,
-        budget,
+        settings,
     )
     .unwrap();
     assert!(

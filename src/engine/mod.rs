@@ -256,6 +256,26 @@ impl Engine {
             .collect())
     }
 
+    /// Applies prepared imports in one durable transaction on the calling thread, a chunk at a
+    /// time (see [`crate::store::Store::apply_chunks`]): the whole import is applied or none of
+    /// it. `done` is told each chunk's outcomes. Blocks.
+    pub fn import_chunks(
+        &self,
+        next: impl FnMut() -> Result<Option<Vec<WriteOp>>>,
+        mut done: impl FnMut(Vec<WriteOp>, Vec<Result<ReportCounts>>) -> Result<()>,
+    ) -> Result<()> {
+        self.store.apply_chunks(next, |ops, outcomes| {
+            let outcomes = outcomes
+                .into_iter()
+                .map(|outcome| match outcome? {
+                    WriteOutcome::Report(counts) => Ok(counts),
+                    other => Err(unexpected(other)),
+                })
+                .collect();
+            done(ops, outcomes)
+        })
+    }
+
     /// Prepares and applies task runs in one transaction on the calling thread, for bulk loads
     /// by the operator (see [`Engine::prepare_import`] and [`Engine::apply_imports`]).
     pub fn import_now(&self, runs: Vec<TaskRun>) -> Result<Vec<Result<ReportCounts>>> {

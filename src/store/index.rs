@@ -182,8 +182,17 @@ impl Filters {
             let period = index.filters.len() as u32;
             index.filters.push(Bloom::new(period_blocks(period)));
         }
-        for (period, probe) in work.probes {
-            index.filters[period as usize].insert(probe);
+        match work.change {
+            Change::Probes(probes) => {
+                for (period, probe) in probes {
+                    index.filters[period as usize].insert(probe);
+                }
+            }
+            Change::Filters(first, filters) => {
+                for (at, filter) in filters.into_iter().enumerate() {
+                    index.filters[first as usize + at] = filter;
+                }
+            }
         }
         index.current = work.current;
         index.entries = work.entries;
@@ -191,18 +200,30 @@ impl Filters {
 }
 
 /// One index's changes in a write transaction: its entries written (or read) so far, with a
-/// value of the caller's (`V`) that the caller writes to the table at the end, and the Bloom
-/// probes of the UUIDs new to the index.
+/// value of the caller's (`V`) that the caller writes to the table, and how the filters learn
+/// the UUIDs new to the index once the transaction commits.
+///
+/// A long transaction writes its entries out as it goes ([`IndexWork::take_writes`] with
+/// `more`): from then on it keeps its own copy of the filters of the periods it inserts into,
+/// so that a UUID it wrote out is found again.
 #[derive(Debug)]
 pub struct IndexWork<V> {
     kind: IndexKind,
     current: u32,
     entries: u64,
-    /// The current period and its entries when the transaction began.
-    began: (u32, u64),
-    /// Entries this transaction inserted, changed or looked up, by organization and UUID.
+    /// The current period when the transaction began.
+    began: u32,
+    /// The current period and its entries when entries were last written out (or the
+    /// transaction began).
+    written: (u32, u64),
+    /// Entries this transaction inserted, changed or looked up since they were last written
+    /// out, by organization and UUID.
     pending: HashMap<(OrgIndex, [u8; 16]), Pending<V>>,
+    /// The probes of the UUIDs this transaction inserted, by period (until `local` is used).
     probes: Vec<(u32, Probe)>,
+    /// Once entries were written out within the transaction: the filters of the periods from
+    /// `began` on, with every UUID this transaction inserted.
+    local: Vec<Bloom>,
 }
 
 /// An index entry as a transaction has it.
@@ -213,7 +234,7 @@ pub struct Pending<V> {
     pub state: PendingState,
 }
 
-/// Whether an entry must be written at the end of the transaction.
+/// Whether an entry must be written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PendingState {
     /// New to the index: inserted by this transaction.
@@ -224,13 +245,13 @@ pub enum PendingState {
     Read,
 }
 
-/// An entry to write at the end of a transaction.
+/// An entry to write.
 pub struct Write<V> {
     pub key: [u8; INDEX_KEY_LEN],
     pub value: V,
-    /// New, in a period that was empty when the transaction began: such keys have no stored
-    /// neighbours, so they go in as one ordered run (a random UUID among stored ones is cheaper
-    /// to insert alone).
+    /// New, in a period that held no stored entries: such keys have no stored neighbours, so
+    /// they go in as one ordered run (a random UUID among stored ones is cheaper to insert
+    /// alone).
     pub fresh: bool,
 }
 
@@ -240,7 +261,15 @@ pub struct Learned {
     kind: IndexKind,
     current: u32,
     entries: u64,
-    probes: Vec<(u32, Probe)>,
+    change: Change,
+}
+
+#[derive(Debug)]
+enum Change {
+    /// The probes to add, by period.
+    Probes(Vec<(u32, Probe)>),
+    /// The filters of the periods from the first on, as they now are.
+    Filters(u32, Vec<Bloom>),
 }
 
 impl<V> IndexWork<V> {
@@ -249,19 +278,24 @@ impl<V> IndexWork<V> {
             kind: committed.kind,
             current: committed.current,
             entries: committed.entries,
-            began: (committed.current, committed.entries),
+            began: committed.current,
+            written: (committed.current, committed.entries),
             pending: HashMap::default(),
             probes: Vec::new(),
+            local: Vec::new(),
         }
     }
 
     /// Makes room for about `entries` more entries.
     pub fn reserve(&mut self, entries: usize) {
         self.pending.reserve(entries);
-        self.probes.reserve(entries);
+        if self.local.is_empty() {
+            self.probes.reserve(entries);
+        }
     }
 
-    /// The entry of a UUID as this transaction has it, if it wrote or read it.
+    /// The entry of a UUID as this transaction has it, if it wrote or read it since its
+    /// entries were last written out.
     pub fn pending(&self, org: OrgIndex, uuid: &[u8; 16]) -> Option<&Pending<V>> {
         self.pending.get(&(org, *uuid))
     }
@@ -269,15 +303,22 @@ impl<V> IndexWork<V> {
     /// The periods that may hold a UUID's stored entry, newest first (each period's filter is
     /// asked; see [`IndexWork::pending`] first for what this transaction has).
     pub fn candidates<'a>(
-        &self,
+        &'a self,
         committed: &'a PeriodFilters,
         org: OrgIndex,
         uuid: &[u8; 16],
     ) -> impl Iterator<Item = u32> + use<'a, V> {
         let hash = key_hash(self.kind.tag(), org.0, uuid);
-        (0..committed.periods())
-            .rev()
-            .filter(move |period| committed.contains(*period, hash))
+        let periods = committed.periods().max(self.current + 1);
+        (0..periods).rev().filter(move |&period| {
+            match period
+                .checked_sub(self.began)
+                .and_then(|at| self.local.get(at as usize))
+            {
+                Some(local) => local.may_contain(Bloom::probe(hash, local.blocks())),
+                None => period < committed.periods() && committed.contains(period, hash),
+            }
+        })
     }
 
     /// Inserts a UUID that is in no period into the current period, which it counts against;
@@ -286,13 +327,19 @@ impl<V> IndexWork<V> {
         if self.entries >= period_capacity(self.current) {
             self.current += 1;
             self.entries = 0;
+            if !self.local.is_empty() {
+                self.local.push(Bloom::new(period_blocks(self.current)));
+            }
         }
         self.entries += 1;
-        let hash = key_hash(self.kind.tag(), org.0, uuid);
-        self.probes.push((
-            self.current,
-            Bloom::probe(hash, period_blocks(self.current)),
-        ));
+        let probe = Bloom::probe(
+            key_hash(self.kind.tag(), org.0, uuid),
+            period_blocks(self.current),
+        );
+        match self.local.last_mut() {
+            Some(local) => local.insert(probe),
+            None => self.probes.push((self.current, probe)),
+        }
         self.pending.insert(
             (org, *uuid),
             Pending {
@@ -334,35 +381,85 @@ impl<V> IndexWork<V> {
         }
     }
 
-    /// The entries to write, in key order (those only read are left out), and what the
-    /// filters learn once the transaction commits.
-    pub fn finish(self) -> (Vec<Write<V>>, Learned) {
-        let began = self.began;
-        let mut writes: Vec<Write<V>> = self
-            .pending
+    /// The entries to write, in key order (those only read are left out); the transaction
+    /// forgets them. With `more`, the transaction goes on and will look for them in the table.
+    pub fn take_writes(&mut self, committed: &PeriodFilters, more: bool) -> Vec<Write<V>> {
+        if more && self.local.is_empty() {
+            self.local = (self.began..=self.current)
+                .map(|period| {
+                    committed
+                        .filters
+                        .get(period as usize)
+                        .cloned()
+                        .unwrap_or_else(|| Bloom::new(period_blocks(period)))
+                })
+                .collect();
+            for (period, probe) in self.probes.drain(..) {
+                self.local[(period - self.began) as usize].insert(probe);
+            }
+        }
+        let written = self.written;
+        let mut writes: Vec<Write<V>> = std::mem::take(&mut self.pending)
             .into_iter()
             .filter(|(_, pending)| pending.state != PendingState::Read)
-            .map(|((org, uuid), pending)| {
-                let new = pending.state == PendingState::New;
-                Write {
-                    key: index_key(pending.period, org, &uuid),
-                    value: pending.value,
-                    fresh: new && (pending.period > began.0 || began.1 == 0),
-                }
+            .map(|((org, uuid), pending)| Write {
+                key: index_key(pending.period, org, &uuid),
+                fresh: pending.state == PendingState::New
+                    && (pending.period > written.0 || written.1 == 0),
+                value: pending.value,
             })
             .collect();
         writes.sort_unstable_by_key(|write| write.key);
-        let learned = Learned {
+        self.written = (self.current, self.entries);
+        writes
+    }
+
+    /// What the filters learn once the transaction commits.
+    pub fn finish(self) -> Learned {
+        let change = if self.local.is_empty() {
+            Change::Probes(self.probes)
+        } else {
+            Change::Filters(self.began, self.local)
+        };
+        Learned {
             kind: self.kind,
             current: self.current,
             entries: self.entries,
-            probes: self.probes,
-        };
-        (writes, learned)
+            change,
+        }
     }
 }
 
 impl Learned {
+    /// The filter of `period` once the transaction's inserts are in.
+    fn filter(&self, committed: &PeriodFilters, period: u32) -> Bloom {
+        if let Change::Filters(first, filters) = &self.change
+            && let Some(filter) = period
+                .checked_sub(*first)
+                .and_then(|at| filters.get(at as usize))
+        {
+            return filter.clone();
+        }
+        let mut filter = committed
+            .filters
+            .get(period as usize)
+            .cloned()
+            .unwrap_or_else(|| Bloom::new(period_blocks(period)));
+        if let Change::Probes(probes) = &self.change {
+            for (_, probe) in probes.iter().filter(|(p, _)| *p == period) {
+                filter.insert(*probe);
+            }
+        }
+        filter
+    }
+
+    fn is_empty(&self) -> bool {
+        match &self.change {
+            Change::Probes(probes) => probes.is_empty(),
+            Change::Filters(..) => false,
+        }
+    }
+
     /// Stores the filter of every period this transaction filled, and where inserts go next.
     pub fn store(
         &self,
@@ -370,18 +467,11 @@ impl Learned {
         meta: &mut Table<'_, &'static str, &'static [u8]>,
         chunks: &mut Table<'_, &'static [u8; FILTER_KEY_LEN], &'static [u8]>,
     ) -> Result<()> {
-        if self.probes.is_empty() {
+        if self.is_empty() {
             return Ok(());
         }
         for period in committed.current..self.current {
-            let mut filter = committed
-                .filters
-                .get(period as usize)
-                .cloned()
-                .unwrap_or_else(|| Bloom::new(period_blocks(period)));
-            for (_, probe) in self.probes.iter().filter(|(p, _)| *p == period) {
-                filter.insert(*probe);
-            }
+            let filter = self.filter(committed, period);
             for chunk in 0..filter.blocks() / CHUNK_BLOCKS {
                 let bytes = filter.chunk_bytes(chunk * CHUNK_BLOCKS, CHUNK_BLOCKS);
                 chunks.insert(
@@ -429,7 +519,8 @@ mod tests {
             work.pending(OrgIndex(1), &[2; 16]).map(|p| p.period),
             Some(1)
         );
-        let (writes, learned) = work.finish();
+        let writes = work.take_writes(&committed, false);
+        let learned = work.finish();
         assert_eq!(writes.len(), 2);
         assert!(!writes[0].fresh, "the first period held entries already");
         assert!(writes[1].fresh);
@@ -441,5 +532,46 @@ mod tests {
         assert_eq!(filters.task_runs.periods(), 2);
         let hash = key_hash(IndexKind::TaskRuns.tag(), 1, &[2; 16]);
         assert!(filters.task_runs.contains(1, hash));
+    }
+
+    #[test]
+    fn a_transaction_written_out_midway_learns_what_one_that_is_not_learns() {
+        let mut committed = PeriodFilters::empty(IndexKind::TaskRuns);
+        committed.entries = period_capacity(0) - 3;
+        let org = OrgIndex(1);
+        let uuids: Vec<[u8; 16]> = (1..=6u8).map(|n| [n; 16]).collect();
+        let mut long = IndexWork::new(&committed);
+        let mut short = IndexWork::new(&committed);
+        for (i, uuid) in uuids.iter().enumerate() {
+            long.allocate(org, uuid, ());
+            short.allocate(org, uuid, ());
+            if i == 1 || i == 4 {
+                let written = long.take_writes(&committed, true);
+                assert!(!written.is_empty());
+                assert!(long.pending(org, uuid).is_none());
+                // Written out, it is found again through the transaction's own filters.
+                for earlier in &uuids[..=i] {
+                    let period = if earlier[0] <= 3 { 0 } else { 1 };
+                    assert!(
+                        long.candidates(&committed, org, earlier)
+                            .any(|p| p == period)
+                    );
+                }
+            }
+        }
+        assert_eq!(long.take_writes(&committed, false).len(), 1);
+        assert_eq!(short.take_writes(&committed, false).len(), 6);
+        let learn = |work: IndexWork<()>| {
+            let mut filters = Filters {
+                task_runs: committed.clone(),
+                pipeline_runs: PeriodFilters::empty(IndexKind::PipelineRuns),
+            };
+            filters.learn(work.finish());
+            filters.task_runs
+        };
+        let (long, short) = (learn(long), learn(short));
+        assert_eq!((long.current, long.entries), (1, 3));
+        assert_eq!((long.current, long.entries), (short.current, short.entries));
+        assert_eq!(long.filters, short.filters);
     }
 }

@@ -44,7 +44,7 @@ use cache::EntityCache;
 use index::Filters;
 use writer::Writer;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// The database file's name inside the data dir.
 pub const DATABASE_FILE: &str = "runledger.redb";
@@ -163,6 +163,40 @@ impl Store {
     pub fn apply_now(&self, ops: &[WriteOp]) -> Result<Vec<Result<WriteOutcome>>> {
         self.db
             .write(|db| apply_batch(db, &self.context, ops, None))
+    }
+
+    /// Applies a long sequence of writes in one durable transaction on the calling thread, a
+    /// chunk at a time (a bulk load): `next` gives each chunk once the one before is applied
+    /// and written to the tables, `done` is told each operation's outcome, and once `next`
+    /// gives none the transaction commits, so the whole sequence is applied or none of it. A
+    /// chunk's operations are each their own unit, as in [`Store::apply_now`]; what the
+    /// transaction holds in memory is about one chunk. `Err` (from the store, `next` or
+    /// `done`) means nothing was applied. Blocks.
+    pub fn apply_chunks(
+        &self,
+        mut next: impl FnMut() -> Result<Option<Vec<WriteOp>>>,
+        mut done: impl FnMut(Vec<WriteOp>, Vec<Result<WriteOutcome>>) -> Result<()>,
+    ) -> Result<()> {
+        self.db.write(|db| {
+            in_transaction(db, &self.context, None, |batch| {
+                while let Some(ops) = next()? {
+                    if let Some(op) = ops.iter().find(|op| op.is_exclusive()) {
+                        return Err(Error::InvalidArgument(format!(
+                            "{} is not part of a bulk load",
+                            op.name()
+                        )));
+                    }
+                    batch.reserve(ops.iter().map(WriteOp::weight).sum());
+                    let mut outcomes = Vec::with_capacity(ops.len());
+                    for op in &ops {
+                        outcomes.push(batch.apply(op)?);
+                    }
+                    batch.write_out()?;
+                    done(ops, outcomes)?;
+                }
+                Ok(())
+            })
+        })
     }
 
     /// Applies messages read from the cluster's stream in one durable transaction on the

@@ -194,3 +194,127 @@ fn acknowledged_reports_survive_sigkill() {
         "seed {seed}: {output}"
     );
 }
+
+/// The digest of every table of a data dir (`runledger info --digest`).
+fn digest(data: &std::path::Path) -> String {
+    let (ok, output) = run_cli(&["info", "--data-dir", data.to_str().unwrap(), "--digest"]);
+    assert!(ok, "{output}");
+    output
+        .lines()
+        .find_map(|line| line.strip_prefix("digest "))
+        .expect(&output)
+        .to_string()
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+/// An import is one transaction: killed at any moment (reading, sorting, writing, committing or
+/// repacking), it leaves the store as it was or holding the whole file, never part of it.
+#[test]
+fn a_killed_import_leaves_the_store_as_it_was_or_with_all_of_it() {
+    let cycles: u64 = std::env::var("RUNLEDGER_CRASH_CYCLES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    // No outputs: no organization keys made outside the import, so the tables are the same
+    // each time the same file is imported.
+    for (file, runs, days) in [("first", "3000", "30"), ("second", "40000", "400")] {
+        let (ok, output) = run_cli(&[
+            "generate",
+            "--runs",
+            runs,
+            "--days",
+            days,
+            "--no-outputs",
+            "--organizations",
+            "3",
+            "--pipelines",
+            "40",
+            "-o",
+            &path(file),
+        ]);
+        assert!(ok, "{output}");
+    }
+    let base = dir.path().join("base");
+    std::fs::create_dir(&base).unwrap();
+    let (ok, output) = run_cli(&[
+        "import",
+        "--data-dir",
+        base.to_str().unwrap(),
+        &path("first"),
+    ]);
+    assert!(ok, "{output}");
+    let before = digest(&base);
+    // The whole second file imported, and how long that takes.
+    let whole = dir.path().join("whole");
+    copy_dir(&base, &whole);
+    let started = std::time::Instant::now();
+    // Written out a few thousand runs at a time: a kill may come between two write-outs.
+    let import = |data: &std::path::Path| {
+        [
+            "import".to_string(),
+            "--chunk-runs".into(),
+            "4000".into(),
+            "--data-dir".into(),
+            data.to_str().unwrap().into(),
+            path("second"),
+        ]
+    };
+    let (ok, output) = run_cli(&import(&whole).each_ref().map(String::as_str));
+    let took = started.elapsed();
+    assert!(ok, "{output}");
+    let after = digest(&whole);
+    assert_ne!(before, after);
+    let (mut kept, mut complete) = (0, 0);
+    for cycle in 0..cycles {
+        let data = dir.path().join(format!("killed-{cycle}"));
+        copy_dir(&base, &data);
+        // The moment of the kill, anywhere in the import's run.
+        let at = took.mul_f64(
+            ((seed ^ cycle).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64,
+        );
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_runledger"))
+            .args(import(&data))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(at); // not a synchronization: the kill may land anywhere
+        let _ = child.kill();
+        child.wait().unwrap();
+        let now = digest(&data);
+        assert!(
+            now == before || now == after,
+            "seed {seed}, cycle {cycle}: killed after {at:?} of {took:?}, the store holds part of the import"
+        );
+        if now == before {
+            kept += 1;
+        } else {
+            complete += 1;
+        }
+        let (ok, output) = run_cli(&["verify", "--data-dir", data.to_str().unwrap()]);
+        assert!(
+            ok && output.contains("rollups agree with the raw runs"),
+            "seed {seed}, cycle {cycle}: {output}"
+        );
+        assert!(
+            !data.join("import.sort").exists() || now == before,
+            "seed {seed}, cycle {cycle}: sorted parts left behind after a complete import"
+        );
+    }
+    println!(
+        "seed {seed}: {cycles} kills within {took:?}: {kept} left the store as it was, {complete} found it complete"
+    );
+}

@@ -20,6 +20,7 @@ use std::time::Instant;
 
 use super::DataDir;
 use crate::engine::Engine;
+use crate::error::Error;
 use crate::model::{ReportCounts, TaskRun};
 use crate::store::WriteOp;
 
@@ -54,8 +55,8 @@ impl ImportFormat {
     }
 }
 
-/// Runs written together in one transaction.
-const CHUNK_RUNS: usize = 200_000;
+/// Runs applied together before they are written out (all in one transaction).
+const CHUNK_RUNS: u64 = 200_000;
 /// The runs held in memory before the sort goes on in parts on disk, in bytes.
 const SORT_BUDGET: usize = 384 << 20;
 /// Where the sorted parts go, inside the data dir (removed when the import ends).
@@ -80,6 +81,10 @@ pub struct ImportArgs {
     /// every table in key order: full pages, no free space; about a third smaller).
     #[arg(long)]
     pub no_repack: bool,
+    /// Runs applied before they are written out to the tables (all in the import's one
+    /// transaction): what the import holds in memory while writing grows with it.
+    #[arg(long, default_value_t = CHUNK_RUNS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub chunk_runs: u64,
     /// Cluster mode: load through the cluster's stream at these NATS URLs (comma-separated)
     /// instead of into --data-dir.
     #[arg(long, env = "RUNLEDGER_NATS")]
@@ -114,7 +119,11 @@ pub fn run(args: ImportArgs) -> Result<ExitCode, String> {
     })?;
     let started = Instant::now();
     let mut progress = progress::Progress::new(std::io::stderr().is_terminal());
-    let summary = import_files(&engine, args.format, &args.files, &mut progress)?;
+    let settings = ImportSettings {
+        chunk_runs: args.chunk_runs as usize,
+        ..ImportSettings::default()
+    };
+    let summary = import_files_with(&engine, args.format, &args.files, &mut progress, settings)?;
     progress.clear();
     let seconds = started.elapsed().as_secs_f64();
     let applied = summary.counts.inserted + summary.counts.replaced + summary.counts.unchanged;
@@ -160,6 +169,24 @@ pub trait ImportSink {
     fn writing(&mut self, _written: u64, _total: u64) {}
 }
 
+/// How much an import holds in memory.
+#[derive(Clone, Copy, Debug)]
+pub struct ImportSettings {
+    /// Runs applied before they are written out to the tables.
+    pub chunk_runs: usize,
+    /// Bytes of runs sorted in memory; beyond, sorted parts go to disk.
+    pub sort_budget: usize,
+}
+
+impl Default for ImportSettings {
+    fn default() -> ImportSettings {
+        ImportSettings {
+            chunk_runs: CHUNK_RUNS as usize,
+            sort_budget: SORT_BUDGET,
+        }
+    }
+}
+
 /// Imports every file (see the module docs), telling `sink` about each rejected line.
 pub fn import_files(
     engine: &Engine,
@@ -167,17 +194,16 @@ pub fn import_files(
     files: &[PathBuf],
     sink: &mut dyn ImportSink,
 ) -> Result<ImportSummary, String> {
-    import_files_holding(engine, format, files, sink, SORT_BUDGET)
+    import_files_with(engine, format, files, sink, ImportSettings::default())
 }
 
-/// [`import_files`] holding at most about `budget` bytes of runs in memory while sorting them
-/// (the rest goes to sorted parts on disk).
-pub fn import_files_holding(
+/// [`import_files`] with these settings.
+pub fn import_files_with(
     engine: &Engine,
     format: ImportFormat,
     files: &[PathBuf],
     sink: &mut dyn ImportSink,
-    budget: usize,
+    settings: ImportSettings,
 ) -> Result<ImportSummary, String> {
     let names: Vec<String> = files
         .iter()
@@ -199,7 +225,7 @@ pub fn import_files_holding(
     let dir = engine.store().data_dir().join(SORT_DIR);
     // What an import stopped midway left behind.
     let _ = std::fs::remove_dir_all(&dir);
-    let mut sorter = order::Sorter::new(dir, budget);
+    let mut sorter = order::Sorter::new(dir, settings.sort_budget);
     let mut runs = 0u64;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let started = Instant::now();
@@ -232,13 +258,47 @@ pub fn import_files_holding(
     let read = started.elapsed();
     let mut sorted = sorter.finish()?;
     tracing::debug!(?read, sorted = ?started.elapsed() - read, runs, "import read");
+    // One transaction for the whole import, written a chunk at a time.
+    let positions = std::cell::RefCell::new(Vec::new());
     let mut refused: Vec<(order::Position, String)> = Vec::new();
     let mut written = 0u64;
-    while let Some(chunk) = sorted.next_chunk(CHUNK_RUNS)? {
-        written += chunk.len() as u64;
-        apply_chunk(engine, chunk, &names, &mut summary, &mut refused)?;
-        sink.writing(written, runs);
-    }
+    let mut counts = ReportCounts::default();
+    let outcome = engine.import_chunks(
+        || {
+            let Some(chunk) = sorted
+                .next_chunk(settings.chunk_runs)
+                .map_err(Error::InvalidArgument)?
+            else {
+                return Ok(None);
+            };
+            let mut positions = positions.borrow_mut();
+            positions.clear();
+            positions.extend(chunk.iter().map(order::Item::position));
+            Ok(Some(
+                chunk
+                    .into_iter()
+                    .map(|item| WriteOp::Report {
+                        runs: vec![item.run],
+                        at: item.at,
+                    })
+                    .collect(),
+            ))
+        },
+        |ops, outcomes| {
+            let positions = positions.borrow();
+            for (position, outcome) in positions.iter().zip(outcomes) {
+                match outcome {
+                    Ok(done) => counts.add(done),
+                    Err(reason) => refused.push((*position, reason.to_string())),
+                }
+            }
+            written += ops.len() as u64;
+            sink.writing(written, runs);
+            Ok(())
+        },
+    );
+    outcome.map_err(|e| format!("import stopped, nothing of it was written: {e}"))?;
+    summary.counts.add(counts);
     tracing::debug!(written = ?started.elapsed(), "import written");
     refused.sort_by_key(|(position, _)| *position);
     summary.rejected += refused.len() as u64;
@@ -247,41 +307,4 @@ pub fn import_files_holding(
         sink.rejected(format!("{name}:{}: {reason}", position.line()));
     }
     Ok(summary)
-}
-
-/// Writes a chunk of runs in one transaction, each its own atomic unit; notes the refused.
-fn apply_chunk(
-    engine: &Engine,
-    chunk: Vec<order::Item>,
-    names: &[String],
-    summary: &mut ImportSummary,
-    refused: &mut Vec<(order::Position, String)>,
-) -> Result<(), String> {
-    let positions: Vec<order::Position> = chunk.iter().map(order::Item::position).collect();
-    let ops: Vec<WriteOp> = chunk
-        .into_iter()
-        .map(|item| WriteOp::Report {
-            runs: vec![item.run],
-            at: item.at,
-        })
-        .collect();
-    let outcomes = engine.apply_imports(&ops).map_err(|e| {
-        let first = positions
-            .iter()
-            .min()
-            .copied()
-            .unwrap_or(order::Position::new(0, 0));
-        format!(
-            "import stopped at {} line {}: {e}",
-            names[first.source()],
-            first.line()
-        )
-    })?;
-    for (position, outcome) in positions.into_iter().zip(outcomes) {
-        match outcome {
-            Ok(counts) => summary.counts.add(counts),
-            Err(reason) => refused.push((position, reason.to_string())),
-        }
-    }
-    Ok(())
 }

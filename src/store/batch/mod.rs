@@ -382,18 +382,37 @@ impl<'txn> Batch<'txn> {
     /// Writes what was gathered; returns what this transaction created, to publish once it
     /// commits.
     pub fn finish(mut self) -> Result<Created> {
+        self.write_pending(false)?;
+        self.store_counters()?;
+        let learned = [self.task_index.finish(), self.pipeline_index.finish()];
+        for (learned, committed) in learned
+            .iter()
+            .zip([&self.filters.task_runs, &self.filters.pipeline_runs])
+        {
+            learned.store(committed, &mut self.t.meta, &mut self.t.index_filters)?;
+        }
+        let mut created = self.created;
+        created.indexes = learned.into();
+        Ok(created)
+    }
+
+    /// Writes what the transaction gathered so far to the tables; the transaction goes on (a
+    /// bulk load in one transaction does this after each chunk, so that what it holds in
+    /// memory stays bounded).
+    pub fn write_out(&mut self) -> Result<()> {
+        self.write_pending(true)
+    }
+
+    /// Writes what was gathered to the tables; with `more`, the transaction goes on.
+    fn write_pending(&mut self, more: bool) -> Result<()> {
         self.flush_pipeline_runs()?;
         self.gather_new_runs()?;
-        let task_index = std::mem::replace(
-            &mut self.task_index,
-            IndexWork::new(&self.filters.task_runs),
-        );
-        let (homes, task_runs_learned) = task_index.finish();
-        let pipeline_index = std::mem::replace(
-            &mut self.pipeline_index,
-            IndexWork::new(&self.filters.pipeline_runs),
-        );
-        let (run_ids, pipeline_runs_learned) = pipeline_index.finish();
+        let homes = self.task_index.take_writes(&self.filters.task_runs, more);
+        let run_ids = self
+            .pipeline_index
+            .take_writes(&self.filters.pipeline_runs, more);
+        // Ids handed out so far now have their aggregates stored.
+        self.counters.first_run_id = None;
         for write in run_ids {
             self.t.pipeline_index.insert(&write.key, write.value.0)?;
         }
@@ -477,16 +496,7 @@ impl<'txn> Batch<'txn> {
         for (id, work) in std::mem::take(&mut self.last_run_work) {
             self.update_last_run(id, work)?;
         }
-        for (learned, committed) in [
-            (&task_runs_learned, &self.filters.task_runs),
-            (&pipeline_runs_learned, &self.filters.pipeline_runs),
-        ] {
-            learned.store(committed, &mut self.t.meta, &mut self.t.index_filters)?;
-        }
-        self.store_counters()?;
-        let mut created = self.created;
-        created.indexes = vec![task_runs_learned, pipeline_runs_learned];
-        Ok(created)
+        Ok(())
     }
 
     /// The period of a task run's index entry and where the run lives, as this transaction

@@ -72,19 +72,21 @@ impl Batch<'_> {
         if let Some(pending) = self.pipeline_index.pending(org, bytes) {
             return Ok(Some(pending.value));
         }
-        let filters = self.filters;
+        let mut found = None;
         for period in self
             .pipeline_index
-            .candidates(&filters.pipeline_runs, org, bytes)
+            .candidates(&self.filters.pipeline_runs, org, bytes)
         {
             if let Some(id) = self.t.pipeline_index.get(&index_key(period, org, bytes))? {
-                let id = RunId(id.value());
-                self.pipeline_index
-                    .put(org, bytes, period, id, PendingState::Read);
-                return Ok(Some(id));
+                found = Some((period, RunId(id.value())));
+                break;
             }
         }
-        Ok(None)
+        if let Some((period, id)) = found {
+            self.pipeline_index
+                .put(org, bytes, period, id, PendingState::Read);
+        }
+        Ok(found.map(|(_, id)| id))
     }
 
     /// The id of a pipeline run, handing out a new one (with its index entry) to a pipeline run
@@ -95,13 +97,9 @@ impl Batch<'_> {
         }
         let next = match self.counters.next_run_id {
             Some(next) => next,
-            None => {
-                let first =
-                    u64::from_le_bytes(self.counter(meta::NEXT_RUN_ID, 1u64.to_le_bytes())?);
-                self.counters.first_run_id = Some(first);
-                first
-            }
+            None => u64::from_le_bytes(self.counter(meta::NEXT_RUN_ID, 1u64.to_le_bytes())?),
         };
+        self.counters.first_run_id.get_or_insert(next);
         self.counters.next_run_id = Some(next + 1);
         self.pipeline_index
             .allocate(org, uuid.as_bytes(), RunId(next));
