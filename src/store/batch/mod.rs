@@ -413,9 +413,6 @@ impl<'txn> Batch<'txn> {
             .take_writes(&self.filters.pipeline_runs, more);
         // Ids handed out so far now have their aggregates stored.
         self.counters.first_run_id = None;
-        for write in run_ids {
-            self.t.pipeline_index.insert(&write.key, write.value.0)?;
-        }
         // Homes new in a fresh period go in through cursors, as one run; others one by one.
         let (mut added, mut changed) = (Vec::new(), Vec::new());
         for write in homes {
@@ -431,7 +428,7 @@ impl<'txn> Batch<'txn> {
             .filter_map(|(key, record)| Some((key, record?)))
             .collect();
         new_log.sort_unstable_by_key(|(key, _)| *key);
-        let work = added.len() + changed.len() + new_log.len();
+        let work = added.len() + changed.len() + new_log.len() + run_ids.len();
         let threads = if work >= PARALLEL_FROM {
             self.threads
         } else {
@@ -439,11 +436,15 @@ impl<'txn> Batch<'txn> {
         };
         let deltas = std::mem::take(&mut self.deltas);
         let cut = self.retention_cut()?;
-        let task_index = &mut self.t.task_index;
+        let (task_index, pipeline_index) = (&mut self.t.task_index, &mut self.t.pipeline_index);
+        // Both UUID indexes, whose keys are random: written beside the rest.
         let insert_homes = move || -> Result<()> {
             super::packed::insert_new(task_index, &added)?;
             for (key, home) in changed {
                 task_index.insert(&key, home.as_slice())?;
+            }
+            for write in run_ids {
+                pipeline_index.insert(&write.key, write.value.0)?;
             }
             Ok(())
         };
@@ -469,7 +470,7 @@ impl<'txn> Batch<'txn> {
                 write_rollups(deltas.prepare(), &*run_log)?;
             }
             2 => std::thread::scope(|scope| {
-                // One helper adds up the rollups, hands them over, then writes the task index.
+                // One helper adds up the rollups, hands them over, then writes the UUID indexes.
                 let (send, receive) = std::sync::mpsc::sync_channel(1);
                 let helper = scope.spawn(move || {
                     let _ = send.send(deltas.prepare());
