@@ -1335,7 +1335,10 @@ fn apply_bulk(
             || {
                 let (chunk, tail) = rest.split_at((rng.range(1, 60) as usize).min(rest.len()));
                 rest = tail;
-                Ok((!chunk.is_empty()).then(|| chunk.to_vec()))
+                Ok((!chunk.is_empty()).then(|| runledger::store::Chunk {
+                    ops: chunk.to_vec(),
+                    new_task_runs: false,
+                }))
             },
             |_, done| {
                 outcomes.extend(done.iter().map(|outcome| format!("{outcome:?}")));

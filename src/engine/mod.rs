@@ -261,7 +261,7 @@ impl Engine {
     /// it. `done` is told each chunk's outcomes. Blocks.
     pub fn import_chunks(
         &self,
-        next: impl FnMut() -> Result<Option<Vec<WriteOp>>>,
+        next: impl FnMut() -> Result<Option<crate::store::Chunk>>,
         mut done: impl FnMut(Vec<WriteOp>, Vec<Result<ReportCounts>>) -> Result<()>,
     ) -> Result<()> {
         self.store.apply_chunks(next, |ops, outcomes| {

@@ -219,6 +219,10 @@ pub struct IndexWork<V> {
     /// Entries this transaction inserted, changed or looked up since they were last written
     /// out, by organization and UUID.
     pending: HashMap<(OrgIndex, [u8; 16]), Pending<V>>,
+    /// With [`IndexWork::keep_written`]: the entries written out last, as they are stored
+    /// (a long transaction's next chunk often asks for them again).
+    written_before: HashMap<(OrgIndex, [u8; 16]), Pending<V>>,
+    keep_written: bool,
     /// The probes of the UUIDs this transaction inserted, by period (until `local` is used).
     probes: Vec<(u32, Probe)>,
     /// Once entries were written out within the transaction: the filters of the periods from
@@ -272,7 +276,7 @@ enum Change {
     Filters(u32, Vec<Bloom>),
 }
 
-impl<V> IndexWork<V> {
+impl<V: Clone> IndexWork<V> {
     pub fn new(committed: &PeriodFilters) -> IndexWork<V> {
         IndexWork {
             kind: committed.kind,
@@ -281,9 +285,18 @@ impl<V> IndexWork<V> {
             began: committed.current,
             written: (committed.current, committed.entries),
             pending: HashMap::default(),
+            written_before: HashMap::default(),
+            keep_written: false,
             probes: Vec::new(),
             local: Vec::new(),
         }
+    }
+
+    /// Keeps the entries last written out at hand (for an index whose next chunk of a long
+    /// transaction often asks for them again: a pipeline run's task runs may span two chunks).
+    pub fn keep_written(mut self) -> IndexWork<V> {
+        self.keep_written = true;
+        self
     }
 
     /// Makes room for about `entries` more entries.
@@ -297,24 +310,35 @@ impl<V> IndexWork<V> {
     /// The entry of a UUID as this transaction has it, if it wrote or read it since its
     /// entries were last written out.
     pub fn pending(&self, org: OrgIndex, uuid: &[u8; 16]) -> Option<&Pending<V>> {
-        self.pending.get(&(org, *uuid))
+        let key = (org, *uuid);
+        self.pending
+            .get(&key)
+            .or_else(|| self.written_before.get(&key))
     }
 
     /// The periods that may hold a UUID's stored entry, newest first (each period's filter is
-    /// asked; see [`IndexWork::pending`] first for what this transaction has).
+    /// asked; see [`IndexWork::pending`] first for what this transaction has). With
+    /// `stored_before`, only entries stored before the transaction are looked for (the caller
+    /// knows the transaction did not insert the UUID).
     pub fn candidates<'a>(
         &'a self,
         committed: &'a PeriodFilters,
         org: OrgIndex,
         uuid: &[u8; 16],
+        stored_before: bool,
     ) -> impl Iterator<Item = u32> + use<'a, V> {
         let hash = key_hash(self.kind.tag(), org.0, uuid);
-        let periods = committed.periods().max(self.current + 1);
+        let periods = if stored_before {
+            committed.periods()
+        } else {
+            committed.periods().max(self.current + 1)
+        };
         (0..periods).rev().filter(move |&period| {
-            match period
+            let local = period
                 .checked_sub(self.began)
                 .and_then(|at| self.local.get(at as usize))
-            {
+                .filter(|_| !stored_before);
+            match local {
                 Some(local) => local.may_contain(Bloom::probe(hash, local.blocks())),
                 None => period < committed.periods() && committed.contains(period, hash),
             }
@@ -340,7 +364,7 @@ impl<V> IndexWork<V> {
             Some(local) => local.insert(probe),
             None => self.probes.push((self.current, probe)),
         }
-        self.pending.insert(
+        let previous = self.pending.insert(
             (org, *uuid),
             Pending {
                 period: self.current,
@@ -348,6 +372,7 @@ impl<V> IndexWork<V> {
                 state: PendingState::New,
             },
         );
+        debug_assert!(previous.is_none(), "a UUID allocated twice");
         self.current
     }
 
@@ -361,6 +386,12 @@ impl<V> IndexWork<V> {
         value: V,
         state: PendingState,
     ) {
+        // An entry written out before is stored: changing it again is a change.
+        let state = match self.written_before.remove(&(org, *uuid)) {
+            Some(_) if state == PendingState::Read => PendingState::Read,
+            Some(_) => PendingState::Changed,
+            None => state,
+        };
         match self.pending.get_mut(&(org, *uuid)) {
             Some(pending) => {
                 pending.value = value;
@@ -399,16 +430,27 @@ impl<V> IndexWork<V> {
             }
         }
         let written = self.written;
-        let mut writes: Vec<Write<V>> = std::mem::take(&mut self.pending)
-            .into_iter()
-            .filter(|(_, pending)| pending.state != PendingState::Read)
-            .map(|((org, uuid), pending)| Write {
-                key: index_key(pending.period, org, &uuid),
-                fresh: pending.state == PendingState::New
-                    && (pending.period > written.0 || written.1 == 0),
-                value: pending.value,
-            })
-            .collect();
+        let pending = std::mem::take(&mut self.pending);
+        self.written_before.clear();
+        let mut writes: Vec<Write<V>> = Vec::with_capacity(pending.len());
+        for ((org, uuid), pending) in pending {
+            if more && self.keep_written {
+                let stored = Pending {
+                    period: pending.period,
+                    value: pending.value.clone(),
+                    state: PendingState::Read,
+                };
+                self.written_before.insert((org, uuid), stored);
+            }
+            if pending.state != PendingState::Read {
+                writes.push(Write {
+                    key: index_key(pending.period, org, &uuid),
+                    fresh: pending.state == PendingState::New
+                        && (pending.period > written.0 || written.1 == 0),
+                    value: pending.value,
+                });
+            }
+        }
         writes.sort_unstable_by_key(|write| write.key);
         self.written = (self.current, self.entries);
         writes
@@ -553,7 +595,7 @@ mod tests {
                 for earlier in &uuids[..=i] {
                     let period = if earlier[0] <= 3 { 0 } else { 1 };
                     assert!(
-                        long.candidates(&committed, org, earlier)
+                        long.candidates(&committed, org, earlier, false)
                             .any(|p| p == period)
                     );
                 }

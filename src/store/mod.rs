@@ -174,12 +174,13 @@ impl Store {
     /// `done`) means nothing was applied. Blocks.
     pub fn apply_chunks(
         &self,
-        mut next: impl FnMut() -> Result<Option<Vec<WriteOp>>>,
+        mut next: impl FnMut() -> Result<Option<Chunk>>,
         mut done: impl FnMut(Vec<WriteOp>, Vec<Result<WriteOutcome>>) -> Result<()>,
     ) -> Result<()> {
         self.db.write(|db| {
             in_transaction(db, &self.context, None, |batch| {
-                while let Some(ops) = next()? {
+                while let Some(Chunk { ops, new_task_runs }) = next()? {
+                    batch.set_new_task_runs(new_task_runs);
                     if let Some(op) = ops.iter().find(|op| op.is_exclusive()) {
                         return Err(Error::InvalidArgument(format!(
                             "{} is not part of a bulk load",
@@ -405,6 +406,14 @@ fn in_transaction<R>(
         filters.learn(work);
     }
     Ok(done)
+}
+
+/// One chunk of a bulk load (see [`Store::apply_chunks`]).
+pub struct Chunk {
+    pub ops: Vec<WriteOp>,
+    /// Each task run reported here is reported nowhere else in the whole load (the load knows
+    /// it; looking them up, the store then asks only what was stored before the load).
+    pub new_task_runs: bool,
 }
 
 /// A message of the cluster's stream as the applier hands it over.

@@ -22,7 +22,7 @@ use super::DataDir;
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::model::{ReportCounts, TaskRun};
-use crate::store::WriteOp;
+use crate::store::{Chunk, WriteOp};
 
 pub use lines::{Line, Lines, open_input};
 pub use ndjson::parse_line;
@@ -265,7 +265,7 @@ pub fn import_files_with(
     let mut counts = ReportCounts::default();
     let outcome = engine.import_chunks(
         || {
-            let Some(chunk) = sorted
+            let Some((chunk, once)) = sorted
                 .next_chunk(settings.chunk_runs)
                 .map_err(Error::InvalidArgument)?
             else {
@@ -274,15 +274,17 @@ pub fn import_files_with(
             let mut positions = positions.borrow_mut();
             positions.clear();
             positions.extend(chunk.iter().map(order::Item::position));
-            Ok(Some(
-                chunk
-                    .into_iter()
-                    .map(|item| WriteOp::Report {
-                        runs: vec![item.run],
-                        at: item.at,
-                    })
-                    .collect(),
-            ))
+            let ops = chunk
+                .into_iter()
+                .map(|item| WriteOp::Report {
+                    runs: vec![item.run],
+                    at: item.at,
+                })
+                .collect();
+            Ok(Some(Chunk {
+                ops,
+                new_task_runs: once,
+            }))
         },
         |ops, outcomes| {
             let positions = positions.borrow();

@@ -92,13 +92,16 @@ pub struct Sorter {
     buffered: usize,
     /// Parts written to disk, each sorted by key.
     parts: Vec<PathBuf>,
+    /// The part being sorted and written on another thread, if one is.
+    spilling: Option<std::thread::JoinHandle<Result<(), String>>>,
     checks: Checks,
     runs: usize,
 }
 
 impl Sorter {
     /// A sorter holding at most about `budget` bytes of runs in memory, writing the rest to
-    /// parts in `dir` (made when needed, removed at the end).
+    /// parts in `dir` (made when needed, removed at the end): half fills while the other half
+    /// is sorted and written on another thread.
     pub fn new(dir: PathBuf, budget: usize) -> Sorter {
         Sorter {
             budget,
@@ -106,6 +109,7 @@ impl Sorter {
             buffer: Vec::new(),
             buffered: 0,
             parts: Vec::new(),
+            spilling: None,
             checks: Checks::default(),
             runs: 0,
         }
@@ -126,23 +130,41 @@ impl Sorter {
         self.buffered += item.bytes();
         self.buffer.push(item);
         self.runs += 1;
-        if self.buffered >= self.budget {
+        if self.buffered >= self.budget / 2 {
             self.spill()?;
         }
         Ok(())
     }
 
-    /// Writes the buffer to a part on disk, sorted by key.
+    /// Hands the buffer to a thread that sorts it by key and writes it to a part on disk
+    /// (once the part before is written).
     fn spill(&mut self) -> Result<(), String> {
+        self.spilled()?;
         std::fs::create_dir_all(&self.dir)
             .map_err(|e| format!("cannot make {}: {e}", self.dir.display()))?;
         let path = self.dir.join(format!("part-{}", self.parts.len()));
+        self.parts.push(path.clone());
         let mut items = std::mem::take(&mut self.buffer);
-        items.sort_unstable_by_key(|item| item.key);
-        write_part(&path, &items)?;
-        self.parts.push(path);
         self.buffered = 0;
+        let thread = std::thread::Builder::new()
+            .name("runledger-sort".into())
+            .spawn(move || {
+                items.sort_unstable_by_key(|item| item.key);
+                write_part(&path, &items)
+            })
+            .map_err(|e| format!("cannot start a sorting thread: {e}"))?;
+        self.spilling = Some(thread);
         Ok(())
+    }
+
+    /// Waits for the part being written.
+    fn spilled(&mut self) -> Result<(), String> {
+        match self.spilling.take() {
+            Some(thread) => thread
+                .join()
+                .map_err(|_| "the sorting thread failed".to_string())?,
+            None => Ok(()),
+        }
     }
 
     /// Whether the input is written in its own order, and why.
@@ -152,6 +174,7 @@ impl Sorter {
 
     /// The runs in the order they are written.
     pub fn finish(mut self) -> Result<Sorted, String> {
+        self.spilled()?;
         if self.checks.kept_order.is_none()
             && self.checks.repeated.len() * 100 > self.runs * MOST_REPEATED_PERCENT
         {
@@ -199,6 +222,7 @@ impl Sorter {
             },
             held: Vec::new(),
             releasing: None,
+            in_order,
             dir: self.dir.clone(),
         })
     }
@@ -206,6 +230,7 @@ impl Sorter {
 
 impl Drop for Sorter {
     fn drop(&mut self) {
+        let _ = self.spilled();
         if !self.parts.is_empty() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
@@ -341,6 +366,8 @@ pub struct Sorted {
     /// Their reports, held back until the end.
     held: Vec<Item>,
     releasing: Option<std::vec::IntoIter<Item>>,
+    /// Whether the input is written in its own order.
+    in_order: bool,
     dir: PathBuf,
 }
 
@@ -359,16 +386,24 @@ enum Source {
 }
 
 impl Sorted {
-    /// The next at most `max` runs, or `None` at the end.
-    pub fn next_chunk(&mut self, max: usize) -> Result<Option<Vec<Item>>, String> {
+    /// The next at most `max` runs, or `None` at the end; and whether each of their task runs
+    /// is reported once in the whole input (true of the sorted runs, not of those held back,
+    /// nor of an input kept in its order: a chunk is never both).
+    pub fn next_chunk(&mut self, max: usize) -> Result<Option<(Vec<Item>, bool)>, String> {
+        let once = self.releasing.is_none() && !self.in_order;
         let mut chunk = Vec::with_capacity(max.min(1 << 16));
         while chunk.len() < max {
             let Some(item) = self.next_item()? else { break };
             chunk.push(item);
         }
-        Ok((!chunk.is_empty()).then_some(chunk))
+        if chunk.is_empty() && once {
+            return self.next_chunk(max); // the sorted runs ended here: the held-back ones
+        }
+        Ok((!chunk.is_empty()).then_some((chunk, once)))
     }
 
+    /// The next run; `None` at the end of the sorted runs (the held-back ones follow), then at
+    /// the end.
     fn next_item(&mut self) -> Result<Option<Item>, String> {
         if let Some(releasing) = &mut self.releasing {
             return Ok(releasing.next());
@@ -396,25 +431,17 @@ impl Sorted {
                     }
                 },
             };
-            match item {
-                Some(item) => {
-                    if !self.repeated.is_empty()
-                        && self.repeated.contains(&task_run_hash(&item.run))
-                    {
-                        self.held.push(item);
-                        continue;
-                    }
-                    return Ok(Some(item));
-                }
-                None => {
-                    let mut held = std::mem::take(&mut self.held);
-                    held.sort_unstable_by_key(|item| item.key.position);
-                    let mut releasing = held.into_iter();
-                    let next = releasing.next();
-                    self.releasing = Some(releasing);
-                    return Ok(next);
-                }
+            let Some(item) = item else {
+                let mut held = std::mem::take(&mut self.held);
+                held.sort_unstable_by_key(|item| item.key.position);
+                self.releasing = Some(held.into_iter());
+                return Ok(None);
+            };
+            if !self.repeated.is_empty() && self.repeated.contains(&task_run_hash(&item.run)) {
+                self.held.push(item);
+                continue;
             }
+            return Ok(Some(item));
         }
     }
 }

@@ -234,6 +234,9 @@ pub struct Batch<'txn> {
     deltas: RollupDeltas,
     /// Threads the transaction may use (see [`Batch::open`]).
     threads: usize,
+    /// Whether the task runs of the operations being applied are each reported once in the
+    /// whole transaction (see [`Batch::set_new_task_runs`]).
+    new_task_runs: bool,
     /// Finished runs new in this transaction, in the order they came (`None` once replaced
     /// again), written in key order at [`Batch::finish`]; a pending home says which is its run.
     new_log: Vec<([u8; RUN_KEY_LEN], Option<Vec<u8>>)>,
@@ -311,16 +314,24 @@ impl<'txn> Batch<'txn> {
             cache,
             filters,
             task_index: IndexWork::new(&filters.task_runs),
-            pipeline_index: IndexWork::new(&filters.pipeline_runs),
+            pipeline_index: IndexWork::new(&filters.pipeline_runs).keep_written(),
             created: Created::default(),
             counters: Counters::default(),
             deltas: RollupDeltas::default(),
             threads,
+            new_task_runs: false,
             new_log: Vec::new(),
             cut: std::cell::Cell::new(None),
             aggs: Aggs::default(),
             last_run_work: HashMap::default(),
         })
+    }
+
+    /// Says whether each task run of the operations applied from now on is reported once in
+    /// the whole transaction and nowhere else in it (a bulk load knows): looking one up, the
+    /// transaction then asks only what was stored before it.
+    pub fn set_new_task_runs(&mut self, new: bool) {
+        self.new_task_runs = new;
     }
 
     /// Makes room for about `runs` task runs, so that a large transaction's maps do not grow
@@ -508,12 +519,14 @@ impl<'txn> Batch<'txn> {
         task_run: &TaskRunId,
     ) -> Result<Option<(u32, TaskRunHome)>> {
         let uuid = task_run.as_bytes();
-        if let Some(pending) = self.task_index.pending(org, uuid) {
+        if !self.new_task_runs
+            && let Some(pending) = self.task_index.pending(org, uuid)
+        {
             return Ok(Some((pending.period, pending.value.home())));
         }
-        for period in self
-            .task_index
-            .candidates(&self.filters.task_runs, org, uuid)
+        for period in
+            self.task_index
+                .candidates(&self.filters.task_runs, org, uuid, self.new_task_runs)
         {
             if let Some(bytes) = self.t.task_index.get(&index_key(period, org, uuid))? {
                 return Ok(Some((period, TaskRunHome::decode(bytes.value())?)));

@@ -75,7 +75,7 @@ impl Batch<'_> {
         let mut found = None;
         for period in self
             .pipeline_index
-            .candidates(&self.filters.pipeline_runs, org, bytes)
+            .candidates(&self.filters.pipeline_runs, org, bytes, false)
         {
             if let Some(id) = self.t.pipeline_index.get(&index_key(period, org, bytes))? {
                 found = Some((period, RunId(id.value())));

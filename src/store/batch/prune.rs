@@ -266,7 +266,7 @@ impl Batch<'_> {
         let filters = self.filters;
         for period in self
             .pipeline_index
-            .candidates(&filters.pipeline_runs, org, uuid)
+            .candidates(&filters.pipeline_runs, org, uuid, true)
         {
             if self
                 .t
