@@ -142,12 +142,19 @@ fn flush_pipeline(
             continue;
         }
         let Some(parent_level) = parent(level) else {
-            // Years always take their deltas.
-            for delta in bucket {
-                let before_after = merge_into(tables, delta, &mut fixes)?;
-                if delta.series.id == pipeline {
-                    pipeline_records.insert((level.tag(), start), before_after);
-                }
+            // Years always take their deltas, the pipeline's first: without a year record
+            // before, the pipeline had no runs that year, nor had its tasks (whose records then
+            // need no look-up).
+            let mut absent = false;
+            let (own, tasks): (Vec<&Delta>, Vec<&Delta>) =
+                bucket.iter().partition(|d| d.series.id == pipeline);
+            for delta in own {
+                let before_after = merge_into(tables, delta, false, &mut fixes)?;
+                absent = before_after.0.is_none();
+                pipeline_records.insert((level.tag(), start), before_after);
+            }
+            for delta in tasks {
+                merge_into(tables, delta, absent, &mut fixes)?;
             }
             continue;
         };
@@ -172,7 +179,9 @@ fn flush_pipeline(
             (true, true) => {
                 let mut pipeline_before_after = (None, None);
                 for delta in bucket {
-                    let before_after = merge_into(tables, delta, &mut fixes)?;
+                    // Nothing there before: no record to look up.
+                    let absent = weight_before == 0;
+                    let before_after = merge_into(tables, delta, absent, &mut fixes)?;
                     if delta.series.id == pipeline {
                         pipeline_before_after = before_after;
                     }
@@ -200,14 +209,19 @@ fn flush_pipeline(
     fix_maxima(tables, pipeline, fixes)
 }
 
-/// Merges a delta into its stored record; returns the record before and after, and notes the
-/// parts whose maximum a retraction may have taken out.
+/// Merges a delta into its stored record (`absent`: known to have none); returns the record
+/// before and after, and notes the parts whose maximum a retraction may have taken out.
 fn merge_into(
     tables: &mut FlushTables<'_, '_>,
     delta: &Delta,
+    absent: bool,
     fixes: &mut Vec<Fix>,
 ) -> Result<BeforeAfter> {
-    let before = read(tables, delta.series.id, delta.level, delta.start)?;
+    let before = if absent {
+        None
+    } else {
+        read(tables, delta.series.id, delta.level, delta.start)?
+    };
     let mut after = before.clone().unwrap_or_default();
     after.merge(&delta.record);
     let max_of = |record: Option<&BucketRecord>, index| {
