@@ -5,6 +5,7 @@
 //! they are read, lines the store refuses once all are written; each with its line number and
 //! reason, in the files' order. The import goes on past them.
 
+mod flat;
 mod lines;
 mod ndjson;
 mod order;

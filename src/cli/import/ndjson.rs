@@ -13,49 +13,56 @@ use crate::time::parse_instant;
 
 /// A task run as written in an import line; every field optional so that a missing one gets a
 /// message naming it. An envelope (`{"headers":{...},"message":{...}}`) carries it in `message`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, PartialEq)]
 #[serde(default)]
-struct RawRun<'a> {
+pub(super) struct RawRun<'a> {
     #[serde(borrow)]
-    task_run_uuid: Option<Cow<'a, str>>,
+    pub(super) task_run_uuid: Option<Cow<'a, str>>,
     #[serde(borrow, alias = "workflow_run_uuid")]
-    pipeline_run_uuid: Option<Cow<'a, str>>,
+    pub(super) pipeline_run_uuid: Option<Cow<'a, str>>,
     #[serde(borrow, alias = "workflow_uuid")]
-    pipeline_uuid: Option<Cow<'a, str>>,
+    pub(super) pipeline_uuid: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    task_uuid: Option<Cow<'a, str>>,
+    pub(super) task_uuid: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    task_type: Option<Cow<'a, str>>,
+    pub(super) task_type: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    organization_uuid: Option<Cow<'a, str>>,
+    pub(super) organization_uuid: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    state: Option<Cow<'a, str>>,
-    is_successful: Option<bool>,
-    duration: Option<u64>,
+    pub(super) state: Option<Cow<'a, str>>,
+    pub(super) is_successful: Option<bool>,
+    pub(super) duration: Option<u64>,
     #[serde(borrow, alias = "executedAt")]
-    executed_at: Option<Cow<'a, str>>,
+    pub(super) executed_at: Option<Cow<'a, str>>,
     #[serde(borrow)]
-    output: Option<Cow<'a, str>>,
-    errors: Option<Vec<RawError>>,
-    metric_value: Option<f64>,
-    is_initial_task: Option<bool>,
-    is_final_task: Option<bool>,
+    pub(super) output: Option<Cow<'a, str>>,
+    pub(super) errors: Option<Vec<RawError>>,
+    pub(super) metric_value: Option<f64>,
+    pub(super) is_initial_task: Option<bool>,
+    pub(super) is_final_task: Option<bool>,
     #[serde(borrow)]
-    message: Option<Box<RawRun<'a>>>,
+    pub(super) message: Option<Box<RawRun<'a>>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, PartialEq)]
 #[serde(default)]
-struct RawError {
+pub(super) struct RawError {
     code: Option<serde_json::Value>,
     severity: Option<String>,
     message: Option<String>,
 }
 
+/// Reads a line's fields with serde (the flat fast path's fallback, and its reference).
+pub(super) fn read_with_serde(line: &str) -> Result<RawRun<'_>, String> {
+    serde_json::from_str(line).map_err(|e| format!("not a JSON task run: {e}"))
+}
+
 /// Parses one import line into a task run, or says why it is not one.
 pub fn parse_line(line: &str) -> Result<TaskRun, String> {
-    let raw: RawRun<'_> =
-        serde_json::from_str(line).map_err(|e| format!("not a JSON task run: {e}"))?;
+    let raw = match super::flat::read(line) {
+        Some(raw) => raw,
+        None => read_with_serde(line)?,
+    };
     let raw = match raw.message {
         Some(message) => *message,
         None => raw,
