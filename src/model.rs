@@ -209,6 +209,9 @@ pub struct TaskError {
     pub message: String,
 }
 
+/// The most task runs one report batch may carry.
+pub const MAX_REPORT_BATCH: usize = 10_000;
+
 /// One task run as reported by a platform, validated. `output` is plain text on the way in and
 /// the sealed envelope (see `crypto`) once the engine has encrypted it.
 #[derive(Clone, Debug, PartialEq)]

@@ -89,7 +89,7 @@ pub fn run(args: ClientArgs) -> Result<ExitCode, String> {
                 let client = cluster_runtime()?.block_on(async {
                     let cluster = nats.join().await?;
                     let (log, key) = (&cluster.log, &cluster.key);
-                    crate::cluster::create_client(log, key, &cluster.master, org.map(OrgId), scopes)
+                    create_in_cluster(log, key, &cluster.master, org.map(OrgId), scopes)
                         .await
                         .map_err(|e| format!("cannot create the client: {e}"))
                 })?;
@@ -190,4 +190,40 @@ pub fn first_client(engine: &Engine, org: Option<OrgId>) -> Result<(), String> {
     );
     println!("{}", credentials_json(&client));
     Ok(())
+}
+
+/// Creates an OAuth client cluster-wide (and its organization, with its derived output key,
+/// unless it exists): one message, each write its own unit. Returns the credentials (with a new
+/// organization's output key) and the message's sequence.
+pub async fn create_in_cluster(
+    log: &crate::cluster::log::Log,
+    key: &crate::cluster::envelope::StreamKey,
+    master: &crate::crypto::MasterKey,
+    org: Option<crate::model::OrgId>,
+    scopes: crate::auth::Scopes,
+) -> crate::error::Result<(NewClient, u64)> {
+    if scopes == crate::auth::Scopes::default() {
+        return Err(crate::error::Error::invalid(
+            "scopes",
+            "a client needs at least one scope",
+        ));
+    }
+    let new_org = org.is_none();
+    let org = org.unwrap_or_else(|| crate::model::OrgId(Uuid::new_v4()));
+    let (output_key, organization) = crate::cluster::organization(master, org);
+    let (client_id, client_secret, create) = crate::engine::new_client(org, scopes);
+    let subject = crate::cluster::log::CREDENTIALS_SUBJECT;
+    let seq = crate::cluster::publish_once(log, key, subject, &[organization, create]).await?;
+    Ok((
+        NewClient {
+            client_id,
+            client_secret,
+            organization: org,
+            scopes,
+            // Only for a new organization: an existing one may be adopted, with a key of its
+            // own (`runledger key` shows it).
+            output_key: new_org.then(|| output_key.to_base64()),
+        },
+        seq,
+    ))
 }

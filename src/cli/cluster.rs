@@ -124,7 +124,7 @@ async fn init(nats: &NatsArgs, replicas: Option<u8>) -> Result<ExitCode, String>
     }
     let key = identity.key(&master).map_err(|e| e.to_string())?;
     let (client, _) =
-        crate::cluster::create_client(&log, &key, &master, None, crate::auth::Scopes::all())
+        super::client::create_in_cluster(&log, &key, &master, None, crate::auth::Scopes::all())
             .await
             .map_err(|e| format!("cannot create the first client: {e}"))?;
     eprintln!(

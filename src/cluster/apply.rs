@@ -21,8 +21,8 @@ use tokio::sync::watch;
 use tokio_stream::StreamExt;
 
 use super::envelope::{self, Kind};
+use super::logged::{Content, Logged};
 use super::{Cluster, Role, codec, log};
-use crate::engine::{Content, Engine, Logged};
 use crate::error::{Error, Result};
 use crate::store::Skip;
 
@@ -50,15 +50,28 @@ enum Stop {
     Stuck { seq: u64, error: Error },
 }
 
-/// Applies the stream into `engine`'s database until `stop` turns true, resuming after every
-/// failure (a NATS server gone, a full disk) from what the database holds.
-pub async fn run(engine: Arc<Engine>, cluster: Arc<Cluster>, mut stop: watch::Receiver<bool>) {
+/// What the log is applied into: a node's database and what lives in memory beside it (the
+/// engine implements it). The applier only reads the log and hands its messages over.
+pub trait Replica: Send + Sync + 'static {
+    /// Applies messages of the log, in order, each transaction recording its last sequence;
+    /// `Err` leaves the rest for the next attempt (nothing after the last commit is lost or
+    /// applied twice). Blocks.
+    fn apply_logged(&self, entries: Vec<Logged>) -> Result<()>;
+}
+
+/// Applies the stream into `replica` until `stop` turns true, resuming after every failure (a
+/// NATS server gone, a full disk) from what the database holds.
+pub async fn run<R: Replica>(
+    replica: Arc<R>,
+    cluster: Arc<Cluster>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut pause = FIRST_PAUSE;
     let mut applied = cluster.progress.applied();
     // The sequence the applier is stuck at: applied alone, once the operator allows passing it.
     let mut stuck_at = None;
     loop {
-        let error = match follow(&engine, &cluster, &mut stop, &mut stuck_at).await {
+        let error = match follow(&replica, &cluster, &mut stop, &mut stuck_at).await {
             Stop::Asked => return,
             Stop::Log(error) => error,
             Stop::Stuck { seq, error } => {
@@ -94,8 +107,8 @@ fn unstick(cluster: &Cluster, stuck_at: &mut Option<u64>) {
 
 /// One consumer's life. While `stuck_at` names a sequence, messages up to it are applied one
 /// per transaction, so the one that fails is known and can be passed over.
-async fn follow(
-    engine: &Arc<Engine>,
+async fn follow<R: Replica>(
+    replica: &Arc<R>,
     cluster: &Cluster,
     stop: &mut watch::Receiver<bool>,
     stuck_at: &mut Option<u64>,
@@ -257,7 +270,7 @@ async fn follow(
             } => Some((*origin, *confirmed)),
             Content::Refused(_) => None,
         };
-        let applying = engine.clone();
+        let applying = replica.clone();
         let applied = tokio::task::spawn_blocking(move || applying.apply_logged(entries)).await;
         let error = match applied {
             Ok(Ok(())) => {
@@ -292,7 +305,7 @@ async fn follow(
                         ops: Err(why.clone()),
                     };
                 }
-                let applying = engine.clone();
+                let applying = replica.clone();
                 let skipped =
                     tokio::task::spawn_blocking(move || applying.apply_logged(vec![skip])).await;
                 match skipped {

@@ -15,6 +15,7 @@ pub mod apply;
 pub mod codec;
 pub mod envelope;
 pub mod log;
+pub mod logged;
 pub mod progress;
 pub mod publisher;
 
@@ -357,41 +358,6 @@ pub async fn publish_once(
         .await?;
     publisher.finish(COMMAND_WAIT).await?;
     Ok(seq)
-}
-
-/// Creates an OAuth client cluster-wide (and its organization, with its derived output key,
-/// unless it exists): one message, each write its own unit. Returns the credentials (with a new
-/// organization's output key) and the message's sequence.
-pub async fn create_client(
-    log: &Log,
-    key: &StreamKey,
-    master: &crate::crypto::MasterKey,
-    org: Option<crate::model::OrgId>,
-    scopes: crate::auth::Scopes,
-) -> Result<(crate::engine::NewClient, u64)> {
-    if scopes == crate::auth::Scopes::default() {
-        return Err(Error::invalid(
-            "scopes",
-            "a client needs at least one scope",
-        ));
-    }
-    let new_org = org.is_none();
-    let org = org.unwrap_or_else(|| crate::model::OrgId(Uuid::new_v4()));
-    let (output_key, organization) = organization(master, org);
-    let (client_id, client_secret, create) = crate::engine::new_client(org, scopes);
-    let seq = publish_once(log, key, log::CREDENTIALS_SUBJECT, &[organization, create]).await?;
-    Ok((
-        crate::engine::NewClient {
-            client_id,
-            client_secret,
-            organization: org,
-            scopes,
-            // Only for a new organization: an existing one may be adopted, with a key of its
-            // own (`runledger key` shows it).
-            output_key: new_org.then(|| output_key.to_base64()),
-        },
-        seq,
-    ))
 }
 
 /// Revokes a client on every node: its tokens fail once each node applies the revocation.

@@ -112,7 +112,7 @@ impl Engine {
         let secret = present(&request.client_secret, "client_secret")?;
         let mut granted = self.grant(grant_type, client_id, secret, &request).await;
         // In a cluster the client (or refresh token) may come from another node a moment ago.
-        if let (Some(cluster), Err(Error::OAuth(e))) = (&self.cluster, &granted)
+        if let (Some(cluster), Err(Error::OAuth(e))) = (self.writes.cluster(), &granted)
             && matches!(
                 e.kind,
                 OAuthErrorKind::InvalidClient | OAuthErrorKind::InvalidGrant

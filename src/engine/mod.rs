@@ -10,13 +10,14 @@ mod replica;
 mod retention;
 mod throttle;
 mod token_cache;
+mod writes;
 
 use std::future::Future;
 use std::sync::Arc;
 
 pub use access::{ClientInfo, NewClient, TokenGrant, TokenRequest, new_client};
 pub use dispatch::Subscription;
-pub use replica::{Content, Health, Logged};
+pub use replica::Health;
 pub use retention::{PRUNE_STEP, PruneSummary, cut_for};
 
 use crate::auth::{Caller, Scope};
@@ -36,8 +37,7 @@ use keys::Keyring;
 use throttle::FailureThrottle;
 use token_cache::TokenCache;
 
-/// The most task runs one report batch may carry.
-pub const MAX_REPORT_BATCH: usize = 10_000;
+pub use crate::model::MAX_REPORT_BATCH;
 /// Log entries per page when the caller does not say.
 pub const DEFAULT_LOG_PAGE: u32 = 100;
 /// The most log entries one page may hold.
@@ -73,8 +73,8 @@ pub struct Engine {
     max_pending_runs: usize,
     /// `serve --keep-runs-days`: whole days of runs kept before today.
     keep_runs_days: Option<u32>,
-    /// Cluster mode: writes go through the cluster's log (see [`crate::cluster`]).
-    cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// Where writes go: the local writer, or the cluster's log (see [`writes`]).
+    writes: writes::Writes,
 }
 
 impl Engine {
@@ -109,7 +109,7 @@ impl Engine {
             throttle: FailureThrottle::default(),
             max_pending_runs: DEFAULT_MAX_PENDING_RUNS,
             keep_runs_days: None,
-            cluster: None,
+            writes: writes::Writes::Local,
         })
     }
 
@@ -164,54 +164,39 @@ impl Engine {
             }
         }
         let taken_up = taken_up(&runs);
-        if let Some(cluster) = &self.cluster {
-            // Published now (in order), applied while the caller sends its next batch.
-            let published = if runs.is_empty() {
-                None
-            } else {
-                let op = WriteOp::Report {
-                    runs,
-                    at: crate::time::Timestamp::now(),
-                };
-                Some(cluster.publish(op).await?)
-            };
-            return Ok(futures_util::future::Either::Left(async move {
-                let Some(published) = published else {
-                    return Ok(ReportCounts::default());
-                };
-                match published.outcome().await? {
-                    WriteOutcome::Report(counts) => Ok(counts),
-                    other => Err(unexpected(other)),
-                }
-            }));
-        }
         let pending = if runs.is_empty() {
             None
         } else {
-            Some(
-                self.store
-                    .submit(WriteOp::Report {
-                        runs,
-                        at: crate::time::Timestamp::now(),
-                    })
-                    .await?,
-            )
+            let op = WriteOp::Report {
+                runs,
+                at: crate::time::Timestamp::now(),
+            };
+            // Queued now (in cluster mode published, in order), applied while the caller
+            // sends its next batch.
+            Some(self.writes.submit(&self.store, op).await?)
         };
-        let dispatcher = self.dispatcher.clone();
-        Ok(futures_util::future::Either::Right(async move {
+        // In cluster mode, every node's applier tells its executors (see `replica`).
+        let dispatcher = self
+            .writes
+            .cluster()
+            .is_none()
+            .then(|| self.dispatcher.clone());
+        Ok(async move {
             let Some(pending) = pending else {
                 return Ok(ReportCounts::default());
             };
-            match crate::store::outcome(pending).await? {
+            match pending.await? {
                 WriteOutcome::Report(counts) => {
-                    for (org, runs) in taken_up {
-                        dispatcher.taken_up(org, &runs);
+                    if let Some(dispatcher) = dispatcher {
+                        for (org, runs) in taken_up {
+                            dispatcher.taken_up(org, &runs);
+                        }
                     }
                     Ok(counts)
                 }
                 other => Err(unexpected(other)),
             }
-        }))
+        })
     }
 
     /// Reports a batch of task runs and waits until it is durable.
@@ -350,7 +335,7 @@ impl Engine {
         {
             WriteOutcome::Started(runs) => {
                 // In a cluster, every node's applier queues them (see `replica`).
-                if self.cluster.is_none() {
+                if self.writes.cluster().is_none() {
                     self.dispatcher.enqueue(runs.clone());
                 }
                 Ok(runs)
@@ -536,36 +521,30 @@ impl Engine {
 
     /// The organization's output key, creating the organization (and its key) if it is new.
     async fn output_key(&self, org: OrgId) -> Result<OutputKey> {
-        if let Some(key) = self.keys.cached(org) {
-            return Ok(key);
-        }
-        if let Some(cluster) = &self.cluster {
-            let (key, op) = self.cluster_output_key(org)?;
-            if let Some(op) = op {
-                cluster.write(op).await?;
-            }
-            return Ok(key);
-        }
-        if let Some(record) = self.store.reader()?.organization(org)? {
-            return self.keys.open(org, &record);
-        }
-        let op = WriteOp::CreateOrganization {
-            org,
-            record: self.keys.new_record(org)?,
-        };
-        let outcome = self.store.write(op).await?;
-        self.opened_organization(org, outcome)
+        self.output_key_by(org, |op| self.writes.write(&self.store, op))
+            .await
     }
 
-    /// [`Self::output_key`] on the calling thread, for bulk loads.
+    /// [`Engine::output_key`] on the calling (blocking) thread, for bulk loads.
     fn output_key_now(&self, org: OrgId) -> Result<OutputKey> {
+        let write = |op| std::future::ready(self.writes.write_now(&self.store, op));
+        ready_now(self.output_key_by(org, write))
+    }
+
+    /// The organization's output key, creating the organization through `write` if it is new.
+    async fn output_key_by<F: Future<Output = Result<WriteOutcome>>>(
+        &self,
+        org: OrgId,
+        write: impl FnOnce(WriteOp) -> F,
+    ) -> Result<OutputKey> {
         if let Some(key) = self.keys.cached(org) {
             return Ok(key);
         }
-        if self.cluster.is_some() {
+        if self.writes.cluster().is_some() {
+            // Every node derives the same key from the master key.
             let (key, op) = self.cluster_output_key(org)?;
             if let Some(op) = op {
-                self.write_now(op)?;
+                write(op).await?;
             }
             return Ok(key);
         }
@@ -576,11 +555,7 @@ impl Engine {
             org,
             record: self.keys.new_record(org)?,
         };
-        let outcome = self
-            .store
-            .apply_now(std::slice::from_ref(&op))?
-            .pop()
-            .ok_or_else(|| Error::Internal("no outcome for an organization".into()))??;
+        let outcome = write(op).await?;
         self.opened_organization(org, outcome)
     }
 
@@ -648,4 +623,16 @@ fn taken_up(runs: &[TaskRun]) -> Vec<(OrgId, Vec<crate::model::TaskRunId>)> {
 
 fn unexpected(outcome: WriteOutcome) -> Error {
     Error::Internal(format!("the writer answered with {outcome:?}"))
+}
+/// The output of a future that completes at its first poll (all it awaits is ready): a shared
+/// async path taken by a blocking caller.
+fn ready_now<T>(future: impl Future<Output = Result<T>>) -> Result<T> {
+    let mut future = std::pin::pin!(future);
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut context) {
+        std::task::Poll::Ready(value) => value,
+        std::task::Poll::Pending => Err(Error::Internal(
+            "a write on the calling thread did not complete".into(),
+        )),
+    }
 }

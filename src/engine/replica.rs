@@ -5,87 +5,16 @@
 use std::sync::Arc;
 
 use super::{Engine, OutputKey};
+use crate::cluster::apply::Replica;
 use crate::cluster::envelope::Origin;
+use crate::cluster::logged::{Content, Logged};
 use crate::cluster::{Cluster, Role};
 use crate::error::{Error, Result};
 use crate::model::{OrgId, RunState};
 use crate::store::credentials::IssueOutcome;
 use crate::store::{
-    Admission, LoggedContent, LoggedMessage, LoggedOutcome, Replayed, Skip, Taken, WriteOp,
-    WriteOutcome,
+    Admission, LoggedContent, LoggedMessage, LoggedOutcome, Skip, Taken, WriteOp, WriteOutcome,
 };
-
-/// A message of the log, read: its sequence, where and when the stream stored it, its bytes
-/// (to keep a copy that comes before its turn) and what it holds.
-#[derive(Debug)]
-pub struct Logged {
-    pub seq: u64,
-    /// The stream's timestamp of the message, Unix microseconds.
-    pub stored_at: i64,
-    pub subject: String,
-    pub payload: bytes::Bytes,
-    pub content: Content,
-}
-
-#[derive(Debug)]
-pub enum Content {
-    /// An authentic message of a writer, sent when the writer had confirmed its messages
-    /// through `confirmed`: its operations (none for a pass-over permission), or why they are
-    /// not applied (it still takes its place in the writer's order).
-    Numbered {
-        origin: Origin,
-        confirmed: u64,
-        ops: std::result::Result<Vec<WriteOp>, Skip>,
-    },
-    /// Skipped for good.
-    Refused(Skip),
-}
-
-impl Logged {
-    fn is_exclusive(&self) -> bool {
-        matches!(&self.content, Content::Numbered { ops: Ok(ops), .. } if ops.iter().any(WriteOp::is_exclusive))
-    }
-
-    /// The message as kept for later: read again by [`Logged::from_copy`].
-    fn copy(&self) -> Vec<u8> {
-        let subject = self.subject.as_bytes();
-        let subject = &subject[..subject.len().min(255)];
-        let mut copy = Vec::with_capacity(17 + subject.len() + self.payload.len());
-        copy.extend_from_slice(&self.seq.to_be_bytes());
-        copy.extend_from_slice(&self.stored_at.to_be_bytes());
-        copy.push(subject.len() as u8);
-        copy.extend_from_slice(subject);
-        copy.extend_from_slice(&self.payload);
-        copy
-    }
-
-    /// A kept copy read again, as it was first read.
-    fn from_copy(cluster: &Cluster, copy: &[u8]) -> Replayed {
-        let damaged = |seq| Replayed {
-            seq,
-            ops: Err(Skip {
-                label: "malformed",
-                why: "a kept copy is damaged".into(),
-            }),
-        };
-        if copy.len() < 17 {
-            return damaged(0);
-        }
-        let seq = u64::from_be_bytes(copy[..8].try_into().expect("8 bytes"));
-        let stored_at = i64::from_be_bytes(copy[8..16].try_into().expect("8 bytes"));
-        let end = 17 + usize::from(copy[16]);
-        let Some(Ok(subject)) = copy.get(17..end).map(std::str::from_utf8) else {
-            return damaged(seq);
-        };
-        let payload = bytes::Bytes::copy_from_slice(&copy[end..]);
-        let logged = crate::cluster::apply::read(cluster, seq, stored_at, subject, payload);
-        let ops = match logged.content {
-            Content::Numbered { ops, .. } => ops,
-            Content::Refused(skip) => Err(skip),
-        };
-        Replayed { seq, ops }
-    }
-}
 
 /// How a cluster node is doing, as `/healthz` says.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -105,7 +34,7 @@ pub struct Health {
 impl Engine {
     /// How this node is doing, in cluster mode.
     pub fn health(&self) -> Option<Health> {
-        let cluster = self.cluster.as_ref()?;
+        let cluster = self.writes.cluster()?;
         let stalled = cluster.progress.stalled();
         Some(Health {
             status: if stalled.is_some() { "stalled" } else { "ok" },
@@ -123,39 +52,27 @@ impl Engine {
     /// The engine as a node of `cluster`: writes are published to its log. Start
     /// [`crate::cluster::apply::run`] to apply the log.
     pub fn with_cluster(mut self, cluster: Arc<Cluster>) -> Engine {
-        self.cluster = Some(cluster);
+        self.writes = super::writes::Writes::Cluster(cluster);
         self
     }
 
     pub fn cluster(&self) -> Option<&Arc<Cluster>> {
-        self.cluster.as_ref()
+        self.writes.cluster()
     }
 
     /// The stream sequence this node has applied, in cluster mode.
     pub fn applied_seq(&self) -> Option<u64> {
-        self.cluster.as_ref().map(|c| c.progress.applied())
+        self.writes.cluster().map(|c| c.progress.applied())
     }
 
-    /// Applies a write: through the cluster's log in cluster mode, else the local writer.
+    /// Applies a write (see [`super::writes`]) and waits until it is durable.
     pub(super) async fn write(&self, op: WriteOp) -> Result<WriteOutcome> {
-        match &self.cluster {
-            Some(cluster) => cluster.write(op).await,
-            None => self.store.write(op).await,
-        }
+        self.writes.write(&self.store, op).await
     }
 
     /// [`Engine::write`] on the calling (blocking) thread.
     pub(super) fn write_now(&self, op: WriteOp) -> Result<WriteOutcome> {
-        match &self.cluster {
-            Some(cluster) => tokio::runtime::Handle::try_current()
-                .map_err(|_| Error::Internal("a cluster write outside the runtime".into()))?
-                .block_on(cluster.write(op)),
-            None => self
-                .store
-                .apply_now(std::slice::from_ref(&op))?
-                .pop()
-                .unwrap_or_else(|| Err(Error::Internal("no outcome for a write".into()))),
-        }
+        self.writes.write_now(&self.store, op)
     }
 
     /// Cluster mode: the organization's output key, and the write creating the organization
@@ -170,7 +87,7 @@ impl Engine {
 
     /// Refuses reads on a write gateway.
     pub(super) fn check_readable(&self) -> Result<()> {
-        match &self.cluster {
+        match self.writes.cluster() {
             Some(cluster) if cluster.role == Role::Gateway => {
                 Err(crate::cluster::gateway_refuses_reads())
             }
@@ -187,67 +104,10 @@ impl Engine {
     /// Waits (bounded) until this node has applied stream sequence `seq`; without a cluster
     /// there is nothing to wait for.
     pub async fn wait_applied(&self, seq: u64) -> Result<()> {
-        match &self.cluster {
+        match self.writes.cluster() {
             Some(cluster) => cluster.wait_applied(seq).await,
             None => Ok(()),
         }
-    }
-
-    /// Applies messages of the log, in order: runs of ordinary messages share a transaction,
-    /// an exclusive one (a retention step) has its own; each transaction records its last
-    /// sequence. Then the in-memory state follows and waiting writers get their outcomes.
-    /// `Err` leaves the rest for the next attempt (nothing after the last commit is lost or
-    /// applied twice). Blocks.
-    pub fn apply_logged(&self, entries: Vec<Logged>) -> Result<()> {
-        let Some(cluster) = self.cluster.clone() else {
-            return Err(Error::Internal(
-                "applying a log outside cluster mode".into(),
-            ));
-        };
-        let replay = |copy: &[u8]| Logged::from_copy(&cluster, copy);
-        let mut entries = entries.into_iter().peekable();
-        while let Some(first) = entries.next() {
-            let mut group = vec![first];
-            if !group[0].is_exclusive() {
-                while let Some(entry) = entries.next_if(|entry| !entry.is_exclusive()) {
-                    group.push(entry);
-                }
-            }
-            let last = group.last().expect("a group is never empty").seq;
-            let outcomes = {
-                let copies: Vec<Box<dyn Fn() -> Vec<u8> + '_>> = group
-                    .iter()
-                    .map(|entry| Box::new(move || entry.copy()) as Box<dyn Fn() -> Vec<u8>>)
-                    .collect();
-                let messages: Vec<LoggedMessage<'_>> = group
-                    .iter()
-                    .zip(&copies)
-                    .map(|(entry, copy)| LoggedMessage {
-                        seq: entry.seq,
-                        content: match &entry.content {
-                            Content::Numbered {
-                                origin,
-                                confirmed,
-                                ops,
-                            } => LoggedContent::Numbered {
-                                writer: origin.writer.0,
-                                number: origin.number,
-                                confirmed: *confirmed,
-                                ops: ops.as_deref().map_err(Clone::clone),
-                                copy: copy.as_ref(),
-                            },
-                            Content::Refused(skip) => LoggedContent::Skip(skip.clone()),
-                        },
-                    })
-                    .collect();
-                self.store.apply_logged(&messages, last, &replay)?
-            };
-            for (entry, outcome) in group.into_iter().zip(outcomes) {
-                self.after_message(&cluster, entry, outcome);
-            }
-            cluster.progress.advance(last);
-        }
-        Ok(())
     }
 
     /// What follows a message of the log: the in-memory state, its writer's outcome, the
@@ -324,6 +184,65 @@ impl Engine {
             }
             _ => {}
         }
+    }
+}
+
+impl Replica for Engine {
+    /// Applies messages of the log, in order: runs of ordinary messages share a transaction,
+    /// an exclusive one (a retention step) has its own; each transaction records its last
+    /// sequence. Then the in-memory state follows and waiting writers get their outcomes.
+    /// `Err` leaves the rest for the next attempt (nothing after the last commit is lost or
+    /// applied twice). Blocks.
+    fn apply_logged(&self, entries: Vec<Logged>) -> Result<()> {
+        let Some(cluster) = self.writes.cluster().cloned() else {
+            return Err(Error::Internal(
+                "applying a log outside cluster mode".into(),
+            ));
+        };
+        let replay = |copy: &[u8]| Logged::from_copy(&cluster, copy);
+        let mut entries = entries.into_iter().peekable();
+        while let Some(first) = entries.next() {
+            let mut group = vec![first];
+            if !group[0].is_exclusive() {
+                while let Some(entry) = entries.next_if(|entry| !entry.is_exclusive()) {
+                    group.push(entry);
+                }
+            }
+            let last = group.last().expect("a group is never empty").seq;
+            let outcomes = {
+                let copies: Vec<Box<dyn Fn() -> Vec<u8> + '_>> = group
+                    .iter()
+                    .map(|entry| Box::new(move || entry.copy()) as Box<dyn Fn() -> Vec<u8>>)
+                    .collect();
+                let messages: Vec<LoggedMessage<'_>> = group
+                    .iter()
+                    .zip(&copies)
+                    .map(|(entry, copy)| LoggedMessage {
+                        seq: entry.seq,
+                        content: match &entry.content {
+                            Content::Numbered {
+                                origin,
+                                confirmed,
+                                ops,
+                            } => LoggedContent::Numbered {
+                                writer: origin.writer.0,
+                                number: origin.number,
+                                confirmed: *confirmed,
+                                ops: ops.as_deref().map_err(Clone::clone),
+                                copy: copy.as_ref(),
+                            },
+                            Content::Refused(skip) => LoggedContent::Skip(skip.clone()),
+                        },
+                    })
+                    .collect();
+                self.store.apply_logged(&messages, last, &replay)?
+            };
+            for (entry, outcome) in group.into_iter().zip(outcomes) {
+                self.after_message(&cluster, entry, outcome);
+            }
+            cluster.progress.advance(last);
+        }
+        Ok(())
     }
 }
 

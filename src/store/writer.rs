@@ -29,7 +29,7 @@ use crate::model::OrgId;
 const MAX_GROUP_WEIGHT: usize = 50_000;
 /// The most work of one organization a group takes on (a largest batch); past it, the
 /// organization's further writes wait for the next group.
-const ORG_SHARE: usize = crate::engine::MAX_REPORT_BATCH;
+const ORG_SHARE: usize = crate::model::MAX_REPORT_BATCH;
 
 /// Submitters that may wait for room at once; past them a write is refused at once, so that
 /// waiting writes (each holding its decoded batch) cannot pile up either.
