@@ -5,7 +5,7 @@
 
 use sha2::{Digest, Sha256};
 
-use super::records::BucketRecord;
+use super::rollup::BucketRecord;
 use super::rollup::{RollupTable, YearTable};
 use super::tables::{EntityId, ROLLUP_KEY_LEN, rollup_key, split_rollup_key, year_key_start};
 use crate::error::Result;

@@ -11,10 +11,8 @@ use uuid::Uuid;
 use super::Store;
 use super::bloom::key_hash;
 use super::index::Filters;
-use super::records::{
-    BucketRecord, EntityKey, LastRunRecord, Part, PipelineRunAgg, RunRecord, RunRef, TaskRunHome,
-};
-use super::rollup::{self, STORED};
+use super::records::{EntityKey, LastRunRecord, PipelineRunAgg, RunRecord, RunRef, TaskRunHome};
+use super::rollup::{self, BucketRecord, Part, STORED};
 use super::tables::{
     self, EntityId, INDEX_KEY_LEN, IndexKind, LAST_RUN_LEN, MEMBER_KEY_LEN, ROLLUP_KEY_LEN, RunId,
     YEAR_KEY_LEN, member_key, member_key_micros, rollup_key, split_index_key, split_run_key,

@@ -17,7 +17,8 @@ use super::Batch;
 use crate::error::{Error, Result};
 use crate::model::TaskRunId;
 use crate::store::kept;
-use crate::store::records::{BucketRecord, EntityDetail, PipelineRunAgg, RunRecord, RunRef};
+use crate::store::records::{EntityDetail, PipelineRunAgg, RunRecord, RunRef};
+use crate::store::rollup::BucketRecord;
 use crate::store::rollup::{self, FlushTables};
 use crate::store::tables::{
     EntityId, MEMBER_KEY_LEN, OrgIndex, ROLLUP_KEY_LEN, RUN_KEY_LEN, RunId, index_key, member_key,

@@ -9,11 +9,11 @@
 //! Sums are wrapping and duration counts of taken-back runs are `u64::MAX` (minus one), so the
 //! deltas are the same whatever order the events came in.
 
+use super::record::{BucketRecord, Part};
 use super::write::{Delta, PreparedDeltas};
 use super::{STORED, Series};
 use crate::durations::{self, Bin, Durations};
 use crate::model::{EntityKind, Tally};
-use crate::store::records::{BucketRecord, Part};
 use crate::store::tables::EntityId;
 use crate::time::{Level, Timestamp};
 

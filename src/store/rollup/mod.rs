@@ -18,6 +18,7 @@
 
 mod gather;
 mod read;
+mod record;
 mod scan;
 mod write;
 
@@ -29,9 +30,10 @@ use rustc_hash::FxHashMap;
 
 pub use gather::RollupDeltas;
 pub use read::{aggregated, last_run_at_or_before, range_summary};
+pub use record::{BucketRecord, Part, RecordView};
 pub use write::{FlushTables, PreparedDeltas, materialize, rebuild};
 
-use super::records::{PipelineRunAgg, RecordView};
+use super::records::PipelineRunAgg;
 use super::tables::{
     EntityId, ROLLUP_KEY_LEN, RUN_KEY_LEN, RunId, YEAR_KEY_LEN, rollup_key, year_key,
 };

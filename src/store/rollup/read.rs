@@ -9,12 +9,13 @@ use std::rc::Rc;
 
 use uuid::Uuid;
 
+use super::record::{PartView, RecordView};
 use super::scan::aggregate;
 use super::{RollupTable, RunLogTable, RunTable, Series, Source, YearTable, Years};
 use crate::durations::{Histogram, Percentiles};
 use crate::error::Result;
 use crate::model::{EntityKind, Summary, Tally, TimeRange, WindowStats};
-use crate::store::records::{LastRunRecord, PartView, RecordView, RunRecord, RunRef, corrupt};
+use crate::store::records::{LastRunRecord, RunRecord, RunRef, corrupt};
 use crate::store::tables::{
     EntityId, RUN_KEY_LEN, YEAR_KEY_LEN, run_key_bounds, split_run_key, year_key, year_key_start,
 };

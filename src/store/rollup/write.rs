@@ -20,12 +20,13 @@ use std::collections::{BTreeMap, HashMap};
 use redb::{ReadableTable, Table};
 
 use super::gather::rank;
+use super::record::{BucketRecord, Part};
 use super::scan::{Entry, entries, pipeline_runs_ending_in};
 use super::{Series, kept, parent};
 use crate::durations;
 use crate::error::Result;
 use crate::model::{EntityKind, Tally};
-use crate::store::records::{BucketRecord, Part, PipelineRunAgg};
+use crate::store::records::PipelineRunAgg;
 use crate::store::tables::{
     EntityId, ROLLUP_KEY_LEN, RUN_KEY_LEN, YEAR_KEY_LEN, pipeline_task_key, rollup_key,
     run_key_bounds, split_run_key, year_key,
