@@ -459,8 +459,20 @@ impl PipelineWork {
         *self.members.entry((run, micros)).or_default() += 1;
     }
 
+    /// Checks everything stored of this pipeline against the recomputation.
     fn check(mut self, stored: &Stored<'_>, report: &mut VerifyReport) -> Result<()> {
         report.pipelines += 1;
+        self.check_pipeline_runs(stored, report)?;
+        self.check_rollups(stored, report)?;
+        self.check_last_runs(stored, report)
+    }
+
+    /// Each pipeline run's aggregate, index entry and members; counts it for its pipeline.
+    fn check_pipeline_runs(
+        &mut self,
+        stored: &Stored<'_>,
+        report: &mut VerifyReport,
+    ) -> Result<()> {
         let pipeline = self.pipeline.id;
         let mut aggs: Vec<(RunId, PipelineRunAgg)> =
             std::mem::take(&mut self.aggs).into_iter().collect();
@@ -518,26 +530,7 @@ impl PipelineWork {
                     duration_ms: agg.duration_ms,
                 },
             );
-            // Its UUID leads back to its id.
-            let indexed = stored
-                .locate(
-                    IndexKind::PipelineRuns,
-                    &stored.pipeline_index,
-                    self.pipeline.org_index,
-                    found.uuid.as_bytes(),
-                )?
-                .map(|key| stored.pipeline_index.get(&key))
-                .transpose()?
-                .flatten()
-                .map(|id| id.value());
-            if indexed != Some(run.0) {
-                report.differ(|| {
-                    format!(
-                        "pipeline run {} is indexed as {indexed:?}, stored as #{}",
-                        found.uuid, run.0
-                    )
-                });
-            }
+            self.check_indexed(stored, report, *run, &found)?;
             if spanning {
                 let (low, high) = (member_key(*run, i64::MIN), member_key(*run, i64::MAX));
                 report.run_members += stored
@@ -546,53 +539,98 @@ impl PipelineWork {
                     .count() as u64;
                 continue;
             }
-            // Its members, in the aggregate or (for a large pipeline run) in the index.
-            let expected: Vec<i64> = self
-                .members
-                .range((*run, i64::MIN)..=(*run, i64::MAX))
-                .flat_map(|((_, micros), count)| std::iter::repeat_n(*micros, *count as usize))
-                .collect();
-            let (low, high) = (member_key(*run, i64::MIN), member_key(*run, i64::MAX));
-            let (mut indexed, mut entries) = (Vec::new(), 0);
-            for entry in stored
-                .run_members
-                .range::<&[u8; MEMBER_KEY_LEN]>(&low..=&high)?
-            {
-                let (key, count) = entry?;
-                entries += 1;
-                indexed.extend(std::iter::repeat_n(
-                    member_key_micros(key.value()),
-                    count.value() as usize,
-                ));
-            }
-            let members = match found.members {
-                Some(inline) if indexed.is_empty() => inline.as_slice().to_vec(),
-                Some(_) => {
-                    report.differ(|| {
-                        format!(
-                            "pipeline run {} keeps its members inline and in the index",
-                            found.uuid
-                        )
-                    });
-                    indexed
-                }
-                None => {
-                    report.run_members += entries;
-                    indexed
-                }
-            };
-            if members != expected {
+            self.check_members(stored, report, *run, &found)?;
+        }
+        Ok(())
+    }
+
+    /// A pipeline run's UUID leads back to its id.
+    fn check_indexed(
+        &self,
+        stored: &Stored<'_>,
+        report: &mut VerifyReport,
+        run: RunId,
+        found: &PipelineRunAgg,
+    ) -> Result<()> {
+        let indexed = stored
+            .locate(
+                IndexKind::PipelineRuns,
+                &stored.pipeline_index,
+                self.pipeline.org_index,
+                found.uuid.as_bytes(),
+            )?
+            .map(|key| stored.pipeline_index.get(&key))
+            .transpose()?
+            .flatten()
+            .map(|id| id.value());
+        if indexed != Some(run.0) {
+            report.differ(|| {
+                format!(
+                    "pipeline run {} is indexed as {indexed:?}, stored as #{}",
+                    found.uuid, run.0
+                )
+            });
+        }
+        Ok(())
+    }
+
+    /// A pipeline run's members, in its aggregate or (for a large pipeline run) in the index.
+    fn check_members(
+        &self,
+        stored: &Stored<'_>,
+        report: &mut VerifyReport,
+        run: RunId,
+        found: &PipelineRunAgg,
+    ) -> Result<()> {
+        let expected: Vec<i64> = self
+            .members
+            .range((run, i64::MIN)..=(run, i64::MAX))
+            .flat_map(|((_, micros), count)| std::iter::repeat_n(*micros, *count as usize))
+            .collect();
+        let (low, high) = (member_key(run, i64::MIN), member_key(run, i64::MAX));
+        let (mut indexed, mut entries) = (Vec::new(), 0);
+        for entry in stored
+            .run_members
+            .range::<&[u8; MEMBER_KEY_LEN]>(&low..=&high)?
+        {
+            let (key, count) = entry?;
+            entries += 1;
+            indexed.extend(std::iter::repeat_n(
+                member_key_micros(key.value()),
+                count.value() as usize,
+            ));
+        }
+        let members = match found.members {
+            Some(inline) if indexed.is_empty() => inline.as_slice().to_vec(),
+            Some(_) => {
                 report.differ(|| {
                     format!(
-                        "members of pipeline run {}: stored {members:?}, recomputed {expected:?}",
+                        "pipeline run {} keeps its members inline and in the index",
                         found.uuid
                     )
                 });
+                indexed
             }
+            None => {
+                report.run_members += entries;
+                indexed
+            }
+        };
+        if members != expected {
+            report.differ(|| {
+                format!(
+                    "members of pipeline run {}: stored {members:?}, recomputed {expected:?}",
+                    found.uuid
+                )
+            });
         }
+        Ok(())
+    }
 
-        // The records that must exist: years always; finer buckets where the pipeline is dense
-        // (and months before the retention cut).
+    /// The records that must exist: years always; finer buckets where the pipeline is dense
+    /// (and months before the retention cut).
+    fn check_rollups(&self, stored: &Stored<'_>, report: &mut VerifyReport) -> Result<()> {
+        let pipeline = self.pipeline.id;
         let dense = |work: &PipelineWork, level: Level, start: i64| {
             level == Level::Year
                 || work
@@ -608,7 +646,7 @@ impl PipelineWork {
                     .into_iter()
                     .find(|l| l.tag() == *tag)
                     .expect("stored");
-                dense(&self, level, *start)
+                dense(self, level, *start)
             })
             .map(|(key, (total, weight, parts))| {
                 let record = BucketRecord {
@@ -652,8 +690,12 @@ impl PipelineWork {
                 report.differ(|| format!("rollup of {name} at {level:?} {bucket}: stored {found:?}, recomputed {record:?}"));
             }
         }
+        Ok(())
+    }
 
-        // Every entity of this pipeline: the pipeline and all its tasks, with or without runs.
+    /// The last run of the pipeline and of each of its tasks, with or without runs.
+    fn check_last_runs(&self, stored: &Stored<'_>, report: &mut VerifyReport) -> Result<()> {
+        let pipeline = self.pipeline.id;
         let mut entities = vec![pipeline];
         let low = tables::pipeline_task_key(pipeline, EntityId(0));
         let high = tables::pipeline_task_key(pipeline, EntityId(u32::MAX));
