@@ -2,7 +2,7 @@
 //! beats the file, which beats the defaults. Observed through `--metrics-token`, which decides
 //! what `/metrics` asks for.
 
-use crate::helpers::{ChildServer, run_cli, runtime};
+use crate::support::{ChildServer, run_cli, runtime};
 
 fn metrics_status(server: &ChildServer, token: &str) -> u16 {
     runtime().block_on(async {

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use runledger::proto::{self, ingest_client::IngestClient};
 use tokio::sync::Notify;
 
-use crate::helpers::{
-    Bearer, ChildServer, finished, grpc_channel, grpc_token, logged_task_runs, run_cli,
+use crate::support::{
+    Bearer, ChildServer, digest, finished, grpc_channel, grpc_token, logged_task_runs, run_cli,
 };
 
 pub const PIPELINE: &str = "c0000000-0000-4000-8000-000000000000";
@@ -193,17 +193,6 @@ fn acknowledged_reports_survive_sigkill() {
         ok && output.contains("rollups agree with the raw runs"),
         "seed {seed}: {output}"
     );
-}
-
-/// The digest of every table of a data dir (`runledger info --digest`).
-fn digest(data: &std::path::Path) -> String {
-    let (ok, output) = run_cli(&["info", "--data-dir", data.to_str().unwrap(), "--digest"]);
-    assert!(ok, "{output}");
-    output
-        .lines()
-        .find_map(|line| line.strip_prefix("digest "))
-        .expect(&output)
-        .to_string()
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {

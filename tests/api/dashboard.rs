@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::browser::{Browser, HEADLESS};
-use crate::helpers::{ChildServer, rest_token, run_cli, runtime};
+use crate::support::{ChildServer, rest_token, run_cli, runtime};
 
 fn chromium() -> Option<PathBuf> {
     let candidates = [

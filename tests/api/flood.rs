@@ -11,7 +11,7 @@ use runledger::proto::{self, ingest_client::IngestClient, stats_client::StatsCli
 use tokio::io::AsyncReadExt;
 
 use crate::crash::{PIPELINE, batch};
-use crate::helpers::{Bearer, ChildServer, entity, grpc_channel, grpc_token, runtime, ts};
+use crate::support::{Bearer, ChildServer, entity, grpc_channel, grpc_token, runtime, ts};
 
 /// Writers flooding at once, over this many connections.
 const WRITERS: u64 = 16;

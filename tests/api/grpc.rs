@@ -3,7 +3,7 @@
 use runledger::proto::{self, EntityKind, Period};
 use tonic::Code;
 
-use crate::helpers::{ORG, entity, finished, spawn_app, ts};
+use crate::support::{ORG, entity, finished, spawn_app, ts};
 
 const PIPELINE: &str = "11111111-1111-4111-8111-111111111111";
 const TASK_A: &str = "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa";
@@ -396,7 +396,7 @@ async fn a_reported_stream_answers_every_query() {
 }
 
 async fn collect_logs(
-    stats: &mut proto::stats_client::StatsClient<crate::helpers::Authed>,
+    stats: &mut proto::stats_client::StatsClient<crate::support::Authed>,
     request: proto::StreamLogsRequest,
 ) -> Vec<proto::LogEntry> {
     let mut stream = stats.stream_logs(request).await.unwrap().into_inner();
@@ -758,7 +758,7 @@ async fn health_and_reflection_are_served() {
 
 #[tokio::test]
 async fn grpc_enforces_tokens_scopes_and_tenants() {
-    use crate::helpers::{Bearer, token_for};
+    use crate::support::{Bearer, token_for};
     use runledger::auth::Scopes;
     use runledger::proto::{auth_client::AuthClient, stats_client::StatsClient};
 

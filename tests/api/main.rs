@@ -7,12 +7,13 @@ mod crash;
 mod dashboard;
 mod flood;
 mod grpc;
-mod helpers;
 mod metrics;
 mod migration;
 mod operations;
 mod probing;
 mod rest;
 mod security;
+#[path = "../support/mod.rs"]
+mod support;
 mod tls;
 mod upgrade;

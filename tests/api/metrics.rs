@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use runledger::proto;
 use runledger::proto::ingest_client::IngestClient;
 
-use crate::helpers::{Bearer, ChildServer, finished, grpc_channel, rest_token, runtime};
+use crate::support::{Bearer, ChildServer, finished, grpc_channel, rest_token, runtime};
 
 /// Every sample of an exposition, `name{labels}` (labels sorted) to value; panics on a line
 /// that is not Prometheus text format.

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::helpers::{
+use crate::support::{
     ChildServer, ORG, get_json, logged_entries, printed_json, rest_token, run_cli, runtime,
 };
 

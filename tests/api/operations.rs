@@ -9,7 +9,7 @@ use runledger::proto::{self, ingest_client::IngestClient};
 use tokio::sync::watch;
 
 use crate::crash::{PIPELINE, batch};
-use crate::helpers::{
+use crate::support::{
     Bearer, ChildServer, grpc_channel, grpc_token, logged_entries, logged_task_runs, run_cli,
     runtime,
 };
@@ -89,7 +89,7 @@ fn a_backup_of_a_busy_server_is_consistent_and_restores() {
         );
         stats
             .get_last_run_stats(proto::GetLastRunStatsRequest {
-                entity: crate::helpers::entity(proto::EntityKind::Pipeline, PIPELINE),
+                entity: crate::support::entity(proto::EntityKind::Pipeline, PIPELINE),
             })
             .await
             .unwrap_err()

@@ -1,7 +1,7 @@
 //! Regressions of hostile probing of the fronts and commands (issue 20's list): each test
 //! failed before its fix.
 
-use crate::helpers::{ChildServer, ORG, get_json, rest_token, run_cli, runtime};
+use crate::support::{ChildServer, ORG, get_json, rest_token, run_cli, runtime};
 
 const PIPELINE: &str = "0c000000-0000-4000-8000-000000000001";
 const TASK: &str = "0c000000-0000-4000-8000-000000000002";
@@ -173,7 +173,7 @@ fn a_backup_goes_into_an_empty_or_new_directory_only() {
 #[test]
 fn buckets_past_the_year_9999_are_refused_naming_the_field() {
     runtime().block_on(async {
-        let app = crate::helpers::spawn_app().await;
+        let app = crate::support::spawn_app().await;
         let run = runledger::cli::import::parse_line(&line_at(1, TASK, 10, "9999-06-01 00:00:00"))
             .unwrap();
         app.engine
@@ -272,12 +272,12 @@ fn calls_to_methods_that_do_not_exist_add_no_metrics_series() {
 
 /// Registers pipeline `uuid` named `name` with one task through gRPC.
 async fn register(
-    app: &crate::helpers::TestApp,
+    app: &crate::support::TestApp,
     uuid: &str,
     name: &str,
     task_name: &str,
 ) -> Result<(), tonic::Status> {
-    use crate::helpers::{Bearer, grpc_channel};
+    use crate::support::{Bearer, grpc_channel};
     use runledger::proto;
     let mut pipelines = proto::pipelines_client::PipelinesClient::with_interceptor(
         grpc_channel(app.grpc_addr).await,
@@ -302,7 +302,7 @@ async fn register(
 #[test]
 fn names_are_short_single_lines_and_the_overview_cursor_does_not_carry_them() {
     runtime().block_on(async {
-        let app = crate::helpers::spawn_app().await;
+        let app = crate::support::spawn_app().await;
         let long = "x".repeat(257);
         for (name, task_name, field) in [
             (long.as_str(), "t", "name:"),
@@ -359,10 +359,10 @@ fn names_are_short_single_lines_and_the_overview_cursor_does_not_carry_them() {
 
 #[test]
 fn a_log_page_is_capped_in_bytes_and_the_next_pages_hold_the_rest() {
-    use crate::helpers::{Bearer, finished, grpc_channel};
+    use crate::support::{Bearer, finished, grpc_channel};
     use runledger::proto;
     runtime().block_on(async {
-        let app = crate::helpers::spawn_app().await;
+        let app = crate::support::spawn_app().await;
         let mut ingest = proto::ingest_client::IngestClient::with_interceptor(
             grpc_channel(app.grpc_addr).await,
             Bearer::new(&app.token),

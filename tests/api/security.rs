@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 
-use crate::helpers::{ORG, TestApp, entity, finished, spawn_app, spawn_app_with, token_for, ts};
+use crate::support::{ORG, TestApp, entity, finished, spawn_app, spawn_app_with, token_for, ts};
 
 const PIPELINE: &str = "11111111-1111-4111-8111-111111111111";
 const TASK: &str = "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa";
@@ -569,7 +569,7 @@ fn imports_refuse_a_uuid_used_as_both_pipeline_and_task() {
     ];
     std::fs::write(&file, lines.join("\n")).unwrap();
     let data = dir.path().join("data");
-    let (ok, output) = crate::helpers::run_cli(&[
+    let (ok, output) = crate::support::run_cli(&[
         "import",
         "--data-dir",
         data.to_str().unwrap(),
@@ -585,7 +585,7 @@ fn imports_refuse_a_uuid_used_as_both_pipeline_and_task() {
     assert!(rejected(3, "pipeline_uuid"), "{output}");
     assert!(rejected(4, "task_uuid"), "{output}");
     assert!(output.contains("1 imported"), "{output}");
-    let (ok, output) = crate::helpers::run_cli(&["verify", "--data-dir", data.to_str().unwrap()]);
+    let (ok, output) = crate::support::run_cli(&["verify", "--data-dir", data.to_str().unwrap()]);
     assert!(ok, "{output}");
 }
 
@@ -872,7 +872,7 @@ async fn answers(app: &TestApp, token: &str, pipeline: &str, task: &str) -> Vec<
             .await;
         seen.push(format!("{:?}", last.map(|r| r.into_inner())));
     }
-    let logs = crate::helpers::logged_entries(app.grpc_addr, token, pipeline, 0).await;
+    let logs = crate::support::logged_entries(app.grpc_addr, token, pipeline, 0).await;
     seen.extend(logs.into_iter().map(|e| {
         // The cursor and the sealed output are derived from the rest (and a key).
         let output = e.output.len();
@@ -953,7 +953,7 @@ async fn organizations_never_meet_a_foreign_uuid_is_just_a_fresh_one() {
             .map(|r| r.into_inner());
         let mut pipelines = proto::pipelines_client::PipelinesClient::with_interceptor(
             app.channel().await,
-            crate::helpers::Bearer::new(&token),
+            crate::support::Bearer::new(&token),
         );
         let registered = pipelines
             .register_pipeline(proto::RegisterPipelineRequest {
@@ -1048,7 +1048,7 @@ async fn closed_by_server(socket: &mut tokio::net::TcpStream, limit: Duration) -
 #[tokio::test]
 async fn idle_connections_cannot_hold_the_door_shut() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let app = crate::helpers::spawn_configured(
+    let app = crate::support::spawn_configured(
         tempfile::tempdir().unwrap(),
         |engine| engine,
         short_limits(3, 3),
@@ -1127,7 +1127,7 @@ async fn one_peer_cannot_take_every_connection() {
     let mut limits = short_limits(10, 2);
     limits.handshake_timeout = Duration::from_secs(60);
     let app =
-        crate::helpers::spawn_configured(tempfile::tempdir().unwrap(), |engine| engine, limits)
+        crate::support::spawn_configured(tempfile::tempdir().unwrap(), |engine| engine, limits)
             .await;
     let from = |ip: &str| {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
@@ -1207,7 +1207,7 @@ async fn errors_quote_at_most_a_hundred_characters_of_the_input() {
 
 #[tokio::test]
 async fn pending_runs_per_organization_are_capped() {
-    let app = crate::helpers::spawn_configured(
+    let app = crate::support::spawn_configured(
         tempfile::tempdir().unwrap(),
         |engine| engine.with_max_pending_runs(2),
         Default::default(),
@@ -1276,7 +1276,7 @@ fn the_readme_sample_error_is_the_real_one() {
         .and_then(|rest| rest.split('`').next())
         .expect("the README shows a sample error");
     let sample: Value = serde_json::from_str(sample).unwrap();
-    let runtime = crate::helpers::runtime();
+    let runtime = crate::support::runtime();
     let real: Value = runtime.block_on(async {
         let app = spawn_app().await;
         let body = reqwest::Client::new()
@@ -1307,13 +1307,13 @@ fn mode(path: &std::path::Path) -> u32 {
 fn the_data_dir_and_every_file_in_it_and_in_backups_are_the_owners_only() {
     let root = tempfile::tempdir().unwrap();
     let data = root.path().join("data");
-    let server = crate::helpers::ChildServer::start(&data);
+    let server = crate::support::ChildServer::start(&data);
     assert_eq!(mode(&data), 0o700);
     for file in ["runledger.redb", "master.key", "admin.sock"] {
         assert_eq!(mode(&data.join(file)), 0o600, "{file}");
     }
     let backup = root.path().join("backup");
-    let (ok, output) = crate::helpers::run_cli(&[
+    let (ok, output) = crate::support::run_cli(&[
         "backup",
         "--data-dir",
         data.to_str().unwrap(),
@@ -1345,7 +1345,7 @@ fn admin(data: &std::path::Path, line: &str) -> String {
 fn the_admin_socket_refuses_relative_paths_and_other_users() {
     let root = tempfile::tempdir().unwrap();
     let data = root.path().join("data");
-    let server = crate::helpers::ChildServer::start(&data);
+    let server = crate::support::ChildServer::start(&data);
     let answer = admin(&data, "backup relative/dir\n");
     assert!(
         answer.starts_with("error") && answer.contains("not an absolute path"),
@@ -1396,11 +1396,11 @@ fn a_database_with_organizations_does_not_start_without_its_master_key() {
     let root = tempfile::tempdir().unwrap();
     let data = root.path().join("data");
     let (ok, output) =
-        crate::helpers::run_cli(&["client", "create", "--data-dir", data.to_str().unwrap()]);
+        crate::support::run_cli(&["client", "create", "--data-dir", data.to_str().unwrap()]);
     assert!(ok, "{output}");
     std::fs::remove_file(data.join("master.key")).unwrap();
     let stderr =
-        crate::helpers::refused_serve(&data, &[], "the server started without its master key");
+        crate::support::refused_serve(&data, &[], "the server started without its master key");
     assert!(stderr.contains("master.key is missing"), "{stderr}");
     assert!(
         !data.join("master.key").exists(),
@@ -1412,7 +1412,7 @@ fn a_database_with_organizations_does_not_start_without_its_master_key() {
 async fn trickled_bodies_and_silent_streams_are_cut_off_but_open_streams_may_pause() {
     use runledger::proto;
     use tokio::io::AsyncWriteExt;
-    let app = crate::helpers::spawn_configured(
+    let app = crate::support::spawn_configured(
         tempfile::tempdir().unwrap(),
         |engine| engine,
         short_limits(16, 16),
@@ -1445,8 +1445,8 @@ async fn trickled_bodies_and_silent_streams_are_cut_off_but_open_streams_may_pau
 
     // A gRPC report stream that never sends its first message ends with an error.
     let mut ingest = proto::ingest_client::IngestClient::with_interceptor(
-        crate::helpers::grpc_channel(app.grpc_addr).await,
-        crate::helpers::Bearer::new(&app.token),
+        crate::support::grpc_channel(app.grpc_addr).await,
+        crate::support::Bearer::new(&app.token),
     );
     let started = Instant::now();
     let silent = ingest
@@ -1462,7 +1462,7 @@ async fn trickled_bodies_and_silent_streams_are_cut_off_but_open_streams_may_pau
     // One that sends a batch, pauses longer than the timeout, and sends another is served.
     let (send, batches) = tokio::sync::mpsc::channel(2);
     let batch = |n: u32| proto::ReportTaskRunsRequest {
-        results: vec![crate::helpers::finished(
+        results: vec![crate::support::finished(
             &uuid::Uuid::from_u128(u128::from(n)).to_string(),
             &uuid::Uuid::from_u128(u128::from(n) + 100).to_string(),
             PIPELINE,

@@ -12,7 +12,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
-use crate::helpers::{ChildServer, runtime, token_request};
+use crate::support::{ChildServer, runtime, token_request};
 
 /// A self-signed pair for `localhost` written to `dir`; the certificate's PEM.
 fn self_signed(dir: &Path) -> String {

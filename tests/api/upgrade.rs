@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use runledger::proto::{self, ingest_client::IngestClient};
 use serde_json::Value;
 
-use crate::helpers::{Bearer, ChildServer, grpc_channel, grpc_token, run_cli, runtime};
+use crate::support::{Bearer, ChildServer, grpc_channel, grpc_token, run_cli, runtime};
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/format2");
 /// The format-2 fixture as `runledger upgrade` of format 4 left it (same keys and answers).

@@ -5,8 +5,8 @@
 
 use std::path::Path;
 
-use crate::helpers::{ChildServer, refused_serve, rest_token, runtime};
-use crate::support::{self, cli, node};
+use crate::nats::{self, cli, node};
+use crate::support::{ChildServer, refused_serve, rest_token, runtime};
 
 const PIPELINE: &str = "7a000000-0000-4000-8000-000000000001";
 const OLD_TASK: &str = "7a000000-0000-4000-8000-000000000002";
@@ -24,7 +24,7 @@ fn refused_start(data_dir: &Path, urls: &str, key: &Path) -> String {
 
 #[test]
 fn a_single_nodes_store_becomes_a_cluster_with_its_history_keys_clients_and_tokens() {
-    let Some(binary) = support::nats_server() else {
+    let Some(binary) = nats::nats_server() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -38,7 +38,7 @@ fn a_single_nodes_store_becomes_a_cluster_with_its_history_keys_clients_and_toke
     let key = client["output_key"].as_str().unwrap().to_string();
     let (old_token, stats_before) = runtime().block_on(async {
         let token = rest_token(&http, server.http_addr, &client, None).await;
-        support::report(server.grpc_addr, &token, &org, PIPELINE, OLD_TASK, 30).await;
+        nats::report(server.grpc_addr, &token, &org, PIPELINE, OLD_TASK, 30).await;
         let stats = stats_of(&http, server.http_addr, &token, OLD_TASK, None).await;
         (token, stats)
     });
@@ -47,14 +47,14 @@ fn a_single_nodes_store_becomes_a_cluster_with_its_history_keys_clients_and_toke
 
     // Adopted into a new cluster, twice (a rerun finishes an interrupted adoption, changing
     // nothing): the data dir's own master key file is the default.
-    let nats = support::start_nats(&binary, dir.path(), 1);
-    let urls = support::urls(&nats);
+    let nats = nats::start_nats(&binary, dir.path(), 1);
+    let urls = nats::urls(&nats);
     let adopt = || {
         let (ok, out, err) = cli(&[
             "cluster",
             "adopt",
             "--nats",
-            &support::admin(&urls),
+            &nats::admin(&urls),
             "--data-dir",
             single.to_str().unwrap(),
         ]);
@@ -100,7 +100,7 @@ fn a_single_nodes_store_becomes_a_cluster_with_its_history_keys_clients_and_toke
             backup.to_str().unwrap(),
         ]);
         assert!(ok, "{err}");
-        support::restore(&backup, node_dir);
+        nats::restore(&backup, node_dir);
     }
     let empty = refused_start(&dir.path().join("empty"), &urls, &master);
     assert!(empty.contains("not a copy of it"), "{empty}");
@@ -117,8 +117,7 @@ fn a_single_nodes_store_becomes_a_cluster_with_its_history_keys_clients_and_toke
         // Its client signs in anywhere, the gateway included (it learned the client from the
         // stream), and writes through it.
         let token = rest_token(&http, gateway.http_addr, &client, None).await;
-        let (seq, _) =
-            support::report(gateway.grpc_addr, &token, &org, PIPELINE, NEW_TASK, 10).await;
+        let (seq, _) = nats::report(gateway.grpc_addr, &token, &org, PIPELINE, NEW_TASK, 10).await;
         assert!(seq > 0);
         let on_a = stats_of(&http, a.http_addr, &token, NEW_TASK, Some(seq)).await;
         let on_b = stats_of(&http, b.http_addr, &token, NEW_TASK, Some(seq)).await;
@@ -154,7 +153,7 @@ fn a_single_nodes_store_becomes_a_cluster_with_its_history_keys_clients_and_toke
         "cluster",
         "adopt",
         "--nats",
-        &support::admin(&urls),
+        &nats::admin(&urls),
         "--data-dir",
         other.to_str().unwrap(),
         "--master-key-file",

@@ -9,8 +9,8 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::helpers::{rest_token, runtime};
-use crate::support::{self, await_applied, node};
+use crate::nats::{self, await_applied, node};
+use crate::support::{rest_token, runtime};
 
 const PIPELINE: &str = "7b000000-0000-4000-8000-000000000001";
 const TASK: &str = "7b000000-0000-4000-8000-000000000002";
@@ -22,7 +22,7 @@ const WRITE_BOUND: Duration = Duration::from_secs(17);
 const READ_BOUND: Duration = Duration::from_secs(1);
 
 /// Messages the NATS server received so far (its `/varz`).
-async fn in_msgs(http: &reqwest::Client, nats: &support::Nats) -> u64 {
+async fn in_msgs(http: &reqwest::Client, nats: &nats::Nats) -> u64 {
     let varz: serde_json::Value = http
         .get(format!("http://127.0.0.1:{}/varz", nats.monitor))
         .send()
@@ -60,7 +60,7 @@ async fn write(
     token: &str,
     org: &str,
 ) -> (tonic::Code, Duration, Option<String>) {
-    use crate::helpers::{Bearer, finished, grpc_channel};
+    use crate::support::{Bearer, finished, grpc_channel};
     use runledger::proto;
     let started = Instant::now();
     let mut ingest = proto::ingest_client::IngestClient::with_interceptor(
@@ -135,14 +135,14 @@ async fn quorum_becomes(
 
 #[test]
 fn a_node_answers_within_its_bounds_while_nats_servers_die() {
-    let Some(binary) = support::nats_server() else {
+    let Some(binary) = nats::nats_server() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let mut nats = support::start_nats(&binary, dir.path(), 3);
-    let urls = support::urls(&nats);
-    let key = support::master_key(dir.path());
-    let client = support::init(&urls, &key);
+    let mut nats = nats::start_nats(&binary, dir.path(), 3);
+    let urls = nats::urls(&nats);
+    let key = nats::master_key(dir.path());
+    let client = nats::init(&urls, &key);
     let org = client["organization_uuid"].as_str().unwrap().to_string();
     let a = node(&dir.path().join("a"), &urls, &key, false);
     let b = node(&dir.path().join("b"), &urls, &key, false);
@@ -151,7 +151,7 @@ fn a_node_answers_within_its_bounds_while_nats_servers_die() {
     let token = rt.block_on(async {
         let token = rest_token(&http, a.http_addr, &client, None).await;
         assert_eq!(write(a.grpc_addr, &token, &org).await.0, tonic::Code::Ok);
-        let seq = support::applied(&http, a.http_addr).await;
+        let seq = nats::applied(&http, a.http_addr).await;
         await_applied(&http, b.http_addr, seq).await;
         token
     });
@@ -313,12 +313,12 @@ fn a_node_answers_within_its_bounds_while_nats_servers_die() {
                 "no write after the servers came back"
             );
         }
-        let seq = support::applied(&http, a.http_addr).await;
+        let seq = nats::applied(&http, a.http_addr).await;
         await_applied(&http, b.http_addr, seq).await;
         let path = format!("/v1/stats/pipelines/{PIPELINE}/stats/2025-01-01/2025-12-31");
         assert_eq!(
-            support::answer(&http, a.http_addr, &token, &path).await,
-            support::answer(&http, b.http_addr, &token, &path).await
+            nats::answer(&http, a.http_addr, &token, &path).await,
+            nats::answer(&http, b.http_addr, &token, &path).await
         );
     });
 }

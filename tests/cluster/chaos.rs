@@ -86,11 +86,7 @@ impl ChaosProxy {
 
     /// The proxy's URL, with the `node` user's login.
     pub fn url(&self) -> String {
-        format!(
-            "nats://{}@127.0.0.1:{}",
-            crate::support::NODE_LOGIN,
-            self.port
-        )
+        format!("nats://{}@127.0.0.1:{}", crate::nats::NODE_LOGIN, self.port)
     }
 
     /// Stops (or resumes) cutting connections; the proxy keeps forwarding.

@@ -22,9 +22,9 @@ use runledger::proto::ingest_client::IngestClient;
 use runledger::workload::{Realistic, to_json_line};
 use tonic::transport::Endpoint;
 
-use crate::helpers::rest_token;
-use crate::helpers::{Bearer, ChildServer, logged_entries, runtime};
-use crate::support::{self, await_applied, cli, init, node};
+use crate::nats::{self, await_applied, cli, init, node};
+use crate::support::rest_token;
+use crate::support::{Bearer, ChildServer, logged_entries, runtime};
 
 const BATCH: usize = 100;
 
@@ -37,7 +37,7 @@ struct Ack {
 
 #[test]
 fn the_cluster_survives_killed_servers_and_a_wiped_node_and_agrees_with_one_node() {
-    let Some(binary) = support::nats_server() else {
+    let Some(binary) = nats::nats_server() else {
         return;
     };
     let total: u64 = std::env::var("RUNLEDGER_CLUSTER_RUNS")
@@ -45,9 +45,9 @@ fn the_cluster_survives_killed_servers_and_a_wiped_node_and_agrees_with_one_node
         .and_then(|v| v.parse().ok())
         .unwrap_or(12_000);
     let dir = tempfile::tempdir().unwrap();
-    let mut nats = support::start_nats(&binary, dir.path(), 3);
-    let urls = support::urls(&nats);
-    let key = support::master_key(dir.path());
+    let mut nats = nats::start_nats(&binary, dir.path(), 3);
+    let urls = nats::urls(&nats);
+    let key = nats::master_key(dir.path());
     init(&urls, &key);
     let rt = runtime();
     let log = rt
@@ -79,7 +79,7 @@ fn the_cluster_survives_killed_servers_and_a_wiped_node_and_agrees_with_one_node
             .unwrap();
         per_org[index].push(run);
     }
-    let clients = support::clients(
+    let clients = nats::clients(
         &orgs,
         &["--nats", &urls, "--master-key-file", key.to_str().unwrap()],
     );
@@ -95,7 +95,7 @@ fn the_cluster_survives_killed_servers_and_a_wiped_node_and_agrees_with_one_node
         for client in &clients {
             tokens.push(rest_token(&http, a.http_addr, client, None).await);
         }
-        let granted = support::applied(&http, a.http_addr).await;
+        let granted = nats::applied(&http, a.http_addr).await;
         for node in [&b, &c] {
             await_applied(&http, node.as_ref().unwrap().http_addr, granted).await;
         }
@@ -180,9 +180,9 @@ fn the_cluster_survives_killed_servers_and_a_wiped_node_and_agrees_with_one_node
     // Wipe C and rebuild it from A's backup plus the stream's tail.
     assert!(c.take().unwrap().stop());
     let backup = data("backup-of-a");
-    assert!(support::backup(&data("a"), &backup) > 0);
+    assert!(nats::backup(&data("a"), &backup) > 0);
     std::fs::remove_dir_all(data("c")).unwrap();
-    support::restore(&backup, &data("c"));
+    nats::restore(&backup, &data("c"));
     let c = node(&data("c"), &urls, &key, false);
     let b = b.unwrap();
     let nodes = [&a, &b, &c];
@@ -215,8 +215,7 @@ fn the_cluster_survives_killed_servers_and_a_wiped_node_and_agrees_with_one_node
         file.to_str().unwrap(),
     ]);
     assert!(ok, "{err}");
-    let reference_clients =
-        support::clients(&orgs, &["--data-dir", reference_dir.to_str().unwrap()]);
+    let reference_clients = nats::clients(&orgs, &["--data-dir", reference_dir.to_str().unwrap()]);
     let reference = ChildServer::start(&reference_dir);
 
     rt.block_on(async {
@@ -241,10 +240,9 @@ fn the_cluster_survives_killed_servers_and_a_wiped_node_and_agrees_with_one_node
                         format!("/v1/stats/{kind}/{uuid}/last-run/stats"),
                     ] {
                         let expected =
-                            support::answer(&http, reference.http_addr, &reference_token, &path)
-                                .await;
+                            nats::answer(&http, reference.http_addr, &reference_token, &path).await;
                         for node in nodes {
-                            let got = support::answer(&http, node.http_addr, token, &path).await;
+                            let got = nats::answer(&http, node.http_addr, token, &path).await;
                             assert_eq!(got, expected, "{path} on {}", node.http_addr);
                         }
                         compared += 1;
@@ -290,7 +288,7 @@ fn the_cluster_survives_killed_servers_and_a_wiped_node_and_agrees_with_one_node
     let mut digests = HashSet::new();
     for (name, server) in [("a", a), ("b", b), ("c", c)] {
         assert!(server.stop());
-        digests.insert(support::digest(&data(name)));
+        digests.insert(crate::support::digest(&data(name)));
         let (ok, out, err) = cli(&["verify", "--data-dir", data(name).to_str().unwrap()]);
         assert!(ok, "verify of node {name}: {out}{err}");
     }

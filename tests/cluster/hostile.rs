@@ -12,8 +12,8 @@ use runledger::crypto::MasterKey;
 use runledger::model::{OrgId, RunState, TaskRun};
 use runledger::store::WriteOp;
 
-use crate::helpers::{refused_serve, rest_token, runtime};
-use crate::support::{self, await_applied, cli, node};
+use crate::nats::{self, await_applied, cli, node};
+use crate::support::{refused_serve, rest_token, runtime};
 
 const PIPELINE: &str = "7a000000-0000-4000-8000-000000000001";
 const TASK: &str = "7a000000-0000-4000-8000-000000000002";
@@ -21,7 +21,7 @@ const TASK: &str = "7a000000-0000-4000-8000-000000000002";
 /// A JetStream context of a plain NATS client with the login in `urls`: what anyone holding
 /// that user's password can do (the `node` user may publish on the stream's subjects).
 async fn raw(urls: &str) -> async_nats::jetstream::Context {
-    async_nats::jetstream::new(support::raw_client(urls).await)
+    async_nats::jetstream::new(nats::raw_client(urls).await)
 }
 
 /// Publishes `payload` on `subject` as it is; its stream sequence.
@@ -63,7 +63,7 @@ async fn skipped(http: &reqwest::Client, node: std::net::SocketAddr, reason: &st
 
 /// The pipeline's range stats on `node`.
 async fn counted(http: &reqwest::Client, node: std::net::SocketAddr, token: &str) -> String {
-    support::answer(
+    nats::answer(
         http,
         node,
         token,
@@ -75,11 +75,11 @@ async fn counted(http: &reqwest::Client, node: std::net::SocketAddr, token: &str
 
 #[test]
 fn forged_tampered_replayed_and_broken_messages_change_nothing_and_stop_no_one() {
-    let Some(binary) = support::nats_server() else {
+    let Some(binary) = nats::nats_server() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let cluster = support::one_server(&binary, dir.path());
+    let cluster = nats::one_server(&binary, dir.path());
     let (urls, key) = (&cluster.urls, &cluster.key);
     let a = node(&dir.path().join("a"), urls, key, false);
     let b = node(&dir.path().join("b"), urls, key, false);
@@ -87,7 +87,7 @@ fn forged_tampered_replayed_and_broken_messages_change_nothing_and_stop_no_one()
     let org = cluster.client["organization_uuid"].as_str().unwrap();
     runtime().block_on(async {
         let token = rest_token(&http, a.http_addr, &cluster.client, None).await;
-        let (first, _) = support::report(a.grpc_addr, &token, org, PIPELINE, TASK, 8).await;
+        let (first, _) = nats::report(a.grpc_addr, &token, org, PIPELINE, TASK, 8).await;
         let js = raw(urls).await;
         let stream = js.get_stream(log::STREAM).await.unwrap();
         let authentic = stream
@@ -135,7 +135,7 @@ fn forged_tampered_replayed_and_broken_messages_change_nothing_and_stop_no_one()
         let last_bad = publish(&js, log::DATA_SUBJECT, broken).await;
 
         // Nobody stopped: a report through B after all of it is applied on both nodes.
-        let (second, _) = support::report(b.grpc_addr, &token, org, PIPELINE, TASK, 8).await;
+        let (second, _) = nats::report(b.grpc_addr, &token, org, PIPELINE, TASK, 8).await;
         assert!(second > last_bad);
         for node in [&a, &b] {
             await_applied(&http, node.http_addr, second).await;
@@ -173,7 +173,7 @@ fn forged_tampered_replayed_and_broken_messages_change_nothing_and_stop_no_one()
         .into_iter()
         .map(|(name, server)| {
             assert!(server.stop());
-            support::digest(&dir.path().join(name))
+            crate::support::digest(&dir.path().join(name))
         })
         .collect();
     assert_eq!(digests[0], digests[1]);
@@ -181,11 +181,11 @@ fn forged_tampered_replayed_and_broken_messages_change_nothing_and_stop_no_one()
 
 #[test]
 fn a_missing_sequence_stalls_a_node_until_the_operator_passes_over_it() {
-    let Some(binary) = support::nats_server() else {
+    let Some(binary) = nats::nats_server() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let cluster = support::one_server(&binary, dir.path());
+    let cluster = nats::one_server(&binary, dir.path());
     let (urls, key) = (&cluster.urls, &cluster.key);
     let a = node(&dir.path().join("a"), urls, key, false);
     let b = node(&dir.path().join("b"), urls, key, false);
@@ -194,16 +194,16 @@ fn a_missing_sequence_stalls_a_node_until_the_operator_passes_over_it() {
     let rt = runtime();
     let token = rt.block_on(async {
         let token = rest_token(&http, a.http_addr, &cluster.client, None).await;
-        let (seq, _) = support::report(a.grpc_addr, &token, org, PIPELINE, TASK, 4).await;
+        let (seq, _) = nats::report(a.grpc_addr, &token, org, PIPELINE, TASK, 4).await;
         await_applied(&http, b.http_addr, seq).await;
         token
     });
     assert!(b.stop());
     let last = rt.block_on(async {
-        let (lost, _) = support::report(a.grpc_addr, &token, org, PIPELINE, TASK, 4).await;
-        let (last, _) = support::report(a.grpc_addr, &token, org, PIPELINE, TASK, 4).await;
+        let (lost, _) = nats::report(a.grpc_addr, &token, org, PIPELINE, TASK, 4).await;
+        let (last, _) = nats::report(a.grpc_addr, &token, org, PIPELINE, TASK, 4).await;
         // The operator deletes one (the node user may not).
-        let stream = raw(&support::admin(urls))
+        let stream = raw(&nats::admin(urls))
             .await
             .get_stream(log::STREAM)
             .await
@@ -241,7 +241,7 @@ fn a_missing_sequence_stalls_a_node_until_the_operator_passes_over_it() {
             "cluster",
             "skip",
             "--nats",
-            &support::admin(urls),
+            &nats::admin(urls),
             "--master-key-file",
             key.to_str().unwrap(),
             &lost.to_string(),
@@ -277,7 +277,7 @@ fn a_missing_sequence_stalls_a_node_until_the_operator_passes_over_it() {
             "cluster",
             "skip",
             "--nats",
-            &support::admin(urls),
+            &nats::admin(urls),
             "--master-key-file",
             key.to_str().unwrap(),
             bad,
@@ -288,11 +288,11 @@ fn a_missing_sequence_stalls_a_node_until_the_operator_passes_over_it() {
 
 #[test]
 fn a_wrong_master_key_or_another_clusters_node_is_refused_before_anything_is_written() {
-    let Some(binary) = support::nats_server() else {
+    let Some(binary) = nats::nats_server() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let cluster = support::one_server(&binary, dir.path());
+    let cluster = nats::one_server(&binary, dir.path());
     let (urls, key) = (&cluster.urls, &cluster.key);
     let wrong = dir.path().join("wrong.key");
     std::fs::write(&wrong, base64_of([5; 32])).unwrap();
@@ -339,16 +339,16 @@ fn a_wrong_master_key_or_another_clusters_node_is_refused_before_anything_is_wri
     let org = cluster.client["organization_uuid"].as_str().unwrap();
     let report_seq = rt.block_on(async {
         let token = rest_token(&http, a.http_addr, &cluster.client, None).await;
-        support::report(a.grpc_addr, &token, org, PIPELINE, TASK, 4)
+        nats::report(a.grpc_addr, &token, org, PIPELINE, TASK, 4)
             .await
             .0
     });
     assert!(a.stop());
     let other_dir = dir.path().join("other");
     std::fs::create_dir_all(&other_dir).unwrap();
-    let other = support::start_nats(&binary, &other_dir, 1);
-    let other_urls = support::urls(&other);
-    let other_client = support::init(&other_urls, key);
+    let other = nats::start_nats(&binary, &other_dir, 1);
+    let other_urls = nats::urls(&other);
+    let other_client = nats::init(&other_urls, key);
     let refused = refused_serve(
         &a_dir,
         &[

@@ -3,14 +3,14 @@
 //! `nats-server` (Debian's package, which `.ci/run` installs): in CI they fail without it,
 //! elsewhere they say so and skip.
 
-#[path = "../api/helpers.rs"]
-mod helpers;
+#[path = "../support/mod.rs"]
+mod support;
 
 mod adopt;
 mod availability;
 mod chaos;
 mod faults;
 mod hostile;
+mod nats;
 mod nodes;
 mod order;
-mod support;

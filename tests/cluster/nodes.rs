@@ -6,17 +6,17 @@ use std::time::{Duration, Instant};
 use runledger::proto;
 use runledger::proto::ingest_client::IngestClient;
 
-use crate::helpers::rest_token;
-use crate::helpers::{Bearer, finished, grpc_channel, runtime};
-use crate::support::{self, cli, node};
+use crate::nats::{self, cli, node};
+use crate::support::rest_token;
+use crate::support::{Bearer, finished, grpc_channel, runtime};
 
 #[test]
 fn credentials_made_or_revoked_on_one_node_hold_on_every_node() {
-    let Some(binary) = support::nats_server() else {
+    let Some(binary) = nats::nats_server() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let cluster = support::one_server(&binary, dir.path());
+    let cluster = nats::one_server(&binary, dir.path());
     let (urls, key) = (&cluster.urls, &cluster.key);
     let a = node(&dir.path().join("a"), urls, key, false);
     let c = node(&dir.path().join("c"), urls, key, false);
@@ -54,7 +54,7 @@ fn credentials_made_or_revoked_on_one_node_hold_on_every_node() {
             overview(a.http_addr, &fresh, None).await.unwrap().status(),
             200
         );
-        let seq = support::applied(&http, c.http_addr).await;
+        let seq = nats::applied(&http, c.http_addr).await;
         assert_eq!(
             overview(a.http_addr, &on_c, Some(seq))
                 .await
@@ -106,11 +106,11 @@ fn credentials_made_or_revoked_on_one_node_hold_on_every_node() {
 
 #[test]
 fn a_read_with_the_writes_sequence_sees_the_write_on_another_node() {
-    let Some(binary) = support::nats_server() else {
+    let Some(binary) = nats::nats_server() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let cluster = support::one_server(&binary, dir.path());
+    let cluster = nats::one_server(&binary, dir.path());
     let (urls, key, client) = (&cluster.urls, &cluster.key, &cluster.client);
     let a = node(&dir.path().join("a"), urls, key, false);
     let b = node(&dir.path().join("b"), urls, key, false);
@@ -201,11 +201,11 @@ fn a_read_with_the_writes_sequence_sees_the_write_on_another_node() {
 
 #[test]
 fn trimming_keeps_what_nodes_and_the_backup_need_and_a_gateway_only_writes() {
-    let Some(binary) = support::nats_server() else {
+    let Some(binary) = nats::nats_server() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let cluster = support::one_server(&binary, dir.path());
+    let cluster = nats::one_server(&binary, dir.path());
     let (urls, key, client) = (&cluster.urls, &cluster.key, &cluster.client);
     let org = client["organization_uuid"].as_str().unwrap().to_string();
     let data = |name: &str| dir.path().join(name);
@@ -220,17 +220,12 @@ fn trimming_keeps_what_nodes_and_the_backup_need_and_a_gateway_only_writes() {
     let stats_path = format!("/v1/stats/tasks/{task}/stats/2025-01-01/2025-12-31");
     runtime().block_on(async {
         let token = rest_token(&http, a.http_addr, client, None).await;
-        support::report(a.grpc_addr, &token, &org, &pipeline, &task, 50).await;
+        nats::report(a.grpc_addr, &token, &org, &pipeline, &task, 50).await;
 
         // A gateway takes writes (acknowledged by the log, counts unknown) and refuses reads.
-        support::await_applied(
-            &http,
-            b.http_addr,
-            support::applied(&http, a.http_addr).await,
-        )
-        .await;
+        nats::await_applied(&http, b.http_addr, nats::applied(&http, a.http_addr).await).await;
         let (seq, counts) =
-            support::report(gateway.grpc_addr, &token, &org, &pipeline, &task, 30).await;
+            nats::report(gateway.grpc_addr, &token, &org, &pipeline, &task, 30).await;
         assert_eq!((counts.batches, counts.inserted), (1, 0));
         let refused = http
             .get(format!("http://{}{stats_path}", gateway.http_addr))
@@ -240,19 +235,19 @@ fn trimming_keeps_what_nodes_and_the_backup_need_and_a_gateway_only_writes() {
             .unwrap();
         assert_eq!(refused.status(), 503);
         assert!(refused.text().await.unwrap().contains("gateway"));
-        support::await_applied(&http, a.http_addr, seq).await;
+        nats::await_applied(&http, a.http_addr, seq).await;
 
         // A backup of A, then more writes: trimming keeps everything after the backup.
         let backup = data("backup");
-        let held = support::backup(&data("a"), &backup);
+        let held = nats::backup(&data("a"), &backup);
         assert!(held >= seq);
-        let (last, _) = support::report(a.grpc_addr, &token, &org, &pipeline, &task, 20).await;
-        support::await_applied(&http, b.http_addr, last).await;
+        let (last, _) = nats::report(a.grpc_addr, &token, &org, &pipeline, &task, 20).await;
+        nats::await_applied(&http, b.http_addr, last).await;
         let (ok, out, err) = cli(&[
             "cluster",
             "trim",
             "--nats",
-            &support::admin(urls),
+            &nats::admin(urls),
             "--node",
             &format!("http://{}", a.http_addr),
             "--node",
@@ -276,9 +271,9 @@ fn trimming_keeps_what_nodes_and_the_backup_need_and_a_gateway_only_writes() {
         );
 
         // A node restored from the backup catches up from the stream's tail...
-        support::restore(&backup, &data("c"));
+        nats::restore(&backup, &data("c"));
         let c = node(&data("c"), urls, key, false);
-        support::await_applied(&http, c.http_addr, last).await;
+        nats::await_applied(&http, c.http_addr, last).await;
         let answer = |node: std::net::SocketAddr| {
             let request = http
                 .get(format!("http://{node}{stats_path}"))

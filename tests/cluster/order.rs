@@ -19,12 +19,12 @@ use runledger::model::{OrgId, TaskRun};
 use runledger::workload::{Realistic, Rng, to_json_line};
 
 use crate::chaos::ChaosProxy;
-use crate::helpers::{ChildServer, rest_token, runtime};
-use crate::support::{self, await_applied, cli, init, node};
+use crate::nats::{self, await_applied, cli, init, node};
+use crate::support::{ChildServer, rest_token, runtime};
 
 #[test]
 fn each_writers_reports_are_applied_in_send_order_whatever_is_retried() {
-    let Some(binary) = support::nats_server() else {
+    let Some(binary) = nats::nats_server() else {
         return;
     };
     let total: u64 = std::env::var("RUNLEDGER_ORDER_RUNS")
@@ -32,9 +32,9 @@ fn each_writers_reports_are_applied_in_send_order_whatever_is_retried() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(120_000);
     let dir = tempfile::tempdir().unwrap();
-    let mut nats = support::start_nats(&binary, dir.path(), 3);
-    let direct = support::urls(&nats);
-    let key = support::master_key(dir.path());
+    let mut nats = nats::start_nats(&binary, dir.path(), 3);
+    let direct = nats::urls(&nats);
+    let key = nats::master_key(dir.path());
     init(&direct, &key);
     // Every writer and node reaches NATS through proxies that cut connections.
     let proxies: Vec<ChaosProxy> = nats
@@ -82,7 +82,7 @@ fn each_writers_reports_are_applied_in_send_order_whatever_is_retried() {
     let data = |name: &str| dir.path().join(name);
     let a = node(&data("a"), &flaky, &key, false);
     let b = node(&data("b"), &flaky, &key, false);
-    let clients = support::clients(
+    let clients = nats::clients(
         &orgs,
         &[
             "--nats",
@@ -141,8 +141,7 @@ fn each_writers_reports_are_applied_in_send_order_whatever_is_retried() {
         streamed.to_str().unwrap(),
     ]);
     assert!(ok, "{out}{err}");
-    let reference_clients =
-        support::clients(&orgs, &["--data-dir", reference_dir.to_str().unwrap()]);
+    let reference_clients = nats::clients(&orgs, &["--data-dir", reference_dir.to_str().unwrap()]);
     let reference = ChildServer::start(&reference_dir);
 
     let mut differing = Vec::new();
@@ -152,7 +151,7 @@ fn each_writers_reports_are_applied_in_send_order_whatever_is_retried() {
             let reference_token =
                 rest_token(&http, reference.http_addr, &reference_clients[index], None).await;
             let token = rest_token(&http, a.http_addr, &clients[index], None).await;
-            let granted = support::applied(&http, a.http_addr).await;
+            let granted = nats::applied(&http, a.http_addr).await;
             await_applied(&http, b.http_addr, granted).await;
             for pipeline in catalog.iter().filter(|p| p.organization == *org) {
                 let mut questions = vec![("pipelines", pipeline.id.0)];
@@ -161,9 +160,9 @@ fn each_writers_reports_are_applied_in_send_order_whatever_is_retried() {
                     let path =
                         format!("/v1/stats/{kind}/{uuid}/aggregated-stats/2025-01-01/month/12");
                     let expected =
-                        support::answer(&http, reference.http_addr, &reference_token, &path).await;
+                        nats::answer(&http, reference.http_addr, &reference_token, &path).await;
                     for node in [&a, &b] {
-                        let got = support::answer(&http, node.http_addr, &token, &path).await;
+                        let got = nats::answer(&http, node.http_addr, &token, &path).await;
                         if got != expected {
                             if differing.len() < 4 {
                                 println!(
@@ -195,7 +194,7 @@ fn each_writers_reports_are_applied_in_send_order_whatever_is_retried() {
         .into_iter()
         .map(|(name, server)| {
             assert!(server.stop());
-            support::digest(&data(name))
+            crate::support::digest(&data(name))
         })
         .collect();
     assert_eq!(digests[0], digests[1]);
@@ -259,7 +258,7 @@ async fn write_in_order(
     token: String,
     runs: Vec<TaskRun>,
 ) -> (Vec<TaskRun>, usize, Duration) {
-    use crate::helpers::{Bearer, grpc_channel};
+    use crate::support::{Bearer, grpc_channel};
     use runledger::api::wire::to_proto_task_run;
     use runledger::proto;
     let mut ingest = proto::ingest_client::IngestClient::with_interceptor(

@@ -418,6 +418,17 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// The digest of every table of a stopped server's data dir (`runledger info --digest`).
+pub fn digest(data_dir: &Path) -> String {
+    let (ok, output) = run_cli(&["info", "--data-dir", data_dir.to_str().unwrap(), "--digest"]);
+    assert!(ok, "{output}");
+    output
+        .lines()
+        .find_map(|line| line.strip_prefix("digest "))
+        .expect(&output)
+        .to_string()
+}
+
 /// Runs `runledger ARGS...` to completion; returns (success, stdout and stderr).
 pub fn run_cli(args: &[&str]) -> (bool, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_runledger"))

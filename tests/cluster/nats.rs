@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::helpers::ChildServer;
+use crate::support::ChildServer;
 
 /// The `nats-server` binary, or `None` (with the reason printed) outside CI; in CI a missing
 /// server fails the test.
@@ -343,7 +343,7 @@ pub async fn report(
     task: &str,
     count: u32,
 ) -> (u64, runledger::proto::ReportTaskRunsResponse) {
-    use crate::helpers::{Bearer, finished, grpc_channel};
+    use crate::support::{Bearer, finished, grpc_channel};
     use runledger::proto;
     let mut ingest = proto::ingest_client::IngestClient::with_interceptor(
         grpc_channel(node).await,
@@ -405,11 +405,4 @@ pub async fn answer(
         .await
         .unwrap();
     (response.status().as_u16(), response.text().await.unwrap())
-}
-
-/// `runledger info --digest` of a stopped node's data dir.
-pub fn digest(data_dir: &Path) -> String {
-    let (ok, out, err) = cli(&["info", "--data-dir", data_dir.to_str().unwrap(), "--digest"]);
-    assert!(ok, "{err}");
-    out.lines().next().unwrap().to_string()
 }
