@@ -30,19 +30,23 @@ pub fn repack(data_dir: &Path) -> Result<Repacked, String> {
             .map_err(|e| format!("cannot read {}: {e}", path.display()))
     };
     let before = size(&path)?;
-    let source = redb::Database::open(&path).map_err(|e| match e {
-        redb::DatabaseError::DatabaseAlreadyOpen => format!(
-            "the data dir {} is in use by another runledger process",
-            data_dir.display()
-        ),
-        other => format!("cannot open {}: {other}", path.display()),
-    })?;
+    // Read once in key order: a small cache does (redb's default, 1 GiB, would hold the file).
+    let source = redb::Builder::new()
+        .set_cache_size(32 << 20)
+        .open(&path)
+        .map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => format!(
+                "the data dir {} is in use by another runledger process",
+                data_dir.display()
+            ),
+            other => format!("cannot open {}: {other}", path.display()),
+        })?;
     if copy.exists() {
         std::fs::remove_file(&copy)
             .map_err(|e| format!("cannot remove {}: {e}", copy.display()))?;
     }
     let mut target = redb::Builder::new()
-        .set_cache_size(256 << 20)
+        .set_cache_size(64 << 20)
         .create(&copy)
         .map_err(|e| format!("cannot create {}: {e}", copy.display()))?;
     if let Err(error) = crate::private::restrict(&copy) {
