@@ -21,6 +21,7 @@ pub mod durations;
 pub mod engine;
 pub mod error;
 pub mod front;
+pub mod lineage;
 pub mod load;
 pub mod metrics;
 pub mod model;

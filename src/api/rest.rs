@@ -25,6 +25,7 @@ use crate::auth::{Caller, bearer_token};
 use crate::durations::Percentiles;
 use crate::engine::{DEFAULT_LOG_PAGE, Engine, TokenRequest};
 use crate::error::{Error, OAuthError, Result, quote};
+use crate::lineage::MAX_EVENT_BYTES;
 use crate::model::{
     BucketCount, BucketStats, EntityKind, EntityRef, Fill, LastRun, LogCursor, LogEntry,
     OverviewCursor, PendingTaskRun, PipelineId, PipelineOverview, Stats, TimeRange, WindowStats,
@@ -53,8 +54,13 @@ pub fn router(engine: Arc<Engine>) -> Router {
         ),
         ("/v1/stats/{kind}/{uuid}/last-run/stats", get(last_run)),
     ];
+    let lineage_route = || post(lineage).layer(DefaultBodyLimit::max(MAX_EVENT_BYTES));
     let mut router = Router::new()
         .route("/healthz", get(health))
+        .route("/api/v1/lineage", lineage_route())
+        .route("/api/v1/lineage/", lineage_route())
+        .route("/v1/lineage", lineage_route())
+        .route("/v1/lineage/", lineage_route())
         .route("/ui", get(super::dashboard::index))
         .route("/ui/", get(super::dashboard::index))
         .route("/ui/{*asset}", get(super::dashboard::asset))
@@ -495,6 +501,25 @@ async fn run_pipeline(
         StatusCode::CREATED,
         Json(runs.iter().map(RunTaskBody::from).collect()),
     ))
+}
+
+/// `POST /api/v1/lineage` (and `/v1/lineage`): one OpenLineage run event, 201 once durable.
+async fn lineage(
+    State(engine): State<AppState>,
+    caller: Caller,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Result<StatusCode> {
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Error::TooLarge(format!(
+                "an OpenLineage event is at most {MAX_EVENT_BYTES} bytes"
+            ))
+        } else {
+            Error::InvalidArgument(format!("body: {}", rejection.body_text()))
+        }
+    })?;
+    engine.record_lineage(&caller, &body).await?;
+    Ok(StatusCode::CREATED)
 }
 
 fn body_within_limit(body: std::result::Result<Bytes, BytesRejection>) -> Result<Bytes> {

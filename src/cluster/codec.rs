@@ -6,6 +6,7 @@
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
+use crate::lineage::{EventType, Observed};
 use crate::model::{
     OrgId, PipelineDefinition, PipelineId, PipelineRunId, RunState, TaskDefinition, TaskError,
     TaskId, TaskRun, TaskRunId, TaskType,
@@ -26,6 +27,7 @@ const REVOKE: u8 = 6;
 const TOKENS: u8 = 7;
 const PURGE: u8 = 8;
 const PRUNE: u8 = 9;
+const LINEAGE: u8 = 10;
 
 /// Whether an operation is about credentials (organizations, clients, tokens): these go to the
 /// credentials subject, which gateways apply too.
@@ -128,6 +130,33 @@ fn encode_op(op: &WriteOp, out: &mut Out) -> Result<()> {
             out.u8(PRUNE);
             out.i64(*before);
             out.u32(u32::try_from(*limit).unwrap_or(u32::MAX));
+        }
+        WriteOp::Lineage { org, event, at } => {
+            out.u8(LINEAGE);
+            out.uuid(org.0);
+            out.time(*at);
+            out.uuid(event.run);
+            out.u8(event_type_code(event.event_type));
+            out.time(event.event_time);
+            out.uuid(event.pipeline.0);
+            out.str(&event.pipeline_name);
+            out.uuid(event.task.0);
+            out.str(&event.task_name);
+            out.u8(event.task_type.code());
+            out.uuid(event.pipeline_run.0);
+            out.u8(u8::from(event.has_parent));
+            out.u32(event.parents.len() as u32);
+            for parent in &event.parents {
+                out.uuid(*parent);
+            }
+            match &event.error {
+                Some(error) => {
+                    out.u8(1);
+                    out.str(error);
+                }
+                None => out.u8(0),
+            }
+            out.bytes(&event.output);
         }
         WriteOp::Restore { .. } => {
             return Err(Error::InvalidArgument(
@@ -283,10 +312,76 @@ impl In<'_> {
                 before: input.i64()?,
                 limit: input.u32()? as usize,
             },
+            LINEAGE => {
+                let org = OrgId(input.uuid()?);
+                let at = input.time()?;
+                let run = input.uuid()?;
+                let event_type = event_type_of(input.u8()?)?;
+                let event_time = input.time()?;
+                let pipeline = PipelineId(input.uuid()?);
+                let pipeline_name = input.str()?;
+                let task = TaskId(input.uuid()?);
+                let task_name = input.str()?;
+                let task_type = input.task_type()?;
+                let pipeline_run = PipelineRunId(input.uuid()?);
+                let has_parent = input.bool()?;
+                let count = input.u32()? as usize;
+                let mut parents = Vec::with_capacity(count.min(2));
+                for _ in 0..count {
+                    parents.push(input.uuid()?);
+                }
+                let error = match input.u8()? {
+                    0 => None,
+                    _ => Some(input.str()?),
+                };
+                let output = input.bytes()?.to_vec();
+                WriteOp::Lineage {
+                    org,
+                    at,
+                    event: Box::new(Observed {
+                        run,
+                        event_type,
+                        event_time,
+                        pipeline,
+                        pipeline_name,
+                        task,
+                        task_name,
+                        task_type,
+                        pipeline_run,
+                        has_parent,
+                        parents,
+                        error,
+                        output,
+                    }),
+                }
+            }
             other => return Err(malformed(format!("unknown operation {other}"))),
         };
         Ok(op)
     }
+}
+
+const EVENT_TYPES: [EventType; 6] = [
+    EventType::Start,
+    EventType::Running,
+    EventType::Complete,
+    EventType::Fail,
+    EventType::Abort,
+    EventType::Other,
+];
+
+fn event_type_code(event_type: EventType) -> u8 {
+    EVENT_TYPES
+        .iter()
+        .position(|t| *t == event_type)
+        .expect("every event type is listed") as u8
+}
+
+fn event_type_of(code: u8) -> Result<EventType> {
+    EVENT_TYPES
+        .get(usize::from(code))
+        .copied()
+        .ok_or_else(|| malformed(format!("unknown event type {code}")))
 }
 
 fn malformed(reason: String) -> Error {
@@ -530,6 +625,25 @@ mod tests {
                 limit: 20_000,
             },
             WriteOp::PurgeTokens { before: at },
+            WriteOp::Lineage {
+                org: OrgId(Uuid::from_bytes([2; 16])),
+                at,
+                event: Box::new(Observed {
+                    run: Uuid::from_bytes([4; 16]),
+                    event_type: EventType::Fail,
+                    event_time: at,
+                    pipeline: PipelineId(Uuid::from_bytes([1; 16])),
+                    pipeline_name: "etl_daily".into(),
+                    task: TaskId(Uuid::from_bytes([3; 16])),
+                    task_name: "etl_daily.load".into(),
+                    task_type: TaskType::Processor,
+                    pipeline_run: PipelineRunId(Uuid::from_bytes([5; 16])),
+                    has_parent: true,
+                    parents: vec![Uuid::from_bytes([5; 16]), Uuid::from_bytes([6; 16])],
+                    error: Some("boom".into()),
+                    output: vec![9, 8, 7],
+                }),
+            },
         ];
         for op in ops {
             let bytes = encode(std::slice::from_ref(&op)).expect("encodable");

@@ -6,6 +6,7 @@
 mod access;
 mod dispatch;
 mod keys;
+mod lineage;
 mod replica;
 mod retention;
 mod throttle;

@@ -300,6 +300,9 @@ pub enum TaskRunHome {
         serial: u64,
         created_at: Timestamp,
         updated_at: Timestamp,
+        /// When a running task run started (its first running report, or the start an
+        /// OpenLineage START event gave); `None` unless it is running.
+        started_at: Option<Timestamp>,
         record: RunRecord,
     },
 }
@@ -323,10 +326,12 @@ impl TaskRunHome {
                 serial,
                 created_at,
                 updated_at,
+                started_at,
                 record,
             } => {
-                let mut out = Vec::with_capacity(64 + record.output.len());
-                out.push(1);
+                let mut out = Vec::with_capacity(72 + record.output.len());
+                // Tag 2 is tag 1 with a start instant after `updated_at`.
+                out.push(if started_at.is_some() { 2 } else { 1 });
                 put_varint(&mut out, u64::from(pipeline.0));
                 out.extend_from_slice(
                     &executed_at
@@ -336,6 +341,9 @@ impl TaskRunHome {
                 put_varint(&mut out, *serial);
                 out.extend_from_slice(&created_at.micros().to_be_bytes());
                 out.extend_from_slice(&updated_at.micros().to_be_bytes());
+                if let Some(started_at) = started_at {
+                    out.extend_from_slice(&started_at.micros().to_be_bytes());
+                }
                 record.encode(&mut out);
                 out
             }
@@ -358,7 +366,7 @@ impl TaskRunHome {
                     executed_at: Timestamp::from_micros(executed_at)?,
                 })
             }
-            1 => {
+            1 | 2 => {
                 let executed_at = match executed_at {
                     i64::MIN => None,
                     micros => Some(Timestamp::from_micros(micros)?),
@@ -366,6 +374,10 @@ impl TaskRunHome {
                 let serial = input.varint()?;
                 let created_at = Timestamp::from_micros(i64::from_be_bytes(input.array()?))?;
                 let updated_at = Timestamp::from_micros(i64::from_be_bytes(input.array()?))?;
+                let started_at = match tag {
+                    2 => Some(Timestamp::from_micros(i64::from_be_bytes(input.array()?))?),
+                    _ => None,
+                };
                 let record = RunRecord::decode_from(input)?;
                 input.end()?;
                 Some(TaskRunHome::Unfinished {
@@ -374,6 +386,7 @@ impl TaskRunHome {
                     serial,
                     created_at,
                     updated_at,
+                    started_at,
                     record,
                 })
             }
@@ -681,9 +694,28 @@ mod tests {
             serial: 300,
             created_at: Timestamp::from_micros(5).unwrap(),
             updated_at: Timestamp::from_micros(6).unwrap(),
+            started_at: None,
             record: run,
         };
         assert_eq!(TaskRunHome::decode(&home.encode()).unwrap(), home);
+        let TaskRunHome::Unfinished { record, .. } = home.clone() else {
+            unreachable!()
+        };
+        let running = TaskRunHome::Unfinished {
+            pipeline: EntityId(3),
+            executed_at: None,
+            serial: 300,
+            created_at: Timestamp::from_micros(5).unwrap(),
+            updated_at: Timestamp::from_micros(6).unwrap(),
+            started_at: Timestamp::from_micros(-7),
+            record,
+        };
+        assert_eq!(TaskRunHome::decode(&running.encode()).unwrap(), running);
+        assert_eq!(
+            home.encode().len() + 8,
+            running.encode().len(),
+            "a start costs its 8 bytes, and only when there is one"
+        );
         let finished = TaskRunHome::Finished {
             pipeline: EntityId(300),
             executed_at: Timestamp::from_micros(-1).unwrap(),

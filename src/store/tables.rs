@@ -34,6 +34,8 @@
 //! | `token_expiry`   | expiry, token hash                           | -                          |
 //! | `token_family`   | grant family, token hash                     | -                          |
 //! | `pending`        | serial                                       | index key, org UUID        |
+//! | `running`        | pipeline id, started_at, task-run UUID       | -                          |
+//! | `lineage_runs`   | org index, OpenLineage run UUID              | what its events said       |
 //! | `writers`        | stream writer id                             | its last applied number    |
 //! | `early`          | stream writer id, number                     | a copy kept for its turn   |
 //! | `skipped`        | stream sequence                              | why it was skipped         |
@@ -129,6 +131,12 @@ tables! {
     /// Task runs created by running a pipeline that wait for an executor, in creation order:
     /// serial -> their `task_index` key and organization UUID.
     pending / PENDING: u64 => &'static [u8; PENDING_LEN];
+    /// Task runs reported running, by pipeline and start: pipeline id, started_at, task-run
+    /// UUID (laid out as a `run_log` key).
+    running / RUNNING: &'static [u8; RUN_KEY_LEN] => ();
+    /// OpenLineage runs: org index and run UUID -> what their events said so far (see
+    /// `crate::lineage::state`).
+    lineage_runs / LINEAGE_RUNS: &'static [u8; SCOPED_KEY_LEN] => &'static [u8];
     /// Cluster mode: each writer of the stream -> the number of its last message applied
     /// (a writer's messages are applied in number order only, see `crate::cluster::publisher`).
     writers / WRITERS: &'static [u8; 16] => u64;

@@ -7,6 +7,7 @@ mod crash;
 mod dashboard;
 mod flood;
 mod grpc;
+mod lineage;
 mod metrics;
 mod migration;
 mod operations;

@@ -85,7 +85,7 @@ impl Batch<'_> {
         Ok(EntityId(next))
     }
 
-    fn create_entity(
+    pub(super) fn create_entity(
         &mut self,
         uuid: Uuid,
         kind: EntityKind,
@@ -354,6 +354,7 @@ impl Batch<'_> {
                 serial,
                 created_at: at,
                 updated_at: at,
+                started_at: None,
                 record: RunRecord {
                     task,
                     pipeline_run: RunRef::Uuid(pipeline_run),

@@ -20,6 +20,7 @@
 mod credentials;
 mod entities;
 mod last_runs;
+mod lineage;
 mod pipeline_runs;
 mod prune;
 mod reports;
@@ -59,6 +60,12 @@ pub use stream::Admission;
 pub enum WriteOp {
     /// One batch of task-run reports, each with its organization filled in, received at `at`.
     Report { runs: Vec<TaskRun>, at: Timestamp },
+    /// One OpenLineage run event of organization `org`, resolved, received at `at`.
+    Lineage {
+        org: OrgId,
+        event: Box<crate::lineage::Observed>,
+        at: Timestamp,
+    },
     /// A pipeline and its tasks, with the organization filled in.
     Register(PipelineDefinition),
     /// A new run of a pipeline: one pending task run per initial task, queued for executors,
@@ -124,6 +131,7 @@ impl WriteOp {
         match self {
             WriteOp::Report { runs, .. } => runs.first().and_then(|run| run.organization),
             WriteOp::Register(definition) => definition.organization,
+            WriteOp::Lineage { org, .. } => Some(*org),
             WriteOp::StartPipelineRun { org, .. } | WriteOp::CreateOrganization { org, .. } => {
                 Some(*org)
             }
@@ -138,6 +146,7 @@ impl WriteOp {
         match self {
             WriteOp::Report { .. } => "report",
             WriteOp::Register(_) => "register",
+            WriteOp::Lineage { .. } => "lineage",
             WriteOp::StartPipelineRun { .. } => "start_pipeline_run",
             WriteOp::CreateOrganization { .. } => "create_organization",
             WriteOp::CreateClient { .. } => "create_client",
@@ -154,6 +163,7 @@ impl WriteOp {
         match self {
             WriteOp::Report { .. } => "a report of task runs",
             WriteOp::Register(_) => "a pipeline registration",
+            WriteOp::Lineage { .. } => "an OpenLineage event",
             WriteOp::StartPipelineRun { .. } => "a pipeline run",
             WriteOp::CreateOrganization { .. } => "a new organization",
             WriteOp::CreateClient { .. } => "a new client",
@@ -348,6 +358,9 @@ impl<'txn> Batch<'txn> {
     pub fn apply(&mut self, op: &WriteOp) -> Result<Result<WriteOutcome>> {
         match op {
             WriteOp::Report { runs, at } => Ok(self.report(runs, *at)?.map(WriteOutcome::Report)),
+            WriteOp::Lineage { org, event, at } => {
+                Ok(self.lineage(*org, event, *at)?.map(WriteOutcome::Report))
+            }
             WriteOp::Register(definition) => {
                 if let Err(rejection) = self.check_register(definition)? {
                     return Ok(Err(rejection));

@@ -42,12 +42,12 @@ impl Batch<'_> {
             ..ReportCounts::default()
         };
         for (_, run) in runs {
-            counts.add(self.apply_run(run, at)?);
+            counts.add(self.apply_run(run, at, None)?);
         }
         Ok(Ok(counts))
     }
 
-    fn check_report(&mut self, runs: &[(usize, &TaskRun)]) -> Result<Verdict> {
+    pub(super) fn check_report(&mut self, runs: &[(usize, &TaskRun)]) -> Result<Verdict> {
         let mut new_entities: HashMap<(OrgId, Uuid), NewEntity> = HashMap::default();
         let mut run_pipelines: HashMap<(OrgId, PipelineRunId), PipelineId> = HashMap::default();
         let cut = self.retention_cut()?;
@@ -200,8 +200,14 @@ impl Batch<'_> {
         Ok(None)
     }
 
-    /// Applies one checked report.
-    fn apply_run(&mut self, run: &TaskRun, at: Timestamp) -> Result<ReportCounts> {
+    /// Applies one checked report. A running task run starts at `started_at` when given, else
+    /// when it was first reported running.
+    pub(super) fn apply_run(
+        &mut self,
+        run: &TaskRun,
+        at: Timestamp,
+        started_at: Option<Timestamp>,
+    ) -> Result<ReportCounts> {
         let org = run.organization.expect("checked");
         let (pipeline, _) = self.ensure_pipeline(run.pipeline, org)?;
         let task = self.ensure_task(run.task, &pipeline, run.task_type, run.is_initial_task)?;
@@ -236,10 +242,23 @@ impl Batch<'_> {
                 serial: 0,
                 created_at: at,
                 updated_at: at,
+                started_at: None,
                 record: record.clone(),
             },
         };
         let found = self.find_task_run(org_index, &run.task_run)?;
+        if let TaskRunHome::Unfinished {
+            started_at: new_start,
+            ..
+        } = &mut home
+            && run.state == RunState::Running
+        {
+            let old_start = match &found {
+                Some((_, TaskRunHome::Unfinished { started_at, .. })) => *started_at,
+                _ => None,
+            };
+            *new_start = Some(started_at.or(old_start).unwrap_or(at));
+        }
         let period = found.as_ref().map(|(period, _)| *period);
         let mut counts = ReportCounts::default();
         match found {
@@ -273,6 +292,16 @@ impl Batch<'_> {
                     self.t.pending.remove(serial)?;
                 }
                 self.retract_run(&old, old_log, uuid)?;
+                if let TaskRunHome::Unfinished {
+                    pipeline,
+                    started_at: Some(start),
+                    ..
+                } = old
+                {
+                    self.t
+                        .running
+                        .remove(&run_key(pipeline, start.micros(), uuid))?;
+                }
                 counts.replaced = 1;
             }
         }
@@ -288,6 +317,15 @@ impl Batch<'_> {
             }
             _ => None,
         };
+        if let TaskRunHome::Unfinished {
+            started_at: Some(start),
+            ..
+        } = home
+        {
+            self.t
+                .running
+                .insert(&run_key(pipeline.id, start.micros(), uuid), ())?;
+        }
         self.put_home(org_index, &run.task_run, period, home, log);
         Ok(counts)
     }
@@ -326,15 +364,22 @@ impl Batch<'_> {
                 TaskRunHome::Unfinished {
                     pipeline,
                     executed_at,
+                    started_at,
                     record: old_record,
                     ..
                 },
                 TaskRunHome::Unfinished {
                     pipeline: new_pipeline,
                     executed_at: new_executed_at,
+                    started_at: new_started_at,
                     ..
                 },
-            ) => pipeline == new_pipeline && executed_at == new_executed_at && old_record == record,
+            ) => {
+                pipeline == new_pipeline
+                    && executed_at == new_executed_at
+                    && started_at == new_started_at
+                    && old_record == record
+            }
             _ => false,
         })
     }

@@ -1,0 +1,276 @@
+//! OpenLineage ingest end to end over REST (`POST /api/v1/lineage`): an Airflow-shaped DAG run
+//! (the DAG's own events without a parent, its tasks' with parent and root facets) read back as
+//! one pipeline run through stats, last run, logs and the overview; malformed events refused
+//! with the field named, changing nothing.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::support::{TestApp, get_json, spawn_app, token_for};
+
+const SCHEMA: &str = "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent";
+const DAG_RUN: &str = "0190a4c6-0000-7000-8000-00000000d001";
+const LOAD_RUN: &str = "0190a4c6-0000-7000-8000-00000000a001";
+const CHECK_RUN: &str = "0190a4c6-0000-7000-8000-00000000b001";
+
+/// The uuid5 a job's name gives, as `CONTRACT.md` defines it.
+pub fn job_uuid(kind: &str, namespace: &str, name: &str) -> String {
+    Uuid::new_v5(
+        &Uuid::NAMESPACE_URL,
+        format!("openlineage:{kind}:{namespace}/{name}").as_bytes(),
+    )
+    .to_string()
+}
+
+/// A RunEvent of `job` in namespace `airflow`; a task's names the DAG run as parent and root.
+pub fn event(kind: &str, time: &str, run: &str, job: &str, parent: Option<&str>) -> Value {
+    let mut facets = json!({});
+    if let Some(parent) = parent {
+        let of =
+            json!({"run": {"runId": parent}, "job": {"namespace": "airflow", "name": "etl_daily"}});
+        let mut facet = of.clone();
+        facet["root"] = of;
+        facets["parent"] = facet;
+    }
+    json!({
+        "eventType": kind,
+        "eventTime": time,
+        "producer": "https://github.com/apache/airflow/tree/providers-openlineage/2.0.0",
+        "schemaURL": SCHEMA,
+        "run": {"runId": run, "facets": facets},
+        "job": {"namespace": "airflow", "name": job, "facets": {"jobType": {"jobType": "TASK", "integration": "AIRFLOW", "processingType": "BATCH"}}},
+        "inputs": [],
+        "outputs": [],
+    })
+}
+
+async fn post(app: &TestApp, path: &str, token: &str, body: Vec<u8>) -> (StatusCode, String) {
+    let response = reqwest::Client::new()
+        .post(app.url(path))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    (status, response.text().await.unwrap())
+}
+
+async fn emit(app: &TestApp, event: &Value) {
+    let (status, body) = post(
+        app,
+        "/api/v1/lineage",
+        &app.token,
+        serde_json::to_vec(event).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body, "", "201 carries an empty body");
+}
+
+fn dag_history() -> Vec<Value> {
+    let mut load_done = event(
+        "COMPLETE",
+        "2024-02-29T23:59:30.000Z",
+        LOAD_RUN,
+        "etl_daily.load",
+        Some(DAG_RUN),
+    );
+    load_done["outputs"] = json!([{"namespace": "postgres://warehouse", "name": "public.sales"}]);
+    let mut check_failed = event(
+        "FAIL",
+        "2024-03-01T00:00:40.000Z",
+        CHECK_RUN,
+        "etl_daily.check",
+        Some(DAG_RUN),
+    );
+    check_failed["run"]["facets"]["errorMessage"] =
+        json!({"message": "row count 0", "programmingLanguage": "python"});
+    vec![
+        event("START", "2024-02-29T23:58:00Z", DAG_RUN, "etl_daily", None),
+        event(
+            "START",
+            "2024-02-29T23:58:30.000Z",
+            LOAD_RUN,
+            "etl_daily.load",
+            Some(DAG_RUN),
+        ),
+        load_done.clone(),
+        event(
+            "START",
+            "2024-03-01T00:00:00.000+00:00",
+            CHECK_RUN,
+            "etl_daily.check",
+            Some(DAG_RUN),
+        ),
+        check_failed,
+        event("FAIL", "2024-03-01T00:00:45Z", DAG_RUN, "etl_daily", None),
+        // Delivered twice: changes nothing.
+        load_done,
+    ]
+}
+
+#[tokio::test]
+async fn an_airflow_dag_run_sent_as_openlineage_events_is_one_failed_pipeline_run() {
+    let app = spawn_app().await;
+    for event in dag_history() {
+        emit(&app, &event).await;
+    }
+    let http = reqwest::Client::new();
+    let pipeline = job_uuid("pipeline", "airflow", "etl_daily");
+    let stats = get_json(
+        &http,
+        app.url(&format!(
+            "/v1/stats/pipelines/{pipeline}/stats/2024-02-01/2024-03-31"
+        )),
+        &app.token,
+    )
+    .await;
+    // One pipeline run: the load took 60 s, the check 40 s and failed; the DAG's own events add
+    // no task run.
+    assert_eq!(stats["num_of_successes"], 0, "{stats}");
+    assert_eq!(stats["num_of_failures"], 1, "{stats}");
+    assert_eq!(stats["average_duration"], 100_000, "{stats}");
+    assert_eq!(stats["last_run_executed_at"], "2024-03-01 00:00:40");
+    let load = job_uuid("task", "airflow", "etl_daily.load");
+    let task = get_json(
+        &http,
+        app.url(&format!("/v1/stats/tasks/{load}/last-run/stats")),
+        &app.token,
+    )
+    .await;
+    assert_eq!(
+        task,
+        json!({"is_successful": true, "executed_at": "2024-02-29 23:59:30", "duration": 60_000})
+    );
+    let logs = get_json(
+        &http,
+        app.url(&format!(
+            "/v1/stats/pipelines/{pipeline}/logs/2024-02-01/2024-03-31"
+        )),
+        &app.token,
+    )
+    .await;
+    let logs = logs.as_array().unwrap();
+    assert_eq!(logs.len(), 2, "{logs:?}");
+    assert_eq!(logs[0]["task_run_uuid"], CHECK_RUN);
+    assert_eq!(logs[0]["is_successful"], false);
+    assert_eq!(logs[1]["task_run_uuid"], LOAD_RUN);
+    assert_eq!(logs[1]["pipeline_run_uuid"], DAG_RUN);
+    let output = app
+        .engine
+        .organization_key(app.client.organization)
+        .unwrap();
+    let plain =
+        runledger::crypto::decrypt_base64(&output, logs[1]["output"].as_str().unwrap()).unwrap();
+    assert_eq!(plain, br#"["postgres://warehouse/public.sales"]"#);
+    let overview = get_json(&http, app.url("/v1/stats/pipelines"), &app.token).await;
+    assert_eq!(overview[0]["pipeline_uuid"], pipeline);
+    assert_eq!(overview[0]["name"], "etl_daily", "{overview}");
+    assert_eq!(overview.as_array().unwrap().len(), 1);
+    // The same events again, in reverse: nothing changes.
+    let before = stats;
+    for event in dag_history().iter().rev() {
+        emit(&app, event).await;
+    }
+    let again = get_json(
+        &http,
+        app.url(&format!(
+            "/v1/stats/pipelines/{pipeline}/stats/2024-02-01/2024-03-31"
+        )),
+        &app.token,
+    )
+    .await;
+    assert_eq!(again, before);
+}
+
+#[tokio::test]
+async fn malformed_events_are_refused_naming_the_field_and_change_nothing() {
+    let app = spawn_app().await;
+    let good = event(
+        "COMPLETE",
+        "2024-05-01T10:00:00Z",
+        LOAD_RUN,
+        "etl_daily.load",
+        None,
+    );
+    let with = |path: &[&str], value: Value| {
+        let mut event = good.clone();
+        let mut slot = &mut event;
+        for key in &path[..path.len() - 1] {
+            slot = &mut slot[*key];
+        }
+        match value {
+            Value::Null => {
+                slot.as_object_mut().unwrap().remove(path[path.len() - 1]);
+            }
+            value => slot[path[path.len() - 1]] = value,
+        }
+        serde_json::to_vec(&event).unwrap()
+    };
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (with(&["run"], Value::Null), "run"),
+        (with(&["job"], Value::Null), "job"),
+        (with(&["eventTime"], json!("01/05/2024")), "eventTime"),
+        (with(&["run", "runId"], json!("run-42")), "run.runId"),
+        (with(&["eventType"], json!("DONE")), "eventType"),
+        (
+            with(
+                &["schemaURL"],
+                json!("https://openlineage.io/spec/1-0-0/OpenLineage.json"),
+            ),
+            "schemaURL",
+        ),
+        (b"not json".to_vec(), "body"),
+    ];
+    for (body, field) in cases {
+        let (status, text) = post(&app, "/api/v1/lineage", &app.token, body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{field}: {text}");
+        let body: Value = serde_json::from_str(&text).unwrap();
+        assert!(
+            body["errors"][0]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{field}: ")),
+            "{field}: {body}"
+        );
+    }
+    let mut huge = good.clone();
+    huge["run"]["facets"]["big"] = json!("x".repeat(2 << 20));
+    let (status, text) = post(
+        &app,
+        "/v1/lineage",
+        &app.token,
+        serde_json::to_vec(&huge).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{text}");
+    // Under 1 MiB is fine, unknown facets and all.
+    let mut large = good.clone();
+    large["run"]["facets"]["big"] = json!("x".repeat(900 << 10));
+    let read_only = token_for(&app.engine, &app.client, Some("stats:read")).await;
+    let (status, _) = post(
+        &app,
+        "/v1/lineage",
+        &read_only,
+        serde_json::to_vec(&large).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "runs:write is needed");
+    let (status, _) = post(
+        &app,
+        "/v1/lineage",
+        "nope",
+        serde_json::to_vec(&large).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let http = reqwest::Client::new();
+    let overview = get_json(&http, app.url("/v1/stats/pipelines"), &app.token).await;
+    assert_eq!(overview, json!([]), "nothing refused was applied");
+    emit(&app, &large).await;
+    let overview = get_json(&http, app.url("/v1/stats/pipelines"), &app.token).await;
+    assert_eq!(overview[0]["name"], "etl_daily.load", "{overview}");
+}
