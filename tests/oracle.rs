@@ -1999,7 +1999,7 @@ fn lineage_history(rng: &mut Rng, org: OrgId) -> (Vec<PipelineSpec>, Vec<Emitted
 
 #[test]
 fn openlineage_events_in_any_order_and_repeated_end_as_their_final_task_runs() {
-    let org = OrgId(Uuid::from_u128(0x0123_4567_89ab_4def_8123_456789abcdef));
+    let org = OrgId(Uuid::from_u128(0x0123_4567_89ab_4def_8123_4567_89ab_cdef));
     let caller = Caller::operator_in(org);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
