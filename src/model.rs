@@ -582,6 +582,26 @@ pub struct LogPage {
     pub next: Option<LogCursor>,
 }
 
+/// A task run that started and has not finished: what the running list shows of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunningTaskRun {
+    pub task_run: TaskRunId,
+    pub task: TaskId,
+    pub task_type: TaskType,
+    pub pipeline_run: PipelineRunId,
+    pub started_at: Timestamp,
+    /// When it was last reported.
+    pub updated_at: Timestamp,
+}
+
+/// One page of a pipeline's running task runs, newest start first; the cursor is a
+/// [`LogCursor`] over start instants.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunningPage {
+    pub entries: Vec<RunningTaskRun>,
+    pub next: Option<LogCursor>,
+}
+
 /// The bytes of a cursor token (URL-safe base64 without padding).
 fn cursor_bytes(token: &str) -> Result<Vec<u8>, String> {
     use base64::Engine;

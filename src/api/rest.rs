@@ -41,7 +41,7 @@ type PathParams<T> = std::result::Result<Path<T>, PathRejection>;
 
 /// The REST application.
 pub fn router(engine: Arc<Engine>) -> Router {
-    let routes: [(&str, MethodRouter<AppState>); 8] = [
+    let routes: [(&str, MethodRouter<AppState>); 9] = [
         ("/v1/oauth/token", get(token).post(token)),
         ("/v1/stats/pipelines", get(pipelines_overview)),
         ("/v1/pipelines/{uuid}/runs", post(run_pipeline)),
@@ -53,6 +53,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
             get(aggregated_stats),
         ),
         ("/v1/stats/{kind}/{uuid}/last-run/stats", get(last_run)),
+        ("/v1/stats/pipelines/{uuid}/running", get(running)),
     ];
     let lineage_route = || post(lineage).layer(DefaultBodyLimit::max(MAX_EVENT_BYTES));
     let mut router = Router::new()
@@ -342,6 +343,53 @@ async fn logs(
     let (limit, after) = page_request(query, LogCursor::decode)?;
     let page = engine.logs(&caller, PipelineId(path_uuid(&uuid)?), range, after, limit)?;
     let body: Vec<LogEntryBody> = page.entries.into_iter().map(LogEntryBody::from).collect();
+    let mut response = Json(body).into_response();
+    if let Some(next) = page.next {
+        link_next_page(&mut response, uri.path(), limit, &next.encode())?;
+    }
+    Ok(response)
+}
+
+/// One running task run in `GET /v1/stats/pipelines/{uuid}/running`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RunningBody {
+    pub task_run_uuid: String,
+    pub task_uuid: String,
+    pub task_type: String,
+    pub workflow_run_uuid: String,
+    pub pipeline_run_uuid: String,
+    pub state: String,
+    /// RFC 3339, like `executed_at` in logs.
+    pub started_at: String,
+    pub updated_at: String,
+}
+
+/// `GET /v1/stats/pipelines/{uuid}/running`: the pipeline's task runs that started and have not
+/// finished, newest start first, paged like logs.
+async fn running(
+    State(engine): State<AppState>,
+    caller: Caller,
+    uri: OriginalUri,
+    params: PathParams<String>,
+    query: std::result::Result<Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response> {
+    let pipeline = PipelineId(path_uuid(&path(params)?)?);
+    let (limit, after) = page_request(query, LogCursor::decode)?;
+    let page = engine.running(&caller, pipeline, after, limit)?;
+    let body: Vec<RunningBody> = page
+        .entries
+        .into_iter()
+        .map(|run| RunningBody {
+            task_run_uuid: run.task_run.to_string(),
+            task_uuid: run.task.to_string(),
+            task_type: run.task_type.as_str().to_string(),
+            workflow_run_uuid: run.pipeline_run.to_string(),
+            pipeline_run_uuid: run.pipeline_run.to_string(),
+            state: "running".into(),
+            started_at: format_rfc3339(run.started_at),
+            updated_at: format_rfc3339(run.updated_at),
+        })
+        .collect();
     let mut response = Json(body).into_response();
     if let Some(next) = page.next {
         link_next_page(&mut response, uri.path(), limit, &next.encode())?;

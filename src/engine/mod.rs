@@ -418,6 +418,27 @@ impl Engine {
         reader.logs(&key, range, after, limit as usize)
     }
 
+    /// A page of a pipeline's task runs that started and have not finished, newest start
+    /// first.
+    pub fn running(
+        &self,
+        caller: &Caller,
+        pipeline: PipelineId,
+        after: Option<LogCursor>,
+        limit: u32,
+    ) -> Result<crate::model::RunningPage> {
+        caller.require(Scope::StatsRead)?;
+        self.check_readable()?;
+        check_page_limit(limit)?;
+        let reader = self.store.reader()?;
+        let entity = EntityRef {
+            kind: EntityKind::Pipeline,
+            uuid: pipeline.0,
+        };
+        let key = visible(&reader, caller, entity)?;
+        reader.running(&key, after, limit as usize)
+    }
+
     /// A page of the overview of the caller's organization's pipelines: each one's last run and
     /// its runs in the last 24 hours, 7 days and 30 days ending at the second `now`.
     pub fn pipelines_overview(

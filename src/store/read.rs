@@ -20,7 +20,8 @@ use super::tables::{
 use crate::error::{Error, Result};
 use crate::model::{
     BucketCount, BucketStats, EntityKind, Fill, LastRun, LogCursor, LogEntry, LogPage, OrgId,
-    PendingTaskRun, PipelineId, Stats, TaskId, TaskRunId, TimeRange, WindowStats,
+    PendingTaskRun, PipelineId, RunningPage, RunningTaskRun, Stats, TaskId, TaskRunId, TimeRange,
+    WindowStats,
 };
 use crate::time::{Level, MAX_SECOND, MICROS_PER_SECOND, MIN_SECOND, Period, Timestamp};
 
@@ -412,6 +413,70 @@ impl<'a> Reader<'a> {
             None
         };
         Ok(LogPage { entries, next })
+    }
+
+    /// A page of a pipeline's running task runs, newest start first, after `after`.
+    pub fn running(
+        &self,
+        pipeline: &EntityKey,
+        after: Option<LogCursor>,
+        limit: usize,
+    ) -> Result<RunningPage> {
+        let running = self.txn.open_table(tables::RUNNING)?;
+        let homes = self.txn.open_table(tables::TASK_INDEX)?;
+        let low = run_key(pipeline.id, i64::MIN, &[0; 16]);
+        let high = match after {
+            Some(cursor) => run_key(
+                pipeline.id,
+                cursor.executed_at.micros(),
+                cursor.task_run.as_bytes(),
+            ),
+            // Past every instant a run can start at.
+            None => run_key(pipeline.id, i64::MAX, &[0xff; 16]),
+        };
+        let mut entries = Vec::with_capacity(limit.min(1_024));
+        let mut more = false;
+        for entry in running
+            .range::<&[u8; tables::RUN_KEY_LEN]>(&low..&high)?
+            .rev()
+        {
+            if entries.len() == limit {
+                more = true;
+                break;
+            }
+            let (key, home_key) = entry?;
+            let (_, micros, task_run) = split_run_key(key.value());
+            let home = homes
+                .get(home_key.value())?
+                .ok_or_else(|| super::records::corrupt("running task run"))?;
+            let TaskRunHome::Unfinished {
+                updated_at, record, ..
+            } = TaskRunHome::decode(home.value())?
+            else {
+                return Err(super::records::corrupt("running task run"));
+            };
+            let RunRef::Uuid(pipeline_run) = record.pipeline_run else {
+                return Err(super::records::corrupt("running task run"));
+            };
+            entries.push(RunningTaskRun {
+                task_run: TaskRunId(Uuid::from_bytes(task_run)),
+                task: TaskId(self.entity_uuid(record.task)?),
+                task_type: record.task_type,
+                pipeline_run,
+                started_at: Timestamp::from_micros(micros)
+                    .ok_or_else(|| super::records::corrupt("running task run"))?,
+                updated_at,
+            });
+        }
+        let next = if more {
+            entries.last().map(|entry| LogCursor {
+                executed_at: entry.started_at,
+                task_run: entry.task_run,
+            })
+        } else {
+            None
+        };
+        Ok(RunningPage { entries, next })
     }
 
     fn log_entry(

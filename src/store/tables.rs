@@ -34,7 +34,7 @@
 //! | `token_expiry`   | expiry, token hash                           | -                          |
 //! | `token_family`   | grant family, token hash                     | -                          |
 //! | `pending`        | serial                                       | index key, org UUID        |
-//! | `running`        | pipeline id, started_at, task-run UUID       | -                          |
+//! | `running`        | pipeline id, started_at, task-run UUID       | its `task_index` key       |
 //! | `lineage_runs`   | org index, OpenLineage run UUID              | what its events said       |
 //! | `writers`        | stream writer id                             | its last applied number    |
 //! | `early`          | stream writer id, number                     | a copy kept for its turn   |
@@ -132,8 +132,8 @@ tables! {
     /// serial -> their `task_index` key and organization UUID.
     pending / PENDING: u64 => &'static [u8; PENDING_LEN];
     /// Task runs reported running, by pipeline and start: pipeline id, started_at, task-run
-    /// UUID (laid out as a `run_log` key).
-    running / RUNNING: &'static [u8; RUN_KEY_LEN] => ();
+    /// UUID (laid out as a `run_log` key) -> its `task_index` key.
+    running / RUNNING: &'static [u8; RUN_KEY_LEN] => &'static [u8; INDEX_KEY_LEN];
     /// OpenLineage runs: org index and run UUID -> what their events said so far (see
     /// `crate::lineage::state`).
     lineage_runs / LINEAGE_RUNS: &'static [u8; SCOPED_KEY_LEN] => &'static [u8];

@@ -117,6 +117,7 @@ pub fn verify(store: &Store) -> Result<VerifyReport> {
     check_filters(&stored, &mut report)?;
     check_kept(&stored, &reader, &mut report)?;
     check_pipeline_names(&reader, &mut report)?;
+    check_running(&stored, &mut report)?;
 
     let mut current: Option<PipelineWork> = None;
     for entry in run_log.iter()? {
@@ -334,6 +335,44 @@ fn check_pipeline_names(reader: &super::Reader<'_>, report: &mut VerifyReport) -
     let listed = names.len()?;
     if listed != pipelines {
         report.differ(|| format!("{listed} pipelines are listed by name, there are {pipelines}"));
+    }
+    Ok(())
+}
+
+/// The running list holds exactly the running task runs, each under its pipeline and start.
+fn check_running(stored: &Stored<'_>, report: &mut VerifyReport) -> Result<()> {
+    let running = stored.reader.table(tables::RUNNING)?;
+    let mut listed = 0u64;
+    for entry in running.iter()? {
+        let (key, home_key) = entry?;
+        listed += 1;
+        let (pipeline, micros, task_run) = split_run_key(key.value());
+        let task_run = Uuid::from_bytes(task_run);
+        let home = match stored.task_index.get(home_key.value())? {
+            Some(home) => TaskRunHome::decode(home.value())?,
+            None => {
+                report.differ(|| format!("running task run {task_run} has no index entry"));
+                continue;
+            }
+        };
+        let agrees = matches!(
+            &home,
+            TaskRunHome::Unfinished { pipeline: p, started_at: Some(start), record, .. }
+                if *p == pipeline && start.micros() == micros && record.state == RunState::Running
+        );
+        if !agrees || home_key.value()[8..] != *task_run.as_bytes() {
+            report.differ(|| format!("running task run {task_run} is not stored as running then"));
+        }
+    }
+    // A home with a start (tag 2) is a running one.
+    let mut started = 0u64;
+    for entry in stored.task_index.iter()? {
+        if entry?.1.value().first() == Some(&2) {
+            started += 1;
+        }
+    }
+    if started != listed {
+        report.differ(|| format!("{started} task runs are running, {listed} are listed"));
     }
     Ok(())
 }

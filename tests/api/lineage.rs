@@ -274,3 +274,89 @@ async fn malformed_events_are_refused_naming_the_field_and_change_nothing() {
     let overview = get_json(&http, app.url("/v1/stats/pipelines"), &app.token).await;
     assert_eq!(overview[0]["name"], "etl_daily.load", "{overview}");
 }
+
+#[tokio::test]
+async fn started_runs_are_listed_as_running_until_they_finish() {
+    let app = spawn_app().await;
+    let http = reqwest::Client::new();
+    let pipeline = job_uuid("pipeline", "airflow", "etl_daily");
+    let running = |app: &TestApp| {
+        let url = app.url(&format!("/v1/stats/pipelines/{pipeline}/running"));
+        let http = http.clone();
+        let token = app.token.clone();
+        async move { get_json(&http, url, &token).await }
+    };
+    // The DAG run alone looks like a one-task pipeline's run, running.
+    emit(
+        &app,
+        &event("START", "2024-06-01T02:00:00Z", DAG_RUN, "etl_daily", None),
+    )
+    .await;
+    let listed = running(&app).await;
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["task_run_uuid"], DAG_RUN);
+    assert_eq!(listed[0]["started_at"], "2024-06-01T02:00:00Z");
+    // Its tasks show it is their pipeline run: it leaves the list, they enter it.
+    for (run, job, at) in [
+        (LOAD_RUN, "etl_daily.load", "2024-06-01T02:00:05.250Z"),
+        (CHECK_RUN, "etl_daily.check", "2024-06-01T02:01:00Z"),
+    ] {
+        emit(&app, &event("START", at, run, job, Some(DAG_RUN))).await;
+    }
+    let listed = running(&app).await;
+    let runs: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["task_run_uuid"].as_str().unwrap())
+        .collect();
+    assert_eq!(runs, [CHECK_RUN, LOAD_RUN], "newest start first: {listed}");
+    assert_eq!(listed[1]["started_at"], "2024-06-01T02:00:05.250Z");
+    assert_eq!(listed[1]["pipeline_run_uuid"], DAG_RUN);
+    assert_eq!(
+        listed[1]["task_uuid"],
+        job_uuid("task", "airflow", "etl_daily.load")
+    );
+    // Paged like logs.
+    let first = http
+        .get(app.url(&format!("/v1/stats/pipelines/{pipeline}/running?limit=1")))
+        .bearer_auth(&app.token)
+        .send()
+        .await
+        .unwrap();
+    let cursor = first.headers()["x-next-cursor"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let second = get_json(
+        &http,
+        app.url(&format!(
+            "/v1/stats/pipelines/{pipeline}/running?limit=1&cursor={cursor}"
+        )),
+        &app.token,
+    )
+    .await;
+    assert_eq!(second[0]["task_run_uuid"], LOAD_RUN);
+    emit(
+        &app,
+        &event(
+            "COMPLETE",
+            "2024-06-01T02:03:00Z",
+            LOAD_RUN,
+            "etl_daily.load",
+            Some(DAG_RUN),
+        ),
+    )
+    .await;
+    let listed = running(&app).await;
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["task_run_uuid"], CHECK_RUN);
+    let other = Uuid::new_v4();
+    let unknown = get_json(
+        &http,
+        app.url(&format!("/v1/stats/pipelines/{other}/running")),
+        &app.token,
+    )
+    .await;
+    assert_eq!(unknown["code"], 404, "{unknown}");
+}

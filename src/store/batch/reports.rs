@@ -16,7 +16,7 @@ use crate::model::{
 };
 use crate::store::records::{EntityKey, RunRecord, RunRef, TaskRunHome};
 use crate::store::rollup::Series;
-use crate::store::tables::{RunId, run_key};
+use crate::store::tables::{RunId, index_key, run_key};
 use crate::time::Timestamp;
 
 /// What a batch will create, so that later reports of the same batch agree with earlier ones.
@@ -317,16 +317,19 @@ impl Batch<'_> {
             }
             _ => None,
         };
-        if let TaskRunHome::Unfinished {
-            started_at: Some(start),
-            ..
-        } = home
-        {
+        let running = match home {
+            TaskRunHome::Unfinished {
+                started_at: Some(start),
+                ..
+            } => Some(run_key(pipeline.id, start.micros(), uuid)),
+            _ => None,
+        };
+        let period = self.put_home(org_index, &run.task_run, period, home, log);
+        if let Some(key) = running {
             self.t
                 .running
-                .insert(&run_key(pipeline.id, start.micros(), uuid), ())?;
+                .insert(&key, &index_key(period, org_index, uuid))?;
         }
-        self.put_home(org_index, &run.task_run, period, home, log);
         Ok(counts)
     }
 
