@@ -128,8 +128,18 @@ pub fn new_secret(prefix: &str) -> String {
     )
 }
 
+/// A new API key id: `rlk_` and 32 hex digits (ids are not secret).
+pub fn new_key_id() -> String {
+    let bytes: [u8; 16] = crate::crypto::random_bytes();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{KEY_ID_PREFIX}{hex}")
+}
+
 /// Prefixes that make runledger credentials recognisable (to people and to secret scanners).
 pub const SECRET_PREFIX: &str = "rls_";
+/// API keys (long-lived bearer credentials) and their ids.
+pub const API_KEY_PREFIX: &str = "rlak_";
+pub const KEY_ID_PREFIX: &str = "rlk_";
 pub const ACCESS_TOKEN_PREFIX: &str = "rla_";
 pub const REFRESH_TOKEN_PREFIX: &str = "rlr_";
 

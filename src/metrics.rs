@@ -52,6 +52,9 @@ pub const APPLIER_STALLED: &str = "runledger_cluster_applier_stalled";
 /// Cluster mode: 1 while this node reaches a quorum of the stream's replicas.
 pub const QUORUM: &str = "runledger_cluster_quorum";
 
+/// API keys by `state` (`active`, `revoked`): counts only, never a key or its id.
+pub const API_KEYS: &str = "runledger_api_keys";
+
 /// Latency buckets, in seconds: 100 µs to 10 s.
 const LATENCY_BUCKETS: [f64; 16] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -75,13 +78,25 @@ pub fn install() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
+/// What a scrape reads from the data dir.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Scraped {
+    pub database_bytes: Option<u64>,
+    /// Active and revoked API keys.
+    pub api_keys: Option<(u64, u64)>,
+}
+
 /// The text exposition, with the gauges read at scrape time brought up to date.
-pub fn render(database_bytes: Option<u64>) -> String {
+pub fn render(scraped: Scraped) -> String {
     let Some(handle) = install() else {
         return "# another metrics recorder is installed in this process\n".into();
     };
-    if let Some(bytes) = database_bytes {
+    if let Some(bytes) = scraped.database_bytes {
         metrics::gauge!(DATABASE_BYTES).set(bytes as f64);
+    }
+    if let Some((active, revoked)) = scraped.api_keys {
+        metrics::gauge!(API_KEYS, "state" => "active").set(active as f64);
+        metrics::gauge!(API_KEYS, "state" => "revoked").set(revoked as f64);
     }
     handle.run_upkeep();
     handle.render()
@@ -131,6 +146,7 @@ fn describe() {
         "write transaction latency (apply and fsync)"
     );
     describe_gauge!(DATABASE_BYTES, Unit::Bytes, "the database file's size");
+    describe_gauge!(API_KEYS, "API keys by state (active, revoked)");
     describe_counter!(TOKEN_REQUESTS, "token requests by outcome");
     describe_gauge!(CONNECTIONS, "connections open by front");
     describe_counter!(

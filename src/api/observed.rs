@@ -215,12 +215,18 @@ async fn scrape(State(scrape): State<Scrape>, headers: HeaderMap) -> Response<Bo
         };
         return error.into_response();
     }
-    let bytes = std::fs::metadata(scrape.engine.store().path())
-        .ok()
-        .map(|m| m.len());
-    let body = tokio::task::spawn_blocking(move || crate::metrics::render(bytes))
-        .await
-        .unwrap_or_default();
+    let engine = scrape.engine.clone();
+    let body = tokio::task::spawn_blocking(move || {
+        let scraped = crate::metrics::Scraped {
+            database_bytes: std::fs::metadata(engine.store().path())
+                .ok()
+                .map(|m| m.len()),
+            api_keys: engine.api_key_counts().ok(),
+        };
+        crate::metrics::render(scraped)
+    })
+    .await
+    .unwrap_or_default();
     (
         StatusCode::OK,
         [(

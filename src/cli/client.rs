@@ -39,7 +39,7 @@ pub enum ClientCommand {
         #[arg(long, env = "RUNLEDGER_MASTER_KEY_FILE", requires = "nats")]
         master_key_file: Option<std::path::PathBuf>,
     },
-    /// List every client as JSON lines, revoked ones included.
+    /// List every client and API key (ids `rlk_...`) as JSON lines, revoked ones included.
     List {
         #[command(flatten)]
         data_dir: DataDir,
@@ -110,53 +110,60 @@ pub fn run(args: ClientArgs) -> Result<ExitCode, String> {
                     "scopes": client.scopes.to_string(),
                     "created_at": format_rfc3339(client.created_at),
                     "revoked_at": client.revoked_at.map(format_rfc3339),
+                    "name": client.name,
                 });
                 println!("{line}");
             }
         }
         ClientCommand::Revoke {
-            client_id,
-            nats: Some(nats),
-            master_key_file,
-            ..
-        } => {
-            let nats = super::NatsArgs {
-                nats,
-                master_key_file,
-            };
-            cluster_runtime()?.block_on(async {
-                let cluster = nats.join().await?;
-                crate::cluster::revoke_client(&cluster.log, &cluster.key, &client_id)
-                    .await
-                    .map_err(|e| format!("cannot revoke {client_id}: {e}"))
-            })?;
-            println!("revoked {client_id} on every node");
-        }
-        ClientCommand::Revoke {
             data_dir,
             client_id,
-            nats: None,
-            ..
-        } => {
-            // A running server holds the database: it revokes, and its token cache forgets.
-            match data_dir.engine_unless_served()? {
-                Some(engine) => engine
-                    .revoke_client(&client_id)
-                    .map_err(|e| format!("cannot revoke {client_id}: {e}"))?,
-                None => {
-                    crate::admin::request(
-                        &data_dir.data_dir,
-                        &crate::admin::Command::Revoke(client_id.clone()),
-                    )?;
-                }
-            }
-            println!("revoked {client_id}");
-        }
+            nats,
+            master_key_file,
+        } => revoke(data_dir, client_id, nats, master_key_file)?,
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn cluster_runtime() -> Result<tokio::runtime::Runtime, String> {
+/// Revokes a client or an API key: through the stream (cluster mode), through the server that
+/// holds the data dir, or in the data dir itself.
+pub fn revoke(
+    data_dir: DataDir,
+    client_id: String,
+    nats: Option<String>,
+    master_key_file: Option<std::path::PathBuf>,
+) -> Result<(), String> {
+    if let Some(nats) = nats {
+        let nats = super::NatsArgs {
+            nats,
+            master_key_file,
+        };
+        cluster_runtime()?.block_on(async {
+            let cluster = nats.join().await?;
+            crate::cluster::revoke_client(&cluster.log, &cluster.key, &client_id)
+                .await
+                .map_err(|e| format!("cannot revoke {client_id}: {e}"))
+        })?;
+        println!("revoked {client_id} on every node");
+        return Ok(());
+    }
+    // A running server holds the database: it revokes, and its token cache forgets.
+    match data_dir.engine_unless_served()? {
+        Some(engine) => engine
+            .revoke_client(&client_id)
+            .map_err(|e| format!("cannot revoke {client_id}: {e}"))?,
+        None => {
+            crate::admin::request(
+                &data_dir.data_dir,
+                &crate::admin::Command::Revoke(client_id.clone()),
+            )?;
+        }
+    }
+    println!("revoked {client_id}");
+    Ok(())
+}
+
+pub(super) fn cluster_runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Runtime::new().map_err(|e| format!("cannot start: {e}"))
 }
 

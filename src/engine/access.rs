@@ -60,6 +60,8 @@ pub struct ClientInfo {
     pub scopes: Scopes,
     pub created_at: Timestamp,
     pub revoked_at: Option<Timestamp>,
+    /// An API key's `--name`; empty otherwise.
+    pub name: String,
 }
 
 fn present<'a>(value: &'a Option<String>, name: &str) -> Result<&'a str> {
@@ -89,12 +91,96 @@ pub fn new_client(org: OrgId, scopes: Scopes) -> (String, String, WriteOp) {
             scopes: scopes.bits(),
             created_at: Timestamp::now(),
             revoked_at: None,
+            name: String::new(),
         },
     };
     (client_id, client_secret, op)
 }
 
+/// A new API key, with the only copy of its secret.
+#[derive(Clone, Debug)]
+pub struct NewApiKey {
+    pub api_key: String,
+    pub key_id: String,
+    pub organization: OrgId,
+    pub scopes: Scopes,
+}
+
+/// A new API key of `org` and the writes that store it: an OAuth client of its own (its id is
+/// the key id, its secret is thrown away, so the token endpoint never grants it anything) and
+/// one access token, the key's hash, that never expires. So an API key is accepted wherever an
+/// access token is, and revoking its client (`key revoke`) stops it at once, on both fronts and
+/// on every node.
+pub fn new_api_key(org: OrgId, scopes: Scopes, name: &str) -> Result<(NewApiKey, [WriteOp; 2])> {
+    if scopes == Scopes::default() {
+        return Err(Error::invalid(
+            "scopes",
+            "an API key needs at least one scope",
+        ));
+    }
+    crate::model::check_name(name).map_err(|why| Error::invalid("name", why))?;
+    let key_id = crate::auth::new_key_id();
+    let api_key = new_secret(crate::auth::API_KEY_PREFIX);
+    let now = Timestamp::now();
+    let create = WriteOp::CreateClient {
+        client_id: key_id.clone(),
+        record: ClientRecord {
+            org,
+            secret_hash: hash_secret(&new_secret(SECRET_PREFIX)),
+            scopes: scopes.bits(),
+            created_at: now,
+            revoked_at: None,
+            name: name.to_string(),
+        },
+    };
+    let token = TokenRecord {
+        kind: TokenKind::Access,
+        redeemed: false,
+        family: crate::crypto::random_bytes(),
+        client_id: key_id.clone(),
+        org,
+        scopes: scopes.bits(),
+        scope_text: scopes.to_string(),
+        expires_at: Timestamp::from_second(crate::time::MAX_SECOND).expect("the last second"),
+    };
+    let issue = WriteOp::IssueTokens(IssueRequest {
+        client_id: key_id.clone(),
+        tokens: vec![(hash_secret(&api_key), token)],
+        redeem: None,
+        at: now,
+    });
+    let key = NewApiKey {
+        api_key,
+        key_id,
+        organization: org,
+        scopes,
+    };
+    Ok((key, [create, issue]))
+}
+
 impl Engine {
+    /// Creates an API key in `org` (creating the organization if it does not exist). Blocks:
+    /// for the operator's commands. Returns the key and, for a new organization, its output
+    /// key.
+    pub fn create_api_key(
+        &self,
+        org: OrgId,
+        scopes: Scopes,
+        name: &str,
+    ) -> Result<(NewApiKey, Option<String>)> {
+        let (key, ops) = new_api_key(org, scopes, name)?;
+        let existed = self.store.reader()?.organization(org)?.is_some();
+        let output_key = self.output_key_now(org)?;
+        for op in ops {
+            match self.write_now(op)? {
+                WriteOutcome::ClientCreated => {}
+                WriteOutcome::Tokens(IssueOutcome::Issued) => {}
+                other => return Err(unexpected(other)),
+            }
+        }
+        Ok((key, (!existed).then(|| output_key.to_base64())))
+    }
+
     /// The token endpoint: checks the client's credentials and grants the asked scopes (all the
     /// client's scopes when none are asked), as a fresh access and refresh token pair. Failed
     /// attempts are throttled per client id and per peer (see [`super::throttle`]); correct
@@ -404,6 +490,20 @@ impl Engine {
         }
     }
 
+    /// How many API keys are active and how many revoked.
+    pub fn api_key_counts(&self) -> Result<(u64, u64)> {
+        let (mut active, mut revoked) = (0, 0);
+        for (client_id, record) in self.store.reader()?.clients()? {
+            if client_id.starts_with(crate::auth::KEY_ID_PREFIX) {
+                match record.revoked_at {
+                    None => active += 1,
+                    Some(_) => revoked += 1,
+                }
+            }
+        }
+        Ok((active, revoked))
+    }
+
     /// Every client, revoked ones included.
     pub fn clients(&self) -> Result<Vec<ClientInfo>> {
         Ok(self
@@ -417,6 +517,7 @@ impl Engine {
                 scopes: Scopes::from_bits(record.scopes),
                 created_at: record.created_at,
                 revoked_at: record.revoked_at,
+                name: record.name,
             })
             .collect())
     }

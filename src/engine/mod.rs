@@ -16,7 +16,9 @@ mod writes;
 use std::future::Future;
 use std::sync::Arc;
 
-pub use access::{ClientInfo, NewClient, TokenGrant, TokenRequest, new_client};
+pub use access::{
+    ClientInfo, NewApiKey, NewClient, TokenGrant, TokenRequest, new_api_key, new_client,
+};
 pub use dispatch::Subscription;
 pub use replica::Health;
 pub use retention::{PRUNE_STEP, PruneSummary, cut_for};

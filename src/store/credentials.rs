@@ -43,13 +43,16 @@ pub struct ClientRecord {
     pub scopes: u8,
     pub created_at: Timestamp,
     pub revoked_at: Option<Timestamp>,
+    /// What the operator called it (API keys' `--name`); empty when unnamed.
+    pub name: String,
 }
 
+/// The fixed part of a client record; the name follows.
 const CLIENT_LEN: usize = 16 + 32 + 1 + 8 + 8;
 
 impl ClientRecord {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(CLIENT_LEN);
+        let mut out = Vec::with_capacity(CLIENT_LEN + self.name.len());
         out.extend_from_slice(self.org.as_bytes());
         out.extend_from_slice(&self.secret_hash);
         out.push(self.scopes);
@@ -60,10 +63,16 @@ impl ClientRecord {
                 .map_or(i64::MIN, Timestamp::micros)
                 .to_be_bytes(),
         );
+        out.extend_from_slice(self.name.as_bytes());
         out
     }
 
     pub fn decode(bytes: &[u8]) -> Result<ClientRecord> {
+        if bytes.len() < CLIENT_LEN {
+            return Err(corrupt("client"));
+        }
+        let (bytes, name) = bytes.split_at(CLIENT_LEN);
+        let name = String::from_utf8(name.to_vec()).map_err(|_| corrupt("client"))?;
         let bytes: &[u8; CLIENT_LEN] = bytes.try_into().map_err(|_| corrupt("client"))?;
         let time = |at: usize| i64::from_be_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
         Ok(ClientRecord {
@@ -77,6 +86,7 @@ impl ClientRecord {
                 i64::MIN => None,
                 micros => Some(Timestamp::from_micros(micros).ok_or_else(|| corrupt("client"))?),
             },
+            name,
         })
     }
 }
@@ -196,10 +206,12 @@ mod tests {
             scopes: 5,
             created_at: at,
             revoked_at: None,
+            name: String::new(),
         };
         assert_eq!(ClientRecord::decode(&client.encode()).unwrap(), client);
         let revoked = ClientRecord {
             revoked_at: Some(at),
+            name: "airflow-prod ✓".into(),
             ..client
         };
         assert_eq!(ClientRecord::decode(&revoked.encode()).unwrap(), revoked);

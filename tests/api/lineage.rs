@@ -7,7 +7,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::support::{TestApp, get_json, spawn_app, token_for};
+use crate::support::{ChildServer, TestApp, get_json, printed_json, run_cli, spawn_app, token_for};
 
 const SCHEMA: &str = "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent";
 const DAG_RUN: &str = "0190a4c6-0000-7000-8000-00000000d001";
@@ -359,4 +359,106 @@ async fn started_runs_are_listed_as_running_until_they_finish() {
     )
     .await;
     assert_eq!(unknown["code"], 404, "{unknown}");
+}
+
+#[test]
+fn an_api_key_works_on_both_fronts_until_revoked_and_is_stored_hashed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_arg = data.to_str().unwrap();
+    let org = crate::support::ORG;
+    let (ok, printed) = run_cli(&[
+        "key",
+        "create",
+        "--data-dir",
+        data_arg,
+        "--org",
+        org,
+        "--scopes",
+        "runs:write,stats:read",
+        "--name",
+        "airflow-prod",
+    ]);
+    assert!(ok, "{printed}");
+    let created = printed_json(&printed);
+    let api_key = created["api_key"].as_str().unwrap().to_string();
+    let key_id = created["key_id"].as_str().unwrap().to_string();
+    assert_eq!(created["organization_uuid"], org);
+    assert_eq!(created["scopes"], "stats:read runs:write", "{created}");
+    assert!(
+        created["output_key"].is_string(),
+        "a new organization's key is shown"
+    );
+    let server = ChildServer::start(&data);
+    let runtime = crate::support::runtime();
+    runtime.block_on(async {
+        let http = reqwest::Client::new();
+        let url = |path: &str| format!("http://{}{path}", server.http_addr);
+        let body = serde_json::to_vec(&event(
+            "COMPLETE",
+            "2024-05-01T10:00:00Z",
+            LOAD_RUN,
+            "etl_daily.load",
+            None,
+        ))
+        .unwrap();
+        let post = |token: String| {
+            http.post(url("/api/v1/lineage"))
+                .bearer_auth(token)
+                .body(body.clone())
+                .send()
+        };
+        assert_eq!(
+            post(api_key.clone()).await.unwrap().status(),
+            StatusCode::CREATED
+        );
+        let pipeline = job_uuid("pipeline", "airflow", "etl_daily.load");
+        let last = get_json(
+            &http,
+            url(&format!("/v1/stats/pipelines/{pipeline}/last-run/stats")),
+            &api_key,
+        )
+        .await;
+        assert_eq!(last["executed_at"], "2024-05-01 10:00:00", "{last}");
+        let mut stats = runledger::proto::stats_client::StatsClient::with_interceptor(
+            crate::support::grpc_channel(server.grpc_addr).await,
+            crate::support::Bearer::new(&api_key),
+        );
+        let request = runledger::proto::GetLastRunStatsRequest {
+            entity: crate::support::entity(runledger::proto::EntityKind::Pipeline, &pipeline),
+        };
+        assert!(stats.get_last_run_stats(request.clone()).await.is_ok());
+        let (ok, printed) = run_cli(&["key", "revoke", "--data-dir", data_arg, &key_id]);
+        assert!(ok, "{printed}");
+        assert_eq!(
+            post(api_key.clone()).await.unwrap().status(),
+            StatusCode::UNAUTHORIZED,
+            "revoked at once on REST"
+        );
+        let refused = stats.get_last_run_stats(request).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "and on gRPC");
+        let metrics = http
+            .get(url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains("runledger_api_keys{state=\"revoked\"} 1"),
+            "{metrics}"
+        );
+        assert!(!metrics.contains(&key_id), "counts only");
+    });
+    assert!(server.stop());
+    let file = std::fs::read(data.join("runledger.redb")).unwrap();
+    assert!(
+        !file
+            .windows(api_key.len())
+            .any(|window| window == api_key.as_bytes()),
+        "the key is stored hashed"
+    );
+    let (ok, printed) = run_cli(&["key", "revoke", "--data-dir", data_arg, "rlc_0000"]);
+    assert!(!ok && printed.contains("not an API key id"), "{printed}");
 }
