@@ -462,3 +462,123 @@ fn an_api_key_works_on_both_fronts_until_revoked_and_is_stored_hashed() {
     let (ok, printed) = run_cli(&["key", "revoke", "--data-dir", data_arg, "rlc_0000"]);
     assert!(!ok && printed.contains("not an API key id"), "{printed}");
 }
+
+/// The real `openlineage-python` client (its HTTP transport, `oauth2` auth against our token
+/// endpoint and `api_key` auth with a key of `key create`) emits three Airflow DAG runs (see
+/// `tests/lineage/emit_airflow.py`); every answer is what those runs say.
+#[tokio::test]
+async fn the_openlineage_python_client_reports_airflow_dag_runs() {
+    let Some(python) = crate::support::python_with("openlineage.client") else {
+        return;
+    };
+    let app = spawn_app().await;
+    let (key, _) = app
+        .engine
+        .create_api_key(
+            app.client.organization,
+            [runledger::auth::Scope::RunsWrite].into_iter().collect(),
+            "airflow",
+        )
+        .unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lineage/emit_airflow.py");
+    let mut command = std::process::Command::new(python);
+    command
+        .arg(script)
+        .arg(format!("http://{}", app.http_addr))
+        .arg(&app.client.client_id)
+        .arg(&app.client.client_secret)
+        .arg(&key.api_key);
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let http = reqwest::Client::new();
+    let get = |path: String| get_json(&http, app.url(&path), &app.token);
+    let pipeline = job_uuid("pipeline", "airflow", "etl_daily");
+    let extract = job_uuid("task", "airflow", "etl_daily.extract");
+    let load = job_uuid("task", "airflow", "etl_daily.load");
+    // DAG runs of 90, 30 (failed: the load) and 60 seconds.
+    let stats = get(format!(
+        "/v1/stats/pipelines/{pipeline}/stats/2024-03-01/2024-03-31"
+    ))
+    .await;
+    assert_eq!(
+        (
+            &stats["num_of_successes"],
+            &stats["num_of_failures"],
+            &stats["average_duration"]
+        ),
+        (&json!(2), &json!(1), &json!(60_000)),
+        "{stats}"
+    );
+    assert_eq!(stats["is_last_run_successful"], true);
+    assert_eq!(stats["last_run_executed_at"], "2024-03-12 02:01:02");
+    assert_eq!(stats["last_run_duration"], 60_000);
+    let days = get(format!(
+        "/v1/stats/workflows/{pipeline}/aggregated-stats/2024-03-10/day/3"
+    ))
+    .await;
+    let per_day: Vec<(u64, u64, u64)> = days
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["num_of_successes"].as_u64().unwrap(),
+                d["num_of_failures"].as_u64().unwrap(),
+                d["average_duration"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        per_day,
+        [(1, 0, 90_000), (0, 1, 30_000), (1, 0, 60_000)],
+        "{days}"
+    );
+    let extract_stats = get(format!(
+        "/v1/stats/tasks/{extract}/stats/2024-03-01/2024-03-31"
+    ))
+    .await;
+    assert_eq!(extract_stats["num_of_successes"], 3, "a repeated COMPLETE counts once");
+    assert_eq!(extract_stats["average_duration"], 30_000);
+    let load_stats = get(format!("/v1/stats/tasks/{load}/stats/2024-03-01/2024-03-31")).await;
+    assert_eq!(
+        (&load_stats["num_of_successes"], &load_stats["num_of_failures"]),
+        (&json!(2), &json!(1))
+    );
+    assert_eq!(load_stats["average_duration"], 30_000);
+    let last = get(format!("/v1/stats/pipelines/{pipeline}/last-run/stats")).await;
+    assert_eq!(
+        last,
+        json!({"is_successful": true, "executed_at": "2024-03-12 02:01:02", "duration": 60_000})
+    );
+    let logs = get(format!(
+        "/v1/stats/pipelines/{pipeline}/logs/2024-03-01/2024-03-31"
+    ))
+    .await;
+    let logs = logs.as_array().unwrap();
+    assert_eq!(logs.len(), 6, "{logs:?}");
+    let failed: Vec<&Value> = logs.iter().filter(|l| l["is_successful"] == false).collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["task_uuid"], load);
+    assert_eq!(failed[0]["executed_at"], "2024-03-11T02:00:32Z");
+    let output_key = app
+        .engine
+        .organization_key(app.client.organization)
+        .unwrap();
+    let output =
+        runledger::crypto::decrypt_base64(&output_key, failed[0]["output"].as_str().unwrap())
+            .unwrap();
+    assert_eq!(output, br#"["postgres://warehouse:5432/public.etl_daily.load"]"#);
+    let overview = get("/v1/stats/pipelines".into()).await;
+    assert_eq!(overview.as_array().unwrap().len(), 1, "{overview}");
+    assert_eq!(overview[0]["name"], "etl_daily");
+    let running = get(format!("/v1/stats/pipelines/{pipeline}/running")).await;
+    assert_eq!(running, json!([]), "every run finished");
+}

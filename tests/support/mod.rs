@@ -510,3 +510,29 @@ pub fn entity(kind: proto::EntityKind, uuid: &str) -> Option<proto::EntityRef> {
         uuid: uuid.into(),
     })
 }
+
+/// A Python that can import `module`: `RUNLEDGER_PYTHON`, else the project's venv
+/// (`target/venv`, where `.ci/run` installs the ecosystem's clients). `None` (with the reason
+/// printed) outside CI; in CI a missing one fails the test.
+pub fn python_with(module: &str) -> Option<std::path::PathBuf> {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/venv/bin/python");
+    let candidates = [
+        std::env::var_os("RUNLEDGER_PYTHON").map(std::path::PathBuf::from),
+        Some(venv),
+    ];
+    for python in candidates.into_iter().flatten() {
+        let imports = Command::new(&python)
+            .args(["-c", &format!("import {module}")])
+            .output()
+            .is_ok_and(|output| output.status.success());
+        if imports {
+            return Some(python);
+        }
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "no Python with {module}: .ci/run installs it into target/venv"
+    );
+    eprintln!("skipped: no Python with {module} (set RUNLEDGER_PYTHON or run .ci/run once)");
+    None
+}
