@@ -423,6 +423,7 @@ proptest! {
 
 struct Gateway {
     router: axum::Router,
+    engine: Arc<Engine>,
     token: String,
     runtime: tokio::runtime::Runtime,
     _dir: tempfile::TempDir,
@@ -449,8 +450,10 @@ fn gateway() -> &'static Gateway {
                 ..TokenRequest::default()
             }))
             .unwrap();
+        let engine = Arc::new(engine);
         Gateway {
-            router: rest::router(Arc::new(engine)),
+            router: rest::router(engine.clone()),
+            engine,
             token: grant.access_token,
             runtime,
             _dir: dir,
@@ -610,4 +613,136 @@ fn regression_corpus() {
     };
     let error = wire::task_runs(vec![odd]).unwrap_err().to_string();
     assert!(error.contains("results[0]."), "{error}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// OpenLineage events: any body, and valid events with fields deleted or replaced.
+
+/// A JSON value of any kind, odd ones included.
+fn odd_json() -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::json;
+    prop_oneof![
+        Just(json!(null)),
+        any::<bool>().prop_map(|b| json!(b)),
+        any::<i64>().prop_map(|n| json!(n)),
+        any::<f64>().prop_map(|n| json!(n)),
+        "\\PC{0,24}".prop_map(|s| json!(s)),
+        Just(json!([])),
+        Just(json!({})),
+        Just(json!("START")),
+        Just(json!("COMPLETE")),
+        Just(json!("FAIL")),
+        Just(json!("2024-02-29T23:59:59.999999Z")),
+        Just(json!("9999-12-31T23:59:59Z")),
+        Just(json!("0001-01-01T00:00:00Z")),
+        Just(json!("0190a4c6-0000-7000-8000-000000000001")),
+        Just(
+            json!({"run": {"runId": "0190a4c6-0000-7000-8000-000000000002"}, "job": {"namespace": "airflow", "name": "dag"}})
+        ),
+        Just(json!([{"namespace": "s3://b", "name": "k"}, {"name": 3}])),
+    ]
+}
+
+const LINEAGE_FIELDS: [&[&str]; 14] = [
+    &["eventType"],
+    &["eventTime"],
+    &["schemaURL"],
+    &["run"],
+    &["run", "runId"],
+    &["run", "facets"],
+    &["run", "facets", "parent"],
+    &["run", "facets", "parent", "run", "runId"],
+    &["run", "facets", "parent", "root"],
+    &["run", "facets", "errorMessage", "message"],
+    &["job"],
+    &["job", "name"],
+    &["job", "namespace"],
+    &["outputs"],
+];
+
+prop_compose! {
+    fn damaged_event()(
+        kind in prop::sample::select(vec!["START", "RUNNING", "COMPLETE", "FAIL", "ABORT", "OTHER"]),
+        run in 0u8..8,
+        parent in 0u8..4,
+        second in 0u32..200_000,
+        changes in prop::collection::vec((0..LINEAGE_FIELDS.len(), prop::option::of(odd_json())), 0..4),
+    ) -> serde_json::Value {
+        let uuid = |n: u8| format!("0190a4c6-0000-7000-8000-0000000000{n:02x}");
+        let mut event = serde_json::json!({
+            "eventType": kind,
+            "eventTime": runledger::time::format_rfc3339(Timestamp::from_second(1_709_000_000 + i64::from(second)).unwrap()),
+            "producer": "fuzz",
+            "schemaURL": "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent",
+            "run": {"runId": uuid(run), "facets": {
+                "parent": {"run": {"runId": uuid(100 + parent)}, "job": {"namespace": "airflow", "name": format!("dag_{parent}")},
+                           "root": {"run": {"runId": uuid(100 + parent)}, "job": {"namespace": "airflow", "name": format!("dag_{parent}")}}},
+                "errorMessage": {"message": "boom", "programmingLanguage": "python"}
+            }},
+            "job": {"namespace": "airflow", "name": format!("dag_{parent}.task_{run}")},
+            "outputs": [{"namespace": "s3://bucket", "name": "key"}],
+        });
+        for (field, value) in changes {
+            let path = LINEAGE_FIELDS[field];
+            let mut slot = &mut event;
+            for key in &path[..path.len() - 1] {
+                if !slot.get(*key).is_some_and(|v| v.is_object()) {
+                    slot[*key] = serde_json::json!({});
+                }
+                slot = &mut slot[*key];
+            }
+            match value {
+                None => {
+                    slot.as_object_mut().map(|o| o.remove(path[path.len() - 1]));
+                }
+                Some(value) => slot[path[path.len() - 1]] = value,
+            }
+        }
+        event
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn any_bytes_as_a_lineage_event_are_an_error_naming_a_field_or_an_event(bytes in any::<Vec<u8>>()) {
+        if let Err(refusal) = runledger::lineage::parse(&bytes) {
+            prop_assert!(!refusal.field.is_empty() && !refusal.reason.is_empty());
+        }
+    }
+
+    #[test]
+    fn damaged_lineage_events_are_refused_naming_the_field_or_recorded(event in damaged_event()) {
+        let gateway = gateway();
+        let request = Request::builder()
+            .method("POST")
+            .uri("/api/v1/lineage")
+            .header("authorization", format!("Bearer {}", gateway.token))
+            .body(Body::from(serde_json::to_vec(&event).unwrap()))
+            .unwrap();
+        let response = gateway
+            .runtime
+            .block_on(gateway.router.clone().oneshot(request))
+            .unwrap();
+        let status = response.status();
+        let bytes = gateway
+            .runtime
+            .block_on(axum::body::to_bytes(response.into_body(), 1 << 20))
+            .unwrap();
+        prop_assert!(
+            status == StatusCode::CREATED || status == StatusCode::BAD_REQUEST || status == StatusCode::CONFLICT,
+            "{event}: {status} {}", String::from_utf8_lossy(&bytes)
+        );
+        if status == StatusCode::BAD_REQUEST {
+            let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            let detail = json["errors"][0].as_str().unwrap_or_default();
+            prop_assert!(detail.contains(": "), "{event}: {json}");
+        }
+        // Now and then: whatever was recorded, the rollups equal a recomputation from the runs.
+        static EVENTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        if EVENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 32 == 31 {
+            prop_assert!(verify(gateway.engine.store()).unwrap().is_consistent(), "after {event}");
+        }
+    }
 }

@@ -545,11 +545,20 @@ async fn the_openlineage_python_client_reports_airflow_dag_runs() {
         "/v1/stats/tasks/{extract}/stats/2024-03-01/2024-03-31"
     ))
     .await;
-    assert_eq!(extract_stats["num_of_successes"], 3, "a repeated COMPLETE counts once");
-    assert_eq!(extract_stats["average_duration"], 30_000);
-    let load_stats = get(format!("/v1/stats/tasks/{load}/stats/2024-03-01/2024-03-31")).await;
     assert_eq!(
-        (&load_stats["num_of_successes"], &load_stats["num_of_failures"]),
+        extract_stats["num_of_successes"], 3,
+        "a repeated COMPLETE counts once"
+    );
+    assert_eq!(extract_stats["average_duration"], 30_000);
+    let load_stats = get(format!(
+        "/v1/stats/tasks/{load}/stats/2024-03-01/2024-03-31"
+    ))
+    .await;
+    assert_eq!(
+        (
+            &load_stats["num_of_successes"],
+            &load_stats["num_of_failures"]
+        ),
         (&json!(2), &json!(1))
     );
     assert_eq!(load_stats["average_duration"], 30_000);
@@ -564,7 +573,10 @@ async fn the_openlineage_python_client_reports_airflow_dag_runs() {
     .await;
     let logs = logs.as_array().unwrap();
     assert_eq!(logs.len(), 6, "{logs:?}");
-    let failed: Vec<&Value> = logs.iter().filter(|l| l["is_successful"] == false).collect();
+    let failed: Vec<&Value> = logs
+        .iter()
+        .filter(|l| l["is_successful"] == false)
+        .collect();
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0]["task_uuid"], load);
     assert_eq!(failed[0]["executed_at"], "2024-03-11T02:00:32Z");
@@ -575,7 +587,10 @@ async fn the_openlineage_python_client_reports_airflow_dag_runs() {
     let output =
         runledger::crypto::decrypt_base64(&output_key, failed[0]["output"].as_str().unwrap())
             .unwrap();
-    assert_eq!(output, br#"["postgres://warehouse:5432/public.etl_daily.load"]"#);
+    assert_eq!(
+        output,
+        br#"["postgres://warehouse:5432/public.etl_daily.load"]"#
+    );
     let overview = get("/v1/stats/pipelines".into()).await;
     assert_eq!(overview.as_array().unwrap().len(), 1, "{overview}");
     assert_eq!(overview[0]["name"], "etl_daily");
