@@ -99,15 +99,12 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, String> {
         plan.ingest_streams, plan.stream_messages, plan.ingest_batch
     );
     if concurrency > 0 {
-        let front = match plan.front {
-            Front::Rest => "REST",
-            _ => "gRPC",
+        let what = match plan.front {
+            Front::Rest => format!("REST {}", plan.query.describe()),
+            Front::Lineage => "OpenLineage run events, one per POST /api/v1/lineage".into(),
+            _ => format!("gRPC {}", plan.query.describe()),
         };
-        print_line(
-            &format!("{front} {}", plan.query.describe()),
-            &report.queries,
-            seconds,
-        );
+        print_line(&what, &report.queries, seconds);
     }
     if plan.ingest_streams > 0 {
         print_line("gRPC report streams (calls)", &report.ingest, seconds);

@@ -1,9 +1,11 @@
 //! The load tool behind `runledger bench`: drives a running server over loopback with stats
-//! queries (REST or gRPC) and task-run reports (gRPC client streams) at a chosen concurrency,
+//! queries (REST or gRPC), OpenLineage events (REST) and task-run reports (gRPC client
+//! streams) at a chosen concurrency,
 //! for a fixed time or number of requests, and measures throughput and latency.
 
 mod grpc;
 mod histogram;
+mod lineage;
 mod rest;
 
 use std::net::SocketAddr;
@@ -21,6 +23,9 @@ use crate::workload::Realistic;
 pub enum Front {
     Rest,
     Grpc,
+    /// No queries: OpenLineage run events POSTed to `/api/v1/lineage` instead, one per
+    /// request (DAG runs of 2,000 DAGs of four tasks, ten events a DAG run).
+    Lineage,
     /// No queries: ingest only.
     None,
 }
@@ -216,6 +221,12 @@ async fn run_async(plan: Plan) -> Result<Report, String> {
                 channels[worker % channels.len()].clone(),
                 token,
                 plan.query,
+                budget,
+            ))),
+            Front::Lineage => queries.push(tokio::spawn(lineage::lineage_worker(
+                plan.http,
+                token,
+                worker as u64,
                 budget,
             ))),
             Front::None => {}

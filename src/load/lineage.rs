@@ -1,0 +1,149 @@
+//! OpenLineage workers: each POSTs run events to `/api/v1/lineage`, one event per request on
+//! one keep-alive HTTP/1.1 connection, as an Airflow deployment's emitters do. Each worker
+//! plays DAG runs of its own (2,000 DAGs of four tasks between them, random v4 run ids): the
+//! DAG's START, each task's START and COMPLETE (one in ten FAILs), the DAG's end: ten events
+//! a DAG run.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use uuid::Uuid;
+
+use super::{Budget, Outcome};
+use crate::time::{Timestamp, format_rfc3339};
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+const DAGS: u64 = 2_000;
+const TASKS: u64 = 4;
+const EVENTS_PER_DAG_RUN: u64 = 2 + 2 * TASKS;
+
+/// The `index`-th event worker `worker` sends.
+fn event(worker: u64, index: u64, runs: &mut Vec<Uuid>) -> Vec<u8> {
+    let dag_run = index / EVENTS_PER_DAG_RUN;
+    let step = index % EVENTS_PER_DAG_RUN;
+    if step == 0 {
+        runs.clear();
+        runs.extend((0..=TASKS).map(|_| Uuid::new_v4()));
+    }
+    let dag = format!("dag_{:04}", (worker * 7_919 + dag_run) % DAGS);
+    let now = Timestamp::now().micros();
+    let time = format_rfc3339(Timestamp::from_micros(now).expect("now"));
+    let (kind, run, job, parent) = match step {
+        0 => ("START", runs[0], dag.clone(), false),
+        s if s == EVENTS_PER_DAG_RUN - 1 => ("COMPLETE", runs[0], dag.clone(), false),
+        s => {
+            let task = (s - 1) / 2;
+            let kind = match (s - 1) % 2 {
+                0 => "START",
+                _ if (dag_run + task) % 10 == 0 => "FAIL",
+                _ => "COMPLETE",
+            };
+            (
+                kind,
+                runs[1 + task as usize],
+                format!("{dag}.task_{task}"),
+                true,
+            )
+        }
+    };
+    let mut facets = serde_json::json!({});
+    if parent {
+        let of = serde_json::json!({"run": {"runId": runs[0]}, "job": {"namespace": "bench", "name": dag}});
+        let mut facet = of.clone();
+        facet["root"] = of;
+        facets["parent"] = facet;
+    }
+    serde_json::to_vec(&serde_json::json!({
+        "eventType": kind,
+        "eventTime": time,
+        "producer": "runledger bench",
+        "schemaURL": "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent",
+        "run": {"runId": run, "facets": facets},
+        "job": {"namespace": "bench", "name": job},
+        "inputs": [],
+        "outputs": [],
+    }))
+    .expect("JSON")
+}
+
+async fn connect(addr: SocketAddr) -> Result<Sender, String> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| format!("HTTP handshake with {addr} failed: {e}"))?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+pub async fn lineage_worker(
+    addr: SocketAddr,
+    token: String,
+    worker: u64,
+    budget: Arc<Budget>,
+) -> Outcome {
+    let mut outcome = Outcome::default();
+    let authorization = format!("Bearer {token}");
+    let host = addr.to_string();
+    let mut sender = None;
+    let mut runs = Vec::new();
+    let mut index = 0;
+    while budget.take() {
+        if sender.is_none() {
+            match connect(addr).await {
+                Ok(connected) => sender = Some(connected),
+                Err(e) => {
+                    outcome.fail(e);
+                    continue;
+                }
+            }
+        }
+        let body = event(worker, index, &mut runs);
+        let request = hyper::Request::post("/api/v1/lineage")
+            .header(hyper::header::HOST, host.as_str())
+            .header(hyper::header::AUTHORIZATION, authorization.as_str())
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .expect("a valid request");
+        let started = Instant::now();
+        match send(sender.as_mut().expect("connected"), request).await {
+            Ok(()) => {
+                outcome.latency.record(started.elapsed());
+                outcome.ok += 1;
+                index += 1;
+            }
+            Err(e) => {
+                sender = None;
+                outcome.fail(e);
+            }
+        }
+    }
+    outcome
+}
+
+async fn send(sender: &mut Sender, request: hyper::Request<Full<Bytes>>) -> Result<(), String> {
+    sender.ready().await.map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    if status == hyper::StatusCode::CREATED {
+        Ok(())
+    } else {
+        Err(format!("{status}: {}", String::from_utf8_lossy(&body)))
+    }
+}
