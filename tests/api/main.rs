@@ -6,6 +6,7 @@ mod config;
 mod crash;
 mod dashboard;
 mod flood;
+mod grafana;
 mod grpc;
 mod lineage;
 mod metrics;
