@@ -315,6 +315,7 @@ async function showPipeline(uuid, params) {
   const canvas = el("canvas", { id: "buckets" });
   const tasks = el("tbody", { id: "tasks" });
   const logs = el("tbody", { id: "logs" });
+  const running = el("tbody", { id: "running" });
   const logsTitle = el("h2", { id: "logs-title" }, "Newest runs");
   const more = el("button", { class: "more", type: "button", hidden: true }, "More runs");
   main.replaceChildren(
@@ -327,6 +328,12 @@ async function showPipeline(uuid, params) {
       el("thead", {}, el("tr", {}, el("th", {}, "Task"), el("th", {}, "Successes"), el("th", {}, "Failures"),
         el("th", { class: "hide-narrow" }, "Success"), el("th", {}, "Average"), el("th", { class: "hide-narrow" }, "p50"), el("th", {}, "p95"))),
       tasks)),
+    el("h2", {}, "Running now"),
+    el("p", { class: "muted" }, "Task runs that started and have not finished (a run stuck here never ended)."),
+    el("div", { class: "scroll" }, el("table", {},
+      el("thead", {}, el("tr", {}, el("th", {}, "Started"), el("th", {}, "Running for"), el("th", {}, "Task"),
+        el("th", { class: "hide-narrow" }, "Pipeline run"))),
+      running)),
     logsTitle,
     el("div", { class: "scroll" }, el("table", {},
       el("thead", {}, el("tr", {}, el("th", {}, "Ended"), el("th", {}, "Task"), el("th", {}, "Result"),
@@ -404,6 +411,18 @@ async function showPipeline(uuid, params) {
   }
   more.addEventListener("click", () => loadLogs().catch(showError));
   await loadLogs(first, last, "Newest runs");
+
+  // What runs now, newest start first (one page of 100).
+  const { body: started } = await api(`/v1/stats/pipelines/${uuid}/running?limit=100`);
+  for (const run of started) {
+    const since = Date.now() - Date.parse(run.started_at);
+    running.append(el("tr", { "data-running": run.task_run_uuid },
+      el("td", { title: run.task_run_uuid }, run.started_at.replace("T", " ").replace("Z", "")),
+      el("td", {}, duration(Math.max(0, since))),
+      el("td", { title: run.task_uuid }, `${run.task_type} ${shortId(run.task_uuid)}`),
+      el("td", { class: "hide-narrow", title: run.pipeline_run_uuid }, shortId(run.pipeline_run_uuid))));
+  }
+  if (running.children.length === 0) running.append(el("tr", {}, el("td", { colspan: 4, class: "muted" }, "Nothing is running.")));
 
   // The tasks that ran in the range, from its newest 1,000 runs, each with its own stats.
   const { body: recent } = await api(`/v1/stats/pipelines/${uuid}/logs/${first}/${last}?limit=1000`);

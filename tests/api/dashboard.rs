@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::browser::{Browser, HEADLESS};
-use crate::support::{ChildServer, rest_token, run_cli, runtime};
+use crate::support::{Bearer, ChildServer, finished, grpc_channel, rest_token, run_cli, runtime};
+use runledger::proto;
 
 fn chromium() -> Option<PathBuf> {
     let candidates = [
@@ -152,6 +153,36 @@ fn the_dashboard_shows_what_the_api_answers() {
         let today = chrono::Utc::now().date_naive();
         let (from, to) = (today - chrono::Days::new(90), today - chrono::Days::new(1));
         let stats = get(format!("/v1/stats/pipelines/{pipeline}/stats/{from}/{to}")).await;
+        // One of its tasks reported running (over gRPC, by an executor): the page lists it.
+        let newest = get(format!(
+            "/v1/stats/pipelines/{pipeline}/logs/{from}/{to}?limit=1"
+        ))
+        .await;
+        let task = newest[0]["task_uuid"].as_str().unwrap();
+        let running_run = "5eed0000-0000-4000-8000-0000000000aa";
+        let mut report = finished(
+            running_run,
+            "5eed0000-0000-4000-8000-0000000000bb",
+            pipeline,
+            task,
+            false,
+            0,
+            "2024-01-01T00:00:00Z",
+        );
+        report.state = proto::TaskRunState::Running as i32;
+        report.executed_at = None;
+        report.organization_uuid = String::new();
+        report.output = Vec::new();
+        let writer = rest_token(&http, server.http_addr, &credentials, Some("runs:write")).await;
+        proto::ingest_client::IngestClient::with_interceptor(
+            grpc_channel(server.grpc_addr).await,
+            Bearer::new(&writer),
+        )
+        .report_task_runs(tokio_stream::iter([proto::ReportTaskRunsRequest {
+            results: vec![report],
+        }]))
+        .await
+        .unwrap();
         let url =
             format!("{base}/ui#/pipeline/{pipeline}?period=week&from={from}&to={to}&token={token}");
         let dom = browse(&browser, &profile("p"), &url, (1280, 800), "--dump-dom");
@@ -194,6 +225,10 @@ fn the_dashboard_shows_what_the_api_answers() {
         }
         assert!(dom.contains("<canvas id=\"buckets\""));
         assert!(dom.contains("data-task-run="), "the newest runs are listed");
+        assert!(
+            dom.contains(&format!("data-running=\"{running_run}\"")),
+            "the running task run is listed"
+        );
         clicks(&browser, &profile("cdp"), &url, &get, pipeline).await;
         browse(
             &browser,
