@@ -186,6 +186,43 @@ pub fn document() -> Value {
                     json_response("The last run", json!({"$ref": "#/components/schemas/LastRun"})),
                 )
             },
+            "/v1/stats/pipelines/{uuid}/running": {
+                "get": {
+                    "summary": "A page of a pipeline's task runs that started and have not finished, newest start first",
+                    "description": "A run stuck here never ended. Paged like logs.",
+                    "security": [{"oauth2": ["stats:read"]}, {"bearer": []}],
+                    "parameters": [uuid,
+                        {"name": "limit", "in": "query", "required": false, "description": "Entries per page, 1 to 1000", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+                        {"name": "cursor", "in": "query", "required": false, "description": "Where the page starts, from the previous page's X-Next-Cursor (or its Link rel=next URL)", "schema": {"type": "string"}}],
+                    "responses": with(error_responses(READ_ERRORS), "200", {
+                        let mut response = json_response("Running task runs, newest start first", json!({"type": "array", "items": {"$ref": "#/components/schemas/RunningTaskRun"}}));
+                        response["headers"] = json!({
+                            "Link": {"description": "`<url>; rel=\"next\"`: the next page, absent on the last", "schema": {"type": "string"}},
+                            "X-Next-Cursor": {"description": "The next page's cursor, absent on the last page", "schema": {"type": "string"}}
+                        });
+                        response
+                    }),
+                }
+            },
+            "/api/v1/lineage": {
+                "post": {
+                    "summary": "Record one OpenLineage RunEvent (spec 2-0-x); also served at /v1/lineage",
+                    "description": "The path OpenLineage HTTP clients use by default. Unknown fields and facets are ignored; DatasetEvents and JobEvents are accepted and change nothing. A run's pipeline is the job of its parent facet's root, else of its parent, else its own job; START/RUNNING keep it running, COMPLETE/FAIL/ABORT finish it with the duration since its START. Answered once durable. Overload is a 503 (OpenLineage clients retry server errors, not 429).",
+                    "security": [{"oauth2": ["runs:write"]}, {"bearer": []}],
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "description": "An OpenLineage RunEvent: https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent"}}}},
+                    "responses": with(
+                        {
+                            let mut errors = error_responses(&["400", "401", "403", "409", "413", "503"]);
+                            errors["400"]["description"] = json!("A malformed event; the detail names the field (run.runId, eventTime, job.name, schemaURL, ...)");
+                            errors["409"]["description"] = json!("The event contradicts what is stored (its job's task is a task of another pipeline)");
+                            errors["413"]["description"] = json!("The event is over 1 MiB");
+                            errors
+                        },
+                        "201",
+                        json!({"description": "Recorded and durable; the body is empty"}),
+                    ),
+                }
+            },
             "/v1/openapi.json": {
                 "get": {"summary": "This document", "responses": {"200": {"description": "The OpenAPI document", "content": {"application/json": {"schema": {"type": "object"}}}}}}
             }
@@ -263,6 +300,16 @@ pub fn document() -> Value {
                     "output": {"type": "string", "description": "Standard base64 of nonce (24 bytes) || ciphertext || tag (16 bytes), XChaCha20-Poly1305 under the organization's output key, no associated data; \"\" for no output"},
                     "metric_value": {"type": "number", "nullable": true},
                     "executed_at": {"type": "string", "description": "RFC 3339 with Z, fractional seconds only when non-zero"}
+                }},
+                "RunningTaskRun": {"type": "object", "required": ["task_run_uuid", "task_uuid", "task_type", "workflow_run_uuid", "pipeline_run_uuid", "state", "started_at", "updated_at"], "properties": {
+                    "task_run_uuid": {"type": "string"},
+                    "task_uuid": {"type": "string"},
+                    "task_type": {"type": "string"},
+                    "workflow_run_uuid": {"type": "string"},
+                    "pipeline_run_uuid": {"type": "string"},
+                    "state": {"type": "string", "enum": ["running"]},
+                    "started_at": {"type": "string", "description": "RFC 3339 with Z: its OpenLineage START, else when it was first reported running"},
+                    "updated_at": {"type": "string", "description": "RFC 3339 with Z: when it was last reported"}
                 }},
                 "RunTask": {"type": "object", "required": ["id", "state", "task_uuid", "task_run_uuid", "workflow_run_uuid", "pipeline_run_uuid", "is_successful", "output", "errors", "created_at", "updated_at"], "properties": {
                     "id": {"type": "integer"},

@@ -88,11 +88,13 @@ async fn the_openapi_document_describes_what_is_served() {
     assert_eq!(
         documented,
         [
+            "/api/v1/lineage",
             "/v1/oauth/token",
             "/v1/openapi.json",
             "/v1/pipelines/{uuid}/runs/",
             "/v1/stats/pipelines",
             "/v1/stats/pipelines/{uuid}/logs/{from}/{to}",
+            "/v1/stats/pipelines/{uuid}/running",
             "/v1/stats/{kind}/{uuid}/aggregated-stats/{date_from}/{period}/{n}",
             "/v1/stats/{kind}/{uuid}/last-run/stats",
             "/v1/stats/{kind}/{uuid}/stats/{from}/{to}",
@@ -119,7 +121,9 @@ async fn the_openapi_document_describes_what_is_served() {
         app.client.client_id, app.client.client_secret
     );
     let mut checked = 0;
-    for (template, operations) in paths {
+    // The lineage endpoint takes a body, which `call` does not send: its 201 and statuses are
+    // checked below.
+    for (template, operations) in paths.iter().filter(|(t, _)| *t != "/api/v1/lineage") {
         for (method, operation) in operations.as_object().unwrap() {
             let kinds: &[&str] = if template.contains("{kind}") {
                 &["tasks", "pipelines", "workflows"]
@@ -174,6 +178,7 @@ async fn the_openapi_document_describes_what_is_served() {
         "/v1/stats/{kind}/{uuid}/aggregated-stats/{date_from}/{period}/{n}",
         "/v1/stats/{kind}/{uuid}/last-run/stats",
         "/v1/stats/{kind}/{uuid}/stats/{from}/{to}",
+        "/v1/stats/pipelines/{uuid}/running",
     ] {
         assert_eq!(statuses(path, "get"), read, "{path}");
     }
@@ -184,6 +189,10 @@ async fn the_openapi_document_describes_what_is_served() {
     let token = ["200", "400", "401", "413", "429", "503"];
     assert_eq!(statuses("/v1/oauth/token", "get"), token);
     assert_eq!(statuses("/v1/openapi.json", "get"), ["200"]);
+    assert_eq!(
+        statuses("/api/v1/lineage", "post"),
+        ["201", "400", "401", "403", "409", "413", "503"]
+    );
     assert_eq!(
         statuses("/v1/stats/pipelines", "get"),
         ["200", "400", "401", "403", "503"]
