@@ -319,3 +319,195 @@ fn trimming_keeps_what_nodes_and_the_backup_need_and_a_gateway_only_writes() {
         assert!(!scratch(pid));
     });
 }
+
+/// An Airflow-shaped OpenLineage history of `runs` DAG runs (a task failing now and then), in
+/// the order an emitter sends it.
+fn lineage_history(runs: u128) -> Vec<serde_json::Value> {
+    let event = |kind: &str,
+                 time: String,
+                 run: uuid::Uuid,
+                 job: &str,
+                 parent: Option<uuid::Uuid>| {
+        let mut facets = serde_json::json!({});
+        if let Some(parent) = parent {
+            let of = serde_json::json!({"run": {"runId": parent}, "job": {"namespace": "airflow", "name": "etl"}});
+            facets["parent"] = of.clone();
+            facets["parent"]["root"] = of;
+        }
+        serde_json::json!({
+            "eventType": kind, "eventTime": time, "producer": "test",
+            "schemaURL": "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent",
+            "run": {"runId": run, "facets": facets}, "job": {"namespace": "airflow", "name": job},
+        })
+    };
+    let mut events = Vec::new();
+    for day in 0..runs {
+        let dag = uuid::Uuid::from_u128(0xda90_0000_0000_7000_8000_0000_0000_0000 + day);
+        let at = |minute: u128| format!("2025-03-{:02}T02:{minute:02}:00Z", 1 + day % 28);
+        events.push(event("START", at(0), dag, "etl", None));
+        for (index, task) in ["etl.extract", "etl.load"].iter().enumerate() {
+            let run = uuid::Uuid::from_u128(
+                0x7a50_0000_0000_7000_8000_0000_0000_0000 + day * 4 + index as u128,
+            );
+            let start = 1 + index as u128 * 10;
+            events.push(event("START", at(start), run, task, Some(dag)));
+            let end = if (day + index as u128) % 5 == 0 {
+                "FAIL"
+            } else {
+                "COMPLETE"
+            };
+            events.push(event(end, at(start + 3 + day % 4), run, task, Some(dag)));
+        }
+        events.push(event("COMPLETE", at(30), dag, "etl", None));
+    }
+    events
+}
+
+#[test]
+fn openlineage_events_and_api_keys_hold_cluster_wide_as_on_a_single_node() {
+    let Some(binary) = nats::nats_server() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = nats::one_server(&binary, dir.path());
+    let (urls, key) = (&cluster.urls, &cluster.key);
+    let org = cluster.client["organization_uuid"].as_str().unwrap();
+    let a = node(&dir.path().join("a"), urls, key, false);
+    let b = node(&dir.path().join("b"), urls, key, false);
+    // An API key made through the stream.
+    let (ok, out, err) = cli(&[
+        "key",
+        "create",
+        "--nats",
+        urls,
+        "--master-key-file",
+        key.to_str().unwrap(),
+        "--org",
+        org,
+        "--scopes",
+        "runs:write,stats:read",
+        "--name",
+        "airflow",
+    ]);
+    assert!(ok, "{err}");
+    let created: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let api_key = created["api_key"].as_str().unwrap().to_string();
+    // The single node fed the same events, in the same order.
+    let single = crate::support::ChildServer::start(&dir.path().join("single"));
+    let single_client = single.first_client.clone().unwrap();
+    let http = reqwest::Client::new();
+    let events = lineage_history(12);
+    runtime().block_on(async {
+        let single_token = rest_token(&http, single.http_addr, &single_client, None).await;
+        let mut last_seq = 0u64;
+        for event in &events {
+            let body = serde_json::to_vec(event).unwrap();
+            // The key is honoured on node A at once: A catches up on credentials first.
+            let on_a = http
+                .post(format!("http://{}/api/v1/lineage", a.http_addr))
+                .bearer_auth(&api_key)
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(on_a.status(), 201);
+            last_seq = on_a.headers()["x-runledger-seq"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            let on_single = http
+                .post(format!("http://{}/api/v1/lineage", single.http_addr))
+                .bearer_auth(&single_token)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(on_single.status(), 201);
+        }
+        let pipeline = uuid::Uuid::new_v5(
+            &uuid::Uuid::NAMESPACE_URL,
+            b"openlineage:pipeline:airflow/etl",
+        );
+        let load = uuid::Uuid::new_v5(
+            &uuid::Uuid::NAMESPACE_URL,
+            b"openlineage:task:airflow/etl.load",
+        );
+        for path in [
+            format!("/v1/stats/pipelines/{pipeline}/stats/2025-03-01/2025-03-31"),
+            format!("/v1/stats/pipelines/{pipeline}/aggregated-stats/2025-03-01/week/5"),
+            format!("/v1/stats/tasks/{load}/stats/2025-03-01/2025-03-31"),
+            format!("/v1/stats/pipelines/{pipeline}/last-run/stats"),
+            format!("/v1/stats/pipelines/{pipeline}/running"),
+        ] {
+            let on_b = http
+                .get(format!("http://{}{path}", b.http_addr))
+                .bearer_auth(&api_key)
+                .header("x-runledger-min-seq", last_seq.to_string())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(on_b.status(), 200, "{path}");
+            let on_b: serde_json::Value = on_b.json().await.unwrap();
+            let on_single: serde_json::Value = http
+                .get(format!("http://{}{path}", single.http_addr))
+                .bearer_auth(&single_token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(on_b, on_single, "{path}");
+        }
+        let stats: serde_json::Value = http
+            .get(format!(
+                "http://{}/v1/stats/pipelines/{pipeline}/stats/2025-03-01/2025-03-31",
+                b.http_addr
+            ))
+            .bearer_auth(&api_key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            stats["num_of_successes"].as_u64().unwrap()
+                + stats["num_of_failures"].as_u64().unwrap(),
+            12,
+            "{stats}"
+        );
+        // Revoked through the stream: node B refuses the key within a second.
+        let (ok, _, err) = cli(&[
+            "key",
+            "revoke",
+            "--nats",
+            urls,
+            "--master-key-file",
+            key.to_str().unwrap(),
+            created["key_id"].as_str().unwrap(),
+        ]);
+        assert!(ok, "{err}");
+        let revoked = Instant::now();
+        loop {
+            let status = http
+                .get(format!("http://{}/v1/stats/pipelines", b.http_addr))
+                .bearer_auth(&api_key)
+                .send()
+                .await
+                .unwrap()
+                .status();
+            if status == 401 {
+                break;
+            }
+            assert_eq!(status, 200);
+            assert!(
+                revoked.elapsed() < Duration::from_secs(1),
+                "node B still honoured the revoked key"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    assert!(single.stop());
+}
