@@ -1,12 +1,14 @@
 //! Format 4 to 5: every table but the rollups is as format 5 has it, so the file is copied, its
 //! rollups (whose parts now carry duration histograms) are rebuilt from the run log and the
-//! pipeline-run aggregates, and its pipelines are listed by name, in one transaction.
+//! pipeline-run aggregates, its pipelines are listed by name and its running task runs listed
+//! as running since they were created (as an upgrade from format 2 restores them), in one
+//! transaction.
 
 use std::path::Path;
 
 use redb::ReadableTable;
 
-use super::super::records::{EntityDetail, EntityKey};
+use super::super::records::{EntityDetail, EntityKey, TaskRunHome};
 use super::super::rollup::{self, FlushTables};
 use super::super::{DATABASE_FILE, tables};
 
@@ -35,6 +37,7 @@ pub fn copy_and_rebuild(old: &Path, partial: &Path) -> Result<u64, String> {
             cut: None,
         })?;
         list_pipelines_by_name(&txn)?;
+        list_running(&txn)?;
         let mut meta = txn.open_table(tables::META)?;
         let format = tables::FORMAT_VERSION.to_le_bytes();
         meta.insert(tables::meta::FORMAT, format.as_slice())?;
@@ -63,6 +66,56 @@ fn list_pipelines_by_name(txn: &redb::WriteTransaction) -> crate::error::Result<
         };
         let name_key = tables::pipeline_name_key(key.org_index, &name, &uuid);
         names.insert(name_key.as_slice(), key.id.0)?;
+    }
+    Ok(())
+}
+
+/// Gives every running task run a start (its creation: an older file kept none) and lists it in
+/// the running table.
+fn list_running(txn: &redb::WriteTransaction) -> crate::error::Result<()> {
+    let mut homes = txn.open_table(tables::TASK_INDEX)?;
+    let mut running = txn.open_table(tables::RUNNING)?;
+    let mut started = Vec::new();
+    for entry in homes.iter()? {
+        let (key, value) = entry?;
+        if let TaskRunHome::Unfinished {
+            pipeline,
+            executed_at,
+            serial,
+            created_at,
+            updated_at,
+            started_at: None,
+            record,
+        } = TaskRunHome::decode(value.value())?
+            && record.state == crate::model::RunState::Running
+        {
+            let home = TaskRunHome::Unfinished {
+                pipeline,
+                executed_at,
+                serial,
+                created_at,
+                updated_at,
+                started_at: Some(created_at),
+                record,
+            };
+            started.push((*key.value(), home));
+        }
+    }
+    for (key, home) in started {
+        let TaskRunHome::Unfinished {
+            pipeline,
+            created_at,
+            ..
+        } = &home
+        else {
+            unreachable!("only running homes are collected");
+        };
+        let (_, _, uuid) = tables::split_index_key(&key);
+        running.insert(
+            &tables::run_key(*pipeline, created_at.micros(), &uuid),
+            &key,
+        )?;
+        homes.insert(&key, home.encode().as_slice())?;
     }
     Ok(())
 }
