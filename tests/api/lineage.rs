@@ -597,3 +597,61 @@ async fn the_openlineage_python_client_reports_airflow_dag_runs() {
     let running = get(format!("/v1/stats/pipelines/{pipeline}/running")).await;
     assert_eq!(running, json!([]), "every run finished");
 }
+
+/// Overload is a 503 with Retry-After (OpenLineage clients retry server errors, not 429), and
+/// a refused event changes nothing: what was answered 201 is exactly what is counted.
+#[test]
+fn an_overloaded_server_answers_503_with_retry_after_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--write-queue", "1", "--queue-wait-ms", "0"];
+    let server = ChildServer::start_with(&dir.path().join("data"), &args, None);
+    let credentials = server.first_client.clone().unwrap();
+    crate::support::runtime().block_on(async {
+        let http = reqwest::Client::new();
+        let token = crate::support::rest_token(&http, server.http_addr, &credentials, None).await;
+        let mut sends = tokio::task::JoinSet::new();
+        // Under the 256 connections a peer may hold.
+        for n in 0..200u128 {
+            let (http, token) = (http.clone(), token.clone());
+            let url = format!("http://{}/api/v1/lineage", server.http_addr);
+            let run = Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0000 + n).to_string();
+            let body = event("COMPLETE", "2024-05-01T10:00:00Z", &run, "burst", None);
+            sends.spawn(async move {
+                let response = http
+                    .post(url)
+                    .bearer_auth(token)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                let retry_after = response.headers().get("retry-after").cloned();
+                (response.status(), retry_after)
+            });
+        }
+        let (mut created, mut unavailable) = (0u64, 0u64);
+        while let Some(sent) = sends.join_next().await {
+            match sent.unwrap() {
+                (StatusCode::CREATED, _) => created += 1,
+                (StatusCode::SERVICE_UNAVAILABLE, retry_after) => {
+                    assert!(retry_after.is_some(), "503 carries Retry-After");
+                    unavailable += 1;
+                }
+                (other, _) => panic!("answered {other}"),
+            }
+        }
+        assert!(unavailable > 0, "a queue of one write refused nothing");
+        assert!(created > 0);
+        let pipeline = job_uuid("pipeline", "airflow", "burst");
+        let stats = get_json(
+            &http,
+            format!(
+                "http://{}/v1/stats/pipelines/{pipeline}/stats/2024-05-01/2024-05-01",
+                server.http_addr
+            ),
+            &token,
+        )
+        .await;
+        assert_eq!(stats["num_of_successes"], created, "{stats}");
+    });
+    assert!(server.stop());
+}
