@@ -46,6 +46,10 @@ pub struct BenchArgs {
     /// runs every time); the queries ask about its busiest pipeline.
     #[arg(long, default_value_t = 100_000)]
     pub seed_runs: u64,
+    /// `--queries lineage`: run ids as OpenLineage clients make them (v7, time-ordered) or
+    /// random (v4).
+    #[arg(long, value_enum, default_value = "v7")]
+    pub run_ids: crate::load::RunIds,
     /// Threads of the load tool (it shares the machine with the server it loads).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
@@ -89,6 +93,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, String> {
         ingest_batch: args.ingest_batch,
         stream_messages: args.stream_messages,
         seed_runs: args.seed_runs,
+        run_ids: args.run_ids,
         stop,
         threads: args.threads,
     };

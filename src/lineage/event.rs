@@ -125,17 +125,17 @@ pub fn parse(body: &[u8]) -> Result<Parsed, Refusal> {
             ),
         ));
     }
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| refuse("body", format!("is not JSON: {e}")))?;
-    let Value::Object(event) = &value else {
-        return Err(refuse("body", "must be a JSON object (one RunEvent)"));
+    // One pass into the few fields read (each as any JSON value, so that a wrong type is
+    // refused naming its field); everything else is skipped unparsed.
+    let raw: RawEvent = serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => refuse("body", "must be a JSON object (one RunEvent)"),
+        _ => refuse("body", format!("is not JSON: {e}")),
+    })?;
+    let schema = match &raw.schema_url {
+        None | Some(Value::Null) => return Err(refuse("schemaURL", "is required")),
+        Some(Value::String(schema)) => schema.as_str(),
+        Some(_) => return Err(refuse("schemaURL", "must be a string")),
     };
-    let schema = event
-        .get("schemaURL")
-        .ok_or_else(|| refuse("schemaURL", "is required"))?;
-    let schema = schema
-        .as_str()
-        .ok_or_else(|| refuse("schemaURL", "must be a string"))?;
     check_schema(schema)?;
     let kind = schema.rsplit_once('#').map(|(_, fragment)| fragment);
     match kind {
@@ -147,8 +147,6 @@ pub fn parse(body: &[u8]) -> Result<Parsed, Refusal> {
         }
         _ => {}
     }
-    let raw: RawEvent = serde_json::from_value(value.clone())
-        .map_err(|e| refuse("body", format!("is not a RunEvent: {e}")))?;
     raw.check().map(|event| Parsed::Run(Box::new(event)))
 }
 
@@ -180,32 +178,30 @@ fn check_schema(schema: &str) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// The fields of an event that are read.
 #[derive(Deserialize)]
 struct RawEvent {
+    #[serde(rename = "schemaURL")]
+    schema_url: Option<Value>,
     #[serde(rename = "eventType")]
     event_type: Option<Value>,
     #[serde(rename = "eventTime")]
     event_time: Option<Value>,
-    run: Option<RawRun>,
-    job: Option<RawJob>,
-    #[serde(default)]
-    outputs: Option<Vec<Value>>,
+    run: Option<Value>,
+    job: Option<Value>,
+    outputs: Option<Value>,
 }
 
-#[derive(Deserialize)]
-struct RawRun {
-    #[serde(rename = "runId")]
-    run_id: Option<Value>,
-    #[serde(default)]
-    facets: Option<serde_json::Map<String, Value>>,
-}
-
-#[derive(Deserialize)]
-struct RawJob {
-    namespace: Option<Value>,
-    name: Option<Value>,
-    #[serde(default)]
-    facets: Option<serde_json::Map<String, Value>>,
+/// `value` as an object, or the refusal naming `field`.
+fn object<'a>(
+    value: Option<&'a Value>,
+    field: &str,
+) -> Result<&'a serde_json::Map<String, Value>, Refusal> {
+    match value {
+        None | Some(Value::Null) => Err(refuse(field, "is required")),
+        Some(Value::Object(object)) => Ok(object),
+        Some(_) => Err(refuse(field, "must be an object")),
+    }
 }
 
 impl RawEvent {
@@ -238,18 +234,22 @@ impl RawEvent {
             }
             Some(_) => return Err(refuse("eventTime", "must be a string")),
         };
-        let run = self.run.ok_or_else(|| refuse("run", "is required"))?;
-        let run_id = uuid_field(run.run_id.as_ref(), "run.runId")?;
-        let job = self.job.ok_or_else(|| refuse("job", "is required"))?;
+        let run = object(self.run.as_ref(), "run")?;
+        let run_id = uuid_field(run.get("runId"), "run.runId")?;
+        let job = object(self.job.as_ref(), "job")?;
         let job_type = job
-            .facets
-            .as_ref()
+            .get("facets")
             .and_then(|facets| facets.get("jobType"))
             .and_then(|facet| facet.get("jobType"))
             .and_then(Value::as_str)
             .map(str::to_string);
-        let job = job_of(job.namespace.as_ref(), job.name.as_ref(), "job")?;
-        let facets = run.facets.unwrap_or_default();
+        let job = job_of(job.get("namespace"), job.get("name"), "job")?;
+        let no_facets = serde_json::Map::new();
+        let facets = match run.get("facets") {
+            None | Some(Value::Null) => &no_facets,
+            Some(Value::Object(facets)) => facets,
+            Some(_) => return Err(refuse("run.facets", "must be an object")),
+        };
         let (parent, root) = match facets.get("parent") {
             None | Some(Value::Null) => (None, None),
             Some(parent) => {
@@ -274,8 +274,13 @@ impl RawEvent {
                 }
             },
         };
+        let datasets = match &self.outputs {
+            None | Some(Value::Null) => &[][..],
+            Some(Value::Array(datasets)) => datasets.as_slice(),
+            Some(_) => return Err(refuse("outputs", "must be an array")),
+        };
         let mut outputs = Vec::new();
-        for (index, dataset) in self.outputs.unwrap_or_default().iter().enumerate() {
+        for (index, dataset) in datasets.iter().enumerate() {
             if index == MAX_OUTPUTS {
                 break;
             }

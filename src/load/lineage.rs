@@ -1,8 +1,10 @@
 //! OpenLineage workers: each POSTs run events to `/api/v1/lineage`, one event per request on
 //! one keep-alive HTTP/1.1 connection, as an Airflow deployment's emitters do. Each worker
-//! plays DAG runs of its own (2,000 DAGs of four tasks between them, random v4 run ids): the
-//! DAG's START, each task's START and COMPLETE (one in ten FAILs), the DAG's end: ten events
-//! a DAG run.
+//! plays DAG runs of its own (2,000 DAGs of four tasks between them): the DAG's START, each
+//! task's START and COMPLETE (one in ten FAILs), the DAG's end: ten events a DAG run. Run ids
+//! are UUIDv7, as OpenLineage clients make them (Airflow's provider, openlineage-python's
+//! `generate_new_uuid`, Spark's), or random v4 ones (`RunIds::V4`, the worst case for the
+//! store: every id a random key).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,13 +24,25 @@ const DAGS: u64 = 2_000;
 const TASKS: u64 = 4;
 const EVENTS_PER_DAG_RUN: u64 = 2 + 2 * TASKS;
 
+/// How run ids are made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RunIds {
+    /// Time-ordered, as OpenLineage clients make them.
+    V7,
+    /// Random.
+    V4,
+}
+
 /// The `index`-th event worker `worker` sends.
-fn event(worker: u64, index: u64, runs: &mut Vec<Uuid>) -> Vec<u8> {
+fn event(worker: u64, index: u64, ids: RunIds, runs: &mut Vec<Uuid>) -> Vec<u8> {
     let dag_run = index / EVENTS_PER_DAG_RUN;
     let step = index % EVENTS_PER_DAG_RUN;
     if step == 0 {
         runs.clear();
-        runs.extend((0..=TASKS).map(|_| Uuid::new_v4()));
+        runs.extend((0..=TASKS).map(|_| match ids {
+            RunIds::V7 => Uuid::now_v7(),
+            RunIds::V4 => Uuid::new_v4(),
+        }));
     }
     let dag = format!("dag_{:04}", (worker * 7_919 + dag_run) % DAGS);
     let now = Timestamp::now().micros();
@@ -87,6 +101,7 @@ pub async fn lineage_worker(
     addr: SocketAddr,
     token: String,
     worker: u64,
+    ids: RunIds,
     budget: Arc<Budget>,
 ) -> Outcome {
     let mut outcome = Outcome::default();
@@ -105,7 +120,7 @@ pub async fn lineage_worker(
                 }
             }
         }
-        let body = event(worker, index, &mut runs);
+        let body = event(worker, index, ids, &mut runs);
         let request = hyper::Request::post("/api/v1/lineage")
             .header(hyper::header::HOST, host.as_str())
             .header(hyper::header::AUTHORIZATION, authorization.as_str())

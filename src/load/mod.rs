@@ -6,6 +6,7 @@
 mod grpc;
 mod histogram;
 mod lineage;
+pub use lineage::RunIds;
 mod rest;
 
 use std::net::SocketAddr;
@@ -83,6 +84,8 @@ pub struct Plan {
     pub stream_messages: usize,
     /// Task runs of the queried pipeline loaded before the measurement (idempotent).
     pub seed_runs: u64,
+    /// How the lineage workload makes run ids.
+    pub run_ids: RunIds,
     pub stop: Stop,
     /// Threads the load tool itself runs on.
     pub threads: usize,
@@ -227,6 +230,7 @@ async fn run_async(plan: Plan) -> Result<Report, String> {
                 plan.http,
                 token,
                 worker as u64,
+                plan.run_ids,
                 budget,
             ))),
             Front::None => {}
