@@ -24,16 +24,24 @@ pub enum Scope {
     StatsRead,
     /// Report task-run results and register pipelines; executors need it.
     RunsWrite,
+    /// Create and delete alert rules.
+    AlertsWrite,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 3] = [Scope::PipelinesRun, Scope::StatsRead, Scope::RunsWrite];
+    pub const ALL: [Scope; 4] = [
+        Scope::PipelinesRun,
+        Scope::StatsRead,
+        Scope::RunsWrite,
+        Scope::AlertsWrite,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::PipelinesRun => "pipelines:run",
             Scope::StatsRead => "stats:read",
             Scope::RunsWrite => "runs:write",
+            Scope::AlertsWrite => "alerts:write",
         }
     }
 
@@ -42,6 +50,7 @@ impl Scope {
             Scope::PipelinesRun => 1,
             Scope::StatsRead => 2,
             Scope::RunsWrite => 4,
+            Scope::AlertsWrite => 8,
         }
     }
 }
@@ -54,8 +63,9 @@ impl std::str::FromStr for Scope {
             "pipelines:run" | "workflows:run" => Ok(Scope::PipelinesRun),
             "stats:read" => Ok(Scope::StatsRead),
             "runs:write" => Ok(Scope::RunsWrite),
+            "alerts:write" => Ok(Scope::AlertsWrite),
             _ => Err(format!(
-                "{} is not a scope (one of pipelines:run, workflows:run, stats:read, runs:write)",
+                "{} is not a scope (one of pipelines:run, workflows:run, stats:read, runs:write, alerts:write)",
                 crate::error::quote(s)
             )),
         }

@@ -11,6 +11,7 @@
 
 #[cfg(unix)]
 pub mod admin;
+pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod cli;

@@ -85,7 +85,7 @@ pub fn document() -> Value {
         ("grant_type", "client_credentials or refresh_token", true),
         ("client_id", "The OAuth client's id (or use HTTP Basic authentication)", false),
         ("client_secret", "The OAuth client's secret (or use HTTP Basic authentication)", false),
-        ("scope", "Space-separated scopes narrowing the grant: pipelines:run (alias workflows:run, echoed back as asked), stats:read, runs:write", false),
+        ("scope", "Space-separated scopes narrowing the grant: pipelines:run (alias workflows:run, echoed back as asked), stats:read, runs:write, alerts:write", false),
         ("refresh_token", "For grant_type refresh_token: the refresh token, used up by this request", false),
     ]
     .into_iter()
@@ -232,7 +232,8 @@ pub fn document() -> Value {
                 "oauth2": {"type": "oauth2", "flows": {"clientCredentials": {"tokenUrl": "/v1/oauth/token", "refreshUrl": "/v1/oauth/token", "scopes": {
                     "pipelines:run": "Run pipelines (alias workflows:run)",
                     "stats:read": "Read stats and logs",
-                    "runs:write": "Report task runs and register pipelines (gRPC)"
+                    "runs:write": "Report task runs and register pipelines (gRPC)",
+                    "alerts:write": "Create and delete alert rules"
                 }}}},
                 "bearer": {"type": "http", "scheme": "bearer"}
             },

@@ -33,7 +33,10 @@ async fn the_token_endpoint_grants_refreshes_and_refuses() {
     let grant: Value = response.json().await.unwrap();
     assert_eq!(grant["token_type"], "Bearer");
     assert_eq!(grant["expires_in"], 86_400);
-    assert_eq!(grant["scope"], "pipelines:run stats:read runs:write");
+    assert_eq!(
+        grant["scope"],
+        "pipelines:run stats:read runs:write alerts:write"
+    );
     assert!(grant["access_token"].as_str().unwrap().starts_with("rla_"));
 
     // A form body, an alias scope echoed as asked, and a trailing slash.
@@ -266,7 +269,10 @@ fn a_fresh_server_prints_credentials_that_work() {
         .first_client
         .clone()
         .expect("the first start prints credentials");
-    assert_eq!(credentials["scopes"], "pipelines:run stats:read runs:write");
+    assert_eq!(
+        credentials["scopes"],
+        "pipelines:run stats:read runs:write alerts:write"
+    );
     assert!(credentials["output_key"].is_string());
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let status = runtime.block_on(async {
