@@ -4,4 +4,6 @@
 
 pub mod rule;
 
-pub use rule::{Format, MAX_RULES_PER_ORG, Rule, RuleKind, Schedule, Span, Webhook};
+pub use rule::{
+    Format, MAX_RULES_PER_ORG, Rule, RuleKind, Schedule, Span, StoredRule, Webhook, rule_key,
+};

@@ -412,6 +412,32 @@ impl Rule {
     }
 }
 
+/// A rule as stored: its webhook secret sealed under the organization's output key (standard
+/// base64), and when it was made.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredRule {
+    pub rule: Rule,
+    pub created_at: i64,
+}
+
+impl StoredRule {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a rule serializes")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<StoredRule> {
+        serde_json::from_slice(bytes).ok()
+    }
+}
+
+/// The key of a rule: organization UUID, rule UUID.
+pub fn rule_key(org: Uuid, rule: Uuid) -> [u8; 32] {
+    let mut key = [0u8; 32];
+    key[..16].copy_from_slice(org.as_bytes());
+    key[16..].copy_from_slice(rule.as_bytes());
+    key
+}
+
 /// An `http` or `https` URL with a host, at most 2,048 bytes.
 fn check_url(url: &str) -> Result<(), String> {
     if url.len() > 2_048 {

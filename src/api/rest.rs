@@ -41,7 +41,7 @@ type PathParams<T> = std::result::Result<Path<T>, PathRejection>;
 
 /// The REST application.
 pub fn router(engine: Arc<Engine>) -> Router {
-    let routes: [(&str, MethodRouter<AppState>); 9] = [
+    let routes: [(&str, MethodRouter<AppState>); 11] = [
         ("/v1/oauth/token", get(token).post(token)),
         ("/v1/stats/pipelines", get(pipelines_overview)),
         ("/v1/pipelines/{uuid}/runs", post(run_pipeline)),
@@ -54,6 +54,11 @@ pub fn router(engine: Arc<Engine>) -> Router {
         ),
         ("/v1/stats/{kind}/{uuid}/last-run/stats", get(last_run)),
         ("/v1/stats/pipelines/{uuid}/running", get(running)),
+        ("/v1/alerts/rules", post(create_rule).get(list_rules)),
+        (
+            "/v1/alerts/rules/{uuid}",
+            get(show_rule).delete(delete_rule),
+        ),
     ];
     let lineage_route = || post(lineage).layer(DefaultBodyLimit::max(MAX_EVENT_BYTES));
     let mut router = Router::new()
@@ -549,6 +554,92 @@ async fn run_pipeline(
         StatusCode::CREATED,
         Json(runs.iter().map(RunTaskBody::from).collect()),
     ))
+}
+
+/// An alert rule as the API shows it: never its secret.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RuleBody {
+    pub rule_uuid: String,
+    pub name: String,
+    pub pipeline_uuid: Option<String>,
+    pub kind: String,
+    pub params: serde_json::Value,
+    pub webhook: WebhookBody,
+    pub created_at: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WebhookBody {
+    pub url: String,
+    pub format: String,
+}
+
+impl From<crate::engine::RuleView> for RuleBody {
+    fn from(view: crate::engine::RuleView) -> RuleBody {
+        let rule = view.stored.rule;
+        RuleBody {
+            rule_uuid: view.rule.to_string(),
+            name: rule.name,
+            pipeline_uuid: rule.pipeline.map(|p| p.to_string()),
+            kind: rule.kind.as_str().to_string(),
+            params: rule.kind.params(),
+            webhook: WebhookBody {
+                url: rule.webhook.url,
+                format: rule.webhook.format.as_str().to_string(),
+            },
+            created_at: crate::time::Timestamp::from_micros(view.stored.created_at)
+                .map(format_rfc3339)
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// `POST /v1/alerts/rules`: 201 `{"rule_uuid"}` once durable.
+async fn create_rule(
+    State(engine): State<AppState>,
+    caller: Caller,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<serde_json::Value>)> {
+    let body = body_within_limit(body)?;
+    let body: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| Error::invalid("body", format!("is not JSON: {e}")))?;
+    let rule = engine.create_rule(&caller, &body).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({"rule_uuid": rule.to_string()})),
+    ))
+}
+
+/// `GET /v1/alerts/rules`: the organization's rules, oldest first.
+async fn list_rules(State(engine): State<AppState>, caller: Caller) -> Result<Json<Vec<RuleBody>>> {
+    Ok(Json(
+        engine
+            .rules(&caller)?
+            .into_iter()
+            .map(RuleBody::from)
+            .collect(),
+    ))
+}
+
+/// `GET /v1/alerts/rules/{uuid}`.
+async fn show_rule(
+    State(engine): State<AppState>,
+    caller: Caller,
+    params: PathParams<String>,
+) -> Result<Json<RuleBody>> {
+    let rule = path_uuid(&path(params)?)?;
+    Ok(Json(engine.rule(&caller, rule)?.into()))
+}
+
+/// `DELETE /v1/alerts/rules/{uuid}`: 204 once durable.
+async fn delete_rule(
+    State(engine): State<AppState>,
+    caller: Caller,
+    params: PathParams<String>,
+) -> Result<StatusCode> {
+    let rule = path_uuid(&path(params)?)?;
+    engine.delete_rule(&caller, rule).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// `POST /api/v1/lineage` (and `/v1/lineage`): one OpenLineage run event, 201 once durable.

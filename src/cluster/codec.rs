@@ -28,6 +28,8 @@ const TOKENS: u8 = 7;
 const PURGE: u8 = 8;
 const PRUNE: u8 = 9;
 const LINEAGE: u8 = 10;
+const CREATE_RULE: u8 = 11;
+const DELETE_RULE: u8 = 12;
 
 /// Whether an operation is about credentials (organizations, clients, tokens): these go to the
 /// credentials subject, which gateways apply too.
@@ -157,6 +159,17 @@ fn encode_op(op: &WriteOp, out: &mut Out) -> Result<()> {
                 None => out.u8(0),
             }
             out.bytes(&event.output);
+        }
+        WriteOp::CreateRule { org, rule, stored } => {
+            out.u8(CREATE_RULE);
+            out.uuid(org.0);
+            out.uuid(*rule);
+            out.bytes(&stored.encode());
+        }
+        WriteOp::DeleteRule { org, rule } => {
+            out.u8(DELETE_RULE);
+            out.uuid(org.0);
+            out.uuid(*rule);
         }
         WriteOp::Restore { .. } => {
             return Err(Error::InvalidArgument(
@@ -355,6 +368,21 @@ impl In<'_> {
                     }),
                 }
             }
+            CREATE_RULE => {
+                let org = OrgId(input.uuid()?);
+                let rule = input.uuid()?;
+                let stored = crate::alerts::StoredRule::decode(input.bytes()?)
+                    .ok_or_else(|| malformed("an alert rule that does not decode".into()))?;
+                WriteOp::CreateRule {
+                    org,
+                    rule,
+                    stored: Box::new(stored),
+                }
+            }
+            DELETE_RULE => WriteOp::DeleteRule {
+                org: OrgId(input.uuid()?),
+                rule: input.uuid()?,
+            },
             other => return Err(malformed(format!("unknown operation {other}"))),
         };
         Ok(op)

@@ -4,6 +4,7 @@
 //! else.
 
 mod access;
+mod alerts;
 mod dispatch;
 mod keys;
 mod lineage;
@@ -19,6 +20,7 @@ use std::sync::Arc;
 pub use access::{
     ClientInfo, NewApiKey, NewClient, TokenGrant, TokenRequest, new_api_key, new_client,
 };
+pub use alerts::RuleView;
 pub use dispatch::Subscription;
 pub use replica::Health;
 pub use retention::{PRUNE_STEP, PruneSummary, cut_for};

@@ -520,6 +520,22 @@ impl<'a> Reader<'a> {
             .transpose()
     }
 
+    /// An organization's alert rules, by rule UUID.
+    pub fn alert_rules(&self, org: OrgId) -> Result<Vec<(Uuid, crate::alerts::StoredRule)>> {
+        let table = self.txn.open_table(tables::ALERT_RULES)?;
+        let low = crate::alerts::rule_key(org.0, Uuid::nil());
+        let high = crate::alerts::rule_key(org.0, Uuid::max());
+        let mut rules = Vec::new();
+        for entry in table.range::<&[u8; 32]>(&low..=&high)? {
+            let (key, value) = entry?;
+            let uuid = Uuid::from_bytes(key.value()[16..].try_into().expect("16 bytes"));
+            let stored = crate::alerts::StoredRule::decode(value.value())
+                .ok_or_else(|| super::records::corrupt("alert rule"))?;
+            rules.push((uuid, stored));
+        }
+        Ok(rules)
+    }
+
     /// The adoption into a cluster this database continues, if it was adopted (see
     /// `runledger cluster adopt`).
     pub fn baseline(&self) -> Result<Option<Uuid>> {

@@ -36,6 +36,7 @@
 //! | `pending`        | serial                                       | index key, org UUID        |
 //! | `running`        | pipeline id, started_at, task-run UUID       | its `task_index` key       |
 //! | `lineage_runs`   | org index, OpenLineage run UUID              | what its events said       |
+//! | `alert_rules`    | organization UUID, rule UUID                 | the rule (secret sealed)   |
 //! | `writers`        | stream writer id                             | its last applied number    |
 //! | `early`          | stream writer id, number                     | a copy kept for its turn   |
 //! | `skipped`        | stream sequence                              | why it was skipped         |
@@ -137,6 +138,9 @@ tables! {
     /// OpenLineage runs: org index and run UUID -> what their events said so far (see
     /// `crate::lineage::state`).
     lineage_runs / LINEAGE_RUNS: &'static [u8; SCOPED_KEY_LEN] => &'static [u8];
+    /// Alert rules: organization UUID and rule UUID -> the rule and when it was made (see
+    /// `crate::alerts::StoredRule`; the webhook secret sealed under the organization's key).
+    alert_rules / ALERT_RULES: &'static [u8; 32] => &'static [u8];
     /// Cluster mode: each writer of the stream -> the number of its last message applied
     /// (a writer's messages are applied in number order only, see `crate::cluster::publisher`).
     writers / WRITERS: &'static [u8; 16] => u64;

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real server on free ports with a temp data dir, driven by real clients.
 //! One binary (modules below) so the crate links once.
 
+mod alerts;
 mod browser;
 mod config;
 mod crash;

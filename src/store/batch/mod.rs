@@ -17,6 +17,7 @@
 //! - [`last_runs`]: keeping each entity's latest run;
 //! - [`restore`]: unfinished runs carried over from an older database.
 
+mod alerts;
 mod credentials;
 mod entities;
 mod last_runs;
@@ -66,6 +67,14 @@ pub enum WriteOp {
         event: Box<crate::lineage::Observed>,
         at: Timestamp,
     },
+    /// A new alert rule of organization `org` (its webhook secret sealed).
+    CreateRule {
+        org: OrgId,
+        rule: Uuid,
+        stored: Box<crate::alerts::StoredRule>,
+    },
+    /// Deletes an alert rule.
+    DeleteRule { org: OrgId, rule: Uuid },
     /// A pipeline and its tasks, with the organization filled in.
     Register(PipelineDefinition),
     /// A new run of a pipeline: one pending task run per initial task, queued for executors,
@@ -131,7 +140,9 @@ impl WriteOp {
         match self {
             WriteOp::Report { runs, .. } => runs.first().and_then(|run| run.organization),
             WriteOp::Register(definition) => definition.organization,
-            WriteOp::Lineage { org, .. } => Some(*org),
+            WriteOp::Lineage { org, .. }
+            | WriteOp::CreateRule { org, .. }
+            | WriteOp::DeleteRule { org, .. } => Some(*org),
             WriteOp::StartPipelineRun { org, .. } | WriteOp::CreateOrganization { org, .. } => {
                 Some(*org)
             }
@@ -147,6 +158,8 @@ impl WriteOp {
             WriteOp::Report { .. } => "report",
             WriteOp::Register(_) => "register",
             WriteOp::Lineage { .. } => "lineage",
+            WriteOp::CreateRule { .. } => "create_rule",
+            WriteOp::DeleteRule { .. } => "delete_rule",
             WriteOp::StartPipelineRun { .. } => "start_pipeline_run",
             WriteOp::CreateOrganization { .. } => "create_organization",
             WriteOp::CreateClient { .. } => "create_client",
@@ -164,6 +177,8 @@ impl WriteOp {
             WriteOp::Report { .. } => "a report of task runs",
             WriteOp::Register(_) => "a pipeline registration",
             WriteOp::Lineage { .. } => "an OpenLineage event",
+            WriteOp::CreateRule { .. } => "a new alert rule",
+            WriteOp::DeleteRule { .. } => "a deletion of an alert rule",
             WriteOp::StartPipelineRun { .. } => "a pipeline run",
             WriteOp::CreateOrganization { .. } => "a new organization",
             WriteOp::CreateClient { .. } => "a new client",
@@ -200,6 +215,8 @@ pub enum WriteOutcome {
     TokensPurged(u64),
     Restored,
     Pruned(PruneProgress),
+    RuleCreated,
+    RuleDeleted(bool),
 }
 
 /// Index entries from which [`Batch::finish`] writes tables from several threads (when allowed):
@@ -361,6 +378,12 @@ impl<'txn> Batch<'txn> {
             WriteOp::Lineage { org, event, at } => {
                 Ok(self.lineage(*org, event, *at)?.map(WriteOutcome::Report))
             }
+            WriteOp::CreateRule { org, rule, stored } => Ok(self
+                .create_rule(*org, *rule, stored)?
+                .map(|()| WriteOutcome::RuleCreated)),
+            WriteOp::DeleteRule { org, rule } => Ok(Ok(WriteOutcome::RuleDeleted(
+                self.delete_rule(*org, *rule)?,
+            ))),
             WriteOp::Register(definition) => {
                 if let Err(rejection) = self.check_register(definition)? {
                     return Ok(Err(rejection));

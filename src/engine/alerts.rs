@@ -1,0 +1,87 @@
+//! Alert rules through the engine: created (checked, the webhook secret sealed under the
+//! organization's output key), listed, shown and deleted, within the caller's organization.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use uuid::Uuid;
+
+use super::{Engine, organization_for, unexpected};
+use crate::alerts::{Rule, StoredRule};
+use crate::auth::{Caller, Scope};
+use crate::error::{Error, Result};
+use crate::model::TaskRunId;
+use crate::store::{WriteOp, WriteOutcome};
+use crate::time::Timestamp;
+
+/// A rule as the API shows it (never its secret).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RuleView {
+    pub rule: Uuid,
+    pub stored: StoredRule,
+}
+
+impl Engine {
+    /// Creates an alert rule from its JSON; returns its UUID once durable.
+    pub async fn create_rule(&self, caller: &Caller, body: &serde_json::Value) -> Result<Uuid> {
+        caller.require(Scope::AlertsWrite)?;
+        let org = organization_for(caller, None)?;
+        let mut rule =
+            Rule::parse(body).map_err(|(field, reason)| Error::invalid(&field, reason))?;
+        let uuid = Uuid::new_v4();
+        let key = self.output_key(org).await?;
+        rule.webhook.secret =
+            STANDARD.encode(key.seal_output(&TaskRunId(uuid), rule.webhook.secret.as_bytes()));
+        let op = WriteOp::CreateRule {
+            org,
+            rule: uuid,
+            stored: Box::new(StoredRule {
+                rule,
+                created_at: Timestamp::now().micros(),
+            }),
+        };
+        match self.writes.write(&self.store, op).await? {
+            WriteOutcome::RuleCreated => Ok(uuid),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The caller's organization's rules, oldest first.
+    pub fn rules(&self, caller: &Caller) -> Result<Vec<RuleView>> {
+        caller.require(Scope::AlertsWrite)?;
+        let org = organization_for(caller, None)?;
+        let mut rules: Vec<RuleView> = self
+            .store
+            .reader()?
+            .alert_rules(org)?
+            .into_iter()
+            .map(|(rule, stored)| RuleView { rule, stored })
+            .collect();
+        rules.sort_by_key(|view| (view.stored.created_at, view.rule));
+        Ok(rules)
+    }
+
+    /// One of the caller's organization's rules.
+    pub fn rule(&self, caller: &Caller, rule: Uuid) -> Result<RuleView> {
+        self.rules(caller)?
+            .into_iter()
+            .find(|view| view.rule == rule)
+            .ok_or_else(|| Error::NotFound(format!("no alert rule {rule}")))
+    }
+
+    /// Deletes one of the caller's organization's rules.
+    pub async fn delete_rule(&self, caller: &Caller, rule: Uuid) -> Result<()> {
+        caller.require(Scope::AlertsWrite)?;
+        let org = organization_for(caller, None)?;
+        match self
+            .writes
+            .write(&self.store, WriteOp::DeleteRule { org, rule })
+            .await?
+        {
+            WriteOutcome::RuleDeleted(true) => Ok(()),
+            WriteOutcome::RuleDeleted(false) => {
+                Err(Error::NotFound(format!("no alert rule {rule}")))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+}
