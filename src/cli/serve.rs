@@ -82,6 +82,10 @@ pub struct ServeArgs {
     /// kept for ever; reports older than the cut are refused.
     #[arg(long, env = "RUNLEDGER_KEEP_RUNS_DAYS", value_parser = clap::value_parser!(u32).range(1..=3_650_000))]
     pub keep_runs_days: Option<u32>,
+    /// Address ranges webhooks may go to although they are internal (loopback, private,
+    /// link-local addresses are refused otherwise), comma-separated CIDRs: `10.0.0.0/8,::1`.
+    #[arg(long, env = "RUNLEDGER_WEBHOOK_ALLOW_NET", value_parser = clap::value_parser!(crate::alerts::AllowedNets))]
+    pub webhook_allow_net: Option<crate::alerts::AllowedNets>,
     /// Cluster mode: NATS server URLs, comma-separated. Writes go through the cluster's
     /// stream (`runledger cluster init` creates it); this node applies it into --data-dir.
     #[arg(long, env = "RUNLEDGER_NATS")]
@@ -158,7 +162,8 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
     let mut engine = crate::engine::Engine::open(store, master.clone())
         .map_err(|e| format!("cannot start: {e}"))?
         .with_max_pending_runs(args.max_pending_runs)
-        .with_retention(args.keep_runs_days);
+        .with_retention(args.keep_runs_days)
+        .with_webhook_allow(args.webhook_allow_net.clone().unwrap_or_default());
     if let (Some(urls), Some(master)) = (&args.nats, &master) {
         let log = runtime
             .block_on(crate::cluster::Log::connect(urls, Duration::from_secs(30)))

@@ -6,6 +6,7 @@ use base64::engine::general_purpose::STANDARD;
 use uuid::Uuid;
 
 use super::{Engine, organization_for, unexpected};
+use crate::alerts::destination::Undeliverable;
 use crate::alerts::{Rule, StoredRule};
 use crate::auth::{Caller, Scope};
 use crate::error::{Error, Result};
@@ -27,6 +28,11 @@ impl Engine {
         let org = organization_for(caller, None)?;
         let mut rule =
             Rule::parse(body).map_err(|(field, reason)| Error::invalid(&field, reason))?;
+        // A name that does not resolve now is checked again at each delivery.
+        match crate::alerts::destination::resolve(&rule.webhook.url, &self.webhook_allow).await {
+            Ok(_) | Err(Undeliverable::Unresolved(_)) => {}
+            Err(refused) => return Err(Error::invalid("webhook.url", refused)),
+        }
         let uuid = Uuid::new_v4();
         let key = self.output_key(org).await?;
         rule.webhook.secret =

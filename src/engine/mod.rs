@@ -78,6 +78,8 @@ pub struct Engine {
     max_pending_runs: usize,
     /// `serve --keep-runs-days`: whole days of runs kept before today.
     keep_runs_days: Option<u32>,
+    /// `serve --webhook-allow-net`: internal ranges webhooks may go to nonetheless.
+    webhook_allow: crate::alerts::AllowedNets,
     /// Where writes go: the local writer, or the cluster's log (see [`writes`]).
     writes: writes::Writes,
 }
@@ -114,6 +116,7 @@ impl Engine {
             throttle: FailureThrottle::default(),
             max_pending_runs: DEFAULT_MAX_PENDING_RUNS,
             keep_runs_days: None,
+            webhook_allow: crate::alerts::AllowedNets::default(),
             writes: writes::Writes::Local,
         })
     }
@@ -134,6 +137,13 @@ impl Engine {
     /// background while serving.
     pub fn with_retention(mut self, days: Option<u32>) -> Engine {
         self.keep_runs_days = days;
+        self
+    }
+
+    /// Lets webhooks go to these internal ranges (loopback, private, link-local addresses are
+    /// refused otherwise).
+    pub fn with_webhook_allow(mut self, allowed: crate::alerts::AllowedNets) -> Engine {
+        self.webhook_allow = allowed;
         self
     }
 

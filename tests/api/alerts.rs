@@ -227,3 +227,59 @@ async fn a_bad_rule_is_refused_naming_the_field_and_nothing_is_stored() {
     .await;
     assert_eq!(listed, json!([]));
 }
+
+#[tokio::test]
+async fn webhooks_to_internal_addresses_are_refused_unless_the_operator_allows_them() {
+    let app = spawn_app().await;
+    for url in [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.5/hook",
+        "http://localhost:9000/hook",
+        "http://[::1]:9000/hook",
+        "http://[::ffff:192.168.0.1]/hook",
+    ] {
+        let mut body = rule();
+        body["webhook"]["url"] = json!(url);
+        let (status, error) = send(
+            &app,
+            reqwest::Method::POST,
+            "/v1/alerts/rules",
+            &app.token,
+            Some(body),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{url}: {error}");
+        let detail = error["errors"][0].as_str().unwrap();
+        assert!(
+            detail.starts_with("webhook.url: ") && detail.contains("--webhook-allow-net"),
+            "{url}: {detail}"
+        );
+    }
+    let allowed = crate::support::spawn_configured(
+        tempfile::tempdir().unwrap(),
+        |engine| engine.with_webhook_allow("127.0.0.0/8,::1/128".parse().unwrap()),
+        runledger::front::ConnectionLimits::default(),
+    )
+    .await;
+    let mut body = rule();
+    body["webhook"]["url"] = json!("http://localhost:9000/hook");
+    let (status, created) = send(
+        &allowed,
+        reqwest::Method::POST,
+        "/v1/alerts/rules",
+        &allowed.token,
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    body["webhook"]["url"] = json!("http://10.0.0.5/hook");
+    let (status, _) = send(
+        &allowed,
+        reqwest::Method::POST,
+        "/v1/alerts/rules",
+        &allowed.token,
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "only the allowed ranges");
+}
