@@ -204,6 +204,42 @@ pub fn document() -> Value {
                     }),
                 }
             },
+            "/v1/alerts/rules": {
+                "post": {
+                    "summary": "Create an alert rule (evaluation and delivery are not built yet: see the README, Alerts)",
+                    "security": [{"oauth2": ["alerts:write"]}, {"bearer": []}],
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/NewRule"}}}},
+                    "responses": with(
+                        {
+                            let mut errors = error_responses(&["400", "401", "403", "409", "413", "503"]);
+                            errors["400"]["description"] = json!("A malformed rule; the detail names the field (kind, params.window, webhook.url, ...), or a webhook URL in an internal range");
+                            errors["409"]["description"] = json!("The organization holds the most rules it may (1,000)");
+                            errors
+                        },
+                        "201",
+                        json_response("The new rule's UUID", json!({"type": "object", "required": ["rule_uuid"], "properties": {"rule_uuid": {"type": "string"}}})),
+                    ),
+                },
+                "get": {
+                    "summary": "The organization's alert rules, oldest first (never their secrets)",
+                    "security": [{"oauth2": ["alerts:write"]}, {"bearer": []}],
+                    "responses": with(error_responses(&["401", "403", "503"]), "200", json_response("Rules", json!({"type": "array", "items": {"$ref": "#/components/schemas/Rule"}}))),
+                }
+            },
+            "/v1/alerts/rules/{uuid}": {
+                "get": {
+                    "summary": "One alert rule",
+                    "security": [{"oauth2": ["alerts:write"]}, {"bearer": []}],
+                    "parameters": [uuid],
+                    "responses": with(error_responses(&["400", "401", "403", "404", "503"]), "200", json_response("The rule", json!({"$ref": "#/components/schemas/Rule"}))),
+                },
+                "delete": {
+                    "summary": "Delete an alert rule",
+                    "security": [{"oauth2": ["alerts:write"]}, {"bearer": []}],
+                    "parameters": [uuid],
+                    "responses": with(error_responses(&["400", "401", "403", "404", "503"]), "204", json!({"description": "Deleted"})),
+                }
+            },
             "/api/v1/lineage": {
                 "post": {
                     "summary": "Record one OpenLineage RunEvent (spec 2-0-x); also served at /v1/lineage",
@@ -301,6 +337,24 @@ pub fn document() -> Value {
                     "output": {"type": "string", "description": "Standard base64 of nonce (24 bytes) || ciphertext || tag (16 bytes), XChaCha20-Poly1305 under the organization's output key, no associated data; \"\" for no output"},
                     "metric_value": {"type": "number", "nullable": true},
                     "executed_at": {"type": "string", "description": "RFC 3339 with Z, fractional seconds only when non-zero"}
+                }},
+                "NewRule": {"type": "object", "required": ["name", "kind", "webhook"], "properties": {
+                    "name": {"type": "string"},
+                    "pipeline_uuid": {"type": "string", "nullable": true, "description": "null: every pipeline of the organization"},
+                    "kind": {"type": "string", "enum": ["failed", "failure_rate", "slow", "missing", "stuck"]},
+                    "params": {"type": "object", "description": "failed {consecutive}; failure_rate {window: 1h|24h|7d, above, min_runs}; slow {factor, percentile, window}; missing {every} or {cron, grace}; stuck {running_for}"},
+                    "webhook": {"type": "object", "required": ["url", "secret"], "properties": {
+                        "url": {"type": "string"}, "secret": {"type": "string"}, "format": {"type": "string", "enum": ["json", "slack", "alertmanager"]}
+                    }}
+                }},
+                "Rule": {"type": "object", "required": ["rule_uuid", "name", "pipeline_uuid", "kind", "params", "webhook", "created_at"], "properties": {
+                    "rule_uuid": {"type": "string"},
+                    "name": {"type": "string"},
+                    "pipeline_uuid": {"type": "string", "nullable": true},
+                    "kind": {"type": "string", "enum": ["failed", "failure_rate", "slow", "missing", "stuck"]},
+                    "params": {"type": "object"},
+                    "webhook": {"type": "object", "required": ["url", "format"], "properties": {"url": {"type": "string"}, "format": {"type": "string"}}},
+                    "created_at": {"type": "string", "description": "RFC 3339 with Z"}
                 }},
                 "RunningTaskRun": {"type": "object", "required": ["task_run_uuid", "task_uuid", "task_type", "workflow_run_uuid", "pipeline_run_uuid", "state", "started_at", "updated_at"], "properties": {
                     "task_run_uuid": {"type": "string"},

@@ -89,6 +89,8 @@ async fn the_openapi_document_describes_what_is_served() {
         documented,
         [
             "/api/v1/lineage",
+            "/v1/alerts/rules",
+            "/v1/alerts/rules/{uuid}",
             "/v1/oauth/token",
             "/v1/openapi.json",
             "/v1/pipelines/{uuid}/runs/",
@@ -121,9 +123,12 @@ async fn the_openapi_document_describes_what_is_served() {
         app.client.client_id, app.client.client_secret
     );
     let mut checked = 0;
-    // The lineage endpoint takes a body, which `call` does not send: its 201 and statuses are
-    // checked below.
-    for (template, operations) in paths.iter().filter(|(t, _)| *t != "/api/v1/lineage") {
+    // The lineage and rule endpoints take a body or a rule, which `call` does not send: the
+    // rules' answers are checked against their schemas below, the lineage statuses too.
+    for (template, operations) in paths
+        .iter()
+        .filter(|(t, _)| *t != "/api/v1/lineage" && !t.starts_with("/v1/alerts/rules"))
+    {
         for (method, operation) in operations.as_object().unwrap() {
             let kinds: &[&str] = if template.contains("{kind}") {
                 &["tasks", "pipelines", "workflows"]
@@ -197,6 +202,59 @@ async fn the_openapi_document_describes_what_is_served() {
         statuses("/v1/stats/pipelines", "get"),
         ["200", "400", "401", "403", "503"]
     );
+    // A rule created, listed, shown and deleted answers as documented.
+    let rule = json!({"name": "etl", "pipeline_uuid": null, "kind": "failed", "params": {},
+        "webhook": {"url": "https://203.0.113.7/hook", "secret": "0123456789abcdef"}});
+    let created = reqwest::Client::new()
+        .post(app.url("/v1/alerts/rules"))
+        .bearer_auth(&app.token)
+        .json(&rule)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let created: Value = created.json().await.unwrap();
+    let post = &paths["/v1/alerts/rules"]["post"]["responses"]["201"];
+    check_schema(
+        &document,
+        &post["content"]["application/json"]["schema"],
+        &created,
+        "POST rules",
+    );
+    let uuid = created["rule_uuid"].as_str().unwrap();
+    let (status, _, listed) = call(&app, Method::GET, "/v1/alerts/rules", Some(&app.token)).await;
+    assert_eq!(status, 200);
+    let get = &paths["/v1/alerts/rules"]["get"]["responses"]["200"];
+    check_schema(
+        &document,
+        &get["content"]["application/json"]["schema"],
+        &listed,
+        "GET rules",
+    );
+    let (status, _, shown) = call(
+        &app,
+        Method::GET,
+        &format!("/v1/alerts/rules/{uuid}"),
+        Some(&app.token),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let one = &paths["/v1/alerts/rules/{uuid}"]["get"]["responses"]["200"];
+    check_schema(
+        &document,
+        &one["content"]["application/json"]["schema"],
+        &shown,
+        "GET rule",
+    );
+    let (status, _, _) = call(
+        &app,
+        Method::DELETE,
+        &format!("/v1/alerts/rules/{uuid}"),
+        Some(&app.token),
+    )
+    .await;
+    assert_eq!(status, 204);
+    assert!(paths["/v1/alerts/rules/{uuid}"]["delete"]["responses"]["204"].is_object());
     // Error bodies match the documented error schema too.
     let (status, _, error) = call(
         &app,
