@@ -14,9 +14,13 @@ use crate::model::{PipelineId, check_name};
 /// The most rules one organization may hold.
 pub const MAX_RULES_PER_ORG: usize = 1_000;
 
-/// A span of time written `90s`, `30m`, `2h` or `7d`, in seconds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Span(pub i64);
+/// A span of time written `90s`, `30m`, `2h` or `7d`: its seconds, and its text as written
+/// (shown back as given).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Span {
+    pub seconds: i64,
+    pub text: String,
+}
 
 impl Span {
     /// Reads `text`, which must lie within `min..=max` seconds.
@@ -46,7 +50,10 @@ impl Span {
                 show(max)
             ));
         }
-        Ok(Span(seconds))
+        Ok(Span {
+            seconds,
+            text: text.to_string(),
+        })
     }
 }
 
@@ -111,17 +118,17 @@ impl RuleKind {
                 window,
                 above,
                 min_runs,
-            } => json!({"window": show(window.0), "above": above, "min_runs": min_runs}),
+            } => json!({"window": window.text, "above": above, "min_runs": min_runs}),
             RuleKind::Slow {
                 factor,
                 percentile,
                 window,
-            } => json!({"factor": factor, "percentile": percentile, "window": show(window.0)}),
-            RuleKind::Missing(Schedule::Every(every)) => json!({"every": show(every.0)}),
+            } => json!({"factor": factor, "percentile": percentile, "window": window.text}),
+            RuleKind::Missing(Schedule::Every(every)) => json!({"every": every.text}),
             RuleKind::Missing(Schedule::Cron { pattern, grace }) => {
-                json!({"cron": pattern, "grace": show(grace.0)})
+                json!({"cron": pattern, "grace": grace.text})
             }
-            RuleKind::Stuck { running_for } => json!({"running_for": show(running_for.0)}),
+            RuleKind::Stuck { running_for } => json!({"running_for": running_for.text}),
         }
     }
 }
@@ -483,7 +490,10 @@ mod tests {
         assert_eq!(
             rate.kind,
             RuleKind::FailureRate {
-                window: Span(86_400),
+                window: Span {
+                    seconds: 86_400,
+                    text: "24h".into()
+                },
                 above: 0.2,
                 min_runs: 1
             }
@@ -494,7 +504,10 @@ mod tests {
             RuleKind::Slow {
                 factor: 2.0,
                 percentile: 95,
-                window: Span(7 * 86_400)
+                window: Span {
+                    seconds: 7 * 86_400,
+                    text: "7d".into()
+                }
             }
         );
         let cron = Rule::parse(&rule(
@@ -507,7 +520,13 @@ mod tests {
             json!({"cron": "0 2 * * *", "grace": "30m"})
         );
         let every = Rule::parse(&rule("missing", json!({"every": "90m"}))).unwrap();
-        assert_eq!(every.kind, RuleKind::Missing(Schedule::Every(Span(5_400))));
+        assert_eq!(
+            every.kind,
+            RuleKind::Missing(Schedule::Every(Span {
+                seconds: 5_400,
+                text: "90m".into()
+            }))
+        );
         let stuck = Rule::parse(&rule("stuck", json!({"running_for": "2h"}))).unwrap();
         assert_eq!(stuck.kind.params(), json!({"running_for": "2h"}));
         assert_eq!(Rule::decode(&stuck.encode()), Some(stuck));

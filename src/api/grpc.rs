@@ -20,8 +20,8 @@ use crate::engine::{DEFAULT_LOG_PAGE, Engine, MAX_LOG_PAGE, Subscription, TokenR
 use crate::error::Error;
 use crate::model::{BucketCount, Fill, LogCursor, OverviewCursor, PipelineId, ReportCounts};
 use crate::proto::{
-    self, auth_server::AuthServer, ingest_server::IngestServer, pipelines_server::PipelinesServer,
-    stats_server::StatsServer,
+    self, alerts_server::AlertsServer, auth_server::AuthServer, ingest_server::IngestServer,
+    pipelines_server::PipelinesServer, stats_server::StatsServer,
 };
 
 /// Report batches of one stream that may wait for durability at once; past this the stream
@@ -48,6 +48,7 @@ pub async fn routes(engine: Arc<Engine>) -> Routes {
         .await;
     health_reporter.set_serving::<StatsServer<GrpcApi>>().await;
     health_reporter.set_serving::<AuthServer<GrpcApi>>().await;
+    health_reporter.set_serving::<AlertsServer<GrpcApi>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -56,12 +57,14 @@ pub async fn routes(engine: Arc<Engine>) -> Routes {
     let ingest = IngestServer::new(api.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let pipelines = PipelinesServer::new(api.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let stats = StatsServer::new(api.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let alerts = AlertsServer::new(api.clone());
     let auth = AuthServer::new(api);
     Routes::new(health)
         .add_service(reflection)
         .add_service(auth)
         .add_service(InterceptedService::new(ingest, authenticate.clone()))
         .add_service(InterceptedService::new(pipelines, authenticate.clone()))
+        .add_service(InterceptedService::new(alerts, authenticate.clone()))
         .add_service(InterceptedService::new(stats, authenticate))
 }
 
@@ -258,6 +261,42 @@ impl proto::pipelines_server::Pipelines for GrpcApi {
         Ok(Response::new(proto::RunPipelineResponse {
             task_runs: runs.iter().map(wire::pending_run).collect(),
         }))
+    }
+}
+
+#[tonic::async_trait]
+impl proto::alerts_server::Alerts for GrpcApi {
+    async fn create_rule(
+        &self,
+        request: Request<proto::CreateRuleRequest>,
+    ) -> Result<Response<proto::CreateRuleResponse>, Status> {
+        let caller = caller(&request)?;
+        let body = wire::rule_body(request.into_inner());
+        let rule = self.engine.create_rule(&caller, &body).await?;
+        Ok(Response::new(proto::CreateRuleResponse {
+            rule_uuid: rule.to_string(),
+        }))
+    }
+
+    async fn list_rules(
+        &self,
+        request: Request<proto::ListRulesRequest>,
+    ) -> Result<Response<proto::ListRulesResponse>, Status> {
+        let caller = caller(&request)?;
+        let rules = self.engine.rules(&caller)?;
+        Ok(Response::new(proto::ListRulesResponse {
+            rules: rules.iter().map(wire::alert_rule).collect(),
+        }))
+    }
+
+    async fn delete_rule(
+        &self,
+        request: Request<proto::DeleteRuleRequest>,
+    ) -> Result<Response<proto::DeleteRuleResponse>, Status> {
+        let caller = caller(&request)?;
+        let rule = wire::uuid("rule_uuid", &request.into_inner().rule_uuid)?;
+        self.engine.delete_rule(&caller, rule).await?;
+        Ok(Response::new(proto::DeleteRuleResponse {}))
     }
 }
 

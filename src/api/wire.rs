@@ -331,3 +331,89 @@ pub fn log_entry(entry: LogEntry) -> proto::LogEntry {
         cursor: cursor.encode(),
     }
 }
+
+/// A protobuf `Struct` as JSON; whole numbers become JSON integers (protobuf has only doubles).
+pub fn struct_to_json(value: &prost_types::Struct) -> serde_json::Value {
+    serde_json::Value::Object(
+        value
+            .fields
+            .iter()
+            .map(|(key, value)| (key.clone(), value_to_json(value)))
+            .collect(),
+    )
+}
+
+fn value_to_json(value: &prost_types::Value) -> serde_json::Value {
+    use prost_types::value::Kind;
+    match &value.kind {
+        None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+        Some(Kind::NumberValue(n)) if n.fract() == 0.0 && n.abs() < 9.0e15 => {
+            serde_json::json!(*n as i64)
+        }
+        Some(Kind::NumberValue(n)) => serde_json::json!(n),
+        Some(Kind::StringValue(s)) => serde_json::json!(s),
+        Some(Kind::BoolValue(b)) => serde_json::json!(b),
+        Some(Kind::StructValue(s)) => struct_to_json(s),
+        Some(Kind::ListValue(list)) => {
+            serde_json::Value::Array(list.values.iter().map(value_to_json).collect())
+        }
+    }
+}
+
+/// JSON as a protobuf `Struct` (an object; anything else is an empty one).
+pub fn json_to_struct(value: &serde_json::Value) -> prost_types::Struct {
+    prost_types::Struct {
+        fields: value
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(key, value)| (key.clone(), json_to_value(value)))
+            .collect(),
+    }
+}
+
+fn json_to_value(value: &serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match value {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+        serde_json::Value::Array(items) => Kind::ListValue(prost_types::ListValue {
+            values: items.iter().map(json_to_value).collect(),
+        }),
+        object @ serde_json::Value::Object(_) => Kind::StructValue(json_to_struct(object)),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+/// A rule as REST's `POST /v1/alerts/rules` body, for the one rule parser.
+pub fn rule_body(request: proto::CreateRuleRequest) -> serde_json::Value {
+    let webhook = request.webhook.unwrap_or_default();
+    let mut body = serde_json::json!({
+        "name": request.name,
+        "pipeline_uuid": (!request.pipeline_uuid.is_empty()).then_some(request.pipeline_uuid),
+        "kind": request.kind,
+        "params": request.params.as_ref().map(struct_to_json),
+        "webhook": {"url": webhook.url, "secret": webhook.secret},
+    });
+    if !webhook.format.is_empty() {
+        body["webhook"]["format"] = serde_json::json!(webhook.format);
+    }
+    body
+}
+
+/// A stored rule, without its secret.
+pub fn alert_rule(view: &crate::engine::RuleView) -> proto::AlertRule {
+    let rule = &view.stored.rule;
+    proto::AlertRule {
+        rule_uuid: view.rule.to_string(),
+        name: rule.name.clone(),
+        pipeline_uuid: rule.pipeline.map(|p| p.to_string()).unwrap_or_default(),
+        kind: rule.kind.as_str().to_string(),
+        params: Some(json_to_struct(&rule.kind.params())),
+        webhook_url: rule.webhook.url.clone(),
+        webhook_format: rule.webhook.format.as_str().to_string(),
+        created_at: Timestamp::from_micros(view.stored.created_at).map(to_proto_timestamp),
+    }
+}

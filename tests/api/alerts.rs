@@ -283,3 +283,73 @@ async fn webhooks_to_internal_addresses_are_refused_unless_the_operator_allows_t
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "only the allowed ranges");
 }
+
+#[tokio::test]
+async fn rules_are_the_same_over_grpc() {
+    use runledger::proto::{self, alerts_client::AlertsClient};
+    let app = spawn_app().await;
+    let mut alerts = AlertsClient::with_interceptor(
+        app.channel().await,
+        crate::support::Bearer::new(&app.token),
+    );
+    let params = |json: Value| runledger::api::wire::json_to_struct(&json);
+    let request = proto::CreateRuleRequest {
+        name: "etl late".into(),
+        pipeline_uuid: "53206efd-1377-5d41-9b92-af79d5a4239e".into(),
+        kind: "failure_rate".into(),
+        params: Some(params(
+            json!({"window": "24h", "above": 0.25, "min_runs": 4}),
+        )),
+        webhook: Some(proto::Webhook {
+            url: "https://203.0.113.7/hook".into(),
+            secret: "0123456789abcdef".into(),
+            format: "alertmanager".into(),
+        }),
+    };
+    let created = alerts
+        .create_rule(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let listed = alerts
+        .list_rules(proto::ListRulesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .rules;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].rule_uuid, created.rule_uuid);
+    assert_eq!(listed[0].webhook_format, "alertmanager");
+    assert_eq!(
+        runledger::api::wire::struct_to_json(listed[0].params.as_ref().unwrap()),
+        json!({"window": "24h", "above": 0.25, "min_runs": 4})
+    );
+    // REST shows the same rule.
+    let (_, rest) = send(
+        &app,
+        reqwest::Method::GET,
+        "/v1/alerts/rules",
+        &app.token,
+        None,
+    )
+    .await;
+    assert_eq!(rest[0]["rule_uuid"], created.rule_uuid.as_str());
+    assert_eq!(rest[0]["params"]["min_runs"], 4);
+    let mut bad = request;
+    bad.params = Some(params(json!({"window": "2h", "above": 0.25})));
+    let refused = alerts.create_rule(bad).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("params.window"),
+        "{}",
+        refused.message()
+    );
+    let delete = proto::DeleteRuleRequest {
+        rule_uuid: created.rule_uuid,
+    };
+    alerts.delete_rule(delete.clone()).await.unwrap();
+    assert_eq!(
+        alerts.delete_rule(delete).await.unwrap_err().code(),
+        tonic::Code::NotFound
+    );
+}
