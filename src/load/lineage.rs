@@ -10,15 +10,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use uuid::Uuid;
 
+use super::rest::{connect, send};
 use super::{Budget, Outcome};
 use crate::time::{Timestamp, format_rfc3339};
-
-type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
 const DAGS: u64 = 2_000;
 const TASKS: u64 = 4;
@@ -85,18 +83,6 @@ fn event(worker: u64, index: u64, ids: RunIds, runs: &mut Vec<Uuid>) -> Vec<u8> 
     .expect("JSON")
 }
 
-async fn connect(addr: SocketAddr) -> Result<Sender, String> {
-    let tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-    let _ = tcp.set_nodelay(true);
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .map_err(|e| format!("HTTP handshake with {addr} failed: {e}"))?;
-    tokio::spawn(connection);
-    Ok(sender)
-}
-
 pub async fn lineage_worker(
     addr: SocketAddr,
     token: String,
@@ -128,7 +114,8 @@ pub async fn lineage_worker(
             .body(Full::new(Bytes::from(body)))
             .expect("a valid request");
         let started = Instant::now();
-        match send(sender.as_mut().expect("connected"), request).await {
+        let created = |status: &hyper::StatusCode| *status == hyper::StatusCode::CREATED;
+        match send(sender.as_mut().expect("connected"), request, created).await {
             Ok(()) => {
                 outcome.latency.record(started.elapsed());
                 outcome.ok += 1;
@@ -141,24 +128,4 @@ pub async fn lineage_worker(
         }
     }
     outcome
-}
-
-async fn send(sender: &mut Sender, request: hyper::Request<Full<Bytes>>) -> Result<(), String> {
-    sender.ready().await.map_err(|e| e.to_string())?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    if status == hyper::StatusCode::CREATED {
-        Ok(())
-    } else {
-        Err(format!("{status}: {}", String::from_utf8_lossy(&body)))
-    }
 }

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 
@@ -27,9 +27,10 @@ fn path(query: Query) -> String {
     }
 }
 
-type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+/// One keep-alive HTTP/1.1 connection's sending half.
+pub(super) type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
-async fn connect(addr: SocketAddr) -> Result<Sender, String> {
+pub(super) async fn connect(addr: SocketAddr) -> Result<Sender, String> {
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
@@ -65,10 +66,15 @@ pub async fn query_worker(
         let request = hyper::Request::get(uri.as_str())
             .header(hyper::header::HOST, host.as_str())
             .header(hyper::header::AUTHORIZATION, authorization.as_str())
-            .body(Empty::<Bytes>::new())
+            .body(Full::new(Bytes::new()))
             .expect("a valid request");
         let started = Instant::now();
-        let result = ask(sender.as_mut().expect("connected"), request).await;
+        let result = send(
+            sender.as_mut().expect("connected"),
+            request,
+            hyper::StatusCode::is_success,
+        )
+        .await;
         match result {
             Ok(()) => {
                 outcome.latency.record(started.elapsed());
@@ -83,7 +89,12 @@ pub async fn query_worker(
     outcome
 }
 
-async fn ask(sender: &mut Sender, request: hyper::Request<Empty<Bytes>>) -> Result<(), String> {
+/// Sends one request and reads its whole answer: `Ok` when `expected` says its status is.
+pub(super) async fn send(
+    sender: &mut Sender,
+    request: hyper::Request<Full<Bytes>>,
+    expected: fn(&hyper::StatusCode) -> bool,
+) -> Result<(), String> {
     sender.ready().await.map_err(|e| e.to_string())?;
     let response = sender
         .send_request(request)
@@ -96,7 +107,7 @@ async fn ask(sender: &mut Sender, request: hyper::Request<Empty<Bytes>>) -> Resu
         .await
         .map_err(|e| e.to_string())?
         .to_bytes();
-    if status.is_success() {
+    if expected(&status) {
         Ok(())
     } else {
         Err(format!("{status}: {}", String::from_utf8_lossy(&body)))
