@@ -9,7 +9,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::error::quote;
-use crate::model::{PipelineId, check_name};
+use crate::model::check_name;
 
 /// The most rules one organization may hold.
 pub const MAX_RULES_PER_ORG: usize = 1_000;
@@ -405,18 +405,6 @@ impl Rule {
             },
         })
     }
-
-    pub fn pipeline_id(&self) -> Option<PipelineId> {
-        self.pipeline.map(PipelineId)
-    }
-
-    pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("a rule serializes")
-    }
-
-    pub fn decode(bytes: &[u8]) -> Option<Rule> {
-        serde_json::from_slice(bytes).ok()
-    }
 }
 
 /// A rule as stored: its webhook secret sealed under the organization's output key (standard
@@ -529,7 +517,11 @@ mod tests {
         );
         let stuck = Rule::parse(&rule("stuck", json!({"running_for": "2h"}))).unwrap();
         assert_eq!(stuck.kind.params(), json!({"running_for": "2h"}));
-        assert_eq!(Rule::decode(&stuck.encode()), Some(stuck));
+        let stored = StoredRule {
+            rule: stuck,
+            created_at: 5,
+        };
+        assert_eq!(StoredRule::decode(&stored.encode()), Some(stored));
         let mut all = rule("failed", json!({"consecutive": 3}));
         all["pipeline_uuid"] = Value::Null;
         assert_eq!(Rule::parse(&all).unwrap().pipeline, None);

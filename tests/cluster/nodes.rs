@@ -10,6 +10,34 @@ use crate::nats::{self, cli, node};
 use crate::support::rest_token;
 use crate::support::{Bearer, finished, grpc_channel, runtime};
 
+/// Waits until `node` refuses `token` (401), at most a second (answering 200 until then).
+async fn refused_within_a_second(
+    http: &reqwest::Client,
+    node: std::net::SocketAddr,
+    token: &str,
+    what: &str,
+) {
+    let revoked = Instant::now();
+    loop {
+        let status = http
+            .get(format!("http://{node}/v1/stats/pipelines"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if status == 401 {
+            return;
+        }
+        assert_eq!(status, 200);
+        assert!(
+            revoked.elapsed() < Duration::from_secs(1),
+            "{what} was still honoured after a second"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[test]
 fn credentials_made_or_revoked_on_one_node_hold_on_every_node() {
     let Some(binary) = nats::nats_server() else {
@@ -76,19 +104,13 @@ fn credentials_made_or_revoked_on_one_node_hold_on_every_node() {
             client["client_id"].as_str().unwrap(),
         ]);
         assert!(ok, "{err}");
-        let revoked = Instant::now();
-        loop {
-            let status = overview(a.http_addr, &on_a, None).await.unwrap().status();
-            if status == 401 {
-                break;
-            }
-            assert_eq!(status, 200);
-            assert!(
-                revoked.elapsed() < Duration::from_secs(1),
-                "node A still honoured the revoked client's token after a second"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        refused_within_a_second(
+            &http,
+            a.http_addr,
+            &on_a,
+            "node A, the revoked client's token",
+        )
+        .await;
         // And a new grant is refused everywhere.
         let refused = http
             .post(format!("http://{}/v1/oauth/token", c.http_addr))
@@ -489,25 +511,7 @@ fn openlineage_events_and_api_keys_hold_cluster_wide_as_on_a_single_node() {
             created["key_id"].as_str().unwrap(),
         ]);
         assert!(ok, "{err}");
-        let revoked = Instant::now();
-        loop {
-            let status = http
-                .get(format!("http://{}/v1/stats/pipelines", b.http_addr))
-                .bearer_auth(&api_key)
-                .send()
-                .await
-                .unwrap()
-                .status();
-            if status == 401 {
-                break;
-            }
-            assert_eq!(status, 200);
-            assert!(
-                revoked.elapsed() < Duration::from_secs(1),
-                "node B still honoured the revoked key"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        refused_within_a_second(&http, b.http_addr, &api_key, "node B, the revoked key").await;
     });
     assert!(single.stop());
 }
