@@ -55,6 +55,14 @@ pub const QUORUM: &str = "runledger_cluster_quorum";
 /// API keys by `state` (`active`, `revoked`): counts only, never a key or its id.
 pub const API_KEYS: &str = "runledger_api_keys";
 
+/// Alert deliveries by `outcome` (`delivered`, `retried`, `gone`, `refused`, `expired`,
+/// `dropped`); no per-rule labels.
+pub const ALERT_DELIVERIES: &str = "runledger_alert_deliveries_total";
+/// 1 while this process delivers alerts (always on its own; the lease holder in a cluster).
+pub const ALERT_COURIER: &str = "runledger_alert_courier";
+/// Alert transitions waiting in the outbox.
+pub const ALERT_OUTBOX: &str = "runledger_alert_outbox_depth";
+
 /// Latency buckets, in seconds: 100 µs to 10 s.
 const LATENCY_BUCKETS: [f64; 16] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -148,6 +156,15 @@ fn describe() {
     describe_gauge!(DATABASE_BYTES, Unit::Bytes, "the database file's size");
     describe_gauge!(API_KEYS, "API keys by state (active, revoked)");
     describe_counter!(TOKEN_REQUESTS, "token requests by outcome");
+    describe_counter!(
+        ALERT_DELIVERIES,
+        "alert webhook attempts and ends, by outcome"
+    );
+    describe_gauge!(ALERT_OUTBOX, "alert transitions waiting for delivery");
+    describe_gauge!(
+        ALERT_COURIER,
+        "1 while this process delivers alerts (in a cluster: holds the delivery lease)"
+    );
     describe_gauge!(CONNECTIONS, "connections open by front");
     describe_counter!(
         CONNECTIONS_REFUSED,

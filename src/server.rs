@@ -93,6 +93,8 @@ pub async fn run_fronts(
     };
 
     tokio::spawn(purge_tokens(engine.clone(), signal(stopped.clone())));
+    tokio::spawn(crate::engine::run_courier(engine.clone(), stopped.clone()));
+    tokio::spawn(crate::engine::run_clock(engine.clone(), stopped.clone()));
     if let Some(days) = engine.keep_runs_days() {
         tokio::spawn(retain(engine.clone(), days, signal(stopped.clone())));
     }
@@ -116,6 +118,13 @@ pub async fn run_fronts(
                 cluster.clone(),
                 stopped.clone(),
             ));
+            if cluster.role == crate::cluster::Role::Node {
+                tokio::spawn(crate::cluster::lease::hold(
+                    cluster.log.clone(),
+                    engine.delivery_flag(),
+                    stopped.clone(),
+                ));
+            }
             let routes = Sequences::new(routes, engine.clone(), true);
             let router = Sequences::new(router, engine.clone(), false);
             (

@@ -474,6 +474,7 @@ fn segment() -> impl Strategy<Value = String> {
         Just("aggregated-stats".to_string()),
         Just("day".to_string()),
         Just("quarter".to_string()),
+        Just("rules".to_string()),
         Just(pipeline),
         near_datetime(),
         "[0-9]{1,7}",
@@ -496,7 +497,7 @@ fn percent_encode(text: &str) -> String {
 prop_compose! {
     fn rest_request()(
         method in prop::sample::select(vec!["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"]),
-        root in prop::sample::select(vec!["/v1/stats", "/v1/pipelines", "/v1/workflows", "/v1/oauth/token", "/v1", ""]),
+        root in prop::sample::select(vec!["/v1/stats", "/v1/pipelines", "/v1/workflows", "/v1/oauth/token", "/v1/alerts", "/v1", ""]),
         segments in prop::collection::vec(segment(), 0..7),
         slash in any::<bool>(),
         query in prop::option::of("[a-z_]{0,8}=\\PC{0,16}(&[a-z_]{0,8}=\\PC{0,8}){0,3}"),

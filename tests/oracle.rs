@@ -2037,3 +2037,375 @@ fn openlineage_events_in_any_order_and_repeated_end_as_their_final_task_runs() {
         );
     }
 }
+
+/// Each alert's (rule, pipeline) transitions in order: firing or not, the pipeline run named,
+/// the numbers compared, the time of the operation that made it.
+type Transitions = HashMap<(Uuid, Uuid), Vec<(bool, Option<Uuid>, String, String)>>;
+
+/// Alert rules as the oracle judges them: (organization, rule UUID, the rule).
+type Rules = Vec<(OrgId, Uuid, runledger::alerts::Rule)>;
+
+fn alert_rule(
+    kind: &str,
+    pipeline: Option<PipelineId>,
+    params: serde_json::Value,
+) -> runledger::alerts::Rule {
+    runledger::alerts::Rule::parse(&serde_json::json!({
+        "name": format!("{kind} rule"),
+        "pipeline_uuid": pipeline.map(|p| p.0.to_string()),
+        "kind": kind,
+        "params": params,
+        "webhook": {"url": "https://hooks.example.com/runledger", "secret": "a-signing-secret-of-32-bytes-000"},
+    }))
+    .unwrap()
+}
+
+/// A brute-force verdict of an event rule over a pipeline's finished pipeline runs (raw), with
+/// the pipeline run it names and, for `failure_rate` and `slow`, the numbers it compared.
+fn brute_verdict(rule: &runledger::alerts::Rule, runs: &[Run]) -> Option<(Uuid, String)> {
+    use runledger::alerts::RuleKind;
+    let mut runs = runs.to_vec();
+    runs.sort_by_key(|r| std::cmp::Reverse((r.at, r.id)));
+    let latest = *runs.first()?;
+    let second = latest.at.second();
+    let in_seconds = |from: i64, to: i64| {
+        runs.iter()
+            .filter(move |r| (from..=to).contains(&r.at.second()))
+            .copied()
+    };
+    match &rule.kind {
+        RuleKind::Failed { consecutive } => {
+            let n = *consecutive as usize;
+            (runs.len() >= n && runs[..n].iter().all(|r| !r.ok))
+                .then(|| (latest.id, format!("failed {n}")))
+        }
+        RuleKind::FailureRate {
+            window,
+            above,
+            min_runs,
+        } => {
+            let tally = Oracle::tally(in_seconds(second - window.seconds + 1, second));
+            let n = tally.successes + tally.failures;
+            (n >= u64::from(*min_runs) && n > 0 && tally.failures as f64 / n as f64 > *above)
+                .then(|| (latest.id, format!("{n} runs {} failed", tally.failures)))
+        }
+        RuleKind::Slow {
+            factor,
+            percentile,
+            window,
+        } => {
+            let mut histogram = runledger::durations::Durations::default();
+            for run in in_seconds(second - window.seconds, second - 1) {
+                histogram.add_value(run.duration);
+            }
+            let p = histogram.percentiles()?;
+            let reference = match percentile {
+                50 => p.p50,
+                90 => p.p90,
+                95 => p.p95,
+                _ => p.p99,
+            };
+            (latest.duration as f64 > reference as f64 * factor)
+                .then(|| (latest.id, format!("p{percentile} {reference}")))
+        }
+        _ => None,
+    }
+}
+
+/// What the engine noted of a transition, comparable with [`brute_verdict`].
+fn noted(
+    transition: &runledger::alerts::webhook::Transition,
+) -> (bool, Option<Uuid>, String, String) {
+    let o = &transition.observed;
+    let numbers = match transition.kind.as_str() {
+        "failed" => format!("failed {}", o["consecutive_failed"]),
+        "failure_rate" => format!("{} runs {} failed", o["runs"], o["failed"]),
+        _ => format!("p{} {}", o["percentile"], o["percentile_ms"]),
+    };
+    (
+        transition.change == runledger::alerts::webhook::Change::Firing,
+        transition
+            .pipeline_run_uuid
+            .as_ref()
+            .map(|u| u.parse().unwrap()),
+        numbers,
+        transition.timestamp.clone(),
+    )
+}
+
+#[test]
+fn alert_transitions_equal_a_brute_force_evaluation_over_the_raw_runs() {
+    use runledger::alerts::StoredRule;
+    let seeds = seeds_or(3);
+    for seed in 700..700 + seeds {
+        let mut rng = Rng(seed);
+        let (pipelines, mut reports) = generate(&mut rng, 1_500);
+        // Some pipeline runs end last, in the same microsecond (ordered by UUID then).
+        let shared: HashMap<PipelineId, Timestamp> = pipelines
+            .iter()
+            .map(|p| {
+                let last = p.runs.iter().map(|(_, at)| *at).max().unwrap();
+                (
+                    p.id,
+                    Timestamp::from_micros(last.micros() + 700 * MICROS_PER_SECOND).unwrap(),
+                )
+            })
+            .collect();
+        for report in &mut reports {
+            if report.executed_at.is_some() && rng.chance(3) {
+                report.executed_at = Some(shared[&report.pipeline]);
+            }
+        }
+        // Some task runs are reported again, later, under another pipeline of their
+        // organization: they leave the first one.
+        let mut moves = std::collections::HashSet::new();
+        let latest: Vec<usize> = (0..reports.len())
+            .filter(|i| reports[*i].executed_at == Some(shared[&reports[*i].pipeline]))
+            .collect();
+        for _ in 0..reports.len() / 15 {
+            // Half of them from the latest pipeline runs, where a rule notices.
+            let from = if rng.chance(50) && !latest.is_empty() {
+                *rng.pick(&latest)
+            } else {
+                rng.below(reports.len() as u64) as usize
+            };
+            let last = (from..reports.len())
+                .rev()
+                .find(|i| reports[*i].task_run == reports[from].task_run)
+                .unwrap();
+            if reports[last].finished_at().is_none() {
+                continue;
+            }
+            let mut moved = reports[last].clone();
+            let Some(other) = pipelines
+                .iter()
+                .find(|p| p.org == moved.organization.unwrap() && p.id != moved.pipeline)
+            else {
+                continue;
+            };
+            moved.pipeline = other.id;
+            (moved.task, moved.task_type) = *rng.pick(&other.tasks);
+            moved.pipeline_run = rng.pick(&other.runs).0;
+            let to = last + 1 + rng.below((reports.len() - last) as u64) as usize;
+            moves.insert((moved.task_run, moved.pipeline));
+            reports.insert(to, moved);
+        }
+        let orgs: Vec<OrgId> = {
+            let mut orgs: Vec<OrgId> = pipelines.iter().map(|p| p.org).collect();
+            orgs.sort_by_key(|o| o.0);
+            orgs.dedup();
+            orgs
+        };
+        let some = |i: usize| Some(pipelines[i % pipelines.len()].id);
+        let mut rules: Rules = Vec::new();
+        for (i, org) in orgs.iter().enumerate() {
+            let mine = pipelines.iter().position(|p| p.org == *org).unwrap();
+            let set = [
+                alert_rule("failed", None, serde_json::json!({})),
+                alert_rule("failed", some(mine), serde_json::json!({"consecutive": 3})),
+                alert_rule(
+                    "failure_rate",
+                    None,
+                    serde_json::json!({"window": (["24h", "1h"][i % 2]), "above": 0.3, "min_runs": 2}),
+                ),
+                alert_rule(
+                    "slow",
+                    None,
+                    serde_json::json!({"factor": 2, "percentile": ([95, 50][i % 2]), "window": "7d"}),
+                ),
+                alert_rule(
+                    "slow",
+                    some(mine),
+                    serde_json::json!({"factor": 1.5, "percentile": 90, "window": "1d"}),
+                ),
+            ];
+            rules.extend(set.into_iter().map(|rule| (*org, rng.uuid(), rule)));
+        }
+        // A rule made halfway and one deleted halfway: judged only while they exist.
+        let late = (
+            orgs[0],
+            rng.uuid(),
+            alert_rule("failed", None, serde_json::json!({"consecutive": 2})),
+        );
+        let doomed = rules[0].1;
+        let create =
+            |(org, uuid, rule): &(OrgId, Uuid, runledger::alerts::Rule)| WriteOp::CreateRule {
+                org: *org,
+                rule: *uuid,
+                stored: Box::new(StoredRule {
+                    rule: rule.clone(),
+                    created_at: 0,
+                    disabled_at: None,
+                }),
+            };
+        // Each operation at its own second: a transition says which operation made it.
+        let mut second = second_of("2024-06-01 00:00:00");
+        let mut tick = || {
+            second += 1;
+            Timestamp::from_second(second).unwrap()
+        };
+        let mut ops: Vec<WriteOp> = rules.iter().map(create).collect();
+        let mut rest = &reports[..];
+        let halfway = reports.len() / 2;
+        let mut sent = 0;
+        while !rest.is_empty() {
+            // A move is a report of its own, so that the pipeline it leaves is judged for it.
+            let size = (rng.range(1, 20) as usize).min(rest.len());
+            let size = match rest[..size]
+                .iter()
+                .position(|r| moves.contains(&(r.task_run, r.pipeline)))
+            {
+                Some(0) => 1,
+                Some(at) => at,
+                None => size,
+            };
+            let (batch, tail) = rest.split_at(size);
+            rest = tail;
+            ops.push(WriteOp::Report {
+                runs: batch.to_vec(),
+                at: tick(),
+            });
+            let before = sent;
+            sent += batch.len();
+            if before < halfway && sent >= halfway {
+                ops.push(create(&late));
+                ops.push(WriteOp::DeleteRule {
+                    org: rules[0].0,
+                    rule: doomed,
+                    at: tick(),
+                });
+            }
+        }
+
+        // The brute force: after each operation, every live rule judged anew for every
+        // pipeline the operation reported on; the changes, per alert, in order.
+        let mut live: Rules = Vec::new();
+        let mut raw: HashMap<TaskRunId, TaskRun> = HashMap::new();
+        let mut state: HashMap<(Uuid, Uuid), bool> = HashMap::new();
+        let mut expected: Transitions = HashMap::new();
+        for op in &ops {
+            match op {
+                WriteOp::CreateRule { org, rule, stored } => {
+                    live.push((*org, *rule, stored.rule.clone()))
+                }
+                WriteOp::DeleteRule { rule, .. } => {
+                    live.retain(|(_, uuid, _)| uuid != rule);
+                    state.retain(|(uuid, _), _| uuid != rule);
+                }
+                WriteOp::Report { runs, at } => {
+                    let when = runledger::time::format_rfc3339(*at);
+                    let mut touched: Vec<(OrgId, PipelineId)> = Vec::new();
+                    for run in runs {
+                        if let Some(before) = raw.insert(run.task_run, run.clone()) {
+                            touched.push((before.organization.unwrap(), before.pipeline));
+                        }
+                        touched.push((run.organization.unwrap(), run.pipeline));
+                    }
+                    touched.sort_by_key(|(o, p)| (o.0, p.0));
+                    touched.dedup();
+                    for (org, pipeline) in touched {
+                        let finished: Vec<TaskRun> = raw
+                            .values()
+                            .filter(|r| r.finished_at().is_some())
+                            .cloned()
+                            .collect();
+                        let runs = Oracle { finished }.runs(EntityRef {
+                            kind: EntityKind::Pipeline,
+                            uuid: pipeline.0,
+                        });
+                        for (rule_org, uuid, rule) in &live {
+                            if *rule_org != org || rule.pipeline.is_some_and(|p| p != pipeline.0) {
+                                continue;
+                            }
+                            let verdict = brute_verdict(rule, &runs);
+                            let was = state.get(&(*uuid, pipeline.0)).copied().unwrap_or(false);
+                            if was != verdict.is_some() {
+                                state.insert((*uuid, pipeline.0), verdict.is_some());
+                                let entry = expected.entry((*uuid, pipeline.0)).or_default();
+                                match verdict {
+                                    Some((run, numbers)) => {
+                                        entry.push((true, Some(run), numbers, when.clone()))
+                                    }
+                                    // A resolution repeats what was seen when it fired.
+                                    None => {
+                                        let fired = entry.last().unwrap().clone();
+                                        entry.push((false, fired.1, fired.2, when.clone()));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                _ => unreachable!(),
+            }
+        }
+
+        let (one_by_one, outcomes_a, _a) = apply_grouped(&mut rng, &ops, 1, 1);
+        let (grouped, outcomes_b, _b) = apply_grouped(&mut rng, &ops, 30, 2);
+        let (large, outcomes_c, _c) = apply_grouped(&mut rng, &ops, 400, 4);
+        let (bulk, outcomes_d, _d) = apply_bulk(&mut rng, &ops, 2);
+        assert!(
+            outcomes_a.iter().all(|o| o.starts_with("Ok")),
+            "seed {seed}: a write was refused"
+        );
+        for (other, outcomes, how) in [
+            (&grouped, &outcomes_b, "grouped"),
+            (&large, &outcomes_c, "in large commits"),
+            (&bulk, &outcomes_d, "in bulk"),
+        ] {
+            assert_eq!(&outcomes_a, outcomes, "seed {seed}: outcomes differ {how}");
+            assert_eq!(
+                one_by_one.digest().unwrap().tables,
+                other.digest().unwrap().tables,
+                "seed {seed}: alert tables differ when the writes are applied {how}"
+            );
+        }
+        let outbox = one_by_one.reader().unwrap().outbox(usize::MAX).unwrap();
+        let mut got: Transitions = HashMap::new();
+        for (_, entry) in &outbox {
+            let pipeline: Uuid = entry.transition.pipeline_uuid.parse().unwrap();
+            got.entry((entry.rule, pipeline))
+                .or_default()
+                .push(noted(&entry.transition));
+        }
+        let transitions: usize = expected.values().map(Vec::len).sum();
+        let flips = expected
+            .values()
+            .filter(|changes| changes.len() >= 3)
+            .count();
+        assert!(
+            transitions >= 10,
+            "seed {seed}: only {transitions} transitions"
+        );
+        assert!(flips > 0, "seed {seed}: no alert fired twice");
+        for kind in ["failed", "failure_rate", "slow"] {
+            assert!(
+                outbox.iter().any(|(_, e)| e.transition.kind == kind),
+                "seed {seed}: no {kind} alert"
+            );
+        }
+        for (key, changes) in &expected {
+            assert_eq!(got.get(key), Some(changes), "seed {seed}: alert {key:?}");
+        }
+        assert_eq!(
+            got.len(),
+            expected.len(),
+            "seed {seed}: alerts nobody expected"
+        );
+        // Every firing alert is listed once as firing; the rest resolved.
+        let firing_expected = state.values().filter(|firing| **firing).count();
+        let reader = one_by_one.reader().unwrap();
+        let mut firing_listed = 0;
+        for org in &orgs {
+            let (alerts, _) = reader.alerts(*org, None, usize::MAX, |_| true).unwrap();
+            firing_listed += alerts
+                .iter()
+                .filter(|(_, a)| a.state == runledger::alerts::AlertState::Firing)
+                .count();
+        }
+        assert_eq!(firing_listed, firing_expected, "seed {seed}");
+        for store in [&one_by_one, &grouped] {
+            assert!(verify(store).unwrap().is_consistent(), "seed {seed}");
+        }
+    }
+}

@@ -1,15 +1,21 @@
-//! Alerts: rules on a pipeline's runs (`rule`), evaluated by the engine as runs are written and
-//! delivered as signed webhooks (`webhook`) to destinations that are not internal
-//! (`destination`). What is built so far: the rules (their checks and storage), their
-//! management over REST and gRPC, the destination check at rule creation, and what a delivery
-//! will send (bodies in the three formats, the Standard Webhooks signature); evaluation and
-//! delivery come next (issue 23).
+//! Alerts: rules on a pipeline's runs (`rule`, held in memory by `ruleset`), judged in the
+//! write transaction (`judge`, read by `crate::store` after each operation and on clock ticks)
+//! into alerts and outbox entries (`state`), delivered as signed webhooks (`webhook`, `post`)
+//! to destinations that are not internal (`destination`) on a retry schedule behind a circuit
+//! breaker (`retry`); the engine's courier does the delivering.
 
 pub mod destination;
+pub mod judge;
+pub mod post;
+pub mod retry;
 pub mod rule;
+pub mod ruleset;
+pub mod state;
 pub mod webhook;
 
 pub use destination::AllowedNets;
 pub use rule::{
     Format, MAX_RULES_PER_ORG, Rule, RuleKind, Schedule, Span, StoredRule, Webhook, rule_key,
 };
+pub use ruleset::{OrgRules, RuleSet};
+pub use state::{AlertRecord, AlertState, DeliveryEnd, Firing, OutboxEntry};

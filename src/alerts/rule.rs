@@ -413,6 +413,9 @@ impl Rule {
 pub struct StoredRule {
     pub rule: Rule,
     pub created_at: i64,
+    /// When a delivery was answered 410 Gone: nothing is sent to the webhook since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_at: Option<i64>,
 }
 
 impl StoredRule {
@@ -520,6 +523,7 @@ mod tests {
         let stored = StoredRule {
             rule: stuck,
             created_at: 5,
+            disabled_at: None,
         };
         assert_eq!(StoredRule::decode(&stored.encode()), Some(stored));
         let mut all = rule("failed", json!({"consecutive": 3}));

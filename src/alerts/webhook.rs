@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::Format;
 
 /// Which way an alert went.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Change {
     Firing,
     Resolved,
@@ -26,7 +26,7 @@ impl Change {
 }
 
 /// One transition of one alert, as delivered.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Transition {
     pub change: Change,
     /// When it happened, RFC 3339.

@@ -298,6 +298,33 @@ impl proto::alerts_server::Alerts for GrpcApi {
         self.engine.delete_rule(&caller, rule).await?;
         Ok(Response::new(proto::DeleteRuleResponse {}))
     }
+
+    async fn list_alerts(
+        &self,
+        request: Request<proto::ListAlertsRequest>,
+    ) -> Result<Response<proto::ListAlertsResponse>, Status> {
+        let caller = caller(&request)?;
+        let message = request.into_inner();
+        let limit = match message.limit {
+            0 => DEFAULT_LOG_PAGE,
+            limit => limit,
+        };
+        let after = match message.cursor.as_str() {
+            "" => None,
+            cursor => {
+                Some(crate::engine::alert_cursor(cursor).map_err(|r| Error::invalid("cursor", r))?)
+            }
+        };
+        let filter = crate::engine::AlertFilter::parse(&message.pipeline_uuid, &message.state)?;
+        let (alerts, next) = self.engine.alerts(&caller, filter, after, limit)?;
+        Ok(Response::new(proto::ListAlertsResponse {
+            alerts: alerts
+                .into_iter()
+                .map(|(_, alert)| wire::alert(alert))
+                .collect(),
+            next_cursor: next.map(|n| n.to_string()).unwrap_or_default(),
+        }))
+    }
 }
 
 type LogStream = ReceiverStream<Result<proto::LogEntry, Status>>;

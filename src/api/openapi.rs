@@ -204,9 +204,28 @@ pub fn document() -> Value {
                     }),
                 }
             },
+            "/v1/alerts": {
+                "get": {
+                    "summary": "Firing and resolved alerts, newest first, paged like logs",
+                    "security": [{"oauth2": ["stats:read"]}, {"bearer": []}],
+                    "parameters": [
+                        {"name": "limit", "in": "query", "required": false, "description": "Alerts per page, 1 to 1000", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+                        {"name": "cursor", "in": "query", "required": false, "description": "Where the page starts, from the previous page's X-Next-Cursor (or its Link rel=next URL)", "schema": {"type": "string"}},
+                        {"name": "pipeline_uuid", "in": "query", "required": false, "description": "Only this pipeline's alerts", "schema": {"type": "string"}},
+                        {"name": "state", "in": "query", "required": false, "description": "Only alerts in this state", "schema": {"type": "string", "enum": ["firing", "resolved"]}}],
+                    "responses": with(error_responses(READ_ERRORS), "200", {
+                        let mut response = json_response("Alerts, newest first", json!({"type": "array", "items": {"$ref": "#/components/schemas/Alert"}}));
+                        response["headers"] = json!({
+                            "Link": {"description": "`<url>; rel=\"next\"`: the next page, absent on the last", "schema": {"type": "string"}},
+                            "X-Next-Cursor": {"description": "The next page's cursor, absent on the last page", "schema": {"type": "string"}}
+                        });
+                        response
+                    }),
+                }
+            },
             "/v1/alerts/rules": {
                 "post": {
-                    "summary": "Create an alert rule (evaluation and delivery are not built yet: see the README, Alerts)",
+                    "summary": "Create an alert rule: judged as runs are written, its transitions delivered as signed webhooks (see the README, Alerts)",
                     "security": [{"oauth2": ["alerts:write"]}, {"bearer": []}],
                     "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/NewRule"}}}},
                     "responses": with(
@@ -347,13 +366,26 @@ pub fn document() -> Value {
                         "url": {"type": "string"}, "secret": {"type": "string"}, "format": {"type": "string", "enum": ["json", "slack", "alertmanager"]}
                     }}
                 }},
+                "Alert": {"type": "object", "required": ["alert_id", "rule_uuid", "pipeline_uuid", "state", "since", "resolved_at", "rule_name", "kind", "pipeline_name", "pipeline_run_uuid", "observed"], "properties": {
+                    "alert_id": {"type": "string"},
+                    "rule_uuid": {"type": "string"},
+                    "pipeline_uuid": {"type": "string"},
+                    "state": {"type": "string", "enum": ["firing", "resolved"]},
+                    "since": {"type": "string", "description": "RFC 3339 with Z: when it started firing"},
+                    "resolved_at": {"type": "string", "nullable": true, "description": "RFC 3339 with Z; null while firing"},
+                    "rule_name": {"type": "string"},
+                    "kind": {"type": "string", "enum": ["failed", "failure_rate", "slow", "missing", "stuck"]},
+                    "pipeline_name": {"type": "string"},
+                    "pipeline_run_uuid": {"type": "string", "nullable": true},
+                    "observed": {"type": "object", "description": "What the rule saw when it fired"}
+                }},
                 "Rule": {"type": "object", "required": ["rule_uuid", "name", "pipeline_uuid", "kind", "params", "webhook", "created_at"], "properties": {
                     "rule_uuid": {"type": "string"},
                     "name": {"type": "string"},
                     "pipeline_uuid": {"type": "string", "nullable": true},
                     "kind": {"type": "string", "enum": ["failed", "failure_rate", "slow", "missing", "stuck"]},
                     "params": {"type": "object"},
-                    "webhook": {"type": "object", "required": ["url", "format"], "properties": {"url": {"type": "string"}, "format": {"type": "string"}}},
+                    "webhook": {"type": "object", "required": ["url", "format"], "properties": {"url": {"type": "string"}, "format": {"type": "string"}, "disabled_at": {"type": "string", "description": "RFC 3339 with Z: when a delivery was answered 410 Gone (absent while enabled)"}}},
                     "created_at": {"type": "string", "description": "RFC 3339 with Z"}
                 }},
                 "RunningTaskRun": {"type": "object", "required": ["task_run_uuid", "task_uuid", "task_type", "workflow_run_uuid", "pipeline_run_uuid", "state", "started_at", "updated_at"], "properties": {

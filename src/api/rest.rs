@@ -41,7 +41,7 @@ type PathParams<T> = std::result::Result<Path<T>, PathRejection>;
 
 /// The REST application.
 pub fn router(engine: Arc<Engine>) -> Router {
-    let routes: [(&str, MethodRouter<AppState>); 11] = [
+    let routes: [(&str, MethodRouter<AppState>); 12] = [
         ("/v1/oauth/token", get(token).post(token)),
         ("/v1/stats/pipelines", get(pipelines_overview)),
         ("/v1/pipelines/{uuid}/runs", post(run_pipeline)),
@@ -54,6 +54,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         ),
         ("/v1/stats/{kind}/{uuid}/last-run/stats", get(last_run)),
         ("/v1/stats/pipelines/{uuid}/running", get(running)),
+        ("/v1/alerts", get(list_alerts)),
         ("/v1/alerts/rules", post(create_rule).get(list_rules)),
         (
             "/v1/alerts/rules/{uuid}",
@@ -568,10 +569,92 @@ pub struct RuleBody {
     pub created_at: String,
 }
 
+/// One alert in `GET /v1/alerts`: the contract's fields, then what fired it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AlertBody {
+    pub alert_id: String,
+    pub rule_uuid: String,
+    pub pipeline_uuid: String,
+    pub state: String,
+    /// RFC 3339, like `executed_at` in logs.
+    pub since: String,
+    pub resolved_at: Option<String>,
+    pub rule_name: String,
+    pub kind: String,
+    pub pipeline_name: String,
+    pub pipeline_run_uuid: Option<String>,
+    pub observed: serde_json::Value,
+}
+
+impl From<crate::alerts::AlertRecord> for AlertBody {
+    fn from(alert: crate::alerts::AlertRecord) -> AlertBody {
+        let time = |micros: i64| {
+            crate::time::Timestamp::from_micros(micros)
+                .map(format_rfc3339)
+                .unwrap_or_default()
+        };
+        AlertBody {
+            alert_id: alert.alert_id.to_string(),
+            rule_uuid: alert.rule.to_string(),
+            pipeline_uuid: alert.pipeline.to_string(),
+            state: alert.state.as_str().to_string(),
+            since: time(alert.since),
+            resolved_at: alert.resolved_at.map(time),
+            rule_name: alert.rule_name,
+            kind: alert.kind,
+            pipeline_name: alert.pipeline_name,
+            pipeline_run_uuid: alert.pipeline_run.map(|run| run.to_string()),
+            observed: alert.observed,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct AlertsQuery {
+    limit: Option<String>,
+    cursor: Option<String>,
+    pipeline_uuid: Option<String>,
+    state: Option<String>,
+}
+
+/// `GET /v1/alerts`: firing and resolved alerts, newest first, paged like logs; optionally one
+/// pipeline's (`pipeline_uuid`) or one state's (`state=firing|resolved`).
+async fn list_alerts(
+    State(engine): State<AppState>,
+    caller: Caller,
+    uri: OriginalUri,
+    query: std::result::Result<Query<AlertsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response> {
+    let Query(query) =
+        query.map_err(|r| Error::InvalidArgument(format!("query: {}", r.body_text())))?;
+    let page = Ok(Query(LogsQuery {
+        limit: query.limit,
+        cursor: query.cursor,
+    }));
+    let (limit, after) = page_request(page, crate::engine::alert_cursor)?;
+    let filter = crate::engine::AlertFilter::parse(
+        query.pipeline_uuid.as_deref().unwrap_or_default(),
+        query.state.as_deref().unwrap_or_default(),
+    )?;
+    let (alerts, next) = engine.alerts(&caller, filter, after, limit)?;
+    let body: Vec<AlertBody> = alerts
+        .into_iter()
+        .map(|(_, alert)| AlertBody::from(alert))
+        .collect();
+    let mut response = Json(body).into_response();
+    if let Some(next) = next {
+        link_next_page(&mut response, uri.path(), limit, &next.to_string())?;
+    }
+    Ok(response)
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct WebhookBody {
     pub url: String,
     pub format: String,
+    /// When a delivery was answered 410 Gone and the webhook disabled (absent while enabled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled_at: Option<String>,
 }
 
 impl From<crate::engine::RuleView> for RuleBody {
@@ -586,6 +669,11 @@ impl From<crate::engine::RuleView> for RuleBody {
             webhook: WebhookBody {
                 url: rule.webhook.url,
                 format: rule.webhook.format.as_str().to_string(),
+                disabled_at: view
+                    .stored
+                    .disabled_at
+                    .and_then(crate::time::Timestamp::from_micros)
+                    .map(format_rfc3339),
             },
             created_at: crate::time::Timestamp::from_micros(view.stored.created_at)
                 .map(format_rfc3339)

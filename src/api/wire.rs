@@ -417,3 +417,26 @@ pub fn alert_rule(view: &crate::engine::RuleView) -> proto::AlertRule {
         created_at: Timestamp::from_micros(view.stored.created_at).map(to_proto_timestamp),
     }
 }
+
+/// An alert as gRPC answers it.
+pub fn alert(alert: crate::alerts::AlertRecord) -> proto::Alert {
+    proto::Alert {
+        alert_id: alert.alert_id.to_string(),
+        rule_uuid: alert.rule.to_string(),
+        pipeline_uuid: alert.pipeline.to_string(),
+        state: alert.state.as_str().to_string(),
+        since: Timestamp::from_micros(alert.since).map(to_proto_timestamp),
+        resolved_at: alert
+            .resolved_at
+            .and_then(Timestamp::from_micros)
+            .map(to_proto_timestamp),
+        rule_name: alert.rule_name,
+        kind: alert.kind,
+        pipeline_name: alert.pipeline_name,
+        pipeline_run_uuid: alert
+            .pipeline_run
+            .map(|run| run.to_string())
+            .unwrap_or_default(),
+        observed: Some(json_to_struct(&alert.observed)),
+    }
+}

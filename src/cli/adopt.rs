@@ -80,6 +80,9 @@ pub async fn adopt(
                 .init(replicas.map(usize::from), &identity)
                 .await
                 .map_err(|e| e.to_string())?;
+            crate::cluster::lease::ensure(&log)
+                .await
+                .map_err(|e| e.to_string())?;
             (baseline, identity)
         }
     };

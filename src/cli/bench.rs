@@ -46,6 +46,10 @@ pub struct BenchArgs {
     /// runs every time); the queries ask about its busiest pipeline.
     #[arg(long, default_value_t = 100_000)]
     pub seed_runs: u64,
+    /// The ingest streams report runs of the pipelines this seed makes (the same ones every
+    /// time, each run new), not of new pipelines: to load rules set on them beforehand.
+    #[arg(long)]
+    pub ingest_catalog: Option<u64>,
     /// `--queries lineage`: run ids as OpenLineage clients make them (v7, time-ordered) or
     /// random (v4).
     #[arg(long, value_enum, default_value = "v7")]
@@ -93,6 +97,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode, String> {
         ingest_batch: args.ingest_batch,
         stream_messages: args.stream_messages,
         seed_runs: args.seed_runs,
+        ingest_catalog: args.ingest_catalog,
         run_ids: args.run_ids,
         stop,
         threads: args.threads,

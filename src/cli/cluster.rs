@@ -114,6 +114,9 @@ async fn init(nats: &NatsArgs, replicas: Option<u8>) -> Result<ExitCode, String>
         .init(replicas.map(usize::from), &identity)
         .await
         .map_err(|e| e.to_string())?;
+    crate::cluster::lease::ensure(&log)
+        .await
+        .map_err(|e| e.to_string())?;
     if !outcome.created {
         eprintln!(
             "the stream {} exists already (replicas {}); nothing to do",

@@ -86,6 +86,11 @@ pub struct ServeArgs {
     /// link-local addresses are refused otherwise), comma-separated CIDRs: `10.0.0.0/8,::1`.
     #[arg(long, env = "RUNLEDGER_WEBHOOK_ALLOW_NET", value_parser = clap::value_parser!(crate::alerts::AllowedNets))]
     pub webhook_allow_net: Option<crate::alerts::AllowedNets>,
+
+    /// Redirects an alert webhook may answer with that are followed (each target checked like
+    /// the URL itself); 0, the default, follows none and ends the delivery as refused.
+    #[arg(long, env = "RUNLEDGER_WEBHOOK_REDIRECTS", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=5))]
+    pub webhook_redirects: u8,
     /// Cluster mode: NATS server URLs, comma-separated. Writes go through the cluster's
     /// stream (`runledger cluster init` creates it); this node applies it into --data-dir.
     #[arg(long, env = "RUNLEDGER_NATS")]
@@ -163,7 +168,11 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
         .map_err(|e| format!("cannot start: {e}"))?
         .with_max_pending_runs(args.max_pending_runs)
         .with_retention(args.keep_runs_days)
-        .with_webhook_allow(args.webhook_allow_net.clone().unwrap_or_default());
+        .with_webhook_allow(args.webhook_allow_net.clone().unwrap_or_default())
+        .with_deliveries(crate::engine::DeliveryOptions {
+            redirects: args.webhook_redirects,
+            ..crate::engine::DeliveryOptions::default()
+        });
     if let (Some(urls), Some(master)) = (&args.nats, &master) {
         let log = runtime
             .block_on(crate::cluster::Log::connect(urls, Duration::from_secs(30)))

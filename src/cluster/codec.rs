@@ -30,6 +30,9 @@ const PRUNE: u8 = 9;
 const LINEAGE: u8 = 10;
 const CREATE_RULE: u8 = 11;
 const DELETE_RULE: u8 = 12;
+const ALERT_TICK: u8 = 13;
+const FINISH_DELIVERY: u8 = 14;
+const RETRY_DELIVERY: u8 = 15;
 
 /// Whether an operation is about credentials (organizations, clients, tokens): these go to the
 /// credentials subject, which gateways apply too.
@@ -166,10 +169,33 @@ fn encode_op(op: &WriteOp, out: &mut Out) -> Result<()> {
             out.uuid(*rule);
             out.bytes(&stored.encode());
         }
-        WriteOp::DeleteRule { org, rule } => {
+        WriteOp::DeleteRule { org, rule, at } => {
             out.u8(DELETE_RULE);
             out.uuid(org.0);
             out.uuid(*rule);
+            out.time(*at);
+        }
+        WriteOp::AlertTick { at } => {
+            out.u8(ALERT_TICK);
+            out.time(*at);
+        }
+        WriteOp::FinishDelivery { serial, end, at } => {
+            out.u8(FINISH_DELIVERY);
+            out.i64(*serial as i64);
+            out.u8(end.tag());
+            out.time(*at);
+        }
+        WriteOp::RetryDelivery {
+            serial,
+            attempts,
+            next_at,
+            error,
+        } => {
+            out.u8(RETRY_DELIVERY);
+            out.i64(*serial as i64);
+            out.u32(*attempts);
+            out.i64(*next_at);
+            out.str(error);
         }
         WriteOp::Restore { .. } => {
             return Err(Error::InvalidArgument(
@@ -382,6 +408,23 @@ impl In<'_> {
             DELETE_RULE => WriteOp::DeleteRule {
                 org: OrgId(input.uuid()?),
                 rule: input.uuid()?,
+                at: input.time()?,
+            },
+            ALERT_TICK => WriteOp::AlertTick { at: input.time()? },
+            FINISH_DELIVERY => WriteOp::FinishDelivery {
+                serial: input.i64()? as u64,
+                end: {
+                    let tag = input.u8()?;
+                    crate::alerts::DeliveryEnd::from_tag(tag)
+                        .ok_or_else(|| malformed(format!("unknown delivery end {tag}")))?
+                },
+                at: input.time()?,
+            },
+            RETRY_DELIVERY => WriteOp::RetryDelivery {
+                serial: input.i64()? as u64,
+                attempts: input.u32()?,
+                next_at: input.i64()?,
+                error: input.str()?,
             },
             other => return Err(malformed(format!("unknown operation {other}"))),
         };
@@ -653,6 +696,23 @@ mod tests {
                 limit: 20_000,
             },
             WriteOp::PurgeTokens { before: at },
+            WriteOp::DeleteRule {
+                org: OrgId(Uuid::from_bytes([2; 16])),
+                rule: Uuid::from_bytes([7; 16]),
+                at,
+            },
+            WriteOp::AlertTick { at },
+            WriteOp::FinishDelivery {
+                serial: 42,
+                end: crate::alerts::DeliveryEnd::Gone,
+                at,
+            },
+            WriteOp::RetryDelivery {
+                serial: u64::MAX,
+                attempts: 3,
+                next_at: -5,
+                error: "connection refused".into(),
+            },
             WriteOp::Lineage {
                 org: OrgId(Uuid::from_bytes([2; 16])),
                 at,

@@ -296,6 +296,58 @@ impl Log {
     }
 
     /// The largest message the servers accept.
+    /// Makes (if missing) the stream `name` holding one message on `subject`, which expires
+    /// after `ttl`, with as many replicas as the runs' stream: a lease (see `super::lease`).
+    pub async fn lease_stream(&self, name: &str, subject: &str, ttl: Duration) -> Result<()> {
+        if self.js.get_stream(name).await.is_ok() {
+            return Ok(());
+        }
+        let replicas = self.replicas().await.unwrap_or(1).max(1);
+        self.js
+            .create_stream(stream::Config {
+                name: name.to_string(),
+                subjects: vec![subject.to_string()],
+                max_messages_per_subject: 1,
+                max_age: ttl,
+                storage: stream::StorageType::File,
+                num_replicas: replicas,
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::Unavailable(format!("the lease stream {name}: {e}")))
+    }
+
+    /// Writes `holder` on `subject` if the subject's last message is still number `expected`
+    /// (0: none, or expired): its sequence, the lease's new revision.
+    pub async fn claim(&self, subject: &str, holder: &str, expected: u64) -> Result<u64> {
+        let publish = async_nats::jetstream::message::PublishMessage::build()
+            .payload(holder.to_string().into())
+            .expected_last_subject_sequence(expected);
+        let ack = self
+            .js
+            .send_publish(subject.to_string(), publish)
+            .await
+            .map_err(|e| Error::Unavailable(format!("claiming {subject}: {e}")))?
+            .await
+            .map_err(|e| Error::Unavailable(format!("claiming {subject}: {e}")))?;
+        Ok(ack.sequence)
+    }
+
+    /// Deletes message `seq` of stream `name` (a lease let go).
+    pub async fn release(&self, name: &str, seq: u64) -> Result<()> {
+        let stream = self
+            .js
+            .get_stream(name)
+            .await
+            .map_err(|e| Error::Unavailable(format!("the lease stream {name}: {e}")))?;
+        stream
+            .delete_message(seq)
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::Unavailable(format!("releasing the lease: {e}")))
+    }
+
     pub fn max_payload(&self) -> usize {
         self.client.server_info().max_payload
     }

@@ -14,6 +14,7 @@
 pub mod apply;
 pub mod codec;
 pub mod envelope;
+pub mod lease;
 pub mod log;
 pub mod logged;
 pub mod progress;

@@ -43,6 +43,7 @@ impl Engine {
             stored: Box::new(StoredRule {
                 rule,
                 created_at: Timestamp::now().micros(),
+                disabled_at: None,
             }),
         };
         match self.writes.write(&self.store, op).await? {
@@ -80,7 +81,14 @@ impl Engine {
         let org = organization_for(caller, None)?;
         match self
             .writes
-            .write(&self.store, WriteOp::DeleteRule { org, rule })
+            .write(
+                &self.store,
+                WriteOp::DeleteRule {
+                    org,
+                    rule,
+                    at: Timestamp::now(),
+                },
+            )
             .await?
         {
             WriteOutcome::RuleDeleted(true) => Ok(()),
@@ -90,4 +98,67 @@ impl Engine {
             other => Err(unexpected(other)),
         }
     }
+
+    /// A page of the caller's organization's alerts, newest first (optionally only one
+    /// pipeline's, or only those in one state), from the one before serial `after`.
+    pub fn alerts(
+        &self,
+        caller: &Caller,
+        filter: AlertFilter,
+        after: Option<u64>,
+        limit: u32,
+    ) -> Result<crate::store::AlertPage> {
+        caller.require(Scope::StatsRead)?;
+        super::check_page_limit(limit)?;
+        let org = organization_for(caller, None)?;
+        self.store
+            .reader()?
+            .alerts(org, after, limit as usize, |alert| {
+                filter.pipeline.is_none_or(|p| p == alert.pipeline)
+                    && filter.state.is_none_or(|s| s == alert.state)
+            })
+    }
+}
+
+/// Which alerts a listing shows.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AlertFilter {
+    pub pipeline: Option<Uuid>,
+    pub state: Option<crate::alerts::AlertState>,
+}
+
+impl AlertFilter {
+    /// The filter both fronts take: a pipeline UUID and a state, each empty for any.
+    pub fn parse(pipeline: &str, state: &str) -> Result<AlertFilter> {
+        use crate::error::quote;
+        Ok(AlertFilter {
+            pipeline: match pipeline {
+                "" => None,
+                text => Some(text.parse().map_err(|_| {
+                    Error::invalid("pipeline_uuid", format!("{} is not a UUID", quote(text)))
+                })?),
+            },
+            state: match state {
+                "" => None,
+                "firing" => Some(crate::alerts::AlertState::Firing),
+                "resolved" => Some(crate::alerts::AlertState::Resolved),
+                other => {
+                    return Err(Error::invalid(
+                        "state",
+                        format!("{} is not firing or resolved", quote(other)),
+                    ));
+                }
+            },
+        })
+    }
+}
+
+/// Where a page of alerts starts: a cursor a listing gave.
+pub fn alert_cursor(text: &str) -> std::result::Result<u64, String> {
+    text.parse().map_err(|_| {
+        format!(
+            "{} is not a cursor this server gave",
+            crate::error::quote(text)
+        )
+    })
 }

@@ -5,6 +5,7 @@
 
 mod access;
 mod alerts;
+mod deliveries;
 mod dispatch;
 mod keys;
 mod lineage;
@@ -20,7 +21,8 @@ use std::sync::Arc;
 pub use access::{
     ClientInfo, NewApiKey, NewClient, TokenGrant, TokenRequest, new_api_key, new_client,
 };
-pub use alerts::RuleView;
+pub use alerts::{AlertFilter, RuleView, alert_cursor};
+pub use deliveries::{DeliveryOptions, run_clock, run_courier};
 pub use dispatch::Subscription;
 pub use replica::Health;
 pub use retention::{PRUNE_STEP, PruneSummary, cut_for};
@@ -82,6 +84,11 @@ pub struct Engine {
     webhook_allow: crate::alerts::AllowedNets,
     /// Where writes go: the local writer, or the cluster's log (see [`writes`]).
     writes: writes::Writes,
+    /// How alerts are delivered.
+    deliveries: DeliveryOptions,
+    /// Whether this process delivers alerts and ticks their clock now: always on its own; in a
+    /// cluster, while it holds the delivery lease.
+    delivering: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Engine {
@@ -118,6 +125,8 @@ impl Engine {
             keep_runs_days: None,
             webhook_allow: crate::alerts::AllowedNets::default(),
             writes: writes::Writes::Local,
+            deliveries: DeliveryOptions::default(),
+            delivering: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         })
     }
 
@@ -145,6 +154,11 @@ impl Engine {
     pub fn with_webhook_allow(mut self, allowed: crate::alerts::AllowedNets) -> Engine {
         self.webhook_allow = allowed;
         self
+    }
+
+    /// Whether this process delivers alerts now (see `delivering`).
+    pub fn delivers(&self) -> bool {
+        self.delivering.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn keep_runs_days(&self) -> Option<u32> {

@@ -53,7 +53,15 @@ impl Engine {
     /// [`crate::cluster::apply::run`] to apply the log.
     pub fn with_cluster(mut self, cluster: Arc<Cluster>) -> Engine {
         self.writes = super::writes::Writes::Cluster(cluster);
+        // Alerts are delivered by the holder of the delivery lease only.
+        self.delivering
+            .store(false, std::sync::atomic::Ordering::Release);
         self
+    }
+
+    /// Set while this node holds the delivery lease (see [`crate::cluster::lease`]).
+    pub fn delivery_flag(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.delivering.clone()
     }
 
     pub fn cluster(&self) -> Option<&Arc<Cluster>> {

@@ -84,6 +84,8 @@ pub struct Plan {
     pub stream_messages: usize,
     /// Task runs of the queried pipeline loaded before the measurement (idempotent).
     pub seed_runs: u64,
+    /// The ingest streams' pipelines: from this seed (the same every time), else new ones.
+    pub ingest_catalog: Option<u64>,
     /// How the lineage workload makes run ids.
     pub run_ids: RunIds,
     pub stop: Stop,
@@ -175,8 +177,9 @@ pub fn seeded_workload(runs: u64) -> Realistic {
 
 /// A fresh stream of task runs for ingest stream `stream`: the realistic shape, sized for ten
 /// million reports over the last year (so a stream's pipelines are as dense as in the benchmark
-/// datasets), with UUIDs no earlier load used (inserts, not replays).
-fn ingest_workload(stream: usize) -> Realistic {
+/// datasets), with UUIDs no earlier load used (inserts, not replays); of the pipelines of
+/// `catalog` (the same each time) when given, else of new ones.
+fn ingest_workload(stream: usize, catalog: Option<u64>) -> Realistic {
     let now = chrono::Utc::now().timestamp();
     let mut seed = [0u8; 8];
     let _ = getrandom::fill(&mut seed);
@@ -184,6 +187,7 @@ fn ingest_workload(stream: usize) -> Realistic {
         organizations: 1,
         start: now - 365 * 86_400,
         seed: u64::from_le_bytes(seed) ^ stream as u64,
+        catalog_seed: catalog.map(|catalog| catalog ^ stream as u64),
         ..Realistic::new(10_000_000)
     }
 }
@@ -241,7 +245,7 @@ async fn run_async(plan: Plan) -> Result<Report, String> {
         ingest.push(tokio::spawn(grpc::ingest_worker(
             channels[stream % channels.len()].clone(),
             token.clone(),
-            ingest_workload(stream),
+            ingest_workload(stream, plan.ingest_catalog),
             plan.ingest_batch,
             plan.stream_messages,
             budget.clone(),

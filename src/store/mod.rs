@@ -35,7 +35,7 @@ pub use batch::{
 };
 pub use digest::Digests;
 pub use open::OpenError;
-pub use read::{PrunePreview, Reader};
+pub use read::{AlertPage, PrunePreview, Reader};
 pub use records::{EntityDetail, EntityKey};
 pub use tables::EntityId;
 pub use writer::{PendingWrite, outcome};
@@ -103,6 +103,10 @@ pub(crate) struct WriteContext {
     filters: Mutex<Filters>,
     /// Threads a write transaction may use (see [`StoreOptions::writer_threads`]).
     threads: usize,
+    /// The committed alert rules, which the writer evaluates.
+    rules: crate::alerts::RuleSet,
+    /// Told when a commit put something in the outbox.
+    outbox: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// The open database: snapshots for reads, the writer for writes.
@@ -134,6 +138,16 @@ impl Store {
     /// A consistent snapshot to read from.
     pub fn reader(&self) -> Result<Reader<'_>> {
         Ok(Reader::new(self.db.begin_read()?, &self.context.cache))
+    }
+
+    /// Whether any organization has an alert rule the clock decides.
+    pub fn has_time_rules(&self) -> bool {
+        !self.context.rules.with_time_rules().is_empty()
+    }
+
+    /// Told (once per wait) when a commit puts something in the alert outbox.
+    pub fn outbox_signal(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.context.outbox.clone()
     }
 
     /// The raw snapshot behind [`Store::reader`], for whole-database work such as backups.
@@ -386,7 +400,7 @@ fn in_transaction<R>(
     let mut filters = context.filters.lock().unwrap_or_else(|e| e.into_inner());
     let txn = db.begin_write()?;
     let (done, created, applied, finished) = {
-        let mut batch = batch::Batch::open(&txn, cache, &filters, context.threads)?;
+        let mut batch = batch::Batch::open(&txn, cache, &filters, &context.rules, context.threads)?;
         let done = work(&mut batch)?;
         let applied = started.elapsed();
         if let Some(seq) = through {
@@ -404,6 +418,12 @@ fn in_transaction<R>(
     }
     for work in created.indexes {
         filters.learn(work);
+    }
+    for (org, rules) in created.rules {
+        context.rules.set(org, rules);
+    }
+    if created.outbox {
+        context.outbox.notify_one();
     }
     Ok(done)
 }

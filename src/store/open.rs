@@ -111,10 +111,13 @@ impl Store {
             tracing::warn!(%error, path = %path.display(), "cannot make the database file owner-only");
         }
         let filters = load_filters(&db).map_err(|e| failed(e.to_string()))?;
+        let rules = load_rules(&db).map_err(|e| failed(e.to_string()))?;
         let context = Arc::new(WriteContext {
             cache: EntityCache::default(),
             filters: Mutex::new(filters),
             threads: options.writer_threads.max(1),
+            rules,
+            outbox: Default::default(),
         });
         let db = Arc::new(Handle::writable(db, &path, options.cache_bytes));
         let writer = Writer::spawn(
@@ -159,11 +162,30 @@ impl Store {
                 cache: EntityCache::default(),
                 filters: Mutex::new(filters),
                 threads: 1,
+                rules: Default::default(),
+                outbox: Default::default(),
             }),
             writer: None,
             path: path.to_path_buf(),
         })
     }
+}
+
+/// Every organization's alert rules as the file holds them.
+fn load_rules(db: &impl ReadableDatabase) -> Result<crate::alerts::RuleSet> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(tables::ALERT_RULES)?;
+    let mut all = Vec::new();
+    for entry in table.iter()? {
+        let (key, value) = entry?;
+        let key = key.value();
+        let org = crate::model::OrgId(uuid::Uuid::from_bytes(key[..16].try_into().expect("16")));
+        let rule = uuid::Uuid::from_bytes(key[16..].try_into().expect("16"));
+        let stored = crate::alerts::StoredRule::decode(value.value())
+            .ok_or_else(|| super::records::corrupt("alert rule"))?;
+        all.push((org, rule, stored));
+    }
+    Ok(crate::alerts::RuleSet::new(all))
 }
 
 /// The UUID indexes' filters as the file holds them.

@@ -536,6 +536,67 @@ impl<'a> Reader<'a> {
         Ok(rules)
     }
 
+    /// One alert rule of an organization.
+    pub fn alert_rule(&self, org: OrgId, rule: Uuid) -> Result<Option<crate::alerts::StoredRule>> {
+        let table = self.txn.open_table(tables::ALERT_RULES)?;
+        match table.get(&crate::alerts::rule_key(org.0, rule))? {
+            Some(bytes) => Ok(Some(
+                crate::alerts::StoredRule::decode(bytes.value())
+                    .ok_or_else(|| super::records::corrupt("alert rule"))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// An organization's alerts newest first, from the one before serial `before` (when given):
+    /// at most `limit` that `keep` accepts, and the serial to go on from when more remain.
+    pub fn alerts(
+        &self,
+        org: OrgId,
+        before: Option<u64>,
+        limit: usize,
+        keep: impl Fn(&crate::alerts::AlertRecord) -> bool,
+    ) -> Result<AlertPage> {
+        use crate::alerts::state::{alert_key, alert_serial};
+        let table = self.txn.open_table(tables::ALERTS)?;
+        let low = alert_key(org.0, 0);
+        let high = alert_key(org.0, before.unwrap_or(u64::MAX));
+        let mut found = Vec::new();
+        for entry in table.range::<&[u8; 24]>(&low..&high)?.rev() {
+            let (key, value) = entry?;
+            let serial = alert_serial(key.value());
+            if found.len() == limit {
+                let next = found.last().map(|(serial, _)| *serial);
+                return Ok((found, next));
+            }
+            let record = crate::alerts::AlertRecord::decode(value.value())
+                .ok_or_else(|| super::records::corrupt("alert"))?;
+            if keep(&record) {
+                found.push((serial, record));
+            }
+        }
+        Ok((found, None))
+    }
+
+    /// The outbox's entries in serial order, at most `limit`.
+    pub fn outbox(&self, limit: usize) -> Result<Vec<(u64, crate::alerts::OutboxEntry)>> {
+        let table = self.txn.open_table(tables::OUTBOX)?;
+        let mut entries = Vec::new();
+        for entry in table.iter()?.take(limit) {
+            let (serial, value) = entry?;
+            let entry = crate::alerts::OutboxEntry::decode(value.value())
+                .ok_or_else(|| super::records::corrupt("outbox entry"))?;
+            entries.push((serial.value(), entry));
+        }
+        Ok(entries)
+    }
+
+    /// How many transitions wait in the outbox.
+    pub fn outbox_len(&self) -> Result<u64> {
+        use redb::ReadableTableMetadata;
+        Ok(self.txn.open_table(tables::OUTBOX)?.len()?)
+    }
+
     /// The adoption into a cluster this database continues, if it was adopted (see
     /// `runledger cluster adopt`).
     pub fn baseline(&self) -> Result<Option<Uuid>> {
@@ -732,3 +793,6 @@ fn series(entity: &EntityKey) -> Series {
         pipeline: entity.pipeline,
     }
 }
+
+/// A page of alerts by serial, newest first, and the serial to go on from when more remain.
+pub type AlertPage = (Vec<(u64, crate::alerts::AlertRecord)>, Option<u64>);

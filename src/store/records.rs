@@ -308,6 +308,15 @@ pub enum TaskRunHome {
 }
 
 impl TaskRunHome {
+    /// The pipeline the task run is in.
+    pub fn pipeline(&self) -> EntityId {
+        match self {
+            TaskRunHome::Finished { pipeline, .. } | TaskRunHome::Unfinished { pipeline, .. } => {
+                *pipeline
+            }
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         match self {
             TaskRunHome::Finished {

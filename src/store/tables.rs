@@ -37,6 +37,9 @@
 //! | `running`        | pipeline id, started_at, task-run UUID       | its `task_index` key       |
 //! | `lineage_runs`   | org index, OpenLineage run UUID              | what its events said       |
 //! | `alert_rules`    | organization UUID, rule UUID                 | the rule (secret sealed)   |
+//! | `alert_state`    | organization, rule and pipeline UUIDs        | the firing alert           |
+//! | `alerts`         | organization UUID, alert serial              | the alert and its state    |
+//! | `outbox`         | delivery serial                              | a transition to deliver    |
 //! | `writers`        | stream writer id                             | its last applied number    |
 //! | `early`          | stream writer id, number                     | a copy kept for its turn   |
 //! | `skipped`        | stream sequence                              | why it was skipped         |
@@ -141,6 +144,15 @@ tables! {
     /// Alert rules: organization UUID and rule UUID -> the rule and when it was made (see
     /// `crate::alerts::StoredRule`; the webhook secret sealed under the organization's key).
     alert_rules / ALERT_RULES: &'static [u8; 32] => &'static [u8];
+    /// Alerts firing now: organization, rule and pipeline UUIDs -> the alert's serial (see
+    /// `crate::alerts::Firing`). Absent: the rule's condition is false for that pipeline.
+    alert_state / ALERT_STATE: &'static [u8; 48] => &'static [u8];
+    /// Every alert, firing or resolved: organization UUID and serial (big-endian) -> the alert
+    /// (see `crate::alerts::AlertRecord`), newest last.
+    alerts / ALERTS: &'static [u8; 24] => &'static [u8];
+    /// Transitions waiting for delivery: delivery serial -> what to send and how far its
+    /// delivery got (see `crate::alerts::OutboxEntry`); deleted once delivered or given up.
+    outbox / OUTBOX: u64 => &'static [u8];
     /// Cluster mode: each writer of the stream -> the number of its last message applied
     /// (a writer's messages are applied in number order only, see `crate::cluster::publisher`).
     writers / WRITERS: &'static [u8; 16] => u64;
@@ -369,6 +381,9 @@ pub mod meta {
     /// Cluster mode: the id of the cluster whose stream this database applies, 16 bytes; a
     /// node refuses a stream of another cluster.
     pub const CLUSTER_ID: &str = "cluster_id";
+    /// The next alert serial and delivery serial to hand out, little-endian u64s.
+    pub const NEXT_ALERT: &str = "next_alert";
+    pub const NEXT_DELIVERY: &str = "next_delivery";
 }
 
 /// The file format this build reads and writes. 5: rollup parts carry duration histograms and

@@ -118,6 +118,7 @@ pub fn verify(store: &Store) -> Result<VerifyReport> {
     check_kept(&stored, &reader, &mut report)?;
     check_pipeline_names(&reader, &mut report)?;
     check_running(&stored, &mut report)?;
+    check_alerts(&reader, &mut report)?;
 
     let mut current: Option<PipelineWork> = None;
     for entry in run_log.iter()? {
@@ -340,6 +341,60 @@ fn check_pipeline_names(reader: &super::Reader<'_>, report: &mut VerifyReport) -
 }
 
 /// The running list holds exactly the running task runs, each under its pipeline and start.
+/// Alerts agree with themselves: each firing one (in `alert_state`) is stored as firing since
+/// then, of its rule and pipeline; every alert stored as firing is listed there; every outbox
+/// entry decodes.
+fn check_alerts(reader: &super::Reader<'_>, report: &mut VerifyReport) -> Result<()> {
+    use crate::alerts::state::{alert_key, alert_serial};
+    use crate::alerts::{AlertRecord, AlertState, Firing, OutboxEntry};
+    let alerts = reader.table(tables::ALERTS)?;
+    let mut firing = std::collections::HashSet::new();
+    for entry in reader.table(tables::ALERT_STATE)?.iter()? {
+        let (key, value) = entry?;
+        let key = key.value();
+        let org = Uuid::from_bytes(key[..16].try_into().expect("16 bytes"));
+        let Some(state) = Firing::decode(value.value()) else {
+            report.differ(|| format!("a firing alert of organization {org} does not decode"));
+            continue;
+        };
+        firing.insert((org, state.serial));
+        let record = alerts
+            .get(&alert_key(org, state.serial))?
+            .and_then(|bytes| AlertRecord::decode(bytes.value()));
+        let agrees = record.is_some_and(|alert| {
+            alert.state == AlertState::Firing
+                && alert.since == state.since
+                && alert.rule.as_bytes()[..] == key[16..32]
+                && alert.pipeline.as_bytes()[..] == key[32..]
+        });
+        if !agrees {
+            report.differ(|| format!("firing alert #{} is not stored as firing", state.serial));
+        }
+    }
+    for entry in alerts.iter()? {
+        let (key, value) = entry?;
+        let org = Uuid::from_bytes(key.value()[..16].try_into().expect("16 bytes"));
+        let serial = alert_serial(key.value());
+        match AlertRecord::decode(value.value()) {
+            Some(alert)
+                if alert.state == AlertState::Firing && !firing.contains(&(org, serial)) =>
+            {
+                report.differ(|| format!("alert #{serial} is stored as firing but is not listed"));
+            }
+            Some(_) => {}
+            None => report.differ(|| format!("alert #{serial} does not decode")),
+        }
+    }
+    for entry in reader.table(tables::OUTBOX)?.iter()? {
+        let (serial, value) = entry?;
+        if OutboxEntry::decode(value.value()).is_none() {
+            let serial = serial.value();
+            report.differ(|| format!("outbox entry #{serial} does not decode"));
+        }
+    }
+    Ok(())
+}
+
 fn check_running(stored: &Stored<'_>, report: &mut VerifyReport) -> Result<()> {
     let running = stored.reader.table(tables::RUNNING)?;
     let mut listed = 0u64;

@@ -218,7 +218,10 @@ async function showOverview() {
   const body = el("tbody", { id: "pipelines" });
   const more = el("button", { class: "more", type: "button", hidden: true }, "More pipelines");
   const status = el("p", { class: "muted", id: "overview-status" }, "Loading…");
+  const firing = el("ul", { id: "firing", class: "alerts" });
   main.replaceChildren(
+    el("h1", {}, "Firing alerts"),
+    firing,
     el("h1", {}, "Pipelines"),
     el("div", { class: "scroll" },
       el("table", { class: "overview" },
@@ -233,6 +236,9 @@ async function showOverview() {
 
   const today = new Date();
   const from = isoDate(new Date(Date.UTC(today.getUTCFullYear(), today.getUTCMonth(), today.getUTCDate()) - 29 * DAY_MS));
+  const { body: alerts } = await api("/v1/alerts?state=firing&limit=100");
+  for (const alert of alerts) firing.append(alertItem(alert, true));
+  if (alerts.length === 0) firing.append(el("li", { class: "muted" }, "No alert is firing."));
   let cursor = "";
   async function page() {
     more.hidden = true;
@@ -268,6 +274,21 @@ async function showOverview() {
   await page();
   if (body.children.length === 0) status.textContent = "No pipelines yet: report task runs, and they appear here.";
   document.body.dataset.ready = "overview";
+}
+
+/** One alert: its state, rule, pipeline (linked, on the overview) and since when. */
+function alertItem(alert, withPipeline) {
+  const pipeline = alert.pipeline_name || alert.pipeline_uuid;
+  const state = alert.state === "firing"
+    ? el("span", { class: "fail" }, "✗ firing")
+    : el("span", { class: "ok" }, "✓ resolved");
+  const when = alert.state === "firing"
+    ? `since ${alert.since.replace("T", " ").replace("Z", "")}`
+    : `${alert.since.replace("T", " ").replace("Z", "")} to ${alert.resolved_at.replace("T", " ").replace("Z", "")}`;
+  return el("li", { "data-alert": alert.alert_id },
+    state, " ", el("strong", {}, alert.rule_name), ` (${alert.kind}) `,
+    ...(withPipeline ? [el("a", { href: `#/pipeline/${alert.pipeline_uuid}` }, pipeline), " "] : []),
+    el("span", { class: "muted" }, when));
 }
 
 // ---- one pipeline --------------------------------------------------------------------------
@@ -316,6 +337,7 @@ async function showPipeline(uuid, params) {
   const tasks = el("tbody", { id: "tasks" });
   const logs = el("tbody", { id: "logs" });
   const running = el("tbody", { id: "running" });
+  const history = el("ul", { id: "alert-history", class: "alerts" });
   const logsTitle = el("h2", { id: "logs-title" }, "Newest runs");
   const more = el("button", { class: "more", type: "button", hidden: true }, "More runs");
   main.replaceChildren(
@@ -328,6 +350,8 @@ async function showPipeline(uuid, params) {
       el("thead", {}, el("tr", {}, el("th", {}, "Task"), el("th", {}, "Successes"), el("th", {}, "Failures"),
         el("th", { class: "hide-narrow" }, "Success"), el("th", {}, "Average"), el("th", { class: "hide-narrow" }, "p50"), el("th", {}, "p95"))),
       tasks)),
+    el("h2", {}, "Alerts"),
+    history,
     el("h2", {}, "Running now"),
     el("p", { class: "muted" }, "Task runs that started and have not finished (a run stuck here never ended)."),
     el("div", { class: "scroll" }, el("table", {},
@@ -411,6 +435,11 @@ async function showPipeline(uuid, params) {
   }
   more.addEventListener("click", () => loadLogs().catch(showError));
   await loadLogs(first, last, "Newest runs");
+
+  // The pipeline's alerts, newest first (one page of 50).
+  const { body: alerts } = await api(`/v1/alerts?pipeline_uuid=${uuid}&limit=50`);
+  for (const alert of alerts) history.append(alertItem(alert, false));
+  if (alerts.length === 0) history.append(el("li", { class: "muted" }, "No alert ever fired."));
 
   // What runs now, newest start first (one page of 100).
   const { body: started } = await api(`/v1/stats/pipelines/${uuid}/running?limit=100`);

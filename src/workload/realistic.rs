@@ -38,6 +38,8 @@ pub struct Realistic {
     /// Whether some tasks report outputs.
     pub outputs: bool,
     pub seed: u64,
+    /// The catalog's own seed when given (the same pipelines with other runs); else `seed`.
+    pub catalog_seed: Option<u64>,
 }
 
 /// A pipeline of the workload's catalog.
@@ -72,12 +74,13 @@ impl Realistic {
             days: 365,
             outputs: true,
             seed: 1,
+            catalog_seed: None,
         }
     }
 
     /// The organizations, pipelines and tasks, the busiest pipeline first.
     pub fn catalog(&self) -> Vec<PipelineSpec> {
-        let mut rng = Rng::new(self.seed ^ 0xc0ffee);
+        let mut rng = Rng::new(self.catalog_seed.unwrap_or(self.seed) ^ 0xc0ffee);
         let organizations: Vec<OrgId> = (0..self.organizations.max(1))
             .map(|_| OrgId(rng.uuid()))
             .collect();

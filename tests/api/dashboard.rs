@@ -173,16 +173,41 @@ fn the_dashboard_shows_what_the_api_answers() {
         report.executed_at = None;
         report.organization_uuid = String::new();
         report.output = Vec::new();
+        // A rule on it, and a failed run (the newest) that fires it: the page shows the alert.
+        let admin = rest_token(&http, server.http_addr, &credentials, Some("alerts:write")).await;
+        let created = http
+            .post(format!("{base}/v1/alerts/rules"))
+            .bearer_auth(&admin)
+            .json(&serde_json::json!({
+                "name": "dashboard alert", "pipeline_uuid": pipeline, "kind": "failed",
+                "webhook": {"url": "https://hooks.example.com/runledger", "secret": "a-secret-of-sixteen-bytes"},
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 201);
+        let mut failed = finished(
+            "5eed0000-0000-4000-8000-0000000000cc",
+            "5eed0000-0000-4000-8000-0000000000dd",
+            pipeline,
+            task,
+            false,
+            5,
+            &chrono::Utc::now().to_rfc3339(),
+        );
+        failed.organization_uuid = String::new();
         let writer = rest_token(&http, server.http_addr, &credentials, Some("runs:write")).await;
         proto::ingest_client::IngestClient::with_interceptor(
             grpc_channel(server.grpc_addr).await,
             Bearer::new(&writer),
         )
         .report_task_runs(tokio_stream::iter([proto::ReportTaskRunsRequest {
-            results: vec![report],
+            results: vec![report, failed],
         }]))
         .await
         .unwrap();
+        let alerts = get(format!("/v1/alerts?pipeline_uuid={pipeline}")).await;
+        let alert = alerts[0]["alert_id"].as_str().unwrap().to_string();
         let url =
             format!("{base}/ui#/pipeline/{pipeline}?period=week&from={from}&to={to}&token={token}");
         let dom = browse(&browser, &profile("p"), &url, (1280, 800), "--dump-dom");
@@ -228,6 +253,10 @@ fn the_dashboard_shows_what_the_api_answers() {
         assert!(
             dom.contains(&format!("data-running=\"{running_run}\"")),
             "the running task run is listed"
+        );
+        assert!(
+            dom.contains(&format!("data-alert=\"{alert}\"")),
+            "the pipeline's alert is listed"
         );
         clicks(&browser, &profile("cdp"), &url, &get, pipeline).await;
         browse(

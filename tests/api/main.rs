@@ -6,6 +6,7 @@ mod browser;
 mod config;
 mod crash;
 mod dashboard;
+mod deliveries;
 mod flood;
 mod grafana;
 mod grpc;

@@ -73,7 +73,9 @@ const AUTHORIZATION: &str = r#"authorization {
           "$JS.API.INFO", "$JS.API.STREAM.INFO.RUNLEDGER", "$JS.API.STREAM.MSG.GET.RUNLEDGER",
           "$JS.API.CONSUMER.CREATE.RUNLEDGER", "$JS.API.CONSUMER.CREATE.RUNLEDGER.>",
           "$JS.API.CONSUMER.MSG.NEXT.RUNLEDGER.>", "$JS.API.CONSUMER.INFO.RUNLEDGER.>",
-          "$JS.API.CONSUMER.DELETE.RUNLEDGER.>"
+          "$JS.API.CONSUMER.DELETE.RUNLEDGER.>",
+          "runledger.lease.alerts", "$JS.API.STREAM.INFO.RUNLEDGER_LEASE",
+          "$JS.API.STREAM.MSG.DELETE.RUNLEDGER_LEASE"
         ] }
         subscribe: { allow: ["_INBOX.>"] }
     } }

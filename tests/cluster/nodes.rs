@@ -8,7 +8,7 @@ use runledger::proto::ingest_client::IngestClient;
 
 use crate::nats::{self, cli, node};
 use crate::support::rest_token;
-use crate::support::{Bearer, finished, grpc_channel, runtime};
+use crate::support::{Bearer, finished, get_json, grpc_channel, runtime};
 
 /// Waits until `node` refuses `token` (401), at most a second (answering 200 until then).
 async fn refused_within_a_second(
@@ -471,29 +471,23 @@ fn openlineage_events_and_api_keys_hold_cluster_wide_as_on_a_single_node() {
                 .unwrap();
             assert_eq!(on_b.status(), 200, "{path}");
             let on_b: serde_json::Value = on_b.json().await.unwrap();
-            let on_single: serde_json::Value = http
-                .get(format!("http://{}{path}", single.http_addr))
-                .bearer_auth(&single_token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let on_single: serde_json::Value = get_json(
+                &http,
+                format!("http://{}{path}", single.http_addr),
+                &single_token,
+            )
+            .await;
             assert_eq!(on_b, on_single, "{path}");
         }
-        let stats: serde_json::Value = http
-            .get(format!(
+        let stats: serde_json::Value = get_json(
+            &http,
+            format!(
                 "http://{}/v1/stats/pipelines/{pipeline}/stats/2025-03-01/2025-03-31",
                 b.http_addr
-            ))
-            .bearer_auth(&api_key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            ),
+            &api_key,
+        )
+        .await;
         assert_eq!(
             stats["num_of_successes"].as_u64().unwrap()
                 + stats["num_of_failures"].as_u64().unwrap(),
@@ -514,4 +508,198 @@ fn openlineage_events_and_api_keys_hold_cluster_wide_as_on_a_single_node() {
         refused_within_a_second(&http, b.http_addr, &api_key, "node B, the revoked key").await;
     });
     assert!(single.stop());
+}
+
+/// Whether a node delivers alerts now (its `runledger_alert_courier` gauge).
+async fn delivers(http: &reqwest::Client, node: std::net::SocketAddr) -> bool {
+    let Ok(response) = http.get(format!("http://{node}/metrics")).send().await else {
+        return false;
+    };
+    let text = response.text().await.unwrap_or_default();
+    text.lines()
+        .any(|line| line.trim() == "runledger_alert_courier 1")
+}
+
+#[test]
+fn an_alert_is_delivered_by_one_node_and_by_another_when_that_one_is_killed() {
+    use crate::support::receiver::{Reply, create_rule, failed_rule, python_verifies, receiver};
+    let Some(binary) = nats::nats_server() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = nats::one_server(&binary, dir.path());
+    let (urls, key) = (&cluster.urls, &cluster.key);
+    let args = [
+        "--nats",
+        urls.as_str(),
+        "--master-key-file",
+        key.to_str().unwrap(),
+        "--webhook-allow-net",
+        "127.0.0.1/32",
+    ];
+    let mut nodes: Vec<Option<crate::support::ChildServer>> = ["a", "b", "c"]
+        .iter()
+        .map(|name| {
+            Some(crate::support::ChildServer::start_with(
+                &dir.path().join(name),
+                &args,
+                None,
+            ))
+        })
+        .collect();
+    let http = reqwest::Client::new();
+    let rt = runtime();
+    let addr = |nodes: &[Option<crate::support::ChildServer>], i: usize| {
+        let node = nodes[i].as_ref().unwrap();
+        (node.http_addr, node.grpc_addr)
+    };
+    rt.block_on(async {
+        // The first attempt hangs; the node making it is killed meanwhile.
+        let (url, mut received) = receiver(vec![Reply::Hang]).await;
+        let token = rest_token(&http, addr(&nodes, 0).0, &cluster.client, None).await;
+        let pipeline = "c1000000-0000-4000-8000-000000000000";
+        create_rule(
+            &http,
+            addr(&nodes, 0).0,
+            &token,
+            &failed_rule(pipeline, &url),
+        )
+        .await;
+        let mut ingest = IngestClient::with_interceptor(
+            grpc_channel(addr(&nodes, 1).1).await,
+            Bearer::new(&token),
+        );
+        let mut failed = finished(
+            "c1000000-0000-4000-8000-000000000001",
+            "c1000000-0000-4000-8000-000000000002",
+            pipeline,
+            "c1000000-0000-4000-8000-000000000003",
+            false,
+            10,
+            "2025-03-01 02:00:00",
+        );
+        failed.organization_uuid.clear();
+        ingest
+            .report_task_run_batch(proto::ReportTaskRunsRequest {
+                results: vec![failed.clone()],
+            })
+            .await
+            .unwrap();
+        let wait = Duration::from_secs(60);
+        let first = tokio::time::timeout(wait, received.recv())
+            .await
+            .expect("a first attempt")
+            .unwrap();
+        // Exactly one node holds the lease; kill it.
+        let mut holders = Vec::new();
+        for i in 0..3 {
+            if delivers(&http, addr(&nodes, i).0).await {
+                holders.push(i);
+            }
+        }
+        assert_eq!(holders.len(), 1, "one node delivers: {holders:?}");
+        nodes[holders[0]].take().unwrap().kill();
+
+        let second = tokio::time::timeout(wait, received.recv())
+            .await
+            .expect("another node delivers within the lease's life")
+            .unwrap();
+        assert_eq!(second.id, first.id, "the same delivery, by another node");
+        assert_eq!(second.body, first.body);
+        python_verifies(&[first, second]);
+        // Delivered: the new holder's outbox empties, and nothing more is sent.
+        let survivors: Vec<usize> = (0..3).filter(|i| nodes[*i].is_some()).collect();
+        let deadline = Instant::now() + wait;
+        'emptied: loop {
+            for &i in &survivors {
+                let metrics = http
+                    .get(format!("http://{}/metrics", addr(&nodes, i).0))
+                    .send()
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap();
+                if metrics.contains("runledger_alert_courier 1")
+                    && metrics.contains("runledger_alert_outbox_depth 0")
+                {
+                    break 'emptied;
+                }
+            }
+            assert!(Instant::now() < deadline, "the outbox never emptied");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Both survivors list the same one alert.
+        let mut listed = Vec::new();
+        for &i in &survivors {
+            let alerts: serde_json::Value = get_json(
+                &http,
+                format!("http://{}/v1/alerts", addr(&nodes, i).0),
+                &token,
+            )
+            .await;
+            listed.push(alerts);
+        }
+        assert_eq!(listed[0].as_array().unwrap().len(), 1, "{}", listed[0]);
+        assert_eq!(listed[0], listed[1]);
+        assert!(
+            received.try_recv().is_err(),
+            "delivered more than once after the kill"
+        );
+
+        // A single node fed what the writers sent, in that order (the rule, then the report),
+        // has the same alert (its rule has its own UUID, and so its alert its own id).
+        let (single_url, mut single_received) = receiver(vec![]).await;
+        let single = crate::support::ChildServer::start_with(
+            &dir.path().join("single"),
+            &["--webhook-allow-net", "127.0.0.1/32"],
+            None,
+        );
+        let single_token = rest_token(
+            &http,
+            single.http_addr,
+            &single.first_client.clone().unwrap(),
+            None,
+        )
+        .await;
+        create_rule(
+            &http,
+            single.http_addr,
+            &single_token,
+            &failed_rule(pipeline, &single_url),
+        )
+        .await;
+        IngestClient::with_interceptor(
+            grpc_channel(single.grpc_addr).await,
+            Bearer::new(&single_token),
+        )
+        .report_task_run_batch(proto::ReportTaskRunsRequest {
+            results: vec![failed.clone()],
+        })
+        .await
+        .unwrap();
+        tokio::time::timeout(wait, single_received.recv())
+            .await
+            .expect("the single node delivers")
+            .unwrap();
+        let alone = get_json(
+            &http,
+            format!("http://{}/v1/alerts", single.http_addr),
+            &single_token,
+        )
+        .await;
+        let comparable = |alerts: &serde_json::Value| {
+            let mut alert = alerts[0].clone();
+            for field in ["alert_id", "rule_uuid", "since"] {
+                alert[field] = serde_json::Value::Null;
+            }
+            alert
+        };
+        assert_eq!(alone.as_array().unwrap().len(), 1, "{alone}");
+        assert_eq!(comparable(&alone), comparable(&listed[0]));
+        assert!(single.stop());
+    });
+    for node in nodes.into_iter().flatten() {
+        assert!(node.stop());
+    }
 }

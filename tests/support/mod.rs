@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod receiver;
+
 use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::Path;

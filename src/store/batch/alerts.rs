@@ -1,4 +1,5 @@
-//! Alert rules in a write transaction: created under a per-organization cap, deleted.
+//! Alert rules in a write transaction: created under a per-organization cap, deleted (their
+//! firing alerts resolved); either way the transaction sees the organization's rules anew.
 
 use redb::ReadableTable;
 use uuid::Uuid;
@@ -7,6 +8,7 @@ use super::Batch;
 use crate::alerts::{MAX_RULES_PER_ORG, StoredRule, rule_key};
 use crate::error::{Error, Result};
 use crate::model::OrgId;
+use crate::time::Timestamp;
 
 impl Batch<'_> {
     /// Stores a new rule, unless the organization holds the most rules it may.
@@ -27,11 +29,18 @@ impl Batch<'_> {
         self.t
             .alert_rules
             .insert(&rule_key(org.0, rule), stored.encode().as_slice())?;
+        self.reload_rules(org)?;
         Ok(Ok(()))
     }
 
-    /// Deletes a rule. `false` when the organization has no such rule.
-    pub(super) fn delete_rule(&mut self, org: OrgId, rule: Uuid) -> Result<bool> {
-        Ok(self.t.alert_rules.remove(&rule_key(org.0, rule))?.is_some())
+    /// Deletes a rule at `at`, resolving its firing alerts without delivering them. `false`
+    /// when the organization has no such rule.
+    pub(super) fn delete_rule(&mut self, org: OrgId, rule: Uuid, at: Timestamp) -> Result<bool> {
+        if self.t.alert_rules.remove(&rule_key(org.0, rule))?.is_none() {
+            return Ok(false);
+        }
+        self.resolve_rule_alerts(org, rule, at)?;
+        self.reload_rules(org)?;
+        Ok(true)
     }
 }

@@ -17,6 +17,7 @@
 //! - [`last_runs`]: keeping each entity's latest run;
 //! - [`restore`]: unfinished runs carried over from an older database.
 
+mod alerting;
 mod alerts;
 mod credentials;
 mod entities;
@@ -73,8 +74,28 @@ pub enum WriteOp {
         rule: Uuid,
         stored: Box<crate::alerts::StoredRule>,
     },
-    /// Deletes an alert rule.
-    DeleteRule { org: OrgId, rule: Uuid },
+    /// Deletes an alert rule at `at` (its firing alerts resolve, undelivered).
+    DeleteRule {
+        org: OrgId,
+        rule: Uuid,
+        at: Timestamp,
+    },
+    /// The clock reached `at`: the alert rules it decides (`missing`, `stuck`) are judged.
+    AlertTick { at: Timestamp },
+    /// A delivery from the outbox ended at `at` (see [`crate::alerts::DeliveryEnd`]).
+    FinishDelivery {
+        serial: u64,
+        end: crate::alerts::DeliveryEnd,
+        at: Timestamp,
+    },
+    /// A delivery's attempt number `attempts` failed with `error`; the next one is not before
+    /// `next_at` (microseconds).
+    RetryDelivery {
+        serial: u64,
+        attempts: u32,
+        next_at: i64,
+        error: String,
+    },
     /// A pipeline and its tasks, with the organization filled in.
     Register(PipelineDefinition),
     /// A new run of a pipeline: one pending task run per initial task, queued for executors,
@@ -160,6 +181,9 @@ impl WriteOp {
             WriteOp::Lineage { .. } => "lineage",
             WriteOp::CreateRule { .. } => "create_rule",
             WriteOp::DeleteRule { .. } => "delete_rule",
+            WriteOp::AlertTick { .. } => "alert_tick",
+            WriteOp::FinishDelivery { .. } => "finish_delivery",
+            WriteOp::RetryDelivery { .. } => "retry_delivery",
             WriteOp::StartPipelineRun { .. } => "start_pipeline_run",
             WriteOp::CreateOrganization { .. } => "create_organization",
             WriteOp::CreateClient { .. } => "create_client",
@@ -179,6 +203,9 @@ impl WriteOp {
             WriteOp::Lineage { .. } => "an OpenLineage event",
             WriteOp::CreateRule { .. } => "a new alert rule",
             WriteOp::DeleteRule { .. } => "a deletion of an alert rule",
+            WriteOp::AlertTick { .. } => "a clock tick of the alert rules",
+            WriteOp::FinishDelivery { .. } => "the end of an alert delivery",
+            WriteOp::RetryDelivery { .. } => "a failed alert delivery",
             WriteOp::StartPipelineRun { .. } => "a pipeline run",
             WriteOp::CreateOrganization { .. } => "a new organization",
             WriteOp::CreateClient { .. } => "a new client",
@@ -208,7 +235,10 @@ pub enum WriteOutcome {
     Report(ReportCounts),
     Register(RegisterOutcome),
     Started(Vec<PendingTaskRun>),
-    Organization { record: OrgRecord, created: bool },
+    Organization {
+        record: OrgRecord,
+        created: bool,
+    },
     ClientCreated,
     ClientRevoked(bool),
     Tokens(IssueOutcome),
@@ -217,6 +247,9 @@ pub enum WriteOutcome {
     Pruned(PruneProgress),
     RuleCreated,
     RuleDeleted(bool),
+    AlertsJudged,
+    /// Whether the delivery's outbox entry was there to change.
+    DeliveryRecorded(bool),
 }
 
 /// Index entries from which [`Batch::finish`] writes tables from several threads (when allowed):
@@ -233,6 +266,10 @@ pub struct Created {
     pub orgs: HashMap<OrgId, OrgIndex>,
     /// The UUID indexes' inserts, for the committed filters.
     pub indexes: Vec<Learned>,
+    /// Organizations whose alert rules changed, with their rules now.
+    pub rules: HashMap<OrgId, std::sync::Arc<crate::alerts::OrgRules>>,
+    /// Whether the outbox got something to deliver.
+    pub outbox: bool,
 }
 
 /// Counters handed out in this transaction, written back at [`Batch::finish`].
@@ -251,6 +288,9 @@ pub struct Batch<'txn> {
     pub(super) t: WriteTables<'txn>,
     cache: &'txn EntityCache,
     filters: &'txn Filters,
+    /// The committed alert rules.
+    rule_set: &'txn crate::alerts::RuleSet,
+    alerting: alerting::Alerting,
     /// Task runs' homes written in this transaction (inserted in key order at
     /// [`Batch::finish`]); reads of `task_index` look here first.
     task_index: IndexWork<PendingHome>,
@@ -334,12 +374,15 @@ impl<'txn> Batch<'txn> {
         txn: &'txn WriteTransaction,
         cache: &'txn EntityCache,
         filters: &'txn Filters,
+        rule_set: &'txn crate::alerts::RuleSet,
         threads: usize,
     ) -> Result<Batch<'txn>> {
         Ok(Batch {
             t: WriteTables::open(txn)?,
             cache,
             filters,
+            rule_set,
+            alerting: Default::default(),
             task_index: IndexWork::new(&filters.task_runs),
             pipeline_index: IndexWork::new(&filters.pipeline_runs).keep_written(),
             created: Created::default(),
@@ -373,16 +416,47 @@ impl<'txn> Batch<'txn> {
     /// Checks and applies one operation. `Ok(Err(_))` is a rejection that changed nothing;
     /// `Err(_)` is a storage failure that spoils the whole transaction.
     pub fn apply(&mut self, op: &WriteOp) -> Result<Result<WriteOutcome>> {
+        // Alerts judged later must see their pipelines as their operation left them: anything
+        // else than a report of other pipelines (a rule, a tick, a delivery, a rename, an
+        // OpenLineage event of pipelines not known in advance) has them judged first.
+        let defers = match op {
+            WriteOp::Report { runs, .. } => !self.changes_deferred(runs),
+            _ => false,
+        };
+        if !defers {
+            self.judge_deferred()?;
+        }
         match op {
-            WriteOp::Report { runs, at } => Ok(self.report(runs, *at)?.map(WriteOutcome::Report)),
-            WriteOp::Lineage { org, event, at } => {
-                Ok(self.lineage(*org, event, *at)?.map(WriteOutcome::Report))
+            WriteOp::Report { runs, at } => {
+                let outcome = self.report(runs, *at)?;
+                self.defer_touched(*at);
+                Ok(outcome.map(WriteOutcome::Report))
             }
+            WriteOp::Lineage { org, event, at } => {
+                let outcome = self.lineage(*org, event, *at)?;
+                self.defer_touched(*at);
+                Ok(outcome.map(WriteOutcome::Report))
+            }
+            WriteOp::AlertTick { at } => {
+                self.alert_tick(*at)?;
+                Ok(Ok(WriteOutcome::AlertsJudged))
+            }
+            WriteOp::FinishDelivery { serial, end, at } => Ok(Ok(WriteOutcome::DeliveryRecorded(
+                self.finish_delivery(*serial, *end, *at)?,
+            ))),
+            WriteOp::RetryDelivery {
+                serial,
+                attempts,
+                next_at,
+                error,
+            } => Ok(Ok(WriteOutcome::DeliveryRecorded(
+                self.retry_delivery(*serial, *attempts, *next_at, error)?,
+            ))),
             WriteOp::CreateRule { org, rule, stored } => Ok(self
                 .create_rule(*org, *rule, stored)?
                 .map(|()| WriteOutcome::RuleCreated)),
-            WriteOp::DeleteRule { org, rule } => Ok(Ok(WriteOutcome::RuleDeleted(
-                self.delete_rule(*org, *rule)?,
+            WriteOp::DeleteRule { org, rule, at } => Ok(Ok(WriteOutcome::RuleDeleted(
+                self.delete_rule(*org, *rule, *at)?,
             ))),
             WriteOp::Register(definition) => {
                 if let Err(rejection) = self.check_register(definition)? {
@@ -429,6 +503,7 @@ impl<'txn> Batch<'txn> {
     /// Writes what was gathered; returns what this transaction created, to publish once it
     /// commits.
     pub fn finish(mut self) -> Result<Created> {
+        self.judge_deferred()?;
         self.write_pending(false)?;
         self.store_counters()?;
         let learned = [self.task_index.finish(), self.pipeline_index.finish()];
@@ -447,6 +522,7 @@ impl<'txn> Batch<'txn> {
     /// bulk load in one transaction does this after each chunk, so that what it holds in
     /// memory stays bounded).
     pub fn write_out(&mut self) -> Result<()> {
+        self.judge_deferred()?;
         self.write_pending(true)
     }
 

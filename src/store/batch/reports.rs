@@ -210,6 +210,7 @@ impl Batch<'_> {
     ) -> Result<ReportCounts> {
         let org = run.organization.expect("checked");
         let (pipeline, _) = self.ensure_pipeline(run.pipeline, org)?;
+        self.note_touched(org, pipeline.id, run.pipeline.0);
         let task = self.ensure_task(run.task, &pipeline, run.task_type, run.is_initial_task)?;
         let org_index = pipeline.org_index;
         let finished_at = run.finished_at();
@@ -247,6 +248,12 @@ impl Batch<'_> {
             },
         };
         let found = self.find_task_run(org_index, &run.task_run)?;
+        if let Some((_, old)) = &found
+            && old.pipeline() != pipeline.id
+        {
+            // A task run reported again under another pipeline leaves its old one.
+            self.note_moved_from(org, old.pipeline())?;
+        }
         if let TaskRunHome::Unfinished {
             started_at: new_start,
             ..

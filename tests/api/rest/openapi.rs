@@ -89,6 +89,7 @@ async fn the_openapi_document_describes_what_is_served() {
         documented,
         [
             "/api/v1/lineage",
+            "/v1/alerts",
             "/v1/alerts/rules",
             "/v1/alerts/rules/{uuid}",
             "/v1/oauth/token",

@@ -1,0 +1,644 @@
+//! Alert evaluation in a write transaction. Every rule covering a pipeline that an operation
+//! changed is judged (see `crate::alerts::judge`) against the tables as that operation left the
+//! pipeline: judging waits until the gathered writes are written out anyway, unless a later
+//! operation would change the pipeline first (see [`Batch::defer_touched`]). A clock tick judges
+//! the rules the clock decides. A rule whose condition became true fires an alert, one that
+//! became false resolves it, and each such transition is put in the outbox in the same
+//! transaction. Verdicts and the order alerts are numbered in are those of judging after every
+//! operation, so the alert tables are the same however writes are grouped, on every node.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use redb::ReadableTable;
+use rustc_hash::{FxHashMap, FxHashSet};
+use uuid::Uuid;
+
+use super::Batch;
+use crate::alerts::judge::{self, RecentRun, Verdict};
+use crate::alerts::state::{alert_id, alert_key, state_key, webhook_id};
+use crate::alerts::webhook::{Change, Transition};
+use crate::alerts::{
+    AlertRecord, AlertState, DeliveryEnd, Firing, OrgRules, OutboxEntry, RuleKind, StoredRule,
+    rule_key,
+};
+use crate::error::{Error, Result};
+use crate::model::{EntityKind, OrgId, TimeRange, WindowStats};
+use crate::store::records::{EntityDetail, LastRunRecord, RunRecord, RunRef, corrupt};
+use crate::store::rollup::range_summary;
+use crate::store::rollup::{Series, Source};
+use crate::store::tables::{
+    EntityId, OrgIndex, RUN_KEY_LEN, RunId, meta, run_key_bounds, split_run_key,
+};
+use crate::time::Timestamp;
+
+/// Which of a pipeline's covering rules to judge.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Judged {
+    /// Every one: its runs changed.
+    All,
+    /// Those the clock decides: time went by.
+    Time,
+}
+
+/// What a transaction knows of alerts besides the tables.
+#[derive(Default)]
+pub(super) struct Alerting {
+    /// Organizations' rules as this transaction sees them (`None`: none), once looked up.
+    rules: FxHashMap<OrgId, Option<Arc<OrgRules>>>,
+    /// Pipelines whose runs the operation being applied changed, that rules cover.
+    touched: Vec<(OrgId, EntityId, Uuid)>,
+    /// Pipelines that earlier operations of this transaction changed, to be judged as of the
+    /// end of their operation: in operation order, each with its operation's time.
+    deferred: Vec<(OrgId, EntityId, Uuid, Timestamp)>,
+    /// The pipelines in `deferred`.
+    deferred_set: FxHashSet<(OrgId, Uuid)>,
+}
+
+impl Batch<'_> {
+    /// An organization's rules as this transaction sees them.
+    pub(super) fn org_rules(&mut self, org: OrgId) -> Option<Arc<OrgRules>> {
+        if let Some(rules) = self.alerting.rules.get(&org) {
+            return rules.clone();
+        }
+        let rules = self.rule_set.get(org);
+        self.alerting.rules.insert(org, rules.clone());
+        rules
+    }
+
+    /// Reads an organization's rules again after a write changed them; they are published to
+    /// the rule set once the transaction commits.
+    pub(super) fn reload_rules(&mut self, org: OrgId) -> Result<()> {
+        let low = rule_key(org.0, Uuid::nil());
+        let high = rule_key(org.0, Uuid::max());
+        let mut rules = Vec::new();
+        for entry in self.t.alert_rules.range::<&[u8; 32]>(&low..=&high)? {
+            let (key, value) = entry?;
+            let uuid = Uuid::from_bytes(key.value()[16..].try_into().expect("16 bytes"));
+            let stored = StoredRule::decode(value.value()).ok_or_else(|| corrupt("alert rule"))?;
+            rules.push((uuid, stored));
+        }
+        let rules = Arc::new(OrgRules::new(rules));
+        self.alerting.rules.insert(org, Some(rules.clone()));
+        self.created.rules.insert(org, rules);
+        Ok(())
+    }
+
+    /// Notes that an operation changed a pipeline's runs, when a rule covers it.
+    pub(super) fn note_touched(&mut self, org: OrgId, pipeline: EntityId, uuid: Uuid) {
+        if self.org_rules(org).is_some_and(|rules| rules.covers(uuid)) {
+            self.alerting.touched.push((org, pipeline, uuid));
+        }
+    }
+
+    /// Notes that a task run left pipeline `old` for another, when a rule covers `old`; if
+    /// `old` waits to be judged as an earlier operation left it, it (and every pipeline
+    /// waiting) is judged now, before the task run leaves.
+    pub(super) fn note_moved_from(&mut self, org: OrgId, old: EntityId) -> Result<()> {
+        let Some(rules) = self.org_rules(org) else {
+            return Ok(());
+        };
+        let uuid = match self.t.entities.get(old.0)? {
+            Some(bytes) => EntityDetail::decode(bytes.value())?.uuid,
+            None => return Ok(()),
+        };
+        if !rules.covers(uuid) {
+            return Ok(());
+        }
+        if self.alerting.deferred_set.contains(&(org, uuid)) {
+            self.judge_deferred()?;
+        }
+        self.alerting.touched.push((org, old, uuid));
+        Ok(())
+    }
+
+    /// Whether a report would change a pipeline an earlier operation of this transaction
+    /// changed and that is still to be judged.
+    pub(super) fn changes_deferred(&self, runs: &[crate::model::TaskRun]) -> bool {
+        !self.alerting.deferred_set.is_empty()
+            && runs.iter().any(|run| {
+                run.organization
+                    .is_some_and(|org| self.alerting.deferred_set.contains(&(org, run.pipeline.0)))
+            })
+    }
+
+    /// Puts the pipelines the operation just applied (at `at`) changed among those to judge.
+    /// Judging waits until the transaction's writes are written out anyway (or until another
+    /// operation would change what they are judged on), and then sees each pipeline exactly
+    /// as its operation left it: no later operation of the transaction has changed it, the
+    /// rules, or the alerts (see [`Batch::judge_deferred`]'s callers). So the verdicts, and the
+    /// order in which alerts and deliveries are numbered, are those of judging after every
+    /// operation, however operations are grouped into transactions.
+    pub(super) fn defer_touched(&mut self, at: Timestamp) {
+        let mut touched = std::mem::take(&mut self.alerting.touched);
+        touched.sort_unstable_by_key(|(org, pipeline, _)| (org.0, *pipeline));
+        touched.dedup();
+        for (org, pipeline, uuid) in touched {
+            self.alerting.deferred_set.insert((org, uuid));
+            self.alerting.deferred.push((org, pipeline, uuid, at));
+        }
+    }
+
+    /// Writes out what was gathered and judges the rules covering every deferred pipeline, in
+    /// the order their operations came.
+    pub(super) fn judge_deferred(&mut self) -> Result<()> {
+        if self.alerting.deferred.is_empty() {
+            return Ok(());
+        }
+        self.write_pending(true)?;
+        self.alerting.deferred_set.clear();
+        for (org, pipeline, uuid, at) in std::mem::take(&mut self.alerting.deferred) {
+            let Some(rules) = self.org_rules(org) else {
+                continue;
+            };
+            let covering = rules.covering(uuid);
+            if !covering.is_empty() {
+                self.judge_pipeline(org, &covering, (uuid, Some(pipeline)), at, Judged::All)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Judges every rule the clock decides at `at`, for every pipeline it covers.
+    pub(super) fn alert_tick(&mut self, at: Timestamp) -> Result<()> {
+        self.write_pending(true)?;
+        let mut orgs: BTreeMap<Uuid, Arc<OrgRules>> = self
+            .rule_set
+            .with_time_rules()
+            .into_iter()
+            .map(|(org, rules)| (org.0, rules))
+            .collect();
+        for (org, rules) in &self.alerting.rules {
+            match rules {
+                Some(rules) if rules.has_time_rules() => orgs.insert(org.0, rules.clone()),
+                _ => orgs.remove(&org.0),
+            };
+        }
+        for (org, rules) in orgs {
+            let org = OrgId(org);
+            let org_index = self.find_org_index(org)?;
+            let mut pipelines: BTreeMap<Uuid, Option<EntityId>> = BTreeMap::new();
+            let mut everywhere = false;
+            for (_, stored) in rules.all() {
+                if !crate::alerts::ruleset::is_time_rule(&stored.rule.kind) {
+                    continue;
+                }
+                match stored.rule.pipeline {
+                    Some(uuid) => {
+                        let id = self
+                            .entity(org_index, uuid)?
+                            .filter(|key| key.kind == EntityKind::Pipeline)
+                            .map(|key| key.id);
+                        pipelines.insert(uuid, id);
+                    }
+                    None => everywhere = true,
+                }
+            }
+            if everywhere && let Some(org_index) = org_index {
+                for (uuid, id) in self.org_pipelines(org_index)? {
+                    pipelines.insert(uuid, Some(id));
+                }
+            }
+            for (uuid, id) in pipelines {
+                let covering = rules.covering(uuid);
+                self.judge_pipeline(org, &covering, (uuid, id), at, Judged::Time)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every pipeline of an organization, by UUID.
+    fn org_pipelines(&self, org: OrgIndex) -> Result<Vec<(Uuid, EntityId)>> {
+        let low = org.0.to_be_bytes();
+        let mut found = Vec::new();
+        for entry in self.t.pipeline_names.range::<&[u8]>(low.as_slice()..)? {
+            let (key, id) = entry?;
+            let key = key.value();
+            if key[..4] != low {
+                break;
+            }
+            let uuid: [u8; 16] = key[key.len() - 16..].try_into().expect("16 bytes");
+            found.push((Uuid::from_bytes(uuid), EntityId(id.value())));
+        }
+        Ok(found)
+    }
+
+    /// Judges `rules` (all covering one pipeline: its UUID and id, if it exists) at `at`.
+    fn judge_pipeline(
+        &mut self,
+        org: OrgId,
+        rules: &[&(Uuid, StoredRule)],
+        pipeline: (Uuid, Option<EntityId>),
+        at: Timestamp,
+        judged: Judged,
+    ) -> Result<()> {
+        let (uuid, id) = pipeline;
+        let recent_wanted = rules
+            .iter()
+            .filter(|_| judged == Judged::All)
+            .filter_map(|(_, stored)| match stored.rule.kind {
+                RuleKind::Failed { consecutive } => Some(consecutive as usize),
+                RuleKind::FailureRate { .. } | RuleKind::Slow { .. } => Some(1),
+                _ => None,
+            })
+            .max();
+        let recent = match (recent_wanted, id) {
+            (Some(wanted), Some(id)) => self.recent_runs(id, wanted)?,
+            _ => Vec::new(),
+        };
+        let now = at.micros();
+        let mut windows = Windows::default();
+        for (rule, stored) in rules {
+            let is_time = crate::alerts::ruleset::is_time_rule(&stored.rule.kind);
+            if judged == Judged::Time && !is_time {
+                continue;
+            }
+            let verdict = match (&stored.rule.kind, id) {
+                (RuleKind::Failed { consecutive }, _) => judge::failed(*consecutive, &recent),
+                (
+                    RuleKind::FailureRate {
+                        window,
+                        above,
+                        min_runs,
+                    },
+                    Some(id),
+                ) => match recent.first() {
+                    Some(latest) => {
+                        let stats = windows.stats(self, id, judge::rate_window(latest, window))?;
+                        judge::failure_rate(*above, *min_runs, window, stats.tally, latest)
+                    }
+                    None => None,
+                },
+                (
+                    RuleKind::Slow {
+                        factor,
+                        percentile,
+                        window,
+                    },
+                    Some(id),
+                ) => match recent.first() {
+                    Some(latest) => {
+                        let stats = windows.stats(self, id, judge::slow_window(latest, window))?;
+                        judge::slow(*factor, *percentile, window, stats.percentiles, latest)
+                    }
+                    None => None,
+                },
+                (RuleKind::Missing(schedule), id) => {
+                    let last = match id {
+                        Some(id) => self.last_finished(id)?,
+                        None => None,
+                    };
+                    let judged_from = stored.rule.pipeline.map(|_| stored.created_at);
+                    judge::missing(schedule, last, judged_from, now)
+                }
+                (RuleKind::Stuck { running_for }, Some(id)) => {
+                    judge::stuck(running_for, self.oldest_running(id)?, now)
+                }
+                _ => None,
+            };
+            self.settle(org, (*rule, stored), (uuid, id), verdict, at)?;
+        }
+        Ok(())
+    }
+
+    /// A pipeline's latest finished pipeline runs, newest first (by executed_at, then UUID):
+    /// at least `wanted` of them unless it has fewer, or fewer when one succeeded (the
+    /// runs before a success are never needed).
+    fn recent_runs(&self, pipeline: EntityId, wanted: usize) -> Result<Vec<RecentRun>> {
+        let (low, high) = run_key_bounds(pipeline, i64::MIN, i64::MAX);
+        let mut seen: FxHashSet<RunId> = FxHashSet::default();
+        let mut recent: Vec<RecentRun> = Vec::new();
+        // The pipeline runs whose latest task run ended in one microsecond, ordered by UUID
+        // once that microsecond is read whole.
+        let mut group: Vec<RecentRun> = Vec::new();
+        let mut group_micros = None;
+        let enough =
+            |recent: &[RecentRun]| recent.len() >= wanted || recent.iter().any(|run| !run.failed);
+        for entry in self
+            .t
+            .run_log
+            .range::<&[u8; RUN_KEY_LEN]>(&low..=&high)?
+            .rev()
+        {
+            let (key, value) = entry?;
+            let (_, micros, _) = split_run_key(key.value());
+            if group_micros != Some(micros) {
+                settle_group(&mut group, &mut recent);
+                if enough(&recent) {
+                    return Ok(recent);
+                }
+                group_micros = Some(micros);
+            }
+            let run = match RunRecord::decode_outcome(value.value())?.pipeline_run {
+                RunRef::Id(id) => id,
+                RunRef::Uuid(_) => return Err(corrupt("task run")),
+            };
+            if seen.insert(run) {
+                let agg = self.stored_agg(run)?.ok_or_else(|| {
+                    Error::Internal("a finished task run has no pipeline run".into())
+                })?;
+                group.push(RecentRun {
+                    uuid: agg.uuid.0,
+                    micros: agg.latest_micros,
+                    failed: agg.failed > 0,
+                    duration_ms: agg.duration_ms,
+                });
+            }
+        }
+        settle_group(&mut group, &mut recent);
+        Ok(recent)
+    }
+
+    /// When a pipeline's latest finished run was executed, microseconds.
+    fn last_finished(&self, pipeline: EntityId) -> Result<Option<i64>> {
+        Ok(self
+            .t
+            .last_runs
+            .get(pipeline.0)?
+            .map(|bytes| LastRunRecord::decode(bytes.value()))
+            .transpose()?
+            .map(|last| last.executed_at.micros()))
+    }
+
+    /// A pipeline's task run reported running the longest: its start and UUID.
+    fn oldest_running(&self, pipeline: EntityId) -> Result<Option<(i64, Uuid)>> {
+        let (low, high) = run_key_bounds(pipeline, i64::MIN, i64::MAX);
+        let first = self
+            .t
+            .running
+            .range::<&[u8; RUN_KEY_LEN]>(&low..=&high)?
+            .next();
+        match first {
+            Some(entry) => {
+                let (_, started, uuid) = split_run_key(entry?.0.value());
+                Ok(Some((started, Uuid::from_bytes(uuid))))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Brings one alert in line with its rule's verdict: fires it or resolves it (each with an
+    /// outbox entry), or leaves it as it is.
+    fn settle(
+        &mut self,
+        org: OrgId,
+        rule: (Uuid, &StoredRule),
+        pipeline: (Uuid, Option<EntityId>),
+        verdict: Option<Verdict>,
+        at: Timestamp,
+    ) -> Result<()> {
+        let key = state_key(org.0, rule.0, pipeline.0);
+        let current = match self.t.alert_state.get(&key)? {
+            Some(bytes) => Some(Firing::decode(bytes.value()).ok_or_else(|| corrupt("alert"))?),
+            None => None,
+        };
+        match (current, verdict) {
+            (None, None) | (Some(_), Some(_)) => Ok(()),
+            (None, Some(verdict)) => {
+                let serial = self.next_counter(meta::NEXT_ALERT)?;
+                let record = AlertRecord {
+                    alert_id: alert_id(rule.0, pipeline.0, serial),
+                    rule: rule.0,
+                    rule_name: rule.1.rule.name.clone(),
+                    kind: rule.1.rule.kind.as_str().to_string(),
+                    pipeline: pipeline.0,
+                    pipeline_name: self.pipeline_name(pipeline.1)?,
+                    state: AlertState::Firing,
+                    since: at.micros(),
+                    resolved_at: None,
+                    pipeline_run: verdict.pipeline_run,
+                    observed: verdict.observed,
+                };
+                let firing = Firing {
+                    serial,
+                    since: at.micros(),
+                };
+                self.t
+                    .alert_state
+                    .insert(&key, firing.encode().as_slice())?;
+                self.t
+                    .alerts
+                    .insert(&alert_key(org.0, serial), record.encode().as_slice())?;
+                self.enqueue(org, rule, &record, Change::Firing, at)
+            }
+            (Some(firing), None) => {
+                self.t.alert_state.remove(&key)?;
+                let record = self.resolve_alert(org, firing.serial, at)?;
+                self.enqueue(org, rule, &record, Change::Resolved, at)
+            }
+        }
+    }
+
+    /// Marks a stored alert resolved at `at`.
+    fn resolve_alert(&mut self, org: OrgId, serial: u64, at: Timestamp) -> Result<AlertRecord> {
+        let key = alert_key(org.0, serial);
+        let mut record = match self.t.alerts.get(&key)? {
+            Some(bytes) => AlertRecord::decode(bytes.value()).ok_or_else(|| corrupt("alert"))?,
+            None => return Err(corrupt("alert")),
+        };
+        record.state = AlertState::Resolved;
+        record.resolved_at = Some(at.micros());
+        self.t.alerts.insert(&key, record.encode().as_slice())?;
+        Ok(record)
+    }
+
+    /// Puts a transition in the outbox, unless the rule's webhook is disabled.
+    fn enqueue(
+        &mut self,
+        org: OrgId,
+        rule: (Uuid, &StoredRule),
+        record: &AlertRecord,
+        change: Change,
+        at: Timestamp,
+    ) -> Result<()> {
+        if rule.1.disabled_at.is_some() {
+            return Ok(());
+        }
+        let serial = self.next_counter(meta::NEXT_DELIVERY)?;
+        let transition = Transition {
+            change,
+            timestamp: judge::rfc3339(at.micros()),
+            alert_id: record.alert_id.to_string(),
+            rule_uuid: rule.0.to_string(),
+            rule_name: record.rule_name.clone(),
+            kind: record.kind.clone(),
+            pipeline_uuid: record.pipeline.to_string(),
+            pipeline_name: record.pipeline_name.clone(),
+            pipeline_run_uuid: record.pipeline_run.map(|run| run.to_string()),
+            observed: record.observed.clone(),
+            since: judge::rfc3339(record.since),
+        };
+        let entry = OutboxEntry {
+            org: org.0,
+            rule: rule.0,
+            webhook_id: webhook_id(record.alert_id, change),
+            transition,
+            created_at: at.micros(),
+            attempts: 0,
+            // Due at once, whatever the clock that judged it said.
+            next_at: i64::MIN,
+            last_error: None,
+        };
+        self.t.outbox.insert(serial, entry.encode().as_slice())?;
+        self.created.outbox = true;
+        Ok(())
+    }
+
+    /// Resolves, without delivering, the alerts of a rule being deleted.
+    pub(super) fn resolve_rule_alerts(
+        &mut self,
+        org: OrgId,
+        rule: Uuid,
+        at: Timestamp,
+    ) -> Result<()> {
+        let low = state_key(org.0, rule, Uuid::nil());
+        let high = state_key(org.0, rule, Uuid::max());
+        let mut firing = Vec::new();
+        for entry in self.t.alert_state.range::<&[u8; 48]>(&low..=&high)? {
+            let (key, value) = entry?;
+            let state = Firing::decode(value.value()).ok_or_else(|| corrupt("alert"))?;
+            firing.push((*key.value(), state.serial));
+        }
+        for (key, serial) in firing {
+            self.t.alert_state.remove(&key)?;
+            self.resolve_alert(org, serial, at)?;
+        }
+        Ok(())
+    }
+
+    /// Ends a delivery: its entry leaves the outbox; a 410 also disables the rule's webhook.
+    /// `false` when the entry was no longer there (another attempt ended it).
+    pub(super) fn finish_delivery(
+        &mut self,
+        serial: u64,
+        end: DeliveryEnd,
+        at: Timestamp,
+    ) -> Result<bool> {
+        let Some(entry) = self.outbox_entry(serial)? else {
+            return Ok(false);
+        };
+        self.t.outbox.remove(serial)?;
+        if end == DeliveryEnd::Gone {
+            let key = rule_key(entry.org, entry.rule);
+            let stored = match self.t.alert_rules.get(&key)? {
+                Some(bytes) => StoredRule::decode(bytes.value()),
+                None => None,
+            };
+            if let Some(mut stored) = stored
+                && stored.disabled_at.is_none()
+            {
+                stored.disabled_at = Some(at.micros());
+                self.t
+                    .alert_rules
+                    .insert(&key, stored.encode().as_slice())?;
+                self.reload_rules(OrgId(entry.org))?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Records a failed attempt: the next one is not before `next_at`. `false` when the entry
+    /// was no longer there or already recorded this attempt.
+    pub(super) fn retry_delivery(
+        &mut self,
+        serial: u64,
+        attempts: u32,
+        next_at: i64,
+        error: &str,
+    ) -> Result<bool> {
+        let Some(mut entry) = self.outbox_entry(serial)? else {
+            return Ok(false);
+        };
+        if entry.attempts >= attempts {
+            return Ok(false);
+        }
+        entry.attempts = attempts;
+        entry.next_at = next_at;
+        entry.last_error = Some(error.to_string());
+        self.t.outbox.insert(serial, entry.encode().as_slice())?;
+        self.created.outbox = true;
+        Ok(true)
+    }
+
+    fn outbox_entry(&self, serial: u64) -> Result<Option<OutboxEntry>> {
+        match self.t.outbox.get(serial)? {
+            Some(bytes) => Ok(Some(
+                OutboxEntry::decode(bytes.value()).ok_or_else(|| corrupt("outbox entry"))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    fn pipeline_name(&self, pipeline: Option<EntityId>) -> Result<String> {
+        let Some(id) = pipeline else {
+            return Ok(String::new());
+        };
+        match self.t.entities.get(id.0)? {
+            Some(bytes) => Ok(EntityDetail::decode(bytes.value())?.name),
+            None => Ok(String::new()),
+        }
+    }
+
+    /// The next value of a serial counter in `meta`, starting at 1.
+    fn next_counter(&mut self, name: &str) -> Result<u64> {
+        let next = u64::from_le_bytes(self.counter(name, 1u64.to_le_bytes())?);
+        self.t
+            .meta
+            .insert(name, (next + 1).to_le_bytes().as_slice())?;
+        Ok(next)
+    }
+}
+
+/// The windows one pipeline's rules asked about, each read from the rollups once (rules of the
+/// same window share it, and the windows share what they read).
+#[derive(Default)]
+struct Windows {
+    cut: Option<Option<i64>>,
+    memo: crate::store::rollup::Memo,
+    read: Vec<((i64, i64), WindowStats)>,
+}
+
+impl Windows {
+    /// A pipeline's tally and percentiles in the inclusive seconds `window`.
+    fn stats(
+        &mut self,
+        batch: &Batch<'_>,
+        pipeline: EntityId,
+        window: (i64, i64),
+    ) -> Result<WindowStats> {
+        if let Some((_, stats)) = self.read.iter().find(|(read, _)| *read == window) {
+            return Ok(*stats);
+        }
+        let Some(range) = TimeRange::new(window.0, window.1) else {
+            return Ok(WindowStats::default());
+        };
+        let cut = match self.cut {
+            Some(cut) => cut,
+            None => *self.cut.insert(batch.retention_cut()?),
+        };
+        let source = Source {
+            years: &batch.t.year_rollups,
+            rollups: &batch.t.rollups,
+            run_log: &batch.t.run_log,
+            runs: &batch.t.pipeline_runs,
+            cut,
+            memo: std::mem::take(&mut self.memo),
+        };
+        let series = Series {
+            id: pipeline,
+            kind: EntityKind::Pipeline,
+            pipeline,
+        };
+        let stats = range_summary(&source, &series, range)?;
+        self.memo = source.memo;
+        self.read.push((window, stats));
+        Ok(stats)
+    }
+}
+
+/// Moves the pipeline runs of one microsecond, newest (highest UUID) first, after the newer
+/// ones.
+fn settle_group(group: &mut Vec<RecentRun>, recent: &mut Vec<RecentRun>) {
+    group.sort_unstable_by_key(|run| std::cmp::Reverse(run.uuid));
+    recent.append(group);
+}
