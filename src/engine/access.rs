@@ -454,6 +454,11 @@ impl Engine {
         // Kept a day past expiry, so that a late client hears "expired", not "unknown".
         let before = Timestamp::from_micros(Timestamp::now().micros() - 86_400 * MICROS_PER_SECOND)
             .unwrap_or_else(Timestamp::now);
+        // Nothing to delete is no write (the first purge comes at start, beside the first
+        // requests).
+        if !self.store.reader()?.has_tokens_expired_before(before)? {
+            return Ok(0);
+        }
         match self.write(WriteOp::PurgeTokens { before }).await? {
             WriteOutcome::TokensPurged(count) => Ok(count),
             other => Err(unexpected(other)),

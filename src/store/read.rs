@@ -591,6 +591,13 @@ impl<'a> Reader<'a> {
         Ok(entries)
     }
 
+    /// Whether a token expired before `cutoff` (and is still stored).
+    pub fn has_tokens_expired_before(&self, cutoff: crate::time::Timestamp) -> Result<bool> {
+        let end = super::credentials::expiry_key(cutoff, &[0; 32]);
+        let expiry = self.txn.open_table(tables::TOKEN_EXPIRY)?;
+        Ok(expiry.range::<&[u8; 40]>(..&end)?.next().is_some())
+    }
+
     /// How many transitions wait in the outbox.
     pub fn outbox_len(&self) -> Result<u64> {
         use redb::ReadableTableMetadata;
