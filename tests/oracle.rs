@@ -2197,28 +2197,40 @@ fn alert_transitions_equal_a_brute_force_evaluation_over_the_raw_runs() {
             orgs
         };
         let some = |i: usize| Some(pipelines[i % pipelines.len()].id);
+        // The last pipeline has no rule on a window: its rollups wait when a transaction
+        // judges the others' rules. Its organization's rules on a window name its other
+        // pipelines; every other organization's cover all of its pipelines.
+        let last = pipelines.len() - 1;
+        let windowed = |n: usize, rate: bool| {
+            let (window, percentile) = (["24h", "1h"][n % 2], [95, 50][n % 2]);
+            match rate {
+                true => serde_json::json!({"window": window, "above": 0.3, "min_runs": 2}),
+                false => serde_json::json!({"factor": 2, "percentile": percentile, "window": "7d"}),
+            }
+        };
         let mut rules: Rules = Vec::new();
         for (i, org) in orgs.iter().enumerate() {
             let mine = pipelines.iter().position(|p| p.org == *org).unwrap();
-            let set = [
+            let mut set = vec![
                 alert_rule("failed", None, serde_json::json!({})),
                 alert_rule("failed", some(mine), serde_json::json!({"consecutive": 3})),
-                alert_rule(
-                    "failure_rate",
-                    None,
-                    serde_json::json!({"window": (["24h", "1h"][i % 2]), "above": 0.3, "min_runs": 2}),
-                ),
-                alert_rule(
-                    "slow",
-                    None,
-                    serde_json::json!({"factor": 2, "percentile": ([95, 50][i % 2]), "window": "7d"}),
-                ),
-                alert_rule(
+            ];
+            if mine != last {
+                set.push(alert_rule(
                     "slow",
                     some(mine),
                     serde_json::json!({"factor": 1.5, "percentile": 90, "window": "1d"}),
-                ),
-            ];
+                ));
+            }
+            if *org != pipelines[last].org {
+                set.push(alert_rule("failure_rate", None, windowed(i, true)));
+                set.push(alert_rule("slow", None, windowed(i, false)));
+            } else {
+                for n in (0..last).filter(|n| pipelines[*n].org == *org) {
+                    set.push(alert_rule("failure_rate", some(n), windowed(n, true)));
+                    set.push(alert_rule("slow", some(n), windowed(n, false)));
+                }
+            }
             rules.extend(set.into_iter().map(|rule| (*org, rng.uuid(), rule)));
         }
         // A rule made halfway and one deleted halfway: judged only while they exist.
@@ -2404,8 +2416,100 @@ fn alert_transitions_equal_a_brute_force_evaluation_over_the_raw_runs() {
                 .count();
         }
         assert_eq!(firing_listed, firing_expected, "seed {seed}");
-        for store in [&one_by_one, &grouped] {
+        for store in [&one_by_one, &grouped, &large, &bulk] {
             assert!(verify(store).unwrap().is_consistent(), "seed {seed}");
         }
+    }
+}
+
+/// A transaction that judges one pipeline's rules while another's rollups wait (no rule on a
+/// window covers it) must still leave that pipeline's latest runs exact: its latest task run
+/// moved away, then the pipeline reported on again, in one commit, ends as one by one.
+#[test]
+fn a_pipeline_whose_rollups_wait_keeps_its_latest_runs_exact() {
+    let mut rng = Rng(2_300);
+    let org = OrgId(rng.uuid());
+    let (waiting, other) = (PipelineId(rng.uuid()), PipelineId(rng.uuid()));
+    let (task, second_task, other_task) =
+        (TaskId(rng.uuid()), TaskId(rng.uuid()), TaskId(rng.uuid()));
+    let run = |pipeline: PipelineId, task: TaskId, at: &str, rng: &mut Rng| TaskRun {
+        task_run: TaskRunId(rng.uuid()),
+        pipeline_run: PipelineRunId(rng.uuid()),
+        pipeline,
+        task,
+        organization: Some(org),
+        task_type: TaskType::ALL[0],
+        state: RunState::Finished,
+        is_successful: false,
+        duration_ms: 1_000,
+        executed_at: Some(Timestamp::from_second(second_of(at)).unwrap()),
+        output: Vec::new(),
+        errors: Vec::new(),
+        metric_value: None,
+        is_initial_task: true,
+        is_final_task: true,
+    };
+    // Dense enough in the hour for its rollups to keep the hour's seconds.
+    let early: Vec<TaskRun> = (0..40)
+        .map(|n| run(waiting, task, &format!("2024-06-01 02:10:{n:02}"), &mut rng))
+        .collect();
+    let latest = run(waiting, task, "2024-06-01 02:50:00", &mut rng);
+    let mut moved = latest.clone();
+    (moved.pipeline, moved.task) = (other, other_task);
+    moved.pipeline_run = PipelineRunId(rng.uuid());
+    let again = run(waiting, second_task, "2024-06-01 02:20:00", &mut rng);
+    let mut tick = second_of("2024-06-02 00:00:00");
+    let mut report = |runs: Vec<TaskRun>| {
+        tick += 1;
+        WriteOp::Report {
+            runs,
+            at: Timestamp::from_second(tick).unwrap(),
+        }
+    };
+    let rule = |kind: &str, pipeline: Option<PipelineId>, params| WriteOp::CreateRule {
+        org,
+        rule: Uuid::new_v4(),
+        stored: Box::new(runledger::alerts::StoredRule {
+            rule: alert_rule(kind, pipeline, params),
+            created_at: 0,
+            disabled_at: None,
+        }),
+    };
+    let ops = [
+        rule("failed", None, serde_json::json!({})),
+        rule(
+            "failure_rate",
+            Some(other),
+            serde_json::json!({"window": "24h", "above": 0.3, "min_runs": 1}),
+        ),
+        report(early),
+        report(vec![latest]),
+        // One commit from here on: the move, then the pipeline it left again.
+        report(vec![moved]),
+        report(vec![again]),
+    ];
+    let stores: Vec<(Store, tempfile::TempDir)> = [vec![1; 6], vec![1, 1, 1, 1, 2]]
+        .into_iter()
+        .map(|groups| {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+            let mut rest = &ops[..];
+            for size in groups {
+                let (group, tail) = rest.split_at(size);
+                rest = tail;
+                for outcome in store.apply_now(group).unwrap() {
+                    outcome.unwrap();
+                }
+            }
+            (store, dir)
+        })
+        .collect();
+    assert_eq!(
+        stores[0].0.digest().unwrap().tables,
+        stores[1].0.digest().unwrap().tables,
+        "the tables differ when the move and the next report share a commit"
+    );
+    for (store, _) in &stores {
+        assert!(verify(store).unwrap().is_consistent());
     }
 }

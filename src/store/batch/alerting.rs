@@ -14,7 +14,7 @@ use redb::ReadableTable;
 use rustc_hash::{FxHashMap, FxHashSet};
 use uuid::Uuid;
 
-use super::Batch;
+use super::{Batch, Pipelines};
 use crate::alerts::judge::{self, RecentRun, Verdict};
 use crate::alerts::state::{alert_id, alert_key, state_key, webhook_id};
 use crate::alerts::webhook::{Change, Transition};
@@ -145,7 +145,20 @@ impl Batch<'_> {
         if self.alerting.deferred.is_empty() {
             return Ok(());
         }
-        self.write_pending(true)?;
+        // Only rules on a window read rollups: the other pipelines' wait for the next
+        // write-out (a busy transaction judges after nearly every report).
+        let mut windowed = FxHashSet::default();
+        for (org, pipeline, uuid, _) in self.alerting.deferred.clone() {
+            if self.org_rules(org).is_some_and(|rules| {
+                rules
+                    .covering(uuid)
+                    .iter()
+                    .any(|(_, stored)| reads_rollups(&stored.rule.kind))
+            }) {
+                windowed.insert(pipeline);
+            }
+        }
+        self.write_pending_for(true, Pipelines::Only(windowed))?;
         self.alerting.deferred_set.clear();
         for (org, pipeline, uuid, at) in std::mem::take(&mut self.alerting.deferred) {
             let Some(rules) = self.org_rules(org) else {
@@ -634,6 +647,11 @@ impl Windows {
         self.read.push((window, stats));
         Ok(stats)
     }
+}
+
+/// Whether judging a rule of this kind reads the pipeline's rollups.
+fn reads_rollups(kind: &RuleKind) -> bool {
+    matches!(kind, RuleKind::FailureRate { .. } | RuleKind::Slow { .. })
 }
 
 /// Moves the pipeline runs of one microsecond, newest (highest UUID) first, after the newer

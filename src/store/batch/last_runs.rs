@@ -14,14 +14,29 @@ use crate::time::{MAX_SECOND, Timestamp};
 
 /// What a transaction did to the runs of one entity.
 pub(super) struct LastRunWork {
-    series: Series,
+    pub series: Series,
     /// The latest run added by this transaction (and still there).
     best: Option<LastRunRecord>,
     /// Runs taken back out, by executed_at and run UUID.
-    pub retracted: Vec<(Timestamp, Uuid)>,
+    retracted: Vec<(Timestamp, Uuid)>,
+    /// The best run was taken back out after it was offered (the work waited for a later
+    /// write-out): which added run is latest now, only the rollups tell.
+    lost_best: bool,
 }
 
 impl LastRunWork {
+    /// A run is taken back out.
+    pub fn retract(&mut self, executed_at: Timestamp, run: Uuid) {
+        if self
+            .best
+            .is_some_and(|best| (best.executed_at, best.run) == (executed_at, run))
+        {
+            self.best = None;
+            self.lost_best = true;
+        }
+        self.retracted.push((executed_at, run));
+    }
+
     pub fn add(&mut self, added: LastRunRecord) {
         if self
             .best
@@ -40,6 +55,7 @@ impl Batch<'_> {
                 series,
                 best: None,
                 retracted: Vec::new(),
+                lost_best: false,
             })
     }
 
@@ -74,22 +90,13 @@ impl Batch<'_> {
             .map(|bytes| LastRunRecord::decode(bytes.value()))
             .transpose()?;
         let last = match (stored, work.best) {
+            _ if work.lost_best => self.latest_in_rollups(&work.series)?,
             (None, best) => best,
             (Some(stored), Some(best)) if best.order_key() >= stored.order_key() => Some(best),
             (Some(stored), _) if !work.retracted.contains(&(stored.executed_at, stored.run)) => {
                 Some(stored)
             }
-            (Some(_), _) => {
-                let source = Source {
-                    years: &self.t.year_rollups,
-                    rollups: &self.t.rollups,
-                    run_log: &self.t.run_log,
-                    runs: &self.t.pipeline_runs,
-                    cut: self.retention_cut()?,
-                    memo: Default::default(),
-                };
-                last_run_at_or_before(&source, &work.series, MAX_SECOND)?
-            }
+            (Some(_), _) => self.latest_in_rollups(&work.series)?,
         };
         if last != stored {
             match last {
@@ -102,5 +109,18 @@ impl Batch<'_> {
             }
         }
         Ok(())
+    }
+
+    /// A series' latest run, as its rollups (written up to date) and run log say.
+    fn latest_in_rollups(&self, series: &Series) -> Result<Option<LastRunRecord>> {
+        let source = Source {
+            years: &self.t.year_rollups,
+            rollups: &self.t.rollups,
+            run_log: &self.t.run_log,
+            runs: &self.t.pipeline_runs,
+            cut: self.retention_cut()?,
+            memo: Default::default(),
+        };
+        last_run_at_or_before(&source, series, MAX_SECOND)
     }
 }

@@ -256,6 +256,16 @@ pub enum WriteOutcome {
 /// below, a thread costs more than it saves.
 const PARALLEL_FROM: usize = 1_024;
 
+/// Contributions gathered up to which a write-out may leave some pipelines' rollups for
+/// later; beyond, it writes them all (sorting them out again and again would cost more).
+const PARTIAL_UP_TO: usize = 1 << 18;
+
+/// The pipelines whose rollups a write-out writes.
+pub(super) enum Pipelines {
+    All,
+    Only(rustc_hash::FxHashSet<EntityId>),
+}
+
 /// The result of checking an operation: `Err` is a rejection of that operation alone.
 type Verdict = std::result::Result<(), Error>;
 
@@ -528,6 +538,14 @@ impl<'txn> Batch<'txn> {
 
     /// Writes what was gathered to the tables; with `more`, the transaction goes on.
     fn write_pending(&mut self, more: bool) -> Result<()> {
+        self.write_pending_for(more, Pipelines::All)
+    }
+
+    /// Writes what was gathered to the tables, but the rollups (and latest runs, which read
+    /// them) only of the pipelines `rollups` names: the others' wait for a later write-out,
+    /// which adds them up once. Every table ends the same either way: a pipeline's rollups
+    /// are written from its contributions and its run log, whatever the grouping.
+    pub(super) fn write_pending_for(&mut self, more: bool, rollups: Pipelines) -> Result<()> {
         self.flush_pipeline_runs()?;
         self.gather_new_runs()?;
         let homes = self.task_index.take_writes(&self.filters.task_runs, more);
@@ -557,7 +575,16 @@ impl<'txn> Batch<'txn> {
         } else {
             1
         };
-        let deltas = std::mem::take(&mut self.deltas);
+        let deltas = match &rollups {
+            Pipelines::Only(wanted) if self.deltas.len() <= PARTIAL_UP_TO => {
+                self.deltas.take_pipelines(|id| wanted.contains(&id))
+            }
+            _ => std::mem::take(&mut self.deltas),
+        };
+        let waiting = match rollups {
+            Pipelines::Only(wanted) if !self.deltas.is_empty() => Some(wanted),
+            _ => None,
+        };
         let cut = self.retention_cut()?;
         let (task_index, pipeline_index) = (&mut self.t.task_index, &mut self.t.pipeline_index);
         // Both UUID indexes, whose keys are random: written beside the rest.
@@ -617,7 +644,18 @@ impl<'txn> Batch<'txn> {
                 join(homes).and(rollups)
             })?,
         }
-        for (id, work) in std::mem::take(&mut self.last_run_work) {
+        let work = match waiting {
+            // Those of pipelines whose rollups wait, wait with them.
+            Some(wanted) => {
+                let (now, later) = std::mem::take(&mut self.last_run_work)
+                    .into_iter()
+                    .partition(|(_, work)| wanted.contains(&work.series.pipeline));
+                self.last_run_work = later;
+                now
+            }
+            None => std::mem::take(&mut self.last_run_work),
+        };
+        for (id, work) in work {
             self.update_last_run(id, work)?;
         }
         Ok(())

@@ -318,8 +318,7 @@ impl Batch<'_> {
                         true,
                     );
                     self.last_run_work(pipeline_series(before.pipeline))
-                        .retracted
-                        .push((at, slot.uuid.0));
+                        .retract(at, slot.uuid.0);
                 }
                 if let Some(now) = slot.now {
                     let at = timestamp(now.latest_micros)?;

@@ -433,8 +433,7 @@ impl Batch<'_> {
         self.deltas
             .task_run(series, executed_at, record.is_successful, duration, true);
         self.last_run_work(series)
-            .retracted
-            .push((executed_at, Uuid::from_bytes(*uuid)));
+            .retract(executed_at, Uuid::from_bytes(*uuid));
         self.remove_member(
             run,
             pipeline,

@@ -124,6 +124,24 @@ impl RollupDeltas {
             .push(Event::new(pipeline, at, duration_ms, flags));
     }
 
+    /// How many contributions are gathered.
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// Takes out the contributions to the series of the pipelines `wanted` says yes to.
+    pub fn take_pipelines(&mut self, wanted: impl Fn(EntityId) -> bool) -> RollupDeltas {
+        let (taken, kept) = std::mem::take(&mut self.events)
+            .into_iter()
+            .partition(|event| wanted(EntityId((event.series >> 32) as u32)));
+        self.events = kept;
+        RollupDeltas { events: taken }
+    }
+
     /// The delta records, in flush order (no table needed, so this may run on another thread
     /// than the flush).
     pub fn prepare(mut self) -> PreparedDeltas {
