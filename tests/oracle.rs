@@ -2295,7 +2295,14 @@ fn alert_transitions_equal_a_brute_force_evaluation_over_the_raw_runs() {
         let mut raw: HashMap<TaskRunId, TaskRun> = HashMap::new();
         let mut state: HashMap<(Uuid, Uuid), bool> = HashMap::new();
         let mut expected: Transitions = HashMap::new();
+        // The same operations with the ends of deliveries among them, as a cluster's stream
+        // has them: some right after the report that put their entry in the outbox (a node
+        // applying both in one commit must judge that report first).
+        let mut with_deliveries: Vec<WriteOp> = Vec::new();
+        let mut handed_out = 0u64;
         for op in &ops {
+            with_deliveries.push(op.clone());
+            let before = handed_out;
             match op {
                 WriteOp::CreateRule { org, rule, stored } => {
                     live.push((*org, *rule, stored.rule.clone()))
@@ -2350,7 +2357,25 @@ fn alert_transitions_equal_a_brute_force_evaluation_over_the_raw_runs() {
                 }
                 _ => unreachable!(),
             }
+            handed_out = expected.values().map(Vec::len).sum::<usize>() as u64;
+            if handed_out > before && rng.chance(50) {
+                with_deliveries.push(WriteOp::RetryDelivery {
+                    serial: handed_out,
+                    attempts: 1,
+                    next_at: 0,
+                    error: "503 from the test".into(),
+                });
+            }
+            if handed_out > 0 && rng.chance(5) {
+                with_deliveries.push(WriteOp::RetryDelivery {
+                    serial: rng.range(1, handed_out as i64) as u64,
+                    attempts: 2,
+                    next_at: 1,
+                    error: "a timeout in the test".into(),
+                });
+            }
         }
+        let ops = with_deliveries;
 
         let (one_by_one, outcomes_a, _a) = apply_grouped(&mut rng, &ops, 1, 1);
         let (grouped, outcomes_b, _b) = apply_grouped(&mut rng, &ops, 30, 2);
@@ -2373,6 +2398,11 @@ fn alert_transitions_equal_a_brute_force_evaluation_over_the_raw_runs() {
             );
         }
         let outbox = one_by_one.reader().unwrap().outbox(usize::MAX).unwrap();
+        assert_eq!(
+            outbox.len() as u64,
+            handed_out,
+            "seed {seed}: the deliveries' ends named other entries than meant"
+        );
         let mut got: Transitions = HashMap::new();
         for (_, entry) in &outbox {
             let pipeline: Uuid = entry.transition.pipeline_uuid.parse().unwrap();

@@ -122,6 +122,17 @@ impl Batch<'_> {
             })
     }
 
+    /// Whether outbox entry `serial` is not handed out yet, so that a judgment waiting in
+    /// this transaction may be what puts it there (a cluster node applying a delivery's end
+    /// in the same commit as the report that fired it): then that judgment comes first.
+    pub(super) fn may_be_judged_later(&self, serial: u64) -> Result<bool> {
+        if self.alerting.deferred.is_empty() {
+            return Ok(false);
+        }
+        let next = u64::from_le_bytes(self.counter(meta::NEXT_DELIVERY, 1u64.to_le_bytes())?);
+        Ok(serial >= next)
+    }
+
     /// Puts the pipelines the operation just applied (at `at`) changed among those to judge.
     /// Judging waits until the transaction's writes are written out anyway (or until another
     /// operation would change what they are judged on), and then sees each pipeline exactly

@@ -427,10 +427,15 @@ impl<'txn> Batch<'txn> {
     /// `Err(_)` is a storage failure that spoils the whole transaction.
     pub fn apply(&mut self, op: &WriteOp) -> Result<Result<WriteOutcome>> {
         // Alerts judged later must see their pipelines as their operation left them: anything
-        // else than a report of other pipelines (a rule, a tick, a delivery, a rename, an
-        // OpenLineage event of pipelines not known in advance) has them judged first.
+        // else than a report of other pipelines or a delivery's end (a rule, a tick, a 410
+        // that disables a webhook, a rename, an OpenLineage event of pipelines not known in
+        // advance) has them judged first.
         let defers = match op {
             WriteOp::Report { runs, .. } => !self.changes_deferred(runs),
+            WriteOp::FinishDelivery { serial, end, .. } => {
+                *end != crate::alerts::DeliveryEnd::Gone && !self.may_be_judged_later(*serial)?
+            }
+            WriteOp::RetryDelivery { serial, .. } => !self.may_be_judged_later(*serial)?,
             _ => false,
         };
         if !defers {
