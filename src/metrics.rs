@@ -60,6 +60,9 @@ pub const API_KEYS: &str = "runledger_api_keys";
 pub const ALERT_DELIVERIES: &str = "runledger_alert_deliveries_total";
 /// 1 while this process delivers alerts (always on its own; the lease holder in a cluster).
 pub const ALERT_COURIER: &str = "runledger_alert_courier";
+/// Seconds from the commit of an alert transition to the start of its first delivery attempt
+/// (transitions this process committed).
+pub const ALERT_FIRST_ATTEMPT: &str = "runledger_alert_first_attempt_seconds";
 /// Alert transitions waiting in the outbox.
 pub const ALERT_OUTBOX: &str = "runledger_alert_outbox_depth";
 
@@ -161,6 +164,11 @@ fn describe() {
         "alert webhook attempts and ends, by outcome"
     );
     describe_gauge!(ALERT_OUTBOX, "alert transitions waiting for delivery");
+    describe_histogram!(
+        ALERT_FIRST_ATTEMPT,
+        Unit::Seconds,
+        "from the commit of an alert transition to its first delivery attempt"
+    );
     describe_gauge!(
         ALERT_COURIER,
         "1 while this process delivers alerts (in a cluster: holds the delivery lease)"

@@ -252,6 +252,12 @@ impl Courier {
                     let Ok(slot) = slots.acquire_owned().await else {
                         return;
                     };
+                    if entry.attempts == 0
+                        && let Some(committed) = self.engine.store.outbox_committed_at(serial)
+                    {
+                        metrics::histogram!(crate::metrics::ALERT_FIRST_ATTEMPT)
+                            .record(committed.elapsed().as_secs_f64());
+                    }
                     let attempted = self.attempt(&entry, &stored).await;
                     drop(slot);
                     let mut destinations =

@@ -107,7 +107,13 @@ pub(crate) struct WriteContext {
     rules: crate::alerts::RuleSet,
     /// Told when a commit put something in the outbox.
     outbox: std::sync::Arc<tokio::sync::Notify>,
+    /// When the latest commits that put entries in the outbox ended: the first and last entry
+    /// of each, oldest first (at most [`OUTBOX_COMMITS_KEPT`]).
+    outbox_commits: Mutex<std::collections::VecDeque<(u64, u64, std::time::Instant)>>,
 }
+
+/// Commits whose time [`Store::outbox_committed_at`] remembers.
+const OUTBOX_COMMITS_KEPT: usize = 4_096;
 
 /// The open database: snapshots for reads, the writer for writes.
 pub struct Store {
@@ -148,6 +154,21 @@ impl Store {
     /// Told (once per wait) when a commit puts something in the alert outbox.
     pub fn outbox_signal(&self) -> std::sync::Arc<tokio::sync::Notify> {
         self.context.outbox.clone()
+    }
+
+    /// When the commit that put outbox entry `serial` there ended, if this process made it
+    /// lately (for the delay from commit to first delivery attempt).
+    pub fn outbox_committed_at(&self, serial: u64) -> Option<std::time::Instant> {
+        let commits = self
+            .context
+            .outbox_commits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let at = commits.partition_point(|(_, last, _)| *last < serial);
+        match commits.get(at) {
+            Some((first, _, ended)) if *first <= serial => Some(*ended),
+            _ => None,
+        }
     }
 
     /// The raw snapshot behind [`Store::reader`], for whole-database work such as backups.
@@ -421,6 +442,16 @@ fn in_transaction<R>(
     }
     for (org, rules) in created.rules {
         context.rules.set(org, rules);
+    }
+    if let Some((first, last)) = created.outbox_serials {
+        let mut commits = context
+            .outbox_commits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if commits.len() == OUTBOX_COMMITS_KEPT {
+            commits.pop_front();
+        }
+        commits.push_back((first, last, std::time::Instant::now()));
     }
     if created.outbox {
         context.outbox.notify_one();

@@ -118,6 +118,7 @@ impl Store {
             threads: options.writer_threads.max(1),
             rules,
             outbox: Default::default(),
+            outbox_commits: Default::default(),
         });
         let db = Arc::new(Handle::writable(db, &path, options.cache_bytes));
         let writer = Writer::spawn(
@@ -164,6 +165,7 @@ impl Store {
                 threads: 1,
                 rules: Default::default(),
                 outbox: Default::default(),
+                outbox_commits: Default::default(),
             }),
             writer: None,
             path: path.to_path_buf(),

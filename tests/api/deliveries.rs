@@ -129,6 +129,20 @@ async fn a_failure_is_delivered_through_500_timeout_and_429_with_one_id_and_410_
         "00000000-0000-4000-8000-000000000001"
     );
     outbox_reaches(&app.engine, 0).await;
+    // The time from commit to first attempt was measured.
+    let metrics = reqwest::get(app.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let measured: u64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("runledger_alert_first_attempt_seconds_count "))
+        .unwrap_or_else(|| panic!("no first-attempt histogram in {metrics}"))
+        .parse()
+        .unwrap();
+    assert!(measured >= 1);
 
     // Listed as firing.
     let http = reqwest::Client::new();

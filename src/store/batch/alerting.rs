@@ -505,6 +505,11 @@ impl Batch<'_> {
         };
         self.t.outbox.insert(serial, entry.encode().as_slice())?;
         self.created.outbox = true;
+        let first = self
+            .created
+            .outbox_serials
+            .map_or(serial, |(first, _)| first);
+        self.created.outbox_serials = Some((first, serial));
         Ok(())
     }
 

@@ -280,6 +280,8 @@ pub struct Created {
     pub rules: HashMap<OrgId, std::sync::Arc<crate::alerts::OrgRules>>,
     /// Whether the outbox got something to deliver.
     pub outbox: bool,
+    /// The first and last outbox entries this transaction put there, if any.
+    pub outbox_serials: Option<(u64, u64)>,
 }
 
 /// Counters handed out in this transaction, written back at [`Batch::finish`].
