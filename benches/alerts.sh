@@ -102,7 +102,7 @@ PY
 curl -s "http://127.0.0.1:$hport/metrics" | python3 -c '
 import re, sys
 buckets = [(float(m.group(1)), int(m.group(2))) for m in
-           (re.match(r"runledger_alert_first_attempt_seconds_bucket\{le=\"([0-9.e+-]+)\"\} (\d+)", l) for l in sys.stdin) if m]
+           (re.match(r"runledger_alert_first_attempt_seconds_bucket\{le=\"([^\"]+)\"\} (\d+)", l) for l in sys.stdin) if m]
 total = max((n for _, n in buckets), default=0)
 if total == 0:
     print("no first attempt measured")
