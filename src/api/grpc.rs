@@ -305,16 +305,8 @@ impl proto::alerts_server::Alerts for GrpcApi {
     ) -> Result<Response<proto::ListAlertsResponse>, Status> {
         let caller = caller(&request)?;
         let message = request.into_inner();
-        let limit = match message.limit {
-            0 => DEFAULT_LOG_PAGE,
-            limit => limit,
-        };
-        let after = match message.cursor.as_str() {
-            "" => None,
-            cursor => {
-                Some(crate::engine::alert_cursor(cursor).map_err(|r| Error::invalid("cursor", r))?)
-            }
-        };
+        let limit = page_limit(message.limit);
+        let after = page_cursor(&message.cursor, crate::engine::alert_cursor)?;
         let filter = crate::engine::AlertFilter::parse(&message.pipeline_uuid, &message.state)?;
         let (alerts, next) = self.engine.alerts(&caller, filter, after, limit)?;
         Ok(Response::new(proto::ListAlertsResponse {
@@ -383,16 +375,8 @@ impl proto::stats_server::Stats for GrpcApi {
     ) -> Result<Response<proto::ListPipelinesResponse>, Status> {
         let caller = caller(&request)?;
         let message = request.into_inner();
-        let limit = match message.limit {
-            0 => DEFAULT_LOG_PAGE,
-            limit => limit,
-        };
-        let after = match message.cursor.as_str() {
-            "" => None,
-            cursor => {
-                Some(OverviewCursor::decode(cursor).map_err(|r| Error::invalid("cursor", r))?)
-            }
-        };
+        let limit = page_limit(message.limit);
+        let after = page_cursor(&message.cursor, OverviewCursor::decode)?;
         let now = crate::time::Timestamp::now().second();
         let page = self.engine.pipelines_overview(&caller, now, after, limit)?;
         Ok(Response::new(proto::ListPipelinesResponse {
@@ -469,5 +453,26 @@ impl proto::stats_server::Stats for GrpcApi {
             }
         });
         Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+}
+
+/// A page's size as asked (0: the default).
+fn page_limit(limit: u32) -> u32 {
+    match limit {
+        0 => DEFAULT_LOG_PAGE,
+        limit => limit,
+    }
+}
+
+/// Where a page starts, as its `cursor` field says (empty: at the start).
+fn page_cursor<T>(
+    cursor: &str,
+    decode: impl Fn(&str) -> Result<T, String>,
+) -> Result<Option<T>, Error> {
+    match cursor {
+        "" => Ok(None),
+        cursor => decode(cursor)
+            .map(Some)
+            .map_err(|r| Error::invalid("cursor", r)),
     }
 }
