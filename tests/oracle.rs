@@ -2358,21 +2358,28 @@ fn alert_transitions_equal_a_brute_force_evaluation_over_the_raw_runs() {
                 _ => unreachable!(),
             }
             handed_out = expected.values().map(Vec::len).sum::<usize>() as u64;
+            let mut ends = Vec::new();
+            if handed_out > 0 && rng.chance(5) {
+                ends.push(WriteOp::RetryDelivery {
+                    serial: rng.range(1, handed_out as i64) as u64,
+                    attempts: 2,
+                    next_at: 1,
+                    error: "a timeout in the test".into(),
+                });
+            }
             if handed_out > before && rng.chance(50) {
-                with_deliveries.push(WriteOp::RetryDelivery {
+                ends.push(WriteOp::RetryDelivery {
                     serial: handed_out,
                     attempts: 1,
                     next_at: 0,
                     error: "503 from the test".into(),
                 });
             }
-            if handed_out > 0 && rng.chance(5) {
-                with_deliveries.push(WriteOp::RetryDelivery {
-                    serial: rng.range(1, handed_out as i64) as u64,
-                    attempts: 2,
-                    next_at: 1,
-                    error: "a timeout in the test".into(),
-                });
+            // As the courier records them: one by one, or several in one write.
+            if ends.len() > 1 || !ends.is_empty() && rng.chance(30) {
+                with_deliveries.push(WriteOp::Deliveries(ends));
+            } else {
+                with_deliveries.extend(ends);
             }
         }
         let ops = with_deliveries;

@@ -33,6 +33,7 @@ const DELETE_RULE: u8 = 12;
 const ALERT_TICK: u8 = 13;
 const FINISH_DELIVERY: u8 = 14;
 const RETRY_DELIVERY: u8 = 15;
+const DELIVERIES: u8 = 16;
 
 /// Whether an operation is about credentials (organizations, clients, tokens): these go to the
 /// credentials subject, which gateways apply too.
@@ -197,6 +198,23 @@ fn encode_op(op: &WriteOp, out: &mut Out) -> Result<()> {
             out.i64(*next_at);
             out.str(error);
         }
+        WriteOp::Deliveries(ends) => {
+            out.u8(DELIVERIES);
+            out.u32(ends.len() as u32);
+            for end in ends {
+                match end {
+                    WriteOp::FinishDelivery { .. } | WriteOp::RetryDelivery { .. } => {
+                        encode_op(end, out)?
+                    }
+                    other => {
+                        return Err(Error::Internal(format!(
+                            "{} among the ends of deliveries",
+                            other.name()
+                        )));
+                    }
+                }
+            }
+        }
         WriteOp::Restore { .. } => {
             return Err(Error::InvalidArgument(
                 "carrying unfinished runs over from an older database is not done through the cluster's stream; upgrade a node's data dir offline".into(),
@@ -274,8 +292,13 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<WriteOp>> {
 
 impl In<'_> {
     fn op(&mut self) -> Result<WriteOp> {
+        let tag = self.u8()?;
+        self.op_tagged(tag)
+    }
+
+    fn op_tagged(&mut self, tag: u8) -> Result<WriteOp> {
         let input = self;
-        let op = match input.u8()? {
+        let op = match tag {
             REPORT => {
                 let at = input.time()?;
                 let count = input.u32()? as usize;
@@ -426,6 +449,24 @@ impl In<'_> {
                 next_at: input.i64()?,
                 error: input.str()?,
             },
+            DELIVERIES => {
+                let count = input.u32()? as usize;
+                let mut ends = Vec::with_capacity(count.min(1_024));
+                for _ in 0..count {
+                    // Checked before it is read: no nesting.
+                    match input.u8()? {
+                        tag @ (FINISH_DELIVERY | RETRY_DELIVERY) => {
+                            ends.push(input.op_tagged(tag)?)
+                        }
+                        other => {
+                            return Err(malformed(format!(
+                                "operation {other} among the ends of deliveries"
+                            )));
+                        }
+                    }
+                }
+                WriteOp::Deliveries(ends)
+            }
             other => return Err(malformed(format!("unknown operation {other}"))),
         };
         Ok(op)
@@ -713,6 +754,19 @@ mod tests {
                 next_at: -5,
                 error: "connection refused".into(),
             },
+            WriteOp::Deliveries(vec![
+                WriteOp::FinishDelivery {
+                    serial: 7,
+                    end: crate::alerts::DeliveryEnd::Delivered,
+                    at,
+                },
+                WriteOp::RetryDelivery {
+                    serial: 8,
+                    attempts: 1,
+                    next_at: 9,
+                    error: "503".into(),
+                },
+            ]),
             WriteOp::Lineage {
                 org: OrgId(Uuid::from_bytes([2; 16])),
                 at,

@@ -50,8 +50,11 @@ impl Default for DeliveryOptions {
     }
 }
 
-/// Outbox entries read at a time, and attempts under way at once.
-const MAX_IN_FLIGHT: usize = 256;
+/// Outbox entries under way at once (waiting for their destination, being sent, or having
+/// their end recorded).
+const MAX_IN_FLIGHT: usize = 1_024;
+/// Ends of deliveries recorded in one write at the most.
+const MAX_ENDS_PER_WRITE: usize = 512;
 
 impl Engine {
     /// The same engine delivering alerts with these options.
@@ -118,6 +121,8 @@ pub async fn run_courier(engine: Arc<Engine>, stopped: watch::Receiver<bool>) {
     });
     let mut in_flight: FxHashSet<u64> = FxHashSet::default();
     let (done, mut finished) = mpsc::unbounded_channel::<u64>();
+    let (record, ends) = mpsc::unbounded_channel::<(u64, WriteOp)>();
+    tokio::spawn(record_ends(courier.engine.clone(), ends, done.clone()));
     if courier.engine.cluster().is_none() {
         metrics::gauge!(crate::metrics::ALERT_COURIER).set(1.0);
     }
@@ -126,7 +131,7 @@ pub async fn run_courier(engine: Arc<Engine>, stopped: watch::Receiver<bool>) {
             in_flight.remove(&serial);
         }
         let wait = if courier.engine.delivers() {
-            match courier.dispatch(&mut in_flight, &done) {
+            match courier.dispatch(&mut in_flight, &done, &record) {
                 Ok(wait) => wait,
                 Err(error) => {
                     tracing::warn!(%error, "could not read the alert outbox");
@@ -141,6 +146,36 @@ pub async fn run_courier(engine: Arc<Engine>, stopped: watch::Receiver<bool>) {
             Some(serial) = finished.recv() => { in_flight.remove(&serial); }
             () = tokio::time::sleep(wait) => {}
             () = &mut stop => return,
+        }
+    }
+}
+
+/// Records the ends of deliveries as they come, those that came together in one write (a
+/// write per delivery would wait behind the ingest one by one, and fill the write queue in an
+/// alert storm), then tells the courier they are done.
+async fn record_ends(
+    engine: Arc<Engine>,
+    mut ends: mpsc::UnboundedReceiver<(u64, WriteOp)>,
+    done: mpsc::UnboundedSender<u64>,
+) {
+    while let Some(first) = ends.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_ENDS_PER_WRITE
+            && let Ok(end) = ends.try_recv()
+        {
+            batch.push(end);
+        }
+        let (serials, mut ops): (Vec<u64>, Vec<WriteOp>) = batch.into_iter().unzip();
+        let op = match ops.len() {
+            1 => ops.pop().expect("one"),
+            _ => WriteOp::Deliveries(ops),
+        };
+        if let Err(error) = engine.writes.write(&engine.store, op).await {
+            tracing::warn!(ends = serials.len(), %error, "could not record alert deliveries; they will be sent again");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        for serial in serials {
+            let _ = done.send(serial);
         }
     }
 }
@@ -177,12 +212,13 @@ impl Courier {
         self: &Arc<Self>,
         in_flight: &mut FxHashSet<u64>,
         done: &mpsc::UnboundedSender<u64>,
+        record: &mpsc::UnboundedSender<(u64, WriteOp)>,
     ) -> Result<Duration> {
         let reader = self.engine.store.reader()?;
         metrics::gauge!(crate::metrics::ALERT_OUTBOX).set(reader.outbox_len()? as f64);
         let now = Timestamp::now().micros();
         let mut wake = now + 60 * MICROS_PER_SECOND;
-        for (serial, entry) in reader.outbox(MAX_IN_FLIGHT * 16)? {
+        for (serial, entry) in reader.outbox(MAX_IN_FLIGHT * 4)? {
             if in_flight.len() >= MAX_IN_FLIGHT {
                 break;
             }
@@ -217,12 +253,18 @@ impl Courier {
                 place.slots.clone()
             };
             in_flight.insert(serial);
-            let (courier, done) = (self.clone(), done.clone());
+            let (courier, done, record) = (self.clone(), done.clone(), record.clone());
             tokio::spawn(async move {
-                courier
+                let end = courier
                     .deliver(serial, entry, stored, (&destination, slots))
                     .await;
-                let _ = done.send(serial);
+                let unrecorded = match end {
+                    Some(end) => record.send((serial, end)).is_err(),
+                    None => true,
+                };
+                if unrecorded {
+                    let _ = done.send(serial);
+                }
             });
         }
         Ok(Duration::from_micros(
@@ -230,15 +272,16 @@ impl Courier {
         ))
     }
 
-    /// One attempt at one entry (holding one of its destination's slots), and the write
-    /// recording how it went (the slot already given back: the write may wait behind others).
+    /// One attempt at one entry (holding one of its destination's slots), and the write that
+    /// records how it went (see [`record_ends`]; the slot is given back first: the write may
+    /// wait behind others).
     async fn deliver(
         &self,
         serial: u64,
         entry: OutboxEntry,
         stored: Option<StoredRule>,
         (destination, slots): (&str, Arc<Semaphore>),
-    ) {
+    ) -> Option<WriteOp> {
         let schedule = self.engine.deliveries.schedule;
         let now = Timestamp::now().micros();
         // The schedule counts from the transition (from now, for one judged at a later time
@@ -250,7 +293,7 @@ impl Courier {
                     Attempted::Ended(DeliveryEnd::Expired)
                 } else {
                     let Ok(slot) = slots.acquire_owned().await else {
-                        return;
+                        return None;
                     };
                     if entry.attempts == 0
                         && let Some(committed) = self.engine.store.outbox_committed_at(serial)
@@ -310,10 +353,7 @@ impl Courier {
                 }
             }
         };
-        if let Err(error) = self.engine.writes.write(&self.engine.store, op).await {
-            tracing::warn!(serial, %error, "could not record an alert delivery; it will be sent again");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
+        Some(op)
     }
 
     /// Sends one transition to its rule's webhook.

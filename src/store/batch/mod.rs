@@ -96,6 +96,9 @@ pub enum WriteOp {
         next_at: i64,
         error: String,
     },
+    /// The ends of several deliveries (each a [`WriteOp::FinishDelivery`] or a
+    /// [`WriteOp::RetryDelivery`]), applied in order: the courier records them together.
+    Deliveries(Vec<WriteOp>),
     /// A pipeline and its tasks, with the organization filled in.
     Register(PipelineDefinition),
     /// A new run of a pipeline: one pending task run per initial task, queued for executors,
@@ -184,6 +187,7 @@ impl WriteOp {
             WriteOp::AlertTick { .. } => "alert_tick",
             WriteOp::FinishDelivery { .. } => "finish_delivery",
             WriteOp::RetryDelivery { .. } => "retry_delivery",
+            WriteOp::Deliveries(_) => "deliveries",
             WriteOp::StartPipelineRun { .. } => "start_pipeline_run",
             WriteOp::CreateOrganization { .. } => "create_organization",
             WriteOp::CreateClient { .. } => "create_client",
@@ -206,6 +210,7 @@ impl WriteOp {
             WriteOp::AlertTick { .. } => "a clock tick of the alert rules",
             WriteOp::FinishDelivery { .. } => "the end of an alert delivery",
             WriteOp::RetryDelivery { .. } => "a failed alert delivery",
+            WriteOp::Deliveries(_) => "the ends of alert deliveries",
             WriteOp::StartPipelineRun { .. } => "a pipeline run",
             WriteOp::CreateOrganization { .. } => "a new organization",
             WriteOp::CreateClient { .. } => "a new client",
@@ -224,6 +229,7 @@ impl WriteOp {
             WriteOp::Restore { unfinished, .. } => unfinished.len().max(1),
             WriteOp::Prune { limit, .. } => (*limit).max(1),
             WriteOp::Register(definition) => definition.tasks.len().max(1),
+            WriteOp::Deliveries(ends) => ends.len().max(1),
             _ => 1,
         }
     }
@@ -250,6 +256,8 @@ pub enum WriteOutcome {
     AlertsJudged,
     /// Whether the delivery's outbox entry was there to change.
     DeliveryRecorded(bool),
+    /// How many of the deliveries' entries were there to change.
+    DeliveriesRecorded(usize),
 }
 
 /// Index entries from which [`Batch::finish`] writes tables from several threads (when allowed):
@@ -438,6 +446,8 @@ impl<'txn> Batch<'txn> {
                 *end != crate::alerts::DeliveryEnd::Gone && !self.may_be_judged_later(*serial)?
             }
             WriteOp::RetryDelivery { serial, .. } => !self.may_be_judged_later(*serial)?,
+            // Each end decides for itself, below.
+            WriteOp::Deliveries(_) => true,
             _ => false,
         };
         if !defers {
@@ -475,6 +485,24 @@ impl<'txn> Batch<'txn> {
             WriteOp::DeleteRule { org, rule, at } => Ok(Ok(WriteOutcome::RuleDeleted(
                 self.delete_rule(*org, *rule, *at)?,
             ))),
+            WriteOp::Deliveries(ends) => {
+                let mut recorded = 0;
+                for end in ends {
+                    let outcome = match end {
+                        WriteOp::FinishDelivery { .. } | WriteOp::RetryDelivery { .. } => {
+                            self.apply(end)?
+                        }
+                        other => Err(Error::invalid(
+                            "deliveries",
+                            format!("{} is not the end of a delivery", other.name()),
+                        )),
+                    };
+                    if let Ok(WriteOutcome::DeliveryRecorded(true)) = outcome {
+                        recorded += 1;
+                    }
+                }
+                Ok(Ok(WriteOutcome::DeliveriesRecorded(recorded)))
+            }
             WriteOp::Register(definition) => {
                 if let Err(rejection) = self.check_register(definition)? {
                     return Ok(Err(rejection));
