@@ -91,6 +91,9 @@ pub struct ServeArgs {
     /// the URL itself); 0, the default, follows none and ends the delivery as refused.
     #[arg(long, env = "RUNLEDGER_WEBHOOK_REDIRECTS", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=5))]
     pub webhook_redirects: u8,
+    /// Alert deliveries under way at once to one destination (host and port).
+    #[arg(long, env = "RUNLEDGER_WEBHOOK_CONCURRENCY", default_value_t = crate::engine::DeliveryOptions::default().per_destination as u16, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub webhook_concurrency: u16,
     /// Cluster mode: NATS server URLs, comma-separated. Writes go through the cluster's
     /// stream (`runledger cluster init` creates it); this node applies it into --data-dir.
     #[arg(long, env = "RUNLEDGER_NATS")]
@@ -171,6 +174,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
         .with_webhook_allow(args.webhook_allow_net.clone().unwrap_or_default())
         .with_deliveries(crate::engine::DeliveryOptions {
             redirects: args.webhook_redirects,
+            per_destination: usize::from(args.webhook_concurrency),
             ..crate::engine::DeliveryOptions::default()
         });
     if let (Some(urls), Some(master)) = (&args.nats, &master) {
