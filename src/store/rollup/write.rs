@@ -115,7 +115,28 @@ struct Fix {
 }
 
 /// A pipeline's records of one bucket before and after the flush (`None`: not stored).
-type BeforeAfter = (Option<BucketRecord>, Option<BucketRecord>);
+/// A record's part weights (by part index, ascending) when it exists; only a pipeline's are
+/// listed (its weights decide its parts' density), a task's record is an empty list.
+type Weights = Option<Vec<(u16, u64)>>;
+/// A record's weights before and after the flush.
+type BeforeAfter = (Weights, Weights);
+
+/// The weights of a pipeline's record.
+fn weights(record: Option<&BucketRecord>) -> Weights {
+    record.map(|record| record.parts.iter().map(|p| (p.index, p.weight)).collect())
+}
+
+/// A part's weight in `weights` (0 without a record or part).
+fn weight_of(weights: &Weights, index: u16) -> u64 {
+    weights
+        .as_ref()
+        .and_then(|w| {
+            w.binary_search_by_key(&index, |(i, _)| *i)
+                .ok()
+                .map(|at| w[at].1)
+        })
+        .unwrap_or(0)
+}
 
 /// Flushes one pipeline's deltas (sorted by level, coarsest first, then bucket).
 fn flush_pipeline(
@@ -163,15 +184,11 @@ fn flush_pipeline(
         let index = parent_level
             .part_index(parent_start, start)
             .expect("stored levels have parts");
-        let weight = |record: &Option<BucketRecord>| {
-            record
-                .as_ref()
-                .and_then(|r| r.part(index))
-                .map_or(0, |p| p.weight)
-        };
         let (weight_before, weight_after) = pipeline_records
             .get(&(parent_level.tag(), parent_start))
-            .map_or((0, 0), |(before, after)| (weight(before), weight(after)));
+            .map_or((0, 0), |(before, after)| {
+                (weight_of(before, index), weight_of(after, index))
+            });
         let kept = |weight| kept(level, start, weight, tables.cut);
         // Empty before, the deltas are the whole bucket (a pipeline run ending in it would have
         // had a task run there): merged into nothing, they are what the log would build.
@@ -196,12 +213,12 @@ fn flush_pipeline(
                 let span = (start * MICROS_PER_SECOND, end * MICROS_PER_SECOND);
                 let runs = pipeline_runs_ending_in(tables.runs, &entries, span.0, span.1)?;
                 let record = build(tables, pipeline, level, start, &entries, &runs)?;
-                (None, Some(record))
+                (None, weights(Some(&record)))
             }
             (_, false) if before => {
                 let before = read(tables, pipeline, level, start)?;
                 delete_bucket(tables, pipeline, level, start)?;
-                (before, None)
+                (weights(before.as_ref()), None)
             }
             (_, false) => (None, None),
         };
@@ -210,8 +227,9 @@ fn flush_pipeline(
     fix_maxima(tables, pipeline, fixes)
 }
 
-/// Merges a delta into its stored record (`absent`: known to have none); returns the record
-/// before and after, and notes the parts whose maximum a retraction may have taken out.
+/// Merges a delta into its stored record (`absent`: known to have none); returns the record's
+/// weights before and after, and notes the parts whose maximum a retraction may have taken
+/// out.
 fn merge_into(
     tables: &mut FlushTables<'_, '_>,
     delta: &Delta,
@@ -223,16 +241,26 @@ fn merge_into(
     } else {
         read(tables, delta.series.id, delta.level, delta.start)?
     };
-    let mut after = before.clone().unwrap_or_default();
-    after.merge(&delta.record);
+    let listed = |record: Option<&BucketRecord>| match delta.series.kind {
+        EntityKind::Pipeline => weights(record),
+        EntityKind::Task => record.map(|_| Vec::new()),
+    };
     let max_of = |record: Option<&BucketRecord>, index| {
         record
             .and_then(|r| r.part(index))
             .map_or(0, |p| p.durations.max())
     };
-    for &(index, value) in &delta.retracted {
+    let weights_before = listed(before.as_ref());
+    let max_before: Vec<u64> = delta
+        .retracted
+        .iter()
+        .map(|&(index, _)| max_of(before.as_ref(), index))
+        .collect();
+    let mut after = before.unwrap_or_default();
+    after.merge(&delta.record);
+    for (&(index, value), max_before) in delta.retracted.iter().zip(max_before) {
         // The max is still present unless every value as large was taken out.
-        let max = max_of(before.as_ref(), index).max(max_of(Some(&delta.record), index));
+        let max = max_before.max(max_of(Some(&delta.record), index));
         if value < max {
             continue;
         }
@@ -252,7 +280,7 @@ fn merge_into(
         }
     }
     let after = write(tables, &delta.series, delta.level, delta.start, after)?;
-    Ok((before, after))
+    Ok((weights_before, listed(after.as_ref())))
 }
 
 /// Recomputes the maximum of each part in `fixes`, finest level first, so that a part's finer
