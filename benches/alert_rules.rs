@@ -22,6 +22,10 @@ use runledger::time::Timestamp;
 use runledger::workload::Realistic;
 use uuid::Uuid;
 
+/// The server's allocator (see `src/main.rs`), so that the writer costs what it does there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Task runs in one report, and reports in one commit.
 const REPORT: usize = 1_000;
 const REPORTS_PER_COMMIT: usize = 4;
