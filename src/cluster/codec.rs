@@ -797,4 +797,27 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn the_ends_of_deliveries_hold_nothing_else_and_never_nest() {
+        let at = Timestamp::from_micros(1_700_000_000_000_000).expect("a time");
+        // Deliveries within deliveries, as deep as a hostile publisher likes: refused at the
+        // first inner tag, never read recursively.
+        let mut nested = vec![VERSION, 1, 0, 0, 0];
+        for _ in 0..100_000 {
+            nested.extend([DELIVERIES, 1, 0, 0, 0]);
+        }
+        let refused = decode(&nested).unwrap_err().to_string();
+        assert!(
+            refused.contains("among the ends of deliveries"),
+            "{refused}"
+        );
+        // Another operation among them is refused as well, both ways.
+        let tick = encode(&[WriteOp::AlertTick { at }]).expect("encodable");
+        let mut mixed = vec![VERSION, 1, 0, 0, 0, DELIVERIES, 1, 0, 0, 0];
+        mixed.extend(&tick[5..]);
+        let refused = decode(&mixed).unwrap_err().to_string();
+        assert!(refused.contains("operation 13"), "{refused}");
+        assert!(encode(&[WriteOp::Deliveries(vec![WriteOp::AlertTick { at }])]).is_err());
+    }
 }
