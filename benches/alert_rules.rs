@@ -10,7 +10,9 @@
 //! - `all`: as `each`, plus in every organization a `failed`, a `failure_rate` and a `slow`
 //!   rule on all its pipelines (150 rules that cover every pipeline).
 //!
-//! `cargo bench --bench alert_rules`
+//! `cargo bench --bench alert_rules`; `RUNLEDGER_REPORTS_PER_COMMIT=40 cargo bench --bench
+//! alert_rules` for the larger commits of a saturated server (its writer groups up to 50,000
+//! task runs).
 
 use std::time::{Duration, Instant};
 
@@ -26,9 +28,18 @@ use uuid::Uuid;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Task runs in one report, and reports in one commit.
+/// Task runs in one report, and reports in one commit (unless `RUNLEDGER_REPORTS_PER_COMMIT`
+/// says otherwise).
 const REPORT: usize = 1_000;
 const REPORTS_PER_COMMIT: usize = 4;
+
+fn reports_per_commit() -> usize {
+    std::env::var("RUNLEDGER_REPORTS_PER_COMMIT")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(REPORTS_PER_COMMIT)
+}
 /// Task runs applied before the clock starts.
 const HISTORY: usize = 200_000;
 
@@ -88,7 +99,7 @@ fn rules(shape: &str, workload: &Realistic) -> Vec<WriteOp> {
 
 /// One commit's reports, received at `second`.
 fn commit(runs: &mut impl Iterator<Item = TaskRun>, second: &mut i64) -> Vec<WriteOp> {
-    (0..REPORTS_PER_COMMIT)
+    (0..reports_per_commit())
         .map(|_| {
             *second += 1;
             WriteOp::Report {
@@ -104,7 +115,7 @@ fn alert_rules(c: &mut Criterion) {
     let mut group = c.benchmark_group("ingest_with_alert_rules");
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(20));
-    group.throughput(Throughput::Elements((REPORT * REPORTS_PER_COMMIT) as u64));
+    group.throughput(Throughput::Elements((REPORT * reports_per_commit()) as u64));
     for shape in ["none", "each", "all"] {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
@@ -114,7 +125,7 @@ fn alert_rules(c: &mut Criterion) {
         let mut runs = workload.runs();
         // The clock of the reports' arrival: the workload's year is 2025.
         let mut second = 1_767_225_600; // 2026-01-01
-        for _ in 0..HISTORY / (REPORT * REPORTS_PER_COMMIT) {
+        for _ in 0..HISTORY / (REPORT * reports_per_commit()) {
             store.apply_now(&commit(&mut runs, &mut second)).unwrap();
         }
         group.bench_function(BenchmarkId::from_parameter(shape), |b| {
