@@ -130,12 +130,7 @@ async fn a_failure_is_delivered_through_500_timeout_and_429_with_one_id_and_410_
     );
     outbox_reaches(&app.engine, 0).await;
     // The time from commit to first attempt was measured.
-    let metrics = reqwest::get(app.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::support::metrics_text(&reqwest::Client::new(), app.http_addr).await;
     let measured: u64 = metrics
         .lines()
         .find_map(|line| line.strip_prefix("runledger_alert_first_attempt_seconds_count "))

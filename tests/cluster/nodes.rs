@@ -612,14 +612,7 @@ fn an_alert_is_delivered_by_one_node_and_by_another_when_that_one_is_killed() {
         let deadline = Instant::now() + wait;
         'emptied: loop {
             for &i in &survivors {
-                let metrics = http
-                    .get(format!("http://{}/metrics", addr(&nodes, i).0))
-                    .send()
-                    .await
-                    .unwrap()
-                    .text()
-                    .await
-                    .unwrap();
+                let metrics = crate::support::metrics_text(&http, addr(&nodes, i).0).await;
                 if metrics.contains("runledger_alert_courier 1")
                     && metrics.contains("runledger_alert_outbox_depth 0")
                 {

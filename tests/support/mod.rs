@@ -463,6 +463,17 @@ pub async fn get_json(http: &reqwest::Client, url: String, token: &str) -> serde
         .unwrap()
 }
 
+/// A server's `/metrics` text (from loopback, which needs no token).
+pub async fn metrics_text(http: &reqwest::Client, http_addr: std::net::SocketAddr) -> String {
+    http.get(format!("http://{http_addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// A timestamp from `Y-m-d`, `Y-m-d H:i:s` or RFC 3339.
 pub fn ts(text: &str) -> prost_types::Timestamp {
     let text = if text.len() == 10 {

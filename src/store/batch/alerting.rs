@@ -159,7 +159,8 @@ impl Batch<'_> {
         // Only rules on a window read rollups: the other pipelines' wait for the next
         // write-out (a busy transaction judges after nearly every report).
         let mut windowed = FxHashSet::default();
-        for (org, pipeline, uuid, _) in self.alerting.deferred.clone() {
+        for at in 0..self.alerting.deferred.len() {
+            let (org, pipeline, uuid, _) = self.alerting.deferred[at];
             if self.org_rules(org).is_some_and(|rules| {
                 rules
                     .covering(uuid)
