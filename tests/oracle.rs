@@ -2550,3 +2550,95 @@ fn a_pipeline_whose_rollups_wait_keeps_its_latest_runs_exact() {
         assert!(verify(store).unwrap().is_consistent());
     }
 }
+
+/// A `missing` rule is judged at every report of its pipeline, against the latest run as that
+/// report left it: a run that arrives after the interval resolves nothing it should not have
+/// fired, and a late run older than the latest changes nothing.
+#[test]
+fn a_missing_rule_judged_at_a_report_sees_the_runs_it_brought() {
+    let mut rng = Rng(2_400);
+    let org = OrgId(rng.uuid());
+    let pipeline = PipelineId(rng.uuid());
+    let task = TaskId(rng.uuid());
+    let run = |executed: &str, rng: &mut Rng| TaskRun {
+        task_run: TaskRunId(rng.uuid()),
+        pipeline_run: PipelineRunId(rng.uuid()),
+        pipeline,
+        task,
+        organization: Some(org),
+        task_type: TaskType::ALL[0],
+        state: RunState::Finished,
+        is_successful: true,
+        duration_ms: 1_000,
+        executed_at: Some(Timestamp::from_second(second_of(executed)).unwrap()),
+        output: Vec::new(),
+        errors: Vec::new(),
+        metric_value: None,
+        is_initial_task: true,
+        is_final_task: true,
+    };
+    let report = |runs: Vec<TaskRun>, at: &str| WriteOp::Report {
+        runs,
+        at: Timestamp::from_second(second_of(at)).unwrap(),
+    };
+    let rule = WriteOp::CreateRule {
+        org,
+        rule: rng.uuid(),
+        stored: Box::new(runledger::alerts::StoredRule {
+            rule: alert_rule(
+                "missing",
+                Some(pipeline),
+                serde_json::json!({"every": "1h"}),
+            ),
+            created_at: second_of("2024-06-01 00:00:00") * MICROS_PER_SECOND,
+            disabled_at: None,
+        }),
+    };
+    let on_time = [
+        rule,
+        report(
+            vec![run("2024-06-01 00:30:00", &mut rng)],
+            "2024-06-01 00:30:05",
+        ),
+        // Later than an hour after the rule was made, with a run of its own.
+        report(
+            vec![run("2024-06-01 02:00:00", &mut rng)],
+            "2024-06-01 02:00:05",
+        ),
+    ];
+    let firing = |store: &Store| {
+        let reader = store.reader().unwrap();
+        let (alerts, _) = reader.alerts(org, None, usize::MAX, |_| true).unwrap();
+        (alerts.len(), reader.outbox_len().unwrap())
+    };
+    for grouping in [vec![1, 1, 1], vec![1, 2], vec![3]] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let mut rest = &on_time[..];
+        for size in &grouping {
+            let (group, tail) = rest.split_at(*size);
+            rest = tail;
+            for outcome in store.apply_now(group).unwrap() {
+                outcome.unwrap();
+            }
+        }
+        assert_eq!(
+            firing(&store),
+            (0, 0),
+            "grouping {grouping:?}: nothing is missing"
+        );
+        // A late run older than the latest, reported well after the interval: missing.
+        let late = report(
+            vec![run("2024-06-01 01:00:00", &mut rng)],
+            "2024-06-01 03:30:00",
+        );
+        for outcome in store.apply_now(&[late]).unwrap() {
+            outcome.unwrap();
+        }
+        assert_eq!(
+            firing(&store),
+            (1, 1),
+            "grouping {grouping:?}: one run is missing"
+        );
+    }
+}

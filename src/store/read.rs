@@ -146,6 +146,7 @@ impl<'a> Reader<'a> {
             run_log: &run_log,
             runs: &runs,
             cut: self.retention_cut()?,
+            held: None,
             memo: Default::default(),
         })
     }

@@ -156,21 +156,29 @@ impl Batch<'_> {
         if self.alerting.deferred.is_empty() {
             return Ok(());
         }
-        // Only rules on a window read rollups: the other pipelines' wait for the next
-        // write-out (a busy transaction judges after nearly every report).
-        let mut windowed = FxHashSet::default();
+        // Only rules on a window or on the latest run read rollups or latest runs: the other
+        // pipelines' wait for the next write-out (a busy transaction judges after nearly every
+        // report).
+        let (mut judged, mut with_rollups) = (FxHashSet::default(), FxHashSet::default());
         for at in 0..self.alerting.deferred.len() {
             let (org, pipeline, uuid, _) = self.alerting.deferred[at];
+            judged.insert(pipeline);
             if self.org_rules(org).is_some_and(|rules| {
                 rules
                     .covering(uuid)
                     .iter()
                     .any(|(_, stored)| reads_rollups(&stored.rule.kind))
             }) {
-                windowed.insert(pipeline);
+                with_rollups.insert(pipeline);
             }
         }
-        self.write_pending_for(true, Pipelines::Only(windowed))?;
+        self.write_pending_for(
+            true,
+            Pipelines::Judged {
+                judged,
+                with_rollups,
+            },
+        )?;
         self.alerting.deferred_set.clear();
         for (org, pipeline, uuid, at) in std::mem::take(&mut self.alerting.deferred) {
             let Some(rules) = self.org_rules(org) else {
@@ -652,6 +660,7 @@ impl Windows {
             run_log: &batch.t.run_log,
             runs: &batch.t.pipeline_runs,
             cut,
+            held: Some(&batch.held),
             memo: std::mem::take(&mut self.memo),
         };
         let series = Series {
@@ -666,9 +675,13 @@ impl Windows {
     }
 }
 
-/// Whether judging a rule of this kind reads the pipeline's rollups.
+/// Whether judging a rule of this kind reads the pipeline's rollups: a window, or the latest
+/// run (kept up to date from them).
 fn reads_rollups(kind: &RuleKind) -> bool {
-    matches!(kind, RuleKind::FailureRate { .. } | RuleKind::Slow { .. })
+    matches!(
+        kind,
+        RuleKind::FailureRate { .. } | RuleKind::Slow { .. } | RuleKind::Missing(_)
+    )
 }
 
 /// Moves the pipeline runs of one microsecond, newest (highest UUID) first, after the newer

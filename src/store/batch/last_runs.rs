@@ -9,7 +9,7 @@ use super::{Batch, timestamp};
 use crate::error::{Error, Result};
 use crate::store::records::{LastRunRecord, RunRecord};
 use crate::store::rollup::{Series, Source, last_run_at_or_before};
-use crate::store::tables::{EntityId, split_run_key};
+use crate::store::tables::{EntityId, RUN_KEY_LEN, split_run_key};
 use crate::time::{MAX_SECOND, Timestamp};
 
 /// What a transaction did to the runs of one entity.
@@ -60,11 +60,11 @@ impl Batch<'_> {
     }
 
     /// Offers every task run new in this transaction (and still there) as its task's latest.
-    pub(super) fn gather_new_runs(&mut self) -> Result<()> {
-        for (key, value) in &self.new_log {
-            let Some(value) = value else {
-                continue; // replaced again later in the transaction
-            };
+    pub(super) fn gather_new_runs(
+        &mut self,
+        new_log: &[([u8; RUN_KEY_LEN], Vec<u8>)],
+    ) -> Result<()> {
+        for (key, value) in new_log {
             let (_, micros, task_run) = split_run_key(key);
             let outcome = RunRecord::decode_outcome(value)?;
             let added = LastRunRecord {
@@ -119,6 +119,7 @@ impl Batch<'_> {
             run_log: &self.t.run_log,
             runs: &self.t.pipeline_runs,
             cut: self.retention_cut()?,
+            held: Some(&self.held),
             memo: Default::default(),
         };
         last_run_at_or_before(&source, series, MAX_SECOND)

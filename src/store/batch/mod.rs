@@ -39,7 +39,9 @@ use super::credentials::{ClientRecord, IssueOutcome, OrgRecord};
 use super::index::{Filters, IndexWork, Learned, PendingState};
 use super::records::{EntityKey, TaskRunHome};
 use super::rollup::{PreparedDeltas, RollupDeltas};
-use super::tables::{EntityId, OrgIndex, RUN_KEY_LEN, RunId, WriteTables, index_key, meta};
+use super::tables::{
+    EntityId, OrgIndex, RUN_KEY_LEN, RunId, WriteTables, index_key, meta, split_run_key,
+};
 use crate::error::{Error, Result};
 use crate::model::{
     OrgId, PendingTaskRun, PipelineDefinition, PipelineId, PipelineRunId, RegisterOutcome,
@@ -268,10 +270,18 @@ const PARALLEL_FROM: usize = 1_024;
 /// later; beyond, it writes them all (sorting them out again and again would cost more).
 const PARTIAL_UP_TO: usize = 1 << 18;
 
-/// The pipelines whose rollups a write-out writes.
+/// What a write-out writes.
 pub(super) enum Pipelines {
+    /// Everything gathered.
     All,
-    Only(rustc_hash::FxHashSet<EntityId>),
+    /// What judging the pipelines in `judged` reads: every pipeline-run aggregate, their run
+    /// logs, and the rollups and latest runs of those in `with_rollups` (whose rules read
+    /// windows or the latest run). The rest waits for a later write-out, which writes it at
+    /// once.
+    Judged {
+        judged: rustc_hash::FxHashSet<EntityId>,
+        with_rollups: rustc_hash::FxHashSet<EntityId>,
+    },
 }
 
 /// The result of checking an operation: `Err` is a rejection of that operation alone.
@@ -331,6 +341,8 @@ pub struct Batch<'txn> {
     cut: std::cell::Cell<Option<Option<i64>>>,
     aggs: Aggs,
     last_run_work: HashMap<EntityId, LastRunWork>,
+    /// Rollup records judging write-outs changed, written at the next whole write-out.
+    held: super::rollup::Held,
 }
 
 /// A task run's home as a transaction wrote it: a finished run with its place in `new_log`
@@ -414,6 +426,7 @@ impl<'txn> Batch<'txn> {
             cut: std::cell::Cell::new(None),
             aggs: Aggs::default(),
             last_run_work: HashMap::default(),
+            held: Default::default(),
         })
     }
 
@@ -576,17 +589,32 @@ impl<'txn> Batch<'txn> {
         self.write_pending_for(more, Pipelines::All)
     }
 
-    /// Writes what was gathered to the tables, but the rollups (and latest runs, which read
-    /// them) only of the pipelines `rollups` names: the others' wait for a later write-out,
-    /// which adds them up once. Every table ends the same either way: a pipeline's rollups
-    /// are written from its contributions and its run log, whatever the grouping.
-    pub(super) fn write_pending_for(&mut self, more: bool, rollups: Pipelines) -> Result<()> {
+    /// Writes what was gathered to the tables, or (for judging) only what judging reads: see
+    /// [`Pipelines`]. Every table ends the same either way: a pipeline's rollups are written
+    /// from its contributions and its run log, whatever the grouping.
+    pub(super) fn write_pending_for(&mut self, more: bool, pipelines: Pipelines) -> Result<()> {
+        // Sorting out which rollups wait costs more than writing them all beyond this.
+        let pipelines = match pipelines {
+            Pipelines::Judged { .. } if self.deltas.len() > PARTIAL_UP_TO => Pipelines::All,
+            pipelines => pipelines,
+        };
         self.flush_pipeline_runs()?;
-        self.gather_new_runs()?;
-        let homes = self.task_index.take_writes(&self.filters.task_runs, more);
-        let run_ids = self
-            .pipeline_index
-            .take_writes(&self.filters.pipeline_runs, more);
+        let mut new_log = self.take_new_log(match &pipelines {
+            Pipelines::All => None,
+            Pipelines::Judged { judged, .. } => Some(judged),
+        });
+        new_log.sort_unstable_by_key(|(key, _)| *key);
+        self.gather_new_runs(&new_log)?;
+        // The UUID indexes wait for a whole write-out: judging never reads them, and they are
+        // written faster at once.
+        let (homes, run_ids) = match pipelines {
+            Pipelines::All => (
+                self.task_index.take_writes(&self.filters.task_runs, more),
+                self.pipeline_index
+                    .take_writes(&self.filters.pipeline_runs, more),
+            ),
+            Pipelines::Judged { .. } => (Vec::new(), Vec::new()),
+        };
         // Ids handed out so far now have their aggregates stored.
         self.counters.first_run_id = None;
         // Homes new in a fresh period go in through cursors, as one run; others one by one.
@@ -599,26 +627,18 @@ impl<'txn> Batch<'txn> {
                 changed.push((write.key, home));
             }
         }
-        let mut new_log: Vec<([u8; RUN_KEY_LEN], Vec<u8>)> = std::mem::take(&mut self.new_log)
-            .into_iter()
-            .filter_map(|(key, record)| Some((key, record?)))
-            .collect();
-        new_log.sort_unstable_by_key(|(key, _)| *key);
         let work = added.len() + changed.len() + new_log.len() + run_ids.len();
         let threads = if work >= PARALLEL_FROM {
             self.threads
         } else {
             1
         };
-        let deltas = match &rollups {
-            Pipelines::Only(wanted) if self.deltas.len() <= PARTIAL_UP_TO => {
-                self.deltas.take_pipelines(|id| wanted.contains(&id))
+        let (deltas, waiting) = match pipelines {
+            Pipelines::All => (std::mem::take(&mut self.deltas), None),
+            Pipelines::Judged { with_rollups, .. } => {
+                let deltas = self.deltas.take_pipelines(|id| with_rollups.contains(&id));
+                (deltas, Some(with_rollups))
             }
-            _ => std::mem::take(&mut self.deltas),
-        };
-        let waiting = match rollups {
-            Pipelines::Only(wanted) if !self.deltas.is_empty() => Some(wanted),
-            _ => None,
         };
         let cut = self.retention_cut()?;
         let (task_index, pipeline_index) = (&mut self.t.task_index, &mut self.t.pipeline_index);
@@ -638,6 +658,8 @@ impl<'txn> Batch<'txn> {
         let run_log = &mut self.t.run_log;
         let (years, rollups) = (&mut self.t.year_rollups, &mut self.t.rollups);
         let (runs, pipeline_tasks) = (&self.t.pipeline_runs, &self.t.pipeline_tasks);
+        let held = &mut self.held;
+        let hold = waiting.is_some();
         let mut write_rollups = move |prepared: PreparedDeltas, run_log: &RunLog<'txn>| {
             prepared.flush(&mut super::rollup::FlushTables {
                 years,
@@ -646,7 +668,14 @@ impl<'txn> Batch<'txn> {
                 runs,
                 pipeline_tasks,
                 cut,
-            })
+                held: &mut *held,
+                hold,
+            })?;
+            // A whole write-out writes what judging ones held.
+            if !hold {
+                held.write_all(years, rollups)?;
+            }
+            Ok(())
         };
         match threads {
             1 => {
@@ -681,19 +710,41 @@ impl<'txn> Batch<'txn> {
         }
         let work = match waiting {
             // Those of pipelines whose rollups wait, wait with them.
-            Some(wanted) => {
+            Some(wanted) if !self.deltas.is_empty() => {
                 let (now, later) = std::mem::take(&mut self.last_run_work)
                     .into_iter()
                     .partition(|(_, work)| wanted.contains(&work.series.pipeline));
                 self.last_run_work = later;
                 now
             }
-            None => std::mem::take(&mut self.last_run_work),
+            _ => std::mem::take(&mut self.last_run_work),
         };
         for (id, work) in work {
             self.update_last_run(id, work)?;
         }
         Ok(())
+    }
+
+    /// Takes the runs new in this transaction (and still there) to write to the run log: all
+    /// of them, or those of the pipelines in `only`. A taken run's place stays, empty (a pending
+    /// home may name it): a later report of that task run then finds it in the table.
+    fn take_new_log(
+        &mut self,
+        only: Option<&rustc_hash::FxHashSet<EntityId>>,
+    ) -> Vec<([u8; RUN_KEY_LEN], Vec<u8>)> {
+        let Some(only) = only else {
+            return std::mem::take(&mut self.new_log)
+                .into_iter()
+                .filter_map(|(key, record)| Some((key, record?)))
+                .collect();
+        };
+        let mut taken = Vec::new();
+        for (key, record) in &mut self.new_log {
+            if record.is_some() && only.contains(&split_run_key(key).0) {
+                taken.extend(record.take().map(|record| (*key, record)));
+            }
+        }
+        taken
     }
 
     /// The period of a task run's index entry and where the run lives, as this transaction

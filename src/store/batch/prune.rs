@@ -54,6 +54,10 @@ impl Batch<'_> {
 
     /// One step of pruning to the cut `before` (a UTC midnight): at most `limit` task runs.
     pub(super) fn prune(&mut self, before: i64, limit: usize) -> Result<Result<PruneProgress>> {
+        // Pruning reads and deletes rollups in the tables: none may be held elsewhere.
+        if !self.held.is_empty() {
+            self.write_pending(true)?;
+        }
         if before != Level::Day.bucket_start(before) || !(MIN_SECOND..=MAX_SECOND).contains(&before)
         {
             return Ok(Err(Error::invalid(
@@ -139,6 +143,8 @@ impl Batch<'_> {
             runs: &self.t.pipeline_runs,
             pipeline_tasks: &self.t.pipeline_tasks,
             cut: Some(cut),
+            held: &mut self.held,
+            hold: false,
         };
         for (pipeline, month) in missing {
             rollup::materialize(&mut tables, pipeline, Level::Month, month)?;

@@ -17,6 +17,7 @@
 //! years to the edges ([`read`]), falling back to the run log for sparse buckets ([`scan`]).
 
 mod gather;
+mod held;
 mod read;
 mod record;
 mod scan;
@@ -29,6 +30,7 @@ use redb::ReadableTable;
 use rustc_hash::FxHashMap;
 
 pub use gather::RollupDeltas;
+pub use held::Held;
 pub use read::{aggregated, last_run_at_or_before, range_summary};
 pub use record::{BucketRecord, Part, RecordView};
 pub use write::{FlushTables, PreparedDeltas, materialize, rebuild};
@@ -79,6 +81,8 @@ pub struct Source<'a, Y, R, L, P> {
     pub runs: &'a P,
     /// The retention cut, if runs before it were pruned.
     pub cut: Option<i64>,
+    /// Records a write transaction holds, newer than the tables' (see [`Held`]).
+    pub held: Option<&'a Held>,
     /// What this source has read so far.
     pub memo: Memo,
 }
@@ -116,6 +120,11 @@ impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R,
         if let Some(record) = self.memo.records.borrow().get(&key) {
             return Ok(Some(record.clone()));
         }
+        if let Some(held) = self.held.and_then(|held| held.get(entity, level, start)) {
+            return held
+                .map(|held| self.remember(key, &held.encode()))
+                .transpose();
+        }
         let bytes = match level {
             Level::Year => self.years.get(&year_key(entity, start))?,
             _ => self.rollups.get(&rollup_key(level, start, entity))?,
@@ -132,6 +141,20 @@ impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R,
             return Ok(record.clone());
         }
         self.remember(key, bytes)
+    }
+
+    /// A year record a write transaction holds, through the memo.
+    fn held_year(
+        &self,
+        entity: EntityId,
+        start: i64,
+        held: &held::HeldRecord,
+    ) -> Result<Rc<RecordView>> {
+        let key = (entity, Level::Year.tag(), start);
+        if let Some(record) = self.memo.records.borrow().get(&key) {
+            return Ok(record.clone());
+        }
+        self.remember(key, &held.encode())
     }
 
     /// Decodes a record and keeps it for the source's later questions.

@@ -39,17 +39,27 @@ impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R,
         }
         let low = year_key(entity, first);
         let high = year_key(entity, end);
-        let range = self.years.range::<&[u8; YEAR_KEY_LEN]>(&low..&high)?;
-        let entries: Vec<_> = if reverse {
-            range.rev().collect()
-        } else {
-            range.collect()
-        };
-        let mut years = Vec::with_capacity(entries.len());
-        for entry in entries {
+        // Years a write transaction holds replace the tables' (`None`: deleted there).
+        let held: BTreeMap<i64, Option<&super::held::HeldRecord>> = self
+            .held
+            .map(|held| held.years(entity, first, end).collect())
+            .unwrap_or_default();
+        let mut years = Vec::new();
+        for entry in self.years.range::<&[u8; YEAR_KEY_LEN]>(&low..&high)? {
             let (key, value) = entry?;
             let start = year_key_start(key.value());
-            years.push((start, self.year_record(entity, start, value.value())?));
+            if !held.contains_key(&start) {
+                years.push((start, self.year_record(entity, start, value.value())?));
+            }
+        }
+        for (start, record) in held {
+            if let Some(record) = record {
+                years.push((start, self.held_year(entity, start, record)?));
+            }
+        }
+        years.sort_unstable_by_key(|(start, _)| *start);
+        if reverse {
+            years.reverse();
         }
         let years = Rc::new(years);
         self.memo.years.borrow_mut().insert(key, years.clone());

@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use redb::{ReadableTable, Table};
 
 use super::gather::rank;
+use super::held::{Held, HeldRecord};
 use super::record::{BucketRecord, Part};
 use super::scan::{Entry, entries, pipeline_runs_ending_in};
 use super::{Series, kept, parent};
@@ -42,6 +43,10 @@ pub struct FlushTables<'a, 'txn> {
     pub pipeline_tasks: &'a Table<'txn, &'static [u8; 8], ()>,
     /// The retention cut, if any: months before it keep their records however sparse.
     pub cut: Option<i64>,
+    /// Records held in memory, newer than the tables' (see [`Held`]).
+    pub held: &'a mut Held,
+    /// Whether this flush holds what it writes (a judging write-out) instead of writing it.
+    pub hold: bool,
 }
 
 /// The contributions of one transaction to one bucket of one series (see [`super::gather`]).
@@ -239,7 +244,7 @@ fn merge_into(
     let before = if absent {
         None
     } else {
-        read(tables, delta.series.id, delta.level, delta.start)?
+        take(tables, delta.series.id, delta.level, delta.start)?
     };
     let listed = |record: Option<&BucketRecord>| match delta.series.kind {
         EntityKind::Pipeline => weights(record),
@@ -279,8 +284,8 @@ fn merge_into(
             });
         }
     }
-    let after = write(tables, &delta.series, delta.level, delta.start, after)?;
-    Ok((weights_before, listed(after.as_ref())))
+    let weights_after = write(tables, &delta.series, delta.level, delta.start, after)?;
+    Ok((weights_before, weights_after))
 }
 
 /// Recomputes the maximum of each part in `fixes`, finest level first, so that a part's finer
@@ -306,7 +311,7 @@ fn fix_maxima(
         |a: &Fix, b: &Fix| a.level == b.level && a.start == b.start && a.series.id == b.series.id;
     for group in fixes.chunk_by(same_record) {
         let (series, level, start) = (group[0].series, group[0].level, group[0].start);
-        let Some(mut record) = read(tables, series.id, level, start)? else {
+        let Some(mut record) = take(tables, series.id, level, start)? else {
             continue;
         };
         let weights = if series.id == pipeline {
@@ -369,7 +374,33 @@ fn fix_maxima(
     Ok(())
 }
 
+/// A record as the flush sees it (held, else stored).
 fn read(
+    tables: &FlushTables<'_, '_>,
+    entity: EntityId,
+    level: Level,
+    start: i64,
+) -> Result<Option<BucketRecord>> {
+    if let Some(held) = tables.held.get(entity, level, start) {
+        return Ok(held.map(|held| held.record.clone()));
+    }
+    read_stored(tables, entity, level, start)
+}
+
+/// A record as [`read`] gives it, taken out of those held: it is written again after.
+fn take(
+    tables: &mut FlushTables<'_, '_>,
+    entity: EntityId,
+    level: Level,
+    start: i64,
+) -> Result<Option<BucketRecord>> {
+    if let Some(held) = tables.held.take(entity, level, start) {
+        return Ok(held.map(|held| held.record));
+    }
+    read_stored(tables, entity, level, start)
+}
+
+fn read_stored(
     tables: &FlushTables<'_, '_>,
     entity: EntityId,
     level: Level,
@@ -384,25 +415,32 @@ fn read(
         .transpose()
 }
 
-/// Stores a record (removing it when empty); returns it as stored.
+/// Stores a record (removing it when empty), or holds it; returns its weights as stored (see
+/// [`Weights`]).
 fn write(
     tables: &mut FlushTables<'_, '_>,
     series: &Series,
     level: Level,
     start: i64,
     record: BucketRecord,
-) -> Result<Option<BucketRecord>> {
+) -> Result<Weights> {
     if record.is_empty() {
-        match level {
-            Level::Year => tables.years.remove(&year_key(series.id, start))?,
-            _ => tables
-                .rollups
-                .remove(&rollup_key(level, start, series.id))?,
-        };
+        remove(tables, series.id, level, start)?;
         return Ok(None);
     }
+    let weighted = series.kind == EntityKind::Pipeline;
+    let listed = match weighted {
+        true => weights(Some(&record)),
+        false => Some(Vec::new()),
+    };
+    if tables.hold {
+        let held = HeldRecord { record, weighted };
+        tables.held.put(series.id, level, start, Some(held));
+        return Ok(listed);
+    }
+    tables.held.take(series.id, level, start);
     let mut bytes = Vec::with_capacity(32);
-    record.encode(series.kind == EntityKind::Pipeline, &mut bytes);
+    record.encode(weighted, &mut bytes);
     match level {
         Level::Year => tables
             .years
@@ -411,7 +449,26 @@ fn write(
             .rollups
             .insert(&rollup_key(level, start, series.id), bytes.as_slice())?,
     };
-    Ok(Some(record))
+    Ok(listed)
+}
+
+/// Removes a record (or holds its removal).
+fn remove(
+    tables: &mut FlushTables<'_, '_>,
+    entity: EntityId,
+    level: Level,
+    start: i64,
+) -> Result<()> {
+    if tables.hold {
+        tables.held.put(entity, level, start, None);
+        return Ok(());
+    }
+    tables.held.take(entity, level, start);
+    match level {
+        Level::Year => tables.years.remove(&year_key(entity, start))?,
+        _ => tables.rollups.remove(&rollup_key(level, start, entity))?,
+    };
+    Ok(())
 }
 
 /// Deletes the records of a pipeline and all its tasks in one bucket.
@@ -421,7 +478,7 @@ fn delete_bucket(
     level: Level,
     start: i64,
 ) -> Result<()> {
-    tables.rollups.remove(&rollup_key(level, start, pipeline))?;
+    remove(tables, pipeline, level, start)?;
     let low = pipeline_task_key(pipeline, EntityId(0));
     let high = pipeline_task_key(pipeline, EntityId(u32::MAX));
     let mut tasks = Vec::new();
@@ -432,7 +489,7 @@ fn delete_bucket(
         )));
     }
     for task in tasks {
-        tables.rollups.remove(&rollup_key(level, start, task))?;
+        remove(tables, task, level, start)?;
     }
     Ok(())
 }
@@ -497,10 +554,11 @@ fn build(
             kind,
             pipeline,
         };
-        if let Some(stored) = write(tables, &series, level, start, record)?
-            && entity == pipeline
+        let copy = (entity == pipeline).then(|| record.clone());
+        if write(tables, &series, level, start, record)?.is_some()
+            && let Some(copy) = copy
         {
-            pipeline_record = stored;
+            pipeline_record = copy;
         }
     }
     if let Some(finer) = level.part_level() {
