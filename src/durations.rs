@@ -201,11 +201,16 @@ impl Durations {
                 max,
             };
         }
-        let mut histogram = Histogram::default();
-        for durations in all {
-            histogram.add_durations(durations);
+        // A histogram per thread, cleared after each sum (a fresh one zeroes 16 KB).
+        thread_local! {
+            static HISTOGRAM: std::cell::RefCell<Histogram> = std::cell::RefCell::default();
         }
-        histogram.into_durations()
+        HISTOGRAM.with_borrow_mut(|histogram| {
+            for durations in all {
+                histogram.add_durations(durations);
+            }
+            histogram.take_durations()
+        })
     }
 }
 
@@ -345,11 +350,21 @@ impl Histogram {
         percentiles(self.non_empty(), count, self.max)
     }
 
-    pub fn into_durations(self) -> Durations {
-        Durations {
+    /// The distribution summed so far, leaving the histogram empty for another sum.
+    pub fn take_durations(&mut self) -> Durations {
+        let durations = Durations {
             bins: self.non_empty().collect(),
             max: self.max,
-        }
+        };
+        self.clear();
+        durations
+    }
+
+    /// Empties the histogram, clearing only the bins touched.
+    fn clear(&mut self) {
+        let low = self.low.min(self.high);
+        self.counts[low..self.high].fill(0);
+        (self.max, self.low, self.high) = (0, usize::MAX, 0);
     }
 
     /// The percentiles of the distribution summed so far, leaving the histogram empty for
@@ -357,9 +372,7 @@ impl Histogram {
     /// fresh one).
     pub fn take_percentiles(&mut self) -> Option<Percentiles> {
         let percentiles = self.percentiles();
-        let low = self.low.min(self.high);
-        self.counts[low..self.high].fill(0);
-        (self.max, self.low, self.high) = (0, usize::MAX, 0);
+        self.clear();
         percentiles
     }
 }

@@ -150,7 +150,7 @@ impl Batch<'_> {
         }
     }
 
-    /// Writes out what was gathered and judges the rules covering every deferred pipeline, in
+    /// Writes out what judging reads and judges the rules covering every deferred pipeline, in
     /// the order their operations came.
     pub(super) fn judge_deferred(&mut self) -> Result<()> {
         if self.alerting.deferred.is_empty() {
@@ -179,6 +179,12 @@ impl Batch<'_> {
                 with_rollups,
             },
         )?;
+        self.judge_written()
+    }
+
+    /// Judges the rules covering every deferred pipeline, in the order their operations came,
+    /// once what judging reads is written out.
+    pub(super) fn judge_written(&mut self) -> Result<()> {
         self.alerting.deferred_set.clear();
         for (org, pipeline, uuid, at) in std::mem::take(&mut self.alerting.deferred) {
             let Some(rules) = self.org_rules(org) else {

@@ -561,8 +561,10 @@ impl<'txn> Batch<'txn> {
     /// Writes what was gathered; returns what this transaction created, to publish once it
     /// commits.
     pub fn finish(mut self) -> Result<Created> {
-        self.judge_deferred()?;
+        // Everything is written once; what waits to be judged is judged after (judging only
+        // writes alerts and the outbox).
         self.write_pending(false)?;
+        self.judge_written()?;
         self.store_counters()?;
         let learned = [self.task_index.finish(), self.pipeline_index.finish()];
         for (learned, committed) in learned
@@ -580,8 +582,8 @@ impl<'txn> Batch<'txn> {
     /// bulk load in one transaction does this after each chunk, so that what it holds in
     /// memory stays bounded).
     pub fn write_out(&mut self) -> Result<()> {
-        self.judge_deferred()?;
-        self.write_pending(true)
+        self.write_pending(true)?;
+        self.judge_written()
     }
 
     /// Writes what was gathered to the tables; with `more`, the transaction goes on.
