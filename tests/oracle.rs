@@ -2459,6 +2459,32 @@ fn alert_transitions_equal_a_brute_force_evaluation_over_the_raw_runs() {
     }
 }
 
+/// A finished task run of one second (`at`, as `second_of` reads it), alone in its pipeline run.
+fn lone_run(
+    (org, pipeline, task): (OrgId, PipelineId, TaskId),
+    at: &str,
+    is_successful: bool,
+    rng: &mut Rng,
+) -> TaskRun {
+    TaskRun {
+        task_run: TaskRunId(rng.uuid()),
+        pipeline_run: PipelineRunId(rng.uuid()),
+        pipeline,
+        task,
+        organization: Some(org),
+        task_type: TaskType::ALL[0],
+        state: RunState::Finished,
+        is_successful,
+        duration_ms: 1_000,
+        executed_at: Some(Timestamp::from_second(second_of(at)).unwrap()),
+        output: Vec::new(),
+        errors: Vec::new(),
+        metric_value: None,
+        is_initial_task: true,
+        is_final_task: true,
+    }
+}
+
 /// A transaction that judges one pipeline's rules while another's rollups wait (no rule on a
 /// window covers it) must still leave that pipeline's latest runs exact: its latest task run
 /// moved away, then the pipeline reported on again, in one commit, ends as one by one.
@@ -2469,22 +2495,8 @@ fn a_pipeline_whose_rollups_wait_keeps_its_latest_runs_exact() {
     let (waiting, other) = (PipelineId(rng.uuid()), PipelineId(rng.uuid()));
     let (task, second_task, other_task) =
         (TaskId(rng.uuid()), TaskId(rng.uuid()), TaskId(rng.uuid()));
-    let run = |pipeline: PipelineId, task: TaskId, at: &str, rng: &mut Rng| TaskRun {
-        task_run: TaskRunId(rng.uuid()),
-        pipeline_run: PipelineRunId(rng.uuid()),
-        pipeline,
-        task,
-        organization: Some(org),
-        task_type: TaskType::ALL[0],
-        state: RunState::Finished,
-        is_successful: false,
-        duration_ms: 1_000,
-        executed_at: Some(Timestamp::from_second(second_of(at)).unwrap()),
-        output: Vec::new(),
-        errors: Vec::new(),
-        metric_value: None,
-        is_initial_task: true,
-        is_final_task: true,
+    let run = |pipeline: PipelineId, task: TaskId, at: &str, rng: &mut Rng| {
+        lone_run((org, pipeline, task), at, false, rng)
     };
     // Dense enough in the hour for its rollups to keep the hour's seconds.
     let early: Vec<TaskRun> = (0..40)
@@ -2560,23 +2572,7 @@ fn a_missing_rule_judged_at_a_report_sees_the_runs_it_brought() {
     let org = OrgId(rng.uuid());
     let pipeline = PipelineId(rng.uuid());
     let task = TaskId(rng.uuid());
-    let run = |executed: &str, rng: &mut Rng| TaskRun {
-        task_run: TaskRunId(rng.uuid()),
-        pipeline_run: PipelineRunId(rng.uuid()),
-        pipeline,
-        task,
-        organization: Some(org),
-        task_type: TaskType::ALL[0],
-        state: RunState::Finished,
-        is_successful: true,
-        duration_ms: 1_000,
-        executed_at: Some(Timestamp::from_second(second_of(executed)).unwrap()),
-        output: Vec::new(),
-        errors: Vec::new(),
-        metric_value: None,
-        is_initial_task: true,
-        is_final_task: true,
-    };
+    let run = |executed: &str, rng: &mut Rng| lone_run((org, pipeline, task), executed, true, rng);
     let report = |runs: Vec<TaskRun>, at: &str| WriteOp::Report {
         runs,
         at: Timestamp::from_second(second_of(at)).unwrap(),

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use redb::Table;
 
 use super::record::BucketRecord;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::store::tables::{EntityId, ROLLUP_KEY_LEN, YEAR_KEY_LEN, rollup_key, year_key};
 use crate::time::Level;
 
@@ -79,32 +79,41 @@ impl Held {
     /// Writes every held record to the tables, and holds none.
     pub fn write_all(
         &mut self,
-        years: &mut Table<'_, &'static [u8; YEAR_KEY_LEN], &'static [u8]>,
-        rollups: &mut Table<'_, &'static [u8; ROLLUP_KEY_LEN], &'static [u8]>,
+        years: &mut YearTable<'_>,
+        rollups: &mut RollupTable<'_>,
     ) -> Result<()> {
         for ((entity, tag, start), record) in std::mem::take(&mut self.records) {
-            let entity = EntityId(entity);
+            let level = Level::ALL
+                .into_iter()
+                .find(|level| level.tag() == tag)
+                .ok_or_else(|| Error::Internal("a held rollup record of no level".into()))?;
             let bytes = record.map(|record| record.encode());
-            if tag == Level::Year.tag() {
-                let key = year_key(entity, start);
-                match bytes {
-                    Some(bytes) => years.insert(&key, bytes.as_slice())?,
-                    None => years.remove(&key)?,
-                };
-            } else {
-                let level = Level::ALL
-                    .into_iter()
-                    .find(|level| level.tag() == tag)
-                    .ok_or_else(|| {
-                        crate::error::Error::Internal("a held rollup record of no level".into())
-                    })?;
-                let key = rollup_key(level, start, entity);
-                match bytes {
-                    Some(bytes) => rollups.insert(&key, bytes.as_slice())?,
-                    None => rollups.remove(&key)?,
-                };
-            }
+            store(
+                years,
+                rollups,
+                (EntityId(entity), level, start),
+                bytes.as_deref(),
+            )?;
         }
         Ok(())
     }
+}
+
+pub type YearTable<'txn> = Table<'txn, &'static [u8; YEAR_KEY_LEN], &'static [u8]>;
+pub type RollupTable<'txn> = Table<'txn, &'static [u8; ROLLUP_KEY_LEN], &'static [u8]>;
+
+/// Stores an encoded record in its table, or removes it (`None`).
+pub fn store(
+    years: &mut YearTable<'_>,
+    rollups: &mut RollupTable<'_>,
+    (entity, level, start): (EntityId, Level, i64),
+    bytes: Option<&[u8]>,
+) -> Result<()> {
+    match (level, bytes) {
+        (Level::Year, Some(bytes)) => years.insert(&year_key(entity, start), bytes)?,
+        (Level::Year, None) => years.remove(&year_key(entity, start))?,
+        (_, Some(bytes)) => rollups.insert(&rollup_key(level, start, entity), bytes)?,
+        (_, None) => rollups.remove(&rollup_key(level, start, entity))?,
+    };
+    Ok(())
 }

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use redb::{ReadableTable, Table};
 
 use super::gather::rank;
-use super::held::{Held, HeldRecord};
+use super::held::{self, Held, HeldRecord};
 use super::record::{BucketRecord, Part};
 use super::scan::{Entry, entries, pipeline_runs_ending_in};
 use super::{Series, kept, parent};
@@ -441,14 +441,8 @@ fn write(
     tables.held.take(series.id, level, start);
     let mut bytes = Vec::with_capacity(32);
     record.encode(weighted, &mut bytes);
-    match level {
-        Level::Year => tables
-            .years
-            .insert(&year_key(series.id, start), bytes.as_slice())?,
-        _ => tables
-            .rollups
-            .insert(&rollup_key(level, start, series.id), bytes.as_slice())?,
-    };
+    let key = (series.id, level, start);
+    held::store(tables.years, tables.rollups, key, Some(&bytes))?;
     Ok(listed)
 }
 
@@ -464,11 +458,7 @@ fn remove(
         return Ok(());
     }
     tables.held.take(entity, level, start);
-    match level {
-        Level::Year => tables.years.remove(&year_key(entity, start))?,
-        _ => tables.rollups.remove(&rollup_key(level, start, entity))?,
-    };
-    Ok(())
+    held::store(tables.years, tables.rollups, (entity, level, start), None)
 }
 
 /// Deletes the records of a pipeline and all its tasks in one bucket.
