@@ -638,7 +638,7 @@ impl<'txn> Batch<'txn> {
         let (deltas, waiting) = match pipelines {
             Pipelines::All => (std::mem::take(&mut self.deltas), None),
             Pipelines::Judged { with_rollups, .. } => {
-                let deltas = self.deltas.take_pipelines(|id| with_rollups.contains(&id));
+                let deltas = self.deltas.take_pipelines(&with_rollups);
                 (deltas, Some(with_rollups))
             }
         };
@@ -711,15 +711,19 @@ impl<'txn> Batch<'txn> {
             })?,
         }
         let work = match waiting {
-            // Those of pipelines whose rollups wait, wait with them.
-            Some(wanted) if !self.deltas.is_empty() => {
+            // Judging reads pipelines' latest runs (a `missing` rule's), never tasks': the
+            // others wait for the whole write-out.
+            Some(wanted) => {
                 let (now, later) = std::mem::take(&mut self.last_run_work)
                     .into_iter()
-                    .partition(|(_, work)| wanted.contains(&work.series.pipeline));
+                    .partition(|(_, work)| {
+                        work.series.kind == crate::model::EntityKind::Pipeline
+                            && wanted.contains(&work.series.id)
+                    });
                 self.last_run_work = later;
                 now
             }
-            _ => std::mem::take(&mut self.last_run_work),
+            None => std::mem::take(&mut self.last_run_work),
         };
         for (id, work) in work {
             self.update_last_run(id, work)?;
