@@ -2638,3 +2638,78 @@ fn a_missing_rule_judged_at_a_report_sees_the_runs_it_brought() {
         );
     }
 }
+
+/// A pipeline judged between two reports of one commit is judged on the rollup records the
+/// commit holds in memory, not on those it began with: here whole hours of the window come from
+/// a day record that only the first report changed.
+#[test]
+fn a_judgment_between_reports_of_one_commit_reads_the_rollups_it_holds() {
+    let mut rng = Rng(2_500);
+    let org = OrgId(rng.uuid());
+    let (pipeline, task) = (PipelineId(rng.uuid()), TaskId(rng.uuid()));
+    let ids = (org, pipeline, task);
+    let rule = WriteOp::CreateRule {
+        org,
+        rule: rng.uuid(),
+        stored: Box::new(runledger::alerts::StoredRule {
+            rule: alert_rule(
+                "failure_rate",
+                Some(pipeline),
+                serde_json::json!({"window": "24h", "above": 0.4, "min_runs": 1}),
+            ),
+            created_at: 0,
+            disabled_at: None,
+        }),
+    };
+    let report = |runs: Vec<TaskRun>, at: &str| WriteOp::Report {
+        runs,
+        at: Timestamp::from_second(second_of(at)).unwrap(),
+    };
+    // Dense in the hour, the day and the month: they keep records.
+    let history = (0..40)
+        .map(|n| lone_run(ids, &format!("2024-06-01 10:{n:02}:00"), true, &mut rng))
+        .collect();
+    // 12 failures an hour in hours 11 to 13: 36 of 76 in the window, above 0.4; hours 11 and
+    // 12 are read whole from the day record.
+    let failures = (0..36)
+        .map(|n| {
+            let at = format!("2024-06-01 {:02}:{:02}:00", 11 + n / 12, (n % 12) * 5);
+            lone_run(ids, &at, false, &mut rng)
+        })
+        .collect();
+    let ops = [
+        rule,
+        report(history, "2024-06-02 00:00:01"),
+        report(failures, "2024-06-02 00:00:02"),
+        report(
+            vec![lone_run(ids, "2024-06-01 14:00:00", true, &mut rng)],
+            "2024-06-02 00:00:03",
+        ),
+    ];
+    for grouping in [vec![1, 1, 1, 1], vec![1, 1, 2]] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let mut rest = &ops[..];
+        for size in &grouping {
+            let (group, tail) = rest.split_at(*size);
+            rest = tail;
+            for outcome in store.apply_now(group).unwrap() {
+                outcome.unwrap();
+            }
+        }
+        let reader = store.reader().unwrap();
+        let (alerts, _) = reader.alerts(org, None, usize::MAX, |_| true).unwrap();
+        let fired: Vec<(i64, serde_json::Value)> = alerts
+            .iter()
+            .map(|(_, alert)| (alert.since, alert.observed["failed"].clone()))
+            .collect();
+        assert_eq!(
+            fired,
+            [(
+                second_of("2024-06-02 00:00:02") * MICROS_PER_SECOND,
+                serde_json::json!(36)
+            )],
+            "grouping {grouping:?}: fired by the failures, with all of them counted"
+        );
+    }
+}
