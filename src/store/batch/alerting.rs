@@ -14,7 +14,7 @@ use redb::ReadableTable;
 use rustc_hash::{FxHashMap, FxHashSet};
 use uuid::Uuid;
 
-use super::{Batch, Pipelines};
+use super::{Batch, WriteOut};
 use crate::alerts::judge::{self, RecentRun, Verdict};
 use crate::alerts::state::{alert_id, alert_key, state_key, webhook_id};
 use crate::alerts::webhook::{Change, Transition};
@@ -174,7 +174,7 @@ impl Batch<'_> {
         }
         self.write_pending_for(
             true,
-            Pipelines::Judged {
+            WriteOut::ForJudging {
                 judged,
                 with_rollups,
             },

@@ -271,14 +271,14 @@ const PARALLEL_FROM: usize = 1_024;
 const PARTIAL_UP_TO: usize = 1 << 18;
 
 /// What a write-out writes.
-pub(super) enum Pipelines {
+pub(super) enum WriteOut {
     /// Everything gathered.
     All,
     /// What judging the pipelines in `judged` reads: every pipeline-run aggregate, their run
     /// logs, and the rollups and latest runs of those in `with_rollups` (whose rules read
-    /// windows or the latest run). The rest waits for a later write-out, which writes it at
-    /// once.
-    Judged {
+    /// windows or the latest run; rollup records are held in memory, see
+    /// [`super::rollup::Held`]). The rest waits for the next whole write-out.
+    ForJudging {
         judged: rustc_hash::FxHashSet<EntityId>,
         with_rollups: rustc_hash::FxHashSet<EntityId>,
     },
@@ -588,34 +588,34 @@ impl<'txn> Batch<'txn> {
 
     /// Writes what was gathered to the tables; with `more`, the transaction goes on.
     fn write_pending(&mut self, more: bool) -> Result<()> {
-        self.write_pending_for(more, Pipelines::All)
+        self.write_pending_for(more, WriteOut::All)
     }
 
     /// Writes what was gathered to the tables, or (for judging) only what judging reads: see
-    /// [`Pipelines`]. Every table ends the same either way: a pipeline's rollups are written
+    /// [`WriteOut`]. Every table ends the same either way: a pipeline's rollups are written
     /// from its contributions and its run log, whatever the grouping.
-    pub(super) fn write_pending_for(&mut self, more: bool, pipelines: Pipelines) -> Result<()> {
+    pub(super) fn write_pending_for(&mut self, more: bool, what: WriteOut) -> Result<()> {
         // Sorting out which rollups wait costs more than writing them all beyond this.
-        let pipelines = match pipelines {
-            Pipelines::Judged { .. } if self.deltas.len() > PARTIAL_UP_TO => Pipelines::All,
-            pipelines => pipelines,
+        let what = match what {
+            WriteOut::ForJudging { .. } if self.deltas.len() > PARTIAL_UP_TO => WriteOut::All,
+            what => what,
         };
         self.flush_pipeline_runs()?;
-        let mut new_log = self.take_new_log(match &pipelines {
-            Pipelines::All => None,
-            Pipelines::Judged { judged, .. } => Some(judged),
+        let mut new_log = self.take_new_log(match &what {
+            WriteOut::All => None,
+            WriteOut::ForJudging { judged, .. } => Some(judged),
         });
         new_log.sort_unstable_by_key(|(key, _)| *key);
         self.gather_new_runs(&new_log)?;
         // The UUID indexes wait for a whole write-out: judging never reads them, and they are
         // written faster at once.
-        let (homes, run_ids) = match pipelines {
-            Pipelines::All => (
+        let (homes, run_ids) = match what {
+            WriteOut::All => (
                 self.task_index.take_writes(&self.filters.task_runs, more),
                 self.pipeline_index
                     .take_writes(&self.filters.pipeline_runs, more),
             ),
-            Pipelines::Judged { .. } => (Vec::new(), Vec::new()),
+            WriteOut::ForJudging { .. } => (Vec::new(), Vec::new()),
         };
         // Ids handed out so far now have their aggregates stored.
         self.counters.first_run_id = None;
@@ -635,9 +635,9 @@ impl<'txn> Batch<'txn> {
         } else {
             1
         };
-        let (deltas, waiting) = match pipelines {
-            Pipelines::All => (std::mem::take(&mut self.deltas), None),
-            Pipelines::Judged { with_rollups, .. } => {
+        let (deltas, waiting) = match what {
+            WriteOut::All => (std::mem::take(&mut self.deltas), None),
+            WriteOut::ForJudging { with_rollups, .. } => {
                 let deltas = self.deltas.take_pipelines(&with_rollups);
                 (deltas, Some(with_rollups))
             }
