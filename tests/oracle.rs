@@ -2459,6 +2459,21 @@ fn alert_transitions_equal_a_brute_force_evaluation_over_the_raw_runs() {
     }
 }
 
+/// A fresh store given `ops` in transactions of the sizes `groups` lists, each applied.
+fn applied_in_groups(ops: &[WriteOp], groups: &[usize]) -> (Store, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let mut rest = ops;
+    for size in groups {
+        let (group, tail) = rest.split_at(*size);
+        rest = tail;
+        for outcome in store.apply_now(group).unwrap() {
+            outcome.unwrap();
+        }
+    }
+    (store, dir)
+}
+
 /// A finished task run of one second (`at`, as `second_of` reads it), alone in its pipeline run.
 fn lone_run(
     (org, pipeline, task): (OrgId, PipelineId, TaskId),
@@ -2539,19 +2554,7 @@ fn a_pipeline_whose_rollups_wait_keeps_its_latest_runs_exact() {
     ];
     let stores: Vec<(Store, tempfile::TempDir)> = [vec![1; 6], vec![1, 1, 1, 1, 2]]
         .into_iter()
-        .map(|groups| {
-            let dir = tempfile::tempdir().unwrap();
-            let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
-            let mut rest = &ops[..];
-            for size in groups {
-                let (group, tail) = rest.split_at(size);
-                rest = tail;
-                for outcome in store.apply_now(group).unwrap() {
-                    outcome.unwrap();
-                }
-            }
-            (store, dir)
-        })
+        .map(|groups| applied_in_groups(&ops, &groups))
         .collect();
     assert_eq!(
         stores[0].0.digest().unwrap().tables,
@@ -2608,16 +2611,7 @@ fn a_missing_rule_judged_at_a_report_sees_the_runs_it_brought() {
         (alerts.len(), reader.outbox_len().unwrap())
     };
     for grouping in [vec![1, 1, 1], vec![1, 2], vec![3]] {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
-        let mut rest = &on_time[..];
-        for size in &grouping {
-            let (group, tail) = rest.split_at(*size);
-            rest = tail;
-            for outcome in store.apply_now(group).unwrap() {
-                outcome.unwrap();
-            }
-        }
+        let (store, _dir) = applied_in_groups(&on_time, &grouping);
         assert_eq!(
             firing(&store),
             (0, 0),
@@ -2687,16 +2681,7 @@ fn a_judgment_between_reports_of_one_commit_reads_the_rollups_it_holds() {
         ),
     ];
     for grouping in [vec![1, 1, 1, 1], vec![1, 1, 2]] {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
-        let mut rest = &ops[..];
-        for size in &grouping {
-            let (group, tail) = rest.split_at(*size);
-            rest = tail;
-            for outcome in store.apply_now(group).unwrap() {
-                outcome.unwrap();
-            }
-        }
+        let (store, _dir) = applied_in_groups(&ops, &grouping);
         let reader = store.reader().unwrap();
         let (alerts, _) = reader.alerts(org, None, usize::MAX, |_| true).unwrap();
         let fired: Vec<(i64, serde_json::Value)> = alerts
