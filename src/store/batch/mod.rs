@@ -746,8 +746,11 @@ impl<'txn> Batch<'txn> {
         };
         let mut taken = Vec::new();
         for (key, record) in &mut self.new_log {
-            if record.is_some() && only.contains(&split_run_key(key).0) {
-                taken.extend(record.take().map(|record| (*key, record)));
+            if record.is_some()
+                && only.contains(&split_run_key(key).0)
+                && let Some(record) = record.take()
+            {
+                taken.push((*key, record));
             }
         }
         taken

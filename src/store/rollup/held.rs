@@ -9,11 +9,11 @@ use std::collections::BTreeMap;
 use redb::Table;
 
 use super::record::BucketRecord;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::store::tables::{EntityId, ROLLUP_KEY_LEN, YEAR_KEY_LEN, rollup_key, year_key};
 use crate::time::Level;
 
-/// A held record: `None` where the record was deleted.
+/// A held record.
 #[derive(Debug)]
 pub struct HeldRecord {
     pub record: BucketRecord,
@@ -30,10 +30,10 @@ impl HeldRecord {
     }
 }
 
-/// The records held, by entity, level tag and bucket start.
+/// The records held (`None` where the record was deleted), by entity, level and bucket start.
 #[derive(Debug, Default)]
 pub struct Held {
-    records: BTreeMap<(u32, u8, i64), Option<HeldRecord>>,
+    records: BTreeMap<(EntityId, Level, i64), Option<HeldRecord>>,
 }
 
 impl Held {
@@ -44,7 +44,7 @@ impl Held {
     /// A record as held: `None` when it is not, `Some(None)` when it was deleted.
     pub fn get(&self, entity: EntityId, level: Level, start: i64) -> Option<Option<&HeldRecord>> {
         self.records
-            .get(&(entity.0, level.tag(), start))
+            .get(&(entity, level, start))
             .map(Option::as_ref)
     }
 
@@ -55,25 +55,20 @@ impl Held {
         level: Level,
         start: i64,
     ) -> Option<Option<HeldRecord>> {
-        self.records.remove(&(entity.0, level.tag(), start))
+        self.records.remove(&(entity, level, start))
     }
 
     /// Holds a record (`None`: deleted) instead of writing it.
     pub fn put(&mut self, entity: EntityId, level: Level, start: i64, record: Option<HeldRecord>) {
-        self.records.insert((entity.0, level.tag(), start), record);
+        self.records.insert((entity, level, start), record);
     }
 
-    /// An entity's held year records starting in `[first, end)`, by start.
-    pub fn years(
-        &self,
-        entity: EntityId,
-        first: i64,
-        end: i64,
-    ) -> impl Iterator<Item = (i64, Option<&HeldRecord>)> {
-        let tag = Level::Year.tag();
+    /// The starts of an entity's held year records (or deletions) in `[first, end)`.
+    pub fn years(&self, entity: EntityId, first: i64, end: i64) -> impl Iterator<Item = i64> {
+        let year = Level::Year;
         self.records
-            .range((entity.0, tag, first)..(entity.0, tag, end))
-            .map(|((_, _, start), record)| (*start, record.as_ref()))
+            .range((entity, year, first)..(entity, year, end))
+            .map(|((_, _, start), _)| *start)
     }
 
     /// Writes every held record to the tables, and holds none.
@@ -82,18 +77,9 @@ impl Held {
         years: &mut YearTable<'_>,
         rollups: &mut RollupTable<'_>,
     ) -> Result<()> {
-        for ((entity, tag, start), record) in std::mem::take(&mut self.records) {
-            let level = Level::ALL
-                .into_iter()
-                .find(|level| level.tag() == tag)
-                .ok_or_else(|| Error::Internal("a held rollup record of no level".into()))?;
+        for (key, record) in std::mem::take(&mut self.records) {
             let bytes = record.map(|record| record.encode());
-            store(
-                years,
-                rollups,
-                (EntityId(entity), level, start),
-                bytes.as_deref(),
-            )?;
+            store(years, rollups, key, bytes.as_deref())?;
         }
         Ok(())
     }

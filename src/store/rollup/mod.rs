@@ -143,20 +143,6 @@ impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R,
         self.remember(key, bytes)
     }
 
-    /// A year record a write transaction holds, through the memo.
-    fn held_year(
-        &self,
-        entity: EntityId,
-        start: i64,
-        held: &held::HeldRecord,
-    ) -> Result<Rc<RecordView>> {
-        let key = (entity, Level::Year.tag(), start);
-        if let Some(record) = self.memo.records.borrow().get(&key) {
-            return Ok(record.clone());
-        }
-        self.remember(key, &held.encode())
-    }
-
     /// Decodes a record and keeps it for the source's later questions.
     fn remember(&self, key: (EntityId, u8, i64), bytes: &[u8]) -> Result<Rc<RecordView>> {
         let record = Rc::new(RecordView::decode(bytes)?);

@@ -39,8 +39,8 @@ impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R,
         }
         let low = year_key(entity, first);
         let high = year_key(entity, end);
-        // Years a write transaction holds replace the tables' (`None`: deleted there).
-        let held: BTreeMap<i64, Option<&super::held::HeldRecord>> = self
+        // Years a write transaction holds replace the tables' (or were deleted there).
+        let held: Vec<i64> = self
             .held
             .map(|held| held.years(entity, first, end).collect())
             .unwrap_or_default();
@@ -48,13 +48,13 @@ impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R,
         for entry in self.years.range::<&[u8; YEAR_KEY_LEN]>(&low..&high)? {
             let (key, value) = entry?;
             let start = year_key_start(key.value());
-            if !held.contains_key(&start) {
+            if !held.contains(&start) {
                 years.push((start, self.year_record(entity, start, value.value())?));
             }
         }
-        for (start, record) in held {
-            if let Some(record) = record {
-                years.push((start, self.held_year(entity, start, record)?));
+        for start in held {
+            if let Some(record) = self.record(entity, Level::Year, start)? {
+                years.push((start, record));
             }
         }
         years.sort_unstable_by_key(|(start, _)| *start);

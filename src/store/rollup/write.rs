@@ -131,6 +131,14 @@ fn weights(record: Option<&BucketRecord>) -> Weights {
     record.map(|record| record.parts.iter().map(|p| (p.index, p.weight)).collect())
 }
 
+/// A record's weights as [`Weights`] lists them for a series of this kind.
+fn listed(kind: EntityKind, record: Option<&BucketRecord>) -> Weights {
+    match kind {
+        EntityKind::Pipeline => weights(record),
+        EntityKind::Task => record.map(|_| Vec::new()),
+    }
+}
+
 /// A part's weight in `weights` (0 without a record or part).
 fn weight_of(weights: &Weights, index: u16) -> u64 {
     weights
@@ -246,16 +254,12 @@ fn merge_into(
     } else {
         take(tables, delta.series.id, delta.level, delta.start)?
     };
-    let listed = |record: Option<&BucketRecord>| match delta.series.kind {
-        EntityKind::Pipeline => weights(record),
-        EntityKind::Task => record.map(|_| Vec::new()),
-    };
     let max_of = |record: Option<&BucketRecord>, index| {
         record
             .and_then(|r| r.part(index))
             .map_or(0, |p| p.durations.max())
     };
-    let weights_before = listed(before.as_ref());
+    let weights_before = listed(delta.series.kind, before.as_ref());
     let max_before: Vec<u64> = delta
         .retracted
         .iter()
@@ -429,10 +433,7 @@ fn write(
         return Ok(None);
     }
     let weighted = series.kind == EntityKind::Pipeline;
-    let listed = match weighted {
-        true => weights(Some(&record)),
-        false => Some(Vec::new()),
-    };
+    let listed = listed(series.kind, Some(&record));
     if tables.hold {
         let held = HeldRecord { record, weighted };
         tables.held.put(series.id, level, start, Some(held));
