@@ -2566,6 +2566,69 @@ fn a_pipeline_whose_rollups_wait_keeps_its_latest_runs_exact() {
     }
 }
 
+/// A pipeline judged early in a commit (a later report was about to change it) has its alerts
+/// numbered in operation order among those judged at the commit's end: pipeline A fails in the
+/// first report, B in the second, B succeeds in the third; A's alert comes first however the
+/// reports are grouped.
+#[test]
+fn alerts_judged_early_in_a_commit_are_numbered_in_operation_order() {
+    let mut rng = Rng(2_350);
+    let org = OrgId(rng.uuid());
+    let (a, b) = (PipelineId(rng.uuid()), PipelineId(rng.uuid()));
+    let tasks: HashMap<PipelineId, TaskId> =
+        [(a, TaskId(rng.uuid())), (b, TaskId(rng.uuid()))].into();
+    let mut tick = second_of("2024-06-02 00:00:00");
+    let mut report = |pipeline: PipelineId, at: &str, is_successful: bool, rng: &mut Rng| {
+        tick += 1;
+        WriteOp::Report {
+            runs: vec![lone_run(
+                (org, pipeline, tasks[&pipeline]),
+                at,
+                is_successful,
+                rng,
+            )],
+            at: Timestamp::from_second(tick).unwrap(),
+        }
+    };
+    let ops = [
+        WriteOp::CreateRule {
+            org,
+            rule: rng.uuid(),
+            stored: Box::new(runledger::alerts::StoredRule {
+                rule: alert_rule("failed", None, serde_json::json!({})),
+                created_at: 0,
+                disabled_at: None,
+            }),
+        },
+        report(a, "2024-06-01 01:00:00", false, &mut rng),
+        report(b, "2024-06-01 01:00:00", false, &mut rng),
+        report(b, "2024-06-01 02:00:00", true, &mut rng),
+    ];
+    let a_first = |store: &Store| {
+        let outbox = store.reader().unwrap().outbox(usize::MAX).unwrap();
+        let pipelines: Vec<String> = outbox
+            .iter()
+            .map(|(_, entry)| entry.transition.pipeline_uuid.clone())
+            .collect();
+        assert_eq!(
+            pipelines,
+            [a.0, b.0, b.0].map(|p| p.to_string()),
+            "deliveries in operation order"
+        );
+    };
+    let (one_by_one, _one) = applied_in_groups(&ops, &[1, 1, 1, 1]);
+    a_first(&one_by_one);
+    for grouping in [vec![1, 3], vec![4]] {
+        let (store, _dir) = applied_in_groups(&ops, &grouping);
+        a_first(&store);
+        assert_eq!(
+            one_by_one.digest().unwrap().tables,
+            store.digest().unwrap().tables,
+            "grouping {grouping:?}: the alert tables differ"
+        );
+    }
+}
+
 /// A `missing` rule is judged at every report of its pipeline, against the latest run as that
 /// report left it: a run that arrives after the interval resolves nothing it should not have
 /// fired, and a late run older than the latest changes nothing.

@@ -1,10 +1,11 @@
 //! Alert evaluation in a write transaction. Every rule covering a pipeline that an operation
 //! changed is judged (see `crate::alerts::judge`) against the tables as that operation left the
 //! pipeline: judging waits until the gathered writes are written out anyway, unless a later
-//! operation would change the pipeline first (see [`Batch::defer_touched`]). A clock tick judges
-//! the rules the clock decides. A rule whose condition became true fires an alert, one that
-//! became false resolves it, and each such transition is put in the outbox in the same
-//! transaction. Verdicts and the order alerts are numbered in are those of judging after every
+//! report would change the pipeline first, which then has that pipeline alone judged before it
+//! (see [`Batch::defer_touched`]). Verdicts are settled in operation order: a rule whose
+//! condition became true fires an alert, one that became false resolves it, and each such
+//! transition is put in the outbox in the same transaction. A clock tick judges the rules the
+//! clock decides. Verdicts and the order alerts are numbered in are those of judging after every
 //! operation, so the alert tables are the same however writes are grouped, on every node.
 
 use std::collections::BTreeMap;
@@ -32,15 +33,6 @@ use crate::store::tables::{
 };
 use crate::time::Timestamp;
 
-/// Which of a pipeline's covering rules to judge.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Judged {
-    /// Every one: its runs changed.
-    All,
-    /// Those the clock decides: time went by.
-    Time,
-}
-
 /// What a transaction knows of alerts besides the tables.
 #[derive(Default)]
 pub(super) struct Alerting {
@@ -49,10 +41,23 @@ pub(super) struct Alerting {
     /// Pipelines whose runs the operation being applied changed, that rules cover.
     touched: Vec<(OrgId, EntityId, Uuid)>,
     /// Pipelines that earlier operations of this transaction changed, to be judged as of the
-    /// end of their operation: in operation order, each with its operation's time.
-    deferred: Vec<(OrgId, EntityId, Uuid, Timestamp)>,
-    /// The pipelines in `deferred`.
+    /// end of their operation and settled: in operation order.
+    deferred: Vec<Deferred>,
+    /// The pipelines in `deferred` not judged yet.
     deferred_set: FxHashSet<(OrgId, Uuid)>,
+}
+
+/// A pipeline an operation changed, to be settled in operation order.
+struct Deferred {
+    org: OrgId,
+    pipeline: EntityId,
+    uuid: Uuid,
+    /// The operation's time.
+    at: Timestamp,
+    /// Its covering rules' verdicts, in their order, once judged (a later report was about to
+    /// change the pipeline): still to be settled. Only an operation that is judged after
+    /// (a registration) renames a pipeline, so settling later names it as judging saw it.
+    judged: Option<Vec<Option<Verdict>>>,
 }
 
 impl Batch<'_> {
@@ -112,14 +117,25 @@ impl Batch<'_> {
         Ok(())
     }
 
-    /// Whether a report would change a pipeline an earlier operation of this transaction
-    /// changed and that is still to be judged.
-    pub(super) fn changes_deferred(&self, runs: &[crate::model::TaskRun]) -> bool {
-        !self.alerting.deferred_set.is_empty()
-            && runs.iter().any(|run| {
-                run.organization
-                    .is_some_and(|org| self.alerting.deferred_set.contains(&(org, run.pipeline.0)))
-            })
+    /// Judges, before a report changes them, the pipelines it would change that earlier
+    /// operations of this transaction changed and that are still to be judged. Their verdicts
+    /// are settled later, in operation order, with the others' (see [`Batch::judge_written`]).
+    pub(super) fn judge_changed_by(&mut self, runs: &[crate::model::TaskRun]) -> Result<()> {
+        if self.alerting.deferred_set.is_empty() {
+            return Ok(());
+        }
+        let mut changed: FxHashSet<(OrgId, Uuid)> = FxHashSet::default();
+        for run in runs {
+            if let Some(org) = run.organization
+                && self.alerting.deferred_set.contains(&(org, run.pipeline.0))
+            {
+                changed.insert((org, run.pipeline.0));
+            }
+        }
+        if changed.is_empty() {
+            return Ok(());
+        }
+        self.judge_ahead(|deferred| changed.contains(&(deferred.org, deferred.uuid)))
     }
 
     /// Whether outbox entry `serial` is not handed out yet, so that a judgment waiting in
@@ -134,34 +150,54 @@ impl Batch<'_> {
     }
 
     /// Puts the pipelines the operation just applied (at `at`) changed among those to judge.
-    /// Judging waits until the transaction's writes are written out anyway (or until another
-    /// operation would change what they are judged on), and then sees each pipeline exactly
-    /// as its operation left it: no later operation of the transaction has changed it, the
-    /// rules, or the alerts (see [`Batch::judge_deferred`]'s callers). So the verdicts, and the
-    /// order in which alerts and deliveries are numbered, are those of judging after every
-    /// operation, however operations are grouped into transactions.
+    /// Judging waits until the transaction's writes are written out anyway (or until a later
+    /// report would change the pipeline, see [`Batch::judge_changed_by`], or another operation
+    /// would change what every pipeline is judged on, see [`Batch::judge_deferred`]'s callers),
+    /// and then sees each pipeline exactly as its operation left it. Verdicts are settled in
+    /// operation order. So the verdicts, and the order in which alerts and deliveries are
+    /// numbered, are those of judging after every operation, however operations are grouped
+    /// into transactions.
     pub(super) fn defer_touched(&mut self, at: Timestamp) {
         let mut touched = std::mem::take(&mut self.alerting.touched);
         touched.sort_unstable_by_key(|(org, pipeline, _)| (org.0, *pipeline));
         touched.dedup();
         for (org, pipeline, uuid) in touched {
             self.alerting.deferred_set.insert((org, uuid));
-            self.alerting.deferred.push((org, pipeline, uuid, at));
+            self.alerting.deferred.push(Deferred {
+                org,
+                pipeline,
+                uuid,
+                at,
+                judged: None,
+            });
         }
     }
 
-    /// Writes out what judging reads and judges the rules covering every deferred pipeline, in
-    /// the order their operations came.
+    /// Judges every deferred pipeline and settles the verdicts, in the order their operations
+    /// came.
     pub(super) fn judge_deferred(&mut self) -> Result<()> {
         if self.alerting.deferred.is_empty() {
             return Ok(());
         }
-        // Only rules on a window or on the latest run read rollups or latest runs: the other
-        // pipelines' wait for the next write-out (a busy transaction judges after nearly every
-        // report).
+        self.judge_ahead(|_| true)?;
+        self.judge_written()
+    }
+
+    /// Writes out what judging reads of the deferred pipelines not judged yet that `wanted`
+    /// picks, and judges them; their verdicts wait to be settled in operation order.
+    fn judge_ahead(&mut self, wanted: impl Fn(&Deferred) -> bool) -> Result<()> {
+        // Only rules on a window or on the latest run read rollups or latest runs: other
+        // pipelines' wait for the next write-out.
         let (mut judged, mut with_rollups) = (FxHashSet::default(), FxHashSet::default());
+        let mut picked = Vec::new();
         for at in 0..self.alerting.deferred.len() {
-            let (org, pipeline, uuid, _) = self.alerting.deferred[at];
+            let deferred = &self.alerting.deferred[at];
+            if deferred.judged.is_some() || !wanted(deferred) {
+                continue;
+            }
+            let (org, pipeline, uuid) = (deferred.org, deferred.pipeline, deferred.uuid);
+            picked.push(at);
+            self.alerting.deferred_set.remove(&(org, uuid));
             judged.insert(pipeline);
             if self.org_rules(org).is_some_and(|rules| {
                 rules
@@ -172,6 +208,9 @@ impl Batch<'_> {
                 with_rollups.insert(pipeline);
             }
         }
+        if picked.is_empty() {
+            return Ok(());
+        }
         self.write_pending_for(
             true,
             WriteOut::ForJudging {
@@ -179,20 +218,51 @@ impl Batch<'_> {
                 with_rollups,
             },
         )?;
-        self.judge_written()
+        for at in picked {
+            let deferred = &self.alerting.deferred[at];
+            let (org, pipeline, uuid, when) =
+                (deferred.org, deferred.pipeline, deferred.uuid, deferred.at);
+            let judgment = self.judge_now(org, (uuid, pipeline), when)?;
+            self.alerting.deferred[at].judged = Some(judgment);
+        }
+        Ok(())
     }
 
-    /// Judges the rules covering every deferred pipeline, in the order their operations came,
-    /// once what judging reads is written out.
+    /// The verdicts of the rules covering one deferred pipeline, as the tables are now.
+    fn judge_now(
+        &mut self,
+        org: OrgId,
+        pipeline: (Uuid, EntityId),
+        at: Timestamp,
+    ) -> Result<Vec<Option<Verdict>>> {
+        let Some(rules) = self.org_rules(org) else {
+            return Ok(Vec::new());
+        };
+        self.verdicts(&rules.covering(pipeline.0), Some(pipeline.1), at)
+    }
+
+    /// Settles the verdicts on every deferred pipeline, in the order their operations came,
+    /// judging those not judged yet (what they read is written out by now).
     pub(super) fn judge_written(&mut self) -> Result<()> {
         self.alerting.deferred_set.clear();
-        for (org, pipeline, uuid, at) in std::mem::take(&mut self.alerting.deferred) {
+        for deferred in std::mem::take(&mut self.alerting.deferred) {
+            let (org, uuid, pipeline) = (deferred.org, deferred.uuid, deferred.pipeline);
+            let verdicts = match deferred.judged {
+                Some(verdicts) => verdicts,
+                None => self.judge_now(org, (uuid, pipeline), deferred.at)?,
+            };
             let Some(rules) = self.org_rules(org) else {
                 continue;
             };
             let covering = rules.covering(uuid);
-            if !covering.is_empty() {
-                self.judge_pipeline(org, &covering, (uuid, Some(pipeline)), at, Judged::All)?;
+            for ((rule, stored), verdict) in covering.iter().zip(verdicts) {
+                self.settle(
+                    org,
+                    (*rule, stored),
+                    (uuid, Some(pipeline)),
+                    verdict,
+                    deferred.at,
+                )?;
             }
         }
         Ok(())
@@ -240,7 +310,7 @@ impl Batch<'_> {
             }
             for (uuid, id) in pipelines {
                 let covering = rules.covering(uuid);
-                self.judge_pipeline(org, &covering, (uuid, id), at, Judged::Time)?;
+                self.judge_time_rules(org, &covering, (uuid, id), at)?;
             }
         }
         Ok(())
@@ -262,19 +332,37 @@ impl Batch<'_> {
         Ok(found)
     }
 
-    /// Judges `rules` (all covering one pipeline: its UUID and id, if it exists) at `at`.
-    fn judge_pipeline(
+    /// Judges the rules the clock decides among `rules` (all covering one pipeline: its UUID
+    /// and id, if it exists) at `at`, and settles the verdicts.
+    fn judge_time_rules(
         &mut self,
         org: OrgId,
         rules: &[&(Uuid, StoredRule)],
         pipeline: (Uuid, Option<EntityId>),
         at: Timestamp,
-        judged: Judged,
     ) -> Result<()> {
-        let (uuid, id) = pipeline;
+        let rules: Vec<_> = rules
+            .iter()
+            .copied()
+            .filter(|(_, stored)| crate::alerts::ruleset::is_time_rule(&stored.rule.kind))
+            .collect();
+        let verdicts = self.verdicts(&rules, pipeline.1, at)?;
+        for ((rule, stored), verdict) in rules.iter().zip(verdicts) {
+            self.settle(org, (*rule, stored), pipeline, verdict, at)?;
+        }
+        Ok(())
+    }
+
+    /// The verdicts of `rules` (all covering one pipeline: its id, if it exists) at `at`, in
+    /// their order: `None` for a rule whose condition does not hold.
+    fn verdicts(
+        &mut self,
+        rules: &[&(Uuid, StoredRule)],
+        id: Option<EntityId>,
+        at: Timestamp,
+    ) -> Result<Vec<Option<Verdict>>> {
         let recent_wanted = rules
             .iter()
-            .filter(|_| judged == Judged::All)
             .filter_map(|(_, stored)| match stored.rule.kind {
                 RuleKind::Failed { consecutive } => Some(consecutive as usize),
                 RuleKind::FailureRate { .. } | RuleKind::Slow { .. } => Some(1),
@@ -287,11 +375,8 @@ impl Batch<'_> {
         };
         let now = at.micros();
         let mut windows = Windows::default();
-        for (rule, stored) in rules {
-            let is_time = crate::alerts::ruleset::is_time_rule(&stored.rule.kind);
-            if judged == Judged::Time && !is_time {
-                continue;
-            }
+        let mut verdicts = Vec::with_capacity(rules.len());
+        for (_, stored) in rules {
             let verdict = match (&stored.rule.kind, id) {
                 (RuleKind::Failed { consecutive }, _) => judge::failed(*consecutive, &recent),
                 (
@@ -335,9 +420,9 @@ impl Batch<'_> {
                 }
                 _ => None,
             };
-            self.settle(org, (*rule, stored), (uuid, id), verdict, at)?;
+            verdicts.push(verdict);
         }
-        Ok(())
+        Ok(verdicts)
     }
 
     /// A pipeline's latest finished pipeline runs, newest first (by executed_at, then UUID):

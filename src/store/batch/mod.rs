@@ -454,7 +454,10 @@ impl<'txn> Batch<'txn> {
         // that disables a webhook, a rename, an OpenLineage event of pipelines not known in
         // advance) has them judged first.
         let defers = match op {
-            WriteOp::Report { runs, .. } => !self.changes_deferred(runs),
+            WriteOp::Report { runs, .. } => {
+                self.judge_changed_by(runs)?;
+                true
+            }
             WriteOp::FinishDelivery { serial, end, .. } => {
                 *end != crate::alerts::DeliveryEnd::Gone && !self.may_be_judged_later(*serial)?
             }
