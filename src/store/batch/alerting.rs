@@ -745,7 +745,7 @@ impl Windows {
             Some(cut) => cut,
             None => *self.cut.insert(batch.retention_cut()?),
         };
-        let source = Source {
+        let mut source = Source {
             years: &batch.t.year_rollups,
             rollups: &batch.t.rollups,
             run_log: &batch.t.run_log,
@@ -754,6 +754,8 @@ impl Windows {
             held: Some(&batch.held),
             memo: std::mem::take(&mut self.memo),
         };
+        // The aggregates the transaction knows serve every judgment's questions.
+        source.memo.put_aggs(batch.stored_aggs.take());
         let series = Series {
             id: pipeline,
             kind: EntityKind::Pipeline,
@@ -761,6 +763,7 @@ impl Windows {
         };
         let stats = range_summary(&source, &series, range)?;
         self.memo = source.memo;
+        batch.stored_aggs.replace(self.memo.take_aggs());
         self.read.push((window, stats));
         Ok(stats)
     }

@@ -340,6 +340,9 @@ pub struct Batch<'txn> {
     /// The retention cut once read (`None` until then); only pruning moves it.
     cut: std::cell::Cell<Option<Option<i64>>>,
     aggs: Aggs,
+    /// Pipeline-run aggregates as the tables hold them, read or written by this transaction
+    /// (judging reads the same ones again and again).
+    stored_aggs: std::cell::RefCell<HashMap<RunId, super::records::PipelineRunAgg>>,
     last_run_work: HashMap<EntityId, LastRunWork>,
     /// Rollup records judging write-outs changed, written at the next whole write-out.
     held: super::rollup::Held,
@@ -425,6 +428,7 @@ impl<'txn> Batch<'txn> {
             new_log: Vec::new(),
             cut: std::cell::Cell::new(None),
             aggs: Aggs::default(),
+            stored_aggs: Default::default(),
             last_run_work: HashMap::default(),
             held: Default::default(),
         })

@@ -17,6 +17,9 @@ use crate::store::tables::{
     EntityId, MEMBER_KEY_LEN, OrgIndex, RunId, index_key, member_key, member_key_micros, meta,
 };
 
+/// Pipeline-run aggregates a transaction keeps knowing, at most (about 60 MB).
+const STORED_AGGS_KEPT: usize = 1 << 20;
+
 /// A pipeline run's aggregate as it was when the transaction first touched it, and as it is now.
 pub(super) struct AggSlot {
     uuid: PipelineRunId,
@@ -132,12 +135,38 @@ impl Batch<'_> {
             .is_some_and(|first| id.0 >= first)
     }
 
+    /// A pipeline run's aggregate as the tables hold it.
     pub(super) fn stored_agg(&self, id: RunId) -> Result<Option<PipelineRunAgg>> {
-        self.t
+        if let Some(agg) = self.stored_aggs.borrow().get(&id) {
+            return Ok(Some(*agg));
+        }
+        let agg = self
+            .t
             .pipeline_runs
             .get(id.0)?
             .map(|bytes| PipelineRunAgg::decode(bytes.value()))
-            .transpose()
+            .transpose()?;
+        if let Some(agg) = agg {
+            self.stored_aggs.borrow_mut().insert(id, agg);
+        }
+        Ok(agg)
+    }
+
+    /// Notes what the tables now hold for a pipeline run.
+    pub(super) fn note_stored_agg(&mut self, id: RunId, agg: Option<PipelineRunAgg>) {
+        let known = self.stored_aggs.get_mut();
+        match agg {
+            Some(agg) => {
+                // Bounded: a bulk load writes out chunk after chunk in one transaction.
+                if known.len() >= STORED_AGGS_KEPT {
+                    known.clear();
+                }
+                known.insert(id, agg);
+            }
+            None => {
+                known.remove(&id);
+            }
+        }
     }
 
     /// The aggregate of a pipeline run as this transaction sees it, if it has one.
@@ -338,6 +367,7 @@ impl Batch<'_> {
                         });
                 }
             }
+            self.note_stored_agg(id, slot.now);
             match slot.now {
                 Some(agg) if self.is_new_run(id) => appended.push((id.0, agg.encode())),
                 Some(agg) => {

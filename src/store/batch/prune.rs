@@ -268,6 +268,7 @@ impl Batch<'_> {
         agg: &PipelineRunAgg,
     ) -> Result<()> {
         self.t.pipeline_runs.remove(run.0)?;
+        self.note_stored_agg(run, None);
         // Pruning is a transaction of its own: nothing of the index is pending.
         let uuid = agg.uuid.as_bytes();
         let filters = self.filters;

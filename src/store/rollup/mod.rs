@@ -103,9 +103,23 @@ pub struct Memo {
     years: RefCell<FxHashMap<(EntityId, i64, i64, bool), Years>>,
     /// A sparse bucket's log entries, by pipeline and the bucket's seconds `[from, end)`.
     entries: RefCell<FxHashMap<(EntityId, i64, i64), BucketEntries>>,
+    /// Pipeline-run aggregates read (as the tables hold them).
     aggs: RefCell<FxHashMap<RunId, PipelineRunAgg>>,
     /// A cleared histogram for the next range question's sum (a fresh one zeroes 16 KB).
     histogram: Cell<Option<Histogram>>,
+}
+
+impl Memo {
+    /// Knows these pipeline-run aggregates, as the tables hold them (a write transaction's,
+    /// kept across its questions), instead of those it knew.
+    pub fn put_aggs(&mut self, aggs: FxHashMap<RunId, PipelineRunAgg>) {
+        self.aggs = RefCell::new(aggs);
+    }
+
+    /// The pipeline-run aggregates known, leaving none.
+    pub fn take_aggs(&mut self) -> FxHashMap<RunId, PipelineRunAgg> {
+        self.aggs.take()
+    }
 }
 
 impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R, L, P> {
