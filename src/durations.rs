@@ -316,6 +316,16 @@ impl Histogram {
         self.max = self.max.max(value);
     }
 
+    pub fn max(&self) -> u64 {
+        self.max
+    }
+
+    /// Takes out one run of this duration (the max stays: the caller knows whether it still
+    /// holds).
+    pub fn remove_value(&mut self, value: u64) {
+        self.add(bin_of(value), 1u64.wrapping_neg());
+    }
+
     /// Counts one run of this duration.
     pub fn add_value(&mut self, value: u64) {
         self.add(bin_of(value), 1);

@@ -2629,6 +2629,75 @@ fn alerts_judged_early_in_a_commit_are_numbered_in_operation_order() {
     }
 }
 
+/// A pipeline judged between two reports of one commit, whose window's longest run was just
+/// made shorter, is judged on that window's true percentiles (the commit cannot take a maximum
+/// back out of a sum: it writes out and reads the tables again). The window's p95 is its
+/// maximum here, 999 ms, not the 1,000 ms it was.
+#[test]
+fn a_judgment_between_reports_of_one_commit_sees_a_windows_longest_run_shortened() {
+    let mut rng = Rng(2_450);
+    let org = OrgId(rng.uuid());
+    let (pipeline, task) = (PipelineId(rng.uuid()), TaskId(rng.uuid()));
+    let run = |at: &str, duration_ms: u32, rng: &mut Rng| TaskRun {
+        duration_ms,
+        ..lone_run((org, pipeline, task), at, true, rng)
+    };
+    let mut tick = second_of("2024-06-02 00:00:00");
+    let mut report = |runs: Vec<TaskRun>| {
+        tick += 1;
+        WriteOp::Report {
+            runs,
+            at: Timestamp::from_second(tick).unwrap(),
+        }
+    };
+    let long = run("2024-06-01 01:00:00", 1_000, &mut rng);
+    // Within the longest's histogram bin: the window's maximum, read from it, changes.
+    let shortened = TaskRun {
+        duration_ms: 999,
+        ..long.clone()
+    };
+    let ops = [
+        WriteOp::CreateRule {
+            org,
+            rule: rng.uuid(),
+            stored: Box::new(runledger::alerts::StoredRule {
+                rule: alert_rule(
+                    "slow",
+                    Some(pipeline),
+                    serde_json::json!({"factor": 2, "percentile": 95, "window": "7d"}),
+                ),
+                created_at: 0,
+                disabled_at: None,
+            }),
+        },
+        report(vec![
+            run("2024-06-01 00:00:00", 10, &mut rng),
+            long,
+            run("2024-06-01 02:00:00", 20, &mut rng),
+        ]),
+        // The longest run shortened, and a run slow against what is left (p95 of 10, 20 and
+        // 999: 999): fires.
+        report(vec![shortened, run("2024-06-01 03:00:00", 1_999, &mut rng)]),
+        // A quick run: resolves.
+        report(vec![run("2024-06-01 04:00:00", 1, &mut rng)]),
+    ];
+    let (one_by_one, _one) = applied_in_groups(&ops, &[1, 1, 1, 1]);
+    let reader = one_by_one.reader().unwrap();
+    let changes: Vec<String> = reader
+        .outbox(usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|(_, entry)| format!("{:?}", entry.transition.change))
+        .collect();
+    assert_eq!(changes.len(), 2, "fired and resolved: {changes:?}");
+    let (grouped, _dir) = applied_in_groups(&ops, &[2, 2]);
+    assert_eq!(
+        one_by_one.digest().unwrap().tables,
+        grouped.digest().unwrap().tables,
+        "the alert tables differ when the shortening and the next report share a commit"
+    );
+}
+
 /// A `missing` rule is judged at every report of its pipeline, against the latest run as that
 /// report left it: a run that arrives after the interval resolves nothing it should not have
 /// fired, and a late run older than the latest changes nothing.
@@ -2696,11 +2765,11 @@ fn a_missing_rule_judged_at_a_report_sees_the_runs_it_brought() {
     }
 }
 
-/// A pipeline judged between two reports of one commit is judged on the rollup records the
-/// commit holds in memory, not on those it began with: here whole hours of the window come from
-/// a day record that only the first report changed.
+/// A pipeline judged between two reports of one commit is judged on the runs the commit brought,
+/// not only on the rollup records it began with: here whole hours of the window come from a day
+/// record that only the first report changed.
 #[test]
-fn a_judgment_between_reports_of_one_commit_reads_the_rollups_it_holds() {
+fn a_judgment_between_reports_of_one_commit_counts_the_runs_it_brought() {
     let mut rng = Rng(2_500);
     let org = OrgId(rng.uuid());
     let (pipeline, task) = (PipelineId(rng.uuid()), TaskId(rng.uuid()));

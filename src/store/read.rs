@@ -146,7 +146,6 @@ impl<'a> Reader<'a> {
             run_log: &run_log,
             runs: &runs,
             cut: self.retention_cut()?,
-            held: None,
             memo: Default::default(),
         })
     }

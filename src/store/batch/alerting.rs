@@ -1,12 +1,17 @@
 //! Alert evaluation in a write transaction. Every rule covering a pipeline that an operation
-//! changed is judged (see `crate::alerts::judge`) against the tables as that operation left the
-//! pipeline: judging waits until the gathered writes are written out anyway, unless a later
-//! report would change the pipeline first, which then has that pipeline alone judged before it
-//! (see [`Batch::defer_touched`]). Verdicts are settled in operation order: a rule whose
-//! condition became true fires an alert, one that became false resolves it, and each such
-//! transition is put in the outbox in the same transaction. A clock tick judges the rules the
-//! clock decides. Verdicts and the order alerts are numbered in are those of judging after every
-//! operation, so the alert tables are the same however writes are grouped, on every node.
+//! changed is judged (see `crate::alerts::judge`) on the pipeline as that operation left it:
+//! judging waits until the gathered writes are written out anyway, unless a later report would
+//! change the pipeline first, which then has that pipeline judged before it (see
+//! [`Batch::defer_touched`]). A pipeline judged between write-outs is read from the tables as
+//! the last write-out left them, changed by the transaction's own pipeline runs not written yet
+//! (their aggregates before and now): its latest runs merged, its windows' tallies and
+//! durations added and taken out (a window whose longest run was taken out is judged after a
+//! write-out instead, its maximum being unknown). Verdicts are settled in operation order: a
+//! rule whose condition became true fires an alert, one that became false resolves it, and
+//! each such transition is put in the outbox in the same transaction. A clock tick judges the
+//! rules the clock decides. Verdicts and the order alerts are numbered in are those of judging
+//! after every operation, so the alert tables are the same however writes are grouped, on every
+//! node.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,7 +20,8 @@ use redb::ReadableTable;
 use rustc_hash::{FxHashMap, FxHashSet};
 use uuid::Uuid;
 
-use super::{Batch, WriteOut};
+use super::Batch;
+use super::pipeline_runs::Pending;
 use crate::alerts::judge::{self, RecentRun, Verdict};
 use crate::alerts::state::{alert_id, alert_key, state_key, webhook_id};
 use crate::alerts::webhook::{Change, Transition};
@@ -23,15 +29,18 @@ use crate::alerts::{
     AlertRecord, AlertState, DeliveryEnd, Firing, OrgRules, OutboxEntry, RuleKind, StoredRule,
     rule_key,
 };
+use crate::durations::Histogram;
 use crate::error::{Error, Result};
-use crate::model::{EntityKind, OrgId, TimeRange, WindowStats};
-use crate::store::records::{EntityDetail, LastRunRecord, RunRecord, RunRef, corrupt};
-use crate::store::rollup::range_summary;
+use crate::model::{EntityKind, OrgId, Tally, TimeRange, WindowStats};
+use crate::store::records::{
+    EntityDetail, LastRunRecord, PipelineRunAgg, RunRecord, RunRef, corrupt,
+};
+use crate::store::rollup::range_summary_with;
 use crate::store::rollup::{Series, Source};
 use crate::store::tables::{
     EntityId, OrgIndex, RUN_KEY_LEN, RunId, meta, run_key_bounds, split_run_key,
 };
-use crate::time::Timestamp;
+use crate::time::{MICROS_PER_SECOND, Timestamp};
 
 /// What a transaction knows of alerts besides the tables.
 #[derive(Default)]
@@ -183,62 +192,67 @@ impl Batch<'_> {
         self.judge_written()
     }
 
-    /// Writes out what judging reads of the deferred pipelines not judged yet that `wanted`
-    /// picks, and judges them; their verdicts wait to be settled in operation order.
+    /// Judges the deferred pipelines not judged yet that `wanted` picks, as they are now (the
+    /// tables, and the changes to their pipeline runs not written yet); their verdicts wait to
+    /// be settled in operation order.
     fn judge_ahead(&mut self, wanted: impl Fn(&Deferred) -> bool) -> Result<()> {
-        // Only rules on a window or on the latest run read rollups or latest runs: other
-        // pipelines' wait for the next write-out.
-        let (mut judged, mut with_rollups) = (FxHashSet::default(), FxHashSet::default());
+        let mut judged = FxHashSet::default();
         let mut picked = Vec::new();
         for at in 0..self.alerting.deferred.len() {
             let deferred = &self.alerting.deferred[at];
             if deferred.judged.is_some() || !wanted(deferred) {
                 continue;
             }
-            let (org, pipeline, uuid) = (deferred.org, deferred.pipeline, deferred.uuid);
             picked.push(at);
-            self.alerting.deferred_set.remove(&(org, uuid));
-            judged.insert(pipeline);
-            if self.org_rules(org).is_some_and(|rules| {
-                rules
-                    .covering(uuid)
-                    .iter()
-                    .any(|(_, stored)| reads_rollups(&stored.rule.kind))
-            }) {
-                with_rollups.insert(pipeline);
-            }
+            judged.insert(deferred.pipeline);
+            let key = (deferred.org, deferred.uuid);
+            self.alerting.deferred_set.remove(&key);
         }
         if picked.is_empty() {
             return Ok(());
         }
-        self.write_pending_for(
-            true,
-            WriteOut::ForJudging {
-                judged,
-                with_rollups,
-            },
-        )?;
+        let pending = self.aggs.pending_of(&judged);
+        let mut inexact = Vec::new();
         for at in picked {
             let deferred = &self.alerting.deferred[at];
             let (org, pipeline, uuid, when) =
                 (deferred.org, deferred.pipeline, deferred.uuid, deferred.at);
-            let judgment = self.judge_now(org, (uuid, pipeline), when)?;
-            self.alerting.deferred[at].judged = Some(judgment);
+            let changes = pending.get(&pipeline).map_or(&[][..], Vec::as_slice);
+            match self.judge_now(org, (uuid, pipeline), when, changes)? {
+                Some(verdicts) => self.alerting.deferred[at].judged = Some(verdicts),
+                None => inexact.push(at),
+            }
+        }
+        // A window whose longest run was taken out is judged on the tables, once they hold
+        // everything.
+        if !inexact.is_empty() {
+            self.write_pending(true)?;
+            for at in inexact {
+                let deferred = &self.alerting.deferred[at];
+                let (org, pipeline, uuid, when) =
+                    (deferred.org, deferred.pipeline, deferred.uuid, deferred.at);
+                let verdicts = self
+                    .judge_now(org, (uuid, pipeline), when, &[])?
+                    .ok_or_else(|| Error::Internal("a window is inexact when written".into()))?;
+                self.alerting.deferred[at].judged = Some(verdicts);
+            }
         }
         Ok(())
     }
 
-    /// The verdicts of the rules covering one deferred pipeline, as the tables are now.
+    /// The verdicts of the rules covering one deferred pipeline, as the tables and `pending`
+    /// (the pipeline's changes not written yet) have it; `None` when they cannot say exactly.
     fn judge_now(
         &mut self,
         org: OrgId,
         pipeline: (Uuid, EntityId),
         at: Timestamp,
-    ) -> Result<Vec<Option<Verdict>>> {
+        pending: &[Pending],
+    ) -> Result<Option<Vec<Option<Verdict>>>> {
         let Some(rules) = self.org_rules(org) else {
-            return Ok(Vec::new());
+            return Ok(Some(Vec::new()));
         };
-        self.verdicts(&rules.covering(pipeline.0), Some(pipeline.1), at)
+        self.verdicts(&rules.covering(pipeline.0), Some(pipeline.1), at, pending)
     }
 
     /// Settles the verdicts on every deferred pipeline, in the order their operations came,
@@ -247,9 +261,12 @@ impl Batch<'_> {
         self.alerting.deferred_set.clear();
         for deferred in std::mem::take(&mut self.alerting.deferred) {
             let (org, uuid, pipeline) = (deferred.org, deferred.uuid, deferred.pipeline);
+            // What the others read is written out by now.
             let verdicts = match deferred.judged {
                 Some(verdicts) => verdicts,
-                None => self.judge_now(org, (uuid, pipeline), deferred.at)?,
+                None => self
+                    .judge_now(org, (uuid, pipeline), deferred.at, &[])?
+                    .ok_or_else(|| Error::Internal("a window is inexact when written".into()))?,
             };
             let Some(rules) = self.org_rules(org) else {
                 continue;
@@ -346,7 +363,9 @@ impl Batch<'_> {
             .copied()
             .filter(|(_, stored)| crate::alerts::ruleset::is_time_rule(&stored.rule.kind))
             .collect();
-        let verdicts = self.verdicts(&rules, pipeline.1, at)?;
+        let verdicts = self
+            .verdicts(&rules, pipeline.1, at, &[])?
+            .ok_or_else(|| Error::Internal("a window is inexact when written".into()))?;
         for ((rule, stored), verdict) in rules.iter().zip(verdicts) {
             self.settle(org, (*rule, stored), pipeline, verdict, at)?;
         }
@@ -354,13 +373,15 @@ impl Batch<'_> {
     }
 
     /// The verdicts of `rules` (all covering one pipeline: its id, if it exists) at `at`, in
-    /// their order: `None` for a rule whose condition does not hold.
+    /// their order: `None` for a rule whose condition does not hold. The pipeline is as the
+    /// tables hold it, changed by `pending`; `None` when those cannot say exactly.
     fn verdicts(
         &mut self,
         rules: &[&(Uuid, StoredRule)],
         id: Option<EntityId>,
         at: Timestamp,
-    ) -> Result<Vec<Option<Verdict>>> {
+        pending: &[Pending],
+    ) -> Result<Option<Vec<Option<Verdict>>>> {
         let recent_wanted = rules
             .iter()
             .filter_map(|(_, stored)| match stored.rule.kind {
@@ -370,7 +391,7 @@ impl Batch<'_> {
             })
             .max();
         let recent = match (recent_wanted, id) {
-            (Some(wanted), Some(id)) => self.recent_runs(id, wanted)?,
+            (Some(wanted), Some(id)) => self.recent_runs(id, wanted, pending)?,
             _ => Vec::new(),
         };
         let now = at.micros();
@@ -388,7 +409,10 @@ impl Batch<'_> {
                     Some(id),
                 ) => match recent.first() {
                     Some(latest) => {
-                        let stats = windows.stats(self, id, judge::rate_window(latest, window))?;
+                        let window_seconds = judge::rate_window(latest, window);
+                        let Some(stats) = windows.stats(self, id, window_seconds, pending)? else {
+                            return Ok(None);
+                        };
                         judge::failure_rate(*above, *min_runs, window, stats.tally, latest)
                     }
                     None => None,
@@ -402,13 +426,22 @@ impl Batch<'_> {
                     Some(id),
                 ) => match recent.first() {
                     Some(latest) => {
-                        let stats = windows.stats(self, id, judge::slow_window(latest, window))?;
+                        let window_seconds = judge::slow_window(latest, window);
+                        let Some(stats) = windows.stats(self, id, window_seconds, pending)? else {
+                            return Ok(None);
+                        };
                         judge::slow(*factor, *percentile, window, stats.percentiles, latest)
                     }
                     None => None,
                 },
                 (RuleKind::Missing(schedule), id) => {
                     let last = match id {
+                        // The latest run is kept from the pipeline runs: with changes not
+                        // written yet, it is the latest of them and the tables'.
+                        Some(id) if !pending.is_empty() => self
+                            .recent_runs(id, 1, pending)?
+                            .first()
+                            .map(|run| run.micros),
                         Some(id) => self.last_finished(id)?,
                         None => None,
                     };
@@ -422,15 +455,44 @@ impl Batch<'_> {
             };
             verdicts.push(verdict);
         }
-        Ok(verdicts)
+        Ok(Some(verdicts))
     }
 
     /// A pipeline's latest finished pipeline runs, newest first (by executed_at, then UUID):
     /// at least `wanted` of them unless it has fewer, or fewer when one succeeded (the
     /// runs before a success are never needed).
-    fn recent_runs(&self, pipeline: EntityId, wanted: usize) -> Result<Vec<RecentRun>> {
+    /// The tables' runs are read past those `pending` changes, which come from it instead.
+    fn recent_runs(
+        &self,
+        pipeline: EntityId,
+        wanted: usize,
+        pending: &[Pending],
+    ) -> Result<Vec<RecentRun>> {
+        let mut recent = self.stored_recent_runs(pipeline, wanted, pending)?;
+        if pending.is_empty() {
+            return Ok(recent);
+        }
+        recent.extend(pending.iter().filter_map(|change| {
+            change.now.map(|agg| RecentRun {
+                uuid: agg.uuid.0,
+                micros: agg.latest_micros,
+                failed: agg.failed > 0,
+                duration_ms: agg.duration_ms,
+            })
+        }));
+        recent.sort_unstable_by_key(|run| std::cmp::Reverse((run.micros, run.uuid)));
+        Ok(recent)
+    }
+
+    /// [`Batch::recent_runs`] as the tables hold them, leaving out the runs `pending` changes.
+    fn stored_recent_runs(
+        &self,
+        pipeline: EntityId,
+        wanted: usize,
+        pending: &[Pending],
+    ) -> Result<Vec<RecentRun>> {
         let (low, high) = run_key_bounds(pipeline, i64::MIN, i64::MAX);
-        let mut seen: FxHashSet<RunId> = FxHashSet::default();
+        let mut seen: FxHashSet<RunId> = pending.iter().map(|change| change.id).collect();
         let mut recent: Vec<RecentRun> = Vec::new();
         // The pipeline runs whose latest task run ended in one microsecond, ordered by UUID
         // once that microsecond is read whole.
@@ -728,18 +790,21 @@ struct Windows {
 }
 
 impl Windows {
-    /// A pipeline's tally and percentiles in the inclusive seconds `window`.
+    /// A pipeline's tally and percentiles in the inclusive seconds `window`, as the tables hold
+    /// them changed by `pending`; `None` when that cannot be exact (a run taken out may have
+    /// been the window's longest).
     fn stats(
         &mut self,
         batch: &Batch<'_>,
         pipeline: EntityId,
         window: (i64, i64),
-    ) -> Result<WindowStats> {
+        pending: &[Pending],
+    ) -> Result<Option<WindowStats>> {
         if let Some((_, stats)) = self.read.iter().find(|(read, _)| *read == window) {
-            return Ok(*stats);
+            return Ok(Some(*stats));
         }
         let Some(range) = TimeRange::new(window.0, window.1) else {
-            return Ok(WindowStats::default());
+            return Ok(Some(WindowStats::default()));
         };
         let cut = match self.cut {
             Some(cut) => cut,
@@ -751,7 +816,6 @@ impl Windows {
             run_log: &batch.t.run_log,
             runs: &batch.t.pipeline_runs,
             cut,
-            held: Some(&batch.held),
             memo: std::mem::take(&mut self.memo),
         };
         // The aggregates the transaction knows serve every judgment's questions.
@@ -761,21 +825,48 @@ impl Windows {
             kind: EntityKind::Pipeline,
             pipeline,
         };
-        let stats = range_summary(&source, &series, range)?;
+        let second = |agg: &PipelineRunAgg| agg.latest_micros.div_euclid(MICROS_PER_SECOND);
+        let within = |agg: &PipelineRunAgg| (window.0..=window.1).contains(&second(agg));
+        let adjust = |tally: &mut Tally, histogram: &mut Histogram| {
+            // Runs before a retention cut are answered as the tables have them.
+            if let Some(cut) = cut
+                && pending
+                    .iter()
+                    .flat_map(|change| [change.before, change.now])
+                    .flatten()
+                    .any(|agg| second(&agg) < cut)
+            {
+                return false;
+            }
+            for agg in pending
+                .iter()
+                .filter_map(|change| change.now)
+                .filter(within)
+            {
+                *tally = *tally + Tally::of_run(agg.failed == 0, agg.duration_ms);
+                histogram.add_value(agg.duration_ms);
+            }
+            for agg in pending
+                .iter()
+                .filter_map(|change| change.before)
+                .filter(within)
+            {
+                if agg.duration_ms >= histogram.max() {
+                    return false;
+                }
+                *tally = *tally - Tally::of_run(agg.failed == 0, agg.duration_ms);
+                histogram.remove_value(agg.duration_ms);
+            }
+            true
+        };
+        let stats = range_summary_with(&source, &series, range, adjust)?;
         self.memo = source.memo;
         batch.stored_aggs.replace(self.memo.take_aggs());
-        self.read.push((window, stats));
+        if let Some(stats) = stats {
+            self.read.push((window, stats));
+        }
         Ok(stats)
     }
-}
-
-/// Whether judging a rule of this kind reads the pipeline's rollups: a window, or the latest
-/// run (kept up to date from them).
-fn reads_rollups(kind: &RuleKind) -> bool {
-    matches!(
-        kind,
-        RuleKind::FailureRate { .. } | RuleKind::Slow { .. } | RuleKind::Missing(_)
-    )
 }
 
 /// Moves the pipeline runs of one microsecond, newest (highest UUID) first, after the newer

@@ -119,7 +119,6 @@ impl Batch<'_> {
             run_log: &self.t.run_log,
             runs: &self.t.pipeline_runs,
             cut: self.retention_cut()?,
-            held: Some(&self.held),
             memo: Default::default(),
         };
         last_run_at_or_before(&source, series, MAX_SECOND)

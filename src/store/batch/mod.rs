@@ -39,9 +39,7 @@ use super::credentials::{ClientRecord, IssueOutcome, OrgRecord};
 use super::index::{Filters, IndexWork, Learned, PendingState};
 use super::records::{EntityKey, TaskRunHome};
 use super::rollup::{PreparedDeltas, RollupDeltas};
-use super::tables::{
-    EntityId, OrgIndex, RUN_KEY_LEN, RunId, WriteTables, index_key, meta, split_run_key,
-};
+use super::tables::{EntityId, OrgIndex, RUN_KEY_LEN, RunId, WriteTables, index_key, meta};
 use crate::error::{Error, Result};
 use crate::model::{
     OrgId, PendingTaskRun, PipelineDefinition, PipelineId, PipelineRunId, RegisterOutcome,
@@ -266,24 +264,6 @@ pub enum WriteOutcome {
 /// below, a thread costs more than it saves.
 const PARALLEL_FROM: usize = 1_024;
 
-/// Contributions gathered up to which a write-out may leave some pipelines' rollups for
-/// later; beyond, it writes them all (sorting them out again and again would cost more).
-const PARTIAL_UP_TO: usize = 1 << 18;
-
-/// What a write-out writes.
-pub(super) enum WriteOut {
-    /// Everything gathered.
-    All,
-    /// What judging the pipelines in `judged` reads: every pipeline-run aggregate, their run
-    /// logs, and the rollups and latest runs of those in `with_rollups` (whose rules read
-    /// windows or the latest run; rollup records are held in memory, see
-    /// [`super::rollup::Held`]). The rest waits for the next whole write-out.
-    ForJudging {
-        judged: rustc_hash::FxHashSet<EntityId>,
-        with_rollups: rustc_hash::FxHashSet<EntityId>,
-    },
-}
-
 /// The result of checking an operation: `Err` is a rejection of that operation alone.
 type Verdict = std::result::Result<(), Error>;
 
@@ -337,6 +317,9 @@ pub struct Batch<'txn> {
     /// Finished runs new in this transaction, in the order they came (`None` once replaced
     /// again), written in key order at [`Batch::finish`]; a pending home says which is its run.
     new_log: Vec<([u8; RUN_KEY_LEN], Option<Vec<u8>>)>,
+    /// Stored runs replaced in this transaction, taken out of the run log at the next
+    /// write-out.
+    removed_log: Vec<[u8; RUN_KEY_LEN]>,
     /// The retention cut once read (`None` until then); only pruning moves it.
     cut: std::cell::Cell<Option<Option<i64>>>,
     aggs: Aggs,
@@ -344,8 +327,6 @@ pub struct Batch<'txn> {
     /// (judging reads the same ones again and again).
     stored_aggs: std::cell::RefCell<HashMap<RunId, super::records::PipelineRunAgg>>,
     last_run_work: HashMap<EntityId, LastRunWork>,
-    /// Rollup records judging write-outs changed, written at the next whole write-out.
-    held: super::rollup::Held,
 }
 
 /// A task run's home as a transaction wrote it: a finished run with its place in `new_log`
@@ -429,8 +410,8 @@ impl<'txn> Batch<'txn> {
             cut: std::cell::Cell::new(None),
             aggs: Aggs::default(),
             stored_aggs: Default::default(),
+            removed_log: Vec::new(),
             last_run_work: HashMap::default(),
-            held: Default::default(),
         })
     }
 
@@ -593,37 +574,21 @@ impl<'txn> Batch<'txn> {
         self.judge_written()
     }
 
-    /// Writes what was gathered to the tables; with `more`, the transaction goes on.
-    fn write_pending(&mut self, more: bool) -> Result<()> {
-        self.write_pending_for(more, WriteOut::All)
-    }
-
-    /// Writes what was gathered to the tables, or (for judging) only what judging reads: see
-    /// [`WriteOut`]. Every table ends the same either way: a pipeline's rollups are written
-    /// from its contributions and its run log, whatever the grouping.
-    pub(super) fn write_pending_for(&mut self, more: bool, what: WriteOut) -> Result<()> {
-        // Sorting out which rollups wait costs more than writing them all beyond this.
-        let what = match what {
-            WriteOut::ForJudging { .. } if self.deltas.len() > PARTIAL_UP_TO => WriteOut::All,
-            what => what,
-        };
+    /// Writes what was gathered to the tables; with `more`, the transaction goes on. Every
+    /// table ends the same however often this is done: a pipeline's rollups are written from
+    /// its contributions and its run log, whatever the grouping.
+    pub(super) fn write_pending(&mut self, more: bool) -> Result<()> {
+        for key in std::mem::take(&mut self.removed_log) {
+            self.t.run_log.remove(&key)?;
+        }
         self.flush_pipeline_runs()?;
-        let mut new_log = self.take_new_log(match &what {
-            WriteOut::All => None,
-            WriteOut::ForJudging { judged, .. } => Some(judged),
-        });
+        let mut new_log = self.take_new_log();
         new_log.sort_unstable_by_key(|(key, _)| *key);
         self.gather_new_runs(&new_log)?;
-        // The UUID indexes wait for a whole write-out: judging never reads them, and they are
-        // written faster at once.
-        let (homes, run_ids) = match what {
-            WriteOut::All => (
-                self.task_index.take_writes(&self.filters.task_runs, more),
-                self.pipeline_index
-                    .take_writes(&self.filters.pipeline_runs, more),
-            ),
-            WriteOut::ForJudging { .. } => (Vec::new(), Vec::new()),
-        };
+        let homes = self.task_index.take_writes(&self.filters.task_runs, more);
+        let run_ids = self
+            .pipeline_index
+            .take_writes(&self.filters.pipeline_runs, more);
         // Ids handed out so far now have their aggregates stored.
         self.counters.first_run_id = None;
         // Homes new in a fresh period go in through cursors, as one run; others one by one.
@@ -642,13 +607,7 @@ impl<'txn> Batch<'txn> {
         } else {
             1
         };
-        let (deltas, waiting) = match what {
-            WriteOut::All => (std::mem::take(&mut self.deltas), None),
-            WriteOut::ForJudging { with_rollups, .. } => {
-                let deltas = self.deltas.take_pipelines(&with_rollups);
-                (deltas, Some(with_rollups))
-            }
-        };
+        let deltas = std::mem::take(&mut self.deltas);
         let cut = self.retention_cut()?;
         let (task_index, pipeline_index) = (&mut self.t.task_index, &mut self.t.pipeline_index);
         // Both UUID indexes, whose keys are random: written beside the rest.
@@ -667,8 +626,6 @@ impl<'txn> Batch<'txn> {
         let run_log = &mut self.t.run_log;
         let (years, rollups) = (&mut self.t.year_rollups, &mut self.t.rollups);
         let (runs, pipeline_tasks) = (&self.t.pipeline_runs, &self.t.pipeline_tasks);
-        let held = &mut self.held;
-        let hold = waiting.is_some();
         let mut write_rollups = move |prepared: PreparedDeltas, run_log: &RunLog<'txn>| {
             prepared.flush(&mut super::rollup::FlushTables {
                 years,
@@ -677,14 +634,7 @@ impl<'txn> Batch<'txn> {
                 runs,
                 pipeline_tasks,
                 cut,
-                held: &mut *held,
-                hold,
-            })?;
-            // A whole write-out writes what judging ones held.
-            if !hold {
-                held.write_all(years, rollups)?;
-            }
-            Ok(())
+            })
         };
         match threads {
             1 => {
@@ -717,50 +667,19 @@ impl<'txn> Batch<'txn> {
                 join(homes).and(rollups)
             })?,
         }
-        let work = match waiting {
-            // Judging reads pipelines' latest runs (a `missing` rule's), never tasks': the
-            // others wait for the whole write-out.
-            Some(wanted) => {
-                let (now, later) = std::mem::take(&mut self.last_run_work)
-                    .into_iter()
-                    .partition(|(_, work)| {
-                        work.series.kind == crate::model::EntityKind::Pipeline
-                            && wanted.contains(&work.series.id)
-                    });
-                self.last_run_work = later;
-                now
-            }
-            None => std::mem::take(&mut self.last_run_work),
-        };
+        let work = std::mem::take(&mut self.last_run_work);
         for (id, work) in work {
             self.update_last_run(id, work)?;
         }
         Ok(())
     }
 
-    /// Takes the runs new in this transaction (and still there) to write to the run log: all
-    /// of them, or those of the pipelines in `only`. A taken run's place stays, empty (a pending
-    /// home may name it): a later report of that task run then finds it in the table.
-    fn take_new_log(
-        &mut self,
-        only: Option<&rustc_hash::FxHashSet<EntityId>>,
-    ) -> Vec<([u8; RUN_KEY_LEN], Vec<u8>)> {
-        let Some(only) = only else {
-            return std::mem::take(&mut self.new_log)
-                .into_iter()
-                .filter_map(|(key, record)| Some((key, record?)))
-                .collect();
-        };
-        let mut taken = Vec::new();
-        for (key, record) in &mut self.new_log {
-            if record.is_some()
-                && only.contains(&split_run_key(key).0)
-                && let Some(record) = record.take()
-            {
-                taken.push((*key, record));
-            }
-        }
-        taken
+    /// Takes the runs new in this transaction (and still there) to write to the run log.
+    fn take_new_log(&mut self) -> Vec<([u8; RUN_KEY_LEN], Vec<u8>)> {
+        std::mem::take(&mut self.new_log)
+            .into_iter()
+            .filter_map(|(key, record)| Some((key, record?)))
+            .collect()
     }
 
     /// The period of a task run's index entry and where the run lives, as this transaction

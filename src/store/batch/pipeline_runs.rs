@@ -4,7 +4,7 @@
 //! [`Batch::finish`], when their contribution also moves from where it was to where it is now.
 
 use redb::ReadableTable;
-use rustc_hash::FxHashMap as HashMap;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use super::Batch;
 use super::timestamp;
@@ -27,6 +27,15 @@ pub(super) struct AggSlot {
     now: Option<PipelineRunAgg>,
 }
 
+/// A change of one pipeline's run not written yet: its aggregate as the tables hold it and as
+/// it is now (`None`: not the pipeline's finished run).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Pending {
+    pub id: RunId,
+    pub before: Option<PipelineRunAgg>,
+    pub now: Option<PipelineRunAgg>,
+}
+
 /// The aggregates a transaction touched: slots in the order they were first touched (large, so
 /// they stay where they are), found by id.
 #[derive(Default)]
@@ -39,6 +48,37 @@ impl Aggs {
     pub fn reserve(&mut self, slots: usize) {
         self.places.reserve(slots);
         self.slots.reserve(slots);
+    }
+
+    /// The changes not written yet to the pipeline runs of the pipelines in `wanted`, by
+    /// pipeline: each run's aggregate as the tables hold it and as it is now, where that side
+    /// is the pipeline's (a run that moved between pipelines is a change of both).
+    pub fn pending_of(&self, wanted: &HashSet<EntityId>) -> HashMap<EntityId, Vec<Pending>> {
+        let mut pending: HashMap<EntityId, Vec<Pending>> = HashMap::default();
+        for (id, slot) in &self.slots {
+            if slot.before == slot.now {
+                continue;
+            }
+            let sides = [
+                slot.before.map(|a| a.pipeline),
+                slot.now.map(|a| a.pipeline),
+            ];
+            for (at, pipeline) in sides.into_iter().enumerate() {
+                let Some(pipeline) = pipeline.filter(|p| wanted.contains(p)) else {
+                    continue;
+                };
+                if at == 1 && sides[0] == Some(pipeline) {
+                    continue; // both sides are this pipeline's: one change
+                }
+                let mine = |agg: Option<PipelineRunAgg>| agg.filter(|a| a.pipeline == pipeline);
+                pending.entry(pipeline).or_default().push(Pending {
+                    id: *id,
+                    before: mine(slot.before),
+                    now: mine(slot.now),
+                });
+            }
+        }
+        pending
     }
 
     fn get(&self, id: &RunId) -> Option<&AggSlot> {

@@ -54,8 +54,8 @@ impl Batch<'_> {
 
     /// One step of pruning to the cut `before` (a UTC midnight): at most `limit` task runs.
     pub(super) fn prune(&mut self, before: i64, limit: usize) -> Result<Result<PruneProgress>> {
-        // Pruning reads and deletes rollups in the tables: none may be held elsewhere.
-        if !self.held.is_empty() {
+        // Pruning reads and deletes runs in the run log: none may wait to be taken out.
+        if !self.removed_log.is_empty() {
             self.write_pending(true)?;
         }
         if before != Level::Day.bucket_start(before) || !(MIN_SECOND..=MAX_SECOND).contains(&before)
@@ -143,8 +143,6 @@ impl Batch<'_> {
             runs: &self.t.pipeline_runs,
             pipeline_tasks: &self.t.pipeline_tasks,
             cut: Some(cut),
-            held: &mut self.held,
-            hold: false,
         };
         for (pipeline, month) in missing {
             rollup::materialize(&mut tables, pipeline, Level::Month, month)?;

@@ -412,8 +412,13 @@ impl Batch<'_> {
         let pending = old_log.and_then(|at| self.new_log[at].1.take());
         let record = match pending {
             Some(bytes) => RunRecord::decode(&bytes)?,
-            None => match self.t.run_log.remove(&key)? {
-                Some(bytes) => RunRecord::decode(bytes.value())?,
+            // Taken out of the log with the next write-out: until then the tables stay as they
+            // were, for judging to add this transaction's changes to.
+            None => match self.t.run_log.get(&key)? {
+                Some(bytes) => {
+                    self.removed_log.push(key);
+                    RunRecord::decode(bytes.value())?
+                }
                 None => {
                     return Err(Error::Internal(
                         "a finished task run is missing from the run log".into(),

@@ -9,8 +9,6 @@
 //! Sums are wrapping and duration counts of taken-back runs are `u64::MAX` (minus one), so the
 //! deltas are the same whatever order the events came in.
 
-use rustc_hash::{FxHashMap, FxHashSet};
-
 use super::record::{BucketRecord, Part};
 use super::write::{Delta, PreparedDeltas};
 use super::{STORED, Series};
@@ -83,10 +81,6 @@ impl Event {
 #[derive(Default)]
 pub struct RollupDeltas {
     events: Vec<Event>,
-    /// Events that [`RollupDeltas::take_pipelines`] left, by pipeline, so that each event is
-    /// looked at by one partial take only.
-    parked: FxHashMap<EntityId, Vec<Event>>,
-    parked_len: usize,
 }
 
 impl RollupDeltas {
@@ -130,41 +124,9 @@ impl RollupDeltas {
             .push(Event::new(pipeline, at, duration_ms, flags));
     }
 
-    /// How many contributions are gathered.
-    pub fn len(&self) -> usize {
-        self.events.len() + self.parked_len
-    }
-
-    /// Takes out the contributions to the series of the pipelines in `wanted`.
-    pub fn take_pipelines(&mut self, wanted: &FxHashSet<EntityId>) -> RollupDeltas {
-        let mut taken = Vec::new();
-        for event in self.events.drain(..) {
-            let pipeline = event.series().pipeline;
-            if wanted.contains(&pipeline) {
-                taken.push(event);
-            } else {
-                self.parked.entry(pipeline).or_default().push(event);
-                self.parked_len += 1;
-            }
-        }
-        for pipeline in wanted {
-            if let Some(parked) = self.parked.remove(pipeline) {
-                self.parked_len -= parked.len();
-                taken.extend(parked);
-            }
-        }
-        RollupDeltas {
-            events: taken,
-            ..RollupDeltas::default()
-        }
-    }
-
     /// The delta records, in flush order (no table needed, so this may run on another thread
     /// than the flush).
     pub fn prepare(mut self) -> PreparedDeltas {
-        for parked in self.parked.into_values() {
-            self.events.extend(parked);
-        }
         self.events.sort_unstable_by_key(|e| (e.series, e.second));
         let mut deltas = Vec::new();
         let mut levels: [Open; 4] = Default::default();

@@ -17,7 +17,6 @@
 //! years to the edges ([`read`]), falling back to the run log for sparse buckets ([`scan`]).
 
 mod gather;
-mod held;
 mod read;
 mod record;
 mod scan;
@@ -30,8 +29,7 @@ use redb::ReadableTable;
 use rustc_hash::FxHashMap;
 
 pub use gather::RollupDeltas;
-pub use held::Held;
-pub use read::{aggregated, last_run_at_or_before, range_summary};
+pub use read::{aggregated, last_run_at_or_before, range_summary, range_summary_with};
 pub use record::{BucketRecord, Part, RecordView};
 pub use write::{FlushTables, PreparedDeltas, materialize, rebuild};
 
@@ -81,8 +79,6 @@ pub struct Source<'a, Y, R, L, P> {
     pub runs: &'a P,
     /// The retention cut, if runs before it were pruned.
     pub cut: Option<i64>,
-    /// Records a write transaction holds, newer than the tables' (see [`Held`]).
-    pub held: Option<&'a Held>,
     /// What this source has read so far.
     pub memo: Memo,
 }
@@ -133,11 +129,6 @@ impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R,
         let key = (entity, level.tag(), start);
         if let Some(record) = self.memo.records.borrow().get(&key) {
             return Ok(Some(record.clone()));
-        }
-        if let Some(held) = self.held.and_then(|held| held.get(entity, level, start)) {
-            return held
-                .map(|held| self.remember(key, &held.encode()))
-                .transpose();
         }
         let bytes = match level {
             Level::Year => self.years.get(&year_key(entity, start))?,

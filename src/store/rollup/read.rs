@@ -39,25 +39,12 @@ impl<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable> Source<'_, Y, R,
         }
         let low = year_key(entity, first);
         let high = year_key(entity, end);
-        // Years a write transaction holds replace the tables' (or were deleted there).
-        let held: Vec<i64> = self
-            .held
-            .map(|held| held.years(entity, first, end).collect())
-            .unwrap_or_default();
         let mut years = Vec::new();
         for entry in self.years.range::<&[u8; YEAR_KEY_LEN]>(&low..&high)? {
             let (key, value) = entry?;
             let start = year_key_start(key.value());
-            if !held.contains(&start) {
-                years.push((start, self.year_record(entity, start, value.value())?));
-            }
+            years.push((start, self.year_record(entity, start, value.value())?));
         }
-        for start in held {
-            if let Some(record) = self.record(entity, Level::Year, start)? {
-                years.push((start, record));
-            }
-        }
-        years.sort_unstable_by_key(|(start, _)| *start);
         if reverse {
             years.reverse();
         }
@@ -313,6 +300,19 @@ pub fn range_summary<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable>(
     series: &Series,
     range: TimeRange,
 ) -> Result<WindowStats> {
+    let stats = range_summary_with(source, series, range, |_, _| true)?;
+    Ok(stats.expect("nothing to make inexact"))
+}
+
+/// [`range_summary`], with `adjust` changing the tally and the histogram of the runs counted
+/// before the percentiles are worked out (runs the tables do not hold yet); `None` when it
+/// says the answer would not be exact.
+pub fn range_summary_with<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable>(
+    source: &Source<'_, Y, R, L, P>,
+    series: &Series,
+    range: TimeRange,
+    adjust: impl FnOnce(&mut Tally, &mut Histogram) -> bool,
+) -> Result<Option<WindowStats>> {
     let (from, end) = (range.from(), range.to() + 1);
     let mut sum = Sum {
         tally: Tally::default(),
@@ -327,12 +327,13 @@ pub fn range_summary<Y: YearTable, R: RollupTable, L: RunLogTable, P: RunTable>(
             source.sum_parts(series, (Level::Year, *start), record, (from, end), &mut sum)?;
         }
     }
+    let exact = adjust(&mut sum.tally, &mut sum.histogram);
     let percentiles = sum.histogram.take_percentiles();
     source.memo.histogram.set(Some(sum.histogram));
-    Ok(WindowStats {
+    Ok(exact.then_some(WindowStats {
         tally: sum.tally,
         percentiles,
-    })
+    }))
 }
 
 /// Stats of the buckets of `period` in the seconds `[start, end)` (bucket-aligned), by bucket

@@ -20,7 +20,6 @@ use std::collections::{BTreeMap, HashMap};
 use redb::{ReadableTable, Table};
 
 use super::gather::rank;
-use super::held::{self, Held, HeldRecord};
 use super::record::{BucketRecord, Part};
 use super::scan::{Entry, entries, pipeline_runs_ending_in};
 use super::{Series, kept, parent};
@@ -43,10 +42,6 @@ pub struct FlushTables<'a, 'txn> {
     pub pipeline_tasks: &'a Table<'txn, &'static [u8; 8], ()>,
     /// The retention cut, if any: months before it keep their records however sparse.
     pub cut: Option<i64>,
-    /// Records held in memory, newer than the tables' (see [`Held`]).
-    pub held: &'a mut Held,
-    /// Whether this flush holds what it writes (a judging write-out) instead of writing it.
-    pub hold: bool,
 }
 
 /// The contributions of one transaction to one bucket of one series (see [`super::gather`]).
@@ -252,7 +247,7 @@ fn merge_into(
     let before = if absent {
         None
     } else {
-        take(tables, delta.series.id, delta.level, delta.start)?
+        read(tables, delta.series.id, delta.level, delta.start)?
     };
     let max_of = |record: Option<&BucketRecord>, index| {
         record
@@ -315,7 +310,7 @@ fn fix_maxima(
         |a: &Fix, b: &Fix| a.level == b.level && a.start == b.start && a.series.id == b.series.id;
     for group in fixes.chunk_by(same_record) {
         let (series, level, start) = (group[0].series, group[0].level, group[0].start);
-        let Some(mut record) = take(tables, series.id, level, start)? else {
+        let Some(mut record) = read(tables, series.id, level, start)? else {
             continue;
         };
         let weights = if series.id == pipeline {
@@ -378,33 +373,8 @@ fn fix_maxima(
     Ok(())
 }
 
-/// A record as the flush sees it (held, else stored).
+/// A stored record.
 fn read(
-    tables: &FlushTables<'_, '_>,
-    entity: EntityId,
-    level: Level,
-    start: i64,
-) -> Result<Option<BucketRecord>> {
-    if let Some(held) = tables.held.get(entity, level, start) {
-        return Ok(held.map(|held| held.record.clone()));
-    }
-    read_stored(tables, entity, level, start)
-}
-
-/// A record as [`read`] gives it, taken out of those held: it is written again after.
-fn take(
-    tables: &mut FlushTables<'_, '_>,
-    entity: EntityId,
-    level: Level,
-    start: i64,
-) -> Result<Option<BucketRecord>> {
-    if let Some(held) = tables.held.take(entity, level, start) {
-        return Ok(held.map(|held| held.record));
-    }
-    read_stored(tables, entity, level, start)
-}
-
-fn read_stored(
     tables: &FlushTables<'_, '_>,
     entity: EntityId,
     level: Level,
@@ -419,8 +389,7 @@ fn read_stored(
         .transpose()
 }
 
-/// Stores a record (removing it when empty), or holds it; returns its weights as stored (see
-/// [`Weights`]).
+/// Stores a record (removing it when empty); returns its weights as stored (see [`Weights`]).
 fn write(
     tables: &mut FlushTables<'_, '_>,
     series: &Series,
@@ -433,33 +402,31 @@ fn write(
         return Ok(None);
     }
     let weighted = series.kind == EntityKind::Pipeline;
-    let listed = listed(series.kind, Some(&record));
-    if tables.hold {
-        let held = HeldRecord { record, weighted };
-        tables.held.put(series.id, level, start, Some(held));
-        return Ok(listed);
-    }
-    tables.held.take(series.id, level, start);
     let mut bytes = Vec::with_capacity(32);
     record.encode(weighted, &mut bytes);
-    let key = (series.id, level, start);
-    held::store(tables.years, tables.rollups, key, Some(&bytes))?;
-    Ok(listed)
+    match level {
+        Level::Year => tables
+            .years
+            .insert(&year_key(series.id, start), bytes.as_slice())?,
+        _ => tables
+            .rollups
+            .insert(&rollup_key(level, start, series.id), bytes.as_slice())?,
+    };
+    Ok(listed(series.kind, Some(&record)))
 }
 
-/// Removes a record (or holds its removal).
+/// Removes a record.
 fn remove(
     tables: &mut FlushTables<'_, '_>,
     entity: EntityId,
     level: Level,
     start: i64,
 ) -> Result<()> {
-    if tables.hold {
-        tables.held.put(entity, level, start, None);
-        return Ok(());
-    }
-    tables.held.take(entity, level, start);
-    held::store(tables.years, tables.rollups, (entity, level, start), None)
+    match level {
+        Level::Year => tables.years.remove(&year_key(entity, start))?,
+        _ => tables.rollups.remove(&rollup_key(level, start, entity))?,
+    };
+    Ok(())
 }
 
 /// Deletes the records of a pipeline and all its tasks in one bucket.

@@ -35,8 +35,6 @@ pub fn copy_and_rebuild(old: &Path, partial: &Path) -> Result<u64, String> {
             runs: &runs,
             pipeline_tasks: &pipeline_tasks,
             cut: None,
-            held: &mut rollup::Held::default(),
-            hold: false,
         })?;
         list_pipelines_by_name(&txn)?;
         list_running(&txn)?;
