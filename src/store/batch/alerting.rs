@@ -410,7 +410,8 @@ impl Batch<'_> {
                 ) => match recent.first() {
                     Some(latest) => {
                         let window_seconds = judge::rate_window(latest, window);
-                        let Some(stats) = windows.stats(self, id, window_seconds, pending)? else {
+                        let asked = (window_seconds, Wanted::Tally);
+                        let Some(stats) = windows.stats(self, id, asked, pending)? else {
                             return Ok(None);
                         };
                         judge::failure_rate(*above, *min_runs, window, stats.tally, latest)
@@ -427,7 +428,8 @@ impl Batch<'_> {
                 ) => match recent.first() {
                     Some(latest) => {
                         let window_seconds = judge::slow_window(latest, window);
-                        let Some(stats) = windows.stats(self, id, window_seconds, pending)? else {
+                        let asked = (window_seconds, Wanted::Percentiles);
+                        let Some(stats) = windows.stats(self, id, asked, pending)? else {
                             return Ok(None);
                         };
                         judge::slow(*factor, *percentile, window, stats.percentiles, latest)
@@ -786,21 +788,33 @@ impl Batch<'_> {
 struct Windows {
     cut: Option<Option<i64>>,
     memo: crate::store::rollup::Memo,
-    read: Vec<((i64, i64), WindowStats)>,
+    read: Vec<(Asked, WindowStats)>,
+}
+
+/// A window's inclusive seconds and what a rule asks of it.
+type Asked = ((i64, i64), Wanted);
+
+/// What a rule asks of a window.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wanted {
+    Tally,
+    /// The tally and exact percentiles.
+    Percentiles,
 }
 
 impl Windows {
     /// A pipeline's tally and percentiles in the inclusive seconds `window`, as the tables hold
-    /// them changed by `pending`; `None` when that cannot be exact (a run taken out may have
-    /// been the window's longest).
+    /// them changed by `pending`; `None` when what is `wanted` cannot be exact (percentiles,
+    /// when a run taken out may have been the window's longest).
     fn stats(
         &mut self,
         batch: &Batch<'_>,
         pipeline: EntityId,
-        window: (i64, i64),
+        (window, wanted): Asked,
         pending: &[Pending],
     ) -> Result<Option<WindowStats>> {
-        if let Some((_, stats)) = self.read.iter().find(|(read, _)| *read == window) {
+        let asked = (window, wanted);
+        if let Some((_, stats)) = self.read.iter().find(|(read, _)| *read == asked) {
             return Ok(Some(*stats));
         }
         let Some(range) = TimeRange::new(window.0, window.1) else {
@@ -838,6 +852,7 @@ impl Windows {
             {
                 return false;
             }
+            let mut added_max = None;
             for agg in pending
                 .iter()
                 .filter_map(|change| change.now)
@@ -845,13 +860,18 @@ impl Windows {
             {
                 *tally = *tally + Tally::of_run(agg.failed == 0, agg.duration_ms);
                 histogram.add_value(agg.duration_ms);
+                added_max = added_max.max(Some(agg.duration_ms));
             }
+            // The maximum stays known unless a run taken out may have been the only one that
+            // long: one added at least as long keeps it.
+            let max = histogram.max();
+            let kept = added_max.is_some_and(|added| added >= max);
             for agg in pending
                 .iter()
                 .filter_map(|change| change.before)
                 .filter(within)
             {
-                if agg.duration_ms >= histogram.max() {
+                if wanted == Wanted::Percentiles && agg.duration_ms >= max && !kept {
                     return false;
                 }
                 *tally = *tally - Tally::of_run(agg.failed == 0, agg.duration_ms);
@@ -863,7 +883,7 @@ impl Windows {
         self.memo = source.memo;
         batch.stored_aggs.replace(self.memo.take_aggs());
         if let Some(stats) = stats {
-            self.read.push((window, stats));
+            self.read.push((asked, stats));
         }
         Ok(stats)
     }
