@@ -2060,6 +2060,25 @@ fn alert_rule(
     .unwrap()
 }
 
+/// The write that makes a rule (as of the epoch) in an organization.
+fn create_rule(
+    org: OrgId,
+    rule: Uuid,
+    kind: &str,
+    pipeline: Option<PipelineId>,
+    params: serde_json::Value,
+) -> WriteOp {
+    WriteOp::CreateRule {
+        org,
+        rule,
+        stored: Box::new(runledger::alerts::StoredRule {
+            rule: alert_rule(kind, pipeline, params),
+            created_at: 0,
+            disabled_at: None,
+        }),
+    }
+}
+
 /// A brute-force verdict of an event rule over a pipeline's finished pipeline runs (raw), with
 /// the pipeline run it names and, for `failure_rate` and `slow`, the numbers it compared.
 fn brute_verdict(rule: &runledger::alerts::Rule, runs: &[Run]) -> Option<(Uuid, String)> {
@@ -2530,15 +2549,8 @@ fn a_pipeline_whose_rollups_wait_keeps_its_latest_runs_exact() {
             at: Timestamp::from_second(tick).unwrap(),
         }
     };
-    let rule = |kind: &str, pipeline: Option<PipelineId>, params| WriteOp::CreateRule {
-        org,
-        rule: Uuid::new_v4(),
-        stored: Box::new(runledger::alerts::StoredRule {
-            rule: alert_rule(kind, pipeline, params),
-            created_at: 0,
-            disabled_at: None,
-        }),
-    };
+    let rule =
+        |kind: &str, pipeline, params| create_rule(org, Uuid::new_v4(), kind, pipeline, params);
     let ops = [
         rule("failed", None, serde_json::json!({})),
         rule(
@@ -2591,15 +2603,7 @@ fn alerts_judged_early_in_a_commit_are_numbered_in_operation_order() {
         }
     };
     let ops = [
-        WriteOp::CreateRule {
-            org,
-            rule: rng.uuid(),
-            stored: Box::new(runledger::alerts::StoredRule {
-                rule: alert_rule("failed", None, serde_json::json!({})),
-                created_at: 0,
-                disabled_at: None,
-            }),
-        },
+        create_rule(org, rng.uuid(), "failed", None, serde_json::json!({})),
         report(a, "2024-06-01 01:00:00", false, &mut rng),
         report(b, "2024-06-01 01:00:00", false, &mut rng),
         report(b, "2024-06-01 02:00:00", true, &mut rng),
@@ -2657,19 +2661,13 @@ fn a_judgment_between_reports_of_one_commit_sees_a_windows_longest_run_shortened
         ..long.clone()
     };
     let ops = [
-        WriteOp::CreateRule {
+        create_rule(
             org,
-            rule: rng.uuid(),
-            stored: Box::new(runledger::alerts::StoredRule {
-                rule: alert_rule(
-                    "slow",
-                    Some(pipeline),
-                    serde_json::json!({"factor": 2, "percentile": 95, "window": "7d"}),
-                ),
-                created_at: 0,
-                disabled_at: None,
-            }),
-        },
+            rng.uuid(),
+            "slow",
+            Some(pipeline),
+            serde_json::json!({"factor": 2, "percentile": 95, "window": "7d"}),
+        ),
         report(vec![
             run("2024-06-01 00:00:00", 10, &mut rng),
             long,
@@ -2774,19 +2772,13 @@ fn a_judgment_between_reports_of_one_commit_counts_the_runs_it_brought() {
     let org = OrgId(rng.uuid());
     let (pipeline, task) = (PipelineId(rng.uuid()), TaskId(rng.uuid()));
     let ids = (org, pipeline, task);
-    let rule = WriteOp::CreateRule {
+    let rule = create_rule(
         org,
-        rule: rng.uuid(),
-        stored: Box::new(runledger::alerts::StoredRule {
-            rule: alert_rule(
-                "failure_rate",
-                Some(pipeline),
-                serde_json::json!({"window": "24h", "above": 0.4, "min_runs": 1}),
-            ),
-            created_at: 0,
-            disabled_at: None,
-        }),
-    };
+        rng.uuid(),
+        "failure_rate",
+        Some(pipeline),
+        serde_json::json!({"window": "24h", "above": 0.4, "min_runs": 1}),
+    );
     let report = |runs: Vec<TaskRun>, at: &str| WriteOp::Report {
         runs,
         at: Timestamp::from_second(second_of(at)).unwrap(),
