@@ -2060,6 +2060,18 @@ fn alert_rule(
     .unwrap()
 }
 
+/// Reports received one second apart from `start` on: each operation at its own second.
+fn reports_from(start: &str) -> impl FnMut(Vec<TaskRun>) -> WriteOp {
+    let mut tick = second_of(start);
+    move |runs| {
+        tick += 1;
+        WriteOp::Report {
+            runs,
+            at: Timestamp::from_second(tick).unwrap(),
+        }
+    }
+}
+
 /// The write that makes a rule (as of the epoch) in an organization.
 fn create_rule(
     org: OrgId,
@@ -2541,14 +2553,7 @@ fn a_pipeline_whose_rollups_wait_keeps_its_latest_runs_exact() {
     (moved.pipeline, moved.task) = (other, other_task);
     moved.pipeline_run = PipelineRunId(rng.uuid());
     let again = run(waiting, second_task, "2024-06-01 02:20:00", &mut rng);
-    let mut tick = second_of("2024-06-02 00:00:00");
-    let mut report = |runs: Vec<TaskRun>| {
-        tick += 1;
-        WriteOp::Report {
-            runs,
-            at: Timestamp::from_second(tick).unwrap(),
-        }
-    };
+    let mut report = reports_from("2024-06-02 00:00:00");
     let rule =
         |kind: &str, pipeline, params| create_rule(org, Uuid::new_v4(), kind, pipeline, params);
     let ops = [
@@ -2589,18 +2594,15 @@ fn alerts_judged_early_in_a_commit_are_numbered_in_operation_order() {
     let (a, b) = (PipelineId(rng.uuid()), PipelineId(rng.uuid()));
     let tasks: HashMap<PipelineId, TaskId> =
         [(a, TaskId(rng.uuid())), (b, TaskId(rng.uuid()))].into();
-    let mut tick = second_of("2024-06-02 00:00:00");
+    let mut reports = reports_from("2024-06-02 00:00:00");
     let mut report = |pipeline: PipelineId, at: &str, is_successful: bool, rng: &mut Rng| {
-        tick += 1;
-        WriteOp::Report {
-            runs: vec![lone_run(
-                (org, pipeline, tasks[&pipeline]),
-                at,
-                is_successful,
-                rng,
-            )],
-            at: Timestamp::from_second(tick).unwrap(),
-        }
+        let task = tasks[&pipeline];
+        reports(vec![lone_run(
+            (org, pipeline, task),
+            at,
+            is_successful,
+            rng,
+        )])
     };
     let ops = [
         create_rule(org, rng.uuid(), "failed", None, serde_json::json!({})),
@@ -2646,14 +2648,7 @@ fn a_judgment_between_reports_of_one_commit_sees_a_windows_longest_run_shortened
         duration_ms,
         ..lone_run((org, pipeline, task), at, true, rng)
     };
-    let mut tick = second_of("2024-06-02 00:00:00");
-    let mut report = |runs: Vec<TaskRun>| {
-        tick += 1;
-        WriteOp::Report {
-            runs,
-            at: Timestamp::from_second(tick).unwrap(),
-        }
-    };
+    let mut report = reports_from("2024-06-02 00:00:00");
     let long = run("2024-06-01 01:00:00", 1_000, &mut rng);
     // Within the longest's histogram bin: the window's maximum, read from it, changes.
     let shortened = TaskRun {

@@ -214,11 +214,9 @@ impl Batch<'_> {
         let pending = self.aggs.pending_of(&judged);
         let mut inexact = Vec::new();
         for at in picked {
-            let deferred = &self.alerting.deferred[at];
-            let (org, pipeline, uuid, when) =
-                (deferred.org, deferred.pipeline, deferred.uuid, deferred.at);
+            let pipeline = self.alerting.deferred[at].pipeline;
             let changes = pending.get(&pipeline).map_or(&[][..], Vec::as_slice);
-            match self.judge_now(org, (uuid, pipeline), when, changes)? {
+            match self.judge_now(at, changes)? {
                 Some(verdicts) => self.alerting.deferred[at].judged = Some(verdicts),
                 None => inexact.push(at),
             }
@@ -228,46 +226,43 @@ impl Batch<'_> {
         if !inexact.is_empty() {
             self.write_pending(true)?;
             for at in inexact {
-                let deferred = &self.alerting.deferred[at];
-                let (org, pipeline, uuid, when) =
-                    (deferred.org, deferred.pipeline, deferred.uuid, deferred.at);
-                let verdicts = self
-                    .judge_now(org, (uuid, pipeline), when, &[])?
-                    .ok_or_else(|| Error::Internal("a window is inexact when written".into()))?;
+                let verdicts = written(self.judge_now(at, &[])?)?;
                 self.alerting.deferred[at].judged = Some(verdicts);
             }
         }
         Ok(())
     }
 
-    /// The verdicts of the rules covering one deferred pipeline, as the tables and `pending`
+    /// The verdicts of the rules covering deferred pipeline `at`, as the tables and `pending`
     /// (the pipeline's changes not written yet) have it; `None` when they cannot say exactly.
     fn judge_now(
         &mut self,
-        org: OrgId,
-        pipeline: (Uuid, EntityId),
-        at: Timestamp,
+        at: usize,
         pending: &[Pending],
     ) -> Result<Option<Vec<Option<Verdict>>>> {
+        let deferred = &self.alerting.deferred[at];
+        let (org, pipeline, uuid, when) =
+            (deferred.org, deferred.pipeline, deferred.uuid, deferred.at);
         let Some(rules) = self.org_rules(org) else {
             return Ok(Some(Vec::new()));
         };
-        self.verdicts(&rules.covering(pipeline.0), Some(pipeline.1), at, pending)
+        self.verdicts(&rules.covering(uuid), Some(pipeline), when, pending)
     }
 
     /// Settles the verdicts on every deferred pipeline, in the order their operations came,
     /// judging those not judged yet (what they read is written out by now).
     pub(super) fn judge_written(&mut self) -> Result<()> {
         self.alerting.deferred_set.clear();
+        // What those not judged yet read is written out by now.
+        for at in 0..self.alerting.deferred.len() {
+            if self.alerting.deferred[at].judged.is_none() {
+                let verdicts = written(self.judge_now(at, &[])?)?;
+                self.alerting.deferred[at].judged = Some(verdicts);
+            }
+        }
         for deferred in std::mem::take(&mut self.alerting.deferred) {
             let (org, uuid, pipeline) = (deferred.org, deferred.uuid, deferred.pipeline);
-            // What the others read is written out by now.
-            let verdicts = match deferred.judged {
-                Some(verdicts) => verdicts,
-                None => self
-                    .judge_now(org, (uuid, pipeline), deferred.at, &[])?
-                    .ok_or_else(|| Error::Internal("a window is inexact when written".into()))?,
-            };
+            let verdicts = deferred.judged.unwrap_or_default();
             let Some(rules) = self.org_rules(org) else {
                 continue;
             };
@@ -363,9 +358,7 @@ impl Batch<'_> {
             .copied()
             .filter(|(_, stored)| crate::alerts::ruleset::is_time_rule(&stored.rule.kind))
             .collect();
-        let verdicts = self
-            .verdicts(&rules, pipeline.1, at, &[])?
-            .ok_or_else(|| Error::Internal("a window is inexact when written".into()))?;
+        let verdicts = written(self.verdicts(&rules, pipeline.1, at, &[])?)?;
         for ((rule, stored), verdict) in rules.iter().zip(verdicts) {
             self.settle(org, (*rule, stored), pipeline, verdict, at)?;
         }
@@ -387,6 +380,8 @@ impl Batch<'_> {
             .filter_map(|(_, stored)| match stored.rule.kind {
                 RuleKind::Failed { consecutive } => Some(consecutive as usize),
                 RuleKind::FailureRate { .. } | RuleKind::Slow { .. } => Some(1),
+                // With changes not written yet, the latest run comes from the pipeline runs.
+                RuleKind::Missing(_) if !pending.is_empty() => Some(1),
                 _ => None,
             })
             .max();
@@ -440,10 +435,7 @@ impl Batch<'_> {
                     let last = match id {
                         // The latest run is kept from the pipeline runs: with changes not
                         // written yet, it is the latest of them and the tables'.
-                        Some(id) if !pending.is_empty() => self
-                            .recent_runs(id, 1, pending)?
-                            .first()
-                            .map(|run| run.micros),
+                        Some(_) if !pending.is_empty() => recent.first().map(|run| run.micros),
                         Some(id) => self.last_finished(id)?,
                         None => None,
                     };
@@ -463,7 +455,7 @@ impl Batch<'_> {
     /// A pipeline's latest finished pipeline runs, newest first (by executed_at, then UUID):
     /// at least `wanted` of them unless it has fewer, or fewer when one succeeded (the
     /// runs before a success are never needed).
-    /// The tables' runs are read past those `pending` changes, which come from it instead.
+    /// The runs `pending` changes come from it, the others from the tables.
     fn recent_runs(
         &self,
         pipeline: EntityId,
@@ -887,6 +879,11 @@ impl Windows {
         }
         Ok(stats)
     }
+}
+
+/// Verdicts judged on the tables once everything is written out, which are always exact.
+fn written(verdicts: Option<Vec<Option<Verdict>>>) -> Result<Vec<Option<Verdict>>> {
+    verdicts.ok_or_else(|| Error::Internal("a window is inexact when written out".into()))
 }
 
 /// Moves the pipeline runs of one microsecond, newest (highest UUID) first, after the newer

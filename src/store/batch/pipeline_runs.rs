@@ -59,16 +59,15 @@ impl Aggs {
             if slot.before == slot.now {
                 continue;
             }
-            let sides = [
+            let (from, to) = (
                 slot.before.map(|a| a.pipeline),
                 slot.now.map(|a| a.pipeline),
-            ];
-            for (at, pipeline) in sides.into_iter().enumerate() {
-                let Some(pipeline) = pipeline.filter(|p| wanted.contains(p)) else {
+            );
+            // A run that stayed in its pipeline is one change of it.
+            let to = to.filter(|_| to != from);
+            for pipeline in [from, to].into_iter().flatten() {
+                if !wanted.contains(&pipeline) {
                     continue;
-                };
-                if at == 1 && sides[0] == Some(pipeline) {
-                    continue; // both sides are this pipeline's: one change
                 }
                 let mine = |agg: Option<PipelineRunAgg>| agg.filter(|a| a.pipeline == pipeline);
                 pending.entry(pipeline).or_default().push(Pending {
